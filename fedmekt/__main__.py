@@ -1,0 +1,5 @@
+import sys
+
+from fedmekt.cli.main import main
+
+sys.exit(main())

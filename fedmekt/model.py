@@ -1,0 +1,88 @@
+"""Split LSTM autoencoder and the per-time-step linear head (spec §3).
+
+Modalities are addressed by name (``"acce"``, ``"depth"``…) so that the same
+names appear in configs, on the wire and in exported ONNX files.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+HIDDEN = 32
+
+
+class StackedLSTM(nn.Module):
+    """Two single-layer LSTMs in sequence: in → hidden → out.
+
+    Kept as two modules (not ``num_layers=2``) because the first layer's output is
+    itself an exchanged embedding ("hidden" layer) and the layers have different widths.
+    Orthogonal init on the first LSTM only, as in the reference model.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.first = nn.LSTM(in_dim, hidden, batch_first=True)
+        self.second = nn.LSTM(hidden, out_dim, batch_first=True)
+        nn.init.orthogonal_(self.first.weight_ih_l0)
+        nn.init.orthogonal_(self.first.weight_hh_l0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (output [B, T, out], first-layer output [B, T, hidden])."""
+        h, _ = self.first(x)
+        out, _ = self.second(h)
+        return out, h
+
+
+class SplitAutoencoder(nn.Module):
+    """One encoder and one decoder per modality; any modality's code decodes all of them.
+
+    ``encode(x, m)`` gives the representation ``z`` [B, T, r] and hidden embedding
+    ``h`` [B, T, 32]; ``forward(x, m)`` reconstructs every modality (time-reversed
+    targets are the caller's business) from the last step of ``z``.
+    """
+
+    def __init__(self, channels: dict[str, int], rep_size: int, hidden: int = HIDDEN) -> None:
+        super().__init__()
+        self.modalities = tuple(channels)
+        self.channels = dict(channels)
+        self.rep_size = rep_size
+        self.hidden = hidden
+        self.encoders = nn.ModuleDict({m: StackedLSTM(d, hidden, rep_size) for m, d in channels.items()})
+        self.decoders = nn.ModuleDict({m: StackedLSTM(rep_size, hidden, d) for m, d in channels.items()})
+
+    def encode(self, x: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoders[modality](x)
+
+    def decode_all(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        seed = z[:, -1:, :].expand(-1, z.shape[1], -1)
+        return {m: dec(seed)[0] for m, dec in self.decoders.items()}
+
+    def forward(self, x: torch.Tensor, modality: str) -> dict[str, torch.Tensor]:
+        z, _ = self.encode(x, modality)
+        return self.decode_all(z)
+
+
+class LinearHead(nn.Module):
+    """The generalized classifier: one linear map applied at every time step (logits)."""
+
+    def __init__(self, rep_size: int, n_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(rep_size, n_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z)
+
+
+class EncoderClassifier(nn.Module):
+    """Encoder of one modality followed by the head: what gateways run for inference."""
+
+    def __init__(self, encoder: StackedLSTM, head: LinearHead) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (embedding z [B, T, r], logits [B, T, K])."""
+        z, _ = self.encoder(x)
+        return z, self.head(z)

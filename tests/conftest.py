@@ -1,0 +1,39 @@
+"""Shared fixtures: the recorded datasets and a real mosquitto on a free port."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fedmekt.broker import MosquittoProcess, start_mosquitto
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_dir() -> Path | None:
+    env = os.environ.get("FEDMEKT_DATA_DIR")
+    if env:
+        return Path(env)
+    default = REPO.parent / "shared" / "data"
+    return default if default.exists() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Root of the recorded datasets; in CI it always exists, so tests must not skip there."""
+    path = _data_dir()
+    if path is None or not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail("FEDMEKT_DATA_DIR is not set and ../shared/data is missing")
+        pytest.skip("recorded datasets not available (set FEDMEKT_DATA_DIR)")
+    return path
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> MosquittoProcess:
+    """A fresh mosquitto 2.x for one test, on a free port (never the system one on 1883)."""
+    broker = start_mosquitto(workdir=tmp_path / "mosquitto")
+    yield broker
+    broker.stop()
