@@ -1,0 +1,69 @@
+"""What a finished (or checkpointed) run leaves on disk, read by export and infer.
+
+A run folder holds ``run.json`` (:class:`RunInfo`), ``metrics.jsonl`` (one JSON
+object per round) and ``final_model.safetensors`` (state dicts of the split
+autoencoder under ``autoencoder.`` and of the head under ``head.``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_INFO = "run.json"
+METRICS = "metrics.jsonl"
+FINAL_MODEL = "final_model.safetensors"
+
+
+@dataclass
+class RunInfo:
+    """Everything needed to rebuild and deploy the global model without the training data."""
+
+    federation: str
+    algorithm: str
+    dataset: str
+    pair: tuple[str, str]
+    channels: dict[str, int]
+    rep_size: int
+    hidden: int
+    label_names: tuple[str, ...]
+    window: int
+    rate_hz: float
+    rounds_completed: int
+    norm_mean: dict[str, list[float]] = field(default_factory=dict)
+    norm_std: dict[str, list[float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunInfo":
+        data = dict(data)
+        data["pair"] = tuple(data["pair"])
+        data["label_names"] = tuple(data["label_names"])
+        return cls(**data)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file, fsync, rename: a crash leaves the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_run_info(run_dir: Path, info: RunInfo) -> None:
+    atomic_write_bytes(Path(run_dir) / RUN_INFO, json.dumps(asdict(info), indent=2).encode())
+
+
+def read_run_info(run_dir: Path) -> RunInfo:
+    return RunInfo.from_json(json.loads((Path(run_dir) / RUN_INFO).read_text()))

@@ -1,0 +1,85 @@
+"""MQTT topic scheme, all under ``fedmekt/<federation>/``.
+
+| topic | publisher | retained | what |
+|---|---|---|---|
+| ``rounds`` | aggregator | yes | current round announcement (plan: round, selected clients, proxy windows) |
+| ``global/<round>/<chunk>`` | aggregator | no | downstream global knowledge for that round, chunked |
+| ``proxy/manifest`` and ``proxy/<chunk>`` | aggregator | yes | the versioned, hashed proxy set (sent once) |
+| ``models/manifest`` and ``models/<version>/<chunk>`` | aggregator | yes | signed ONNX model packages |
+| ``metrics`` | aggregator | no | per-round metrics (JSON) |
+| ``clients/<id>/status`` | client (and its Last Will) | yes | presence: online with modalities / offline |
+| ``clients/<id>/upload/<round>/<chunk>`` | client | no | upstream embeddings or parameters |
+| ``clients/<id>/inference`` | client | no | on-device predictions (JSON lines) |
+
+A device's MQTT username equals its client id, so the broker ACL
+(``deploy/mosquitto/acl``) can confine each device to ``clients/<its id>/#``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROOT = "fedmekt"
+
+
+@dataclass(frozen=True)
+class Topics:
+    federation: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}/{self.federation}"
+
+    @property
+    def rounds(self) -> str:
+        return f"{self.prefix}/rounds"
+
+    def global_chunk(self, round_: int, chunk: int) -> str:
+        return f"{self.prefix}/global/{round_}/{chunk}"
+
+    @property
+    def global_all(self) -> str:
+        return f"{self.prefix}/global/#"
+
+    @property
+    def proxy_manifest(self) -> str:
+        return f"{self.prefix}/proxy/manifest"
+
+    def proxy_chunk(self, chunk: int) -> str:
+        return f"{self.prefix}/proxy/{chunk}"
+
+    @property
+    def proxy_all(self) -> str:
+        return f"{self.prefix}/proxy/#"
+
+    @property
+    def models_manifest(self) -> str:
+        return f"{self.prefix}/models/manifest"
+
+    def model_chunk(self, version: int, chunk: int) -> str:
+        return f"{self.prefix}/models/{version}/{chunk}"
+
+    @property
+    def models_all(self) -> str:
+        return f"{self.prefix}/models/#"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.prefix}/metrics"
+
+    def status(self, client_id: str) -> str:
+        return f"{self.prefix}/clients/{client_id}/status"
+
+    @property
+    def status_all(self) -> str:
+        return f"{self.prefix}/clients/+/status"
+
+    def upload_chunk(self, client_id: str, round_: int, chunk: int) -> str:
+        return f"{self.prefix}/clients/{client_id}/upload/{round_}/{chunk}"
+
+    @property
+    def uploads_all(self) -> str:
+        return f"{self.prefix}/clients/+/upload/#"
+
+    def inference(self, client_id: str) -> str:
+        return f"{self.prefix}/clients/{client_id}/inference"
