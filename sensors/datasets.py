@@ -1,0 +1,138 @@
+"""Dataset registry: one ``load_dataset`` call turns any supported source into ``list[Recording]``.
+
+Where data lives: ``data_dir`` if given (either the dataset folder itself or a root holding
+``<name>/``), else ``$FEDMEKT_DATA_DIR/<name>``, else ``../shared/data/<name>`` next to the repo.
+``demo`` is the small HAPT subset bundled in ``sensors/demo/`` (no download needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedmekt.errors import UserError
+from sensors.recording import Recording
+
+DATASETS = ("ur_fall", "hapt", "hapt_uci", "mhealth", "opportunity", "generic", "demo")
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+_REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset: what a split/model needs before any file is read."""
+
+    name: str
+    modalities: dict[str, tuple[str, ...]]   # modality -> channel names (rgb: width set by the user's features)
+    rate_hz: float
+    label_names: tuple[str, ...]
+    default_pair: tuple[str, str]
+    unit_kind: str                            # what one Recording is: "run" or "subject"
+    split_by: str                             # what the splits are disjoint by: "run" or "subject"
+    n_div: int                                # divisions of the paper's client_idxs (spec §2.4)
+    rep_sizes: dict[str, int] = field(default_factory=dict)  # paper rep size by modality present ("*" = default)
+    download: str = ""
+
+    @property
+    def channels(self) -> dict[str, int]:
+        return {m: len(c) for m, c in self.modalities.items()}
+
+    def paper_rep_size(self, pair: tuple[str, str] | None = None) -> int:
+        """The paper's representation size r (``S.py:87-97``): UR Fall 2 when acce is in the pair, else 4."""
+        for m in pair or self.default_pair:
+            if m in self.rep_sizes:
+                return self.rep_sizes[m]
+        return self.rep_sizes["*"]
+
+
+def _info() -> dict[str, DatasetInfo]:
+    from sensors.readers import hapt, mhealth, opportunity, ur_fall
+
+    hapt_kw = dict(
+        modalities=dict(hapt.CHANNELS), rate_hz=hapt.RATE_HZ, label_names=hapt.LABEL_NAMES,
+        default_pair=("acce", "gyro"), unit_kind="run", split_by="subject", n_div=100, rep_sizes={"*": 4},
+    )
+    return {
+        "ur_fall": DatasetInfo(
+            "ur_fall", {"acce": ur_fall.ACCE_CHANNELS, "depth": ur_fall.DEPTH_CHANNELS, "rgb": ()}, ur_fall.RATE_HZ,
+            ur_fall.LABEL_NAMES, ("acce", "depth"), "run", "run", 10, {"acce": 2, "*": 4},
+            "http://fenix.univ.rzeszow.pl/~mkepski/ds/uf.html (research use only)",
+        ),
+        "hapt": DatasetInfo("hapt", **hapt_kw, download="shared/data/hapt/hapt_raw.npz (CC BY 4.0)"),
+        "hapt_uci": DatasetInfo(
+            "hapt_uci", **hapt_kw,
+            download="https://archive.ics.uci.edu/dataset/341 (RawData/ folder, CC BY 4.0)",
+        ),
+        "demo": DatasetInfo("demo", **hapt_kw, download="bundled: sensors/demo/ (HAPT subset, CC BY 4.0)"),
+        "mhealth": DatasetInfo(
+            "mhealth", dict(mhealth.CHANNELS), mhealth.RATE_HZ, mhealth.LABEL_NAMES, ("acce", "gyro"),
+            "subject", "subject", 100, {"*": 4}, "https://archive.ics.uci.edu/dataset/319 (MHEALTHDATASET/*.log)",
+        ),
+        "opportunity": DatasetInfo(
+            "opportunity", dict(opportunity.CHANNELS), opportunity.RATE_HZ, opportunity.LABEL_NAMES,
+            ("acce", "gyro"), "run", "run", 100, {"*": 10},
+            "https://archive.ics.uci.edu/dataset/226 (challenge release S{s}-ADL{r}.dat)",
+        ),
+        "generic": DatasetInfo(
+            "generic", {}, 0.0, (), ("", ""), "run", "subject", 100, {"*": 4},
+            "your own files, see README 'Generic format'",
+        ),
+    }
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Static description of a dataset (modalities, channels, rate, labels, paper rep size)."""
+    info = _info()
+    if name not in info:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return info[name]
+
+
+def resolve_dir(name: str, data_dir: Path | str | None) -> Path:
+    """Where ``name`` lives; raises UserError with the path tried when it does not exist."""
+    if name == "demo":
+        return Path(data_dir) if data_dir is not None else DEMO_DIR
+    folder = {"hapt_uci": "hapt_uci"}.get(name, name)
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        candidates = [root / folder, root]
+    elif os.environ.get("FEDMEKT_DATA_DIR"):
+        candidates = [Path(os.environ["FEDMEKT_DATA_DIR"]).expanduser() / folder]
+    else:
+        candidates = [_REPO.parent / "shared" / "data" / folder]
+    for c in candidates:
+        if c.exists():
+            return c
+    raise UserError(f"dataset {name!r} not found at {candidates[-1]} (pass --data-dir or set FEDMEKT_DATA_DIR)")
+
+
+# name -> (reader module, function) — imported lazily so one broken optional path never blocks the rest.
+_READERS = {
+    "ur_fall": ("ur_fall", "read"),
+    "hapt": ("hapt", "read_npz"),
+    "demo": ("hapt", "read_npz"),
+    "hapt_uci": ("hapt", "read_uci_raw"),
+    "mhealth": ("mhealth", "read"),
+    "opportunity": ("opportunity", "read"),
+    "generic": ("generic", "read"),
+}
+
+
+def load_dataset(name: str, data_dir: Path | str | None = None, **opts) -> list[Recording]:
+    """Read every recording of ``name`` (one per run or subject); ``opts`` go to the reader.
+
+    Reader options: ur_fall ``rgb_dir``; opportunity ``faithful`` (paper's duplicated gyro columns);
+    generic ``descriptor`` (path of the JSON/TOML descriptor if not ``dataset.toml``/``dataset.json``).
+    """
+    if name not in _READERS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    path = resolve_dir(name, data_dir)
+    module, func = _READERS[name]
+    reader = getattr(importlib.import_module(f"sensors.readers.{module}"), func)
+    unknown = set(opts) - set(inspect.signature(reader).parameters)
+    if unknown:
+        raise UserError(f"dataset {name!r} does not take option(s) {sorted(unknown)}")
+    return reader(path, dataset=name, **opts)

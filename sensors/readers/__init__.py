@@ -1,0 +1,1 @@
+"""One module per upstream file format; each returns ``list[Recording]`` (see sensors.datasets)."""
