@@ -1,0 +1,1 @@
+"""Deployment assets: the secured mosquitto configuration and device provisioning."""
