@@ -1,0 +1,97 @@
+"""``fedmekt data``: look at a dataset before training on it, and write a split manifest.
+
+    fedmekt data inspect DATASET [--data-dir DIR] [--json]
+    fedmekt data split DATASET --out split.json [--pair A B] [--scheme paper|subject] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from fedmekt.errors import UserError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="inspect datasets and write split manifests")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    inspect = sub.add_parser("inspect", help="subjects, modalities, channels, rates, label counts, durations")
+    inspect.add_argument("dataset", help="ur_fall | hapt | hapt_uci | mhealth | opportunity | generic | demo")
+    inspect.add_argument("--data-dir", type=Path, default=None, help="dataset folder (or a root holding it)")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    inspect.set_defaults(func=run)
+    split = sub.add_parser("split", help="draw a seeded split and write its manifest (JSON)")
+    split.add_argument("dataset")
+    split.add_argument("--data-dir", type=Path, default=None)
+    split.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None, help="modality pair (dataset default)")
+    split.add_argument("--scheme", choices=("paper", "subject"), default="paper")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--clients", nargs=3, type=int, metavar=("A", "B", "AB"), default=(10, 10, 10))
+    split.add_argument("--missing-rate", type=float, default=0.0)
+    split.add_argument("--out", type=Path, required=True, help="manifest path")
+    split.set_defaults(func=run)
+
+
+def summarize(recordings) -> dict:
+    """JSON-able overview of a list of recordings (what ``inspect`` prints)."""
+    first = recordings[0]
+    labels = Counter()
+    for r in recordings:
+        labels.update(r.labels.tolist())
+    per_subject: dict[str, dict] = {}
+    for r in recordings:
+        s = per_subject.setdefault(r.subject, {"units": 0, "rows": 0, "seconds": 0.0})
+        s["units"] += 1
+        s["rows"] += len(r)
+        s["seconds"] += float(r.timestamps[-1] - r.timestamps[0]) + 1.0 / r.rate_hz if len(r) else 0.0
+    return {
+        "dataset": first.dataset,
+        "recordings": len(recordings),
+        "subjects": per_subject,
+        "rate_hz": sorted({r.rate_hz for r in recordings}),
+        "modalities": {m: {"channels": int(x.shape[1]), "names": list(first.channel_names.get(m, ()))}
+                       for m, x in first.modalities.items()},
+        "labels": {("unlabelled" if k < 0 else first.label_names[k]): int(v) for k, v in sorted(labels.items())},
+        "rows": sum(len(r) for r in recordings),
+        "hours": round(sum(s["seconds"] for s in per_subject.values()) / 3600, 3),
+    }
+
+
+def _print(info: dict) -> None:
+    print(f"dataset {info['dataset']}: {info['recordings']} recordings, {len(info['subjects'])} subjects, "
+          f"{info['rows']:,} rows, {info['hours']:.2f} h, rate {', '.join(f'{r:g}' for r in info['rate_hz'])} Hz")
+    print("modalities:")
+    for m, v in info["modalities"].items():
+        names = ", ".join(v["names"][:12]) + (" …" if len(v["names"]) > 12 else "")
+        print(f"  {m:<8} {v['channels']:>4} channels  {names}")
+    print("labels:")
+    total = max(info["rows"], 1)
+    for name, n in info["labels"].items():
+        print(f"  {name:<24} {n:>10,}  {100 * n / total:5.1f} %")
+    print("subjects (runs, rows, minutes):")
+    for s, v in info["subjects"].items():
+        print(f"  {s:<16} {v['units']:>3} {v['rows']:>10,} {v['seconds'] / 60:8.1f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sensors.datasets import dataset_info, load_dataset
+    from sensors.splits import make_split, write_manifest
+
+    recs = load_dataset(args.dataset, args.data_dir)
+    if args.data_command == "inspect":
+        info = summarize(recs)
+        print(json.dumps(info, indent=1)) if args.json else _print(info)
+        return 0
+    pair = tuple(args.pair) if args.pair else dataset_info(args.dataset).default_pair
+    try:
+        split = make_split(recs, pair, scheme=args.scheme, seed=args.seed, clients=tuple(args.clients),
+                           missing_rate=args.missing_rate)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    write_manifest(split, args.out)
+    rows = split.manifest["rows"]
+    print(f"wrote {args.out}: test {rows['test']:,} / proxy {rows['proxy']:,} / labelled {rows['labelled']:,} rows, "
+          f"{len(split.clients)} clients")
+    return 0
