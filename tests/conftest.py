@@ -11,6 +11,9 @@ from fedmekt.broker import MosquittoProcess, start_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Prints the faults-injected / bad-inputs-rejected table at the end of the run.
+pytest_plugins = ["fault_ledger"]
+
 
 def _data_dir() -> Path | None:
     env = os.environ.get("FEDMEKT_DATA_DIR")

@@ -140,7 +140,7 @@ def _header_from_json(raw: bytes) -> Header:
             raise WireError(f"bad {k} {d[k]!r}")
     if not isinstance(d["sha256"], str) or not _HEX64.match(d["sha256"]) or d["msg"] != d["sha256"][:16]:
         raise WireError("bad sha256 / message id")
-    if d["dtype"] not in WIRE_DTYPES:
+    if not isinstance(d["dtype"], str) or d["dtype"] not in WIRE_DTYPES:
         raise WireError(f"wire dtype {d['dtype']!r} not in {sorted(WIRE_DTYPES)}")
     mods = d["modalities"]
     if not isinstance(mods, list) or len(mods) > 16 or not all(isinstance(m, str) and _ID.match(m) for m in mods):

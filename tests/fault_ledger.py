@@ -1,0 +1,59 @@
+"""Tally of injected faults and bad inputs, printed at the end of the pytest run.
+
+Tests call :func:`record`; the ``pytest_terminal_summary`` hook (registered from
+tests/conftest.py via ``pytest_plugins``) prints the table, and when
+``FEDMEKT_FAULT_LEDGER`` names a file the rows are also written there as JSON
+(bench/bench_faults.py reads it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Row:
+    kind: str  # "fault" or "bad input"
+    what: str
+    tried: int = 0
+    handled: int = 0  # faults survived / bad inputs rejected (or harmlessly accepted: see `accepted`)
+    accepted: int = 0  # bad-input cases that turned out valid (e.g. a mutation that changed nothing)
+    lost: int = 0  # completed rounds or samples lost
+
+
+_ROWS: dict[tuple[str, str], Row] = defaultdict(lambda: Row("", ""))
+
+
+def record(kind: str, what: str, *, tried: int = 1, handled: int = 1, accepted: int = 0, lost: int = 0) -> None:
+    row = _ROWS[(kind, what)]
+    row.kind, row.what = kind, what
+    row.tried += tried
+    row.handled += handled
+    row.accepted += accepted
+    row.lost += lost
+
+
+def rows() -> list[Row]:
+    return sorted(_ROWS.values(), key=lambda r: (r.kind, r.what))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _ROWS:
+        return
+    tr = terminalreporter
+    tr.section("faults injected and bad inputs tried")
+    tr.write_line(f"{'kind':<10} {'what':<58} {'tried':>7} {'handled':>8} {'valid':>6} {'lost':>5}")
+    for r in rows():
+        tr.write_line(f"{r.kind:<10} {r.what:<58} {r.tried:>7} {r.handled:>8} {r.accepted:>6} {r.lost:>5}")
+    for kind in ("fault", "bad input"):
+        sel = [r for r in rows() if r.kind == kind]
+        if sel:
+            tr.write_line(f"total {kind}: tried {sum(r.tried for r in sel)}, handled {sum(r.handled for r in sel)}, "
+                          f"lost {sum(r.lost for r in sel)}")
+    path = os.environ.get("FEDMEKT_FAULT_LEDGER")
+    if path:
+        with open(path, "w") as f:
+            json.dump([asdict(r) for r in rows()], f, indent=1)
