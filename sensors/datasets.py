@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,4 +136,8 @@ def load_dataset(name: str, data_dir: Path | str | None = None, **opts) -> list[
     unknown = set(opts) - set(inspect.signature(reader).parameters)
     if unknown:
         raise UserError(f"dataset {name!r} does not take option(s) {sorted(unknown)}")
-    return reader(path, dataset=name, **opts)
+    try:
+        return reader(path, dataset=name, **opts)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # corrupt or truncated files
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise UserError(f"dataset {name!r} in {path} cannot be read ({exc.__class__.__name__}: {reason})") from None

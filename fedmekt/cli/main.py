@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"fedmekt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the user gave: missing, unwritable, a folder instead of a file
+        if args.verbose:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"fedmekt {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"fedmekt {args.command}: interrupted", file=sys.stderr)
         return 130

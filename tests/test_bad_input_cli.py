@@ -1,0 +1,82 @@
+"""Bad user input to the real ``fedmekt`` command: one clear error line, non-zero exit, no traceback.
+
+Each case runs the installed console script in a subprocess, exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fault_ledger import record
+from fedmekt.broker import free_port
+from fedmekt.cli.main import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).with_name("fedmekt")
+COMMANDS = set(build_parser()._subparsers._group_actions[0].choices)  # the subcommands registered today
+
+
+def fedmekt(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "fedmekt"]
+    env = {**os.environ, "FEDMEKT_DATA_DIR": str(cwd / "no-data-here")}
+    return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_clear_error(done: subprocess.CompletedProcess, what: str, mentions: str = "") -> None:
+    err = done.stderr
+    assert done.returncode != 0, f"{what}: exit 0\n{err}"
+    assert "Traceback" not in err, f"{what}: traceback\n{err}"
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("fedmekt")]
+    assert len(errors) == 1, f"{what}: expected one 'fedmekt …' error line, got\n{err}"
+    assert errors[0] == lines[-1] and "error" in errors[0], err
+    assert mentions.lower() in errors[0].lower(), f"{what}: {errors[0]!r} does not mention {mentions!r}"
+    record("bad input", f"CLI: {what}")
+
+
+def _bad_files(tmp: Path) -> dict[str, Path]:
+    (tmp / "empty").mkdir()
+    hapt = tmp / "corrupt-hapt"
+    hapt.mkdir()
+    (hapt / "hapt_raw.npz").write_bytes((REPO / "sensors/demo/hapt_demo.npz").read_bytes()[:1000])
+    gen = tmp / "bad-generic"
+    gen.mkdir()
+    (gen / "dataset.toml").write_text("name = 'x'\nmodalities = [ unclosed\n")
+    (tmp / "bad.toml").write_text("[federation\nrounds = = 3\n")
+    (tmp / "wrong-types.toml").write_text('rounds = "many"\nper_round = -4\nno_such_option = 1\n')
+    (tmp / "binary.toml").write_bytes(b"\x00\xff\xfe garbage \x89PNG")
+    return {"empty": tmp / "empty", "hapt": hapt, "generic": gen}
+
+
+CASES = [
+    # (id, subcommand, args (with {tmp} / {port} / {empty} … placeholders), word the error line must contain)
+    ("unknown dataset", "data", ["data", "inspect", "no_such_dataset"], "no_such_dataset"),
+    ("missing dataset folder", "data", ["data", "inspect", "ur_fall", "--data-dir", "{tmp}/nowhere"], "not found"),
+    ("dataset folder without the data", "data", ["data", "inspect", "hapt", "--data-dir", "{empty}"], "not found"),
+    ("corrupt dataset file", "data", ["data", "inspect", "hapt", "--data-dir", "{hapt}"], "hapt"),
+    ("malformed dataset descriptor", "data", ["data", "inspect", "generic", "--data-dir", "{generic}"], "dataset.toml"),
+    ("output in a missing folder", "data", ["data", "split", "demo", "--out", "{tmp}/no/such/dir/split.json"],
+     "no such"),
+    ("default data dir missing", "data", ["data", "inspect", "hapt"], "not found"),
+]
+
+
+@pytest.mark.parametrize("what,command,args,mentions", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_ends_with_one_clear_error_line(tmp_path, what, command, args, mentions):
+    if command not in COMMANDS:
+        pytest.skip(f"`fedmekt {command}` is not registered yet")
+    paths = _bad_files(tmp_path)
+    subst = {"tmp": str(tmp_path), "port": str(free_port()), **{k: str(v) for k, v in paths.items()}}
+    done = fedmekt(*[a.format(**subst) for a in args], cwd=tmp_path)
+    assert_one_clear_error(done, what, mentions)
+
+
+def test_no_arguments_prints_help_and_fails(tmp_path):
+    done = fedmekt(cwd=tmp_path)
+    assert done.returncode != 0 and "usage: fedmekt" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
