@@ -1,0 +1,230 @@
+"""What every algorithm step works on: a party (model + per-module optimizers), data batches, key names.
+
+Algorithms are written as client-side and server-side steps with no I/O (``fedmekt.engine`` owns the
+state and the wire). Shared decisions documented here once:
+
+* Freezing (O5/O6): one Adam per sub-module (``encoders.<m>``, ``decoders.<m>``); every step clears all
+  gradients and steps exactly the sub-modules it names, so nothing accumulates between the two sequential
+  steps of an A+B client and "frozen" parts never move by momentum.
+* Randomness: a step receives a ``numpy.random.Generator``; it never touches global RNGs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmekt.config import FederationConfig
+from fedmekt.model import SplitAutoencoder
+from sensors.partition import Partition
+from sensors.windowing import gather_windows, paper_crop_length, random_crops
+
+Tensors = dict[str, np.ndarray]
+
+
+def emb_key(modality: str, layer: str) -> str:
+    """Wire name of an embedding: ``emb/<modality>/z`` (representation) or ``emb/<modality>/h`` (hidden)."""
+    return f"emb/{modality}/{layer}"
+
+
+def param_key(name: str) -> str:
+    """Wire name of a parameter: ``param/<state_dict key>``."""
+    return f"param/{name}"
+
+
+def exchanged_layers(cfg: FederationConfig) -> tuple[str, ...]:
+    return ("z", "h") if cfg.layers == "rep+hidden" else ("z",)
+
+
+def enc(m: str) -> str:
+    return f"encoders.{m}"
+
+
+def dec(m: str) -> str:
+    return f"decoders.{m}"
+
+
+class ModuleOptimizers:
+    """One Adam per encoder/decoder so each step updates exactly the parts it names (fixes O5/O6)."""
+
+    def __init__(self, model: SplitAutoencoder, lr: float) -> None:
+        self.optimizers = {
+            f"{kind}.{m}": torch.optim.Adam(getattr(model, kind)[m].parameters(), lr=lr)
+            for kind in ("encoders", "decoders")
+            for m in model.modalities
+        }
+
+    def step(self, loss: torch.Tensor, names: list[str] | tuple[str, ...]) -> float:
+        """Clear every gradient, backpropagate ``loss``, step the named sub-modules only."""
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for name in names:
+            self.optimizers[name].step()
+        return float(loss.detach())
+
+    def state_arrays(self, prefix: str) -> Tensors:
+        return {f"{prefix}{name}/{k}": v for name, opt in self.optimizers.items() for k, v in optimizer_arrays(opt).items()}
+
+    def load_state_arrays(self, state: Tensors, prefix: str) -> None:
+        for name, opt in self.optimizers.items():
+            p = f"{prefix}{name}/"
+            load_optimizer_arrays(opt, {k[len(p):]: v for k, v in state.items() if k.startswith(p)})
+
+
+def optimizer_arrays(opt: torch.optim.Optimizer) -> Tensors:
+    """Adam state as flat named arrays ("<param index>/<field>"), safetensors-able."""
+    out = {}
+    for idx, fields in opt.state_dict()["state"].items():
+        for name, value in fields.items():
+            out[f"{idx}/{name}"] = value.detach().cpu().numpy().astype(np.float32).reshape(value.shape)
+    return out
+
+
+def load_optimizer_arrays(opt: torch.optim.Optimizer, arrays: Tensors) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = torch.from_numpy(np.array(value, dtype=np.float32))
+    current = opt.state_dict()
+    opt.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+class Projections(nn.Module):
+    """FedMEKT-C's fixed random projections ``Dense`` (r×r) and ``Dense1`` (hidden×hidden) (O4).
+
+    Built from the federation seed so every party reconstructs the same matrices without sending them;
+    never trained (no optimizer owns them, ``requires_grad`` is off).
+    """
+
+    def __init__(self, rep_size: int, hidden: int, seed: int) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.rep = nn.Linear(rep_size, rep_size)
+            self.hidden = nn.Linear(hidden, hidden)
+        self.requires_grad_(False)
+
+    def joint(self, layer: str, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Project the modalities' embeddings stacked along the batch axis (the "joint" embedding)."""
+        return (self.rep if layer == "z" else self.hidden)(torch.cat(parts, dim=0))
+
+
+@dataclass
+class Party:
+    """What a training step may touch on one side of the federation."""
+
+    cfg: FederationConfig
+    model: SplitAutoencoder
+    optim: ModuleOptimizers
+    projections: Projections
+    device: torch.device
+    modalities: tuple[str, ...]   # held modalities (the server holds the whole pair)
+
+
+class ProxyWindows:
+    """The round's proxy windows Π_t as tensors {m: [W, window, C]} — identical for every party."""
+
+    def __init__(self, proxy: Partition, starts: np.ndarray, window: int, modalities, device: torch.device) -> None:
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.x = {
+            m: torch.from_numpy(gather_windows(proxy.modalities[m], self.starts, window)).to(device)
+            for m in modalities
+        }
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+    def epoch(self, rng: np.random.Generator, batch: int) -> Iterator[np.ndarray]:
+        """Index minibatches covering every window once, in a seeded order."""
+        order = rng.permutation(len(self))
+        for s in range(0, len(order), batch):
+            yield order[s : s + batch]
+
+    def cycle(self, rng: np.random.Generator, batch: int) -> Iterator[np.ndarray]:
+        """Endless minibatches (a fresh seeded permutation after each pass): lock-step with private windows."""
+        while True:
+            yield from self.epoch(rng, batch)
+
+
+def private_epoch(part: Partition, modalities, cfg: FederationConfig, rng: np.random.Generator, device: torch.device
+                  ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """One local "epoch" of the reference (spec §2.6): one batch of random crops walked in random sub-windows.
+
+    B ~ U[batch), crop length = rows // B capped by the longest segment, sub-window w ~ U[sub_window) per step;
+    stops when the next sub-window would run past the crop (a crop shorter than w yields itself once).
+    Yields ({m: [B, w, C]} float32 on ``device``, labels [B, w] int64).
+    """
+    lo, hi = cfg.resolved_batch()
+    batch = int(rng.integers(lo, hi))
+    longest = int((part.segments[:, 1] - part.segments[:, 0]).max())
+    length = paper_crop_length(len(part), batch, longest + 1)
+    crops, labels = random_crops(part, batch, length, rng)
+    xs = {m: torch.from_numpy(np.ascontiguousarray(crops[m])).to(device) for m in modalities}
+    ys = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
+    s, yielded = 0, False
+    while True:
+        w = int(rng.integers(*cfg.hyper.sub_window))
+        if s + w > length:
+            break
+        yield {m: x[:, s : s + w] for m, x in xs.items()}, ys[:, s : s + w]
+        s, yielded = s + w, True
+    if not yielded:
+        yield xs, ys
+
+
+def reconstruct(model: SplitAutoencoder, x: torch.Tensor, modality: str, outputs) -> dict[str, torch.Tensor]:
+    """``model(x, modality)`` restricted to the decoders in ``outputs`` (a unimodal client needs one)."""
+    z, _ = model.encode(x, modality)
+    seed = z[:, -1:, :].expand(-1, z.shape[1], -1)
+    return {m: model.decoders[m](seed)[0] for m in outputs}
+
+
+def check_tensors(got: Tensors, expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """Reject a message whose names or shapes differ from what this round needs (untrusted input)."""
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{what}: missing {missing[:3]} unexpected {extra[:3]}")
+    for k, shape in expected.items():
+        arr = got[k]
+        if tuple(arr.shape) != tuple(shape) or arr.dtype != np.float32:
+            raise ValueError(f"{what}: {k} has {arr.dtype}{tuple(arr.shape)}, expected float32{tuple(shape)}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what}: {k} contains NaN or inf")
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+class Algorithm:
+    """Client-side and server-side steps of one algorithm; no I/O, no state of its own."""
+
+    name = ""
+
+    def downstream(self, server: Party, proxy: ProxyWindows | None) -> Tensors:
+        """Knowledge the server sends this round (every key; ``engine.client_view`` filters per client)."""
+        raise NotImplementedError
+
+    def upload_spec(self, party: Party, modalities: tuple[str, ...], n_windows: int) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of a valid upload from a client holding ``modalities``."""
+        raise NotImplementedError
+
+    def client_weight(self, cfg: FederationConfig, modalities: tuple[str, ...]) -> float:
+        """Weight of a client's upload in the server's streaming mean."""
+        return 1.0
+
+    def client_train(self, client: Party, down: Tensors, private: Partition, proxy: ProxyWindows | None,
+                     rng: np.random.Generator) -> Tensors:
+        """Local training from the received knowledge; returns the upload."""
+        raise NotImplementedError
+
+    def server_update(self, server: Party, means: Tensors, proxy: ProxyWindows | None,
+                      rng: np.random.Generator) -> dict[str, float]:
+        """Update the global autoencoder from the per-key client means; returns loss metrics."""
+        raise NotImplementedError

@@ -1,0 +1,134 @@
+"""FedMEKT-C and FedMEKT-S: embedding knowledge transfer on the round's proxy windows (spec §4.4–4.8).
+
+Downstream knowledge = the global model's embeddings (z, and h with ``layers="rep+hidden"``) of every
+modality on Π_t; upstream = the client's embeddings of Π_t for each modality it holds. The server averages
+them per modality (streaming mean) and distils on the SAME windows Π_t (fixes B1–B3).
+
+* C (joint): an A+B client / the server compares the modalities' embeddings stacked and passed through the
+  fixed seeded projections (O4); one step on everything.
+* S (separate): per modality, one step on that encoder and all decoders.
+* ``cfg.faithful`` keeps O1 (time-axis softmax, inside ``kd_loss``), O2 (C server: the trainable global
+  embedding in the teacher slot) and O3 (C: KD terms counted twice). Default: standard direction, once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedmekt.algorithms.base import (
+    Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, exchanged_layers, private_epoch,
+    reconstruct, to_numpy,
+)
+from fedmekt.losses import kd_loss, reconstruction_loss, reversed_mse
+from sensors.partition import Partition
+
+
+class FedMEKT(Algorithm):
+    """Both variants; ``joint`` selects C (True) or S (False)."""
+
+    def __init__(self, joint: bool) -> None:
+        self.joint = joint
+        self.name = "fedmekt-c" if joint else "fedmekt-s"
+
+    # ---- shapes and weights -------------------------------------------------------------------------
+    def upload_spec(self, party: Party, modalities, n_windows: int) -> dict[str, tuple[int, ...]]:
+        width = {"z": party.model.rep_size, "h": party.model.hidden}
+        return {emb_key(m, layer): (n_windows, party.cfg.window, width[layer])
+                for m in modalities for layer in exchanged_layers(party.cfg)}
+
+    # ---- both sides ---------------------------------------------------------------------------------
+    def _embed(self, party: Party, proxy: ProxyWindows, modalities) -> Tensors:
+        out = {}
+        with torch.no_grad():
+            for m in modalities:
+                z, h = party.model.encode(proxy.x[m], m)
+                out[emb_key(m, "z")] = to_numpy(z)
+                if "h" in exchanged_layers(party.cfg):
+                    out[emb_key(m, "h")] = to_numpy(h)
+        return out
+
+    def _kd(self, party: Party, student: dict[str, tuple], teacher: dict[str, tuple], weights: tuple[float, float],
+            reverse: bool = False) -> torch.Tensor:
+        """Weighted KD over the exchanged layers; ``student``/``teacher`` map modality -> (z, h).
+
+        Joint (C): one KL per layer on the projected, batch-stacked modalities. Separate (S) or a single
+        modality: plain per-layer KL. ``reverse`` puts the trainable tensor in the teacher slot (O2).
+        """
+        cfg = party.cfg
+        mods = [m for m in student if m in teacher]
+        total = torch.zeros((), device=party.device)
+        for i, layer in enumerate(exchanged_layers(cfg)):
+            if self.joint and len(mods) > 1:
+                s = party.projections.joint(layer, [student[m][i] for m in mods])
+                t = party.projections.joint(layer, [teacher[m][i] for m in mods])
+                pairs = [(s, t)]
+            else:
+                pairs = [(student[m][i], teacher[m][i]) for m in mods]
+            for s, t in pairs:
+                a, b = (t, s) if reverse else (s, t)
+                total = total + weights[i] * kd_loss(a, b, cfg.hyper.temperature, faithful=cfg.faithful)
+        return total * (2.0 if (cfg.faithful and self.joint and len(mods) > 1) else 1.0)
+
+    # ---- server -------------------------------------------------------------------------------------
+    def downstream(self, server: Party, proxy: ProxyWindows | None) -> Tensors:
+        return self._embed(server, proxy, server.modalities)
+
+    def server_update(self, server: Party, means: Tensors, proxy: ProxyWindows | None,
+                      rng: np.random.Generator) -> dict[str, float]:
+        cfg, h = server.cfg, server.cfg.hyper
+        layers = exchanged_layers(cfg)
+        # modality -> (z̄, h̄) tensors for modalities some client reported this round
+        targets = {m: tuple(torch.from_numpy(means[emb_key(m, ly)]).to(server.device) for ly in layers)
+                   for m in server.modalities if emb_key(m, "z") in means}
+        all_parts = [enc(m) for m in server.modalities] + [dec(m) for m in server.modalities]
+        losses = []
+        for _ in range(h.global_epochs):
+            for idx in proxy.epoch(rng, cfg.proxy_batch):
+                x = {m: proxy.x[m][idx] for m in server.modalities}
+                tgt = {m: tuple(t[idx] for t in v) for m, v in targets.items()}
+                if self.joint:
+                    rec = sum(reconstruction_loss(server.model(x[m], m), x) for m in server.modalities)
+                    emb = {m: server.model.encode(x[m], m) for m in tgt}
+                    kd = self._kd(server, emb, tgt, (h.eta, h.gamma), reverse=cfg.faithful)
+                    losses.append(server.optim.step(rec + kd, all_parts))
+                else:
+                    for m in server.modalities:
+                        loss = reconstruction_loss(server.model(x[m], m), x)
+                        if m in tgt:
+                            loss = loss + self._kd(server, {m: server.model.encode(x[m], m)}, {m: tgt[m]},
+                                                   (h.eta, h.gamma))
+                        losses.append(server.optim.step(loss, [enc(m)] + [dec(k) for k in server.modalities]))
+        return {"loss_server": float(np.mean(losses)) if losses else float("nan")}
+
+    # ---- client -------------------------------------------------------------------------------------
+    def client_train(self, client: Party, down: Tensors, private: Partition, proxy: ProxyWindows | None,
+                     rng: np.random.Generator) -> Tensors:
+        cfg, h = client.cfg, client.cfg.hyper
+        mods = client.modalities
+        check_tensors(down, self.upload_spec(client, mods, len(proxy)), "downstream")
+        layers = exchanged_layers(cfg)
+        teacher = {m: tuple(torch.from_numpy(down[emb_key(m, ly)]).to(client.device) for ly in layers) for m in mods}
+        batches = proxy.cycle(rng, cfg.proxy_batch)
+        for _ in range(h.local_epochs):
+            for xs, _labels in private_epoch(private, mods, cfg, rng, client.device):
+                idx = next(batches)
+                p = {m: proxy.x[m][idx] for m in mods}
+                tgt = {m: tuple(t[idx] for t in teacher[m]) for m in mods}
+                if len(mods) == 1:
+                    m = mods[0]
+                    loss = reversed_mse(reconstruct(client.model, xs[m], m, (m,))[m], xs[m])
+                    loss = loss + self._kd(client, {m: client.model.encode(p[m], m)}, tgt, (h.alpha, h.beta))
+                    client.optim.step(loss, [enc(m), dec(m)])
+                elif self.joint:
+                    rec = sum(reconstruction_loss(client.model(xs[m], m), xs) for m in mods)
+                    emb = {m: client.model.encode(p[m], m) for m in mods}
+                    loss = rec + self._kd(client, emb, tgt, (h.alpha, h.beta))
+                    client.optim.step(loss, [enc(m) for m in mods] + [dec(m) for m in mods])
+                else:
+                    for m in mods:
+                        loss = reconstruction_loss(client.model(xs[m], m), xs)
+                        loss = loss + self._kd(client, {m: client.model.encode(p[m], m)}, {m: tgt[m]},
+                                               (h.alpha, h.beta))
+                        client.optim.step(loss, [enc(m)] + [dec(k) for k in mods])
+        return self._embed(client, proxy, mods)

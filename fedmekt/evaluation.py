@@ -1,0 +1,139 @@
+"""Generalized classifier training and evaluation (spec §4.9, §5, and the clean protocol of §11.5).
+
+Two probes of the global encoder:
+
+* the paper's moving probe: the head persists across rounds and gets ``classifier_epochs`` short epochs per
+  round; each round the test set of a modality is treated as ONE sequence cut into ``eval_chunk``-step
+  chunks (each from a zero LSTM state), weighted F1 is computed per chunk and averaged over chunks
+  (``f1_paper``); the table value is the median of the last 10 rounds;
+* the final linear probe: a fresh head trained to convergence (full-batch L-BFGS) on the frozen final
+  encoder's per-step representations of the labelled partition; weighted F1, macro F1 and accuracy over the
+  whole test set (every segment encoded from a zero state in ``eval_chunk`` chunks), with the majority-class
+  floor (the labelled set's most frequent class predicted everywhere — no peeking at test labels).
+
+Rows labelled -1 are ignored everywhere. F1 is numpy (no sklearn), matching sklearn's definitions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedmekt.algorithms.base import private_epoch, to_numpy
+from fedmekt.config import FederationConfig
+from fedmekt.losses import classifier_loss
+from fedmekt.model import LinearHead, SplitAutoencoder
+from sensors.partition import Partition
+
+
+def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Weighted F1, macro F1 and accuracy over rows with y_true >= 0 (sklearn semantics: classes = labels seen)."""
+    keep = y_true >= 0
+    t, p = y_true[keep].astype(np.int64), y_pred[keep].astype(np.int64)
+    if t.size == 0:
+        return {"f1_weighted": float("nan"), "f1_macro": float("nan"), "accuracy": float("nan")}
+    cm = np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(cm).astype(np.float64)
+    support, predicted = cm.sum(1).astype(np.float64), cm.sum(0).astype(np.float64)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = (support + predicted) > 0
+    return {
+        "f1_weighted": float((f1 * support).sum() / support.sum()),
+        "f1_macro": float(f1[present].mean()),
+        "accuracy": float(tp.sum() / t.size),
+    }
+
+
+def chunk_bounds(segments: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of at most ``chunk`` rows, never crossing a segment."""
+    return [(s, min(s + chunk, b)) for a, b in np.asarray(segments) for s in range(int(a), int(b), chunk)]
+
+
+def encode_rows(model: SplitAutoencoder, x: np.ndarray, modality: str, bounds: list[tuple[int, int]],
+                device: torch.device) -> torch.Tensor:
+    """z [rows, r] for the rows covered by ``bounds``, each range encoded from a zero state, in one batch.
+
+    Ranges are right-padded to the longest: an LSTM's output at step t never depends on later steps.
+    """
+    longest = max(b - a for a, b in bounds)
+    batch = np.zeros((len(bounds), longest, x.shape[1]), dtype=np.float32)
+    for i, (a, b) in enumerate(bounds):
+        batch[i, : b - a] = x[a:b]
+    with torch.no_grad():
+        z, _ = model.encode(torch.from_numpy(batch).to(device), modality)
+    return torch.cat([z[i, : b - a] for i, (a, b) in enumerate(bounds)])
+
+
+def train_classifier_round(model: SplitAutoencoder, head: LinearHead, opt: torch.optim.Optimizer,
+                           labelled: Partition, cfg: FederationConfig, rng: np.random.Generator,
+                           device: torch.device) -> float:
+    """One round of generalized classifier learning: ``classifier_epochs`` × each label modality (spec §4.9)."""
+    losses = []
+    for _ in range(cfg.hyper.classifier_epochs):
+        for m in cfg.label_modalities:
+            for xs, ys in private_epoch(labelled, (m,), cfg, rng, device):
+                if not bool((ys >= 0).any()):
+                    continue
+                with torch.no_grad():
+                    z, _ = model.encode(xs[m], m)
+                loss = classifier_loss(head(z), ys)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def paper_probe(model: SplitAutoencoder, head: LinearHead, test: Partition, modality: str, n_classes: int,
+                chunk: int, device: torch.device) -> dict[str, float]:
+    """The per-round metric of the reference (``sC:636-683``) plus whole-test figures of the same predictions."""
+    n = len(test)
+    bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]  # whole test set as ONE sequence (as the paper)
+    with torch.no_grad():
+        pred = to_numpy(head(encode_rows(model, test.modalities[modality], modality, bounds, device))).argmax(1)
+    per_chunk = [f1_scores(test.labels[a:b], pred[a:b], n_classes)["f1_weighted"] for a, b in bounds]
+    per_chunk = [f for f in per_chunk if not np.isnan(f)]
+    return {"f1_paper": float(np.mean(per_chunk)), **f1_scores(test.labels, pred, n_classes)}
+
+
+def linear_probe(model: SplitAutoencoder, labelled: Partition, test: Partition, cfg: FederationConfig,
+                 n_classes: int, device: torch.device, seed: int) -> dict[str, float]:
+    """Fresh head trained to convergence on the frozen encoder; metrics per test modality and the floor."""
+    bounds_lab = chunk_bounds(labelled.segments, cfg.eval_chunk)
+    rows_lab = np.concatenate([np.arange(a, b) for a, b in bounds_lab])
+    feats, labels = [], []
+    for m in cfg.label_modalities:
+        feats.append(encode_rows(model, labelled.modalities[m], m, bounds_lab, device))
+        labels.append(torch.from_numpy(labelled.labels[rows_lab]).to(device))
+    x, y = torch.cat(feats), torch.cat(labels)
+    keep = y >= 0
+    x, y = x[keep], y[keep]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = LinearHead(model.rep_size, n_classes).to(device)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=cfg.hyper.probe_max_iter,
+                            tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(head(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    out: dict[str, float] = {"probe_train_loss": float(closure().detach())}
+    majority = int(np.bincount(to_numpy(y.float()).astype(np.int64), minlength=n_classes).argmax())
+    bounds_test = chunk_bounds(test.segments, cfg.eval_chunk)
+    rows_test = np.concatenate([np.arange(a, b) for a, b in bounds_test])
+    y_test = test.labels[rows_test]
+    for m in cfg.pair:
+        with torch.no_grad():
+            pred = to_numpy(head(encode_rows(model, test.modalities[m], m, bounds_test, device))).argmax(1)
+        for k, v in f1_scores(y_test, pred, n_classes).items():
+            out[f"probe_{k}_{m}"] = v
+    for k, v in f1_scores(y_test, np.full_like(y_test, majority), n_classes).items():
+        out[f"majority_{k}"] = v
+    out["majority_class"] = majority
+    return out
