@@ -18,6 +18,7 @@ import pytest
 
 from deploy import provision
 from fedmekt.wire.topics import Topics
+from fault_ledger import record
 from security_support import REPO, Probe, SecureBroker, connect, start_secure_broker
 
 pytestmark = pytest.mark.broker
@@ -61,12 +62,14 @@ def test_wrong_credentials_are_refused(secure, user, password):
     assert not probe.connected.is_set()
     assert probe.connack is not None and probe.connack != 0, probe.connack
     probe.close()
+    record("attack", "wrong password / unknown user / anonymous")
 
 
 def test_plain_tcp_is_refused_where_tls_is_required(secure):
     probe = connect(secure.port, "c000", secure.passwords["c000"], ca=None, timeout=3)
     assert not probe.connected.is_set()
     probe.close()
+    record("attack", "plain TCP to the TLS listener")
 
 
 def test_device_refuses_a_broker_signed_by_another_ca(secure, tmp_path):
@@ -75,6 +78,7 @@ def test_device_refuses_a_broker_signed_by_another_ca(secure, tmp_path):
     probe = connect(secure.port, "c000", secure.passwords["c000"], ca=other / "ca.crt")
     assert not probe.connected.is_set()
     assert "CERTIFICATE_VERIFY_FAILED" in str(probe.connack), probe.connack
+    record("attack", "impostor broker (certificate from another CA)")
 
 
 def _denied(secure, watchers, user: str, topics: list[str], sentinel: str, protocol=mqtt.MQTTv311):
@@ -96,6 +100,7 @@ def test_device_cannot_publish_to_another_devices_topics(secure, watchers):
               "fedmekt/demo/clients/c001/anything"]
     got, _ = _denied(secure, watchers, "c000", forged, T.upload_chunk("c000", 3, 0))
     assert not got & set(forged)
+    record("attack", "publish to another device's topics", tried=len(forged), handled=len(forged))
 
 
 def test_device_cannot_publish_rounds_global_proxy_models_or_metrics(secure, watchers):
@@ -103,6 +108,7 @@ def test_device_cannot_publish_rounds_global_proxy_models_or_metrics(secure, wat
               T.model_chunk(1, 0), T.metrics, "fedmekt/other-fed/rounds", "$SYS/forged"]
     got, _ = _denied(secure, watchers, "c000", forged, T.status("c000"))
     assert not got & set(forged)
+    record("attack", "device publishes rounds/global/proxy/models/metrics", tried=len(forged), handled=len(forged))
 
 
 def test_mqtt5_device_gets_not_authorized_puback(secure, watchers):
@@ -140,6 +146,7 @@ def test_device_cannot_read_other_devices_uploads(secure):
     agg.publish(T.rounds, b"sentinel")
     assert spy.wait_for(T.rounds, b"sentinel")
     assert T.upload_chunk("c001", 1, 0) not in {t for t, _ in spy.drain()}
+    record("attack", "device reads another device's uploads")
     for p in (spy, other, agg):
         p.close()
 
@@ -149,6 +156,7 @@ def test_client_id_of_another_device_cannot_kick_it_off(secure):
     attacker = login(secure, "c001", client_id="c000")  # the broker replaces it with the username
     attacker.publish(T.status("c001"), b"online")
     assert not victim.disconnected.wait(1.0), "the victim was disconnected by a client-id takeover"
+    record("attack", "client-id takeover")
     victim.close()
     attacker.close()
 
@@ -176,3 +184,4 @@ def test_provision_cli_revokes_a_device(secure):
             break
         probe.close()
     assert not probe.connected.is_set()
+    record("attack", "revoked device reconnects")
