@@ -185,3 +185,24 @@ def test_provision_cli_revokes_a_device(secure):
         probe.close()
     assert not probe.connected.is_set()
     record("attack", "revoked device reconnects")
+
+
+def test_fedmekt_mqtt_link_uses_tls_credentials_and_presence(secure):
+    """The project's own MqttLink (what aggregator and clients use) works with the provisioned bundle."""
+    from fedmekt.errors import UserError
+    from fedmekt.mqtt import LinkOptions, MqttLink, Presence
+
+    monitor = login(secure, "monitor")
+    monitor.subscribe(T.status_all)
+    url = f"mqtts://localhost:{secure.port}"
+    opts = LinkOptions(client_id="c002", username="c002", password=secure.passwords["c002"], ca_file=str(secure.ca))
+    link = MqttLink(url, opts, Presence(T.status("c002"), b"online", b"offline")).connect(timeout=10)
+    assert link.protocol == "5"
+    assert monitor.wait_for(T.status("c002"), b"online")
+    link.close()
+    assert monitor.wait_for(T.status("c002"), b"offline")
+    monitor.close()
+    bad = LinkOptions(client_id="c002", username="c002", password="guess", ca_file=str(secure.ca))
+    with pytest.raises(UserError, match="refused"):
+        MqttLink(url, bad).connect(timeout=10)
+    record("attack", "wrong password through fedmekt.mqtt")
