@@ -1,0 +1,209 @@
+"""On-device sample store: SQLite in WAL mode, bounded retention, crash-safe, read back bit-exact.
+
+Samples are stored in chunks (one row per appended ``SampleBatch``) whose arrays are raw
+little-endian blobs — float64 timestamps, int64 labels, the modalities' float32 rows — so
+ingest costs one INSERT per batch instead of one per sample, and reading returns exactly the
+float32 values that were written.
+
+Durability: every ``append`` is one transaction. In WAL mode a crash or power loss never corrupts
+the database; with ``durable=False`` (``synchronous=NORMAL``, the default) the last transactions
+before a power cut may be missing, with ``durable=True`` (``FULL``) every returned ``append`` is on
+disk. Retention: beyond ``max_samples`` the oldest samples are dropped (exactly, trimming the oldest
+chunk if needed). This module has no network code: raw samples never leave the device through it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sensors.partition import Partition
+from sensors.recording import SampleBatch
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit    TEXT    NOT NULL,
+    n       INTEGER NOT NULL CHECK (n > 0),
+    t0      REAL    NOT NULL,
+    t1      REAL    NOT NULL,
+    ts      BLOB    NOT NULL,
+    labels  BLOB    NOT NULL,
+    data    BLOB    NOT NULL  -- float32 [n, C_m] of each modality, concatenated in meta 'channels' order
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store file is not usable (schema mismatch, corruption, wrong modalities)."""
+
+
+class SampleStore:
+    """Persistent, bounded FIFO of samples of fixed modalities (channels fixed by the first append).
+
+    Thread-safe: one connection guarded by a lock, so a source thread may append while a
+    training thread reads.
+    """
+
+    def __init__(self, path: Path | str, max_samples: int | None = None, durable: bool = False) -> None:
+        if max_samples is not None and max_samples < 1:
+            raise ValueError("max_samples must be >= 1 or None")
+        self.path = Path(path)
+        self.max_samples = max_samples
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._db.executescript(_SCHEMA)
+            version = self._meta("schema")
+            if version is None:
+                self._set_meta("schema", str(SCHEMA_VERSION))
+            elif int(version) != SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema {version}, this version reads {SCHEMA_VERSION}")
+            channels = self._meta("channels")
+            self.channels: dict[str, int] | None = json.loads(channels) if channels else None
+            self._count = int(self._db.execute("SELECT COALESCE(SUM(n), 0) FROM chunks").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable sample store ({exc})") from exc
+        self.dropped = 0  # samples removed by retention since this process opened the store
+
+    # -- metadata -----------------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- writing ------------------------------------------------------------------------------
+    def append(self, batch: SampleBatch) -> None:
+        """Persist one batch atomically, then enforce retention."""
+        n = len(batch)
+        if n == 0:
+            return
+        ts = np.ascontiguousarray(batch.timestamps, dtype="<f8")
+        labels = np.ascontiguousarray(batch.labels, dtype="<i8")
+        mods = {m: np.ascontiguousarray(x, dtype="<f4") for m, x in batch.modalities.items()}
+        channels = {m: int(x.shape[1]) for m, x in mods.items()}
+        if ts.shape != (n,) or labels.shape != (n,) or any(x.shape[0] != n or x.ndim != 2 for x in mods.values()):
+            raise ValueError("batch arrays disagree in length")
+        with self._lock:
+            if self.channels is None:
+                self._set_meta("channels", json.dumps(channels))
+                self.channels = channels
+            elif channels != self.channels:
+                raise ValueError(f"store holds {self.channels}, batch has {channels}")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO chunks(unit, n, t0, t1, ts, labels, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (batch.unit, n, float(ts[0]), float(ts[-1]), ts.tobytes(), labels.tobytes(),
+                     b"".join(mods[m].tobytes() for m in self.channels)),
+                )
+                self._count += n
+                if self.max_samples is not None and self._count > self.max_samples:
+                    self._trim(self._count - self.max_samples)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._count = int(self._db.execute("SELECT COALESCE(SUM(n), 0) FROM chunks").fetchone()[0])
+                raise
+
+    def _trim(self, excess: int) -> None:
+        """Drop the ``excess`` oldest samples (inside the caller's transaction)."""
+        for cid, n in self._db.execute("SELECT id, n FROM chunks ORDER BY id").fetchall():
+            if excess <= 0:
+                break
+            if n <= excess:
+                self._db.execute("DELETE FROM chunks WHERE id = ?", (cid,))
+                k = n
+            else:  # keep the newest n - excess rows of this chunk
+                ts, labels, data = self._db.execute("SELECT ts, labels, data FROM chunks WHERE id = ?", (cid,)).fetchone()
+                ts = np.frombuffer(ts, "<f8")[excess:]
+                kept = b"".join(x[excess:].tobytes() for x in self._split(data, n).values())
+                self._db.execute("UPDATE chunks SET n = ?, t0 = ?, ts = ?, labels = ?, data = ? WHERE id = ?",
+                                 (n - excess, float(ts[0]), ts.tobytes(), labels[8 * excess :], kept, cid))
+                k = excess
+            excess -= k
+            self._count -= k
+            self.dropped += k
+
+    # -- reading ------------------------------------------------------------------------------
+    def _split(self, data: bytes, n: int) -> dict[str, np.ndarray]:
+        """A chunk's data blob -> {modality: float32 [n, C]} (views into ``data``)."""
+        out, at = {}, 0
+        for m, c in self.channels.items():
+            out[m] = np.frombuffer(data, dtype="<f4", count=n * c, offset=at).reshape(n, c)
+            at += 4 * n * c
+        return out
+
+    def count(self) -> int:
+        """Samples currently stored."""
+        return self._count
+
+    def units(self) -> list[str]:
+        with self._lock:
+            return [u for (u,) in self._db.execute("SELECT unit FROM chunks GROUP BY unit ORDER BY MIN(id)")]
+
+    def read_partition(self, modalities: Sequence[str] | None = None, max_gap_s: float | None = None) -> Partition:
+        """Everything stored, oldest first, as a Partition; bit-exact float32 of what was appended.
+
+        A new segment starts where the unit changes or, with ``max_gap_s``, where consecutive
+        chunks are further apart in time (e.g. the device was off), so windows never span either.
+        """
+        with self._lock:
+            mods = tuple(modalities) if modalities else tuple(self.channels or ())
+            if self.channels is not None and set(mods) - set(self.channels):
+                raise ValueError(f"store holds {sorted(self.channels)}, asked for {sorted(mods)}")
+            rows = self._db.execute("SELECT id, unit, n, t0, t1, labels, data FROM chunks ORDER BY id").fetchall()
+        ns = np.array([r[2] for r in rows], dtype=np.int64)
+        width = 4 * sum((self.channels or {}).values())
+        for r in rows:
+            if len(r[5]) != 8 * r[2] or len(r[6]) != width * r[2]:
+                raise StoreError(f"{self.path}: chunk {r[0]} is damaged (blob sizes do not match n={r[2]})")
+        parts = [self._split(r[6], r[2]) for r in rows]
+        data = {m: np.concatenate([p[m] for p in parts]) if parts else np.zeros((0, self.channels[m]), np.float32)
+                for m in mods}
+        labels = np.frombuffer(b"".join(r[5] for r in rows), dtype="<i8").astype(np.int64)
+        starts = np.r_[0, np.cumsum(ns)[:-1]].astype(np.int64)
+        new_seg = [i == 0 or rows[i][1] != rows[i - 1][1]
+                   or (max_gap_s is not None and rows[i][3] - rows[i - 1][4] > max_gap_s) for i in range(len(rows))]
+        first = np.flatnonzero(new_seg)
+        seg_start = starts[first]
+        seg_stop = np.r_[seg_start[1:], ns.sum()].astype(np.int64)
+        return Partition(data, labels, np.stack([seg_start, seg_stop], axis=1).reshape(-1, 2),
+                         tuple(rows[i][1] for i in first))
+
+    def timestamps(self) -> np.ndarray:
+        """float64 timestamps of every stored sample, oldest first."""
+        with self._lock:
+            return np.frombuffer(b"".join(r[0] for r in self._db.execute("SELECT ts FROM chunks ORDER BY id")), "<f8").copy()
+
+    def check(self) -> bool:
+        """SQLite's own integrity check plus a size check of every chunk; True when all is well."""
+        with self._lock:
+            ok = self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        try:
+            self.read_partition()
+        except StoreError:
+            return False
+        return ok
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "SampleStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
