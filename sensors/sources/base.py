@@ -111,10 +111,9 @@ class LineSource(Source):
         self.parser = LineParser(fmt, unit, self.stats, where=f"{self.name}:{unit}")
 
     def _feed_lines(self, lines) -> None:
-        for line in lines:
-            sample = self.parser.feed(line)
-            if sample is not None:
-                self.buffer.put(sample, timeout=1.0)
+        batch = self.parser.feed_many(lines)
+        if batch is not None:
+            self.buffer.put(batch, timeout=1.0)
 
     def _disconnected(self, detail: str) -> None:
         self.stats.rejected["disconnected"] += 1

@@ -53,10 +53,9 @@ class MqttSource(LineSource):
         parser = self._parsers.get(unit)
         if parser is None:
             parser = self._parsers[unit] = LineParser(self.fmt, unit, self.stats, where=f"mqtt:{unit}")
-        for line in msg.payload.split(b"\n") if msg.payload.strip() else [msg.payload]:
-            sample = parser.feed(line)
-            if sample is not None:
-                self.buffer.put(sample, timeout=1.0)
+        batch = parser.feed_many(msg.payload.split(b"\n") if msg.payload.strip() else [msg.payload])
+        if batch is not None:
+            self.buffer.put(batch, timeout=1.0)
 
     def _run(self) -> None:
         try:

@@ -72,27 +72,52 @@ class SourceStats:
 
 
 class LineParser:
-    """Parses lines of one stream into single-row SampleBatches; keeps the last timestamp per stream."""
+    """Parses lines of one stream into SampleBatches; keeps the last accepted timestamp of the stream."""
 
     def __init__(self, fmt: StreamFormat, unit: str, stats: SourceStats, where: str = "source") -> None:
         self.fmt, self.unit, self.stats, self.where = fmt, unit, stats, where
         self.last_t = -math.inf
+        self._n_values = sum(fmt.modalities.values())
 
     def feed(self, line: bytes | str) -> SampleBatch | None:
-        """Validate one line; return its sample or None (rejection counted and logged)."""
-        try:
-            t, rows, label = self._parse(line)
-            if not t > self.last_t:
-                raise MalformedSample("duplicate_timestamp" if t == self.last_t else "non_monotonic",
-                                      f"t={t} after {self.last_t}")
-        except MalformedSample as exc:
-            self.stats.reject(exc.reason, str(exc), self.where)
-            return None
-        self.last_t = t
-        self.stats.accepted += 1
-        return SampleBatch(np.array([t], dtype=np.float64), rows, np.array([label], dtype=np.int64), self.unit)
+        """Validate one line; return its one-row batch or None (rejection counted and logged)."""
+        return self.feed_many([line])
 
-    def _parse(self, line: bytes | str) -> tuple[float, dict[str, np.ndarray], int]:
+    def feed_many(self, lines) -> SampleBatch | None:
+        """Validate lines in order; one batch of the accepted ones (None if none was accepted).
+
+        Values are checked with plain Python floats and turned into arrays once per call, which
+        keeps a Pi-class core well above sensor rates.
+        """
+        ts: list[float] = []
+        rows: list[list[float]] = []
+        labels: list[int] = []
+        for line in lines:
+            if not line.strip():  # blank lines (\r\n\r\n, trailing newline) carry nothing: not an error
+                continue
+            try:
+                t, values, label = self._parse(line)
+                if not t > self.last_t:
+                    raise MalformedSample("duplicate_timestamp" if t == self.last_t else "non_monotonic",
+                                          f"t={t} after {self.last_t}")
+            except MalformedSample as exc:
+                self.stats.reject(exc.reason, str(exc), self.where)
+                continue
+            self.last_t = t
+            ts.append(t)
+            rows.append(values)
+            labels.append(label)
+        if not ts:
+            return None
+        self.stats.accepted += len(ts)
+        x = np.array(rows, dtype=np.float32).reshape(len(ts), self._n_values)
+        mods, at = {}, 0
+        for m, c in self.fmt.modalities.items():
+            mods[m] = x[:, at : at + c]
+            at += c
+        return SampleBatch(np.array(ts, dtype=np.float64), mods, np.array(labels, dtype=np.int64), self.unit)
+
+    def _parse(self, line: bytes | str) -> tuple[float, list[float], int]:
         if isinstance(line, bytes):
             if len(line) > MAX_LINE:
                 raise MalformedSample("overlong", f"{len(line)} bytes")
@@ -101,50 +126,44 @@ class LineParser:
             except UnicodeDecodeError as exc:
                 raise MalformedSample("decode", repr(line[:40])) from exc
         line = line.strip()
-        if not line:
-            raise MalformedSample("empty")
         return self._csv(line) if self.fmt.codec == "csv" else self._json(line)
 
-    def _csv(self, line: str) -> tuple[float, dict[str, np.ndarray], int]:
+    def _csv(self, line: str) -> tuple[float, list[float], int]:
         parts = line.split(",")
         if len(parts) != self.fmt.n_fields:
             raise MalformedSample("columns", f"{len(parts)} fields, expected {self.fmt.n_fields}: {line[:60]}")
         try:
-            values = np.array(parts[: 1 + sum(self.fmt.modalities.values())], dtype=np.float64)
+            values = [float(p) for p in parts[: 1 + self._n_values]]
             label = int(parts[-1]) if self.fmt.label else UNLABELLED
         except ValueError as exc:
             raise MalformedSample("parse", line[:60]) from exc
-        if not np.isfinite(values).all():
+        if not all(map(math.isfinite, values)):
             raise MalformedSample("non_finite", line[:60])
-        rows, at = {}, 1
-        for m, c in self.fmt.modalities.items():
-            rows[m] = values[at : at + c].astype(np.float32)[None, :]
-            at += c
-        return float(values[0]) * self.fmt.time_scale, rows, max(label, UNLABELLED)
+        return values[0] * self.fmt.time_scale, values[1:], max(label, UNLABELLED)
 
-    def _json(self, line: str) -> tuple[float, dict[str, np.ndarray], int]:
+    def _json(self, line: str) -> tuple[float, list[float], int]:
         try:
             obj = json.loads(line)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise MalformedSample("json", line[:60]) from exc
         if not isinstance(obj, dict) or "t" not in obj:
             raise MalformedSample("json", "expected an object with 't'")
-        rows = {}
+        values: list[float] = []
         try:
             t = float(obj["t"])
             for m, c in self.fmt.modalities.items():
-                x = np.asarray(obj[m], dtype=np.float64)
-                if x.shape != (c,):
-                    raise MalformedSample("columns", f"{m} has shape {x.shape}, expected ({c},)")
-                rows[m] = x.astype(np.float32)[None, :]
+                x = obj[m]
+                if not isinstance(x, list) or len(x) != c:
+                    raise MalformedSample("columns", f"{m} should be a list of {c} numbers")
+                values += [float(v) for v in x]
             label = int(obj.get("label", UNLABELLED))
         except MalformedSample:
             raise
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise MalformedSample("parse", line[:60]) from exc
-        if not math.isfinite(t) or not all(np.isfinite(x).all() for x in rows.values()):
+        if not math.isfinite(t) or not all(map(math.isfinite, values)):
             raise MalformedSample("non_finite", line[:60])
-        return t * self.fmt.time_scale, rows, max(label, UNLABELLED)
+        return t * self.fmt.time_scale, values, max(label, UNLABELLED)
 
 
 class LineSplitter:
