@@ -1,0 +1,194 @@
+"""ServerEngine / ClientEngine on a tiny synthetic federation: every algorithm's round, determinism,
+checkpoints, plan validation, split hygiene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.numpy import load, save
+
+from fedmekt.config import ALGORITHMS, FederationConfig, load_config
+from fedmekt.engine import ClientEngine, RoundPlan, ServerEngine, client_view, wire_cast
+from fedmekt.errors import UserError
+from fedmekt.federation import run_inprocess
+from tests.core_support import tiny_config, tiny_split
+
+
+@pytest.fixture(scope="module")
+def split():
+    return tiny_split()
+
+
+def _engines(cfg, split):
+    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    clients = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, split.proxy)
+               for c in split.clients}
+    return server, clients
+
+
+def _round(server, clients, split, rnd, dtype="float32"):
+    data = {c.client_id: c for c in split.clients}
+    plan = server.plan_round(rnd, sorted(clients))
+    down = server.downstream(plan)
+    server.begin_round(plan)
+    uploads = {}
+    for cid in plan.selected:
+        up = clients[cid].train_round(plan, wire_cast(client_view(down, data[cid].modalities), dtype), data[cid].data)
+        uploads[cid] = up
+        server.absorb(cid, data[cid].modalities, wire_cast(up, dtype))
+    return plan, down, uploads, server.finish_round(plan)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_one_round_of_every_algorithm(split, algorithm):
+    cfg = tiny_config(algorithm)
+    server, clients = _engines(cfg, split)
+    before = {k: v.copy() for k, v in server.state_dict().items() if k.startswith("autoencoder.")}
+    plan, down, uploads, row = _round(server, clients, split, 0)
+    mods = {c.client_id: c.modalities for c in split.clients}
+    for cid, up in uploads.items():
+        expected = server.expected_upload(mods[cid], plan)
+        assert {k: (v.shape, str(v.dtype)) for k, v in up.items()} == expected
+    if cfg.is_embedding:
+        assert down["emb/a/z"].shape == (cfg.proxy_windows, cfg.window, 2)
+        assert down["emb/b/h"].shape == (cfg.proxy_windows, cfg.window, 8)
+        assert len(plan.proxy_windows) == cfg.proxy_windows
+    else:
+        assert all(k.startswith("param/") for k in down) and len(plan.proxy_windows) == 0
+    after = server.state_dict()
+    assert any(not np.array_equal(before[k], after[k]) for k in before), "global model did not change"
+    assert row["absorbed"] == len(plan.selected) == cfg.per_round
+    for m in cfg.pair:
+        assert 0.0 <= row[f"f1_paper_{m}"] <= 1.0 and 0.0 <= row[f"accuracy_{m}"] <= 1.0
+    assert np.isfinite(row["loss_classifier"])
+
+
+def test_rep_only_layers_send_no_hidden_embeddings(split):
+    cfg = tiny_config("fedmekt-s", layers="rep")
+    server, clients = _engines(cfg, split)
+    _, down, uploads, _ = _round(server, clients, split, 0)
+    assert sorted(down) == ["emb/a/z", "emb/b/z"]
+    assert all(k.endswith("/z") for up in uploads.values() for k in up)
+
+
+def test_same_seed_same_run_bit_for_bit_and_other_seed_differs(split):
+    a = run_inprocess(tiny_config("fedmekt-c"), split, progress=False)
+    b = run_inprocess(tiny_config("fedmekt-c"), split, progress=False)
+    c = run_inprocess(tiny_config("fedmekt-c", seed=1), split, progress=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
+    assert strip(a.rows) == strip(b.rows)
+    for k in a.model_state:
+        np.testing.assert_array_equal(a.model_state[k], b.model_state[k])
+    assert any(not np.array_equal(a.model_state[k], c.model_state[k]) for k in a.model_state)
+
+
+def test_a_client_in_another_process_reproduces_its_upload(split):
+    """A fresh ClientEngine (as in a separate process) given the same inputs returns the same bytes."""
+    cfg = tiny_config("fedmekt-c", wire_dtype="float16")
+    server, clients = _engines(cfg, split)
+    plan, down, uploads, _ = _round(server, clients, split, 0, dtype="float16")
+    cid = plan.selected[0]
+    c = next(c for c in split.clients if c.client_id == cid)
+    fresh = ClientEngine(cfg, cid, c.modalities, split.channels, split.proxy)
+    again = fresh.train_round(RoundPlan.from_json(plan.to_json()),
+                              wire_cast(client_view(down, c.modalities), "float16"), c.data)
+    for k in uploads[cid]:
+        np.testing.assert_array_equal(uploads[cid][k], again[k])
+
+
+def test_server_checkpoint_round_trip_continues_identically(split):
+    cfg = tiny_config("fedmekt-c")
+    server, clients = _engines(cfg, split)
+    _round(server, clients, split, 0)
+    blob = save(server.state_dict())
+    client_blobs = {cid: save(c.state_dict()) for cid, c in clients.items()}
+    resumed, resumed_clients = _engines(cfg, split)
+    resumed.load_state_dict(load(blob))
+    for cid, c in resumed_clients.items():
+        c.load_state_dict(load(client_blobs[cid]))
+    assert resumed.rounds_completed == 1
+    *_, row_a = _round(server, clients, split, 1)
+    *_, row_b = _round(resumed, resumed_clients, split, 1)
+    assert row_a == row_b
+    for k, v in server.state_dict().items():
+        np.testing.assert_array_equal(v, resumed.state_dict()[k])
+
+
+def test_plan_draws_fresh_clients_and_windows_each_round(split):
+    server, clients = _engines(tiny_config("fedmekt-c", per_round=3), split)
+    plans = [server.plan_round(r, list(clients)) for r in range(6)]
+    assert len({p.selected for p in plans}) > 1
+    assert len({tuple(p.proxy_windows) for p in plans}) > 1
+    assert all(p.selected == tuple(sorted(p.selected)) for p in plans)
+    assert server.plan_round(3, reversed(list(clients))).to_json() == plans[3].to_json()
+    online = sorted(clients)[:2]
+    assert set(server.plan_round(0, online).selected) == set(online)
+
+
+@pytest.mark.parametrize("bad", [
+    {"round": -1}, {"round": True}, {"selected": "c000"}, {"selected": ["c000", "c000"]},
+    {"proxy_windows": [1.5]}, {"window": 0}, {"algorithm": 3},
+])
+def test_round_plan_from_json_rejects_bad_fields(bad):
+    good = RoundPlan(2, ("c000", "c001"), np.array([0, 5]), 8, "fedmekt-c").to_json()
+    assert RoundPlan.from_json(good).to_json() == good
+    with pytest.raises(ValueError):
+        RoundPlan.from_json({**good, **bad})
+
+
+def test_server_rejects_bad_uploads(split):
+    cfg = tiny_config("fedmekt-c")
+    server, clients = _engines(cfg, split)
+    plan = server.plan_round(0, list(clients))
+    server.begin_round(plan)
+    cid = plan.selected[0]
+    mods = next(c.modalities for c in split.clients if c.client_id == cid)
+    spec = server.expected_upload(mods, plan)
+    good = {k: np.zeros(shape, np.float32) for k, (shape, _) in spec.items()}
+    with pytest.raises(ValueError):
+        server.absorb("not-selected", mods, good)
+    with pytest.raises(ValueError):
+        server.absorb(cid, mods, {**good, next(iter(good)): np.full(spec[next(iter(good))][0], np.nan, np.float32)})
+    with pytest.raises(ValueError):
+        server.absorb(cid, mods, {k: v[:1] for k, v in good.items()})
+    server.absorb(cid, mods, good)
+    with pytest.raises(ValueError):
+        server.absorb(cid, mods, good)
+
+
+def test_wire_cast_float16_rounds_like_the_wire():
+    x = {"k": np.array([1.0001, 3.14159, 65504.0], np.float32)}
+    out = wire_cast(x, "float16")
+    assert out["k"].dtype == np.float32
+    np.testing.assert_array_equal(out["k"], x["k"].astype(np.float16).astype(np.float32))
+    assert wire_cast(x, "float32")["k"] is not None and np.array_equal(wire_cast(x, "float32")["k"], x["k"])
+
+
+def test_no_leakage_between_splits(split):
+    """Test, proxy, labelled and client data come from disjoint units; no test row appears anywhere else."""
+    units = {name: set(getattr(split, name).units) for name in ("test", "proxy", "labelled")}
+    units["clients"] = {u for c in split.clients for u in c.data.units}
+    names = sorted(units)
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            assert not units[x] & units[y], f"{x} and {y} share units"
+    rows = lambda p: {r.tobytes() for r in p.modalities["a"]}  # noqa: E731
+    test_rows = rows(split.test)
+    for part in [split.proxy, split.labelled] + [c.data for c in split.clients if "a" in c.modalities]:
+        assert not test_rows & rows(part)
+
+
+def test_config_round_trips_and_rejects_bad_values(tmp_path):
+    cfg = tiny_config("mmmoon", wire_dtype="float16")
+    assert FederationConfig.from_dict(cfg.to_dict()) == cfg
+    path = tmp_path / "fed.toml"
+    path.write_text('algorithm = "fedmekt-s"\nrounds = 7\npair = ["acce", "gyro"]\n[hyper]\nalpha = 0.2\n')
+    loaded = load_config(path)
+    assert (loaded.algorithm, loaded.rounds, loaded.hyper.alpha, loaded.hyper.beta) == ("fedmekt-s", 7, 0.2, 0.04)
+    for bad in ({"algorithm": "fedsgd"}, {"wire_dtype": "int8"}, {"pair": ["a", "a"]}, {"bogus": 1},
+                {"hyper": {"nope": 1}}):
+        with pytest.raises(UserError):
+            FederationConfig.from_dict({**cfg.to_dict(), **bad})
+    path.write_text("rounds = [")
+    with pytest.raises(UserError):
+        load_config(path)
