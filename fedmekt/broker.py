@@ -120,3 +120,76 @@ def start_mosquitto(port: int | None = None, extra_config: str = "", workdir: Pa
         proc.stop()
         raise UserError(f"mosquitto failed to start on port {port}: {proc.log.strip()[-300:]}") from None
     return proc
+
+
+class AmqttBroker:
+    """amqtt (pure Python, MQTT 3.1.1 only) on 127.0.0.1:port in a daemon thread with its own event loop.
+
+    The fallback when mosquitto is not installed, so ``fedmekt simulate`` runs with pip
+    packages alone. It lacks v5 session/message expiry; the protocol does not depend on them.
+    """
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
+        import asyncio
+        import threading
+
+        self.host, self.port = host, port or free_port()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="amqtt-broker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(15) or self._error is not None:
+            raise UserError(f"embedded amqtt broker failed to start on port {self.port}: {self._error}")
+        wait_for_port(self.host, self.port)
+
+    def _run(self) -> None:
+        import asyncio
+        import logging
+
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # it logs every client and packet at INFO/ERROR
+
+        async def main() -> None:
+            from amqtt.broker import Broker
+
+            broker = Broker({
+                "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            })
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            try:
+                await broker.start()
+            except BaseException as exc:  # reported to the constructor
+                self._error = exc
+                self._ready.set()
+                return
+            self._ready.set()
+            await self._stop.wait()
+            await broker.shutdown()
+
+        asyncio.run(main())
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=10)
+
+
+def embedded_broker(prefer: str = "auto") -> MosquittoProcess | AmqttBroker:
+    """A private broker for ``fedmekt simulate`` without ``--broker``: mosquitto on a free port
+    when installed, otherwise amqtt in-process. ``prefer`` = "mosquitto" | "amqtt" forces one."""
+    if prefer not in ("auto", "mosquitto", "amqtt"):
+        raise UserError(f"embedded broker must be auto, mosquitto or amqtt, got {prefer!r}")
+    if prefer == "mosquitto" or (prefer == "auto" and mosquitto_available()):
+        return start_mosquitto()
+    try:
+        import amqtt  # noqa: F401
+    except ModuleNotFoundError:
+        raise UserError("no broker: install mosquitto, or amqtt (pip install amqtt), or pass --broker") from None
+    return AmqttBroker()

@@ -1,0 +1,324 @@
+"""One MQTT connection as the federation uses it (paho-mqtt 2.x, VERSION2 callbacks).
+
+:class:`MqttLink` adds what every party needs on top of paho:
+
+* MQTT v5 first, falling back to 3.1.1 when the broker answers "Unsupported protocol
+  version" (amqtt speaks only 3.1.1); v5 extras (session expiry, message expiry) are
+  used only when negotiated, everything else works on both.
+* presence: a retained ``online`` birth message published on every (re)connect and a
+  retained ``offline`` Last Will carried by every CONNECT packet;
+* persistent sessions (v5 session expiry / 3.1.1 ``clean_session=False``) and
+  subscriptions renewed on every reconnect; reconnect with exponential backoff;
+* QoS 1 everywhere; bounded outgoing queue and bounded inbox (a full inbox makes the
+  network thread wait, which pushes back on the broker instead of growing memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from fedmekt.errors import UserError
+
+log = logging.getLogger(__name__)
+V5_PROBE_S = 3.0
+_V311_ONLY: set[tuple[str, int]] = set()  # brokers that failed the v5 probe in this process: skip it next time
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://…`` (TLS, default port 8883)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> "BrokerAddress":
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise UserError(f"broker URL must look like mqtt://host:port or mqtts://host:port, got {url!r}")
+        try:
+            port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+        except ValueError:
+            raise UserError(f"bad port in broker URL {url!r}") from None
+        return cls(host=u.hostname, port=port, tls=u.scheme == "mqtts",
+                   username=unquote(u.username) if u.username else None,
+                   password=unquote(u.password) if u.password else None)
+
+
+@dataclass
+class LinkOptions:
+    """Connection settings; the defaults suit a gateway on a flaky link."""
+
+    client_id: str
+    username: str | None = None  # overrides the URL's user; by convention equals the client id
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False  # skip TLS host-name verification (test rigs only)
+    protocol: str = "auto"  # "auto" (v5, else 3.1.1) | "5" | "3.1.1"
+    keepalive: int = 30
+    session_expiry: int = 3600  # seconds the broker keeps our session (and queued QoS 1 messages) while away
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    max_queued: int = 1000  # outgoing messages paho may hold
+    inbox: int = 2000  # incoming messages waiting for the application
+
+
+@dataclass(frozen=True)
+class Presence:
+    """Birth message (retained, published on every connect) and Last Will (retained)."""
+
+    topic: str
+    online: bytes
+    offline: bytes
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+def _published(info: paho.MQTTMessageInfo) -> bool:
+    """Delivered to the broker (PUBACK). paho's ``is_published`` raises for messages queued
+    while disconnected even though it sends them after reconnecting, so read the flag directly."""
+    with info._condition:
+        return info._published
+
+
+class MqttLink:
+    """A connected, self-healing MQTT client. Use as a context manager or call ``close``."""
+
+    def __init__(self, url: str, options: LinkOptions, presence: Presence | None = None,
+                 subscriptions: Sequence[str] = ()):
+        self.address = BrokerAddress.parse(url)
+        self.options = options
+        self.presence = presence
+        self._subs: list[str] = list(subscriptions)
+        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=options.inbox)
+        self._connected = threading.Event()
+        self._closing = threading.Event()
+        self._unsupported = False
+        self._connack: paho.ReasonCode | None = None
+        self.protocol = ""
+        self.connects = 0
+        self._client: paho.Client | None = None
+
+    # -- connection -------------------------------------------------------------------------
+    def connect(self, timeout: float = 15.0) -> "MqttLink":
+        """Connect (v5 first when ``protocol`` is auto) and wait for the first CONNACK."""
+        order = {"auto": ("5", "3.1.1"), "5": ("5",), "3.1.1": ("3.1.1",)}.get(self.options.protocol)
+        if order is None:
+            raise UserError(f"MQTT protocol must be auto, 5 or 3.1.1, got {self.options.protocol!r}")
+        where = (self.address.host, self.address.port)
+        if self.options.protocol == "auto" and where in _V311_ONLY:
+            order = ("3.1.1",)
+        for proto in order:
+            self._start(proto)
+            # amqtt neither answers nor closes a v5 CONNECT that carries properties, so the v5
+            # probe in auto mode gets a short wait before falling back to 3.1.1.
+            probe = len(order) > 1 and proto == "5"
+            deadline = time.monotonic() + (min(timeout, V5_PROBE_S) if probe else timeout)
+            while time.monotonic() < deadline and not self._connected.is_set() and not self._unsupported \
+                    and not self._refused():
+                self._connected.wait(0.05)
+            if self._connected.is_set():
+                if self.protocol == "3.1.1" and len(order) > 1:
+                    _V311_ONLY.add(where)
+                return self
+            self._stop_client()
+            if self._refused():
+                raise UserError(f"broker {self.address.host}:{self.address.port} refused the connection: "
+                                f"{self._connack}")
+            if not (probe or self._unsupported):
+                break
+        raise UserError(f"cannot reach MQTT broker at {self.address.host}:{self.address.port} within {timeout:.0f} s")
+
+    def _refused(self) -> bool:
+        """Bad credentials or not authorised: retrying with backoff would only hammer the broker."""
+        rc = self._connack
+        return rc is not None and not self._unsupported and rc.value in (4, 5, 134, 135, 138, 140)
+
+    def _start(self, proto: str) -> None:
+        o = self.options
+        self.protocol = proto
+        self._unsupported = False
+        self._connack = None
+        v5 = proto == "5"
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=o.client_id,
+                        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+                        clean_session=None if v5 else False)
+        c.max_queued_messages_set(o.max_queued)
+        c.reconnect_delay_set(min_delay=max(1, int(o.reconnect_min)), max_delay=max(1, int(o.reconnect_max)))
+        user = o.username or self.address.username
+        if user:
+            c.username_pw_set(user, o.password or self.address.password)
+        if self.address.tls:
+            c.tls_set(ca_certs=o.ca_file, certfile=o.cert_file, keyfile=o.key_file,
+                      cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            c.tls_insecure_set(o.insecure)
+        if self.presence:
+            c.will_set(self.presence.topic, self.presence.offline, qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = o.session_expiry
+        try:
+            c.connect_async(self.address.host, self.address.port, keepalive=o.keepalive,
+                            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot connect to {self.address.host}:{self.address.port}: {exc}") from None
+        self._client = c
+        c.loop_start()
+
+    def _stop_client(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connack = reason_code
+        if reason_code == "Unsupported protocol version" or (self.protocol == "3.1.1" and reason_code.value == 1):
+            self._unsupported = True
+            return
+        if reason_code.is_failure:
+            log.warning("broker refused connection: %s", reason_code)
+            return
+        self.connects += 1
+        for topic in self._subs:
+            client.subscribe(topic, qos=1)
+        if self.presence:
+            client.publish(self.presence.topic, self.presence.online, qos=1, retain=True)
+        log.debug("connected (MQTT %s, session present=%s)", self.protocol, flags.session_present)
+        self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if self.protocol == "5" and self.connects == 0 and not self._closing.is_set():
+            self._unsupported = True  # closed before any CONNACK: a 3.1.1-only broker (amqtt) does this
+        if not self._closing.is_set() and not self._unsupported:
+            log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
+
+    def _on_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
+        item = Message(msg.topic, bytes(msg.payload), bool(msg.retain))
+        while not self._closing.is_set():
+            try:
+                self._inbox.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def v5(self) -> bool:
+        return self.protocol == "5"
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    # -- traffic ----------------------------------------------------------------------------
+    def subscribe(self, topic: str) -> None:
+        """Subscribe now and after every reconnect (QoS 1)."""
+        if topic not in self._subs:
+            self._subs.append(topic)
+            if self._client is not None and self.connected:
+                self._client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False,
+                expiry: int | None = None) -> paho.MQTTMessageInfo:
+        """QoS 1 publish; ``expiry`` (seconds) becomes the v5 MessageExpiryInterval, ignored on 3.1.1."""
+        assert self._client is not None, "connect() first"
+        props = None
+        if expiry is not None and self.v5:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = int(expiry)
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            raise UserError(f"outgoing MQTT queue full ({self.options.max_queued} messages)")
+        return info
+
+    def publish_all(self, items: Iterable[tuple[str, bytes]], *, retain: bool = False, expiry: int | None = None,
+                    timeout: float = 300.0, window: int = 32) -> int:
+        """Publish many messages with at most ``window`` unacknowledged; wait for every PUBACK.
+
+        Survives a reconnect in the middle (paho re-sends unacknowledged QoS 1 messages).
+        Returns the payload bytes sent.
+        """
+        pending: deque[paho.MQTTMessageInfo] = deque()
+        deadline = time.monotonic() + timeout
+        sent = 0
+        for topic, payload in items:
+            while len(pending) >= window:
+                self._wait_one(pending, deadline)
+            pending.append(self.publish(topic, payload, retain=retain, expiry=expiry))
+            sent += len(payload)
+        while pending:
+            self._wait_one(pending, deadline)
+        return sent
+
+    def _wait_one(self, pending: deque, deadline: float) -> None:
+        info = pending[0]
+        while not _published(info):
+            if time.monotonic() > deadline or self._closing.is_set():
+                raise TimeoutError("MQTT publish not acknowledged in time")
+            time.sleep(0.001 if self.connected else 0.1)
+        pending.popleft()
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self, announce_offline: bool = True) -> None:
+        """Clean disconnect; the Will does not fire on a clean disconnect, so publish offline ourselves."""
+        if self._client is None:
+            return
+        if announce_offline and self.presence and self.connected:
+            try:
+                self.publish_all([(self.presence.topic, self.presence.offline)], retain=True, timeout=5)
+            except TimeoutError:
+                log.warning("offline status not acknowledged before disconnect")
+        self._closing.set()
+        self._stop_client()
+
+    def abort(self) -> None:
+        """Drop the TCP connection without DISCONNECT, as a crash would (the broker sends the Will)."""
+        if self._client is None:
+            return
+        self._closing.set()
+        self._client.loop_stop()
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
+        self._client = None
+
+    def __enter__(self) -> "MqttLink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,125 @@
+"""MqttLink over real brokers: mosquitto (MQTT v5) and the embedded amqtt fallback (3.1.1)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from fedmekt.broker import AmqttBroker, free_port
+from fedmekt.errors import UserError
+from fedmekt.mqtt import BrokerAddress, LinkOptions, MqttLink, Presence
+from fedmekt.wire.chunks import Reassembler
+from fedmekt.wire.codec import WireLimits, decode_body, encode
+from fedmekt.wire.topics import Topics
+
+pytestmark = pytest.mark.broker
+T = Topics("t")
+
+
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def broker(request, tmp_path):
+    if request.param == "mosquitto":
+        yield request.getfixturevalue("mosquitto")
+    else:
+        b = AmqttBroker()
+        yield b
+        b.stop()
+
+
+def _link(url, cid, presence=None, subs=()):
+    return MqttLink(url, LinkOptions(client_id=cid, reconnect_min=1, reconnect_max=2), presence, subs).connect()
+
+
+def _collect(link, n, timeout=10.0):
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        m = link.get(timeout=0.1)
+        if m is not None:
+            out.append(m)
+    return out
+
+
+def _presence(cid):
+    return Presence(T.status(cid), json.dumps({"state": "online", "modalities": ["acce"]}).encode(),
+                    json.dumps({"state": "offline"}).encode())
+
+
+def test_protocol_is_negotiated(broker):
+    with _link(broker.url, "p1") as link:
+        assert link.protocol == ("3.1.1" if isinstance(broker, AmqttBroker) else "5")
+
+
+def test_birth_and_last_will_are_retained(broker):
+    dev = _link(broker.url, "dev1", presence=_presence("dev1"))
+    with _link(broker.url, "watch1", subs=[T.status_all]) as watch:
+        [m] = _collect(watch, 1)
+        assert m.topic == T.status("dev1") and json.loads(m.payload)["state"] == "online"
+        dev.abort()  # crash: the broker publishes the retained Last Will
+        [m] = _collect(watch, 1)
+        assert json.loads(m.payload)["state"] == "offline"
+    with _link(broker.url, "watch2", subs=[T.status_all]) as late:  # retained: a late subscriber sees it too
+        [m] = _collect(late, 1)
+        assert m.retain and json.loads(m.payload)["state"] == "offline"
+
+
+def test_clean_close_publishes_offline(broker):
+    dev = _link(broker.url, "dev2", presence=_presence("dev2"))
+    dev.close()
+    with _link(broker.url, "watch3", subs=[T.status("dev2")]) as watch:
+        [m] = _collect(watch, 1)
+        assert json.loads(m.payload)["state"] == "offline"
+
+
+def test_chunked_message_reassembles_and_duplicates_are_dropped(broker):
+    rng = np.random.default_rng(0)
+    tensors = {"acce.z": rng.standard_normal((300, 24, 4), dtype=np.float32),
+               "acce.h": rng.standard_normal((300, 24, 32), dtype=np.float32)}
+    limits = WireLimits(chunk_size=64 * 1024)
+    frames = encode(tensors, federation="t", round_=1, sender="c001", kind="upload", limits=limits)
+    assert len(frames) > 10
+    with _link(broker.url, "agg", subs=[T.uploads_all]) as agg, _link(broker.url, "c001") as dev:
+        time.sleep(0.2)  # let the subscription settle
+        items = [(T.upload_chunk("c001", 1, i), f) for i, f in enumerate(frames)]
+        dev.publish_all(items + items[:3])  # a re-send of the first chunks, as after a reconnect
+        got = _collect(agg, len(items) + 3)
+        r = Reassembler(limits)
+        done = [c for c in (r.add(m.payload) for m in got) if c is not None]
+    assert len(done) == 1 and r.duplicates == 3
+    out = decode_body(done[0].header, done[0].body, {k: (v.shape, "float32") for k, v in tensors.items()})
+    np.testing.assert_array_equal(out["acce.h"], tensors["acce.h"])
+
+
+def test_birth_is_republished_after_broker_restart(mosquitto):
+    dev = MqttLink(mosquitto.url, LinkOptions(client_id="dev3", reconnect_min=1, reconnect_max=1),
+                   _presence("dev3")).connect()
+    try:
+        mosquitto.restart()  # persistence off: the retained status is gone until the device re-announces
+        deadline = time.monotonic() + 15
+        while dev.connects < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert dev.connects >= 2
+        with _link(mosquitto.url, "watch4", subs=[T.status("dev3")]) as watch:
+            [m] = _collect(watch, 1)
+            assert json.loads(m.payload)["state"] == "online"
+    finally:
+        dev.close()
+
+
+def test_message_expiry_drops_stale_retained_plans_on_v5(mosquitto):
+    with _link(mosquitto.url, "agg2") as agg:
+        agg.publish_all([(T.rounds, b"stale")], retain=True, expiry=1)
+    time.sleep(2.1)
+    with _link(mosquitto.url, "late", subs=[T.rounds]) as late:
+        assert _collect(late, 1, timeout=1.0) == []
+
+
+def test_bad_urls_and_unreachable_brokers_are_user_errors():
+    with pytest.raises(UserError):
+        BrokerAddress.parse("http://x:1")
+    assert BrokerAddress.parse("mqtts://u:p%40ss@h").port == 8883
+    assert BrokerAddress.parse("mqtts://u:p%40ss@h").password == "p@ss"
+    with pytest.raises(UserError, match="cannot reach"):
+        MqttLink(f"mqtt://127.0.0.1:{free_port()}", LinkOptions(client_id="x")).connect(timeout=1.5)
