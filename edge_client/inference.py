@@ -1,0 +1,143 @@
+"""Streaming sliding-window activity recognition with onnxruntime only (no torch on this path).
+
+A :class:`StreamingRecognizer` takes raw sensor rows as they arrive (any batch sizes),
+normalises them with the package's statistics, cuts windows of the package's length at
+its stride (counted from the first row), and classifies each window from a zero LSTM
+state, like training and evaluation do. The label of a window is the argmax of the head
+at its last step — the step that has seen the whole window — stamped with that row's
+timestamp; the confidence is the softmax probability of that label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from export.install import CURRENT, VERSIONS
+from export.package import MANIFEST, VerifiedPackage, verify_package
+from fedmekt.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256  # windows per onnxruntime call; bounds memory when a source delivers a large backlog
+
+
+class BatchLike(Protocol):
+    """What sensor sources yield (sensors' SampleBatch): timestamps [n] and {modality: float32 [n, C]}."""
+
+    timestamps: np.ndarray
+    modalities: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    t: float
+    label: str
+    confidence: float
+    index: int
+
+    def to_json(self) -> str:
+        return json.dumps({"t": self.t, "label": self.label, "confidence": round(self.confidence, 6)})
+
+
+def resolve_package_dir(path: Path) -> Path:
+    """A package directory itself, or a gateway model store whose ``current`` names one."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    if (path / CURRENT).is_file():
+        return path / VERSIONS / (path / CURRENT).read_text().strip()
+    raise UserError(f"{path} is neither a model package ({MANIFEST}) nor a model store ({CURRENT})")
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+class StreamingRecognizer:
+    """Sliding-window recognition over one modality of a verified package."""
+
+    def __init__(self, package: VerifiedPackage, modality: str | None = None, *, stride: int | None = None,
+                 threads: int = 1) -> None:
+        manifest = package.manifest
+        self.modality = modality or manifest.modalities[0]
+        if self.modality not in manifest.modalities:
+            raise UserError(f"package has no {self.modality!r} encoder (it has {', '.join(manifest.modalities)})")
+        self.package = package
+        self.entry = manifest.model(self.modality)
+        self.window = manifest.window
+        self.stride = int(stride or manifest.stride)
+        if not 1 <= self.stride <= self.window:
+            raise UserError(f"stride must be between 1 and the window length {self.window}, got {self.stride}")
+        self.labels = manifest.label_names
+        self.session = ort.InferenceSession(package.onnx_bytes(self.modality), session_options(threads),
+                                            providers=["CPUExecutionProvider"])
+        self._rows = np.zeros((0, self.entry.channels), np.float32)  # normalised rows from the next window start on
+        self._times = np.zeros(0, np.float64)
+        self._warned_nonfinite = False
+
+    @classmethod
+    def open(cls, path: Path, public_key: Ed25519PublicKey | None, modality: str | None = None,
+             **kwargs) -> "StreamingRecognizer":
+        """Verify the package at ``path`` (signature when a key is given, hashes always) and load it."""
+        return cls(verify_package(resolve_package_dir(path), public_key), modality, **kwargs)
+
+    def classify(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Label index and confidence of normalised windows [n, W, C] (last-step softmax)."""
+        idx, conf = [], []
+        for i in range(0, len(windows), MAX_BATCH):
+            logits = self.session.run(["logits"], {"x": windows[i:i + MAX_BATCH]})[0][:, -1, :]
+            p = np.exp(logits - logits.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            idx.append(p.argmax(-1))
+            conf.append(p.max(-1))
+        if not idx:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.concatenate(idx), np.concatenate(conf)
+
+    def push(self, timestamps: np.ndarray, x: np.ndarray) -> list[Prediction]:
+        """Add raw rows [n, C] of this modality; return the predictions of every window completed."""
+        x = np.asarray(x, np.float32)
+        if x.ndim != 2 or x.shape[1] != self.entry.channels or len(timestamps) != len(x):
+            raise ValueError(f"{self.modality}: expected [n, {self.entry.channels}] rows with n timestamps, "
+                             f"got {x.shape} and {len(timestamps)}")
+        z = self.entry.normalise(x)
+        if not np.isfinite(z).all():
+            if not self._warned_nonfinite:
+                log.warning("%s: non-finite sensor values replaced by the training mean", self.modality)
+                self._warned_nonfinite = True
+            z = np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+        rows = np.concatenate([self._rows, z])
+        times = np.concatenate([self._times, np.asarray(timestamps, np.float64)])
+        n = 0 if len(rows) < self.window else (len(rows) - self.window) // self.stride + 1
+        if n == 0:
+            self._rows, self._times = rows, times
+            return []
+        views = np.lib.stride_tricks.sliding_window_view(rows, self.window, axis=0)[: n * self.stride: self.stride]
+        windows = np.ascontiguousarray(views.transpose(0, 2, 1))
+        ends = times[np.arange(n) * self.stride + self.window - 1]
+        self._rows, self._times = rows[n * self.stride:], times[n * self.stride:]
+        idx, conf = self.classify(windows)
+        return [Prediction(float(t), self.labels[i], float(c), int(i)) for t, i, c in zip(ends, idx, conf)]
+
+    def feed(self, batch: BatchLike) -> list[Prediction]:
+        """:meth:`push` this recognizer's modality of a sensor batch (other modalities are ignored)."""
+        x = batch.modalities.get(self.modality)
+        return [] if x is None else self.push(batch.timestamps, x)
+
+    def run(self, batches: Iterable[BatchLike]) -> Iterator[Prediction]:
+        for batch in batches:
+            yield from self.feed(batch)
+

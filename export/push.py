@@ -1,0 +1,180 @@
+"""Push model packages over MQTT (aggregator) and receive + install them (gateway).
+
+On the wire a package is one *bundle* — a safetensors file holding each package file as a
+uint8 tensor (pickle-free, strictly parsed) — cut into ≤ 256 KiB chunks published
+retained on ``models/<version>/<chunk>``, then a retained announcement on
+``models/manifest`` (JSON: version, chunks, bytes, sha256 of the bundle). Retained, so a
+gateway that (re)connects later still gets the latest package. The announcement is not
+trusted: the receiver installs only what verifies against its public key
+(:class:`export.install.ModelStore`), so forged or corrupted packages are refused and the
+model in service stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+from export.install import InstalledModel, ModelStore
+from export.package import PackageError, VerifiedPackage, verify_package
+from fedmekt.wire.topics import Topics
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 256 * 1024
+MAX_BUNDLE_BYTES = 64 << 20
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """The retained ``models/manifest`` message: which bundle to assemble."""
+
+    version: int
+    chunks: int
+    bytes: int
+    sha256: str
+    format: int = FORMAT
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Announcement":
+        try:
+            d = json.loads(data)
+            ann = cls(version=d["version"], chunks=d["chunks"], bytes=d["bytes"], sha256=d["sha256"], format=d["format"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PackageError(f"invalid package announcement: {exc}") from None
+        ints = (ann.version, ann.chunks, ann.bytes, ann.format)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or ann.format != FORMAT \
+                or ann.version < 0 or not 0 < ann.bytes <= MAX_BUNDLE_BYTES \
+                or ann.chunks != -(-ann.bytes // CHUNK_BYTES) or not isinstance(ann.sha256, str) or len(ann.sha256) != 64:
+            raise PackageError("invalid package announcement: fields out of range")
+        return ann
+
+
+def bundle(files: Mapping[str, bytes]) -> bytes:
+    return safetensors.numpy.save({name: np.frombuffer(data, np.uint8) for name, data in files.items()})
+
+
+def unbundle(data: bytes) -> dict[str, bytes]:
+    try:
+        return {name: arr.tobytes() for name, arr in safetensors.numpy.load(data).items()}
+    except Exception as exc:  # safetensors raises its own SafetensorError on malformed input
+        raise PackageError(f"corrupt package bundle: {exc}") from None
+
+
+def package_messages(federation: str, package: VerifiedPackage) -> tuple[Announcement, list[tuple[str, bytes]]]:
+    """The retained messages that publish ``package``: chunks first, the announcement last."""
+    topics = Topics(federation)
+    blob = bundle(package.files)
+    version = package.manifest.round
+    chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
+    ann = Announcement(version, len(chunks), len(blob), hashlib.sha256(blob).hexdigest())
+    messages = [(topics.model_chunk(version, i), c) for i, c in enumerate(chunks)]
+    return ann, messages + [(topics.models_manifest, ann.to_bytes())]
+
+
+def clear_messages(federation: str, old: Announcement) -> list[tuple[str, bytes]]:
+    """Empty retained payloads that delete a superseded version's chunks from the broker."""
+    return [(Topics(federation).model_chunk(old.version, i), b"") for i in range(old.chunks)]
+
+
+def publish_package(link, federation: str, package_dir: Path, previous: Announcement | None = None) -> Announcement:
+    """Publish a built package through a connected :class:`fedmekt.mqtt.MqttLink` (QoS 1, retained).
+
+    Waits for every PUBACK; then clears ``previous``'s chunks if it was another version.
+    Returns the announcement to pass as ``previous`` next time.
+    """
+    ann, messages = package_messages(federation, verify_package(Path(package_dir), None))
+    link.publish_all(messages, retain=True)
+    if previous is not None and previous.version != ann.version:
+        link.publish_all(clear_messages(federation, previous), retain=True)
+    log.info("published model package version %d (%d bytes, %d chunks)", ann.version, ann.bytes, ann.chunks)
+    return ann
+
+
+class PackageReceiver:
+    """Gateway side: assemble announced bundles from ``models/#`` messages and install them.
+
+    Feed every message of ``Topics(federation).models_all`` to :meth:`handle`. A refused
+    package is logged as one line (and kept in ``last_error``); the model in service is
+    untouched. ``on_installed`` is called with each newly installed model (swap it in).
+    """
+
+    def __init__(self, store: ModelStore, federation: str,
+                 on_installed: Callable[[InstalledModel], None] | None = None) -> None:
+        self.store = store
+        self.topics = Topics(federation)
+        self.on_installed = on_installed
+        self.last_error: str | None = None
+        self._announced: Announcement | None = None
+        self._chunks: dict[int, dict[int, bytes]] = {}
+        self._finished: str | None = None  # sha256 of the last bundle handled (retained copies come again)
+
+    @property
+    def subscription(self) -> str:
+        return self.topics.models_all
+
+    def handle(self, topic: str, payload: bytes) -> InstalledModel | None:
+        prefix = f"{self.topics.prefix}/models/"
+        if not topic.startswith(prefix) or not payload:
+            return None  # not ours, or a cleared retained message
+        rest = topic[len(prefix):]
+        try:
+            if rest == "manifest":
+                self._announced = Announcement.from_bytes(payload)
+                self._chunks = {v: c for v, c in self._chunks.items() if v == self._announced.version}
+            else:
+                self._add_chunk(rest, payload)
+            return self._try_install()
+        except PackageError as exc:
+            self.last_error = str(exc)
+            log.error("refused model package: %s; the current model stays in service", exc)
+            return None
+
+    def _add_chunk(self, rest: str, payload: bytes) -> None:
+        parts = rest.split("/")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or len(payload) > CHUNK_BYTES:
+            raise PackageError(f"unexpected message on models/{rest}")
+        version, index = int(parts[0]), int(parts[1])
+        ann = self._announced
+        if ann is not None and (version != ann.version or index >= ann.chunks):
+            return  # a chunk of another version: ignore
+        buffered = sum(len(b) for c in self._chunks.values() for b in c.values())
+        if buffered + len(payload) > MAX_BUNDLE_BYTES:
+            self._chunks.clear()  # before any announcement: keep memory bounded
+        self._chunks.setdefault(version, {})[index] = payload
+
+    def _try_install(self) -> InstalledModel | None:
+        ann = self._announced
+        if ann is None or ann.sha256 == self._finished:
+            return None
+        got = self._chunks.get(ann.version, {})
+        if len(got) < ann.chunks:
+            return None
+        blob = b"".join(got[i] for i in range(ann.chunks))
+        self._finished = ann.sha256
+        self._chunks.pop(ann.version, None)
+        if len(blob) != ann.bytes or hashlib.sha256(blob).hexdigest() != ann.sha256:
+            raise PackageError(f"version {ann.version}: chunks do not match the announcement (size or sha256)")
+        files = unbundle(blob)
+        try:
+            current = self.store.current()
+        except PackageError:
+            current = None  # a broken model in service: replace it
+        if current is not None and current.package.files == files:
+            return None  # already in service
+        installed = self.store.install(files)
+        self.last_error = None
+        if self.on_installed is not None:
+            self.on_installed(installed)
+        return installed

@@ -1,0 +1,72 @@
+"""Read and write the model of a run folder (``final_model.safetensors`` + ``run.json``).
+
+Keys are ``autoencoder.<state-dict key>`` and ``head.<state-dict key>`` (fedmekt/artifacts.py).
+Loading goes through safetensors only: no pickle on files that may come from elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from fedmekt.artifacts import FINAL_MODEL, RUN_INFO, RunInfo, atomic_write_bytes, read_run_info, write_run_info
+from fedmekt.errors import UserError
+from fedmekt.model import EncoderClassifier, LinearHead, SplitAutoencoder
+
+
+@dataclass
+class RunModel:
+    """A finished run's global model, rebuilt without the training data."""
+
+    info: RunInfo
+    autoencoder: SplitAutoencoder
+    head: LinearHead
+
+    def classifier(self, modality: str) -> EncoderClassifier:
+        """The encoder of ``modality`` followed by the generalized head (what gateways run)."""
+        return EncoderClassifier(self.autoencoder.encoders[modality], self.head).eval()
+
+
+def save_run_model(run_dir: Path, info: RunInfo, autoencoder: SplitAutoencoder, head: LinearHead) -> None:
+    """Write ``run.json`` and ``final_model.safetensors`` atomically (each file is old or new after a crash)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"autoencoder.{k}": v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}
+    tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
+    atomic_write_bytes(run_dir / FINAL_MODEL, safetensors.torch.save(tensors))
+    write_run_info(run_dir, info)
+
+
+def load_run_model(run_dir: Path) -> RunModel:
+    """Rebuild the split autoencoder and head of a run folder; one-line UserError if it is not one."""
+    run_dir = Path(run_dir)
+    for name in (RUN_INFO, FINAL_MODEL):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir} is not a finished run folder: {name} is missing")
+    try:
+        info = read_run_info(run_dir)
+        tensors = safetensors.torch.load_file(run_dir / FINAL_MODEL, device="cpu")
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        raise UserError(f"cannot read run folder {run_dir}: {exc}") from exc
+    autoencoder = SplitAutoencoder(dict(info.channels), info.rep_size, info.hidden)
+    head = LinearHead(info.rep_size, len(info.label_names))
+    for prefix, module in (("autoencoder.", autoencoder), ("head.", head)):
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json ({prefix[:-1]}): {first}") from exc
+    autoencoder.eval()
+    head.eval()
+    return RunModel(info, autoencoder, head)
+
+
+@torch.no_grad()
+def torch_classify(classifier: EncoderClassifier, x) -> tuple:
+    """PyTorch reference output as numpy (embedding, logits) for a float32 array [B, T, C]."""
+    z, logits = classifier(torch.as_tensor(x, dtype=torch.float32))
+    return z.numpy(), logits.numpy()

@@ -1,0 +1,66 @@
+"""``fedmekt export``: build a signed ONNX model package from a finished run; ``fedmekt export keygen``.
+
+torch/onnx are imported inside ``run`` only, so this module loads in an inference-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from fedmekt.errors import UserError
+
+KEY_ENV = "FEDMEKT_SIGNING_KEY"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a run's global encoders to a signed ONNX package",
+        description="Export every modality's global encoder + classifier head of a finished run to ONNX "
+                    "(checked, parity-tested against PyTorch), optionally int8-quantized, and sign the package "
+                    "manifest with the aggregator's Ed25519 key. `fedmekt export keygen` makes a key pair.",
+    )
+    p.add_argument("--run", type=Path, help="run folder (run.json + final_model.safetensors)")
+    p.add_argument("--out", type=Path, help="package directory to create (must be absent or empty)")
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (smaller files)")
+    p.add_argument("--key", type=Path, default=os.environ.get(KEY_ENV),
+                   help=f"Ed25519 private key (PEM) of the aggregator [env {KEY_ENV}]")
+    p.add_argument("--stride", type=int, help="sliding-window stride recorded for gateways (default: window/2)")
+    p.set_defaults(func=run)
+    sub = p.add_subparsers(dest="export_command", metavar="keygen")
+    k = sub.add_parser("keygen", help="create an Ed25519 signing key pair",
+                       description="Write PREFIX.key (private, mode 0600; keep it on the aggregator) and PREFIX.pub "
+                                   "(give it to every gateway: fedmekt infer/client --public-key).")
+    k.add_argument("--out", type=Path, required=True, metavar="PREFIX", help="path prefix of the two key files")
+    k.set_defaults(func=run_keygen)
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    from export.package import generate_keypair
+
+    private, public = Path(f"{args.out}.key"), Path(f"{args.out}.pub")
+    private.parent.mkdir(parents=True, exist_ok=True)
+    generate_keypair(private, public)
+    print(f"private key: {private}\npublic key:  {public}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.run is None or args.out is None:
+        raise UserError("--run DIR and --out DIR are required (or use `fedmekt export keygen --out PREFIX`)")
+    if args.key is None:
+        raise UserError(f"no signing key: pass --key FILE or set {KEY_ENV} (create one with `fedmekt export keygen`)")
+    try:
+        from export.build import build_package
+        from export.run_model import load_run_model
+    except ModuleNotFoundError as exc:
+        raise UserError(f"export needs the training extras ({exc.name} missing): pip install 'fedmekt-edge[train]'") from None
+    from export.package import load_private_key
+
+    key = load_private_key(args.key)
+    built = build_package(load_run_model(args.run), args.out, key, int8=args.int8, stride=args.stride, progress=True)
+    m = built.manifest
+    print(f"{built.path}: round {m.round}, {m.precision}, modalities {', '.join(m.modalities)}, "
+          f"window {m.window}, stride {m.stride}, {built.size_bytes} bytes, signed")
+    return 0

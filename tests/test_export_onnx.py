@@ -1,0 +1,68 @@
+"""ONNX export of each dataset's global encoders + head: checker, dynamic axes, parity with PyTorch."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import export_classifier
+from export.verify import LENGTHS, TOLERANCE, ParityError, check_parity, parity, session
+from export_support import trained_run
+
+ENCODERS = [("ur_fall", "acce"), ("ur_fall", "depth"), ("hapt", "acce"), ("hapt", "gyro")]
+
+
+def real_inputs(run, modality: str, batch: int = 2) -> np.ndarray:
+    """[batch, 2000, C] of normalised recorded data: test recordings concatenated (repeated if short)."""
+    rows = np.concatenate([run.normalised(r, modality) for r in run.test])
+    need = batch * max(LENGTHS)
+    rows = np.tile(rows, (-(-need // len(rows)), 1))[:need]
+    return rows.reshape(batch, max(LENGTHS), -1)
+
+
+@pytest.mark.parametrize("dataset,modality", ENCODERS)
+def test_export_checks_and_matches_pytorch(dataset, modality, data_dir, tmp_path, tmp_path_factory):
+    run = trained_run(dataset, data_dir, tmp_path_factory)
+    clf = run.model.classifier(modality)
+    channels = run.model.info.channels[modality]
+    path = export_classifier(clf, channels, tmp_path / f"{modality}.onnx")
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    (inp,) = model.graph.input
+    assert inp.name == "x"
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["batch", "time", channels]  # batch and time are symbolic, channels fixed
+    assert [o.name for o in model.graph.output] == ["embedding", "logits"]
+    assert any(n.op_type == "LSTM" for n in model.graph.node)
+
+    rows = check_parity(clf, path, real_inputs(run, modality))
+    assert [r.length for r in rows] == list(LENGTHS)
+    assert all(r.max_abs_embedding <= TOLERANCE and r.labels_equal for r in rows), rows
+
+
+def test_batch_axis_is_dynamic(data_dir, tmp_path, tmp_path_factory):
+    run = trained_run("hapt", data_dir, tmp_path_factory)
+    path = export_classifier(run.model.classifier("gyro"), 3, tmp_path / "gyro.onnx")
+    x = real_inputs(run, "gyro", batch=5)[:, :50]
+    z, logits = session(path).run(None, {"x": x})
+    assert z.shape == (5, 50, run.model.info.rep_size) and logits.shape == (5, 50, 12)
+    z1, _ = session(path).run(None, {"x": x[3:4]})
+    np.testing.assert_allclose(z1[0], z[3], atol=1e-6)  # rows are independent of the batch they are in
+
+
+def test_parity_detects_a_perturbed_model(data_dir, tmp_path, tmp_path_factory):
+    """The parity check can fail: a 0.01 change of one input column of the LSTM is caught."""
+    run = trained_run("hapt", data_dir, tmp_path_factory)
+    perturbed = copy.deepcopy(run.model.classifier("acce"))
+    with torch.no_grad():
+        perturbed.encoder.first.weight_ih_l0[:, 0] += 0.01
+    path = export_classifier(perturbed, 3, tmp_path / "perturbed.onnx")
+    rows = parity(run.model.classifier("acce"), path, real_inputs(run, "acce"), lengths=(128,))
+    assert rows[0].max_abs_embedding > TOLERANCE and not rows[0].ok
+    with pytest.raises(ParityError, match="T=128"):
+        check_parity(run.model.classifier("acce"), path, real_inputs(run, "acce"), lengths=(128,))
