@@ -48,13 +48,13 @@ class SampleBatch:
     def __len__(self) -> int:
         return int(self.timestamps.shape[0])
 
-    def slice(self, start: int, stop: int | None = None) -> "SampleBatch":
+    def slice(self, start: int, stop: int | None = None) -> SampleBatch:
         """Rows [start, stop) as a new batch (views, no copy)."""
         return SampleBatch(self.timestamps[start:stop], {m: x[start:stop] for m, x in self.modalities.items()},
                            self.labels[start:stop], self.unit)
 
     @staticmethod
-    def concat(batches: "list[SampleBatch]") -> "SampleBatch":
+    def concat(batches: list[SampleBatch]) -> SampleBatch:
         """Join batches of the same unit and modalities (in order)."""
         first = batches[0]
         if len(batches) == 1:

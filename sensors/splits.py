@@ -27,10 +27,10 @@ bit and ``manifest`` records everything needed to check that.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -77,25 +77,24 @@ def _group(rec: Recording, key: str) -> str:
 
 def _draw_holdout(groups: list[str], dataset: str, rng: np.random.Generator) -> dict[str, list[str]]:
     """Pick the test / proxy / labelled groups (everything else is the client pool)."""
-    if dataset == "ur_fall":
-        out: dict[str, list[str]] = {h: [] for h in HOLDOUTS}
-        for stratum, counts in _UR_FALL_HOLDOUT.items():
-            members = [g for g in groups if g.startswith(stratum)]
-            if len(members) <= sum(counts):
-                break
-            order = rng.permutation(members).tolist()
-            for h, n in zip(HOLDOUTS, counts):
-                out[h] += order[:n]
-                order = order[n:]
-        else:
-            return out
     if dataset == "opportunity" and all(u in groups for us in _OPP_HOLDOUT.values() for u in us):
         return {h: list(us) for h, us in _OPP_HOLDOUT.items()}
-    n = max(1, round(0.1 * len(groups)))
-    if len(groups) < 3 * n + 1:
-        raise ValueError(f"need at least {3 * n + 1} runs/subjects for a split, got {len(groups)}")
-    order = rng.permutation(groups).tolist()
-    return {h: order[i * n : (i + 1) * n] for i, h in enumerate(HOLDOUTS)}
+    if dataset == "ur_fall":
+        strata = _UR_FALL_HOLDOUT  # stratified by run name prefix: fall-XX / adl-XX
+    else:
+        n = max(1, round(0.1 * len(groups)))
+        strata = {"": (n, n, n)}
+    out: dict[str, list[str]] = {h: [] for h in HOLDOUTS}
+    for prefix, counts in strata.items():
+        members = [g for g in groups if g.startswith(prefix)]
+        if len(members) <= sum(counts):
+            raise ValueError(f"need more than {sum(counts)} {prefix or 'run/subject'} groups to hold out "
+                             f"{counts} (test, proxy, labelled), got {len(members)}; pass holdout=")
+        order = rng.permutation(members).tolist()
+        for h, k in zip(HOLDOUTS, counts):
+            out[h] += order[:k]
+            order = order[k:]
+    return out
 
 
 def _partition(recs: Sequence[Recording], mods: Sequence[str]) -> Partition:
@@ -160,7 +159,10 @@ def _assignment_counts(total: int, clients: tuple[int, int, int]) -> tuple[int, 
     return tuple(int(c) for c in counts)
 
 
-def _normalise(recs: list[Recording], pool_units: set[str], mods: Sequence[str], mode: str) -> tuple[list[Recording], Normalizer | None]:
+def _normalise(
+    recs: list[Recording], pool_units: set[str], mods: Sequence[str], mode: str
+) -> tuple[list[Recording], Normalizer | None]:
+    """Apply the chosen normalisation to the pair's modalities; statistics come from pool units only."""
     if mode == "none":
         return recs, None
     if mode == "unit":
@@ -170,7 +172,7 @@ def _normalise(recs: list[Recording], pool_units: set[str], mods: Sequence[str],
 
 
 def _with(r: Recording, mods: dict[str, np.ndarray]) -> Recording:
-    return Recording(r.dataset, r.unit, r.subject, r.rate_hz, mods, r.labels, r.timestamps, r.label_names, r.channel_names)
+    return dataclasses.replace(r, modalities=mods)
 
 
 def make_split(
@@ -232,45 +234,21 @@ def make_split(
         counts = tuple(int(c) for c in clients)
         divisions = n_div or (_known(dataset).n_div if _known(dataset) else DEFAULT_N_DIV)
         pieces, paper = _paper_pieces(pool, sum(counts), divisions, fraction, g_clients)
-    else:
-        pool_groups = sorted({_group(r, "subject") for r in by_split["pool"]})
-        order = g_order.permutation(pool_groups).tolist()
+    else:  # one client per pool subject, in a seeded order so the A/B/AB roles fall on random people
+        subject_of = {r.unit: r.subject for r in recs}
+        order = g_order.permutation(sorted({subject_of[u] for u in pool.units})).tolist()
         counts = _assignment_counts(len(order), tuple(clients))
-        pieces = [pool.segments[[i for i, u in enumerate(pool.units) if normed_by_unit[u].subject == g]] for g in order]
+        pieces = [pool.segments[[subject_of[u] == g for u in pool.units]] for g in order]
         paper = None
+    client_parts, dropped = _clients(pool, pieces, pair, counts, missing_rate, g_missing)
 
-    held = [(pair[0],)] * counts[0] + [(pair[1],)] * counts[1] + [pair] * counts[2]
-    dropped: dict[str, str] = {}
-    client_parts = []
-    for i, (mods, segs) in enumerate(zip(held, pieces)):
-        cid = f"c{i:03d}"
-        if len(mods) == 2 and g_missing.random() < missing_rate:
-            lost = mods[int(g_missing.integers(2))]
-            dropped[cid] = lost
-            mods = tuple(m for m in mods if m != lost)
-        client_parts.append(ClientPartition(cid, tuple(mods), _take(pool, segs, mods)))
-
-    manifest = _manifest(dataset, scheme, seed, pair, normalize, key, chosen, by_split, parts, pool,
-                         client_parts, pieces, paper, missing_rate, dropped, norm, recs[0].label_names)
-    return FederatedSplit(dataset, pair, recs[0].label_names, parts["test"], parts["proxy"], parts["labelled"],
-                          client_parts, norm, manifest)
-
-
-def _manifest(dataset, scheme, seed, pair, normalize, key, chosen, by_split, parts, pool, client_parts, pieces,
-              paper, missing_rate, dropped, norm, label_names) -> dict[str, Any]:
-    def seg_list(segs: np.ndarray) -> list[list]:
-        starts = dict(zip(pool.units, pool.segments[:, 0].tolist()))
-        unit_of = np.searchsorted(pool.segments[:, 1], segs[:, 0], side="right")
-        return [[pool.units[u], int(a - starts[pool.units[u]]), int(b - starts[pool.units[u]])]
-                for u, (a, b) in zip(unit_of.tolist(), segs.tolist())]
-
-    return {
+    manifest = {
         "version": MANIFEST_VERSION,
         "dataset": dataset,
         "scheme": scheme,
         "seed": int(seed),
         "pair": list(pair),
-        "label_names": list(label_names),
+        "label_names": list(recs[0].label_names),
         "disjoint_by": key,
         "normalize": normalize,
         "groups": {h: list(gs) for h, gs in chosen.items()},
@@ -279,15 +257,39 @@ def _manifest(dataset, scheme, seed, pair, normalize, key, chosen, by_split, par
         "paper": paper,
         "missing_rate": float(missing_rate),
         "dropped_modality": dropped,
-        "clients": [
-            {"id": c.client_id, "modalities": list(c.modalities), "rows": len(c.data), "segments": seg_list(segs)}
-            for c, segs in zip(client_parts, pieces)
-        ],
+        "clients": [{"id": c.client_id, "modalities": list(c.modalities), "rows": len(c.data),
+                     "segments": _unit_coordinates(pool, segs)} for c, segs in zip(client_parts, pieces)],
         "normalizer": None if norm is None else {
             "mean": {m: v.tolist() for m, v in norm.mean.items()},
             "std": {m: v.tolist() for m, v in norm.std.items()},
         },
     }
+    return FederatedSplit(dataset, pair, recs[0].label_names, parts["test"], parts["proxy"], parts["labelled"],
+                          client_parts, norm, manifest)
+
+
+def _clients(pool: Partition, pieces: list[np.ndarray], pair: tuple[str, str], counts: tuple[int, int, int],
+             missing_rate: float, rng: np.random.Generator) -> tuple[list[ClientPartition], dict[str, str]]:
+    """Client i holds pair[0] only, pair[1] only or both (paper order); each two-modality client
+    loses one modality with probability ``missing_rate``. Returns the clients and who lost what."""
+    held = [(pair[0],)] * counts[0] + [(pair[1],)] * counts[1] + [pair] * counts[2]
+    dropped: dict[str, str] = {}
+    out = []
+    for i, (mods, segs) in enumerate(zip(held, pieces)):
+        cid = f"c{i:03d}"
+        if len(mods) == 2 and rng.random() < missing_rate:
+            dropped[cid] = mods[int(rng.integers(2))]
+            mods = tuple(m for m in mods if m != dropped[cid])
+        out.append(ClientPartition(cid, mods, _take(pool, segs, mods)))
+    return out, dropped
+
+
+def _unit_coordinates(pool: Partition, segs: np.ndarray) -> list[list]:
+    """Pool row ranges -> [[unit, start, stop], …] in that unit's own rows (stable across pool layouts)."""
+    unit_of = np.searchsorted(pool.segments[:, 1], segs[:, 0], side="right")
+    offset = pool.segments[unit_of, 0]
+    return [[pool.units[u], int(a), int(b)] for u, a, b in zip(unit_of.tolist(), (segs[:, 0] - offset).tolist(),
+                                                               (segs[:, 1] - offset).tolist())]
 
 
 def write_manifest(split: FederatedSplit, path: Path | str) -> None:
@@ -295,7 +297,7 @@ def write_manifest(split: FederatedSplit, path: Path | str) -> None:
     atomic_write_bytes(Path(path), json.dumps(split.manifest, indent=1, sort_keys=True).encode())
 
 
-def normalizer_from_manifest(manifest: dict[str, Any]) -> Normalizer | None:
+def normalizer_from_manifest(manifest: dict) -> Normalizer | None:
     """Rebuild the pool statistics on a gateway that only received the manifest."""
     stats = manifest.get("normalizer")
     if not stats:

@@ -127,7 +127,8 @@ class SampleStore:
                 self._db.execute("DELETE FROM chunks WHERE id = ?", (cid,))
                 k = n
             else:  # keep the newest n - excess rows of this chunk
-                ts, labels, data = self._db.execute("SELECT ts, labels, data FROM chunks WHERE id = ?", (cid,)).fetchone()
+                ts, labels, data = self._db.execute(
+                    "SELECT ts, labels, data FROM chunks WHERE id = ?", (cid,)).fetchone()
                 ts = np.frombuffer(ts, "<f8")[excess:]
                 kept = b"".join(x[excess:].tobytes() for x in self._split(data, n).values())
                 self._db.execute("UPDATE chunks SET n = ?, t0 = ?, ts = ?, labels = ?, data = ? WHERE id = ?",
@@ -186,7 +187,8 @@ class SampleStore:
     def timestamps(self) -> np.ndarray:
         """float64 timestamps of every stored sample, oldest first."""
         with self._lock:
-            return np.frombuffer(b"".join(r[0] for r in self._db.execute("SELECT ts FROM chunks ORDER BY id")), "<f8").copy()
+            blobs = [r[0] for r in self._db.execute("SELECT ts FROM chunks ORDER BY id")]
+        return np.frombuffer(b"".join(blobs), "<f8").copy()
 
     def check(self) -> bool:
         """SQLite's own integrity check plus a size check of every chunk; True when all is well."""
@@ -202,7 +204,7 @@ class SampleStore:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "SampleStore":
+    def __enter__(self) -> SampleStore:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,8 +17,17 @@ from hypothesis import strategies as st
 
 from sensors.datasets import load_dataset
 from sensors.recording import SampleBatch
-from sensors.sources import (LineParser, MqttSource, ReplaySource, SampleBuffer, SerialSource, SourceStats,
-                             StdinSource, StreamFormat, UdpSource)
+from sensors.sources import (
+    LineParser,
+    MqttSource,
+    ReplaySource,
+    SampleBuffer,
+    SerialSource,
+    SourceStats,
+    StdinSource,
+    StreamFormat,
+    UdpSource,
+)
 
 FMT = StreamFormat({"acce": 3, "gyro": 2}, label=True)
 GOOD = [b"0.00,1,2,3,4,5,0", b"0.02,1.5,2,3,4,5,1", b"0.04,-1,2e-3,3,4,5,-1"]
@@ -163,6 +172,16 @@ def test_serial_source_over_a_pty_with_garbage_and_unplug():
     assert not src._thread.is_alive()
 
 
+def test_serial_source_accepts_pyserial_urls():
+    src = SerialSource("loop://", FMT).start()  # pyserial's loopback: what is written is read back
+    try:
+        _wait_until(lambda: src.port is not None)
+        src.port.write(b"\n".join(GOOD) + b"\n")
+        _check_good(_collect(src, 3))
+    finally:
+        src.close()
+
+
 def test_serial_source_missing_port_is_counted_not_raised():
     src = SerialSource("/dev/fedmekt-no-such-port", FMT, retry_s=0.05).start()
     _wait_until(lambda: src.stats.rejected["disconnected"] >= 2)
@@ -200,7 +219,8 @@ def test_mqtt_source_wildcard_topics_and_broker_restart(mosquitto):
             send("wrist", t)
             send("ankle", t)  # same times on another device: not duplicates, separate unit
         pub.publish("sensors/wrist/raw", b"\xde\xad\xbe\xef", qos=1).wait_for_publish(5)
-        pub.publish("sensors/wrist/raw", json.dumps({"t": 0.1, "acce": [1, 2, 3], "gyro": [4, 5]}), qos=1).wait_for_publish(5)
+        stale = json.dumps({"t": 0.1, "acce": [1, 2, 3], "gyro": [4, 5]})  # older than the last wrist sample
+        pub.publish("sensors/wrist/raw", stale, qos=1).wait_for_publish(5)
         got = _collect(src, 6)
         assert {got.unit} <= {"sensors/wrist/raw", "sensors/ankle/raw"}
         _wait_until(lambda: src.stats.accepted == 6 and sum(src.stats.rejected.values()) == 2)

@@ -44,7 +44,8 @@ def test_ur_fall_paper_split_by_run(data_dir):
     recs = load_dataset("ur_fall", data_dir)
     split = make_split(recs, ("acce", "depth"), seed=0)
     units = split.manifest["units"]
-    assert sum(u.startswith("fall") for u in units["test"]) == 3 and sum(u.startswith("adl") for u in units["test"]) == 4
+    assert sum(u.startswith("fall") for u in units["test"]) == 3
+    assert sum(u.startswith("adl") for u in units["test"]) == 4
     assert sum(u.startswith("fall") for u in units["proxy"]) == 3 and len(units["proxy"]) == 7
     everything = [u for h in ("test", "proxy", "labelled", "pool") for u in units[h]]
     assert len(everything) == len(set(everything)) == 70
@@ -155,3 +156,30 @@ def test_bad_arguments(demo):
         make_split(demo, PAIR, holdout={"test": ["user01"], "proxy": ["user01"], "labelled": ["user04"]})
     explicit = make_split(demo, PAIR, holdout={"test": ["user01"], "proxy": ["user04"], "labelled": ["user07"]})
     assert explicit.manifest["groups"]["test"] == ["user01"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_disjoint_for_many_seeds(demo, seed):
+    m = make_split(demo, PAIR, seed=seed).manifest
+    groups = [g for h in ("test", "proxy", "labelled", "pool") for g in m["groups"][h]]
+    assert len(groups) == len(set(groups)) == 8
+    client_units = {seg[0] for c in m["clients"] for seg in c["segments"]}
+    assert client_units <= set(m["units"]["pool"])
+
+
+def test_opportunity_uses_the_papers_fixed_runs(tmp_path):
+    rng = np.random.default_rng(0)
+    recs = []
+    for s in range(1, 5):
+        for r in range(1, 6):
+            n = 200
+            recs.append(Recording("opportunity", f"S{s}-ADL{r}", f"S{s}", 30.0,
+                                  {"acce": rng.normal(size=(n, 63)).astype(np.float32),
+                                   "gyro": rng.normal(size=(n, 15)).astype(np.float32)},
+                                  np.zeros(n, np.int64), np.arange(n) / 30.0, ("null",)))
+    split = make_split(recs, PAIR, seed=1, n_div=10)
+    units = split.manifest["units"]
+    assert sorted(units["test"]) == ["S2-ADL4", "S2-ADL5", "S3-ADL4", "S3-ADL5"]
+    assert sorted(units["proxy"]) == ["S1-ADL4", "S1-ADL5", "S4-ADL4", "S4-ADL5"]
+    assert len(units["pool"]) == 10 and split.manifest["disjoint_by"] == "unit"
+    assert split.manifest == make_split(recs, PAIR, seed=1, n_div=10).manifest

@@ -131,5 +131,5 @@ def test_garbage_file_is_a_store_error(tmp_path):
 def test_store_module_has_no_network_code():
     tree = ast.parse((REPO / "sensors" / "store.py").read_text())
     imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "json", "sqlite3", "threading", "collections", "pathlib", "numpy", "sensors"}

@@ -34,5 +34,6 @@ def build(src: Path) -> None:
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2].parent / "shared/data/hapt/hapt_raw.npz")
+    default = Path(__file__).resolve().parents[3] / "shared/data/hapt/hapt_raw.npz"
+    build(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
     print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB)")

@@ -58,7 +58,7 @@ class Descriptor:
     label_column: str | None = None
 
     @classmethod
-    def load(cls, file: Path) -> "Descriptor":
+    def load(cls, file: Path) -> Descriptor:
         try:
             raw = tomllib.loads(file.read_text()) if file.suffix == ".toml" else json.loads(file.read_text())
         except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -163,7 +163,8 @@ def read(path: Path, dataset: str = "generic", descriptor: Path | str | None = N
         if t is None:
             t = uniform_timestamps(n, d.rate_hz)
         labels = _labels(y, n, d, f)
-        keep = np.isfinite(t) & np.concatenate(([True], t[1:] > np.maximum.accumulate(np.nan_to_num(t, nan=-np.inf))[:-1]))
+        running_max = np.maximum.accumulate(np.nan_to_num(t, nan=-np.inf))
+        keep = np.isfinite(t) & np.r_[True, t[1:] > running_max[:-1]]
         if not keep.all():
             log.warning("%s: dropped %d rows with non-increasing or missing timestamps", f, int((~keep).sum()))
         recs.append(Recording(

@@ -65,7 +65,8 @@ def read_npz(path: Path, dataset: str = "hapt") -> list[Recording]:
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {file}: {exc}") from exc
     n = acc.shape[0]
-    if gyro.shape[0] != n or codes.shape[0] != n or starts[-1] != n or starts.size != users.size + 1 or exps.size != users.size:
+    lengths_ok = gyro.shape[0] == n and codes.shape[0] == n and starts[-1] == n
+    if not lengths_ok or starts.size != users.size + 1 or exps.size != users.size:
         raise UserError(f"{file}: inconsistent array lengths")
     labels = _labels_from_codes(codes)
     recs = []

@@ -30,8 +30,8 @@ CHANNELS = {
     "mage": tuple(f"{p}_mag_{a}" for p in ("ankle", "arm") for a in "xyz"),
 }
 LABEL_NAMES = (
-    "null", "standing_still", "sitting_relaxing", "lying_down", "walking", "climbing_stairs",
-    "waist_bends_forward", "frontal_elevation_arms", "knees_bending", "cycling", "jogging", "running", "jump_front_back",
+    "null", "standing_still", "sitting_relaxing", "lying_down", "walking", "climbing_stairs", "waist_bends_forward",
+    "frontal_elevation_arms", "knees_bending", "cycling", "jogging", "running", "jump_front_back",
 )
 _FILE = re.compile(r"mHealth_subject(\d+)\.log$")
 

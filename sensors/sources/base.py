@@ -40,7 +40,7 @@ class Source:
         self._done = threading.Event()
 
     # -- life cycle ---------------------------------------------------------------------------
-    def start(self) -> "Source":
+    def start(self) -> Source:
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, name=f"{self.name}-reader", daemon=True)
             self._thread.start()
@@ -70,7 +70,7 @@ class Source:
     def _close_transport(self) -> None:
         """Unblock the reader thread (close sockets, ports); default: nothing to do."""
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Source:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -93,9 +93,8 @@ class Source:
             batch = self.buffer.get(self.batch_size, timeout=0.2)
             if batch is not None:
                 yield batch
-            elif self._done.is_set() or self._stop.is_set():
-                if len(self.buffer) == 0:
-                    return
+            elif (self._done.is_set() or self._stop.is_set()) and len(self.buffer) == 0:
+                return
 
     def _wait(self, seconds: float) -> bool:
         """Sleep unless asked to stop; True if a stop was requested."""

@@ -42,9 +42,11 @@ class SampleBuffer:
             self.dropped += len(batch) - self.capacity
             batch = batch.slice(len(batch) - self.capacity)
         with self._cond:
-            if self.policy == "block":
-                if not self._cond.wait_for(lambda: self._closed or self._size + len(batch) <= self.capacity, timeout):
-                    return False
+            def room() -> bool:
+                return self._closed or self._size + len(batch) <= self.capacity
+
+            if self.policy == "block" and not self._cond.wait_for(room, timeout):
+                return False
             if self._closed:
                 return False
             while self._size + len(batch) > self.capacity:

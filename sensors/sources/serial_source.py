@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import serial
 
 from sensors.sources.base import LineSource
@@ -51,7 +53,5 @@ class SerialSource(LineSource):
     def _close_transport(self) -> None:
         port, self.port = self.port, None
         if port is not None:
-            try:
+            with contextlib.suppress(serial.SerialException, OSError):
                 port.close()
-            except (serial.SerialException, OSError):
-                pass
