@@ -194,3 +194,12 @@ def test_opportunity_columns_gyro_fix_and_labels(tmp_path):
     assert r.modalities["acce"][7, 1] == r.modalities["acce"][6, 1]  # "NaN" in the file, forward filled
     assert r.labels[:30].tolist() == [0] * 30 and r.labels[30] == 1 and r.labels[60] == 17 and r.labels[-1] == -1
     assert r.timestamps[1] - r.timestamps[0] == pytest.approx(0.033)
+
+
+def test_hapt_rawdata_label_span_outside_the_run_is_user_error(tmp_path):
+    demo = load_dataset("demo")[:1]
+    _write_hapt_rawdata(tmp_path / "RawData", demo)
+    with (tmp_path / "RawData" / "labels.txt").open("a") as fh:
+        fh.write(f"1 1 5 10 {len(demo[0]) + 5}\n")
+    with pytest.raises(UserError, match="outside"):
+        load_dataset("hapt_uci", tmp_path)

@@ -104,3 +104,7 @@ def test_cli_data_inspect_and_split(capsys, tmp_path, generic_dir):
     assert "not found" in capsys.readouterr().err
     assert main(["data", "split", "demo", "--scheme", "subject", "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["scheme"] == "subject"
+    assert main(["data", "split", "generic", "--data-dir", str(generic_dir), "--scheme", "subject",
+                 "--out", str(tmp_path / "g.json")]) == 0  # pair defaults to the files' first two modalities
+    assert json.loads((tmp_path / "g.json").read_text())["pair"] == ["acce", "gyro"]
+    assert main(["data", "split", "demo", "--pair", "acce", "depth", "--out", str(tmp_path / "x.json")]) == 2

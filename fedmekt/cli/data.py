@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         info = summarize(recs)
         print(json.dumps(info, indent=1)) if args.json else _print(info)
         return 0
-    pair = tuple(args.pair) if args.pair else dataset_info(args.dataset).default_pair
+    # generic data has no fixed modalities: default to the first two the files carry
+    pair = tuple(args.pair or [m for m in dataset_info(args.dataset).default_pair if m] or list(recs[0].modalities)[:2])
     try:
         split = make_split(recs, pair, scheme=args.scheme, seed=args.seed, clients=tuple(args.clients),
                            missing_rate=args.missing_rate)

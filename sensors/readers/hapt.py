@@ -107,6 +107,8 @@ def read_uci_raw(path: Path, dataset: str = "hapt_uci") -> list[Recording]:
             raise UserError(f"{f.name}/{gyro_file.name}: expected two [T, 3] files of equal length")
         codes = np.zeros(acc.shape[0], dtype=np.int64)
         for _, _, act, a, b in spans[(spans[:, 0] == exp) & (spans[:, 1] == user)]:
+            if not 0 <= a <= b < len(codes):
+                raise UserError(f"{label_file}: span {a}..{b} of exp {exp} outside its {len(codes)} samples")
             codes[a : b + 1] = act
         recs.append(_recording(dataset, user, exp, acc, gyro, _labels_from_codes(codes)))
     recs.sort(key=lambda r: r.unit)
