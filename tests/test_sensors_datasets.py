@@ -203,3 +203,14 @@ def test_hapt_rawdata_label_span_outside_the_run_is_user_error(tmp_path):
         fh.write(f"1 1 5 10 {len(demo[0]) + 5}\n")
     with pytest.raises(UserError, match="outside"):
         load_dataset("hapt_uci", tmp_path)
+
+
+def test_sensors_never_imports_torch():
+    """Gateways with the [infer] extra have no torch: every sensors module must import without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import sensors.datasets, sensors.splits, sensors.windowing, sensors.store, sensors.sources, "
+            "sensors.readers.generic, fedmekt.cli.data; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
