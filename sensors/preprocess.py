@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from sensors.partition import Normalizer
+from sensors.partition import Normalizer, Partition
 
 # Channels whose training std is below this are treated as constant (std := 1), so
 # z-scoring never divides by ~0 and a dead sensor channel stays at 0 instead of exploding.
@@ -111,3 +111,12 @@ def zscore_each(x: np.ndarray) -> np.ndarray:
     sd = x64.std(axis=0)
     sd[sd < MIN_STD] = 1.0
     return ((x64 - mu) / sd).astype(np.float32)
+
+
+def normalize_partition(p: Partition, norm: Normalizer) -> Partition:
+    """Apply federation statistics to a partition (e.g. raw samples read from the on-device store).
+
+    Modalities the normaliser does not know are passed through unchanged.
+    """
+    mods = {m: norm.apply(m, x) if m in norm.mean else x for m, x in p.modalities.items()}
+    return Partition(mods, p.labels, p.segments, p.units)

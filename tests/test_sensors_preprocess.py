@@ -72,3 +72,15 @@ def test_zscore_each_standardises_one_array():
     z = zscore_each(x)
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(z.std(0), 1, atol=1e-5)
+
+
+def test_normalize_partition_applies_federation_statistics():
+    from sensors.partition import Normalizer, Partition
+    from sensors.preprocess import normalize_partition
+
+    p = Partition({"acce": np.full((4, 2), 3, np.float32), "depth": np.ones((4, 1), np.float32)},
+                  np.zeros(4, np.int64), np.array([[0, 4]]), ("u",))
+    norm = Normalizer({"acce": np.float32([1, 2])}, {"acce": np.float32([2, 1])})
+    out = normalize_partition(p, norm)
+    np.testing.assert_array_equal(out.modalities["acce"], np.tile(np.float32([1, 1]), (4, 1)))
+    assert out.modalities["depth"] is p.modalities["depth"] and out.segments is p.segments
