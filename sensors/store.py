@@ -52,7 +52,9 @@ class SampleStore:
     training thread reads.
     """
 
-    def __init__(self, path: Path | str, max_samples: int | None = None, durable: bool = False) -> None:
+    def __init__(self, path: Path | str, max_samples: int | None = None, durable: bool = False,
+                 channels: dict[str, int] | None = None) -> None:
+        """Open or create the store; ``channels`` fixes the modalities up front (else the first append does)."""
         if max_samples is not None and max_samples < 1:
             raise ValueError("max_samples must be >= 1 or None")
         self.path = Path(path)
@@ -69,8 +71,15 @@ class SampleStore:
                 self._set_meta("schema", str(SCHEMA_VERSION))
             elif int(version) != SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: schema {version}, this version reads {SCHEMA_VERSION}")
-            channels = self._meta("channels")
-            self.channels: dict[str, int] | None = json.loads(channels) if channels else None
+            stored = self._meta("channels")
+            self.channels: dict[str, int] | None = json.loads(stored) if stored else None
+            if channels is not None:
+                channels = {str(m): int(c) for m, c in channels.items()}
+                if self.channels is None:
+                    self._set_meta("channels", json.dumps(channels))
+                    self.channels = channels
+                elif self.channels != channels:
+                    raise StoreError(f"{self.path} holds {self.channels}, expected {channels}")
             self._count = int(self._db.execute("SELECT COALESCE(SUM(n), 0) FROM chunks").fetchone()[0])
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable sample store ({exc})") from exc
@@ -162,18 +171,24 @@ class SampleStore:
         chunks are further apart in time (e.g. the device was off), so windows never span either.
         """
         with self._lock:
-            mods = tuple(modalities) if modalities else tuple(self.channels or ())
-            if self.channels is not None and set(mods) - set(self.channels):
+            if self.channels is None:  # nothing ever written and no channels declared
+                mods = tuple(modalities or ())
+                return Partition({m: np.zeros((0, 0), np.float32) for m in mods}, np.zeros(0, np.int64),
+                                 np.zeros((0, 2), np.int64), ())
+            mods = tuple(modalities) if modalities else tuple(self.channels)
+            if set(mods) - set(self.channels):
                 raise ValueError(f"store holds {sorted(self.channels)}, asked for {sorted(mods)}")
             rows = self._db.execute("SELECT id, unit, n, t0, t1, labels, data FROM chunks ORDER BY id").fetchall()
         ns = np.array([r[2] for r in rows], dtype=np.int64)
-        width = 4 * sum((self.channels or {}).values())
+        width = 4 * sum(self.channels.values())
         for r in rows:
             if len(r[5]) != 8 * r[2] or len(r[6]) != width * r[2]:
                 raise StoreError(f"{self.path}: chunk {r[0]} is damaged (blob sizes do not match n={r[2]})")
+        if not rows:
+            return Partition({m: np.zeros((0, self.channels[m]), np.float32) for m in mods}, np.zeros(0, np.int64),
+                             np.zeros((0, 2), np.int64), ())
         parts = [self._split(r[6], r[2]) for r in rows]
-        data = {m: np.concatenate([p[m] for p in parts]) if parts else np.zeros((0, self.channels[m]), np.float32)
-                for m in mods}
+        data = {m: np.concatenate([p[m] for p in parts]) for m in mods}
         labels = np.frombuffer(b"".join(r[5] for r in rows), dtype="<i8").astype(np.int64)
         starts = np.r_[0, np.cumsum(ns)[:-1]].astype(np.int64)
         new_seg = [i == 0 or rows[i][1] != rows[i - 1][1]
@@ -181,8 +196,7 @@ class SampleStore:
         first = np.flatnonzero(new_seg)
         seg_start = starts[first]
         seg_stop = np.r_[seg_start[1:], ns.sum()].astype(np.int64)
-        return Partition(data, labels, np.stack([seg_start, seg_stop], axis=1).reshape(-1, 2),
-                         tuple(rows[i][1] for i in first))
+        return Partition(data, labels, np.stack([seg_start, seg_stop], axis=1), tuple(rows[i][1] for i in first))
 
     def timestamps(self) -> np.ndarray:
         """float64 timestamps of every stored sample, oldest first."""

@@ -133,3 +133,17 @@ def test_store_module_has_no_network_code():
     imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "json", "sqlite3", "threading", "collections", "pathlib", "numpy", "sensors"}
+
+
+def test_empty_store_and_declared_channels(tmp_path):
+    with SampleStore(tmp_path / "a.db") as store:
+        part = store.read_partition(["acce"])
+        assert len(part) == 0 and part.segments.shape == (0, 2)
+    with SampleStore(tmp_path / "b.db", channels={"acce": 3, "gyro": 2}) as store:
+        part = store.read_partition()
+        assert part.modalities["gyro"].shape == (0, 2) and len(part) == 0
+        store.append(_batch(0, 5))
+    with pytest.raises(StoreError):
+        SampleStore(tmp_path / "b.db", channels={"acce": 3})
+    with SampleStore(tmp_path / "b.db") as store:
+        assert store.channels == {"acce": 3, "gyro": 2} and store.count() == 5
