@@ -132,7 +132,6 @@ class PackageReceiver:
         try:
             if rest == "manifest":
                 self._announced = Announcement.from_bytes(payload)
-                self._chunks = {v: c for v, c in self._chunks.items() if v == self._announced.version}
             else:
                 self._add_chunk(rest, payload)
             return self._try_install()
@@ -147,11 +146,13 @@ class PackageReceiver:
             raise PackageError(f"unexpected message on models/{rest}")
         version, index = int(parts[0]), int(parts[1])
         ann = self._announced
-        if ann is not None and (version != ann.version or index >= ann.chunks):
-            return  # a chunk of another version: ignore
+        if ann is not None and version == ann.version and index >= ann.chunks:
+            return
+        # keep chunks of every version (a new version's chunks arrive before its announcement), bounded in memory
         buffered = sum(len(b) for c in self._chunks.values() for b in c.values())
         if buffered + len(payload) > MAX_BUNDLE_BYTES:
-            self._chunks.clear()  # before any announcement: keep memory bounded
+            keep = ann.version if ann is not None else version
+            self._chunks = {v: c for v, c in self._chunks.items() if v == keep}
         self._chunks.setdefault(version, {})[index] = payload
 
     def _try_install(self) -> InstalledModel | None:

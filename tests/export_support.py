@@ -22,6 +22,7 @@ from sensors.datasets import dataset_info, load_dataset
 from sensors.recording import Recording
 
 WINDOW = 32
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -141,3 +142,17 @@ def signing_keys(tmp_path_factory) -> tuple[Path, Path]:
         generate_keypair(root / "agg.key", root / "agg.pub")
         _RUNS["keys"] = (root / "agg.key", root / "agg.pub")
     return _RUNS["keys"]
+
+
+def built_package(dataset: str, data_dir: Path, tmp_path_factory, *, int8: bool = False) -> Path:
+    """A signed package of ``dataset``'s trained run (built once per session; copy it before changing it)."""
+    name = f"pkg-{dataset}-{'int8' if int8 else 'fp32'}"
+    if name not in _RUNS:
+        from export.build import build_package
+        from export.package import load_private_key
+
+        run = trained_run(dataset, data_dir, tmp_path_factory)
+        key, _ = signing_keys(tmp_path_factory)
+        _RUNS[name] = build_package(run.model, tmp_path_factory.mktemp(name) / "package", load_private_key(key),
+                                    int8=int8).path
+    return _RUNS[name]
