@@ -39,7 +39,8 @@ class DatasetInfo:
 
     @property
     def channels(self) -> dict[str, int]:
-        return {m: len(c) for m, c in self.modalities.items()}
+        """Channel counts of the fixed-width modalities (UR Fall's optional rgb width comes from your files)."""
+        return {m: len(c) for m, c in self.modalities.items() if c}
 
     def paper_rep_size(self, pair: tuple[str, str] | None = None) -> int:
         """The paper's representation size r (``S.py:87-97``): UR Fall 2 when acce is in the pair, else 4."""

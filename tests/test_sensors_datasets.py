@@ -93,6 +93,7 @@ def test_dataset_info_rep_sizes_and_channels():
     assert dataset_info("mhealth").channels == {"acce": 9, "gyro": 6, "mage": 6}
     assert dataset_info("opportunity").channels == {"acce": 63, "gyro": 15}
     assert dataset_info("opportunity").paper_rep_size() == 10
+    assert dataset_info("ur_fall").channels == {"acce": 3, "depth": 8}  # rgb width comes from the user
 
 
 def test_bad_names_and_paths_are_user_errors(tmp_path):
