@@ -32,10 +32,25 @@ class RunResult:
     run_info: RunInfo | None = None
 
 
+def variant_label(cfg: FederationConfig) -> str:
+    """Algorithm name plus every measured option that differs from the defaults, e.g. ``fedmekt-c[rep,float16]``."""
+    tags = []
+    if cfg.faithful and cfg.is_embedding:
+        tags.append("faithful")
+    if cfg.is_embedding and cfg.layers != "rep+hidden":
+        tags.append(cfg.layers)
+    if cfg.is_embedding and cfg.proxy_windows != FederationConfig.proxy_windows:
+        tags.append(f"W{cfg.proxy_windows}")
+    if cfg.wire_dtype != "float32":
+        tags.append(cfg.wire_dtype)
+    return cfg.algorithm + (f"[{','.join(tags)}]" if tags else "")
+
+
 def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool = True, name: str | None = None,
                   rate_hz: float = 0.0) -> RunResult:
     """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` on ``split``; rows carry F1 and bytes per round."""
-    name = name or f"{cfg.algorithm}-seed{cfg.seed}"
+    variant = variant_label(cfg)
+    name = name or f"{variant}-seed{cfg.seed}"
     start = time.perf_counter()
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test,
                           normalizer=split.normalizer, rate_hz=rate_hz)
@@ -43,7 +58,7 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
                                          split.proxy if cfg.is_embedding else None) for c in split.clients}
     private = {c.client_id: c for c in split.clients}
     once = sum(proxy_bytes(split.proxy, c.modalities, cfg.wire_dtype) for c in split.clients) if cfg.is_embedding else 0
-    base = {"run": name, "algorithm": cfg.algorithm, "seed": cfg.seed, "dataset": cfg.dataset,
+    base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed, "dataset": cfg.dataset,
             "pair": "-".join(cfg.pair)}
     rows = []
     bar = tqdm(range(cfg.rounds), desc=name, disable=not progress, leave=False, unit="round")

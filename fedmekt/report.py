@@ -80,14 +80,15 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
         by_run[row["run"]].append(row)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for f in finals:
-        groups[(f["dataset"], f["pair"], tuple(f["clients"]), f["algorithm"])].append(f)
+        groups[(f["dataset"], f["pair"], tuple(f["clients"]), f.get("variant", f["algorithm"]))].append(f)
     acc, comm = [], []
-    for (dataset, pair, clients, algo), runs in sorted(groups.items()):
+    for (dataset, pair, clients, variant), runs in sorted(groups.items()):
+        algo = runs[0]["algorithm"]
         run_rows = [sorted(by_run[f["run"]], key=lambda r: r["round"]) for f in runs]
         for m in pair.split("-"):
             paper_metric = [float(np.median([r[f"f1_paper_{m}"] for r in rr[-LAST_ROUNDS:]])) for rr in run_rows]
             pm, ps = _ms(paper_metric)
-            rec = {"dataset": dataset, "pair": pair, "clients": "/".join(map(str, clients)), "algorithm": algo,
+            rec = {"dataset": dataset, "pair": pair, "clients": "/".join(map(str, clients)), "algorithm": variant,
                    "test": m, "seeds": len(runs), "rounds": runs[0]["rounds"],
                    "paper_metric_mean": pm, "paper_metric_std": ps,
                    "paper_value": paper_value(dataset, clients, pair, m, algo)}
@@ -100,7 +101,7 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
         down = [float(np.mean([r["bytes_down"] for r in rr])) for rr in run_rows]
         total = [sum(r["bytes_up"] + r["bytes_down"] for r in rr) + f["bytes_proxy_once"]
                  for rr, f in zip(run_rows, runs)]
-        comm.append({"dataset": dataset, "pair": pair, "clients": "/".join(map(str, clients)), "algorithm": algo,
+        comm.append({"dataset": dataset, "pair": pair, "clients": "/".join(map(str, clients)), "algorithm": variant,
                      "wire_dtype": runs[0]["wire_dtype"],
                      "exchanged": (f"embeddings {runs[0]['layers']} of {runs[0]['proxy_windows']}×{runs[0]['window']}"
                                    f"-step proxy windows" if algo.startswith("fedmekt") else "parameters"),
@@ -187,7 +188,7 @@ def _plots(out_dir: Path, rows: list[dict]) -> None:
 
     series: dict[tuple[str, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        series[(row["dataset"] + " " + row["pair"], row["algorithm"])][row["round"]].append(row)
+        series[(row["dataset"] + " " + row["pair"], row.get("variant", row["algorithm"]))][row["round"]].append(row)
     setups = sorted({s for s, _ in series})
     mods = sorted({k[len("f1_paper_"):] for row in rows for k in row if k.startswith("f1_paper_")})
     fig, axes = plt.subplots(len(setups), max(1, len(mods)), figsize=(5 * max(1, len(mods)), 3.5 * len(setups)),

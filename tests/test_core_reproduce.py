@@ -1,0 +1,80 @@
+"""``fedmekt reproduce`` and ``fedmekt report`` end to end on the bundled demo data with a tiny config."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from safetensors.numpy import load_file
+
+from fedmekt.artifacts import read_run_info
+from fedmekt.cli.main import main
+
+TINY = """
+hidden = 8
+proxy_windows = 6
+[hyper]
+classifier_epochs = 1
+local_epochs = 1
+probe_max_iter = 20
+"""
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro")
+    cfg = out / "tiny.toml"
+    cfg.write_text(TINY)
+    rc = main(["reproduce", "--dataset", "demo", "--seeds", "1", "--rounds", "2", "--algorithms",
+               "fedmekt-c,mmfedavg", "--config", str(cfg), "--wire-dtype", "float16", "--out", str(out / "run"),
+               "--no-progress"])
+    assert rc == 0
+    return out / "run"
+
+
+def test_reproduce_writes_tables_plots_metrics_and_artifacts(reproduced):
+    rows = [json.loads(line) for line in (reproduced / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["algorithm"], r["round"]) for r in rows] == [("fedmekt-c", 0), ("fedmekt-c", 1),
+                                                           ("mmfedavg", 0), ("mmfedavg", 1)]
+    for r in rows:
+        assert r["bytes_up"] > 0 and r["bytes_down"] > 0 and 0 <= r["f1_paper_acce"] <= 1
+    table = list(csv.DictReader((reproduced / "results.csv").open()))
+    assert {(t["algorithm"], t["test"]) for t in table} == {(a, m) for a in ("fedmekt-c[W6,float16]", "mmfedavg[float16]")
+                                                           for m in ("acce", "gyro")}
+    assert all(t["wire_dtype"] == "float16" for t in table)
+    md = (reproduced / "results.md").read_text()
+    assert "fedmekt-c" in md and "floor" in md and "proxy windows" in md
+    for png in ("f1_per_round.png", "bytes_per_round.png"):
+        assert (reproduced / png).read_bytes()[:4] == b"\x89PNG"
+    run = reproduced / "runs" / "fedmekt-c[W6,float16]-seed0"
+    weights = load_file(run / "final_model.safetensors")
+    assert any(k.startswith("autoencoder.encoders.acce.") for k in weights) and "head.linear.weight" in weights
+    info = read_run_info(run)
+    assert info.pair == ("acce", "gyro") and info.rounds_completed == 2 and info.hidden == 8
+
+
+def test_report_rerenders_from_jsonl(reproduced, capsys):
+    before = (reproduced / "results.md").read_text()
+    (reproduced / "results.md").unlink()
+    (reproduced / "f1_per_round.png").unlink()
+    assert main(["report", str(reproduced)]) == 0
+    assert (reproduced / "results.md").read_text() == before
+    assert (reproduced / "f1_per_round.png").exists()
+    assert "paper metric" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["reproduce", "--algorithms", "fedsgd", "--rounds", "1"],
+    ["reproduce", "--clients", "10,10", "--rounds", "1"],
+    ["reproduce", "--pair", "acce", "--rounds", "1"],
+])
+def test_reproduce_bad_input_is_one_line_exit_2(argv, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0]
+
+
+def test_report_on_a_folder_without_results_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
