@@ -86,6 +86,7 @@ class StreamingRecognizer:
                                             providers=["CPUExecutionProvider"])
         self._rows = np.zeros((0, self.entry.channels), np.float32)  # normalised rows from the next window start on
         self._times = np.zeros(0, np.float64)
+        self._unit: str | None = None
         self._warned_nonfinite = False
 
     @classmethod
@@ -132,8 +133,20 @@ class StreamingRecognizer:
         idx, conf = self.classify(windows)
         return [Prediction(float(t), self.labels[i], float(c), int(i)) for t, i, c in zip(ends, idx, conf)]
 
+    def reset(self) -> None:
+        """Forget buffered rows: the next window starts with the next row."""
+        self._rows, self._times = self._rows[:0], self._times[:0]
+
     def feed(self, batch: BatchLike) -> list[Prediction]:
-        """:meth:`push` this recognizer's modality of a sensor batch (other modalities are ignored)."""
+        """:meth:`push` this recognizer's modality of a sensor batch (other modalities are ignored).
+
+        A batch from another unit (a replay moving to the next recording, a new device
+        session) starts a new stream: windows never straddle two units.
+        """
+        unit = getattr(batch, "unit", None)
+        if unit != self._unit:
+            self.reset()
+            self._unit = unit
         x = batch.modalities.get(self.modality)
         return [] if x is None else self.push(batch.timestamps, x)
 

@@ -1,0 +1,136 @@
+"""``fedmekt infer``: streaming activity recognition on a live source with onnxruntime only (no torch).
+
+    fedmekt infer --model DIR --source SOURCE [--modality M] [--public-key FILE] [--mqtt URL --topic T]
+
+SOURCE is one of
+  replay:DATASET[:UNIT]   recorded data (sensors' ReplaySource), e.g. replay:demo, replay:hapt:user02-exp03
+  csv:PATH | json:PATH    a file of samples, one per line: ``t,<channels>`` or {"t": .., "<modality>": [..]}
+  stdin | stdin:json      the same lines piped in (``sensor-tool | fedmekt infer --source stdin``)
+  udp:[HOST:]PORT         the same lines as UDP datagrams
+  serial:DEVICE           the same lines from a serial port (115200 baud)
+Prints one JSON line per window: {"t": timestamp, "label": name, "confidence": p}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+from fedmekt.errors import UserError
+
+PUBLIC_KEY_ENV = "FEDMEKT_PUBLIC_KEY"
+log = logging.getLogger("fedmekt.infer")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "infer", help="on-device activity recognition from a model package (onnxruntime)",
+        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, required=True, help="model package directory, or a gateway model store")
+    p.add_argument("--source", required=True, help="where samples come from (see above)")
+    p.add_argument("--modality", help="which encoder to run (default: the package's first modality)")
+    p.add_argument("--public-key", type=Path, default=os.environ.get(PUBLIC_KEY_ENV),
+                   help=f"aggregator's Ed25519 public key; without it only file hashes are checked [env {PUBLIC_KEY_ENV}]")
+    p.add_argument("--stride", type=int, help="samples between windows (default: the package's stride)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument("--speed", type=float, default=math.inf,
+                   help="replay speed: 1 = real time, default: as fast as possible")
+    p.add_argument("--data-dir", type=Path, help="dataset root for replay: sources")
+    p.add_argument("--max-windows", type=int, help="stop after this many predictions")
+    p.add_argument("--mqtt", metavar="URL", help="also publish predictions to this broker (mqtt://host:port)")
+    p.add_argument("--topic", help="MQTT topic (default: fedmekt/<federation>/clients/<--client-id>/inference)")
+    p.add_argument("--client-id", default="infer", help="MQTT client id / username (default: infer)")
+    p.set_defaults(func=run)
+
+
+def open_source(spec: str, modality: str, channels: int, *, speed: float, data_dir: Path | None):
+    """Build a sensors source for ``spec`` delivering ``modality`` ([n, channels] rows)."""
+    from sensors.sources import ReplaySource, SerialSource, StdinSource, StreamFormat, UdpSource
+
+    kind, _, arg = spec.partition(":")
+    if kind == "replay":
+        from sensors.datasets import load_dataset
+
+        name, _, unit = arg.partition(":")
+        recs = load_dataset(name or "demo", data_dir)
+        if unit:
+            recs = [r for r in recs if r.unit == unit]
+            if not recs:
+                raise UserError(f"no recording {unit!r} in dataset {name!r}")
+        if modality not in recs[0].modalities:
+            raise UserError(f"dataset {name!r} has no modality {modality!r}")
+        return ReplaySource(recs, speed=None if math.isinf(speed) else speed, modalities=[modality])
+    codec = "json" if kind == "json" or arg == "json" else "csv"
+    fmt = StreamFormat({modality: channels}, codec=codec)
+    if kind in ("csv", "json"):
+        try:
+            stream = open(arg, "rb")  # noqa: SIM115 - owned by the source for its lifetime
+        except OSError as exc:
+            raise UserError(f"cannot open {arg}: {exc.strerror}") from None
+        return StdinSource(fmt, stream=stream, unit=Path(arg).stem, policy="block")
+    if kind == "stdin":
+        return StdinSource(fmt, policy="block")
+    if kind == "udp":
+        host, _, port = arg.rpartition(":")
+        if not port.isdigit():
+            raise UserError(f"udp source needs a port: udp:[HOST:]PORT, got {spec!r}")
+        return UdpSource(fmt, host=host or "0.0.0.0", port=int(port))
+    if kind == "serial" and arg:
+        return SerialSource(arg, fmt)
+    raise UserError(f"unknown source {spec!r}; use replay:DATASET, csv:PATH, json:PATH, stdin, udp:PORT or serial:DEV")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_client.inference import StreamingRecognizer
+    from export.package import PackageError, load_public_key
+
+    key = load_public_key(args.public_key) if args.public_key else None
+    if key is None:
+        print("fedmekt infer: warning: no --public-key: the package signature is NOT checked (hashes are)",
+              file=sys.stderr)
+    try:
+        recognizer = StreamingRecognizer.open(args.model, key, args.modality, stride=args.stride, threads=args.threads)
+    except PackageError as exc:
+        raise UserError(f"refused model package {args.model}: {exc}") from None
+    manifest = recognizer.package.manifest
+    log.info("round %d %s model, %s encoder, window %d, stride %d", manifest.round, manifest.precision,
+             recognizer.modality, recognizer.window, recognizer.stride)
+    source = open_source(args.source, recognizer.modality, recognizer.entry.channels, speed=args.speed,
+                         data_dir=args.data_dir)
+    link, topic = _mqtt_link(args, manifest.federation) if args.mqtt else (None, "")
+    count = 0
+    try:
+        with source:
+            for batch in source:
+                lines = [p.to_json() for p in recognizer.feed(batch)]
+                if args.max_windows is not None:
+                    lines = lines[: args.max_windows - count]
+                if lines:
+                    sys.stdout.write("\n".join(lines) + "\n")
+                    sys.stdout.flush()
+                    if link is not None:
+                        link.publish_all([(topic, line.encode()) for line in lines])
+                count += len(lines)
+                if args.max_windows is not None and count >= args.max_windows:
+                    break
+    finally:
+        if link is not None:
+            link.close()
+    rejected = sum(source.stats.rejected.values())
+    if rejected:
+        print(f"fedmekt infer: {rejected} malformed samples skipped ({dict(source.stats.rejected)})", file=sys.stderr)
+    return 0
+
+
+def _mqtt_link(args: argparse.Namespace, federation: str) -> tuple:
+    """A connected MqttLink and the topic predictions go to."""
+    from fedmekt.mqtt import LinkOptions, MqttLink
+    from fedmekt.wire.topics import Topics
+
+    link = MqttLink(args.mqtt, LinkOptions(client_id=args.client_id)).connect()
+    return link, args.topic or Topics(federation).inference(args.client_id)
