@@ -37,3 +37,20 @@ class Ledger:
     def record(self, down: int, up: int) -> None:
         self.down.append(down)
         self.up.append(up)
+
+
+def client_message_bytes(cfg, channels: dict[str, int], modalities: tuple[str, ...]) -> int:
+    """Wire bytes of one upload (= one downstream view) of a client holding ``modalities`` under ``cfg``.
+
+    Computed from the message shapes alone (zeros of the right shapes through the real encoder), so the
+    measured options (layers, wire dtype, proxy windows) can be compared without training.
+    """
+    import torch
+
+    from fedmekt.algorithms import get_algorithm
+    from fedmekt.algorithms.base import Party
+    from fedmekt.engine import build_model
+
+    party = Party(cfg, build_model(cfg, channels), None, None, torch.device("cpu"), tuple(modalities))
+    spec = get_algorithm(cfg.algorithm).upload_spec(party, tuple(modalities), cfg.proxy_windows)
+    return message_bytes({k: np.zeros(shape, np.float32) for k, shape in spec.items()}, cfg.wire_dtype)

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ur_fall", help="dataset name (default ur_fall)")
     p.add_argument("--pair", default=None, help="two modalities A-B (default: the dataset's pair, e.g. acce-depth)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3: seeds 0, 1, 2)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run are first..first+N-1 (default 0)")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated (default all five)")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--clients", default="10,10,10", help="A-only,B-only,A+B client counts (default 10,10,10)")
@@ -77,7 +78,7 @@ def build_configs(args) -> list:
     if args.proxy_windows is not None:
         base["proxy_windows"] = args.proxy_windows
     return [FederationConfig.from_dict({**base, "seed": seed, "algorithm": a})
-            for seed in range(args.seeds) for a in algorithms]
+            for seed in range(args.first_seed, args.first_seed + args.seeds) for a in algorithms]
 
 
 def run(args) -> int:

@@ -1,0 +1,45 @@
+"""Probes: chunking never crosses segments, batched padded encoding equals one-by-one, probe reports the floor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedmekt.engine import ServerEngine
+from fedmekt.evaluation import chunk_bounds, encode_rows
+from fedmekt.model import SplitAutoencoder
+from tests.core_support import tiny_config, tiny_split
+
+
+def test_chunk_bounds_cover_every_row_once_within_segments():
+    segments = np.array([[0, 5], [5, 17], [17, 18]])
+    bounds = chunk_bounds(segments, 4)
+    assert bounds == [(0, 4), (4, 5), (5, 9), (9, 13), (13, 17), (17, 18)]
+
+
+def test_padded_batch_encoding_equals_encoding_each_range_alone():
+    torch.manual_seed(0)
+    model = SplitAutoencoder({"a": 3}, 2, hidden=8)
+    x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    bounds = [(0, 12), (12, 15), (15, 30)]
+    batched = encode_rows(model, x, "a", bounds, torch.device("cpu"))
+    alone = torch.cat([model.encode(torch.from_numpy(x[a:b])[None], "a")[0][0] for a, b in bounds])
+    assert batched.shape == (30, 2)
+    torch.testing.assert_close(batched, alone.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_final_evaluation_reports_probe_metrics_and_majority_floor():
+    split = tiny_split()
+    cfg = tiny_config("mmfedavg")
+    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    final = server.final_evaluation()
+    for m in cfg.pair:
+        for k in ("f1_weighted", "f1_macro", "accuracy"):
+            assert 0.0 <= final[f"probe_{k}_{m}"] <= 1.0
+    labelled = split.labelled.labels[split.labelled.labels >= 0]
+    assert final["majority_class"] == int(np.bincount(labelled).argmax())
+    test = split.test.labels[split.test.labels >= 0]
+    assert final["majority_accuracy"] == pytest.approx(float(np.mean(test == final["majority_class"])))
+    # the probe is fitted: its training loss is below that of the uniform prediction, log K
+    assert final["probe_train_loss"] < np.log(len(split.label_names))
