@@ -192,6 +192,8 @@ def check_tensors(got: Tensors, expected: dict[str, tuple[int, ...]], what: str)
         raise ValueError(f"{what}: missing {missing[:3]} unexpected {extra[:3]}")
     for k, shape in expected.items():
         arr = got[k]
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"{what}: {k} is a {type(arr).__name__}, not an array")
         if tuple(arr.shape) != tuple(shape) or arr.dtype != np.float32:
             raise ValueError(f"{what}: {k} has {arr.dtype}{tuple(arr.shape)}, expected float32{tuple(shape)}")
         if not np.isfinite(arr).all():
