@@ -6,6 +6,7 @@ Loading goes through safetensors only: no pickle on files that may come from els
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,13 @@ class RunModel:
     head: LinearHead
 
     def classifier(self, modality: str) -> EncoderClassifier:
-        """The encoder of ``modality`` followed by the generalized head (what gateways run)."""
-        return EncoderClassifier(self.autoencoder.encoders[modality], self.head).eval()
+        """A CPU copy of ``modality``'s encoder followed by the generalized head (what gateways run).
+
+        A copy, so exporting from a live aggregator never moves its model off the GPU or
+        changes its train/eval mode.
+        """
+        encoder, head = (copy.deepcopy(m).cpu() for m in (self.autoencoder.encoders[modality], self.head))
+        return EncoderClassifier(encoder, head).eval()
 
 
 def save_run_model(run_dir: Path, info: RunInfo, autoencoder: SplitAutoencoder, head: LinearHead) -> None:

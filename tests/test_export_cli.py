@@ -1,0 +1,43 @@
+"""``fedmekt export`` and ``fedmekt export keygen`` on a run folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from export.package import load_public_key, verify_package
+from export_support import trained_run
+from fedmekt.cli.main import main
+
+
+def test_keygen_export_and_int8(data_dir, tmp_path, tmp_path_factory, capsys):
+    run = trained_run("ur_fall", data_dir, tmp_path_factory)
+    assert main(["export", "keygen", "--out", str(tmp_path / "keys" / "agg")]) == 0
+    key, pub = tmp_path / "keys" / "agg.key", tmp_path / "keys" / "agg.pub"
+    assert main(["export", "--run", str(run.run_dir), "--out", str(tmp_path / "fp32"), "--key", str(key)]) == 0
+    assert main(["export", "--run", str(run.run_dir), "--out", str(tmp_path / "int8"), "--int8",
+                 "--key", str(key)]) == 0
+    fp32 = verify_package(tmp_path / "fp32", load_public_key(pub))
+    int8 = verify_package(tmp_path / "int8", load_public_key(pub))
+    assert fp32.manifest.modalities == int8.manifest.modalities == ("acce", "depth")
+    assert (fp32.manifest.precision, int8.manifest.precision) == ("fp32", "int8")
+    assert sorted(int8.files) == ["acce.int8.onnx", "depth.int8.onnx", "manifest.json", "manifest.sig"]
+    assert sum(map(len, int8.files.values())) < sum(map(len, fp32.files.values()))
+    assert "signed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["export", "--run", "{tmp}/nope", "--out", "{tmp}/o", "--key", "{tmp}/k"], "cannot read key"),
+    (["export", "--run", "{tmp}/nope", "--out", "{tmp}/o"], "no signing key"),
+    (["export", "--out", "{tmp}/o"], "--run DIR and --out DIR are required"),
+])
+def test_bad_input_is_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FEDMEKT_SIGNING_KEY", raising=False)
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_not_a_run_folder(tmp_path, capsys):
+    assert main(["export", "keygen", "--out", str(tmp_path / "k")]) == 0
+    assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "o"), "--key", str(tmp_path / "k.key")]) == 2
+    assert "not a finished run folder" in capsys.readouterr().err
