@@ -153,15 +153,20 @@ def render_markdown(acc: list[dict], comm: list[dict]) -> str:
         "wire dtype, summed over the selected clients of a round; a client receives only the knowledge of the "
         "modalities it holds. FedMEKT also distributes the proxy set once to every client (the modalities it holds).",
         "",
-        "| dataset | pair | algorithm | wire dtype | exchanged | up KiB/round | down KiB/round | proxy once KiB | "
-        "total MiB (run) | wall s/run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | pair | algorithm | wire dtype | exchanged | up KiB/round | down KiB/round | "
+        "per round vs mmfedavg | proxy once KiB | total MiB (run) | total vs mmfedavg | wall s/run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    ref = {(c["dataset"], c["pair"], c["clients"]): c for c in comm if c["algorithm"] == "mmfedavg"}
     for c in comm:
+        base = ref.get((c["dataset"], c["pair"], c["clients"]))
+        per_round = c["bytes_up_per_round"] + c["bytes_down_per_round"]
+        vs_round = f"{per_round / (base['bytes_up_per_round'] + base['bytes_down_per_round']):.2f}×" if base else "–"
+        vs_total = f"{c['bytes_total_run'] / base['bytes_total_run']:.2f}×" if base else "–"
         lines.append(
             f"| {c['dataset']} | {c['pair']} | {c['algorithm']} | {c['wire_dtype']} | {c['exchanged']} | "
-            f"{_kb(c['bytes_up_per_round'])} | {_kb(c['bytes_down_per_round'])} | {_kb(c['bytes_proxy_once'])} | "
-            f"{c['bytes_total_run'] / 2**20:.2f} | {c['wall_s']:.0f} |")
+            f"{_kb(c['bytes_up_per_round'])} | {_kb(c['bytes_down_per_round'])} | {vs_round} | "
+            f"{_kb(c['bytes_proxy_once'])} | {c['bytes_total_run'] / 2**20:.2f} | {vs_total} | {c['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
