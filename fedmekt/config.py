@@ -171,6 +171,6 @@ def load_config(path: Path) -> FederationConfig:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
     return FederationConfig.from_dict(data)

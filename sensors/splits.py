@@ -41,6 +41,11 @@ from sensors.partition import ClientPartition, FederatedSplit, Normalizer, Parti
 from sensors.preprocess import fit_normalizer, zscore_each
 from sensors.recording import Recording
 
+
+class SplitError(UserError, ValueError):
+    """A split that cannot be drawn from these parameters: a ValueError for callers, one CLI line for users."""
+
+
 SCHEMES = ("paper", "subject")
 NORMALIZE = ("train", "unit", "none")  # pool statistics | per-unit z-score (paper) | raw
 HOLDOUTS = ("test", "proxy", "labelled")
@@ -88,7 +93,7 @@ def _draw_holdout(groups: list[str], dataset: str, rng: np.random.Generator) -> 
     for prefix, counts in strata.items():
         members = [g for g in groups if g.startswith(prefix)]
         if len(members) <= sum(counts):
-            raise ValueError(f"need more than {sum(counts)} {prefix or 'run/subject'} groups to hold out "
+            raise SplitError(f"need more than {sum(counts)} {prefix or 'run/subject'} groups to hold out "
                              f"{counts} (test, proxy, labelled), got {len(members)}; pass holdout=")
         order = rng.permutation(members).tolist()
         for h, k in zip(HOLDOUTS, counts):
@@ -138,7 +143,7 @@ def _paper_pieces(pool: Partition, n_clients: int, n_div: int, fraction: float, 
     len_div = n // n_div
     len_seg = int(n * fraction // n_div)
     if len_seg < 2 or len_div - len_seg < 1:
-        raise ValueError(f"pool of {n} rows too small for {n_div} divisions (len_seg={len_seg})")
+        raise SplitError(f"pool of {n} rows too small for {n_div} divisions (len_seg={len_seg})")
     offsets = rng.integers(0, len_div - len_seg, size=(n_clients, n_div))
     starts = np.arange(n_div, dtype=np.int64)[None, :] * len_div + offsets
     unit_stops = pool.segments[:, 1]
@@ -151,7 +156,7 @@ def _assignment_counts(total: int, clients: tuple[int, int, int]) -> tuple[int, 
     """Scale the A/B/AB counts to ``total`` clients (largest remainder), for the subject scheme."""
     weights = np.asarray(clients, dtype=np.float64)
     if weights.sum() <= 0:
-        raise ValueError("clients must contain a positive count")
+        raise SplitError("clients must contain a positive count")
     exact = weights / weights.sum() * total
     counts = np.floor(exact).astype(int)
     for i in np.argsort(-(exact - counts), kind="stable")[: total - counts.sum()]:
@@ -194,20 +199,20 @@ def make_split(
     dataset's paper division count (UR Fall 10, others 100).
     """
     if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+        raise SplitError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        raise SplitError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
     if not 0.0 <= missing_rate <= 1.0:
-        raise ValueError("missing_rate must be in [0, 1]")
+        raise SplitError("missing_rate must be in [0, 1]")
     if not recordings:
-        raise ValueError("no recordings to split")
+        raise SplitError("no recordings to split")
     pair = (str(pair[0]), str(pair[1]))
     if pair[0] == pair[1]:
-        raise ValueError("the pair needs two different modalities")
+        raise SplitError("the pair needs two different modalities")
     for r in recordings:
         missing = [m for m in pair if m not in r.modalities]
         if missing:
-            raise ValueError(f"recording {r.unit} lacks modalities {missing} (has {sorted(r.modalities)})")
+            raise SplitError(f"recording {r.unit} lacks modalities {missing} (has {sorted(r.modalities)})")
     dataset = recordings[0].dataset
     key = _split_key(dataset)
     g_hold, g_clients, g_missing, g_order = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
@@ -218,10 +223,10 @@ def make_split(
     taken = [g for h in HOLDOUTS for g in chosen.get(h, [])]
     unknown = set(taken) - set(groups)
     if unknown or len(taken) != len(set(taken)) or not all(chosen.get(h) for h in HOLDOUTS):
-        raise ValueError(f"holdout must name distinct, existing, non-empty groups (unknown: {sorted(unknown)})")
+        raise SplitError(f"holdout must name distinct, existing, non-empty groups (unknown: {sorted(unknown)})")
     chosen["pool"] = [g for g in groups if g not in set(taken)]
     if not chosen["pool"]:
-        raise ValueError("no runs/subjects left for the client pool")
+        raise SplitError("no runs/subjects left for the client pool")
     by_split = {h: [r for r in recs if _group(r, key) in set(gs)] for h, gs in chosen.items()}
     pool_units = {r.unit for r in by_split["pool"]}
 

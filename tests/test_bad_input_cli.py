@@ -32,9 +32,9 @@ def assert_one_clear_error(done: subprocess.CompletedProcess, what: str, mention
     assert done.returncode != 0, f"{what}: exit 0\n{err}"
     assert "Traceback" not in err, f"{what}: traceback\n{err}"
     lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("fedmekt")]
-    assert len(errors) == 1, f"{what}: expected one 'fedmekt …' error line, got\n{err}"
-    assert errors[0] == lines[-1] and "error" in errors[0], err
+    errors = [line for line in lines if line.startswith("fedmekt") and ": error:" in line]
+    assert len(errors) == 1, f"{what}: expected one 'fedmekt …: error: …' line, got\n{err}"
+    assert errors[0] == lines[-1], f"{what}: the error line is not the last thing printed\n{err}"
     assert mentions.lower() in errors[0].lower(), f"{what}: {errors[0]!r} does not mention {mentions!r}"
     record("bad input", f"CLI: {what}")
 
@@ -63,6 +63,26 @@ CASES = [
     ("output in a missing folder", "data", ["data", "split", "demo", "--out", "{tmp}/no/such/dir/split.json"],
      "no such"),
     ("default data dir missing", "data", ["data", "inspect", "hapt"], "not found"),
+    ("reproduce: unknown dataset", "reproduce", ["reproduce", "--dataset", "nosuch", "--no-progress"], "nosuch"),
+    ("reproduce: missing dataset", "reproduce",
+     ["reproduce", "--dataset", "hapt", "--data-dir", "{tmp}/nowhere", "--no-progress"], "not found"),
+    ("reproduce: corrupt dataset", "reproduce",
+     ["reproduce", "--dataset", "hapt", "--data-dir", "{hapt}", "--no-progress"], "cannot be read"),
+    ("reproduce: modality the dataset lacks", "reproduce",
+     ["reproduce", "--dataset", "demo", "--pair", "acce-nosuch", "--no-progress"], "nosuch"),
+    ("malformed config file (TOML syntax)", "reproduce",
+     ["reproduce", "--config", "{tmp}/bad.toml", "--no-progress"], "toml"),
+    ("config file with unknown keys / wrong types", "reproduce",
+     ["reproduce", "--config", "{tmp}/wrong-types.toml", "--no-progress"], "config"),
+    ("binary config file", "reproduce", ["reproduce", "--config", "{tmp}/binary.toml", "--no-progress"], "toml"),
+    ("missing config file", "reproduce", ["reproduce", "--config", "{tmp}/nowhere.toml", "--no-progress"],
+     "not found"),
+    ("config path is a folder", "reproduce", ["reproduce", "--config", "{empty}", "--no-progress"], "directory"),
+    ("infer: missing model package", "infer", ["infer", "--model", "{tmp}/nowhere", "--source", "replay:demo"],
+     "nowhere"),
+    ("infer: folder that is not a package", "infer", ["infer", "--model", "{empty}", "--source", "replay:demo"],
+     "package"),
+    ("report: not a run folder", "report", ["report", "{empty}"], "metrics.jsonl"),
 ]
 
 
