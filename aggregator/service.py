@@ -1,0 +1,269 @@
+"""The aggregator: drives ServerEngine rounds over MQTT.
+
+Per round: plan among the online clients (seeded), publish the global knowledge
+(``global/<round>/<chunk>``) and then the retained announcement (``rounds``, with a
+message expiry = the round deadline), fold each valid upload into the engine's
+streaming mean the moment its last chunk arrives, close the round at the quorum or
+the deadline, finish it (server update, classifier, evaluation), append the metrics
+row, checkpoint, publish the row on ``metrics``. Late, duplicate, unselected or
+invalid uploads are discarded with one log line each; nothing undecoded reaches the
+engine. Memory: one reassembly buffer bounded by ``max_pending`` messages plus the
+engine's per-key running sums, independent of the number of clients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from aggregator.checkpoint import load_checkpoint, save_checkpoint
+from fedmekt.accounting import message_bytes
+from fedmekt.concurrency import TORCH_RNG_LOCK
+from fedmekt.config import FederationConfig
+from fedmekt.engine import RoundPlan, ServerEngine, client_view
+from fedmekt.federation import RunResult, variant_label
+from fedmekt.mqtt import LinkOptions, Message, MqttLink
+from fedmekt.wire import federation as fedwire
+from fedmekt.wire.chunks import Reassembler
+from fedmekt.wire.codec import WireError, WireLimits, check_spec, decode_body, encode, parse_frame
+from fedmekt.wire.topics import Topics
+from sensors.partition import FederatedSplit
+
+log = logging.getLogger("aggregator")
+
+
+@dataclass
+class AggregatorOptions:
+    """How the aggregator waits, limits and records (the learning itself is in FederationConfig)."""
+
+    out: Path
+    wait_clients: int = 0  # clients that must be online before round 0 (0 = per_round)
+    wait_timeout: float = 600.0
+    round_timeout: float = 600.0  # deadline per round, seconds after the announcement
+    quorum: float = 1.0  # fraction of the selected clients whose uploads close a round early
+    limits: WireLimits = field(default_factory=WireLimits)
+    max_pending: int = 64  # incomplete upload messages held at once
+    progress: bool = True
+    name: str | None = None  # run name in the report (default <algorithm>-seed<seed>)
+    publish_proxy: bool = True  # False when every client is provisioned with the bundle
+
+
+@dataclass
+class _Round:
+    plan: RoundPlan
+    deadline: float
+    need: int
+    reassembler: Reassembler
+    bytes_up: int = 0
+    rejected: int = 0
+    late: int = 0
+    frame_bytes: dict = field(default_factory=dict)  # payload bytes per message key, counted when absorbed
+
+
+class Aggregator:
+    """One federation's server process. ``run()`` returns the same RunResult as the in-process runner."""
+
+    def __init__(self, cfg: FederationConfig, split: FederatedSplit, url: str, options: AggregatorOptions,
+                 link_options: LinkOptions | None = None, rate_hz: float = 0.0):
+        self.cfg, self.split, self.url, self.opts = cfg, split, url, options
+        self.topics = Topics(cfg.federation)
+        self.link_options = link_options or LinkOptions(client_id=f"{cfg.federation}-aggregator")
+        self.rate_hz = rate_hz
+        self.online: dict[str, tuple[str, ...]] = {}
+        self.discarded: list[str] = []  # one line per discarded upload (also logged)
+        self._round: _Round | None = None
+        self._absorbed: set[str] = set()
+        self.server: ServerEngine | None = None
+        self.before_round = None  # optional callable(round) run before each round is planned (simulation hooks)
+
+    # -- main loop ----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        cfg, opts = self.cfg, self.opts
+        opts.out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with TORCH_RNG_LOCK:
+            self.server = server = ServerEngine(cfg, self.split.channels, self.split.label_names, self.split.proxy,
+                                                self.split.labelled, self.split.test,
+                                                normalizer=self.split.normalizer, rate_hz=self.rate_hz)
+        rows: list[dict] = []
+        resumed = load_checkpoint(opts.out, cfg.to_dict())
+        if resumed is not None:
+            server.load_state_dict(resumed[0])
+            rows = resumed[1]
+            log.info("resuming from checkpoint after round %d", server.rounds_completed - 1)
+        variant = variant_label(cfg)
+        name = opts.name or f"{variant}-seed{cfg.seed}"
+        base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed,
+                "dataset": cfg.dataset, "pair": "-".join(cfg.pair)}
+        with MqttLink(self.url, self.link_options, subscriptions=[self.topics.status_all,
+                                                                   self.topics.uploads_all]).connect() as link:
+            self.link = link
+            self._publish_federation()
+            self._wait_for_clients()
+            bar = tqdm(range(server.rounds_completed, cfg.rounds), desc=name, disable=not opts.progress,
+                       unit="round", leave=False)
+            for rnd in bar:
+                if self.before_round is not None:
+                    self.before_round(rnd)
+                row = self._one_round(rnd)
+                rows.append({**base, **row})
+                save_checkpoint(opts.out, server.state_dict(), cfg.to_dict(), rows)
+                link.publish(self.topics.metrics, json.dumps(rows[-1], default=float).encode())
+                bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
+            link.publish_all([(self.topics.rounds, fedwire.Announcement(
+                cfg.federation, None, time.time(), done=True, rounds=cfg.rounds).to_bytes())], retain=True)
+        final = {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
+                 "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
+                 "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
+                 "partition": cfg.partition, "bytes_proxy_once": self._proxy_bytes * len(self.online),
+                 **self._final_evaluation(), "wall_s": round(time.perf_counter() - start, 2)}
+        state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
+        return RunResult(name, cfg, rows, final, state, server.run_info())
+
+    def _final_evaluation(self) -> dict:
+        with TORCH_RNG_LOCK:
+            return self.server.final_evaluation()
+
+    def _publish_federation(self) -> None:
+        """Retained manifest and (once) the proxy set: a client arriving at any time finds them."""
+        manifest, frames = fedwire.build(self.cfg, self.split, self.opts.limits)
+        items = [(self.topics.proxy_chunk(i), f) for i, f in enumerate(frames)] if self.opts.publish_proxy else []
+        self._proxy_bytes = sum(len(f) for f in frames) if self.opts.publish_proxy else 0
+        self.link.publish_all(items + [(self.topics.proxy_manifest, manifest.to_bytes())], retain=True)
+        self.manifest, self.proxy_frames = manifest, frames
+
+    def _wait_for_clients(self) -> None:
+        want = self.opts.wait_clients or self.cfg.per_round
+        deadline = time.monotonic() + self.opts.wait_timeout
+        while len(self.online) < want and time.monotonic() < deadline:
+            self._pump(time.monotonic() + 0.2)
+        if not self.online:
+            from fedmekt.errors import UserError
+
+            raise UserError(f"no client came online within {self.opts.wait_timeout:.0f} s")
+        if len(self.online) < want:
+            log.warning("starting with %d of %d expected clients online", len(self.online), want)
+
+    def _one_round(self, rnd: int) -> dict:
+        cfg, server = self.cfg, self.server
+        t0 = time.perf_counter()
+        plan = server.plan_round(rnd, sorted(self.online))
+        down = server.downstream(plan)
+        frames = encode(down, cfg.wire_dtype, federation=cfg.federation, round_=rnd, sender=fedwire.AGGREGATOR_ID,
+                        kind="global", limits=self.opts.limits)
+        self.link.publish_all((self.topics.global_chunk(rnd, i), f) for i, f in enumerate(frames))
+        deadline = time.time() + self.opts.round_timeout
+        server.begin_round(plan)
+        self._absorbed = set()
+        need = max(1, math.ceil(self.opts.quorum * len(plan.selected)))
+        self._round = _Round(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending))
+        self.link.publish_all([(self.topics.rounds, fedwire.Announcement(
+            cfg.federation, plan.to_json(), deadline).to_bytes())], retain=True,
+            expiry=int(self.opts.round_timeout) + 1)
+        while len(self._absorbed) < need and time.time() < deadline:
+            self._pump(min(time.monotonic() + 0.5, time.monotonic() + deadline - time.time()))
+        if len(self._absorbed) < len(plan.selected):
+            log.warning("round %d closes with %d of %d uploads", rnd, len(self._absorbed), len(plan.selected))
+        r = self._round
+        row = server.finish_round(plan)
+        bytes_down = sum(message_bytes(client_view(down, self.online.get(c, ())), cfg.wire_dtype, kind="global")
+                         for c in plan.selected)
+        self._round = None
+        return {**row, "bytes_down": bytes_down, "bytes_up": r.bytes_up, "bytes_global": sum(len(f) for f in frames),
+                "proxy_windows": len(plan.proxy_windows), "wall_s": round(time.perf_counter() - t0, 4),
+                "rejected": r.rejected, "late": r.late}
+
+    # -- message handling ---------------------------------------------------------------------
+    def _pump(self, until: float) -> None:
+        while True:
+            left = until - time.monotonic()
+            msg = self.link.get(timeout=max(0.0, left))
+            if msg is not None:
+                self._dispatch(msg)
+            if time.monotonic() >= until or (self._round and len(self._absorbed) >= self._round.need):
+                return
+
+    def _dispatch(self, msg: Message) -> None:
+        parts = msg.topic.split("/")
+        prefix = len(self.topics.prefix.split("/"))
+        if len(parts) == prefix + 3 and parts[prefix] == "clients" and parts[-1] == "status":
+            self._on_status(parts[prefix + 1], msg.payload)
+        elif len(parts) == prefix + 5 and parts[prefix] == "clients" and parts[prefix + 2] == "upload":
+            self._on_upload(parts[prefix + 1], parts[prefix + 3], msg.payload)
+
+    def _on_status(self, client_id: str, payload: bytes) -> None:
+        if not payload:  # a cleared retained status
+            self.online.pop(client_id, None)
+            return
+        try:
+            status = fedwire.Status.from_bytes(payload)
+        except WireError as exc:
+            log.warning("ignoring status of %s: %s", client_id, exc.reason)
+            return
+        mods = tuple(m for m in self.cfg.pair if m in status.modalities)
+        if status.state == "online" and mods and set(status.modalities) <= set(self.cfg.pair):
+            if client_id not in self.online:
+                log.debug("%s online with %s", client_id, mods)
+            self.online[client_id] = mods
+        else:
+            if status.state == "online":
+                log.warning("ignoring %s: modalities %s do not fit the pair %s", client_id, status.modalities,
+                            self.cfg.pair)
+            self.online.pop(client_id, None)
+
+    def _discard(self, why: str) -> None:
+        log.warning("discarded upload: %s", why)
+        self.discarded.append(why)
+
+    def _on_upload(self, client_id: str, topic_round: str, payload: bytes) -> None:
+        r = self._round
+        try:
+            header, body = parse_frame(payload, self.opts.limits)
+        except WireError as exc:
+            if r:
+                r.rejected += 1
+            self._discard(f"{client_id}: {exc.reason}")
+            return
+        if header.sender != client_id or str(header.round) != topic_round or header.kind != "upload" \
+                or header.federation != self.cfg.federation:
+            self._discard(f"{client_id}: header does not match its topic")
+            return
+        if r is None or header.round < r.plan.round:
+            if header.index == 0:
+                if r:
+                    r.late += 1
+                self._discard(f"{client_id}: late upload for round {header.round}")
+            return
+        if header.round > r.plan.round or client_id not in r.plan.selected:
+            if header.index == 0:
+                self._discard(f"{client_id}: not selected for round {header.round}")
+            return
+        if client_id in self._absorbed or r.reassembler.is_done(header):
+            if header.index == 0:
+                self._discard(f"{client_id}: duplicate upload for round {header.round}")
+            return
+        mods = self.online.get(client_id, ())
+        expected = self.server.expected_upload(mods, r.plan)
+        try:
+            if header.index == 0:
+                if tuple(sorted(header.modalities)) != tuple(sorted(mods)):
+                    raise WireError(f"modalities {header.modalities} differ from announced {mods}")
+                check_spec(header.tensors, expected)
+            done = r.reassembler.add_parsed(header, body)
+            r.frame_bytes[header.key] = r.frame_bytes.get(header.key, 0) + len(payload)
+            if done is None:
+                return
+            tensors = decode_body(done.header, done.body, expected)
+            self.server.absorb(client_id, mods, tensors)
+        except (WireError, ValueError) as exc:
+            r.rejected += 1
+            self._discard(f"{client_id} round {header.round}: {getattr(exc, 'reason', exc)}")
+            return
+        self._absorbed.add(client_id)
+        r.bytes_up += r.frame_bytes.pop(header.key, 0)

@@ -1,0 +1,193 @@
+"""The gateway agent: sensor source -> local store; MQTT presence; train and upload when selected.
+
+Protocol seen from a client (topics under ``fedmekt/<federation>/``):
+
+1. connect with a retained Last Will ``offline`` on ``clients/<id>/status``; the birth message
+   ``online`` + modalities is re-published on every reconnect;
+2. read the retained ``proxy/manifest`` (config, channels, proxy hash) and ``proxy/<chunk>`` (the
+   proxy set, once) — or use a provisioned bundle;
+3. keep the latest global knowledge (``global/<round>/<chunk>``) and, when the retained ``rounds``
+   announcement selects this client, train on the whole local store and upload
+   ``clients/<id>/upload/<round>/<chunk>``.
+
+Memory: the store lives on disk (SQLite); a training round holds the stored samples in RAM
+(``max_samples`` × channels × 4 B, e.g. 200 k samples of 6 channels = 4.8 MB), the proxy set, one
+global message and one upload; the MQTT inbox and reassembly buffers are bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
+from fedmekt.wire import federation as fedwire
+from fedmekt.wire.chunks import Complete, Reassembler
+from fedmekt.wire.codec import WireError, WireLimits, decode_body, encode, parse_frame
+from fedmekt.wire.topics import Topics
+from sensors.store import SampleStore
+
+log = logging.getLogger("edge_client")
+
+
+@dataclass
+class AgentOptions:
+    client_id: str
+    federation: str = "demo"
+    store: SampleStore | None = None
+    state_dir: Path = Path("fedmekt-client")
+    bundle: Path | None = None  # provisioned manifest + proxy set (skips the download)
+    limits: WireLimits = field(default_factory=lambda: WireLimits(max_message=1 << 30, max_round=1 << 30))
+    link: LinkOptions | None = None
+
+
+class EdgeAgent:
+    """Runs until the federation announces its end (or ``stop`` is set)."""
+
+    def __init__(self, url: str, options: AgentOptions):
+        if options.store is None:
+            raise ValueError("the agent needs a SampleStore")
+        self.url, self.opts = url, options
+        self.topics = Topics(options.federation)
+        self.store = options.store
+        self.modalities = tuple(sorted(self.store.channels or ()))
+        self.manifest: fedwire.FederationManifest | None = None
+        self._proxy_rx: fedwire.ProxyReceiver | None = None
+        self.trainer = None
+        self._globals: dict[int, Complete] = {}
+        self._global_rx = Reassembler(options.limits, max_pending=2)
+        self._plan = None
+        self._early: list[bytes] = []
+        self.rounds_trained = 0
+        self.done = threading.Event()
+        if options.bundle is not None:
+            self.manifest, proxy = fedwire.load_bundle(options.bundle)
+            self._ready(proxy)
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        if not self.modalities:
+            from fedmekt.errors import UserError
+
+            raise UserError(f"{self.opts.client_id}: the local store is empty; read a source first")
+        cid = self.opts.client_id
+        presence = Presence(self.topics.status(cid), fedwire.Status("online", self.modalities).to_bytes(),
+                            fedwire.Status("offline", self.modalities).to_bytes())
+        subs = [self.topics.proxy_all, self.topics.rounds, self.topics.global_all]
+        link_options = self.opts.link or LinkOptions(client_id=cid, username=cid)
+        with MqttLink(self.url, link_options, presence, subs).connect() as link:
+            self.link = link
+            while not self.done.is_set() and not (stop and stop.is_set()):
+                msg = link.get(timeout=0.2)
+                if msg is not None:
+                    self._dispatch(msg)
+                self._maybe_train()
+        return self.rounds_trained
+
+    # -- messages -----------------------------------------------------------------------------
+    def _dispatch(self, msg: Message) -> None:
+        t = self.topics
+        try:
+            if msg.topic == t.proxy_manifest:
+                self._on_manifest(msg.payload)
+            elif msg.topic.startswith(t.prefix + "/proxy/"):
+                self._on_proxy_frame(msg.payload)
+            elif msg.topic == t.rounds:
+                self._on_announcement(msg.payload)
+            elif msg.topic.startswith(t.prefix + "/global/"):
+                self._on_global(msg.payload)
+        except WireError as exc:
+            log.warning("%s: ignored message on %s: %s", self.opts.client_id, msg.topic, exc.reason)
+
+    def _on_proxy_frame(self, payload: bytes) -> None:
+        """Retained chunks may arrive before the manifest: hold them (bounded) until it is known."""
+        if self.trainer is not None:
+            return
+        if self._proxy_rx is None:
+            if sum(map(len, self._early)) + len(payload) <= self.opts.limits.max_message:
+                self._early.append(payload)
+            return
+        self._ready(self._proxy_rx.add(payload))
+
+    def _on_manifest(self, payload: bytes) -> None:
+        if not payload:
+            return
+        manifest = fedwire.FederationManifest.from_bytes(payload)
+        if self.manifest is not None and manifest.to_bytes() == self.manifest.to_bytes():
+            return
+        self.manifest, self.trainer = manifest, None
+        self._proxy_rx = fedwire.ProxyReceiver(manifest)
+        if not manifest.proxy_sha256:
+            self._ready(None)
+        early, self._early = self._early, []
+        for frame in early:
+            self._on_proxy_frame(frame)
+
+    def _ready(self, proxy) -> None:
+        """Build the local trainer once the manifest (and the proxy set, when needed) is known."""
+        m = self.manifest
+        if m is None or (m.proxy_sha256 and proxy is None):
+            return
+        from edge_client.training import LocalTrainer
+
+        cfg = m.federation_config()
+        held = tuple(x for x in self.modalities if x in cfg.pair)
+        if not held:
+            raise WireError(f"this device holds {self.modalities}, the federation needs {cfg.pair}")
+        self.trainer = LocalTrainer(cfg, self.opts.client_id, held, m.channels, proxy, self.store,
+                                    self.opts.state_dir)
+
+    def _on_announcement(self, payload: bytes) -> None:
+        if not payload:
+            return
+        ann = fedwire.Announcement.from_bytes(payload)
+        if ann.federation != self.opts.federation:
+            raise WireError("announcement for another federation")
+        if ann.done:
+            self.done.set()
+            return
+        plan = ann.round_plan()
+        if self.opts.client_id in plan.selected and ann.deadline > time.time():
+            self._plan = plan
+
+    def _on_global(self, payload: bytes) -> None:
+        header, body = parse_frame(payload, self.opts.limits)
+        if header.kind != "global" or header.sender != fedwire.AGGREGATOR_ID \
+                or header.federation != self.opts.federation:
+            raise WireError("global frame with a wrong header")
+        done = self._global_rx.add_parsed(header, body)
+        if done is not None:
+            self._globals[header.round] = done
+            for old in [r for r in self._globals if r < header.round - 1]:
+                del self._globals[old]
+
+    # -- training -----------------------------------------------------------------------------
+    def _maybe_train(self) -> None:
+        plan, trainer = self._plan, self.trainer
+        if plan is None or trainer is None or plan.round < trainer.last_round:
+            return
+        cached = trainer.cached_upload(plan.round)
+        if cached is None:
+            glob = self._globals.get(plan.round)
+            if glob is None:
+                return
+            try:
+                downstream = decode_body(glob.header, glob.body)
+                upload = trainer.train(plan, downstream)
+            except (WireError, ValueError) as exc:
+                log.warning("%s: cannot train round %d: %s", self.opts.client_id, plan.round, exc)
+                self._plan = None
+                return
+            self.rounds_trained += 1
+        else:
+            upload = cached
+            log.info("%s: re-sending the upload of round %d", self.opts.client_id, plan.round)
+        self._plan = None
+        cfg = trainer.cfg
+        frames = encode(upload, cfg.wire_dtype, federation=cfg.federation, round_=plan.round,
+                        sender=self.opts.client_id, kind="upload", modalities=trainer.modalities,
+                        limits=self.opts.limits)
+        self.link.publish_all((self.topics.upload_chunk(self.opts.client_id, plan.round, i), f)
+                              for i, f in enumerate(frames))

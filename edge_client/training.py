@@ -1,0 +1,74 @@
+"""Local training on the gateway: ClientEngine over the device's SampleStore, with a persistent state.
+
+The model state (and the last upload, so a re-announced round after an aggregator restart is
+answered without training twice) is written atomically after every round; a restarted client
+resumes from it when the federation config is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save
+
+from fedmekt.artifacts import atomic_write_bytes
+from fedmekt.concurrency import TORCH_RNG_LOCK
+from fedmekt.config import FederationConfig
+from fedmekt.engine import ClientEngine, RoundPlan, client_view
+from sensors.partition import Partition
+from sensors.store import SampleStore
+
+log = logging.getLogger("edge_client")
+STATE = "client_state.safetensors"
+LAST_UPLOAD = "last_upload.safetensors"
+
+
+class LocalTrainer:
+    """Owns the client's engine; ``train`` reads the whole store (bounded by its retention) each round."""
+
+    def __init__(self, cfg: FederationConfig, client_id: str, modalities: tuple[str, ...], channels: dict[str, int],
+                 proxy: Partition | None, store: SampleStore, state_dir: Path):
+        self.cfg, self.client_id, self.store = cfg, client_id, store
+        self.modalities = tuple(m for m in cfg.pair if m in modalities)
+        with TORCH_RNG_LOCK:
+            self.engine = ClientEngine(cfg, client_id, self.modalities, channels, proxy)
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.last_round = -1
+        self._config_key = json.dumps(cfg.to_dict(), sort_keys=True)
+        self._resume()
+
+    def _resume(self) -> None:
+        path = self.state_dir / STATE
+        if not path.exists():
+            return
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("config") != self._config_key or meta.get("client") != self.client_id:
+            log.warning("%s: saved state belongs to another federation config; starting afresh", self.client_id)
+            return
+        self.engine.load_state_dict(load_file(str(path)))
+        self.last_round = int(meta["last_round"])
+        log.info("%s: resumed local model after round %d", self.client_id, self.last_round)
+
+    def train(self, plan: RoundPlan, downstream: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One local round; returns the upload and persists the new state."""
+        private = self.store.read_partition(self.modalities)
+        upload = self.engine.train_round(plan, client_view(downstream, self.modalities), private)
+        self.last_round = plan.round
+        meta = {"config": self._config_key, "client": self.client_id, "last_round": str(plan.round)}
+        atomic_write_bytes(self.state_dir / STATE, save(self.engine.state_dict(), metadata=meta))
+        atomic_write_bytes(self.state_dir / LAST_UPLOAD, save(upload, metadata=meta))
+        return upload
+
+    def cached_upload(self, round_: int) -> dict[str, np.ndarray] | None:
+        """The upload already computed for ``round_`` (re-announced after an aggregator restart)."""
+        path = self.state_dir / LAST_UPLOAD
+        if round_ != self.last_round or not path.exists():
+            return None
+        return load_file(str(path))

@@ -1,0 +1,236 @@
+"""The federation manifest and the proxy set on the wire (published once, retained).
+
+The aggregator publishes, retained, on ``proxy/manifest`` a small JSON document — the
+federation config every party must build identically, channels, label names, the
+normaliser, the proxy set's segments and the sha256 of its tensor message (the dataset
+*version*) — and on ``proxy/<chunk>`` the proxy rows of both modalities as one codec
+message (kind "proxy", always float32 so every party embeds bit-identical windows).
+Afterwards a round announcement only names proxy window start rows; no proxy data
+travels per round. A client may instead be provisioned with the same two payloads
+(``save_bundle`` / ``load_bundle``) and never download them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedmekt.wire.codec import WireError, WireLimits, decode_body, encode, parse_frame
+from fedmekt.wire.chunks import Reassembler
+from sensors.partition import FederatedSplit, Normalizer, Partition
+
+MANIFEST_VERSION = 1
+MAX_MANIFEST = 1024 * 1024
+AGGREGATOR_ID = "aggregator"
+
+
+@dataclass
+class FederationManifest:
+    """What a client needs from the aggregator before its first round."""
+
+    config: dict
+    channels: dict[str, int]
+    label_names: tuple[str, ...]
+    segments: list[list[int]]  # proxy segments [start, stop)
+    proxy_rows: int
+    proxy_sha256: str  # message sha256 of the proxy tensors ("" when the algorithm needs no proxy)
+    norm_mean: dict[str, list[float]]
+    norm_std: dict[str, list[float]]
+
+    def to_bytes(self) -> bytes:
+        d = {"v": MANIFEST_VERSION, "config": self.config, "channels": self.channels,
+             "label_names": list(self.label_names), "segments": self.segments, "proxy_rows": self.proxy_rows,
+             "proxy_sha256": self.proxy_sha256, "norm_mean": self.norm_mean, "norm_std": self.norm_std}
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "FederationManifest":
+        """Validate a manifest from the network; WireError with the reason."""
+        if len(raw) > MAX_MANIFEST:
+            raise WireError("manifest too large")
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise WireError("manifest is not JSON") from None
+        if not isinstance(d, dict) or d.get("v") != MANIFEST_VERSION:
+            raise WireError("manifest has an unknown version")
+        try:
+            m = cls(config=d["config"], channels=d["channels"], label_names=tuple(d["label_names"]),
+                    segments=d["segments"], proxy_rows=d["proxy_rows"], proxy_sha256=d["proxy_sha256"],
+                    norm_mean=d["norm_mean"], norm_std=d["norm_std"])
+        except (KeyError, TypeError):
+            raise WireError("manifest lacks fields") from None
+        ok = (isinstance(m.config, dict)
+              and isinstance(m.channels, dict) and all(isinstance(v, int) and 0 < v < 4096 for v in m.channels.values())
+              and all(isinstance(x, str) for x in m.label_names)
+              and isinstance(m.proxy_rows, int) and m.proxy_rows >= 0
+              and isinstance(m.segments, list)
+              and all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s)
+                      and 0 <= s[0] < s[1] <= m.proxy_rows for s in m.segments)
+              and isinstance(m.proxy_sha256, str))
+        if not ok:
+            raise WireError("manifest fields have wrong types or ranges")
+        return m
+
+    def federation_config(self):
+        from fedmekt.config import FederationConfig
+        from fedmekt.errors import UserError
+
+        try:
+            return FederationConfig.from_dict(self.config)
+        except UserError as exc:
+            raise WireError(f"manifest config rejected: {exc}") from None
+
+    @property
+    def normalizer(self) -> Normalizer | None:
+        if not self.norm_mean:
+            return None
+        return Normalizer({m: np.asarray(v, np.float32) for m, v in self.norm_mean.items()},
+                          {m: np.asarray(v, np.float32) for m, v in self.norm_std.items()})
+
+
+def build(cfg, split: FederatedSplit, limits: WireLimits = WireLimits()) -> tuple[FederationManifest, list[bytes]]:
+    """Manifest and proxy frames for ``split`` (no frames for the parameter-exchange baselines)."""
+    frames: list[bytes] = []
+    if cfg.is_embedding:
+        frames = encode({m: split.proxy.modalities[m] for m in cfg.pair}, "float32", federation=cfg.federation,
+                        round_=0, sender=AGGREGATOR_ID, kind="proxy", modalities=tuple(cfg.pair), limits=limits)
+    sha = parse_frame(frames[0], limits)[0].sha256 if frames else ""
+    norm = split.normalizer
+    manifest = FederationManifest(
+        config=cfg.to_dict(), channels=dict(split.channels), label_names=tuple(split.label_names),
+        segments=[[int(a), int(b)] for a, b in split.proxy.segments], proxy_rows=len(split.proxy),
+        proxy_sha256=sha,
+        norm_mean={m: [float(v) for v in norm.mean[m]] for m in cfg.pair} if norm else {},
+        norm_std={m: [float(v) for v in norm.std[m]] for m in cfg.pair} if norm else {})
+    return manifest, frames
+
+
+class ProxyReceiver:
+    """Reassembles the proxy message of a known manifest and checks it against the manifest's hash."""
+
+    def __init__(self, manifest: FederationManifest, limits: WireLimits = WireLimits(max_message=1 << 30,
+                                                                                  max_round=1 << 30)):
+        self.manifest = manifest
+        self._re = Reassembler(limits, max_pending=2)
+        self.proxy: Partition | None = None
+
+    def add(self, payload: bytes) -> Partition | None:
+        header, body = parse_frame(payload, self._re.limits)
+        if header.kind != "proxy" or header.sha256 != self.manifest.proxy_sha256:
+            raise WireError("proxy frame does not belong to the announced proxy set")
+        done = self._re.add_parsed(header, body)
+        if done is not None:
+            pair = tuple(self.manifest.config["pair"])
+            spec = {m: ((self.manifest.proxy_rows, self.manifest.channels[m]), "float32") for m in pair}
+            self.proxy = to_partition(self.manifest, decode_body(done.header, done.body, spec))
+        return self.proxy
+
+
+def to_partition(manifest: FederationManifest, tensors: dict[str, np.ndarray]) -> Partition:
+    segs = np.asarray(manifest.segments, dtype=np.int64).reshape(-1, 2)
+    return Partition(dict(tensors), np.full(manifest.proxy_rows, -1, np.int64), segs, ("proxy",))
+
+
+def save_bundle(path: Path, manifest: FederationManifest, frames: list[bytes]) -> None:
+    """Provisioning file: the manifest and the proxy frames, so a device needs no download."""
+    from safetensors.numpy import save
+
+    from fedmekt.artifacts import atomic_write_bytes
+
+    blob = {f"frame{i:05d}": np.frombuffer(f, dtype=np.uint8) for i, f in enumerate(frames)}
+    blob["manifest"] = np.frombuffer(manifest.to_bytes(), dtype=np.uint8)
+    atomic_write_bytes(Path(path), save(blob))
+
+
+def load_bundle(path: Path) -> tuple[FederationManifest, Partition | None]:
+    """Read and validate a provisioning bundle (same checks as over the network)."""
+    from safetensors.numpy import load_file
+
+    try:
+        blob = load_file(str(path))
+    except Exception as exc:  # missing or not safetensors
+        raise WireError(f"cannot read bundle {path}: {exc}") from None
+    if "manifest" not in blob:
+        raise WireError("bundle lacks its manifest")
+    manifest = FederationManifest.from_bytes(blob.pop("manifest").tobytes())
+    rx = ProxyReceiver(manifest)
+    for key in sorted(blob):
+        rx.add(blob[key].tobytes())
+    if manifest.proxy_sha256 and rx.proxy is None:
+        raise WireError("bundle's proxy set is incomplete")
+    return manifest, rx.proxy
+
+
+# ---- small JSON control messages ---------------------------------------------------------------
+MAX_CONTROL = 256 * 1024
+
+
+def _json(raw: bytes, what: str) -> dict:
+    if len(raw) > MAX_CONTROL:
+        raise WireError(f"{what} too large")
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise WireError(f"{what} is not JSON") from None
+    if not isinstance(d, dict):
+        raise WireError(f"{what} is not a JSON object")
+    return d
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Retained on ``rounds``: the current plan and its deadline, or the end of the federation."""
+
+    federation: str
+    plan: dict | None  # RoundPlan.to_json(); None when done
+    deadline: float  # unix time after which uploads for this round are late
+    done: bool = False
+    rounds: int = 0  # rounds completed (when done)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"federation": self.federation, "plan": self.plan, "deadline": self.deadline,
+                           "done": self.done, "rounds": self.rounds}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "Announcement":
+        d = _json(raw, "announcement")
+        try:
+            a = cls(d["federation"], d["plan"], float(d["deadline"]), bool(d["done"]), int(d["rounds"]))
+        except (KeyError, TypeError, ValueError):
+            raise WireError("announcement lacks fields") from None
+        if not a.done and not isinstance(a.plan, dict):
+            raise WireError("announcement has no plan")
+        return a
+
+    def round_plan(self):
+        """The validated RoundPlan (WireError on anything malformed)."""
+        from fedmekt.engine import RoundPlan
+
+        try:
+            return RoundPlan.from_json(self.plan)
+        except ValueError as exc:
+            raise WireError(f"bad plan: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Status:
+    """Retained on ``clients/<id>/status``: presence and the modalities a client holds."""
+
+    state: str  # "online" | "offline"
+    modalities: tuple[str, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"state": self.state, "modalities": list(self.modalities)}).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "Status":
+        d = _json(raw, "status")
+        state, mods = d.get("state"), d.get("modalities", [])
+        if state not in ("online", "offline") or not isinstance(mods, list) \
+                or not all(isinstance(m, str) for m in mods) or len(mods) > 16:
+            raise WireError("bad status message")
+        return cls(state, tuple(mods))
