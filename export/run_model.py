@@ -7,6 +7,8 @@ Loading goes through safetensors only: no pickle on files that may come from els
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +73,19 @@ def load_run_model(run_dir: Path) -> RunModel:
     return RunModel(info, autoencoder, head)
 
 
-@torch.no_grad()
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run tiny LSTMs single-threaded: on a busy small machine extra intra-op threads make them ~10× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def torch_classify(classifier: EncoderClassifier, x) -> tuple:
     """PyTorch reference output as numpy (embedding, logits) for a float32 array [B, T, C]."""
-    z, logits = classifier(torch.as_tensor(x, dtype=torch.float32))
+    with torch.inference_mode(), one_torch_thread():
+        z, logits = classifier(torch.as_tensor(x, dtype=torch.float32))
     return z.numpy(), logits.numpy()

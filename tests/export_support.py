@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.run_model import RunModel, load_run_model, save_run_model
+from export.run_model import RunModel, load_run_model, one_torch_thread, save_run_model
 from fedmekt.artifacts import RunInfo
 from fedmekt.model import EncoderClassifier, LinearHead, SplitAutoencoder
 from sensors.datasets import dataset_info, load_dataset
@@ -93,12 +93,8 @@ def make_dataset_run(dataset: str, data_dir: Path, run_dir: Path, *, train_steps
     rep = info.paper_rep_size(pair)
     model, head = SplitAutoencoder(channels, rep), LinearHead(rep, len(info.label_names))
     if train_steps:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # tiny LSTM: more threads only fight the other tests for the 2 cores (10x slower)
-        try:
+        with one_torch_thread():
             _train(model, head, train, norm, train_steps, seed)
-        finally:
-            torch.set_num_threads(threads)
     run_info = RunInfo(
         federation=f"test-{dataset}", algorithm="fedmekt-c", dataset=dataset, pair=pair, channels=channels,
         rep_size=rep, hidden=model.hidden, label_names=tuple(info.label_names), window=WINDOW,
