@@ -49,40 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def open_source(spec: str, modality: str, channels: int, *, speed: float, data_dir: Path | None):
-    """Build a sensors source for ``spec`` delivering ``modality`` ([n, channels] rows)."""
-    from sensors.sources import ReplaySource, SerialSource, StdinSource, StreamFormat, UdpSource
+    """The sensors source for ``spec`` (parsed like ``fedmekt client --source``) delivering raw ``modality`` rows."""
+    from edge_client.sources import open_source as open_client_source
 
-    kind, _, arg = spec.partition(":")
-    if kind == "replay":
-        from sensors.datasets import load_dataset
-
-        name, _, unit = arg.partition(":")
-        recs = load_dataset(name or "demo", data_dir)
-        if unit:
-            recs = [r for r in recs if r.unit == unit]
-            if not recs:
-                raise UserError(f"no recording {unit!r} in dataset {name!r}")
-        if modality not in recs[0].modalities:
-            raise UserError(f"dataset {name!r} has no modality {modality!r}")
-        return ReplaySource(recs, speed=None if math.isinf(speed) else speed, modalities=[modality])
-    codec = "json" if kind == "json" or arg == "json" else "csv"
-    fmt = StreamFormat({modality: channels}, codec=codec)
-    if kind in ("csv", "json"):
-        try:
-            stream = open(arg, "rb")  # noqa: SIM115 - owned by the source for its lifetime
-        except OSError as exc:
-            raise UserError(f"cannot open {arg}: {exc.strerror}") from None
-        return StdinSource(fmt, stream=stream, unit=Path(arg).stem, policy="block")
-    if kind == "stdin":
-        return StdinSource(fmt, policy="block")
-    if kind == "udp":
-        host, _, port = arg.rpartition(":")
-        if not port.isdigit():
-            raise UserError(f"udp source needs a port: udp:[HOST:]PORT, got {spec!r}")
-        return UdpSource(fmt, host=host or "0.0.0.0", port=int(port))
-    if kind == "serial" and arg:
-        return SerialSource(arg, fmt)
-    raise UserError(f"unknown source {spec!r}; use replay:DATASET, csv:PATH, json:PATH, stdin, udp:PORT or serial:DEV")
+    if spec.startswith("split:"):
+        raise UserError("split: sources are already normalised; use replay:DATASET, csv:PATH, stdin, udp:… or serial:…")
+    return open_client_source(spec, "infer", {modality: channels}, data_dir, speed=speed).source
 
 
 def run(args: argparse.Namespace) -> int:
