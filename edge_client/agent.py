@@ -42,6 +42,7 @@ class AgentOptions:
     bundle: Path | None = None  # provisioned manifest + proxy set (skips the download)
     limits: WireLimits = field(default_factory=lambda: WireLimits(max_message=1 << 30, max_round=1 << 30))
     link: LinkOptions | None = None
+    normalise: bool = False  # the store holds raw samples: z-score them with the manifest's statistics
 
 
 class EdgeAgent:
@@ -137,7 +138,7 @@ class EdgeAgent:
         if not held:
             raise WireError(f"this device holds {self.modalities}, the federation needs {cfg.pair}")
         self.trainer = LocalTrainer(cfg, self.opts.client_id, held, m.channels, proxy, self.store,
-                                    self.opts.state_dir)
+                                    self.opts.state_dir, m.normalizer if self.opts.normalise else None)
 
     def _on_announcement(self, payload: bytes) -> None:
         if not payload:

@@ -18,7 +18,7 @@ from fedmekt.artifacts import atomic_write_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
 from fedmekt.engine import ClientEngine, RoundPlan, client_view
-from sensors.partition import Partition
+from sensors.partition import Normalizer, Partition
 from sensors.store import SampleStore
 
 log = logging.getLogger("edge_client")
@@ -30,8 +30,8 @@ class LocalTrainer:
     """Owns the client's engine; ``train`` reads the whole store (bounded by its retention) each round."""
 
     def __init__(self, cfg: FederationConfig, client_id: str, modalities: tuple[str, ...], channels: dict[str, int],
-                 proxy: Partition | None, store: SampleStore, state_dir: Path):
-        self.cfg, self.client_id, self.store = cfg, client_id, store
+                 proxy: Partition | None, store: SampleStore, state_dir: Path, normalizer: Normalizer | None = None):
+        self.cfg, self.client_id, self.store, self.normalizer = cfg, client_id, store, normalizer
         self.modalities = tuple(m for m in cfg.pair if m in modalities)
         with TORCH_RNG_LOCK:
             self.engine = ClientEngine(cfg, client_id, self.modalities, channels, proxy)
@@ -59,6 +59,9 @@ class LocalTrainer:
     def train(self, plan: RoundPlan, downstream: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One local round; returns the upload and persists the new state."""
         private = self.store.read_partition(self.modalities)
+        if self.normalizer is not None:  # raw device samples: z-score with the federation's statistics
+            private = Partition({m: self.normalizer.apply(m, x) for m, x in private.modalities.items()},
+                                private.labels, private.segments, private.units)
         upload = self.engine.train_round(plan, client_view(downstream, self.modalities), private)
         self.last_round = plan.round
         meta = {"config": self._config_key, "client": self.client_id, "last_round": str(plan.round)}

@@ -19,11 +19,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from fedmekt.mqtt import LinkOptions, MqttLink
+from edge_client.sources import fill_store, partition_recordings
 from sensors.partition import ClientPartition, FederatedSplit
-from sensors.recording import Recording
 
 log = logging.getLogger("fedmekt.simulate")
 
@@ -82,30 +80,6 @@ class WireCounter:
         return {"payload_bytes": dict(self.payload), "packet_bytes": dict(self.packets),
                 "messages": dict(self.messages),
                 "per_round": {f"{k}/{r}": v for (k, r), v in sorted(self.per_round.items())}}
-
-
-def partition_recordings(client: ClientPartition, dataset: str, rate_hz: float,
-                         label_names: tuple[str, ...]) -> list[Recording]:
-    """A client's partition as recordings, one per segment (unique unit), so the store keeps the segments."""
-    data, recs = client.data, []
-    for i, (a, b) in enumerate(np.asarray(client.data.segments).reshape(-1, 2)):
-        recs.append(Recording(dataset, f"{client.client_id}-seg{i}", client.client_id, rate_hz,
-                              {m: data.modalities[m][a:b] for m in client.modalities},
-                              np.asarray(data.labels[a:b], np.int64),
-                              np.arange(a, b, dtype=np.float64) / rate_hz, label_names))
-    return recs
-
-
-def fill_store(path: Path, recordings: list[Recording], modalities: tuple[str, ...]):
-    """Replay the recordings as fast as possible into a fresh SampleStore at ``path``."""
-    from sensors.sources.replay import ReplaySource
-    from sensors.store import SampleStore
-
-    store = SampleStore(path)
-    with ReplaySource(recordings, speed=None, modalities=modalities).start() as source:
-        for batch in source:
-            store.append(batch)
-    return store
 
 
 @dataclass

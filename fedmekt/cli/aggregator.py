@@ -1,0 +1,81 @@
+"""``fedmekt aggregator``: the lab-server side of a federation over MQTT.
+
+    fedmekt aggregator --broker mqtt://host:1883 --config federation.toml [--out DIR]
+
+Loads the server's data (proxy, labelled and test sets of the config's dataset split), publishes
+the federation manifest and the proxy set once (retained), waits for clients, then runs the
+configured rounds: announce, collect uploads until the quorum or the deadline, update, evaluate,
+checkpoint. Restarted with the same --out it resumes after the last completed round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from fedmekt.cli.broker_args import add_broker_args, link_options
+
+log = logging.getLogger("aggregator")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("aggregator", help="run the aggregator of a federation over MQTT",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_broker_args(p, required=True)
+    p.add_argument("--config", type=Path, required=True, help="federation config (TOML, FederationConfig keys)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/aggregator-<federation>)")
+    p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default FEDMEKT_DATA_DIR or ../shared/data)")
+    p.add_argument("--wait-clients", type=int, default=0,
+                   help="clients that must be online before round 0 (default: per_round)")
+    p.add_argument("--wait-timeout", type=float, default=600.0, help="seconds to wait for them (default 600)")
+    p.add_argument("--round-timeout", type=float, default=600.0, help="deadline per round in seconds (default 600)")
+    p.add_argument("--quorum", type=float, default=1.0,
+                   help="fraction of the selected clients whose uploads close a round (default 1.0)")
+    p.add_argument("--chunk-kib", type=int, default=256, help="MQTT payload size limit in KiB (default 256)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="also write the provisioning bundle (manifest + proxy set) for clients to this file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def load_server_split(cfg, data_dir: Path | None):
+    """The split every party derives from the config (the aggregator uses proxy/labelled/test)."""
+    from sensors.datasets import dataset_info, load_dataset
+    from sensors.splits import make_split
+
+    recordings = load_dataset(cfg.dataset, data_dir)
+    split = make_split(recordings, cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
+    return split, dataset_info(cfg.dataset).rate_hz
+
+
+def run(args) -> int:
+    from aggregator.service import Aggregator, AggregatorOptions
+    from fedmekt.config import load_config
+    from fedmekt.errors import UserError
+    from fedmekt.report import write_report
+    from fedmekt.wire import federation as fedwire
+    from fedmekt.wire.codec import WireLimits
+
+    cfg = load_config(args.config)
+    if not 0 < args.quorum <= 1:
+        raise UserError("--quorum must be in (0, 1]")
+    try:
+        limits = WireLimits(chunk_size=args.chunk_kib * 1024)
+    except ValueError as exc:
+        raise UserError(f"--chunk-kib: {exc}") from None
+    split, rate = load_server_split(cfg, args.data_dir)
+    out = args.out or Path("runs") / f"aggregator-{cfg.federation}"
+    if args.bundle:
+        manifest, frames = fedwire.build(cfg, split, limits)
+        fedwire.save_bundle(args.bundle, manifest, frames)
+        print(f"provisioning bundle written to {args.bundle}")
+    options = AggregatorOptions(out=out, wait_clients=args.wait_clients, wait_timeout=args.wait_timeout,
+                                round_timeout=args.round_timeout, quorum=args.quorum, limits=limits,
+                                progress=not args.no_progress)
+    agg = Aggregator(cfg, split, args.broker, options, link_options(args, f"{cfg.federation}-aggregator"),
+                     rate_hz=rate)
+    result = agg.run()
+    write_report(out, [result])
+    print(f"{len(result.rows)} rounds; results in {out}")
+    return 0
