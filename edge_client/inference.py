@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,3 +155,45 @@ class StreamingRecognizer:
         for batch in batches:
             yield from self.feed(batch)
 
+
+
+class ModelService:
+    """What a running edge client holds: its model store, the MQTT package receiver and the recognizer in service.
+
+    Route every message of :attr:`subscription` to :meth:`handle` and every sensor batch to
+    :meth:`feed`. A verified new package is installed atomically and swapped in (the next
+    batch uses it); a refused one is logged and the current model keeps serving.
+    """
+
+    def __init__(self, store_dir: Path, public_key: Ed25519PublicKey, federation: str, modality: str | None = None,
+                 *, stride: int | None = None, threads: int = 1) -> None:
+        from export.install import ModelStore
+        from export.push import PackageReceiver
+
+        self.modality, self.stride, self.threads = modality, stride, threads
+        self.store = ModelStore(store_dir, public_key)
+        self.receiver = PackageReceiver(self.store, federation, on_installed=lambda m: self._swap(m.package))
+        self._lock = threading.Lock()
+        self.recognizer: StreamingRecognizer | None = None
+        current = self.store.current()
+        if current is not None:
+            self._swap(current.package)
+
+    @property
+    def subscription(self) -> str:
+        return self.receiver.subscription
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        self.receiver.handle(topic, payload)
+
+    def _swap(self, package: VerifiedPackage) -> None:
+        recognizer = StreamingRecognizer(package, self.modality, stride=self.stride, threads=self.threads)
+        with self._lock:
+            self.recognizer = recognizer
+        log.info("model round %d in service (%s encoder)", package.manifest.round, recognizer.modality)
+
+    def feed(self, batch: BatchLike) -> list[Prediction]:
+        """Predictions for a sensor batch; none until a model is installed."""
+        with self._lock:
+            recognizer = self.recognizer
+        return [] if recognizer is None else recognizer.feed(batch)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from export.package import load_public_key, verify_package
 from export_support import trained_run
 from fedmekt.cli.main import main
+from sensors.datasets import dataset_info
+
+LABELS = set(dataset_info("demo").label_names)
 
 
 def test_keygen_export_and_int8(data_dir, tmp_path, tmp_path_factory, capsys):
@@ -41,3 +46,19 @@ def test_not_a_run_folder(tmp_path, capsys):
     assert main(["export", "keygen", "--out", str(tmp_path / "k")]) == 0
     assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "o"), "--key", str(tmp_path / "k.key")]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
+
+
+def test_reproduced_run_exports_and_infers(tmp_path, capsys):
+    """The core engine's run folder (fedmekt reproduce) → fedmekt export → fedmekt infer, end to end."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("hidden = 8\nproxy_windows = 6\n[hyper]\nclassifier_epochs = 1\nlocal_epochs = 1\nprobe_max_iter = 20\n")
+    assert main(["reproduce", "--dataset", "demo", "--seeds", "1", "--rounds", "1", "--algorithms", "fedmekt-c",
+                 "--config", str(cfg), "--out", str(tmp_path / "repro"), "--no-progress"]) == 0
+    (run,) = (tmp_path / "repro" / "runs").iterdir()
+    assert main(["export", "keygen", "--out", str(tmp_path / "agg")]) == 0
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "pkg"), "--key", str(tmp_path / "agg.key")]) == 0
+    capsys.readouterr()
+    assert main(["infer", "--model", str(tmp_path / "pkg"), "--source", "replay:demo", "--modality", "gyro",
+                 "--public-key", str(tmp_path / "agg.pub"), "--max-windows", "4"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4 and all(d["label"] in LABELS and 0 < d["confidence"] <= 1 for d in lines)
