@@ -1,0 +1,194 @@
+"""A federation of real processes through a real mosquitto, for fault and privacy tests.
+
+The aggregator and every client run as ``fedmekt aggregator`` / ``fedmekt client``
+subprocesses (so they can be SIGKILLed like a crashed gateway), against either a plain
+mosquitto or the shipped TLS + password + ACL configuration. A recorder subscribed to
+``fedmekt/<federation>/#`` keeps every message with its arrival time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from fedmekt.broker import MosquittoProcess, start_mosquitto
+from security_support import SecureBroker, start_secure_broker
+
+SCRIPT = Path(sys.executable).with_name("fedmekt")
+
+
+def _cmd() -> list[str]:
+    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "fedmekt"]
+
+
+@dataclass
+class Recorder:
+    """Every message on the federation's topics, in arrival order: (monotonic time, topic, payload)."""
+
+    client: mqtt.Client
+    messages: list[tuple[float, str, bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_message(self, client, userdata, msg) -> None:
+        with self.lock:
+            self.messages.append((time.monotonic(), msg.topic, bytes(msg.payload)))
+
+    def snapshot(self) -> list[tuple[float, str, bytes]]:
+        with self.lock:
+            return list(self.messages)
+
+
+class ProcessFederation:
+    """Config file, broker, recorder, and helpers to start / kill the parties."""
+
+    def __init__(self, tmp: Path, *, rounds: int = 5, clients: tuple[int, int, int] = (2, 2, 2), per_round: int = 6,
+                 round_timeout: float = 8.0, secure: bool = False, federation: str = "ft", seed: int = 0,
+                 proxy_windows: int = 8):
+        self.tmp, self.rounds, self.round_timeout, self.federation = tmp, rounds, round_timeout, federation
+        self.client_ids = [f"c{i:03d}" for i in range(sum(clients))]
+        self.config = tmp / "federation.toml"
+        self.config.write_text(
+            f'federation = "{federation}"\ndataset = "demo"\nclients = {list(clients)}\nper_round = {per_round}\n'
+            f'rounds = {rounds}\nproxy_windows = {proxy_windows}\nseed = {seed}\ndevice = "cpu"\n')
+        (tmp / "logs").mkdir(exist_ok=True)
+        self.secure: SecureBroker | None = start_secure_broker(tmp, tuple(self.client_ids)) if secure else None
+        self.broker: MosquittoProcess = self.secure.broker if secure else start_mosquitto(workdir=tmp / "mosquitto")
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.starts: dict[str, int] = {}
+        self.recorder = self._record()
+
+    # -- connection details ------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"mqtts://localhost:{self.broker.port}" if self.secure else self.broker.url
+
+    def _broker_args(self, user: str) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if not self.secure:
+            return ["--broker", self.url], env
+        env["FEDMEKT_MQTT_PASSWORD"] = self.secure.passwords[user]
+        return ["--broker", self.url, "--ca-file", str(self.secure.ca)], env
+
+    def _record(self) -> Recorder:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="monitor" if self.secure else "recorder")
+        rec = Recorder(client)
+        if self.secure:
+            client.username_pw_set("monitor", self.secure.passwords["monitor"])
+            client.tls_set(ca_certs=str(self.secure.ca))
+        subscribed = threading.Event()
+        client.on_message = rec.on_message
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"fedmekt/{self.federation}/#", qos=1)
+        client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+        client.connect("localhost" if self.secure else "127.0.0.1", self.broker.port)
+        client.loop_start()
+        assert subscribed.wait(10), "recorder could not subscribe"
+        return rec
+
+    # -- parties -----------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        n = self.starts.get(name, 0)
+        self.starts[name] = n + 1
+        log = open(self.tmp / "logs" / f"{name}-{n}.log", "w")
+        proc = subprocess.Popen(_cmd() + args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.tmp,
+                                start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def store(self, cid: str) -> Path:
+        return self.tmp / cid / "store.sqlite"
+
+    def start_client(self, cid: str, fill_store: bool = True) -> subprocess.Popen:
+        """A gateway; ``fill_store=False`` restarts it on the store it already has."""
+        broker, env = self._broker_args(cid)
+        args = ["client", *broker, "--client-id", cid, "--federation", self.federation, "--store", str(self.store(cid))]
+        if fill_store:
+            args += ["--source", f"split:{self.config}"]
+        return self._spawn(cid, args, env)
+
+    def start_aggregator(self, *extra: str) -> subprocess.Popen:
+        broker, env = self._broker_args("aggregator")
+        if self.secure:
+            broker += ["--username", "aggregator"]
+        args = ["aggregator", *broker, "--config", str(self.config), "--out", str(self.out),
+                "--round-timeout", str(self.round_timeout), "--wait-clients", str(len(self.client_ids)),
+                "--wait-timeout", "180", "--no-progress", *extra]
+        return self._spawn("aggregator", args, env)
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "aggregator"
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a power cut or a crash: no clean disconnect, the broker sends the Will."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def log(self, name: str, start: int = -1) -> str:
+        n = self.starts[name] + start if start < 0 else start
+        return (self.tmp / "logs" / f"{name}-{n}.log").read_text(errors="replace")
+
+    def wait_exit(self, name: str, timeout: float) -> int:
+        try:
+            return self.procs[name].wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{name} did not finish within {timeout:.0f} s:\n{self.log(name)[-3000:]}") from None
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+        self.recorder.client.loop_stop()
+        self.recorder.client.disconnect()
+        self.broker.stop()
+
+    # -- what happened ---------------------------------------------------------------------------
+    def metrics(self) -> list[dict]:
+        """Round rows the aggregator published on ``metrics`` (every publication, duplicates included)."""
+        topic = f"fedmekt/{self.federation}/metrics"
+        return [json.loads(p) for _, t, p in self.recorder.snapshot() if t == topic]
+
+    def announcements(self) -> list[dict]:
+        topic = f"fedmekt/{self.federation}/rounds"
+        return [json.loads(p) for _, t, p in self.recorder.snapshot() if t == topic and p]
+
+    def wait_until(self, what, timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if what():
+                return
+            dead = [n for n, p in self.procs.items() if p.poll() not in (None, 0)]
+            if dead:
+                raise AssertionError(f"{dead[0]} exited with {self.procs[dead[0]].poll()} while waiting for "
+                                     f"{message}:\n{self.log(dead[0])[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}; "
+                             f"aggregator log:\n{self.log('aggregator')[-3000:] if 'aggregator' in self.starts else ''}")
+
+    def wait_round_done(self, round_: int, timeout: float = 180) -> None:
+        self.wait_until(lambda: any(r["round"] == round_ for r in self.metrics()), timeout,
+                        f"round {round_} to complete")
+
+    def wait_announced(self, round_: int, timeout: float = 180) -> dict:
+        def found():
+            return [a for a in self.announcements() if a.get("plan") and a["plan"]["round"] == round_]
+
+        self.wait_until(lambda: bool(found()), timeout, f"round {round_} to be announced")
+        return found()[-1]["plan"]
+
+    def run_to_end(self, timeout: float = 300) -> None:
+        """Wait for the aggregator and every client to exit 0."""
+        assert self.wait_exit("aggregator", timeout) == 0, self.log("aggregator")[-3000:]
+        for cid in self.client_ids:
+            if cid in self.procs:
+                assert self.wait_exit(cid, 60) == 0, self.log(cid)[-3000:]
