@@ -60,6 +60,7 @@ def resolve_package_dir(path: Path) -> Path:
 
 
 def session_options(threads: int) -> ort.SessionOptions:
+    """CPU options for batch-1 streaming: ``threads`` intra-op threads (1 wins at batch 1 on small devices)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

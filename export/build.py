@@ -49,6 +49,9 @@ def build_package(run: RunModel, out_dir: Path, key: Ed25519PrivateKey, *, int8:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} exists and is not empty")
+    stride = int(stride or max(1, info.window // 2))
+    if not 1 <= stride <= info.window:
+        raise UserError(f"stride must be between 1 and the window length {info.window}, got {stride}")
     missing = [m for m in info.channels if m not in info.norm_mean or m not in info.norm_std]
     if missing:
         raise UserError(f"run.json has no normalisation statistics for {missing}")
@@ -70,7 +73,7 @@ def build_package(run: RunModel, out_dir: Path, key: Ed25519PrivateKey, *, int8:
         manifest = Manifest(
             federation=info.federation, round=int(info.rounds_completed if round_ is None else round_),
             algorithm=info.algorithm, dataset=info.dataset, label_names=tuple(info.label_names),
-            window=int(info.window), stride=int(stride or max(1, info.window // 2)), rate_hz=float(info.rate_hz),
+            window=int(info.window), stride=stride, rate_hz=float(info.rate_hz),
             rep_size=int(info.rep_size), precision="int8" if int8 else "fp32", models=tuple(entries),
             extra={"exporter": "torch.onnx TorchScript (dynamo=False)", "opset": OPSET},
         )

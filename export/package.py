@@ -113,8 +113,9 @@ class Manifest:
 
     def _validate(self) -> None:
         problems = []
-        if self.round < 0 or self.window < 1 or not 1 <= self.stride <= self.window or self.rep_size < 1:
-            problems.append("round/window/stride/rep_size out of range")
+        if self.round < 0 or self.window < 1 or not 1 <= self.stride <= self.window or self.rep_size < 1 \
+                or not (math.isfinite(self.rate_hz) and self.rate_hz > 0):
+            problems.append("round/window/stride/rep_size/rate_hz out of range")
         if not self.label_names or not all(isinstance(n, str) and n for n in self.label_names):
             problems.append("label_names must be non-empty strings")
         if self.precision not in ("fp32", "int8"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edge_client.inference import session_options
 from export.run_model import torch_classify
 from fedmekt.model import EncoderClassifier
 
@@ -35,11 +36,8 @@ class ParityRow:
 
 
 def session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session with ``threads`` intra-op threads (1 by default: batch-1 latency wins on small devices)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """A CPU session configured exactly as gateways configure theirs."""
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def parity(classifier: EncoderClassifier, onnx_path: Path, inputs: np.ndarray,

@@ -89,11 +89,11 @@ def make_dataset_run(dataset: str, data_dir: Path, run_dir: Path, *, train_steps
     for m in pair:
         rows = np.concatenate([r.modalities[m] for r in train])
         norm[m] = (rows.mean(0).astype(np.float32), np.maximum(rows.std(0), 1e-6).astype(np.float32))
-    torch.manual_seed(seed)
     rep = info.paper_rep_size(pair)
-    model, head = SplitAutoencoder(channels, rep), LinearHead(rep, len(info.label_names))
-    if train_steps:
-        with one_torch_thread():
+    with one_torch_thread():  # also makes the model independent of the process's thread count (orthogonal init)
+        torch.manual_seed(seed)
+        model, head = SplitAutoencoder(channels, rep), LinearHead(rep, len(info.label_names))
+        if train_steps:
             _train(model, head, train, norm, train_steps, seed)
     run_info = RunInfo(
         federation=f"test-{dataset}", algorithm="fedmekt-c", dataset=dataset, pair=pair, channels=channels,
