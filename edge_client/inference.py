@@ -55,7 +55,10 @@ def resolve_package_dir(path: Path) -> Path:
     if (path / MANIFEST).is_file():
         return path
     if (path / CURRENT).is_file():
-        return path / VERSIONS / (path / CURRENT).read_text().strip()
+        name = (path / CURRENT).read_text().strip()
+        if not name or "/" in name or name.startswith("."):
+            raise UserError(f"{path / CURRENT} does not name an installed package")
+        return path / VERSIONS / name
     raise UserError(f"{path} is neither a model package ({MANIFEST}) nor a model store ({CURRENT})")
 
 

@@ -112,3 +112,17 @@ def test_infer_path_never_imports_torch(data_dir, tmp_path_factory):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 3
+
+
+def test_cli_runs_from_a_gateway_model_store(data_dir, tmp_path, tmp_path_factory, capsys):
+    from export.install import ModelStore
+
+    public = signing_keys(tmp_path_factory)[1]
+    store = ModelStore(tmp_path / "models", load_public_key(public))
+    store.install(built_package("hapt", data_dir, tmp_path_factory))
+    assert main(["infer", "--model", str(store.root), "--source", "replay:demo", "--max-windows", "2",
+                 "--public-key", str(public)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    (store.root / "current").write_text("../../elsewhere\n")
+    assert main(["infer", "--model", str(store.root), "--source", "replay:demo"]) == 2
+    assert "does not name an installed package" in capsys.readouterr().err
