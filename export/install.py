@@ -55,6 +55,8 @@ class ModelStore:
     """The gateway's model directory; every package is verified against ``public_key`` before use."""
 
     def __init__(self, root: Path, public_key: Ed25519PublicKey, keep: int = 2) -> None:
+        if public_key is None:
+            raise ValueError("a model store needs the aggregator's public key: it never installs unverified packages")
         self.root = Path(root)
         self.public_key = public_key
         self.keep = max(1, keep)
