@@ -32,7 +32,7 @@ def _cmd() -> list[str]:
 
 @dataclass
 class Recorder:
-    """Every message on the federation's topics, in arrival order: (monotonic time, topic, payload)."""
+    """Every message on the federation's topics, in arrival order: (unix time, topic, payload)."""
 
     client: mqtt.Client
     messages: list[tuple[float, str, bytes]] = field(default_factory=list)
@@ -40,7 +40,7 @@ class Recorder:
 
     def on_message(self, client, userdata, msg) -> None:
         with self.lock:
-            self.messages.append((time.monotonic(), msg.topic, bytes(msg.payload)))
+            self.messages.append((time.time(), msg.topic, bytes(msg.payload)))
 
     def snapshot(self) -> list[tuple[float, str, bytes]]:
         with self.lock:
@@ -64,6 +64,7 @@ class ProcessFederation:
         self.broker: MosquittoProcess = self.secure.broker if secure else start_mosquitto(workdir=tmp / "mosquitto")
         self.procs: dict[str, subprocess.Popen] = {}
         self.starts: dict[str, int] = {}
+        self.killed: set[subprocess.Popen] = set()  # killed on purpose: not a failure
         self.recorder = self._record()
 
     # -- connection details ------------------------------------------------------------------
@@ -134,6 +135,7 @@ class ProcessFederation:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self.killed.add(proc)
 
     def log(self, name: str, start: int = -1) -> str:
         n = self.starts[name] + start if start < 0 else start
@@ -167,7 +169,7 @@ class ProcessFederation:
         while time.monotonic() < deadline:
             if what():
                 return
-            dead = [n for n, p in self.procs.items() if p.poll() not in (None, 0)]
+            dead = [n for n, p in self.procs.items() if p.poll() not in (None, 0) and p not in self.killed]
             if dead:
                 raise AssertionError(f"{dead[0]} exited with {self.procs[dead[0]].poll()} while waiting for "
                                      f"{message}:\n{self.log(dead[0])[-3000:]}")

@@ -59,11 +59,12 @@ def assert_every_round_once(fed: ProcessFederation) -> list[dict]:
 def test_killed_clients_round_closes_at_deadline_then_they_rejoin(federation):
     from sensors.store import SampleStore
 
-    fed = federation(rounds=9, round_timeout=8.0)
+    fed = federation(rounds=9, round_timeout=20.0)
     for cid in fed.client_ids:
         fed.start_client(cid)
     fed.start_aggregator()
     fed.wait_round_done(0)
+    assert next(r for r in fed.metrics() if r["round"] == 0)["absorbed"] == len(fed.client_ids)
     plan = fed.wait_announced(1)
     victims = sorted(plan["selected"])[: math.ceil(0.3 * len(plan["selected"]))]
     for v in victims:
@@ -87,6 +88,7 @@ def test_killed_clients_round_closes_at_deadline_then_they_rejoin(federation):
         with SampleStore(fed.store(v)) as store:
             assert store.check()
             counts[v] = store.count()
+        assert (fed.store(v).parent / "client_state.safetensors").exists()  # its model after round 0
         fed.start_client(v, fill_store=False)
     fed.run_to_end()
     rows = assert_every_round_once(fed)
