@@ -1,8 +1,8 @@
 """Per-round checkpoint of the aggregator: the ServerEngine state (safetensors) plus the metrics rows so far.
 
-Both files are replaced atomically (``atomic_write_bytes``) after every round, state first: a crash
-between the two leaves a checkpoint one round ahead of ``metrics.jsonl``, and resume trusts the state
-(rows of rounds it has not reached are dropped, missing ones are simply not reported twice).
+Both files are replaced atomically (``atomic_write_bytes``) after every round, metrics first: a crash
+between the two leaves ``metrics.jsonl`` one round ahead of the state, and resume trusts the state
+(rows of rounds it has not reached are dropped and those rounds redone), so no completed round is lost.
 """
 
 from __future__ import annotations
@@ -16,18 +16,17 @@ from safetensors.numpy import load_file, save
 
 from fedmekt.artifacts import METRICS, atomic_write_bytes
 from fedmekt.errors import UserError
+from fedmekt.wire.federation import config_key
 
 CHECKPOINT = "checkpoint.safetensors"
 
 
-def _config_key(config: dict) -> str:
-    return json.dumps(config, sort_keys=True)
-
-
 def save_checkpoint(out: Path, state: dict[str, np.ndarray], config: dict, rows: list[dict]) -> None:
-    blob = save({k: np.ascontiguousarray(v) for k, v in state.items()}, metadata={"config": _config_key(config)})
-    atomic_write_bytes(out / CHECKPOINT, blob)
+    blob = save({k: np.ascontiguousarray(v) for k, v in state.items()}, metadata={"config": config_key(config)})
+    # Metrics first, state second: a crash between the two leaves a metrics row one round ahead of the
+    # state, which resume drops and redoes. The other order would lose that completed round's row.
     atomic_write_bytes(out / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+    atomic_write_bytes(out / CHECKPOINT, blob)
 
 
 def load_checkpoint(out: Path, config: dict) -> tuple[dict[str, np.ndarray], list[dict]] | None:
@@ -43,7 +42,7 @@ def load_checkpoint(out: Path, config: dict) -> tuple[dict[str, np.ndarray], lis
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise UserError(f"checkpoint {path} is unreadable ({exc}); move it away to start afresh") from None
-    if meta.get("config") != _config_key(config):
+    if meta.get("config") != config_key(config):
         raise UserError(f"checkpoint {path} belongs to a different configuration; use another --out")
     done = int(np.asarray(state["meta/rounds_completed"]).reshape(-1)[0])
     rows = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,8 @@ class Aggregator:
         self._round: _Round | None = None
         self._absorbed: set[str] = set()
         self.server: ServerEngine | None = None
-        self.before_round = None  # optional callable(round) run before each round is planned (simulation hooks)
+        self.published = threading.Event()  # set once the manifest and proxy set are on the broker
+        self.before_round = None  # optional callable(round, aggregator) run before planning each round (tests)
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -105,12 +107,12 @@ class Aggregator:
                                                                    self.topics.uploads_all]).connect() as link:
             self.link = link
             self._publish_federation()
-            self._wait_for_clients()
+            self.wait_for_clients(opts.wait_clients or cfg.per_round, opts.wait_timeout)
             bar = tqdm(range(server.rounds_completed, cfg.rounds), desc=name, disable=not opts.progress,
                        unit="round", leave=False)
             for rnd in bar:
                 if self.before_round is not None:
-                    self.before_round(rnd)
+                    self.before_round(rnd, self)
                 row = self._one_round(rnd)
                 rows.append({**base, **row})
                 save_checkpoint(opts.out, server.state_dict(), cfg.to_dict(), rows)
@@ -135,20 +137,23 @@ class Aggregator:
         manifest, frames = fedwire.build(self.cfg, self.split, self.opts.limits)
         items = [(self.topics.proxy_chunk(i), f) for i, f in enumerate(frames)] if self.opts.publish_proxy else []
         self._proxy_bytes = sum(len(f) for f in frames) if self.opts.publish_proxy else 0
+        # clear a stale announcement (e.g. "done" of the run being extended) before the new manifest
+        self.link.publish_all([(self.topics.rounds, b"")], retain=True)
         self.link.publish_all(items + [(self.topics.proxy_manifest, manifest.to_bytes())], retain=True)
         self.manifest, self.proxy_frames = manifest, frames
+        self.published.set()
 
-    def _wait_for_clients(self) -> None:
-        want = self.opts.wait_clients or self.cfg.per_round
-        deadline = time.monotonic() + self.opts.wait_timeout
+    def wait_for_clients(self, want: int, timeout: float) -> None:
+        """Process presence messages until ``want`` clients are online or ``timeout`` seconds passed."""
+        deadline = time.monotonic() + timeout
         while len(self.online) < want and time.monotonic() < deadline:
             self._pump(time.monotonic() + 0.2)
         if not self.online:
             from fedmekt.errors import UserError
 
-            raise UserError(f"no client came online within {self.opts.wait_timeout:.0f} s")
+            raise UserError(f"no client came online within {timeout:.0f} s")
         if len(self.online) < want:
-            log.warning("starting with %d of %d expected clients online", len(self.online), want)
+            log.warning("going on with %d of %d expected clients online", len(self.online), want)
 
     def _one_round(self, rnd: int) -> dict:
         cfg, server = self.cfg, self.server

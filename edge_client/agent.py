@@ -62,6 +62,7 @@ class EdgeAgent:
         self._global_rx = Reassembler(options.limits, max_pending=2)
         self._plan = None
         self._early: list[bytes] = []
+        self._finished: fedwire.Announcement | None = None
         self.rounds_trained = 0
         self.done = threading.Event()
         if options.bundle is not None:
@@ -119,6 +120,7 @@ class EdgeAgent:
         if self.manifest is not None and manifest.to_bytes() == self.manifest.to_bytes():
             return
         self.manifest, self.trainer = manifest, None
+        self._check_finished()
         self._proxy_rx = fedwire.ProxyReceiver(manifest)
         if not manifest.proxy_sha256:
             self._ready(None)
@@ -147,11 +149,18 @@ class EdgeAgent:
         if ann.federation != self.opts.federation:
             raise WireError("announcement for another federation")
         if ann.done:
-            self.done.set()
+            self._finished = ann
+            self._check_finished()
             return
         plan = ann.round_plan()
         if self.opts.client_id in plan.selected and ann.deadline > time.time():
             self._plan = plan
+
+    def _check_finished(self) -> None:
+        """Stop at the end announcement of *this* federation run (a stale one may name fewer rounds)."""
+        ann, m = self._finished, self.manifest
+        if ann is not None and m is not None and ann.rounds >= int(m.config.get("rounds", 0)):
+            self.done.set()
 
     def _on_global(self, payload: bytes) -> None:
         header, body = parse_frame(payload, self.opts.limits)

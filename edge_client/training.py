@@ -7,7 +7,6 @@ resumes from it when the federation config is unchanged.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from fedmekt.artifacts import atomic_write_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
 from fedmekt.engine import ClientEngine, RoundPlan, client_view
+from fedmekt.wire.federation import config_key
 from sensors.partition import Normalizer, Partition
 from sensors.store import SampleStore
 
@@ -38,7 +38,7 @@ class LocalTrainer:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.last_round = -1
-        self._config_key = json.dumps(cfg.to_dict(), sort_keys=True)
+        self._config_key = config_key(cfg.to_dict())
         self._resume()
 
     def _resume(self) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fedmekt.mqtt import LinkOptions, MqttLink
 from edge_client.sources import fill_store, partition_recordings
+from sensors.store import SampleStore
 from sensors.partition import ClientPartition, FederatedSplit
 
 log = logging.getLogger("fedmekt.simulate")
@@ -82,6 +83,16 @@ class WireCounter:
                 "per_round": {f"{k}/{r}": v for (k, r), v in sorted(self.per_round.items())}}
 
 
+def client_store(path: Path, client: ClientPartition, dataset: str, rate_hz: float, label_names) -> SampleStore:
+    """The device's store: filled by replaying its partition, or reused as is when a previous run filled it."""
+    if path.exists():
+        store = SampleStore(path)
+        if store.count():
+            return store
+        store.close()
+    return fill_store(path, partition_recordings(client, dataset, rate_hz, label_names), client.modalities)
+
+
 @dataclass
 class Simulation:
     """Everything ``simulate`` produced."""
@@ -110,18 +121,24 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
     url = url or broker.url
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmekt-sim-"))
     stop = threading.Event()
-    threads, agents, errors = [], [], []
+    threads, errors = [], []
     try:
         counter = WireCounter(url, f"fedmekt/{cfg.federation}").start()
 
+        options = AggregatorOptions(out=Path(out), wait_clients=len(split.clients) - len(late_clients),
+                                    round_timeout=round_timeout, quorum=quorum, progress=progress)
+        aggregator = Aggregator(cfg, split, url, options, rate_hz=rate_hz)
+
         def client_main(c: ClientPartition, delay_until: threading.Event | None) -> None:
             try:
-                store = fill_store(workdir / c.client_id / "store.sqlite",
-                                   partition_recordings(c, cfg.dataset, rate_hz, split.label_names), c.modalities)
-                if delay_until is not None:
-                    delay_until.wait()
+                store = client_store(workdir / c.client_id / "store.sqlite", c, cfg.dataset, rate_hz,
+                                     split.label_names)
+                # a fresh run's manifest replaces stale retained messages before any client connects
+                for gate in (aggregator.published, delay_until or aggregator.published):
+                    while not gate.wait(0.2):
+                        if stop.is_set():
+                            return
                 agent = EdgeAgent(url, AgentOptions(c.client_id, cfg.federation, store, workdir / c.client_id))
-                agents.append(agent)
                 agent.run(stop)
                 store.close()
             except Exception as exc:  # reported after the run
@@ -134,10 +151,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
                                  name=f"client-{c.client_id}", daemon=True)
             t.start()
             threads.append(t)
-        options = AggregatorOptions(out=Path(out), wait_clients=len(split.clients) - len(late_clients),
-                                    round_timeout=round_timeout, quorum=quorum, progress=progress)
-        aggregator = Aggregator(cfg, split, url, options, rate_hz=rate_hz)
-        aggregator.before_round = lambda rnd: (round0.set(), before_round and before_round(rnd))
+        aggregator.before_round = lambda rnd, agg: (round0.set(), before_round and before_round(rnd, agg))
         result = aggregator.run()
         for t in threads:
             t.join(timeout=30)

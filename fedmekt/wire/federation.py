@@ -27,6 +27,11 @@ MAX_MANIFEST = 1024 * 1024
 AGGREGATOR_ID = "aggregator"
 
 
+def config_key(config: dict) -> str:
+    """What must not change across a resume: everything but the number of rounds (a run may be extended)."""
+    return json.dumps({k: v for k, v in config.items() if k != "rounds"}, sort_keys=True)
+
+
 @dataclass
 class FederationManifest:
     """What a client needs from the aggregator before its first round."""
