@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from deploy import provision
-from fedmekt.broker import MosquittoProcess, free_port, start_mosquitto
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # deploy/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from deploy import provision  # noqa: E402
+from fedmekt.broker import MosquittoProcess, free_port, start_mosquitto  # noqa: E402
+
 DEVICES = ("c000", "c001", "c002")
 
 

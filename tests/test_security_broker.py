@@ -16,10 +16,9 @@ import sys
 import paho.mqtt.client as mqtt
 import pytest
 
-from deploy import provision
 from fedmekt.wire.topics import Topics
 from fault_ledger import record
-from security_support import REPO, Probe, SecureBroker, connect, start_secure_broker
+from security_support import REPO, Probe, SecureBroker, connect, provision, start_secure_broker
 
 pytestmark = pytest.mark.broker
 T = Topics("demo")
