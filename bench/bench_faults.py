@@ -45,7 +45,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['kind']:<10} {r['what']:<58} {r['tried']:>7} {r['handled']:>8} {r['accepted']:>6} {r['lost']:>5}")
     lost = sum(r["lost"] for r in rows)
-    for kind, verb in (("fault", "survived"), ("bad input", "rejected"), ("attack", "refused")):
+    for kind, verb in (("fault", "survived"), ("bad input", "rejected"), ("attack", "refused"),
+                       ("privacy", "private rows absent from every published byte")):
         sel = [r for r in rows if r["kind"] == kind]
         tried, handled = sum(r["tried"] for r in sel), sum(r["handled"] for r in sel)
         valid = sum(r["accepted"] for r in sel)

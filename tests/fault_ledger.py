@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 
 @dataclass
 class Row:
-    kind: str  # "fault", "bad input" or "attack"
+    kind: str  # "fault", "bad input", "attack" or "privacy"
     what: str
     tried: int = 0
-    handled: int = 0  # faults survived / bad inputs rejected (or harmlessly accepted: see `accepted`)
+    handled: int = 0  # faults survived / bad inputs rejected / attacks refused / private rows not found
     accepted: int = 0  # bad-input cases that turned out valid (e.g. a mutation that changed nothing)
     lost: int = 0  # completed rounds or samples lost
 
@@ -48,7 +48,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_line(f"{'kind':<10} {'what':<58} {'tried':>7} {'handled':>8} {'valid':>6} {'lost':>5}")
     for r in rows():
         tr.write_line(f"{r.kind:<10} {r.what:<58} {r.tried:>7} {r.handled:>8} {r.accepted:>6} {r.lost:>5}")
-    for kind in ("fault", "bad input", "attack"):
+    for kind in ("fault", "bad input", "attack", "privacy"):
         sel = [r for r in rows() if r.kind == kind]
         if sel:
             tr.write_line(f"total {kind}: tried {sum(r.tried for r in sel)}, handled {sum(r.handled for r in sel)}, "
