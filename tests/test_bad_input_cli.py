@@ -50,6 +50,8 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "bad.toml").write_text("[federation\nrounds = = 3\n")
     (tmp / "wrong-types.toml").write_text('rounds = "many"\nper_round = -4\nno_such_option = 1\n')
     (tmp / "binary.toml").write_bytes(b"\x00\xff\xfe garbage \x89PNG")
+    (tmp / "fed.toml").write_text('federation = "ft"\ndataset = "demo"\nclients = [1, 1, 1]\nper_round = 3\n'
+                                  'rounds = 1\nproxy_windows = 8\n')
     return {"empty": tmp / "empty", "hapt": hapt, "generic": gen}
 
 
@@ -83,10 +85,34 @@ CASES = [
     ("infer: folder that is not a package", "infer", ["infer", "--model", "{empty}", "--source", "replay:demo"],
      "package"),
     ("report: not a run folder", "report", ["report", "{empty}"], "metrics.jsonl"),
+    ("simulate: malformed config file", "simulate", ["simulate", "--config", "{tmp}/bad.toml"], "toml"),
+    ("aggregator: config with unknown keys", "aggregator",
+     ["aggregator", "--broker", "mqtt://127.0.0.1:{port}", "--config", "{tmp}/wrong-types.toml"], "config"),
+    ("aggregator: broker URL of another scheme", "aggregator",
+     ["aggregator", "--broker", "http://127.0.0.1:{port}", "--config", "{tmp}/fed.toml"], "mqtt://"),
+    ("aggregator: missing CA file", "aggregator",
+     ["aggregator", "--broker", "mqtts://127.0.0.1:{port}", "--ca-file", "{tmp}/none.crt", "--config", "{tmp}/fed.toml",
+      "--out", "{tmp}/agg"], "not found"),
+    ("client: missing dataset for its source", "client",
+     ["client", "--broker", "mqtt://127.0.0.1:{port}", "--client-id", "c000", "--source", "replay:hapt",
+      "--data-dir", "{tmp}/nowhere", "--store", "{tmp}/c000/store.sqlite"], "not found"),
+]
+UNREACHABLE = [
+    ("aggregator: unreachable broker", "aggregator",
+     ["aggregator", "--broker", "mqtt://127.0.0.1:{port}", "--config", "{tmp}/fed.toml", "--out", "{tmp}/agg",
+      "--no-progress"], "cannot reach"),
+    ("client: unreachable broker", "client",
+     ["client", "--broker", "mqtt://127.0.0.1:{port}", "--client-id", "c000", "--federation", "ft",
+      "--source", "split:{tmp}/fed.toml", "--store", "{tmp}/c000/store.sqlite"], "cannot reach"),
+    ("simulate: unreachable broker", "simulate",
+     ["simulate", "--broker", "mqtt://127.0.0.1:{port}", "--rounds", "1", "--no-progress", "--out", "{tmp}/sim"],
+     "cannot reach"),
 ]
 
 
-@pytest.mark.parametrize("what,command,args,mentions", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("what,command,args,mentions",
+                         CASES + [pytest.param(*c, marks=pytest.mark.slow) for c in UNREACHABLE],
+                         ids=[c[0] for c in CASES + UNREACHABLE])
 def test_bad_input_ends_with_one_clear_error_line(tmp_path, what, command, args, mentions):
     if command not in COMMANDS:
         pytest.skip(f"`fedmekt {command}` is not registered yet")
@@ -100,3 +126,17 @@ def test_no_arguments_prints_help_and_fails(tmp_path):
     done = fedmekt(cwd=tmp_path)
     assert done.returncode != 0 and "usage: fedmekt" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_wrong_password_for_the_secured_broker(tmp_path):
+    from security_support import start_secure_broker
+
+    sb = start_secure_broker(tmp_path, ("c000",))
+    try:
+        _bad_files(tmp_path)
+        done = fedmekt("aggregator", "--broker", f"mqtts://localhost:{sb.port}", "--ca-file", str(sb.ca),
+                       "--username", "aggregator", "--password", "not-the-password", "--config", str(tmp_path / "fed.toml"),
+                       "--out", str(tmp_path / "agg"), "--no-progress", cwd=tmp_path)
+        assert_one_clear_error(done, "aggregator: wrong broker password", "refused")
+    finally:
+        sb.broker.stop()
