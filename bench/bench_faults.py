@@ -51,7 +51,8 @@ def main() -> int:
         tried, handled = sum(r["tried"] for r in sel), sum(r["handled"] for r in sel)
         valid = sum(r["accepted"] for r in sel)
         extra = f" ({valid} mutations left the input valid and were accepted unchanged)" if valid else ""
-        print(f"{kind}s: {tried} tried, {handled} {verb}{extra}")
+        label = "privacy checks" if kind == "privacy" else f"{kind}s"
+        print(f"{label}: {tried} tried, {handled} {verb}{extra}")
     print(f"rounds or samples lost: {lost}")
     if done.returncode != 0:
         print(done.stdout[-3000:], file=sys.stderr)

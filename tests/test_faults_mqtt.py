@@ -94,13 +94,16 @@ def test_killed_clients_round_closes_at_deadline_then_they_rejoin(federation):
     rows = assert_every_round_once(fed)
     rejoined = [r for r in rows if r["round"] > 2 and r["absorbed"] == len(fed.client_ids)]
     assert rejoined, f"the restarted clients never contributed again: {[(r['round'], r['absorbed']) for r in rows]}"
+    lost_samples = 0
     for v in victims:
         log = fed.log(v)
         assert "resumed local model after round" in log, log[-2000:]
         with SampleStore(fed.store(v)) as store:
-            assert store.count() == counts[v]  # nothing lost from the local store
+            lost_samples += counts[v] - store.count()
     record("fault", "30 % of selected clients SIGKILLed mid-round", tried=len(victims), handled=len(victims))
-    record("fault", "client restarted: resumes store and model, rejoins", tried=len(victims), handled=len(victims))
+    record("fault", "client restarted: resumes store and model, rejoins", tried=len(victims), handled=len(victims),
+           lost=lost_samples)
+    assert lost_samples == 0  # nothing lost from the local stores
     record("fault", "rounds completed after client kills", tried=1, handled=1,
            lost=fed.rounds - len(rows))
 
