@@ -68,6 +68,9 @@ def open_source(spec: str, client_id: str, modalities: dict[str, int], data_dir:
         if missing:
             raise UserError(f"dataset {name!r} has no modality {missing[0]!r}")
         return OpenedSource(ReplaySource(recs, speed=pace, modalities=mods), live=False, normalised=False)
+    if kind not in ("csv", "json", "stdin", "udp", "serial"):
+        raise UserError(f"unknown source {spec!r}; use split:CONFIG, replay:DATASET, csv:PATH, json:PATH, stdin, "
+                        "udp:PORT or serial:DEV")
     if not modalities:
         raise UserError(f"source {spec!r} needs --modalities name:channels,…")
     fmt = StreamFormat(modalities, codec="json" if kind == "json" or arg == "json" else "csv")

@@ -1,0 +1,78 @@
+"""The deployment commands as separate processes: `fedmekt aggregator`, three `fedmekt client`s, `fedmekt status`.
+
+Separate processes share nothing but the broker; the final metrics must still equal the in-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedmekt.config import load_config
+from fedmekt.federation import run_inprocess
+from sensors.datasets import load_dataset
+from sensors.splits import make_split
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+CONFIG = """
+federation = "clitest"
+dataset = "demo"
+clients = [1, 1, 1]
+per_round = 3
+rounds = 2
+proxy_windows = 8
+device = "cpu"
+[hyper]
+classifier_epochs = 1
+probe_max_iter = 20
+"""
+
+
+def _fedmekt(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedmekt", *args]
+
+
+def test_aggregator_and_clients_as_processes_equal_inprocess(mosquitto, tmp_path: Path):
+    config = tmp_path / "federation.toml"
+    config.write_text(CONFIG)
+    out = tmp_path / "agg"
+    agg = subprocess.Popen(_fedmekt("aggregator", "--broker", mosquitto.url, "--config", str(config), "--out",
+                                    str(out), "--wait-clients", "3", "--wait-timeout", "120", "--no-progress"),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    clients = [subprocess.Popen(_fedmekt("client", "--broker", mosquitto.url, "--client-id", cid, "--federation",
+                                         "clitest", "--source", f"split:{config}", "--store",
+                                         str(tmp_path / cid / "store.sqlite")),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for cid in ("c000", "c001", "c002")]
+    try:
+        agg_out, _ = agg.communicate(timeout=400)
+        client_out = [c.communicate(timeout=60)[0] for c in clients]
+    finally:
+        for p in [agg, *clients]:
+            if p.poll() is None:
+                p.kill()
+    assert agg.returncode == 0, agg_out[-2000:]
+    for c, text in zip(clients, client_out):
+        assert c.returncode == 0 and "federation finished" in text, text[-2000:]
+    status = subprocess.run(_fedmekt("status", "--broker", mosquitto.url, "--federation", "clitest"),
+                            capture_output=True, text=True, timeout=60)
+    assert "finished after 2 rounds" in status.stdout and "3 clients known, 0 online" in status.stdout
+
+    cfg = load_config(config)
+    split = make_split(load_dataset("demo"), cfg.pair, seed=cfg.seed, clients=cfg.clients)
+    ref = run_inprocess(cfg, split, progress=False)
+    final = [json.loads(x) for x in (out / "final.jsonl").read_text().splitlines()][0]
+    for key, value in ref.final.items():
+        if key.startswith(("probe_", "majority_")):
+            assert final[key] == value, key
+
+
+def test_client_with_unknown_source_is_one_line_error(tmp_path: Path):
+    res = subprocess.run(_fedmekt("client", "--broker", "mqtt://127.0.0.1:1", "--client-id", "c000", "--source",
+                                  "carrier-pigeon:1", "--store", str(tmp_path / "s.sqlite")),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "unknown source" in res.stderr and "Traceback" not in res.stderr
