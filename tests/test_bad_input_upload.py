@@ -64,8 +64,7 @@ MUTATIONS = ["drop key", "extra key", "wrong shape", "float64", "float16", "int3
 def test_bad_uploads_are_rejected_and_change_nothing(mutation, mods_i, pos, dim):
     engine, plan, holds = _setup()
     engine.begin_round(plan)
-    sender = next(c for c in plan.selected if holds[c] == MODS[mods_i]) if any(
-        holds[c] == MODS[mods_i] for c in plan.selected) else plan.selected[0]
+    sender = ([c for c in plan.selected if holds[c] == MODS[mods_i]] or list(plan.selected))[0]
     mods = holds[sender]
     upload = _valid(engine, plan, mods, pos)
     first_valid = plan.selected[-1] if plan.selected[-1] != sender else plan.selected[0]
