@@ -171,7 +171,7 @@ class Aggregator:
         self.link.publish_all([(self.topics.rounds, fedwire.Announcement(
             cfg.federation, plan.to_json(), deadline).to_bytes())], retain=True,
             expiry=int(self.opts.round_timeout) + 1)
-        while len(self._absorbed) < need and time.time() < deadline:
+        while not self._round_complete() and time.time() < deadline:
             self._pump(min(time.monotonic() + 0.5, time.monotonic() + deadline - time.time()))
         if len(self._absorbed) < len(plan.selected):
             log.warning("round %d closes with %d of %d uploads", rnd, len(self._absorbed), len(plan.selected))
@@ -191,8 +191,14 @@ class Aggregator:
             msg = self.link.get(timeout=max(0.0, left))
             if msg is not None:
                 self._dispatch(msg)
-            if time.monotonic() >= until or (self._round and len(self._absorbed) >= self._round.need):
+            if time.monotonic() >= until or (self._round and self._round_complete()):
                 return
+
+    def _round_complete(self) -> bool:
+        """Quorum reached, or every selected client that could still upload has (the rest went offline)."""
+        r = self._round
+        could = sum(1 for c in r.plan.selected if c in self.online or c in self._absorbed)
+        return len(self._absorbed) >= min(r.need, could)
 
     def _dispatch(self, msg: Message) -> None:
         parts = msg.topic.split("/")

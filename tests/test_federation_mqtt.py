@@ -16,7 +16,7 @@ import pytest
 from core_support import tiny_config, tiny_split
 from fedmekt.broker import AmqttBroker
 from fedmekt.federation import run_inprocess
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.mqtt import LinkOptions, MqttLink, Presence
 from fedmekt.simulation import run_simulation, write_outputs
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.codec import encode
@@ -131,3 +131,32 @@ def test_restart_resumes_from_checkpoint_with_the_same_result(mosquitto, tmp_pat
     assert _learning(resumed.result.final) == _learning(ref.final)
     metrics = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [0, 1, 2]
+
+
+def test_round_closes_early_when_a_selected_client_goes_offline(mosquitto, tmp_path):
+    """A selected device that crashes (its Last Will fires) does not hold the round until the deadline."""
+    cfg, split = tiny_config("fedmekt-c", rounds=1, per_round=7), tiny_split()
+    topics = Topics(cfg.federation)
+    presence = Presence(topics.status("c099"), fedwire.Status("online", ("a",)).to_bytes(),
+                        fedwire.Status("offline", ("a",)).to_bytes())
+    ghost = MqttLink(mosquitto.url, LinkOptions(client_id="c099"), presence, [topics.rounds]).connect()
+
+    def crash_when_selected():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = ghost.get(timeout=0.1)
+            if msg is not None and msg.payload:
+                ann = fedwire.Announcement.from_bytes(msg.payload)
+                if not ann.done and "c099" in ann.plan["selected"]:
+                    ghost.abort()  # no DISCONNECT: the broker publishes the retained Will "offline"
+                    return
+
+    t = threading.Thread(target=crash_when_selected, daemon=True)
+    t.start()
+    timeout = 300
+    sim = run_simulation(cfg, split, url=mosquitto.url, out=tmp_path / "out", progress=False, rate_hz=20.0,
+                         workdir=tmp_path / "devices", round_timeout=timeout,
+                         before_round=lambda rnd, agg: agg.wait_for_clients(7, timeout=30))
+    row = sim.result.rows[0]
+    assert row["selected"] == 7 and row["absorbed"] == 6
+    assert row["wall_s"] < timeout / 2  # closed when the crash was known, not at the deadline

@@ -11,6 +11,7 @@ checkpoint. Restarted with the same --out it resumes after the last completed ro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def load_server_split(cfg, data_dir: Path | None):
 
     recordings = load_dataset(cfg.dataset, data_dir)
     split = make_split(recordings, cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
-    return split, dataset_info(cfg.dataset).rate_hz
+    return dataclasses.replace(split, clients=[]), dataset_info(cfg.dataset).rate_hz  # client data stays on devices
 
 
 def run(args) -> int:
