@@ -76,3 +76,16 @@ def test_client_with_unknown_source_is_one_line_error(tmp_path: Path):
                                   "carrier-pigeon:1", "--store", str(tmp_path / "s.sqlite")),
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "unknown source" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_simulate_command_runs_the_demo_path_and_writes_the_report(tmp_path: Path):
+    """`fedmekt simulate` without --broker/--dataset is what `make demo` runs (shortened here)."""
+    out = tmp_path / "demo"
+    res = subprocess.run(_fedmekt("simulate", "--rounds", "2", "--clients", "1,1,1", "--per-round", "3",
+                                  "--proxy-windows", "8", "--out", str(out), "--no-progress"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "final probe F1" in res.stdout and "on the wire" in res.stdout
+    assert (out / "results.md").exists() and (out / "final.jsonl").exists()
+    wire = json.loads((out / "wire.json").read_text())
+    assert wire["messages"]["upload"] >= 2 * 3 and wire["payload_bytes"]["proxy"] > 0
