@@ -21,16 +21,17 @@ from fedmekt.wire.federation import config_key
 CHECKPOINT = "checkpoint.safetensors"
 
 
-def save_checkpoint(out: Path, state: dict[str, np.ndarray], config: dict, rows: list[dict]) -> None:
-    blob = save({k: np.ascontiguousarray(v) for k, v in state.items()}, metadata={"config": config_key(config)})
+def save_checkpoint(out: Path, state: dict[str, np.ndarray], config: dict, rows: list[dict], run: str) -> None:
+    blob = save({k: np.ascontiguousarray(v) for k, v in state.items()},
+                metadata={"config": config_key(config), "run": run})
     # Metrics first, state second: a crash between the two leaves a metrics row one round ahead of the
     # state, which resume drops and redoes. The other order would lose that completed round's row.
     atomic_write_bytes(out / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
     atomic_write_bytes(out / CHECKPOINT, blob)
 
 
-def load_checkpoint(out: Path, config: dict) -> tuple[dict[str, np.ndarray], list[dict]] | None:
-    """(state, rows) of the last completed round, or None when ``out`` has no checkpoint."""
+def load_checkpoint(out: Path, config: dict) -> tuple[dict[str, np.ndarray], list[dict], str] | None:
+    """(state, rows, run id) of the last completed round, or None when ``out`` has no checkpoint."""
     path = out / CHECKPOINT
     if not path.exists():
         return None
@@ -49,4 +50,4 @@ def load_checkpoint(out: Path, config: dict) -> tuple[dict[str, np.ndarray], lis
     metrics = out / METRICS
     if metrics.exists():
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return state, [r for r in rows if r.get("round", -1) < done]
+    return state, [r for r in rows if r.get("round", -1) < done], meta.get("run", "")

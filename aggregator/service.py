@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,7 @@ class Aggregator:
         self._round: _Round | None = None
         self._absorbed: set[str] = set()
         self.server: ServerEngine | None = None
+        self.run_id = ""  # set by run(): new for a fresh start, kept from the checkpoint on resume
         self.published = threading.Event()  # set once the manifest and proxy set are on the broker
         self.before_round = None  # optional callable(round, aggregator) run before planning each round (tests)
 
@@ -94,10 +96,11 @@ class Aggregator:
                                                 self.split.labelled, self.split.test,
                                                 normalizer=self.split.normalizer, rate_hz=self.rate_hz)
         rows: list[dict] = []
+        self.run_id = uuid.uuid4().hex[:12]
         resumed = load_checkpoint(opts.out, cfg.to_dict())
         if resumed is not None:
             server.load_state_dict(resumed[0])
-            rows = resumed[1]
+            rows, self.run_id = resumed[1], resumed[2] or self.run_id
             log.info("resuming from checkpoint after round %d", server.rounds_completed - 1)
         variant = variant_label(cfg)
         name = opts.name or f"{variant}-seed{cfg.seed}"
@@ -115,11 +118,12 @@ class Aggregator:
                     self.before_round(rnd, self)
                 row = self._one_round(rnd)
                 rows.append({**base, **row})
-                save_checkpoint(opts.out, server.state_dict(), cfg.to_dict(), rows)
+                save_checkpoint(opts.out, server.state_dict(), cfg.to_dict(), rows, self.run_id)
                 link.publish(self.topics.metrics, json.dumps(rows[-1], default=float).encode())
                 bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
             link.publish_all([(self.topics.rounds, fedwire.Announcement(
-                cfg.federation, None, time.time(), done=True, rounds=cfg.rounds).to_bytes())], retain=True)
+                cfg.federation, None, time.time(), done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())],
+                retain=True)
         final = {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
                  "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
                  "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
@@ -134,7 +138,7 @@ class Aggregator:
 
     def _publish_federation(self) -> None:
         """Retained manifest and (once) the proxy set: a client arriving at any time finds them."""
-        manifest, frames = fedwire.build(self.cfg, self.split, self.opts.limits)
+        manifest, frames = fedwire.build(self.cfg, self.split, self.opts.limits, run=self.run_id)
         items = [(self.topics.proxy_chunk(i), f) for i, f in enumerate(frames)] if self.opts.publish_proxy else []
         self._proxy_bytes = sum(len(f) for f in frames) if self.opts.publish_proxy else 0
         # clear a stale announcement (e.g. "done" of the run being extended) before the new manifest
@@ -169,7 +173,7 @@ class Aggregator:
         need = max(1, math.ceil(self.opts.quorum * len(plan.selected)))
         self._round = _Round(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending))
         self.link.publish_all([(self.topics.rounds, fedwire.Announcement(
-            cfg.federation, plan.to_json(), deadline).to_bytes())], retain=True,
+            cfg.federation, plan.to_json(), deadline, run=self.run_id).to_bytes())], retain=True,
             expiry=int(self.opts.round_timeout) + 1)
         while not self._round_complete() and time.time() < deadline:
             self._pump(min(time.monotonic() + 0.5, time.monotonic() + deadline - time.time()))

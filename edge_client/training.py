@@ -30,15 +30,18 @@ class LocalTrainer:
     """Owns the client's engine; ``train`` reads the whole store (bounded by its retention) each round."""
 
     def __init__(self, cfg: FederationConfig, client_id: str, modalities: tuple[str, ...], channels: dict[str, int],
-                 proxy: Partition | None, store: SampleStore, state_dir: Path, normalizer: Normalizer | None = None):
+                 proxy: Partition | None, store: SampleStore, state_dir: Path, normalizer: Normalizer | None = None,
+                 run: str = ""):
         self.cfg, self.client_id, self.store, self.normalizer = cfg, client_id, store, normalizer
         self.modalities = tuple(m for m in cfg.pair if m in modalities)
+        self._engine_args = (cfg, client_id, self.modalities, channels, proxy)
         with TORCH_RNG_LOCK:
-            self.engine = ClientEngine(cfg, client_id, self.modalities, channels, proxy)
+            self.engine = ClientEngine(*self._engine_args)
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.last_round = -1
         self._config_key = config_key(cfg.to_dict())
+        self.run = run
         self._resume()
 
     def _resume(self) -> None:
@@ -49,12 +52,19 @@ class LocalTrainer:
 
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
-        if meta.get("config") != self._config_key or meta.get("client") != self.client_id:
-            log.warning("%s: saved state belongs to another federation config; starting afresh", self.client_id)
+        if meta.get("config") != self._config_key or meta.get("client") != self.client_id \
+                or meta.get("run", "") != self.run:
+            log.info("%s: saved state belongs to another federation run; starting afresh", self.client_id)
             return
         self.engine.load_state_dict(load_file(str(path)))
         self.last_round = int(meta["last_round"])
         log.info("%s: resumed local model after round %d", self.client_id, self.last_round)
+
+    def restart(self) -> None:
+        """A fresh local model: the aggregator began the federation again from an earlier round."""
+        with TORCH_RNG_LOCK:
+            self.engine = ClientEngine(*self._engine_args)
+        self.last_round = -1
 
     def train(self, plan: RoundPlan, downstream: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One local round; returns the upload and persists the new state."""
@@ -64,7 +74,7 @@ class LocalTrainer:
                                 private.labels, private.segments, private.units)
         upload = self.engine.train_round(plan, client_view(downstream, self.modalities), private)
         self.last_round = plan.round
-        meta = {"config": self._config_key, "client": self.client_id, "last_round": str(plan.round)}
+        meta = {"config": self._config_key, "client": self.client_id, "run": self.run, "last_round": str(plan.round)}
         atomic_write_bytes(self.state_dir / STATE, save(self.engine.state_dict(), metadata=meta))
         atomic_write_bytes(self.state_dir / LAST_UPLOAD, save(upload, metadata=meta))
         return upload

@@ -45,7 +45,7 @@ def test_aggregator_and_clients_as_processes_equal_inprocess(mosquitto, tmp_path
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     clients = [subprocess.Popen(_fedmekt("client", "--broker", mosquitto.url, "--client-id", cid, "--federation",
                                          "clitest", "--source", f"split:{config}", "--store",
-                                         str(tmp_path / cid / "store.sqlite")),
+                                         str(tmp_path / cid / "store.sqlite"), "--exit-when-done"),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for cid in ("c000", "c001", "c002")]
     try:

@@ -5,7 +5,8 @@
 Reads its sensor source into the local store (finite sources first, live ones in the background),
 announces its modalities, trains on the store whenever the aggregator selects it, uploads
 embeddings (or parameters), and keeps its model state next to the store so a restart resumes.
-Exits when the federation ends. One training thread by default (--threads in the config).
+Keeps running across federation runs (--exit-when-done stops at the end of one). One training
+thread by default (``threads`` in the federation config).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--bundle", type=Path, default=None, help="provisioned manifest + proxy set (skips the download)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root for split:/replay: sources")
     p.add_argument("--speed", type=float, default=math.inf, help="replay pace (1 = real time; default: fast)")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="exit when the federation run ends (default: keep running and join the next run)")
     p.set_defaults(func=run)
 
 
@@ -75,7 +78,7 @@ def run(args) -> int:
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
         bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id),
-        normalise=not normalised))
+        normalise=not normalised, exit_when_done=args.exit_when_done))
     rounds = agent.run()
     print(f"{args.client_id}: federation finished; trained {rounds} round(s)")
     return 0

@@ -44,9 +44,10 @@ class FederationManifest:
     proxy_sha256: str  # message sha256 of the proxy tensors ("" when the algorithm needs no proxy)
     norm_mean: dict[str, list[float]]
     norm_std: dict[str, list[float]]
+    run: str = ""  # id of this federation run (kept across aggregator restarts, new for a fresh start)
 
     def to_bytes(self) -> bytes:
-        d = {"v": MANIFEST_VERSION, "config": self.config, "channels": self.channels,
+        d = {"v": MANIFEST_VERSION, "run": self.run, "config": self.config, "channels": self.channels,
              "label_names": list(self.label_names), "segments": self.segments, "proxy_rows": self.proxy_rows,
              "proxy_sha256": self.proxy_sha256, "norm_mean": self.norm_mean, "norm_std": self.norm_std}
         return json.dumps(d, separators=(",", ":")).encode()
@@ -65,7 +66,7 @@ class FederationManifest:
         try:
             m = cls(config=d["config"], channels=d["channels"], label_names=tuple(d["label_names"]),
                     segments=d["segments"], proxy_rows=d["proxy_rows"], proxy_sha256=d["proxy_sha256"],
-                    norm_mean=d["norm_mean"], norm_std=d["norm_std"])
+                    norm_mean=d["norm_mean"], norm_std=d["norm_std"], run=d["run"])
         except (KeyError, TypeError):
             raise WireError("manifest lacks fields") from None
         ok = (isinstance(m.config, dict)
@@ -75,7 +76,7 @@ class FederationManifest:
               and isinstance(m.segments, list)
               and all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s)
                       and 0 <= s[0] < s[1] <= m.proxy_rows for s in m.segments)
-              and isinstance(m.proxy_sha256, str))
+              and isinstance(m.proxy_sha256, str) and isinstance(m.run, str) and len(m.run) <= 64)
         if not ok:
             raise WireError("manifest fields have wrong types or ranges")
         return m
@@ -97,7 +98,8 @@ class FederationManifest:
                           {m: np.asarray(v, np.float32) for m, v in self.norm_std.items()})
 
 
-def build(cfg, split: FederatedSplit, limits: WireLimits = WireLimits()) -> tuple[FederationManifest, list[bytes]]:
+def build(cfg, split: FederatedSplit, limits: WireLimits = WireLimits(),
+          run: str = "") -> tuple[FederationManifest, list[bytes]]:
     """Manifest and proxy frames for ``split`` (no frames for the parameter-exchange baselines)."""
     frames: list[bytes] = []
     if cfg.is_embedding:
@@ -108,7 +110,7 @@ def build(cfg, split: FederatedSplit, limits: WireLimits = WireLimits()) -> tupl
     manifest = FederationManifest(
         config=cfg.to_dict(), channels=dict(split.channels), label_names=tuple(split.label_names),
         segments=[[int(a), int(b)] for a, b in split.proxy.segments], proxy_rows=len(split.proxy),
-        proxy_sha256=sha,
+        proxy_sha256=sha, run=run,
         norm_mean={m: [float(v) for v in norm.mean[m]] for m in cfg.pair} if norm else {},
         norm_std={m: [float(v) for v in norm.std[m]] for m in cfg.pair} if norm else {})
     return manifest, frames
@@ -195,16 +197,18 @@ class Announcement:
     deadline: float  # unix time after which uploads for this round are late
     done: bool = False
     rounds: int = 0  # rounds completed (when done)
+    run: str = ""  # the manifest's run id: announcements of another run are ignored
 
     def to_bytes(self) -> bytes:
         return json.dumps({"federation": self.federation, "plan": self.plan, "deadline": self.deadline,
-                           "done": self.done, "rounds": self.rounds}, separators=(",", ":")).encode()
+                           "done": self.done, "rounds": self.rounds, "run": self.run},
+                          separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Announcement":
         d = _json(raw, "announcement")
         try:
-            a = cls(d["federation"], d["plan"], float(d["deadline"]), bool(d["done"]), int(d["rounds"]))
+            a = cls(d["federation"], d["plan"], float(d["deadline"]), bool(d["done"]), int(d["rounds"]), str(d["run"]))
         except (KeyError, TypeError, ValueError):
             raise WireError("announcement lacks fields") from None
         if not a.done and not isinstance(a.plan, dict):
