@@ -288,6 +288,11 @@ class MqttLink:
             time.sleep(0.001 if self.connected else 0.1)
         pending.popleft()
 
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet taken with ``get``."""
+        return self._inbox.qsize()
+
     def get(self, timeout: float | None = None) -> Message | None:
         try:
             return self._inbox.get(timeout=timeout)

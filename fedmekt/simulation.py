@@ -55,7 +55,7 @@ class WireCounter:
 
     def _drain(self) -> None:
         depth = len(self.prefix.split("/"))
-        while not self._stop.is_set() or self._link._inbox.qsize():
+        while not self._stop.is_set() or self._link.pending:
             msg = self._link.get(timeout=0.1)
             if msg is None:
                 continue
