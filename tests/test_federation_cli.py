@@ -85,7 +85,7 @@ def test_simulate_command_runs_the_demo_path_and_writes_the_report(tmp_path: Pat
                                   "--proxy-windows", "8", "--out", str(out), "--no-progress"),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "final probe F1" in res.stdout and "on the wire" in res.stdout
+    assert "final probe F1" in res.stdout and "as MQTT packets" in res.stdout
     assert (out / "results.md").exists() and (out / "final.jsonl").exists()
     wire = json.loads((out / "wire.json").read_text())
     assert wire["messages"]["upload"] >= 2 * 3 and wire["payload_bytes"]["proxy"] > 0

@@ -120,8 +120,8 @@ def summary(sim) -> str:
     up_acc = sum(x["bytes_up"] for x in r.rows) / n
     up_wire = wire["packet_bytes"].get("upload", 0) / n
     down_wire = wire["packet_bytes"].get("global", 0) / n
-    lines.append(f"  per round: uploads {up_acc / 1e3:.1f} kB accounted, {up_wire / 1e3:.1f} kB on the wire "
-                 f"(+{100 * (up_wire / up_acc - 1) if up_acc else 0:.2f} % MQTT framing); "
+    lines.append(f"  per round: uploads {up_acc / 1e3:.1f} kB of messages, {up_wire / 1e3:.1f} kB as MQTT packets "
+                 f"(+{100 * (up_wire / up_acc - 1) if up_acc else 0:.2f} % framing); "
                  f"global knowledge {down_wire / 1e3:.1f} kB published")
     if sim.discarded:
         lines.append(f"  {len(sim.discarded)} upload(s) discarded, e.g. {sim.discarded[0]}")
