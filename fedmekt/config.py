@@ -2,8 +2,10 @@
 
 Defaults follow the authors' ``Setting.py`` (spec §6.1). Things the paper left implicit are explicit
 fields here: how many proxy windows are exchanged per round (``proxy_windows`` × ``window`` rows),
-which embedding layers cross the wire (``layers``), the wire dtype, and the ``faithful`` switch that keeps
-the authors' loss oddities O1–O3 for comparison.
+which embedding layers cross the wire (``layers``), the wire dtype, the distillation term (``hyper.kd``:
+embedding MSE by default, chosen on validation data in docs/fedmekt-c-selection.md), optional privacy noise
+on uploads (``embedding_noise``), and the ``faithful`` switch that keeps the authors' loss oddities O1–O3
+(softmax KL over time) for comparison.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fedmekt.errors import UserError
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
 WIRE_DTYPES = ("float32", "float16")
 LAYERS = ("rep", "rep+hidden")
+KD_LOSSES = ("mse", "kl")
 PARTITIONS = ("paper", "subject")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -36,7 +39,8 @@ class Hyper:
     beta: float = 0.04               # client KD weight, hidden layer
     eta: float = 0.1                 # server KD weight, representation layer
     gamma: float = 0.04              # server KD weight, hidden layer
-    temperature: float = 3.0
+    temperature: float = 3.0          # softmax temperature of kd = "kl"
+    kd: str = "mse"                   # distillation term: "mse" (embedding matching) or "kl" (softmax KD, T)
     batch: tuple[int, int] = (0, 0)  # client/classifier crops per batch, U[lo, hi); (0, 0) = dataset default
     sub_window: tuple[int, int] = (16, 32)  # sub-window length U[lo, hi) walked along each crop
     mm_weight: float = 100.0         # weight of A+B clients in mm-FedAvg aggregation (ALPHA)
@@ -68,7 +72,8 @@ class FederationConfig:
     device: str = "auto"              # server side; "auto" = cuda when present
     client_device: str = "cpu"        # tiny LSTMs train faster on CPU; keeps clients bit-reproducible
     threads: int = 1
-    faithful: bool = False            # keep O1–O3: time-axis softmax, C-server KL direction, KD counted twice
+    faithful: bool = False            # keep O1–O3: time-axis softmax KL (whatever hyper.kd says), C-server KL
+                                      # direction, KD counted twice
     rep_size: int = 0                 # 0 = the paper's r for the dataset/pair
     hidden: int = 32
     window: int = 24                  # proxy window length (fixed, as the reference server)
@@ -77,6 +82,7 @@ class FederationConfig:
     layers: str = "rep+hidden"        # embedding layers exchanged: "rep" (z) or "rep+hidden" (z and h)
     label_modality: str = "AB"        # which encoders feed the generalized classifier: "A", "B" or "AB"
     eval_chunk: int = 2000            # EVAL_WIN of the paper's per-round probe
+    embedding_noise: float = 0.0      # σ of Gaussian noise clients add to uploaded embeddings (privacy), 0 = off
     hyper: Hyper = field(default_factory=Hyper)
 
     def __post_init__(self) -> None:
@@ -105,6 +111,11 @@ class FederationConfig:
              "window >= 2, proxy_windows >= 1 and proxy_batch >= 1 required"),
             (self.label_modality in ("A", "B", "AB"), f"label_modality must be A, B or AB, got {self.label_modality!r}"),
             (self.eval_chunk >= 1, f"eval_chunk must be >= 1, got {self.eval_chunk}"),
+            (self.hyper.kd in KD_LOSSES, f"hyper.kd must be one of {KD_LOSSES}, got {self.hyper.kd!r}"),
+            (self.hyper.temperature > 0, f"hyper.temperature must be > 0, got {self.hyper.temperature}"),
+            (isinstance(self.embedding_noise, (int, float)) and not isinstance(self.embedding_noise, bool)
+             and 0.0 <= self.embedding_noise < float("inf"),
+             f"embedding_noise must be a finite number >= 0, got {self.embedding_noise!r}"),
         ]
         for ok, message in checks:
             if not ok:

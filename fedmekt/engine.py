@@ -9,7 +9,9 @@ Determinism (bit for bit on CPU with the same thread count, in one process or ma
 
 * every model starts from ONE initialisation built from ``cfg.seed`` (``build_model``), so a client in
   another process rebuilds it identically; FedMEKT-C's fixed projections likewise (O4);
-* client draws come from a generator seeded by (seed, crc32(client id), round); server draws (client
+* client draws come from a generator seeded by (seed, purpose, crc32(client id), round) — training and the
+  optional upload noise (``embedding_noise``) use separate purposes, so σ = 0 leaves uploads bit-identical
+  and noise never changes what a client trains; server draws (client
   selection, proxy windows Π_t, distillation order, classifier batches) from generators seeded by
   (seed, purpose, round) — a fresh draw every round (fixes B4), stateless so a resumed server continues
   identically;
@@ -40,7 +42,7 @@ from sensors.windowing import window_starts
 
 # purposes of the seeded generators (first words of every SeedSequence after the seed)
 _MODEL, _HEAD, _PROJ, _PROBE = 11, 12, 13, 14
-_SELECT, _PROXY, _SERVER, _CLASSIFIER, _CLIENT = 21, 22, 23, 24, 25
+_SELECT, _PROXY, _SERVER, _CLASSIFIER, _CLIENT, _NOISE = 21, 22, 23, 24, 25, 26
 
 
 def rng_for(*words: int) -> np.random.Generator:
@@ -302,7 +304,20 @@ class ClientEngine:
         proxy = (ProxyWindows(self.proxy, plan.proxy_windows, plan.window, self.modalities, self.device)
                  if self.cfg.is_embedding else None)
         rng = rng_for(self.cfg.seed, _CLIENT, client_key(self.client_id), plan.round)
-        return self.algorithm.client_train(self.party, downstream, private, proxy, rng)
+        upload = self.algorithm.client_train(self.party, downstream, private, proxy, rng)
+        return self._add_noise(upload, plan.round)
+
+    def _add_noise(self, upload: Tensors, round_: int) -> Tensors:
+        """Privacy option: N(0, σ²) on every uploaded embedding value (σ = ``cfg.embedding_noise``).
+
+        Only FedMEKT uploads embeddings; the parameter-exchange baselines ignore the option. The noise is
+        drawn in sorted key order from its own seeded generator, so every process adds the same noise.
+        """
+        sigma = float(self.cfg.embedding_noise)
+        if sigma <= 0 or not self.cfg.is_embedding:
+            return upload
+        rng = rng_for(self.cfg.seed, _NOISE, client_key(self.client_id), round_)
+        return {k: (upload[k] + rng.normal(0.0, sigma, upload[k].shape)).astype(np.float32) for k in sorted(upload)}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {f"autoencoder.{k}": to_numpy(v) for k, v in self.model.state_dict().items()}

@@ -29,6 +29,17 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, *,
     return temperature**2 * kl / student.shape[0]
 
 
+def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Embedding matching Σ(student − teacher)² / N for [N, w, C] embeddings (the ``kd="mse"`` default).
+
+    Same ``batchmean`` scaling as ``kd_loss`` (sum over steps and channels, divide by N), so α, β, η, γ weigh
+    it on the same footing. Unlike a softmax KD it sees the embeddings' scale: LSTM outputs lie in (−1, 1),
+    and a softmax over r = 2 features at T = 3 maps them to nearly uniform distributions whose KL (and
+    gradient) is tiny — the distillation then carries almost no signal (docs/fedmekt-c-selection.md).
+    """
+    return ((student - teacher) ** 2).sum() / student.shape[0]
+
+
 def reversed_mse(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """MSE against the time-reversed input window (the split AE reconstructs x[:, ::-1])."""
     return F.mse_loss(recon, torch.flip(x, dims=(1,)))

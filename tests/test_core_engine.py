@@ -192,3 +192,48 @@ def test_config_round_trips_and_rejects_bad_values(tmp_path):
     path.write_text("rounds = [")
     with pytest.raises(UserError):
         load_config(path)
+
+
+def _first_upload(cfg, split):
+    server, clients = _engines(cfg, split)
+    plan, _, uploads, _ = _round(server, clients, split, 0)
+    return uploads[plan.selected[0]]
+
+
+def test_embedding_noise_changes_uploads_deterministically_and_zero_is_bit_identical(split):
+    clean = _first_upload(tiny_config("fedmekt-c"), split)
+    zero = _first_upload(tiny_config("fedmekt-c", embedding_noise=0.0), split)
+    noisy = _first_upload(tiny_config("fedmekt-c", embedding_noise=0.5), split)
+    again = _first_upload(tiny_config("fedmekt-c", embedding_noise=0.5), split)
+    other_seed = _first_upload(tiny_config("fedmekt-c", embedding_noise=0.5, seed=1), split)
+    assert sorted(noisy) == sorted(clean)
+    for k in clean:
+        np.testing.assert_array_equal(zero[k], clean[k])
+        np.testing.assert_array_equal(noisy[k], again[k])
+        assert noisy[k].dtype == np.float32 and noisy[k].shape == clean[k].shape
+        diff = noisy[k] - clean[k]   # the client trained identically; only the upload carries noise
+        assert 0.4 < float(diff.std()) < 0.6
+        assert not np.array_equal(noisy[k], other_seed[k])
+
+
+def test_embedding_noise_and_kd_are_validated():
+    for bad in ({"embedding_noise": -0.1}, {"embedding_noise": float("nan")}, {"hyper": {"kd": "l1"}},
+                {"hyper": {"temperature": 0.0}}):
+        with pytest.raises(UserError):
+            FederationConfig.from_dict({**tiny_config().to_dict(), **bad})
+
+
+@pytest.mark.parametrize("kd", ["mse", "kl"])
+def test_kd_choice_changes_the_run_and_faithful_ignores_it(split, kd):
+    """``hyper.kd`` changes what a FedMEKT client learns; ``faithful`` always uses the authors' softmax KL."""
+    from fedmekt.config import Hyper
+
+    def cfg(kd_, **kw):
+        return tiny_config("fedmekt-c", hyper=Hyper(**{**tiny_config().hyper.__dict__, "kd": kd_}), **kw)
+
+    other = "kl" if kd == "mse" else "mse"
+    a, b = _first_upload(cfg(kd), split), _first_upload(cfg(other), split)
+    assert any(not np.array_equal(a[k], b[k]) for k in a)
+    fa, fb = _first_upload(cfg(kd, faithful=True), split), _first_upload(cfg(other, faithful=True), split)
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k])

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from fedmekt.evaluation import f1_scores
-from fedmekt.losses import classifier_loss, kd_loss, moon_loss, prox_term, reconstruction_loss, reversed_mse
+from fedmekt.losses import (
+    classifier_loss, embedding_mse, kd_loss, moon_loss, prox_term, reconstruction_loss, reversed_mse,
+)
 from fedmekt.streaming import StreamingMean
 
 
@@ -105,3 +107,12 @@ def test_streaming_mean_equals_batch_mean_in_any_order():
     assert sm.count("k") == sum(weights) and sm.count("absent") == 0
     with pytest.raises(ValueError):
         sm.add("k", np.zeros((2, 2), np.float32))
+
+
+def test_embedding_mse_is_batchmean_scaled_and_trains_the_student():
+    student, teacher = _t(4, 5, 3, grad=True), _t(4, 5, 3, seed=1)
+    loss = embedding_mse(student, teacher)
+    assert loss.item() == pytest.approx(((student - teacher) ** 2).sum().item() / 4)
+    assert embedding_mse(teacher, teacher).item() == 0.0
+    loss.backward()
+    assert student.grad.abs().sum() > 0

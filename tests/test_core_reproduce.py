@@ -68,6 +68,7 @@ def test_report_rerenders_from_jsonl(reproduced, capsys):
     ["reproduce", "--algorithms", "fedsgd", "--rounds", "1"],
     ["reproduce", "--clients", "10,10", "--rounds", "1"],
     ["reproduce", "--pair", "acce", "--rounds", "1"],
+    ["reproduce", "--embedding-noise", "-1", "--rounds", "1"],
 ])
 def test_reproduce_bad_input_is_one_line_exit_2(argv, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2

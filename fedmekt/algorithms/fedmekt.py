@@ -7,8 +7,13 @@ them per modality (streaming mean) and distils on the SAME windows Π_t (fixes B
 * C (joint): an A+B client / the server compares the modalities' embeddings stacked and passed through the
   fixed seeded projections (O4); one step on everything.
 * S (separate): per modality, one step on that encoder and all decoders.
-* ``cfg.faithful`` keeps O1 (time-axis softmax, inside ``kd_loss``), O2 (C server: the trainable global
-  embedding in the teacher slot) and O3 (C: KD terms counted twice). Default: standard direction, once.
+* The distillation term is ``hyper.kd``: "mse" (default) matches the embeddings themselves (``embedding_mse``);
+  "kl" is the paper's softmax KD at temperature T over the feature axis. The softmax of LSTM outputs in
+  (−1, 1) at T = 3 is nearly uniform, so "kl" transfers little; the choice was made on held-out labelled
+  units, never on test data (docs/fedmekt-c-selection.md).
+* ``cfg.faithful`` keeps O1 (time-axis softmax KL, inside ``kd_loss``, whatever ``hyper.kd`` says), O2 (C
+  server: the trainable global embedding in the teacher slot) and O3 (C: KD terms counted twice).
+  Default: standard direction, once.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from fedmekt.algorithms.base import (
     Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, exchanged_layers, private_epoch,
     reconstruct, to_numpy,
 )
-from fedmekt.losses import kd_loss, reconstruction_loss, reversed_mse
+from fedmekt.losses import embedding_mse, kd_loss, reconstruction_loss, reversed_mse
 from sensors.partition import Partition
 
 
@@ -57,6 +62,7 @@ class FedMEKT(Algorithm):
         """
         cfg = party.cfg
         mods = [m for m in student if m in teacher]
+        use_kl = cfg.faithful or cfg.hyper.kd == "kl"
         total = torch.zeros((), device=party.device)
         for i, layer in enumerate(exchanged_layers(cfg)):
             if self.joint and len(mods) > 1:
@@ -67,7 +73,9 @@ class FedMEKT(Algorithm):
                 pairs = [(student[m][i], teacher[m][i]) for m in mods]
             for s, t in pairs:
                 a, b = (t, s) if reverse else (s, t)
-                total = total + weights[i] * kd_loss(a, b, cfg.hyper.temperature, faithful=cfg.faithful)
+                term = (kd_loss(a, b, cfg.hyper.temperature, faithful=cfg.faithful) if use_kl
+                        else embedding_mse(a, b))
+                total = total + weights[i] * term
         return total * (2.0 if (cfg.faithful and self.joint and len(mods) > 1) else 1.0)
 
     # ---- server -------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ def register(subparsers) -> None:
                    help="FedMEKT embedding layers exchanged (default rep+hidden)")
     p.add_argument("--proxy-windows", type=int, default=None, help="FedMEKT proxy windows per round (default 48)")
     p.add_argument("--faithful", action="store_true", help="keep the authors' O1-O3 loss choices")
+    add_embedding_options(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="server-side device")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--config", type=Path, default=None, help="TOML base config (flags override it)")
@@ -40,6 +41,22 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>-<dataset>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def add_embedding_options(p) -> None:
+    """FedMEKT options shared by ``reproduce`` and ``simulate``."""
+    p.add_argument("--kd", choices=("mse", "kl"), default=None,
+                   help="FedMEKT distillation term: embedding MSE (default) or the paper's softmax KL")
+    p.add_argument("--embedding-noise", type=float, default=None, metavar="SIGMA",
+                   help="std of Gaussian noise clients add to uploaded FedMEKT embeddings (default 0 = off)")
+
+
+def apply_embedding_options(args, base: dict) -> None:
+    """Write the flags of ``add_embedding_options`` that were given into a config dict."""
+    if args.embedding_noise is not None:
+        base["embedding_noise"] = args.embedding_noise
+    if args.kd is not None:
+        base["hyper"] = {**base.get("hyper", {}), "kd": args.kd}
 
 
 def _parse_ints(text: str, n: int, what: str) -> tuple[int, ...]:
@@ -77,6 +94,7 @@ def build_configs(args) -> list:
                 faithful=args.faithful or base.get("faithful", False), device=args.device, threads=args.threads)
     if args.proxy_windows is not None:
         base["proxy_windows"] = args.proxy_windows
+    apply_embedding_options(args, base)
     return [FederationConfig.from_dict({**base, "seed": seed, "algorithm": a})
             for seed in range(args.first_seed, args.first_seed + args.seeds) for a in algorithms]
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from fedmekt.cli.broker_args import add_broker_args
+from fedmekt.cli.reproduce import add_embedding_options
 
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
 DEMO = dict(dataset="demo", clients=(3, 3, 3), per_round=6, rounds=20, proxy_windows=32)
@@ -37,6 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--partition", choices=("paper", "subject"), default="paper")
     p.add_argument("--wire-dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--proxy-windows", type=int, default=None, help="FedMEKT proxy windows per round")
+    add_embedding_options(p)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--config", type=Path, default=None, help="TOML base config (flags override it)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default FEDMEKT_DATA_DIR or ../shared/data)")
@@ -49,7 +51,7 @@ def register(subparsers) -> None:
 
 
 def build_config(args):
-    from fedmekt.cli.reproduce import _parse_ints
+    from fedmekt.cli.reproduce import _parse_ints, apply_embedding_options
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
     from sensors.datasets import dataset_info
@@ -69,6 +71,7 @@ def build_config(args):
                 rounds=args.rounds or base.get("rounds") or (DEMO["rounds"] if demo else 100))
     if args.proxy_windows or demo:
         base["proxy_windows"] = args.proxy_windows or DEMO["proxy_windows"]
+    apply_embedding_options(args, base)
     return FederationConfig.from_dict(base)
 
 
