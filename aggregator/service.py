@@ -6,9 +6,12 @@ message expiry = the round deadline), fold each valid upload into the engine's
 streaming mean the moment its last chunk arrives, close the round at the quorum or
 the deadline, finish it (server update, classifier, evaluation), append the metrics
 row, checkpoint, publish the row on ``metrics``. Late, duplicate, unselected or
-invalid uploads are discarded with one log line each; nothing undecoded reaches the
-engine. Memory: one reassembly buffer bounded by ``max_pending`` messages plus the
-engine's per-key running sums, independent of the number of clients.
+invalid uploads are discarded with one log line each, and so is an upload still missing
+chunks when its round closes; nothing undecoded reaches the engine. With a signing key it
+also publishes a signed model package every ``package_every`` rounds and at the end
+(export/publisher.py).
+Memory: one reassembly buffer bounded by ``max_pending`` messages plus the engine's
+per-key running sums, independent of the number of clients.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class AggregatorOptions:
     progress: bool = True
     name: str | None = None  # run name in the report (default <algorithm>-seed<seed>)
     publish_proxy: bool = True  # False when every client is provisioned with the bundle
+    signing_key: object | None = None  # Ed25519PrivateKey: publish signed model packages (None = never)
+    package_every: int = 10  # rounds between packages (0 = only at the end); the end always publishes
 
 
 @dataclass
@@ -85,6 +90,7 @@ class Aggregator:
         self.run_id = ""  # set by run(): new for a fresh start, kept from the checkpoint on resume
         self.published = threading.Event()  # set once the manifest and proxy set are on the broker
         self.before_round = None  # optional callable(round, aggregator) run before planning each round (tests)
+        self._packages = None  # export.publisher.PackagePublisher when a signing key is given
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -110,6 +116,7 @@ class Aggregator:
                                                                    self.topics.uploads_all]).connect() as link:
             self.link = link
             self._publish_federation()
+            self._packages = self._package_publisher()
             self.wait_for_clients(opts.wait_clients or cfg.per_round, opts.wait_timeout)
             bar = tqdm(range(server.rounds_completed, cfg.rounds), desc=name, disable=not opts.progress,
                        unit="round", leave=False)
@@ -120,7 +127,9 @@ class Aggregator:
                 rows.append({**base, **row})
                 save_checkpoint(opts.out, server.state_dict(), cfg.to_dict(), rows, self.run_id)
                 link.publish(self.topics.metrics, json.dumps(rows[-1], default=float).encode())
+                self._publish_package(final=False)
                 bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
+            self._publish_package(final=True)
             link.publish_all([(self.topics.rounds, fedwire.Announcement(
                 cfg.federation, None, time.time(), done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())],
                 retain=True)
@@ -146,6 +155,28 @@ class Aggregator:
         self.link.publish_all(items + [(self.topics.proxy_manifest, manifest.to_bytes())], retain=True)
         self.manifest, self.proxy_frames = manifest, frames
         self.published.set()
+
+    def _package_publisher(self):
+        if self.opts.signing_key is None:
+            return None
+        from export.publisher import PackagePublisher
+
+        return PackagePublisher(self.link, self.cfg.federation, self.opts.signing_key,
+                                out_root=self.opts.out / "packages", every=self.opts.package_every, int8=False)
+
+    def _publish_package(self, final: bool) -> None:
+        """Publish the global model as a signed package when due; a failed export never stops the rounds."""
+        if self._packages is None:
+            return
+        from export.run_model import RunModel
+
+        server = self.server
+        try:
+            with TORCH_RNG_LOCK:
+                self._packages.maybe_publish(RunModel(server.run_info(), server.model, server.head),
+                                             server.rounds_completed, final=final)
+        except Exception as exc:  # noqa: BLE001 - the federation goes on; clients keep the model in service
+            log.error("model package after round %d not published: %s", server.rounds_completed - 1, exc)
 
     def wait_for_clients(self, want: int, timeout: float) -> None:
         """Process presence messages until ``want`` clients are online or ``timeout`` seconds passed."""
@@ -180,6 +211,8 @@ class Aggregator:
         if len(self._absorbed) < len(plan.selected):
             log.warning("round %d closes with %d of %d uploads", rnd, len(self._absorbed), len(plan.selected))
         r = self._round
+        for sender, have, count in r.reassembler.forget_round(rnd):
+            self._discard(f"{sender} round {rnd}: incomplete upload ({have} of {count} chunks) when the round closed")
         row = server.finish_round(plan)
         bytes_down = sum(message_bytes(client_view(down, self.online.get(c, ())), cfg.wire_dtype, kind="global")
                          for c in plan.selected)

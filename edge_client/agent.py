@@ -8,7 +8,10 @@ Protocol seen from a client (topics under ``fedmekt/<federation>/``):
    proxy set, once) — or use a provisioned bundle;
 3. keep the latest global knowledge (``global/<round>/<chunk>``) and, when the retained ``rounds``
    announcement selects this client, train on the whole local store and upload
-   ``clients/<id>/upload/<round>/<chunk>``.
+   ``clients/<id>/upload/<round>/<chunk>``;
+4. with a model service (``--public-key``), receive the signed packages on ``models/#``, verify and
+   install them (a refused one leaves the model in service); with ``--infer`` each live sensor
+   batch is classified by the model in service and the predictions go to ``clients/<id>/inference``.
 
 Memory: the store lives on disk (SQLite, bounded by ``--max-samples``); a training round holds the
 stored samples in RAM (samples x channels x 4 B: 200 k samples of 6 channels = 4.8 MB), the proxy
@@ -25,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedmekt.errors import UserError
 from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Complete, Reassembler
@@ -46,6 +50,8 @@ class AgentOptions:
     link: LinkOptions | None = None
     normalise: bool = False  # the store holds raw samples: z-score them with the manifest's statistics
     exit_when_done: bool = True  # stop at the end of the run (False: a daemon that follows the next runs)
+    models: object | None = None  # edge_client.inference.ModelService: receive, verify and swap model packages
+    infer: bool = False  # publish the predictions of the model in service on every batch given to recognise()
 
 
 class EdgeAgent:
@@ -72,6 +78,9 @@ class EdgeAgent:
         self._announcement: fedwire.Announcement | None = None  # latest, applied once its run's manifest is known
         self.rounds_trained = 0
         self.done = threading.Event()
+        self.link: MqttLink | None = None
+        self.connected_once = False
+        self.predictions = 0  # published by recognise()
         self._bundle: tuple[str, object] | None = None  # (proxy sha256, proxy partition) provisioned on the device
         if options.bundle is not None:
             manifest, proxy = fedwire.load_bundle(options.bundle)
@@ -79,21 +88,22 @@ class EdgeAgent:
 
     def run(self, stop: threading.Event | None = None) -> int:
         if not self.modalities:
-            from fedmekt.errors import UserError
-
             raise UserError(f"{self.opts.client_id}: the local store is empty; read a source first")
         cid = self.opts.client_id
         presence = Presence(self.topics.status(cid), fedwire.Status("online", self.modalities).to_bytes(),
                             fedwire.Status("offline", self.modalities).to_bytes())
         subs = [self.topics.proxy_all, self.topics.rounds, self.topics.global_all]
+        if self.opts.models is not None:
+            subs.append(self.opts.models.subscription)
         link_options = self.opts.link or LinkOptions(client_id=cid, username=cid)
         with MqttLink(self.url, link_options, presence, subs).connect() as link:
-            self.link = link
+            self.link, self.connected_once = link, True
             while not self.done.is_set() and not (stop and stop.is_set()):
                 msg = link.get(timeout=0.2)
                 if msg is not None:
                     self._dispatch(msg)
                 self._maybe_train()
+        self.link = None
         return self.rounds_trained
 
     # -- messages -----------------------------------------------------------------------------
@@ -108,8 +118,12 @@ class EdgeAgent:
                 self._on_announcement(msg.payload)
             elif msg.topic.startswith(t.prefix + "/global/"):
                 self._on_global(msg.payload)
+            elif msg.topic.startswith(t.prefix + "/models/") and self.opts.models is not None:
+                self.opts.models.handle(msg.topic, msg.payload)
         except WireError as exc:
             log.warning("%s: ignored message on %s: %s", self.opts.client_id, msg.topic, exc.reason)
+        except UserError as exc:  # an installed package this device cannot run (e.g. none of its modalities)
+            log.error("%s: model package not put in service: %s", self.opts.client_id, exc)
 
     def _on_proxy_frame(self, payload: bytes) -> None:
         """Retained chunks may arrive before the manifest: hold them (bounded) until it is known."""
@@ -189,6 +203,24 @@ class EdgeAgent:
             self._globals[header.round] = done
             for old in [r for r in self._globals if r < header.round - 1]:
                 del self._globals[old]
+
+    # -- inference ----------------------------------------------------------------------------
+    def recognise(self, batch) -> int:
+        """Classify a raw sensor batch with the model in service and publish the predictions (any thread).
+
+        Predictions are live: while disconnected, or before a model is installed, they are dropped.
+        """
+        if not self.opts.infer or self.opts.models is None:
+            return 0
+        predictions = self.opts.models.feed(batch)
+        link = self.link
+        if not predictions or link is None or not link.connected:
+            return 0
+        topic = self.topics.inference(self.opts.client_id)
+        for p in predictions:
+            link.publish(topic, p.to_json().encode())
+        self.predictions += len(predictions)
+        return len(predictions)
 
     # -- training -----------------------------------------------------------------------------
     def _maybe_train(self) -> None:

@@ -6,6 +6,9 @@ Loads the server's data (proxy, labelled and test sets of the config's dataset s
 the federation manifest and the proxy set once (retained), waits for clients, then runs the
 configured rounds: announce, collect uploads until the quorum or the deadline, update, evaluate,
 checkpoint. Restarted with the same --out it resumes after the last completed round.
+With --signing-key it also publishes the global model as a signed ONNX package (retained,
+``models/``) every --package-every rounds and after the last one; gateways started with the
+matching --public-key install it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-kib", type=int, default=256, help="MQTT payload size limit in KiB (default 256)")
     p.add_argument("--bundle", type=Path, default=None,
                    help="also write the provisioning bundle (manifest + proxy set) for clients to this file")
+    p.add_argument("--signing-key", type=Path, default=None,
+                   help="Ed25519 private key (fedmekt export keygen): publish signed model packages to the clients")
+    p.add_argument("--package-every", type=int, default=10,
+                   help="rounds between model packages with --signing-key (0 = only at the end; default 10)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -59,6 +66,13 @@ def run(args) -> int:
     from fedmekt.wire.codec import WireLimits
 
     cfg = load_config(args.config)
+    if args.package_every < 0:
+        raise UserError("--package-every must be >= 0")
+    signing_key = None
+    if args.signing_key is not None:
+        from export.package import load_private_key
+
+        signing_key = load_private_key(args.signing_key)
     if not 0 < args.quorum <= 1:
         raise UserError("--quorum must be in (0, 1]")
     try:
@@ -73,7 +87,8 @@ def run(args) -> int:
         print(f"provisioning bundle written to {args.bundle}")
     options = AggregatorOptions(out=out, wait_clients=args.wait_clients, wait_timeout=args.wait_timeout,
                                 round_timeout=args.round_timeout, quorum=args.quorum, limits=limits,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, signing_key=signing_key,
+                                package_every=args.package_every)
     agg = Aggregator(cfg, split, args.broker, options, link_options(args, f"{cfg.federation}-aggregator"),
                      rate_hz=rate)
     result = agg.run()

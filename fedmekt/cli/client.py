@@ -7,6 +7,11 @@ announces its modalities, trains on the store whenever the aggregator selects it
 embeddings (or parameters), and keeps its model state next to the store so a restart resumes.
 Keeps running across federation runs (--exit-when-done stops at the end of one). One training
 thread by default (``threads`` in the federation config).
+
+With --public-key it also receives the aggregator's signed model packages, verifies them
+against that key and installs them next to the store (``models/``; a refused package leaves
+the model in service). With --infer it classifies its source's samples as they arrive with
+the model in service and publishes the predictions on ``clients/<id>/inference``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_client.sources import __doc__ as SOURCES_DOC
@@ -40,32 +47,90 @@ def register(subparsers) -> None:
     p.add_argument("--speed", type=float, default=math.inf, help="replay pace (1 = real time; default: fast)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit when the federation run ends (default: keep running and join the next run)")
+    p.add_argument("--public-key", type=Path, default=None,
+                   help="the aggregator's Ed25519 public key: receive, verify and install its model packages")
+    p.add_argument("--infer", action="store_true",
+                   help="with --public-key: recognise activities on the source's samples as they arrive and "
+                        "publish the predictions")
     p.set_defaults(func=run)
 
 
+@dataclass
+class _RecognisingStore:
+    """Where --infer ingests: each raw batch is stored, then classified by the agent's model in service."""
+
+    store: object
+    agent: object | None = None  # set once the agent exists; batches before that are only stored
+
+    def append(self, batch) -> None:
+        self.store.append(batch)
+        if self.agent is not None:
+            self.agent.recognise(batch)
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost not-yet-existing directory of ``folder``: this invocation creates it."""
+    missing = None
+    for d in (folder, *folder.parents):
+        if d.exists():
+            break
+        missing = d
+    return missing
+
+
 def run(args) -> int:
-    from edge_client.agent import AgentOptions, EdgeAgent
-    from edge_client.sources import ingest, open_source, parse_modalities
     from fedmekt.errors import UserError
     from sensors.store import SampleStore
 
     if args.max_samples < 1:
         raise UserError("--max-samples must be >= 1")
+    if args.infer and (args.public_key is None or not args.source):
+        raise UserError("--infer needs --public-key (the model to run) and a --source (the samples)")
+    public_key = None
+    if args.public_key is not None:
+        from export.package import load_public_key
+
+        public_key = load_public_key(args.public_key)
     store_path = args.store or Path(f"fedmekt-{args.client_id}") / "store.sqlite"
+    created = _first_missing(store_path.parent)
     store = SampleStore(store_path, max_samples=args.max_samples)
+    background: list[threading.Thread] = []
+    agent = None
+    try:
+        agent = _prepare(args, store, store_path, public_key, background)
+        rounds = agent.run()
+    except BaseException:
+        if created is not None and not background and (agent is None or not agent.connected_once):
+            store.close()  # nothing reached the broker: do not leave behind the folder this invocation made
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    print(f"{args.client_id}: federation finished; trained {rounds} round(s)")
+    return 0
+
+
+def _prepare(args, store, store_path: Path, public_key, background: list[threading.Thread]):
+    """Read the source into the store (live ones, and every source with --infer, in ``background``); the agent."""
+    from edge_client.agent import AgentOptions, EdgeAgent
+    from edge_client.sources import ingest, open_source, parse_modalities
+    from fedmekt.errors import UserError
+
     info_path = store_path.with_suffix(".json")  # remembers whether the stored samples are normalised
     normalised = json.loads(info_path.read_text()).get("normalised", False) if info_path.exists() else None
-    live = None
+    sink = _RecognisingStore(store) if args.infer else store
     if args.source:
         opened = open_source(args.source, args.client_id, parse_modalities(args.modalities), args.data_dir, args.speed)
         if normalised is not None and normalised != opened.normalised and store.count():
             raise UserError(f"store {store_path} holds {'normalised' if normalised else 'raw'} samples; "
                             "use another --store for this source")
+        if args.infer and opened.normalised:
+            raise UserError(f"--infer needs raw samples; {args.source} delivers normalised ones (use replay:, "
+                            "csv:, udp:, serial:, …)")
         normalised = opened.normalised
         info_path.write_text(json.dumps({"normalised": normalised}))
-        if opened.live:
-            live = threading.Thread(target=ingest, args=(opened.source, store), daemon=True, name="ingest")
+        if opened.live or args.infer:  # --infer: samples flow while the agent runs, even from a finite source
+            live = threading.Thread(target=ingest, args=(opened.source, sink), daemon=True, name="ingest")
             live.start()
+            background.append(live)
             while not store.count():
                 live.join(0.5)
                 if not live.is_alive():
@@ -75,10 +140,16 @@ def run(args) -> int:
             log.info("%s: %d samples read into %s (%d stored)", args.client_id, n, store_path, store.count())
     if not store.count():
         raise UserError(f"store {store_path} is empty: give a --source")
+    models = None
+    if public_key is not None:
+        from edge_client.inference import ModelService
+
+        models = ModelService(store_path.parent / "models", public_key, args.federation,
+                              sorted(store.channels)[0])
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
         bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id),
-        normalise=not normalised, exit_when_done=args.exit_when_done))
-    rounds = agent.run()
-    print(f"{args.client_id}: federation finished; trained {rounds} round(s)")
-    return 0
+        normalise=not normalised, exit_when_done=args.exit_when_done, models=models, infer=args.infer))
+    if isinstance(sink, _RecognisingStore):
+        sink.agent = agent
+    return agent

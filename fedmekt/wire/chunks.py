@@ -93,10 +93,16 @@ class Reassembler:
     def is_done(self, header: Header) -> bool:
         return header.key in self._done
 
-    def forget_round(self, round_: int) -> None:
-        """Drop incomplete messages of rounds up to ``round_`` (a closed round's stragglers)."""
+    def forget_round(self, round_: int) -> list[tuple[str, int, int]]:
+        """Drop incomplete messages of rounds up to ``round_`` (a closed round's stragglers).
+
+        Returns (sender, chunks held, chunks expected) of each one dropped, for the caller's log.
+        """
+        dropped = []
         for key in [k for k in self._pending if k[2] <= round_]:
-            del self._pending[key]
+            pend = self._pending.pop(key)
+            dropped.append((key[0], len(pend.parts), pend.first.count))
+        return dropped
 
     @property
     def pending_bytes(self) -> int:

@@ -1,0 +1,107 @@
+"""Signed model packages pushed by a running aggregator to running gateways through a real mosquitto.
+
+``fedmekt aggregator --signing-key`` publishes a package after every ``--package-every`` rounds
+and at the end; ``fedmekt client --public-key`` installs what verifies against its key and
+refuses the rest, keeping no (or its old) model; with ``--infer`` it classifies its live samples
+with the installed model and publishes the predictions. An upload still missing chunks when its
+round closes is dropped and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from export.install import ModelStore
+from export.package import MANIFEST, Manifest, generate_keypair, load_public_key
+from export.push import publish_package
+from export_support import built_package, signing_keys
+from federation_harness import ProcessFederation
+from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.wire.topics import Topics
+from fedmekt.wire.chunks import Reassembler
+from fedmekt.wire.codec import MAX_HEADER, WireLimits, encode
+
+
+@pytest.fixture
+def fed(tmp_path):
+    federation = ProcessFederation(tmp_path, rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
+                                   federation="push")
+    yield federation
+    federation.close()
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_aggregator_pushes_signed_package_and_only_the_matching_key_installs_it(fed, tmp_path):
+    generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+    generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
+    wrong = fed.client_ids[-1]
+    for cid in fed.client_ids:
+        pub = tmp_path / ("other.pub" if cid == wrong else "agg.pub")
+        fed.start_client(cid, True, "--public-key", str(pub))
+    fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
+    fed.run_to_end(timeout=300)
+
+    published = [t for _, t, p in fed.recorder.snapshot() if t == "fedmekt/push/models/manifest" and p]
+    assert len(published) == 2  # after round 0 (1 completed) and round 1 (2 completed); the end adds none
+    for cid in fed.client_ids[:-1]:
+        installed = ModelStore(fed.store(cid).parent / "models", load_public_key(tmp_path / "agg.pub")).current()
+        assert installed is not None, fed.log(cid)[-2000:]
+        assert installed.package.manifest.round == 2 and installed.package.manifest.federation == "push"
+        assert "refused model package" not in fed.log(cid)
+    store = ModelStore(fed.store(wrong).parent / "models", load_public_key(tmp_path / "other.pub"))
+    assert store.current() is None
+    assert not any((store.root / "versions").iterdir())
+    assert "refused model package" in fed.log(wrong)
+
+
+def test_upload_missing_chunks_at_round_close_is_dropped_and_reported():
+    limits = WireLimits(chunk_size=4 * MAX_HEADER)
+    frames = encode({"x": np.zeros(4 * MAX_HEADER, np.float32)}, federation="t", round_=3, sender="c001",
+                    kind="upload", modalities=("a",), limits=limits)
+    assert len(frames) > 2
+    r = Reassembler(limits)
+    assert r.add(frames[0]) is None and r.add(frames[2]) is None
+    assert r.forget_round(2) == []  # a later round's message stays
+    assert r.forget_round(3) == [("c001", 2, len(frames))]
+    assert r.pending_bytes == 0
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_client_with_infer_publishes_predictions_of_the_installed_package(mosquitto, data_dir, tmp_path,
+                                                                          tmp_path_factory):
+    """``fedmekt client --public-key --infer``: a retained package is installed, then every replayed raw
+    batch is classified on the device and the predictions appear on ``clients/<id>/inference``."""
+    package = built_package("hapt", data_dir, tmp_path_factory)
+    _, public = signing_keys(tmp_path_factory)
+    manifest = Manifest.from_bytes((package / MANIFEST).read_bytes())
+    federation, labels = manifest.federation, set(manifest.label_names)
+    topic = Topics(federation).inference("c000")
+    with MqttLink(mosquitto.url, LinkOptions(client_id="aggregator")).connect() as agg, \
+            MqttLink(mosquitto.url, LinkOptions(client_id="watcher"), subscriptions=[topic]).connect() as watcher:
+        publish_package(agg, federation, package)
+        proc = subprocess.Popen([sys.executable, "-m", "fedmekt", "client", "--broker", mosquitto.url,
+                                 "--client-id", "c000", "--federation", federation, "--store",
+                                 str(tmp_path / "gw" / "store.sqlite"), "--source", "replay:hapt",
+                                 "--data-dir", str(data_dir), "--speed", "20", "--public-key", str(public),
+                                 "--infer"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            got, deadline = [], time.monotonic() + 120
+            while len(got) < 20 and time.monotonic() < deadline and proc.poll() is None:
+                msg = watcher.get(timeout=0.5)
+                if msg is not None:
+                    got.append(json.loads(msg.payload))
+        finally:
+            proc.terminate()
+            out = proc.communicate(timeout=30)[0]
+    assert len(got) >= 20, out[-3000:]
+    assert all(p["label"] in labels and 0.0 <= p["confidence"] <= 1.0 for p in got)
+    assert [p["t"] for p in got] == sorted(p["t"] for p in got)  # one stream, in order
+    assert ModelStore(tmp_path / "gw" / "models", load_public_key(public)).current() is not None
