@@ -41,7 +41,7 @@ def variant_label(cfg: FederationConfig) -> str:
         tags.append(cfg.layers)
     if cfg.is_embedding and cfg.proxy_windows != FederationConfig.proxy_windows:
         tags.append(f"W{cfg.proxy_windows}")
-    if cfg.is_embedding and not cfg.faithful and cfg.hyper.kd != "mse":
+    if cfg.is_embedding and not cfg.faithful and cfg.hyper.kd != "kl":
         tags.append(f"kd-{cfg.hyper.kd}")
     if cfg.is_embedding and cfg.embedding_noise > 0:
         tags.append(f"noise{cfg.embedding_noise:g}")

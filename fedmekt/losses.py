@@ -30,12 +30,11 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, *,
 
 
 def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Embedding matching Σ(student − teacher)² / N for [N, w, C] embeddings (the ``kd="mse"`` default).
+    """Embedding matching Σ(student − teacher)² / N for [N, w, C] embeddings (``hyper.kd = "mse"``).
 
     Same ``batchmean`` scaling as ``kd_loss`` (sum over steps and channels, divide by N), so α, β, η, γ weigh
-    it on the same footing. Unlike a softmax KD it sees the embeddings' scale: LSTM outputs lie in (−1, 1),
-    and a softmax over r = 2 features at T = 3 maps them to nearly uniform distributions whose KL (and
-    gradient) is tiny — the distillation then carries almost no signal (docs/fedmekt-c-selection.md).
+    it on the same footing. Unlike a softmax KD it sees the embeddings' scale: a softmax over r = 2 features
+    of LSTM outputs in (−1, 1) at T = 3 is close to uniform (docs/fedmekt-c-selection.md compares the two).
     """
     return ((student - teacher) ** 2).sum() / student.shape[0]
 

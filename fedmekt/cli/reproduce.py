@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 def add_embedding_options(p) -> None:
     """FedMEKT options shared by ``reproduce`` and ``simulate``."""
     p.add_argument("--kd", choices=("mse", "kl"), default=None,
-                   help="FedMEKT distillation term: embedding MSE (default) or the paper's softmax KL")
+                   help="FedMEKT distillation term: the paper's softmax KL (default) or embedding MSE")
     p.add_argument("--embedding-noise", type=float, default=None, metavar="SIGMA",
                    help="std of Gaussian noise clients add to uploaded FedMEKT embeddings (default 0 = off)")
 

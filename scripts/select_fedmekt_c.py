@@ -1,0 +1,124 @@
+"""Choose FedMEKT-C's distillation term on VALIDATION data only (docs/fedmekt-c-selection.md).
+
+For each selection seed the UR Fall split is drawn as usual, then the server's labelled units are cut in
+two: one fall and one ADL unit (seeded) become the validation set, the rest stay the labelled set the
+classifier and the final probe learn from. The run's test partition is replaced by the validation units,
+so the split's real test units are never encoded or scored. Printed per candidate and seed: the paper
+metric (median over the last 10 rounds of the moving probe's chunk-averaged weighted F1) and the final
+probe's weighted F1, on validation acce and depth; and, because the encoders never see a label (only the
+heads do), a leave-one-unit-out cross-validation of the final linear probe over ALL labelled units on the
+final encoder (mean over folds of the held-out unit's weighted F1) — more validation rows, same rule.
+
+    .venv/bin/python scripts/select_fedmekt_c.py [--seeds 10,11,12] [--rounds 100] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything else at the defaults)
+    "kl-T3": {"hyper": {"kd": "kl", "temperature": 3.0}},
+    "kl-T0.5": {"hyper": {"kd": "kl", "temperature": 0.5}},
+    "mse": {"hyper": {"kd": "mse"}},
+    "mse-w0.1": {"hyper": {"kd": "mse", "alpha": 0.01, "beta": 0.004, "eta": 0.01, "gamma": 0.004}},
+    "mse-rep-fp16": {"hyper": {"kd": "mse"}, "layers": "rep", "wire_dtype": "float16"},
+    "kl-T3-rep-fp16": {"hyper": {"kd": "kl", "temperature": 3.0}, "layers": "rep", "wire_dtype": "float16"},
+}
+
+
+def units_subset(part, keep: list[int]):
+    """Partition made of the segments (= units) at ``keep``."""
+    from sensors.partition import Partition
+
+    segs = part.segments[keep]
+    rows = np.concatenate([np.arange(a, b) for a, b in segs])
+    lengths = segs[:, 1] - segs[:, 0]
+    stops = np.cumsum(lengths)
+    return Partition({m: x[rows] for m, x in part.modalities.items()}, part.labels[rows],
+                     np.stack([stops - lengths, stops], 1).astype(np.int64), tuple(part.units[i] for i in keep))
+
+
+def louo_probe(res, labelled, channels, label_names) -> dict[str, float]:
+    """Leave-one-labelled-unit-out weighted F1 of a converged linear probe on the frozen final encoder."""
+    import torch
+
+    from fedmekt.engine import build_model
+    from fedmekt.evaluation import linear_probe
+
+    model = build_model(res.config, channels)
+    model.load_state_dict({k[len("autoencoder."):]: torch.from_numpy(v) for k, v in res.model_state.items()
+                           if k.startswith("autoencoder.")})
+    folds = {m: [] for m in res.config.pair}
+    for i in range(len(labelled.units)):
+        rest = [j for j in range(len(labelled.units)) if j != i]
+        out = linear_probe(model, units_subset(labelled, rest), units_subset(labelled, [i]), res.config,
+                           len(label_names), torch.device("cpu"), 0)
+        for m in folds:
+            folds[m].append(out[f"probe_f1_weighted_{m}"])
+    return {f"cv_probe_{m}": float(np.mean(v)) for m, v in folds.items()}
+
+
+def validation_split(split, seed: int):
+    """The split with one fall + one ADL labelled unit moved to ``test`` (validation) and out of ``labelled``."""
+    lab = split.labelled
+    rng = np.random.default_rng([seed, 77])
+    val = sorted(int(rng.choice([i for i, u in enumerate(lab.units) if u.startswith(kind)])) for kind in ("fall", "adl"))
+    train = [i for i in range(len(lab.units)) if i not in val]
+    split.labelled, split.test = units_subset(lab, train), units_subset(lab, val)
+    return split
+
+
+def one(job: tuple[str, int, int]) -> dict:
+    import torch
+
+    from fedmekt.config import FederationConfig, Hyper
+    from fedmekt.federation import run_inprocess
+    from sensors.datasets import load_dataset
+    from sensors.splits import make_split
+
+    name, seed, rounds = job
+    torch.set_num_threads(1)
+    algorithm = "mmfedavg" if name == "mmfedavg" else "fedmekt-c"
+    split = make_split(load_dataset("ur_fall"), ("acce", "depth"), seed=seed)
+    all_labelled = split.labelled
+    split = validation_split(split, seed)
+    overrides = dict(CANDIDATES.get(name, {}))
+    hyper = Hyper(**overrides.pop("hyper", {}))
+    cfg = FederationConfig(federation="select", dataset="ur_fall", pair=("acce", "depth"), algorithm=algorithm,
+                           rounds=rounds, seed=seed, device="cpu", hyper=hyper, **overrides)
+    res = run_inprocess(cfg, split, progress=False)
+    out = {"candidate": name, "seed": seed, "val_units": list(split.test.units)}
+    for m in cfg.pair:
+        out[f"val_paper_{m}"] = float(np.median([r[f"f1_paper_{m}"] for r in res.rows[-10:]]))
+        out[f"val_probe_{m}"] = res.final[f"probe_f1_weighted_{m}"]
+    out["val_floor"] = res.final["majority_f1_weighted"]
+    out.update(louo_probe(res, all_labelled, split.channels, split.label_names))
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="10,11,12")
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="names, or mmfedavg as a reference")
+    args = parser.parse_args()
+    jobs = [(c, int(s), args.rounds) for s in args.seeds.split(",") for c in args.candidates.split(",")]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(one, jobs))
+    keys = ("val_paper_acce", "val_paper_depth", "val_probe_acce", "val_probe_depth", "cv_probe_acce", "cv_probe_depth")
+    print("\ncandidate | " + " | ".join(keys) + "  (mean ± std over seeds)")
+    for c in args.candidates.split(","):
+        rs = [r for r in results if r["candidate"] == c]
+        cells = [f"{np.mean([r[k] for r in rs]):.3f} ± {np.std([r[k] for r in rs]):.3f}"
+                 for k in keys]
+        print(f"{c} | " + " | ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
