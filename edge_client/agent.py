@@ -51,7 +51,6 @@ class AgentOptions:
     normalise: bool = False  # the store holds raw samples: z-score them with the manifest's statistics
     exit_when_done: bool = True  # stop at the end of the run (False: a daemon that follows the next runs)
     models: object | None = None  # edge_client.inference.ModelService: receive, verify and swap model packages
-    infer: bool = False  # publish the predictions of the model in service on every batch given to recognise()
 
 
 class EdgeAgent:
@@ -80,7 +79,6 @@ class EdgeAgent:
         self.done = threading.Event()
         self.link: MqttLink | None = None
         self.connected_once = False
-        self.predictions = 0  # published by recognise()
         self._bundle: tuple[str, object] | None = None  # (proxy sha256, proxy partition) provisioned on the device
         if options.bundle is not None:
             manifest, proxy = fedwire.load_bundle(options.bundle)
@@ -210,7 +208,7 @@ class EdgeAgent:
 
         Predictions are live: while disconnected, or before a model is installed, they are dropped.
         """
-        if not self.opts.infer or self.opts.models is None:
+        if self.opts.models is None:
             return 0
         predictions = self.opts.models.feed(batch)
         link = self.link
@@ -219,7 +217,6 @@ class EdgeAgent:
         topic = self.topics.inference(self.opts.client_id)
         for p in predictions:
             link.publish(topic, p.to_json().encode())
-        self.predictions += len(predictions)
         return len(predictions)
 
     # -- training -----------------------------------------------------------------------------

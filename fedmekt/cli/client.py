@@ -149,7 +149,7 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
         bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id),
-        normalise=not normalised, exit_when_done=args.exit_when_done, models=models, infer=args.infer))
-    if isinstance(sink, _RecognisingStore):
+        normalise=not normalised, exit_when_done=args.exit_when_done, models=models))
+    if args.infer:
         sink.agent = agent
     return agent
