@@ -27,6 +27,15 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "mse-w0.1": {"hyper": {"kd": "mse", "alpha": 0.01, "beta": 0.004, "eta": 0.01, "gamma": 0.004}},
     "mse-rep-fp16": {"hyper": {"kd": "mse"}, "layers": "rep", "wire_dtype": "float16"},
     "kl-T3-rep-fp16": {"hyper": {"kd": "kl", "temperature": 3.0}, "layers": "rep", "wire_dtype": "float16"},
+    "faithful": {"faithful": True},
+    "kl-R4": {"hyper": {"global_epochs": 4}},
+    "kl-pb8": {"proxy_batch": 8},
+    "kl-w10": {"hyper": {"alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}},
+    "mse-w10": {"hyper": {"kd": "mse", "alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}},
+    "walk": {"server_proxy_walk": True},
+    "mmw100": {"hyper": {"embedding_mm_weight": 100.0}},
+    "walk-mmw100": {"server_proxy_walk": True, "hyper": {"embedding_mm_weight": 100.0}},
+    "walk-rep-fp16": {"server_proxy_walk": True, "layers": "rep", "wire_dtype": "float16"},
 }
 
 
@@ -63,10 +72,17 @@ def louo_probe(res, labelled, channels, label_names) -> dict[str, float]:
 
 
 def validation_split(split, seed: int):
-    """The split with one fall + one ADL labelled unit moved to ``test`` (validation) and out of ``labelled``."""
+    """The split with two labelled units moved to ``test`` (validation) and out of ``labelled``.
+
+    UR Fall: one fall and one ADL recording (so both kinds are validated); other datasets: two subjects.
+    """
     lab = split.labelled
     rng = np.random.default_rng([seed, 77])
-    val = sorted(int(rng.choice([i for i, u in enumerate(lab.units) if u.startswith(kind)])) for kind in ("fall", "adl"))
+    if all(u.startswith(("fall", "adl")) for u in lab.units):
+        val = sorted(int(rng.choice([i for i, u in enumerate(lab.units) if u.startswith(kind)]))
+                     for kind in ("fall", "adl"))
+    else:
+        val = sorted(int(i) for i in rng.choice(len(lab.units), 2, replace=False))
     train = [i for i in range(len(lab.units)) if i not in val]
     split.labelled, split.test = units_subset(lab, train), units_subset(lab, val)
     return split
@@ -77,21 +93,22 @@ def one(job: tuple[str, int, int]) -> dict:
 
     from fedmekt.config import FederationConfig, Hyper
     from fedmekt.federation import run_inprocess
-    from sensors.datasets import load_dataset
+    from sensors.datasets import dataset_info, load_dataset
     from sensors.splits import make_split
 
-    name, seed, rounds = job
+    name, seed, rounds, dataset = job
     torch.set_num_threads(1)
     algorithm = "mmfedavg" if name == "mmfedavg" else "fedmekt-c"
-    split = make_split(load_dataset("ur_fall"), ("acce", "depth"), seed=seed)
+    pair = dataset_info(dataset).default_pair
+    split = make_split(load_dataset(dataset), pair, seed=seed)
     all_labelled = split.labelled
     split = validation_split(split, seed)
     overrides = dict(CANDIDATES.get(name, {}))
     hyper = Hyper(**overrides.pop("hyper", {}))
-    cfg = FederationConfig(federation="select", dataset="ur_fall", pair=("acce", "depth"), algorithm=algorithm,
+    cfg = FederationConfig(federation="select", dataset=dataset, pair=pair, algorithm=algorithm,
                            rounds=rounds, seed=seed, device="cpu", hyper=hyper, **overrides)
     res = run_inprocess(cfg, split, progress=False)
-    out = {"candidate": name, "seed": seed, "val_units": list(split.test.units)}
+    out = {"candidate": name, "seed": seed, "val_units": list(split.test.units), "modalities": list(pair)}
     for m in cfg.pair:
         out[f"val_paper_{m}"] = float(np.median([r[f"f1_paper_{m}"] for r in res.rows[-10:]]))
         out[f"val_probe_{m}"] = res.final[f"probe_f1_weighted_{m}"]
@@ -103,15 +120,17 @@ def one(job: tuple[str, int, int]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="ur_fall", help="ur_fall (acce-depth) or hapt (acce-gyro)")
     parser.add_argument("--seeds", default="10,11,12")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="names, or mmfedavg as a reference")
     args = parser.parse_args()
-    jobs = [(c, int(s), args.rounds) for s in args.seeds.split(",") for c in args.candidates.split(",")]
+    jobs = [(c, int(s), args.rounds, args.dataset) for s in args.seeds.split(",") for c in args.candidates.split(",")]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(one, jobs))
-    keys = ("val_paper_acce", "val_paper_depth", "val_probe_acce", "val_probe_depth", "cv_probe_acce", "cv_probe_depth")
+    mods = results[0]["modalities"]
+    keys = tuple(f"{kind}_{m}" for kind in ("val_paper", "val_probe", "cv_probe") for m in mods)
     print("\ncandidate | " + " | ".join(keys) + "  (mean ± std over seeds)")
     for c in args.candidates.split(","):
         rs = [r for r in results if r["candidate"] == c]

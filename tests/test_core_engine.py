@@ -237,3 +237,23 @@ def test_kd_choice_changes_the_run_and_faithful_ignores_it(split, kd):
     fa, fb = _first_upload(cfg(kd, faithful=True), split), _first_upload(cfg(other, faithful=True), split)
     for k in fa:
         np.testing.assert_array_equal(fa[k], fb[k])
+
+
+@pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-s"])
+def test_server_proxy_walk_trains_more_on_the_proxy_set_and_sends_the_same(split, algorithm):
+    """The walk adds reconstruction-only steps over the whole proxy set; the messages stay exactly the same."""
+    def steps(server):   # Adam's step counter of the first encoder's first parameter
+        return int(server.state_dict()["optim/encoders.a/0/step"].reshape(-1)[0])
+
+    plain, walk = (_engines(tiny_config(algorithm, server_proxy_walk=w), split) for w in (False, True))
+    p_plan, p_down, p_up, _ = _round(*plain, split, 0)
+    w_plan, w_down, w_up, _ = _round(*walk, split, 0)
+    assert w_plan.to_json() == p_plan.to_json()
+    for k in p_down:             # round 0's downstream is computed before any server update
+        np.testing.assert_array_equal(w_down[k], p_down[k])
+    assert {c: {k: v.shape for k, v in u.items()} for c, u in w_up.items()} == \
+           {c: {k: v.shape for k, v in u.items()} for c, u in p_up.items()}
+    assert steps(walk[0]) > steps(plain[0]) > 0
+    _, w_down1, _, _ = _round(*walk, split, 1)
+    _, p_down1, _, _ = _round(*plain, split, 1)
+    assert any(not np.array_equal(w_down1[k], p_down1[k]) for k in p_down1)

@@ -130,6 +130,7 @@ class ProxyWindows:
     """The round's proxy windows Π_t as tensors {m: [W, window, C]} — identical for every party."""
 
     def __init__(self, proxy: Partition, starts: np.ndarray, window: int, modalities, device: torch.device) -> None:
+        self.source = proxy
         self.starts = np.asarray(starts, dtype=np.int64)
         self.x = {
             m: torch.from_numpy(gather_windows(proxy.modalities[m], self.starts, window)).to(device)

@@ -41,6 +41,10 @@ class FedMEKT(Algorithm):
         return {emb_key(m, layer): (n_windows, party.cfg.window, width[layer])
                 for m in modalities for layer in exchanged_layers(party.cfg)}
 
+    def client_weight(self, cfg, modalities) -> float:
+        """A+B clients' embeddings can count more in the mean, as their parameters do in mm-FedAvg (ALPHA)."""
+        return cfg.hyper.embedding_mm_weight if len(modalities) > 1 else 1.0
+
     # ---- both sides ---------------------------------------------------------------------------------
     def _embed(self, party: Party, proxy: ProxyWindows, modalities) -> Tensors:
         out = {}
@@ -88,25 +92,31 @@ class FedMEKT(Algorithm):
         # modality -> (z̄, h̄) tensors for modalities some client reported this round
         targets = {m: tuple(torch.from_numpy(means[emb_key(m, ly)]).to(server.device) for ly in layers)
                    for m in server.modalities if emb_key(m, "z") in means}
-        all_parts = [enc(m) for m in server.modalities] + [dec(m) for m in server.modalities]
         losses = []
         for _ in range(h.global_epochs):
             for idx in proxy.epoch(rng, cfg.proxy_batch):
                 x = {m: proxy.x[m][idx] for m in server.modalities}
-                tgt = {m: tuple(t[idx] for t in v) for m, v in targets.items()}
-                if self.joint:
-                    rec = sum(reconstruction_loss(server.model(x[m], m), x) for m in server.modalities)
-                    emb = {m: server.model.encode(x[m], m) for m in tgt}
-                    kd = self._kd(server, emb, tgt, (h.eta, h.gamma), reverse=cfg.faithful)
-                    losses.append(server.optim.step(rec + kd, all_parts))
-                else:
-                    for m in server.modalities:
-                        loss = reconstruction_loss(server.model(x[m], m), x)
-                        if m in tgt:
-                            loss = loss + self._kd(server, {m: server.model.encode(x[m], m)}, {m: tgt[m]},
-                                                   (h.eta, h.gamma))
-                        losses.append(server.optim.step(loss, [enc(m)] + [dec(k) for k in server.modalities]))
+                losses += self._server_step(server, x, {m: tuple(t[idx] for t in v) for m, v in targets.items()})
+            if cfg.server_proxy_walk:
+                for x, _labels in private_epoch(proxy.source, server.modalities, cfg, rng, server.device):
+                    self._server_step(server, x, {})
         return {"loss_server": float(np.mean(losses)) if losses else float("nan")}
+
+    def _server_step(self, server: Party, x: dict[str, torch.Tensor], tgt: dict[str, tuple]) -> list[float]:
+        """Reconstruction of every modality from each one, plus KD towards ``tgt`` (none on a walk step)."""
+        h, mods = server.cfg.hyper, server.modalities
+        if self.joint:
+            rec = sum(reconstruction_loss(server.model(x[m], m), x) for m in mods)
+            emb = {m: server.model.encode(x[m], m) for m in tgt}
+            kd = self._kd(server, emb, tgt, (h.eta, h.gamma), reverse=server.cfg.faithful)
+            return [server.optim.step(rec + kd, [enc(m) for m in mods] + [dec(m) for m in mods])]
+        losses = []
+        for m in mods:
+            loss = reconstruction_loss(server.model(x[m], m), x)
+            if m in tgt:
+                loss = loss + self._kd(server, {m: server.model.encode(x[m], m)}, {m: tgt[m]}, (h.eta, h.gamma))
+            losses.append(server.optim.step(loss, [enc(m)] + [dec(k) for k in mods]))
+        return losses
 
     # ---- client -------------------------------------------------------------------------------------
     def client_train(self, client: Party, down: Tensors, private: Partition, proxy: ProxyWindows | None,

@@ -49,12 +49,16 @@ def add_embedding_options(p) -> None:
                    help="FedMEKT distillation term: the paper's softmax KL (default) or embedding MSE")
     p.add_argument("--embedding-noise", type=float, default=None, metavar="SIGMA",
                    help="std of Gaussian noise clients add to uploaded FedMEKT embeddings (default 0 = off)")
+    p.add_argument("--server-proxy-walk", action=argparse.BooleanOptionalAction, default=None,
+                   help="FedMEKT server also reconstructs over the whole proxy set each epoch (no extra bytes)")
 
 
 def apply_embedding_options(args, base: dict) -> None:
     """Write the flags of ``add_embedding_options`` that were given into a config dict."""
     if args.embedding_noise is not None:
         base["embedding_noise"] = args.embedding_noise
+    if args.server_proxy_walk is not None:
+        base["server_proxy_walk"] = args.server_proxy_walk
     if args.kd is not None:
         base["hyper"] = {**base.get("hyper", {}), "kd": args.kd}
 
