@@ -4,7 +4,8 @@ Defaults follow the authors' ``Setting.py`` (spec §6.1). Things the paper left 
 fields here: how many proxy windows are exchanged per round (``proxy_windows`` × ``window`` rows),
 which embedding layers cross the wire (``layers``), the wire dtype, the distillation term (``hyper.kd``:
 the paper's softmax KL by default, embedding MSE as an option; compared on validation data in
-docs/fedmekt-c-selection.md), optional privacy noise
+docs/fedmekt-c-selection.md), whether the FedMEKT server also reconstructs over its whole proxy set
+(``server_proxy_walk``, on by default since the same validation), optional privacy noise
 on uploads (``embedding_noise``), and the ``faithful`` switch that keeps the authors' loss oddities O1–O3
 (softmax KL over time) for comparison.
 """
@@ -45,7 +46,6 @@ class Hyper:
     batch: tuple[int, int] = (0, 0)  # client/classifier crops per batch, U[lo, hi); (0, 0) = dataset default
     sub_window: tuple[int, int] = (16, 32)  # sub-window length U[lo, hi) walked along each crop
     mm_weight: float = 100.0         # weight of A+B clients in mm-FedAvg aggregation (ALPHA)
-    embedding_mm_weight: float = 1.0  # weight of A+B clients' embeddings in FedMEKT's server mean (1 = plain mean)
     prox_mu: float = 0.001
     moon_mu: float = 0.001
     moon_tau: float = 0.5
@@ -82,7 +82,7 @@ class FederationConfig:
     proxy_windows: int = 48           # |Π_t|: proxy windows exchanged per round
     proxy_batch: int = 24             # proxy windows per distillation step (reference server batch for UR Fall)
     layers: str = "rep+hidden"        # embedding layers exchanged: "rep" (z) or "rep+hidden" (z and h)
-    server_proxy_walk: bool = False   # FedMEKT server: each distillation epoch also walks the WHOLE proxy set
+    server_proxy_walk: bool = True    # FedMEKT server: each distillation epoch also walks the WHOLE proxy set
                                       # (reconstruction only, as a client walks its partition); no bytes sent
     label_modality: str = "AB"        # which encoders feed the generalized classifier: "A", "B" or "AB"
     eval_chunk: int = 2000            # EVAL_WIN of the paper's per-round probe
@@ -117,8 +117,6 @@ class FederationConfig:
             (self.eval_chunk >= 1, f"eval_chunk must be >= 1, got {self.eval_chunk}"),
             (self.hyper.kd in KD_LOSSES, f"hyper.kd must be one of {KD_LOSSES}, got {self.hyper.kd!r}"),
             (self.hyper.temperature > 0, f"hyper.temperature must be > 0, got {self.hyper.temperature}"),
-            (self.hyper.embedding_mm_weight > 0,
-             f"hyper.embedding_mm_weight must be > 0, got {self.hyper.embedding_mm_weight}"),
             (isinstance(self.embedding_noise, (int, float)) and not isinstance(self.embedding_noise, bool)
              and 0.0 <= self.embedding_noise < float("inf"),
              f"embedding_noise must be a finite number >= 0, got {self.embedding_noise!r}"),

@@ -1,7 +1,8 @@
-"""Choose FedMEKT-C's distillation term on VALIDATION data only (docs/fedmekt-c-selection.md).
+"""Choose FedMEKT-C's options on VALIDATION data only (docs/fedmekt-c-selection.md).
 
-For each selection seed the UR Fall split is drawn as usual, then the server's labelled units are cut in
-two: one fall and one ADL unit (seeded) become the validation set, the rest stay the labelled set the
+For each selection seed the split (UR Fall acce-depth, or HAPT acce-gyro with ``--dataset hapt``) is
+drawn as usual, then the server's labelled units are cut in two: two units (UR Fall: one fall and one
+ADL recording; seeded) become the validation set, the rest stay the labelled set the
 classifier and the final probe learn from. The run's test partition is replaced by the validation units,
 so the split's real test units are never encoded or scored. Printed per candidate and seed: the paper
 metric (median over the last 10 rounds of the moving probe's chunk-averaged weighted F1) and the final
@@ -9,7 +10,7 @@ probe's weighted F1, on validation acce and depth; and, because the encoders nev
 heads do), a leave-one-unit-out cross-validation of the final linear probe over ALL labelled units on the
 final encoder (mean over folds of the held-out unit's weighted F1) — more validation rows, same rule.
 
-    .venv/bin/python scripts/select_fedmekt_c.py [--seeds 10,11,12] [--rounds 100] [--jobs 2]
+    .venv/bin/python scripts/select_fedmekt_c.py [--dataset ur_fall] [--seeds 10,11,12] [--rounds 100] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "kl-w10": {"hyper": {"alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}},
     "mse-w10": {"hyper": {"kd": "mse", "alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}},
     "walk": {"server_proxy_walk": True},
-    "mmw100": {"hyper": {"embedding_mm_weight": 100.0}},
-    "walk-mmw100": {"server_proxy_walk": True, "hyper": {"embedding_mm_weight": 100.0}},
     "walk-rep-fp16": {"server_proxy_walk": True, "layers": "rep", "wire_dtype": "float16"},
 }
 

@@ -17,6 +17,10 @@ Choices: O1–O3 (time-axis softmax, C-server KL direction, KD counted twice) on
 default is a feature-axis softmax, the standard KD direction, each term once. O4: C keeps the fixed random
 projections, rebuilt from the seed by every party, never trained. O7: FedProx/MOON terms as in the official
 code.
+
+Beyond the reference: the FedMEKT server also walks its whole proxy set (reconstruction only) in each
+distillation epoch (``server_proxy_walk``, default on; docs/fedmekt-c-selection.md), since exchanging only
+Π_t would otherwise shrink the global autoencoder's training to Π_t.
 """
 
 from __future__ import annotations

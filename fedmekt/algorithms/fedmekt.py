@@ -10,6 +10,9 @@ them per modality (streaming mean) and distils on the SAME windows Π_t (fixes B
 * The distillation term is ``hyper.kd``: "kl" (default) is the paper's softmax KD at temperature T over the
   feature axis; "mse" matches the embeddings themselves (``embedding_mse``). On held-out labelled units (never
   test data) the two are within seed noise, "kl" ahead by about 0.01 (docs/fedmekt-c-selection.md).
+* ``cfg.server_proxy_walk``: each server epoch also walks the whole proxy set in random crops (reconstruction
+  only, no KD, nothing sent), restoring the reference server's training volume (it distils on all of the
+  proxy set because it exchanges all of it).
 * ``cfg.faithful`` keeps O1 (time-axis softmax KL, inside ``kd_loss``, whatever ``hyper.kd`` says), O2 (C
   server: the trainable global embedding in the teacher slot) and O3 (C: KD terms counted twice).
   Default: standard direction, once.
@@ -40,10 +43,6 @@ class FedMEKT(Algorithm):
         width = {"z": party.model.rep_size, "h": party.model.hidden}
         return {emb_key(m, layer): (n_windows, party.cfg.window, width[layer])
                 for m in modalities for layer in exchanged_layers(party.cfg)}
-
-    def client_weight(self, cfg, modalities) -> float:
-        """A+B clients' embeddings can count more in the mean, as their parameters do in mm-FedAvg (ALPHA)."""
-        return cfg.hyper.embedding_mm_weight if len(modalities) > 1 else 1.0
 
     # ---- both sides ---------------------------------------------------------------------------------
     def _embed(self, party: Party, proxy: ProxyWindows, modalities) -> Tensors:
