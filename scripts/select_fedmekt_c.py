@@ -21,19 +21,21 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+_NO_WALK = {"server_proxy_walk": False}   # the candidates measured before the walk became the default
 CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything else at the defaults)
-    "kl-T3": {"hyper": {"kd": "kl", "temperature": 3.0}},
-    "kl-T0.5": {"hyper": {"kd": "kl", "temperature": 0.5}},
-    "mse": {"hyper": {"kd": "mse"}},
-    "mse-w0.1": {"hyper": {"kd": "mse", "alpha": 0.01, "beta": 0.004, "eta": 0.01, "gamma": 0.004}},
-    "mse-rep-fp16": {"hyper": {"kd": "mse"}, "layers": "rep", "wire_dtype": "float16"},
-    "kl-T3-rep-fp16": {"hyper": {"kd": "kl", "temperature": 3.0}, "layers": "rep", "wire_dtype": "float16"},
-    "faithful": {"faithful": True},
-    "kl-R4": {"hyper": {"global_epochs": 4}},
-    "kl-pb8": {"proxy_batch": 8},
-    "kl-w10": {"hyper": {"alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}},
-    "mse-w10": {"hyper": {"kd": "mse", "alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}},
-    "walk": {"server_proxy_walk": True},
+    "kl-T3": {"hyper": {"kd": "kl", "temperature": 3.0}, **_NO_WALK},
+    "kl-T0.5": {"hyper": {"kd": "kl", "temperature": 0.5}, **_NO_WALK},
+    "mse": {"hyper": {"kd": "mse"}, **_NO_WALK},
+    "mse-w0.1": {"hyper": {"kd": "mse", "alpha": 0.01, "beta": 0.004, "eta": 0.01, "gamma": 0.004}, **_NO_WALK},
+    "mse-rep-fp16": {"hyper": {"kd": "mse"}, "layers": "rep", "wire_dtype": "float16", **_NO_WALK},
+    "kl-T3-rep-fp16": {"hyper": {"kd": "kl", "temperature": 3.0}, "layers": "rep", "wire_dtype": "float16",
+                       **_NO_WALK},
+    "faithful": {"faithful": True, **_NO_WALK},
+    "kl-R4": {"hyper": {"global_epochs": 4}, **_NO_WALK},
+    "kl-pb8": {"proxy_batch": 8, **_NO_WALK},
+    "kl-w10": {"hyper": {"alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}, **_NO_WALK},
+    "mse-w10": {"hyper": {"kd": "mse", "alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}, **_NO_WALK},
+    "walk": {"server_proxy_walk": True},   # the default since the second round
     "walk-rep-fp16": {"server_proxy_walk": True, "layers": "rep", "wire_dtype": "float16"},
 }
 
