@@ -221,7 +221,8 @@ class ServerEngine:
         """Server update from the uploads, classifier epochs, evaluation; returns the round's metrics row."""
         if self._mean is None:
             raise RuntimeError("finish_round() before begin_round()")
-        row: dict = {"round": plan.round, "selected": len(plan.selected), "absorbed": len(self._absorbed)}
+        row: dict = {"round": plan.round, "selected": len(plan.selected), "absorbed": len(self._absorbed),
+                     "participants": sorted(self._absorbed)}  # per-client participation in the report
         means = self._mean.mean()
         if self._absorbed:
             row.update(self.algorithm.server_update(self.party, means, self._proxy(plan),

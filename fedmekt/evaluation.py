@@ -26,13 +26,20 @@ from fedmekt.model import LinearHead, SplitAutoencoder
 from sensors.partition import Partition
 
 
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts[true, predicted] over rows with y_true >= 0."""
+    keep = y_true >= 0
+    t, p = y_true[keep].astype(np.int64), y_pred[keep].astype(np.int64)
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
 def f1_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
     """Weighted F1, macro F1 and accuracy over rows with y_true >= 0 (sklearn semantics: classes = labels seen)."""
     keep = y_true >= 0
-    t, p = y_true[keep].astype(np.int64), y_pred[keep].astype(np.int64)
+    t = y_true[keep]
     if t.size == 0:
         return {"f1_weighted": float("nan"), "f1_macro": float("nan"), "accuracy": float("nan")}
-    cm = np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    cm = confusion_matrix(y_true, y_pred, n_classes)
     tp = np.diag(cm).astype(np.float64)
     support, predicted = cm.sum(1).astype(np.float64), cm.sum(0).astype(np.float64)
     denom = support + predicted
@@ -133,6 +140,7 @@ def linear_probe(model: SplitAutoencoder, labelled: Partition, test: Partition, 
             pred = to_numpy(head(encode_rows(model, test.modalities[m], m, bounds_test, device))).argmax(1)
         for k, v in f1_scores(y_test, pred, n_classes).items():
             out[f"probe_{k}_{m}"] = v
+        out[f"confusion_{m}"] = confusion_matrix(y_test, pred, n_classes).tolist()  # rendered by the HTML report
     for k, v in f1_scores(y_test, np.full_like(y_test, majority), n_classes).items():
         out[f"majority_{k}"] = v
     out["majority_class"] = majority
