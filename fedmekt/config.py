@@ -115,6 +115,8 @@ class FederationConfig:
              "window >= 2, proxy_windows >= 1 and proxy_batch >= 1 required"),
             (self.label_modality in ("A", "B", "AB"), f"label_modality must be A, B or AB, got {self.label_modality!r}"),
             (self.eval_chunk >= 1, f"eval_chunk must be >= 1, got {self.eval_chunk}"),
+            (len(self.hyper.sub_window) == 2 and 1 <= self.hyper.sub_window[0] < self.hyper.sub_window[1],
+             f"hyper.sub_window must be [lo, hi) with 1 <= lo < hi, got {self.hyper.sub_window}"),
             (self.hyper.kd in KD_LOSSES, f"hyper.kd must be one of {KD_LOSSES}, got {self.hyper.kd!r}"),
             (self.hyper.temperature > 0, f"hyper.temperature must be > 0, got {self.hyper.temperature}"),
             (isinstance(self.embedding_noise, (int, float)) and not isinstance(self.embedding_noise, bool)

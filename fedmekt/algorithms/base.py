@@ -156,9 +156,10 @@ def private_epoch(part: Partition, modalities, cfg: FederationConfig, rng: np.ra
                   ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """One local "epoch" of the reference (spec §2.6): one batch of random crops walked in random sub-windows.
 
-    B ~ U[batch), crop length = rows // B capped by the longest segment, sub-window w ~ U[sub_window) per step;
-    stops when the next sub-window would run past the crop (a crop shorter than w yields itself once).
-    Yields ({m: [B, w, C]} float32 on ``device``, labels [B, w] int64).
+    B ~ U[batch), crop length = rows // B capped by the longest segment, sub-window w ~ U[sub_window) per step.
+    As the reference slices ``x[:, s:s + w]``, the last sub-window is clipped at the crop's end and trained on
+    (it may be a single step: an LSTM takes any length >= 1; a crop shorter than w is one clipped window).
+    Yields ({m: [B, w', C]} float32 on ``device``, labels [B, w'] int64), 1 <= w' <= w.
     """
     lo, hi = cfg.resolved_batch()
     batch = int(rng.integers(lo, hi))
@@ -167,15 +168,11 @@ def private_epoch(part: Partition, modalities, cfg: FederationConfig, rng: np.ra
     crops, labels = random_crops(part, batch, length, rng)
     xs = {m: torch.from_numpy(np.ascontiguousarray(crops[m])).to(device) for m in modalities}
     ys = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
-    s, yielded = 0, False
-    while True:
-        w = int(rng.integers(*cfg.hyper.sub_window))
-        if s + w > length:
-            break
-        yield {m: x[:, s : s + w] for m, x in xs.items()}, ys[:, s : s + w]
-        s, yielded = s + w, True
-    if not yielded:
-        yield xs, ys
+    s = 0
+    while s < length:
+        e = min(s + int(rng.integers(*cfg.hyper.sub_window)), length)
+        yield {m: x[:, s:e] for m, x in xs.items()}, ys[:, s:e]
+        s = e
 
 
 def reconstruct(model: SplitAutoencoder, x: torch.Tensor, modality: str, outputs) -> dict[str, torch.Tensor]:
