@@ -1,4 +1,7 @@
-"""``fedmekt report RUN_DIR``: re-render tables and plots of a reproduction/simulation folder from its JSONL."""
+"""``fedmekt report RUN_DIR``: re-render a run folder's tables, plots and ``report.html`` from its JSONL.
+
+A partial run (rounds in ``metrics.jsonl`` but no ``final.jsonl`` yet) still gets its ``report.html``.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +9,25 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="re-render results.md/csv and plots from a run folder's JSONL",
+    p = subparsers.add_parser("report", help="re-render results.md/csv, plots and report.html from a run folder",
                               description=__doc__)
-    p.add_argument("run_dir", type=Path, help="folder holding metrics.jsonl and final.jsonl")
+    p.add_argument("run_dir", type=Path, help="folder holding metrics.jsonl (and final.jsonl once finished)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from fedmekt.errors import UserError
+    from fedmekt.html_report import write_html_report
     from fedmekt.report import FINAL, render_report
 
-    for name in ("metrics.jsonl", FINAL):
-        if not (args.run_dir / name).is_file():
-            raise UserError(f"{args.run_dir / name} not found (is {args.run_dir} a reproduce/simulate output folder?)")
+    if not (args.run_dir / "metrics.jsonl").is_file():
+        raise UserError(f"{args.run_dir / 'metrics.jsonl'} not found "
+                        f"(is {args.run_dir} a reproduce/simulate output folder?)")
     try:
-        path = render_report(args.run_dir)
+        if (args.run_dir / FINAL).is_file():
+            print(render_report(args.run_dir).read_text())
+        html = write_html_report(args.run_dir)
     except (ValueError, KeyError) as exc:
         raise UserError(f"cannot read {args.run_dir}: {exc.__class__.__name__}: {exc}") from None
-    print(path.read_text())
+    print(f"report: {html}")
     return 0

@@ -108,6 +108,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from fedmekt.federation import run_inprocess
+    from fedmekt.html_report import write_html_report
     from fedmekt.report import write_report
     from sensors.datasets import dataset_info, load_dataset
     from sensors.splits import make_split, write_manifest
@@ -128,4 +129,5 @@ def run(args) -> int:
         report = write_report(out, results)
     print(report.read_text())
     print(f"results in {out}")
+    print(f"report: {write_html_report(out)}")
     return 0

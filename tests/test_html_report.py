@@ -1,0 +1,90 @@
+"""``fedmekt report`` writes a self-contained report.html whose embedded PNGs are real images.
+
+The run folder comes from a real (tiny) in-process federation on the bundled demo data.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedmekt.config import FederationConfig
+from fedmekt.federation import run_inprocess
+from fedmekt.report import write_report
+from sensors.datasets import load_dataset
+from sensors.splits import make_split
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    results = []
+    for seed in (0, 1):
+        cfg = FederationConfig(dataset="demo", clients=(1, 1, 1), per_round=2, rounds=3, seed=seed, proxy_windows=8,
+                               device="cpu", hyper={"classifier_epochs": 1, "probe_max_iter": 20})
+        split = make_split(load_dataset("demo"), cfg.pair, seed=seed, clients=cfg.clients)
+        results.append(run_inprocess(cfg, split, progress=False))
+    write_report(out, results)
+    return out
+
+
+def _report(run_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedmekt", "report", str(run_dir)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def _images(page: str) -> dict[str, bytes]:
+    return {alt: base64.b64decode(data)
+            for alt, data in re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)}
+
+
+def test_report_html_embeds_every_plot_and_the_results_table(run_folder: Path):
+    done = _report(run_folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    path = run_folder / "report.html"
+    assert f"report: {path}" in done.stdout
+    page = path.read_text()
+    images = _images(page)
+    assert set(images) == {"F1 per round", "Bytes per round", "Per-client participation",
+                           "Final probe: confusion matrix"}
+    for alt, png in images.items():
+        assert png.startswith(PNG) and len(png) > 5000, alt   # a real, non-trivial image
+    assert "src=\"http" not in page and "<script" not in page     # self-contained, nothing fetched
+    assert "<table>" in page and "fedmekt-c[W8]" in page and "majority floor" in page
+    assert "3 of 3 rounds" in page                                 # the overview counts rounds as the progress bar
+
+
+def test_final_probe_confusion_matrix_is_in_final_jsonl(run_folder: Path):
+    finals = [json.loads(x) for x in (run_folder / "final.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run_folder / "metrics.jsonl").read_text().splitlines()]
+    for f in finals:
+        for m in ("acce", "gyro"):
+            cm = f[f"confusion_{m}"]
+            assert len(cm) == len(cm[0]) and sum(map(sum, cm)) > 0
+            diag = sum(cm[i][i] for i in range(len(cm)))
+            assert diag / sum(map(sum, cm)) == pytest.approx(f[f"probe_accuracy_{m}"])
+    assert all(len(r["participants"]) == r["absorbed"] for r in rows)
+
+
+def test_partial_run_without_final_probe_still_gets_a_report(run_folder: Path, tmp_path: Path):
+    (tmp_path / "metrics.jsonl").write_text((run_folder / "metrics.jsonl").read_text())
+    done = _report(tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = (tmp_path / "report.html").read_text()
+    assert "not finished" in page and set(_images(page)) == {"F1 per round", "Bytes per round",
+                                                             "Per-client participation"}
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_report_of_an_empty_metrics_file_is_one_line_error(tmp_path: Path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    done = _report(tmp_path)
+    assert done.returncode == 2 and "holds no rounds" in done.stderr and "Traceback" not in done.stderr
