@@ -25,6 +25,7 @@ LAYERS = ("rep", "rep+hidden")
 KD_LOSSES = ("mse", "kl")
 PARTITIONS = ("paper", "subject")
 DEVICES = ("auto", "cpu", "cuda")
+ROBUST_AGGREGATIONS = ("none", "clip", "trimmed")
 
 
 @dataclass
@@ -87,6 +88,8 @@ class FederationConfig:
     label_modality: str = "AB"        # which encoders feed the generalized classifier: "A", "B" or "AB"
     eval_chunk: int = 2000            # EVAL_WIN of the paper's per-round probe
     embedding_noise: float = 0.0      # σ of Gaussian noise clients add to uploaded embeddings (privacy), 0 = off
+    robust_aggregation: str = "clip"  # server: "none" (plain mean), "clip" (per-key RMS bound, a no-op for
+                                      # honest uploads) or "trimmed" (coordinate-wise trimmed mean); fedmekt/robust.py
     hyper: Hyper = field(default_factory=Hyper)
 
     def __post_init__(self) -> None:
@@ -117,6 +120,8 @@ class FederationConfig:
             (self.eval_chunk >= 1, f"eval_chunk must be >= 1, got {self.eval_chunk}"),
             (len(self.hyper.sub_window) == 2 and 1 <= self.hyper.sub_window[0] < self.hyper.sub_window[1],
              f"hyper.sub_window must be [lo, hi) with 1 <= lo < hi, got {self.hyper.sub_window}"),
+            (self.robust_aggregation in ROBUST_AGGREGATIONS,
+             f"robust_aggregation must be one of {ROBUST_AGGREGATIONS}, got {self.robust_aggregation!r}"),
             (self.hyper.kd in KD_LOSSES, f"hyper.kd must be one of {KD_LOSSES}, got {self.hyper.kd!r}"),
             (self.hyper.temperature > 0, f"hyper.temperature must be > 0, got {self.hyper.temperature}"),
             (isinstance(self.embedding_noise, (int, float)) and not isinstance(self.embedding_noise, bool)

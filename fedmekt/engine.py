@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedmekt import robust
 from fedmekt.algorithms import get_algorithm
 from fedmekt.algorithms.base import (
     ModuleOptimizers, Party, Projections, ProxyWindows, Tensors, check_tensors, load_optimizer_arrays,
@@ -159,8 +160,9 @@ class ServerEngine:
         if cfg.is_embedding and self._starts.size == 0:
             raise ValueError(f"the proxy set has no segment of {cfg.window} rows")
         self.rounds_completed = 0
-        self._mean: StreamingMean | None = None
+        self._mean: StreamingMean | robust.TrimmedMean | None = None
         self._absorbed: set[str] = set()
+        self._reference: tuple[int, dict[str, float]] | None = None  # (round, per-key upload scale)
         self._proxy_cache: tuple[int, ProxyWindows] | None = None
 
     # ---- planning -----------------------------------------------------------------------------------
@@ -189,7 +191,9 @@ class ServerEngine:
     def downstream(self, plan: RoundPlan) -> Tensors:
         """Global embeddings of Π_t (FedMEKT) or global parameters (baselines); filter with ``client_view``."""
         _check_plan(self.cfg, plan, self.proxy)
-        return self.algorithm.downstream(self.party, self._proxy(plan))
+        down = self.algorithm.downstream(self.party, self._proxy(plan))
+        self._reference = (plan.round, robust.reference(down))
+        return down
 
     def expected_upload(self, modalities: tuple[str, ...], plan: RoundPlan) -> dict[str, tuple[tuple[int, ...], str]]:
         spec = self.algorithm.upload_spec(self.party, tuple(modalities), len(plan.proxy_windows))
@@ -198,10 +202,15 @@ class ServerEngine:
     # ---- aggregation --------------------------------------------------------------------------------
     def begin_round(self, plan: RoundPlan) -> None:
         _check_plan(self.cfg, plan, self.proxy)
-        self._mean, self._absorbed, self._plan = StreamingMean(), set(), plan
+        if self._reference is None or self._reference[0] != plan.round:
+            self.downstream(plan)  # the upload scale of this round comes from the server's own knowledge
+        self._mean, self._absorbed, self._plan = robust.make_mean(self.cfg.robust_aggregation), set(), plan
 
     def absorb(self, client_id: str, modalities: tuple[str, ...], upload: Tensors) -> None:
-        """Validate one client's upload and fold it into the per-key streaming mean (O(1) in #clients)."""
+        """Validate one client's upload (shapes, magnitudes) and fold it into the round's mean.
+
+        The streaming mean is O(1) in #clients; ``robust_aggregation = "trimmed"`` holds every upload.
+        """
         if self._mean is None:
             raise RuntimeError("absorb() before begin_round()")
         if client_id not in self._plan.selected:
@@ -212,6 +221,10 @@ class ServerEngine:
             raise ValueError(f"{client_id}: modalities {modalities} not in {self.cfg.pair}")
         spec = {k: s for k, (s, _) in self.expected_upload(tuple(modalities), self._plan).items()}
         check_tensors(upload, spec, f"upload from {client_id}")
+        reference = self._reference[1]
+        robust.check_magnitude(upload, reference, f"upload from {client_id}")
+        if self.cfg.robust_aggregation == "clip":
+            upload = robust.clip(upload, reference)
         weight = self.algorithm.client_weight(self.cfg, tuple(modalities))
         for k in sorted(upload):
             self._mean.add(k, upload[k], weight)
