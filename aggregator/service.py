@@ -32,7 +32,7 @@ from fedmekt.accounting import message_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
 from fedmekt.engine import RoundPlan, ServerEngine, client_view
-from fedmekt.federation import RunResult, variant_label
+from fedmekt.federation import RunResult, run_name, variant_label
 from fedmekt.mqtt import LinkOptions, Message, MqttLink
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Reassembler
@@ -109,7 +109,7 @@ class Aggregator:
             rows, self.run_id = resumed[1], resumed[2] or self.run_id
             log.info("resuming from checkpoint after round %d", server.rounds_completed - 1)
         variant = variant_label(cfg)
-        name = opts.name or f"{variant}-seed{cfg.seed}"
+        name = opts.name or run_name(cfg)
         base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed,
                 "dataset": cfg.dataset, "pair": "-".join(cfg.pair)}
         with MqttLink(self.url, self.link_options, subscriptions=[self.topics.status_all,

@@ -7,6 +7,7 @@ message sizes (``fedmekt.accounting``).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -50,11 +51,16 @@ def variant_label(cfg: FederationConfig) -> str:
     return cfg.algorithm + (f"[{','.join(tags)}]" if tags else "")
 
 
+def run_name(cfg: FederationConfig) -> str:
+    """Folder-safe run name: the variant label without shell glob characters, e.g. ``fedmekt-c_W32-seed0``."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", variant_label(cfg)).strip("_") + f"-seed{cfg.seed}"
+
+
 def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool = True, name: str | None = None,
                   rate_hz: float = 0.0) -> RunResult:
     """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` on ``split``; rows carry F1 and bytes per round."""
     variant = variant_label(cfg)
-    name = name or f"{variant}-seed{cfg.seed}"
+    name = name or run_name(cfg)
     start = time.perf_counter()
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test,
                           normalizer=split.normalizer, rate_hz=rate_hz)

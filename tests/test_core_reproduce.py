@@ -47,7 +47,7 @@ def test_reproduce_writes_tables_plots_metrics_and_artifacts(reproduced):
     assert "fedmekt-c" in md and "floor" in md and "proxy windows" in md
     for png in ("f1_per_round.png", "bytes_per_round.png"):
         assert (reproduced / png).read_bytes()[:4] == b"\x89PNG"
-    run = reproduced / "runs" / "fedmekt-c[W6,float16]-seed0"
+    run = reproduced / "runs" / "fedmekt-c_W6_float16-seed0"
     weights = load_file(run / "final_model.safetensors")
     assert any(k.startswith("autoencoder.encoders.acce.") for k in weights) and "head.linear.weight" in weights
     info = read_run_info(run)
