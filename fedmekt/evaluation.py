@@ -9,7 +9,8 @@ Two probes of the global encoder:
 * the final linear probe: a fresh head trained to convergence (full-batch L-BFGS) on the frozen final
   encoder's per-step representations of the labelled partition; weighted F1, macro F1 and accuracy over the
   whole test set (every segment encoded from a zero state in ``eval_chunk`` chunks), with the majority-class
-  floor (the labelled set's most frequent class predicted everywhere — no peeking at test labels).
+  floor (the labelled set's most frequent class predicted everywhere — no peeking at test labels);
+  ``raw_probe`` fits the same head on the unencoded per-step features (the reference row an encoder must beat).
 
 Rows labelled -1 are ignored everywhere. F1 is numpy (no sklearn), matching sklearn's definitions.
 """
@@ -105,20 +106,55 @@ def paper_probe(model: SplitAutoencoder, head: LinearHead, test: Partition, moda
 
 
 def linear_probe(model: SplitAutoencoder, labelled: Partition, test: Partition, cfg: FederationConfig,
-                 n_classes: int, device: torch.device, seed: int) -> dict[str, float]:
-    """Fresh head trained to convergence on the frozen encoder; metrics per test modality and the floor."""
+                 n_classes: int, device: torch.device, seed: int, train_modalities: tuple[str, ...] | None = None,
+                 test_modalities: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Fresh head trained to convergence on the frozen encoder; metrics per test modality and the floor.
+
+    The head learns from ``train_modalities`` (default the label modalities) and is scored on every one of
+    ``test_modalities`` (default the pair) — a unimodal client's own encoder is probed on what it holds.
+    """
+    return fit_probe(lambda m, part, bounds: encode_rows(model, part.modalities[m], m, bounds, device),
+                     model.rep_size, labelled, test, train_modalities or cfg.label_modalities,
+                     test_modalities or cfg.pair, cfg, n_classes, device, seed)
+
+
+def raw_probe(labelled: Partition, test: Partition, cfg: FederationConfig, n_classes: int, device: torch.device,
+              seed: int) -> dict[str, float]:
+    """The same probe on the unencoded per-step features, one head per modality: what an encoder must beat."""
+    out: dict[str, float] = {}
+    for m in cfg.pair:
+        probe = fit_probe(lambda mod, part, bounds: raw_rows(part.modalities[mod], bounds, device),
+                          labelled.modalities[m].shape[1], labelled, test, (m,), (m,), cfg, n_classes, device, seed)
+        out.update({k: v for k, v in probe.items() if k != "probe_train_loss"})
+        out[f"probe_train_loss_{m}"] = probe["probe_train_loss"]
+    return out
+
+
+def raw_rows(x: np.ndarray, bounds: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """The rows covered by ``bounds`` as a float32 tensor [rows, C] (``encode_rows`` without the encoder)."""
+    return torch.from_numpy(np.concatenate([x[a:b] for a, b in bounds]).astype(np.float32, copy=False)).to(device)
+
+
+def fit_probe(features, dim: int, labelled: Partition, test: Partition, train_modalities: tuple[str, ...],
+              test_modalities: tuple[str, ...], cfg: FederationConfig, n_classes: int, device: torch.device,
+              seed: int) -> dict[str, float]:
+    """Full-batch L-BFGS linear head on ``features(m, partition, bounds) -> [rows, dim]``; one probe for every row.
+
+    Scores ``probe_{f1_weighted,f1_macro,accuracy}_<m>`` per test modality, the majority floor of the
+    labelled set and the head's final training loss.
+    """
     bounds_lab = chunk_bounds(labelled.segments, cfg.eval_chunk)
     rows_lab = np.concatenate([np.arange(a, b) for a, b in bounds_lab])
     feats, labels = [], []
-    for m in cfg.label_modalities:
-        feats.append(encode_rows(model, labelled.modalities[m], m, bounds_lab, device))
+    for m in train_modalities:
+        feats.append(features(m, labelled, bounds_lab))
         labels.append(torch.from_numpy(labelled.labels[rows_lab]).to(device))
     x, y = torch.cat(feats), torch.cat(labels)
     keep = y >= 0
     x, y = x[keep], y[keep]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = LinearHead(model.rep_size, n_classes).to(device)
+        head = LinearHead(dim, n_classes).to(device)
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=cfg.hyper.probe_max_iter,
                             tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20,
                             line_search_fn="strong_wolfe")
@@ -135,9 +171,9 @@ def linear_probe(model: SplitAutoencoder, labelled: Partition, test: Partition, 
     bounds_test = chunk_bounds(test.segments, cfg.eval_chunk)
     rows_test = np.concatenate([np.arange(a, b) for a, b in bounds_test])
     y_test = test.labels[rows_test]
-    for m in cfg.pair:
+    for m in test_modalities:
         with torch.no_grad():
-            pred = to_numpy(head(encode_rows(model, test.modalities[m], m, bounds_test, device))).argmax(1)
+            pred = to_numpy(head(features(m, test, bounds_test))).argmax(1)
         for k, v in f1_scores(y_test, pred, n_classes).items():
             out[f"probe_{k}_{m}"] = v
         out[f"confusion_{m}"] = confusion_matrix(y_test, pred, n_classes).tolist()  # rendered by the HTML report

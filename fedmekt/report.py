@@ -4,7 +4,9 @@ Folder layout (written by ``fedmekt reproduce``; ``fedmekt simulate`` reuses it)
 
     OUT/metrics.jsonl        one JSON object per round per run (run, algorithm, seed, round, f1_*, bytes_*, …)
     OUT/final.jsonl          one JSON object per run: final linear probe, majority floor, settings, wall time
-    OUT/results.md|csv       mean ± std over seeds per algorithm and test modality (+ the paper's value)
+    OUT/results.md|csv       mean ± std over seeds per algorithm and test modality (+ the paper's value), the
+                             reference rows (raw features, local only, centralized: ``fedmekt.reference_rows``)
+                             and the paired per-seed differences against mmFedAvg with 95 % t-intervals
     OUT/f1_per_round.png     paper metric per round, mean over seeds, one panel per test modality
     OUT/bytes_per_round.png  bytes sent + received per round (all parties), per algorithm
     OUT/runs/<run>/          run.json, final_model.safetensors ("autoencoder.*", "head.*"), metrics.jsonl
@@ -25,9 +27,11 @@ import numpy as np
 
 from fedmekt.artifacts import FINAL_MODEL, METRICS, atomic_write_bytes, write_run_info
 from fedmekt.paper_results import paper_value
+from fedmekt.statistics import paired_difference
 
 FINAL = "final.jsonl"
 LAST_ROUNDS = 10   # the paper's table value: median of the last 10 rounds (box:15-17)
+BASELINE = "mmfedavg"   # paired differences are taken against this algorithm
 
 
 def _jsonl(records: Sequence[dict]) -> bytes:
@@ -55,14 +59,17 @@ def save_run(out_dir: Path, result) -> None:
     atomic_write_bytes(run_dir / METRICS, _jsonl(result.rows))
 
 
-def write_report(out_dir: Path, results: Sequence) -> Path:
-    """Write the JSONL of ``results`` (RunResult list) and every run's artifacts, then render tables and plots."""
+def write_report(out_dir: Path, results: Sequence, references: Sequence[dict] = ()) -> Path:
+    """Write the JSONL of ``results`` (RunResult list) and every run's artifacts, then render tables and plots.
+
+    ``references`` are the final records of the reference rows (``fedmekt.reference_rows``): no rounds, no model.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in results:
         save_run(out_dir, r)
     atomic_write_bytes(out_dir / METRICS, _jsonl([row for r in results for row in r.rows]))
-    atomic_write_bytes(out_dir / FINAL, _jsonl([r.final for r in results]))
+    atomic_write_bytes(out_dir / FINAL, _jsonl([r.final for r in results] + list(references)))
     return render_report(out_dir)
 
 
@@ -73,21 +80,38 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
-def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(accuracy table rows, communication table rows), aggregated over seeds per (dataset, pair, algorithm)."""
-    by_run: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_run[row["run"]].append(row)
+def _groups(finals: list[dict]) -> list[tuple[tuple, list[dict]]]:
+    """Finals grouped per (dataset, pair, clients, variant): algorithms first, then the reference rows."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for f in finals:
         groups[(f["dataset"], f["pair"], tuple(f["clients"]), f.get("variant", f["algorithm"]))].append(f)
+    return sorted(groups.items(), key=lambda kv: (kv[0][:3], bool(kv[1][0].get("reference")), kv[0][3]))
+
+
+def _paper_metric(run_rows: list[dict], m: str) -> float:
+    """The paper's table value of one run: median of the moving probe over the last rounds (NaN without rounds)."""
+    return float(np.median([r[f"f1_paper_{m}"] for r in run_rows[-LAST_ROUNDS:]])) if run_rows else float("nan")
+
+
+def _rounds_by_run(rows: list[dict]) -> dict[str, list[dict]]:
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_run[row["run"]].append(row)
+    return {k: sorted(v, key=lambda r: r["round"]) for k, v in by_run.items()}
+
+
+def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(accuracy table rows, communication table rows), aggregated over seeds per (dataset, pair, algorithm).
+
+    Reference rows (no rounds, nothing sent) have no paper metric and no communication row.
+    """
+    by_run = _rounds_by_run(rows)
     acc, comm = [], []
-    for (dataset, pair, clients, variant), runs in sorted(groups.items()):
+    for (dataset, pair, clients, variant), runs in _groups(finals):
         algo = runs[0]["algorithm"]
-        run_rows = [sorted(by_run[f["run"]], key=lambda r: r["round"]) for f in runs]
+        run_rows = [by_run.get(f["run"], []) for f in runs]
         for m in pair.split("-"):
-            paper_metric = [float(np.median([r[f"f1_paper_{m}"] for r in rr[-LAST_ROUNDS:]])) for rr in run_rows]
-            pm, ps = _ms(paper_metric)
+            pm, ps = _ms([_paper_metric(rr, m) for rr in run_rows])
             rec = {"dataset": dataset, "pair": pair, "clients": "/".join(map(str, clients)), "algorithm": variant,
                    "test": m, "seeds": len(runs), "rounds": runs[0]["rounds"],
                    "paper_metric_mean": pm, "paper_metric_std": ps,
@@ -97,6 +121,8 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
             rec["majority_f1_weighted"], _ = _ms([f["majority_f1_weighted"] for f in runs])
             rec["majority_accuracy"], _ = _ms([f["majority_accuracy"] for f in runs])
             acc.append(rec)
+        if runs[0].get("reference"):
+            continue
         up = [float(np.mean([r["bytes_up"] for r in rr])) for rr in run_rows]
         down = [float(np.mean([r["bytes_down"] for r in rr])) for rr in run_rows]
         total = [sum(r["bytes_up"] + r["bytes_down"] for r in rr) + f["bytes_proxy_once"]
@@ -112,6 +138,41 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
     return acc, comm
 
 
+def _per_seed(runs: list[dict], by_run: dict[str, list[dict]], m: str) -> tuple[dict, dict]:
+    """({seed: probe weighted F1}, {seed: paper metric}) of ``runs`` on test modality ``m``."""
+    return ({f["seed"]: f[f"probe_f1_weighted_{m}"] for f in runs},
+            {f["seed"]: _paper_metric(by_run.get(f["run"], []), m) for f in runs})
+
+
+def paired_differences(rows: list[dict], finals: list[dict]) -> list[dict]:
+    """Per variant and test modality: mean over seeds of (variant − mmFedAvg) with a 95 % t-interval.
+
+    Seeds pair the runs (each seed is one split shared by every algorithm of the folder); the converged probe's
+    weighted F1 is the primary figure, the paper's metric stands beside it. Empty without an mmFedAvg run.
+    """
+    by_run = _rounds_by_run(rows)
+    groups = _groups(finals)
+    out = []
+    for setup in sorted({key[:3] for key, _ in groups}):
+        members = [(key[3], runs) for key, runs in groups if key[:3] == setup]
+        baselines = [(v, runs) for v, runs in members if runs[0]["algorithm"] == BASELINE]
+        if not baselines:
+            continue
+        base_name, base_runs = baselines[0]
+        for variant, runs in members:
+            if variant == base_name:
+                continue
+            for m in setup[1].split("-"):
+                (probe, paper), (base_probe, base_paper) = _per_seed(runs, by_run, m), _per_seed(base_runs, by_run, m)
+                dp, dq = paired_difference(probe, base_probe), paired_difference(paper, base_paper)
+                out.append({"dataset": setup[0], "pair": setup[1], "clients": "/".join(map(str, setup[2])),
+                            "algorithm": variant, "test": m, "against": base_name, "pairs": dp.n,
+                            "probe_diff_mean": dp.mean, "probe_diff_low": dp.low, "probe_diff_high": dp.high,
+                            "probe_diff": dp.text(), "paper_diff_mean": dq.mean, "paper_diff_low": dq.low,
+                            "paper_diff_high": dq.high, "paper_diff": dq.text()})
+    return out
+
+
 def _fmt(mean: float, std: float | None = None) -> str:
     if mean is None or np.isnan(mean):
         return "–"
@@ -122,7 +183,7 @@ def _kb(v: float) -> str:
     return f"{v / 1024:.1f}"
 
 
-def render_markdown(acc: list[dict], comm: list[dict]) -> str:
+def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:
     lines = [
         "# Results",
         "",
@@ -130,7 +191,11 @@ def render_markdown(acc: list[dict], comm: list[dict]) -> str:
         "**paper metric** = the authors' per-round moving probe: weighted F1 per 2000-step test chunk, averaged over "
         "chunks, median of the last 10 rounds — the same metric as **paper** (spec §9, one run of the authors). ",
         "**probe** = a fresh linear head trained to convergence on the frozen final encoder, over the whole test set. "
-        "**floor** = the labelled set's majority class predicted everywhere.",
+        "**floor** = the labelled set's majority class predicted everywhere. "
+        "Reference rows on the same splits (`fedmekt.reference_rows`): **raw-features** = the same probe on the "
+        "unencoded per-step features; **local-only** = every client trains its own autoencoder in the rounds it is "
+        "selected, nothing exchanged, mean of their probes; **centralized** = one autoencoder takes every local "
+        "step of the federation (pooled client data, the upper bound).",
         "",
         "| dataset | pair | clients A/B/AB | algorithm | test | seeds | rounds | paper metric (ours) | paper | "
         "probe weighted F1 | probe macro F1 | probe accuracy | floor weighted F1 | floor accuracy |",
@@ -145,6 +210,21 @@ def render_markdown(acc: list[dict], comm: list[dict]) -> str:
             f"{_fmt(r['probe_f1_macro_mean'], r['probe_f1_macro_std'])} | "
             f"{_fmt(r['probe_accuracy_mean'], r['probe_accuracy_std'])} | {_fmt(r['majority_f1_weighted'])} | "
             f"{_fmt(r['majority_accuracy'])} |")
+    if paired:
+        lines += [
+            "",
+            f"## Paired differences against {paired[0]['against']}",
+            "",
+            "Mean over seeds of (row − mmFedAvg) on the same split, with its 95 % Student-t interval over seeds "
+            "(`scipy.stats.t`; one seed gives no interval). An interval wholly above zero is a win; one straddling "
+            "zero is no evidence either way.",
+            "",
+            "| dataset | pair | algorithm | test | seeds paired | probe weighted F1 − mmFedAvg (primary) | "
+            "paper metric − mmFedAvg |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [f"| {d['dataset']} | {d['pair']} | {d['algorithm']} | {d['test']} | {d['pairs']} | "
+                  f"{d['probe_diff']} | {d['paper_diff']} |" for d in paired]
     lines += [
         "",
         "## Communication",
@@ -170,13 +250,21 @@ def render_markdown(acc: list[dict], comm: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv(acc: list[dict], comm: list[dict]) -> str:
+_CSV_COMM = ("wire_dtype", "exchanged", "bytes_up_per_round", "bytes_down_per_round", "bytes_proxy_once",
+             "bytes_total_run")
+_CSV_PAIRED = ("against", "probe_diff_mean", "probe_diff_low", "probe_diff_high", "paper_diff_mean",
+               "paper_diff_low", "paper_diff_high")
+
+
+def _csv(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:
+    """One row per table row; reference rows leave the bytes empty, mmFedAvg the paired difference."""
     by_key = {(c["dataset"], c["pair"], c["clients"], c["algorithm"]): c for c in comm}
+    diffs = {(d["dataset"], d["pair"], d["clients"], d["algorithm"], d["test"]): d for d in paired}
     records = []
     for r in acc:
-        c = by_key[(r["dataset"], r["pair"], r["clients"], r["algorithm"])]
-        records.append({**r, **{k: c[k] for k in ("wire_dtype", "exchanged", "bytes_up_per_round",
-                                                  "bytes_down_per_round", "bytes_proxy_once", "bytes_total_run")}})
+        c = by_key.get((r["dataset"], r["pair"], r["clients"], r["algorithm"]), {})
+        d = diffs.get((r["dataset"], r["pair"], r["clients"], r["algorithm"], r["test"]), {})
+        records.append({**r, **{k: c.get(k) for k in _CSV_COMM}, **{k: d.get(k) for k in _CSV_PAIRED}})
     buf = io.StringIO()
     if records:
         writer = csv.DictWriter(buf, fieldnames=list(records[0]))
@@ -242,8 +330,9 @@ def render_report(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     rows, finals = read_jsonl(out_dir / METRICS), read_jsonl(out_dir / FINAL)
     acc, comm = summarize(rows, finals)
-    atomic_write_bytes(out_dir / "results.md", render_markdown(acc, comm).encode())
-    atomic_write_bytes(out_dir / "results.csv", _csv(acc, comm).encode())
+    paired = paired_differences(rows, finals)
+    atomic_write_bytes(out_dir / "results.md", render_markdown(acc, comm, paired).encode())
+    atomic_write_bytes(out_dir / "results.csv", _csv(acc, comm, paired).encode())
     if rows:
         _plots(out_dir, rows)
     return out_dir / "results.md"

@@ -10,6 +10,7 @@ from safetensors.numpy import load_file
 
 from fedmekt.artifacts import read_run_info
 from fedmekt.cli.main import main
+from fedmekt.reference_rows import REFERENCES
 
 TINY = """
 hidden = 8
@@ -40,11 +41,29 @@ def test_reproduce_writes_tables_plots_metrics_and_artifacts(reproduced):
     for r in rows:
         assert r["bytes_up"] > 0 and r["bytes_down"] > 0 and 0 <= r["f1_paper_acce"] <= 1
     table = list(csv.DictReader((reproduced / "results.csv").open()))
-    assert {(t["algorithm"], t["test"]) for t in table} == {(a, m) for a in ("fedmekt-c[W6,float16]", "mmfedavg[float16]")
+    algorithms = ("fedmekt-c[W6,float16]", "mmfedavg[float16]")
+    assert {(t["algorithm"], t["test"]) for t in table} == {(a, m) for a in (*algorithms, *REFERENCES)
                                                            for m in ("acce", "gyro")}
-    assert all(t["wire_dtype"] == "float16" for t in table)
+    assert [t["algorithm"] for t in table][:4] == sorted(algorithms * 2)   # algorithms first, then references
+    assert all(t["wire_dtype"] == ("float16" if t["algorithm"] in algorithms else "") for t in table)
     md = (reproduced / "results.md").read_text()
     assert "fedmekt-c" in md and "floor" in md and "proxy windows" in md
+    finals = [json.loads(line) for line in (reproduced / "final.jsonl").read_text().splitlines()]
+    assert sorted(f["variant"] for f in finals if f.get("reference")) == sorted(REFERENCES)
+
+
+def test_paired_differences_against_mmfedavg_in_table_and_csv(reproduced):
+    """One seed pairs each row with mmFedAvg once: a difference, and no interval, said in words."""
+    table = {(t["algorithm"], t["test"]): t for t in csv.DictReader((reproduced / "results.csv").open())}
+    finals = {f["variant"]: f for f in map(json.loads, (reproduced / "final.jsonl").read_text().splitlines())}
+    for variant in ("fedmekt-c[W6,float16]", "raw-features", "centralized"):
+        row = table[(variant, "acce")]
+        assert row["against"] == "mmfedavg[float16]" and row["probe_diff_low"] == ""
+        expected = finals[variant]["probe_f1_weighted_acce"] - finals["mmfedavg[float16]"]["probe_f1_weighted_acce"]
+        assert float(row["probe_diff_mean"]) == pytest.approx(expected)
+    assert table[("mmfedavg[float16]", "acce")]["probe_diff_mean"] == ""
+    md = (reproduced / "results.md").read_text()
+    assert "## Paired differences against mmfedavg[float16]" in md and "(n=1, no interval)" in md
     for png in ("f1_per_round.png", "bytes_per_round.png"):
         assert (reproduced / png).read_bytes()[:4] == b"\x89PNG"
     run = reproduced / "runs" / "fedmekt-c_W6_float16-seed0"
