@@ -38,7 +38,8 @@ def parity_inputs(channels: int, seed: int = 0) -> np.ndarray:
 
 
 def build_package(run: RunModel, out_dir: Path, key: Ed25519PrivateKey, *, int8: bool = False,
-                  stride: int | None = None, round_: int | None = None, progress: bool = False) -> BuiltPackage:
+                  stride: int | None = None, round_: int | None = None, progress: bool = False,
+                  run_id: str = "") -> BuiltPackage:
     """Export every modality's encoder + head, check them, optionally quantize, sign; write into ``out_dir``.
 
     Each fp32 file must pass onnx.checker and the parity check (:mod:`export.verify`)
@@ -75,7 +76,7 @@ def build_package(run: RunModel, out_dir: Path, key: Ed25519PrivateKey, *, int8:
             algorithm=info.algorithm, dataset=info.dataset, label_names=tuple(info.label_names),
             window=int(info.window), stride=stride, rate_hz=float(info.rate_hz),
             rep_size=int(info.rep_size), precision="int8" if int8 else "fp32", models=tuple(entries),
-            extra={"exporter": "torch.onnx TorchScript (dynamo=False)", "opset": OPSET},
+            extra={"exporter": "torch.onnx TorchScript (dynamo=False)", "opset": OPSET}, run=run_id,
         )
         sign_package(tmp, manifest, key)
         if out_dir.exists():

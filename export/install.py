@@ -10,6 +10,11 @@ verifies that copy, renames it into ``versions/`` (atomic) and finally replaces
 ``current`` with ``os.replace`` (atomic). A kill before the last step leaves the old
 pointer, a kill after it the new one; both name complete directories. Leftover staging
 directories are removed by the next install.
+
+Freshness: an install names the gateway's federation and the run its signed federation manifest
+names; a package of another federation or run is refused, and so is one ordered before the
+package in service by (signed run order, round) — a new run's round 5 supersedes the previous
+run's round 6, an old run's retained package never replaces a newer one.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from export.package import MANIFEST, PackageError, VerifiedPackage, verify_package
+from export.package import MANIFEST, Manifest, PackageError, VerifiedPackage, verify_package
 from fedmekt.artifacts import atomic_write_bytes
+from fedmekt.wire.runs import run_order
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,20 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def freshness(manifest: Manifest) -> tuple[int, int]:
+    """How packages of one federation are ordered: signed run order first, round within a run."""
+    return run_order(manifest.run), manifest.round
+
+
+def refuse_unfit(manifest: Manifest, federation: str | None, run: str | None) -> None:
+    """PackageError unless the package is of ``federation`` and ``run`` (each checked when not None)."""
+    if federation is not None and manifest.federation != federation:
+        raise PackageError(f"package of federation {manifest.federation!r}; this gateway serves {federation!r}")
+    if run is not None and manifest.run != run:
+        raise PackageError(f"package of run {manifest.run or '(none)'}; the signed federation manifest names "
+                           f"run {run or '(none)'}")
 
 
 class ModelStore:
@@ -73,17 +93,19 @@ class ModelStore:
             raise PackageError(f"{self.root / CURRENT} points to {name!r}, which is not an installed package")
         return InstalledModel(path, verify_package(path, self.public_key))
 
-    def install(self, source: Path | Mapping[str, bytes],
-                on_step: Callable[[str], None] | None = None) -> InstalledModel:
+    def install(self, source: Path | Mapping[str, bytes], on_step: Callable[[str], None] | None = None, *,
+                federation: str | None = None, run: str | None = None) -> InstalledModel:
         """Verify ``source`` (a package directory or {file name: bytes}) and put it in service atomically.
 
-        Raises PackageError before touching anything if the package is refused, and
-        also refuses a package older than the one in service for the same federation
-        (replay of an old signed package). ``on_step`` is called after each durable
-        step (progress hooks; the kill tests stop the process there).
+        Raises PackageError before touching anything if the package is refused: when it is
+        not of ``federation`` or not of ``run`` (each checked when given), or older than the
+        one in service for the same federation (replay of an old signed package, or of an
+        older run's). ``on_step`` is called after each durable step (progress hooks; the
+        kill tests stop the process there).
         """
         step = on_step or (lambda _name: None)
         package = verify_package(source, self.public_key)
+        refuse_unfit(package.manifest, federation, run)
         self._refuse_stale(package)
         name = f"r{package.manifest.round:06d}-{hashlib.sha256(package.files[MANIFEST]).hexdigest()[:12]}"
         final = self.root / VERSIONS / name
@@ -117,10 +139,10 @@ class ModelStore:
             now = self.current()
         except PackageError:
             return  # the one in service is broken: anything valid is better
-        if now and now.package.manifest.federation == package.manifest.federation \
-                and package.manifest.round < now.package.manifest.round:
-            raise PackageError(f"stale package: round {package.manifest.round} is older than the installed "
-                               f"round {now.package.manifest.round}")
+        new, old = package.manifest, now.package.manifest if now else None
+        if old is not None and old.federation == new.federation and freshness(new) < freshness(old):
+            raise PackageError(f"stale package: run {new.run or '(none)'} round {new.round} is older than the "
+                               f"installed run {old.run or '(none)'} round {old.round}")
 
     def _is_valid(self, path: Path) -> bool:
         try:

@@ -4,6 +4,10 @@ The aggregator signs the exact manifest bytes with its private key; the manifest
 the sha256 and size of every ONNX file. A gateway accepts a package only if the
 signature verifies against its configured public key *and* every file matches, so a
 tampered, truncated or unsigned package is refused with one line (:class:`PackageError`).
+A package the aggregator publishes is bound to its (federation, run, round) inside the signed
+manifest, so a gateway can refuse another federation's package, an old run's retained one and a
+rollback within a run (:mod:`export.install`); runs are ordered by their signed run id
+(:mod:`fedmekt.wire.runs`), not by round numbers. A package exported by hand has no run ("").
 This module imports neither torch nor onnx: gateways run it.
 """
 
@@ -74,6 +78,7 @@ class Manifest:
     models: tuple[ModelFile, ...]
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
+    run: str = ""  # the federation run that produced it ("" = exported by hand, bound to no run)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -98,13 +103,16 @@ class Manifest:
             if d.get("format") != FORMAT:
                 raise ValueError(f"unsupported format {d.get('format')!r} (expected {FORMAT})")
             models = tuple(_model_file(m) for m in _typed(d, "models", list))
+            run = d.get("run", "")  # absent in packages made before runs were bound
+            if not isinstance(run, str):
+                raise ValueError("field 'run' has the wrong type")
             manifest = cls(
                 federation=_typed(d, "federation", str), round=_typed(d, "round", int),
                 algorithm=_typed(d, "algorithm", str), dataset=_typed(d, "dataset", str),
                 label_names=tuple(_typed(d, "label_names", list)), window=_typed(d, "window", int),
                 stride=_typed(d, "stride", int), rate_hz=float(_typed(d, "rate_hz", (int, float))),
                 rep_size=_typed(d, "rep_size", int), precision=_typed(d, "precision", str), models=models,
-                extra=_typed(d, "extra", dict),
+                extra=_typed(d, "extra", dict), run=run,
             )
         except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
             raise PackageError(f"invalid manifest: {exc}") from None
@@ -118,6 +126,8 @@ class Manifest:
             problems.append("round/window/stride/rep_size/rate_hz out of range")
         if not self.label_names or not all(isinstance(n, str) and n for n in self.label_names):
             problems.append("label_names must be non-empty strings")
+        if len(self.run) > 64:
+            problems.append("run id longer than 64 characters")
         if self.precision not in ("fp32", "int8"):
             problems.append(f"unknown precision {self.precision!r}")
         if not self.models or len({m.modality for m in self.models}) != len(self.models) \

@@ -21,6 +21,7 @@ class PackagePublisher:
     """Builds ``out_root/r<round>/`` from the live global model and publishes it (retained) over ``link``.
 
     ``link`` is a connected :class:`fedmekt.mqtt.MqttLink`; ``every`` = 0 publishes only at the end.
+    Every package is bound to ``run`` (the federation run id) in its signed manifest.
     Older package directories are removed once a newer one is published.
     """
 
@@ -30,6 +31,7 @@ class PackagePublisher:
     out_root: Path
     every: int = 10
     int8: bool = False
+    run: str = ""
     previous: Announcement | None = None
     _last_dir: Path | None = None
 
@@ -45,7 +47,7 @@ class PackagePublisher:
     def publish(self, run: RunModel, round_: int) -> BuiltPackage:
         out = Path(self.out_root) / f"r{round_:06d}"
         shutil.rmtree(out, ignore_errors=True)  # a rebuilt round (e.g. after a resume) replaces the old files
-        built = build_package(run, out, self.key, int8=self.int8, round_=round_)
+        built = build_package(run, out, self.key, int8=self.int8, round_=round_, run_id=self.run)
         self.previous = publish_package(self.link, self.federation, built.path, previous=self.previous)
         if self._last_dir is not None and self._last_dir != out:
             shutil.rmtree(self._last_dir, ignore_errors=True)

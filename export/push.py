@@ -7,7 +7,9 @@ retained on ``models/<version>/<chunk>``, then a retained announcement on
 gateway that (re)connects later still gets the latest package. The announcement is not
 trusted: the receiver installs only what verifies against its public key
 (:class:`export.install.ModelStore`), so forged or corrupted packages are refused and the
-model in service stays.
+model in service stays. It also installs only packages of its federation and of the run the
+signed federation manifest names (:meth:`PackageReceiver.trust_run`): a package of a run it has
+not been told of yet waits for that run's manifest, an older run's is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import safetensors.numpy
 
 from export.install import InstalledModel, ModelStore
 from export.package import PackageError, VerifiedPackage, verify_package
+from fedmekt.wire.runs import run_order
 from fedmekt.wire.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -113,7 +116,10 @@ class PackageReceiver:
     def __init__(self, store: ModelStore, federation: str,
                  on_installed: Callable[[InstalledModel], None] | None = None) -> None:
         self.store = store
+        self.federation = federation
         self.topics = Topics(federation)
+        self.trusted_run: str | None = None  # the run of the signed federation manifest (None: none seen yet)
+        self._held: dict[str, bytes] | None = None  # a complete package waiting for its run's manifest
         self.on_installed = on_installed
         self.last_error: str | None = None
         self._announced: Announcement | None = None
@@ -136,9 +142,24 @@ class PackageReceiver:
                 self._add_chunk(rest, payload)
             return self._try_install()
         except PackageError as exc:
-            self.last_error = str(exc)
-            log.error("refused model package: %s; the current model stays in service", exc)
+            self._refused(exc)
             return None
+
+    def trust_run(self, run: str) -> InstalledModel | None:
+        """Follow ``run`` (named by a verified federation manifest); install a package held for it."""
+        self.trusted_run = run
+        held, self._held = self._held, None
+        if held is None:
+            return None
+        try:
+            return self._install(held)
+        except PackageError as exc:
+            self._refused(exc)
+            return None
+
+    def _refused(self, exc: PackageError) -> None:
+        self.last_error = str(exc)
+        log.error("refused model package: %s; the current model stays in service", exc)
 
     def _add_chunk(self, rest: str, payload: bytes) -> None:
         parts = rest.split("/")
@@ -174,7 +195,16 @@ class PackageReceiver:
             current = None  # a broken model in service: replace it
         if current is not None and current.package.files == files:
             return None  # already in service
-        installed = self.store.install(files)
+        return self._install(files)
+
+    def _install(self, files: dict[str, bytes]) -> InstalledModel | None:
+        run = verify_package(files, self.store.public_key).manifest.run
+        trusted = self.trusted_run
+        if run and run != trusted and (trusted is None or run_order(run) > run_order(trusted)):
+            self._held = files  # a run whose manifest has not reached us yet (retained messages come in any order)
+            log.info("model package of run %s waits for that run's signed federation manifest", run)
+            return None
+        installed = self.store.install(files, federation=self.federation, run=trusted)
         self.last_error = None
         if self.on_installed is not None:
             self.on_installed(installed)

@@ -10,7 +10,9 @@ The JSON header repeats the message identity in every frame (federation, round,
 sender, kind, message id = first 16 hex of the body's sha256, chunk index/count,
 total size, sha256, wire dtype) so any frame can be routed, deduplicated and
 size-checked on its own; frame 0 also lists the tensors (name -> shape) and the
-sender's modalities so a wrong upload is rejected before anything is buffered.
+sender's modalities so a wrong upload is rejected before anything is buffered. An upload
+also echoes the ``nonce`` of the (signed) round announcement it answers, so an old body
+re-framed with a later round number is refused.
 
 Decoding is strict: every field is type- and range-checked, the reassembled body
 must hash to ``sha256``, the safetensors header must agree with frame 0 and with
@@ -41,6 +43,7 @@ MAX_HEADER = 4096  # a frame header (JSON) never exceeds this; frames reserve it
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-/]{1,128}$")
 _ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NONCE = re.compile(r"^[0-9a-f]{1,32}$")
 
 Tensors = dict[str, np.ndarray]
 Spec = Mapping[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype), as ServerEngine.expected_upload
@@ -95,6 +98,7 @@ class Header:
     dtype: str
     modalities: tuple[str, ...] = ()
     tensors: dict[str, tuple[int, ...]] = field(default_factory=dict)  # frame 0 only
+    nonce: str = ""  # uploads: the round announcement's nonce ("" elsewhere)
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -107,6 +111,8 @@ class Header:
              "step": self.step, "sha256": self.sha256, "dtype": self.dtype, "modalities": list(self.modalities)}
         if self.index == 0:
             d["tensors"] = {k: list(v) for k, v in self.tensors.items()}
+        if self.nonce:
+            d["nonce"] = self.nonce
         return json.dumps(d, separators=(",", ":")).encode()
 
 
@@ -123,7 +129,7 @@ def _header_from_json(raw: bytes) -> Header:
         raise WireError("header is not a JSON object")
     required = {"v", "federation", "round", "sender", "kind", "msg", "index", "count", "size", "step", "sha256",
                 "dtype", "modalities"}
-    allowed = required | {"tensors"}
+    allowed = required | {"tensors", "nonce"}
     if missing := required - d.keys():
         raise WireError(f"header lacks {sorted(missing)}")
     if extra := d.keys() - allowed:
@@ -145,6 +151,8 @@ def _header_from_json(raw: bytes) -> Header:
     mods = d["modalities"]
     if not isinstance(mods, list) or len(mods) > 16 or not all(isinstance(m, str) and _ID.match(m) for m in mods):
         raise WireError("bad modalities")
+    if "nonce" in d and not (isinstance(d["nonce"], str) and _NONCE.match(d["nonce"])):
+        raise WireError("bad nonce")
     tensors: dict[str, tuple[int, ...]] = {}
     if d["index"] == 0:
         t = d.get("tensors")
@@ -159,7 +167,7 @@ def _header_from_json(raw: bytes) -> Header:
         raise WireError("tensor list outside frame 0")
     return Header(federation=d["federation"], round=d["round"], sender=d["sender"], kind=d["kind"], msg=d["msg"],
                   index=d["index"], count=d["count"], size=d["size"], step=d["step"], sha256=d["sha256"],
-                  dtype=d["dtype"], modalities=tuple(mods), tensors=tensors)
+                  dtype=d["dtype"], modalities=tuple(mods), tensors=tensors, nonce=d.get("nonce", ""))
 
 
 def _check_geometry(h: Header, limits: WireLimits, body_len: int) -> None:
@@ -217,17 +225,19 @@ def _to_wire(tensors: Mapping[str, np.ndarray], dtype: str) -> Tensors:
 
 
 def encode(tensors: Mapping[str, np.ndarray], dtype: str = "float32", *, federation: str, round_: int, sender: str,
-           kind: str, modalities: tuple[str, ...] = (), limits: WireLimits = WireLimits()) -> list[bytes]:
+           kind: str, modalities: tuple[str, ...] = (), limits: WireLimits = WireLimits(),
+           nonce: str = "") -> list[bytes]:
     """Encode named tensors as a list of frames (one MQTT payload each), cast to the wire ``dtype``."""
     wire = _to_wire(tensors, dtype)
     body = st_save(wire)
     return frame_body(body, dtype=dtype, federation=federation, round_=round_, sender=sender, kind=kind,
-                      modalities=modalities, tensors={k: tuple(v.shape) for k, v in wire.items()}, limits=limits)
+                      modalities=modalities, tensors={k: tuple(v.shape) for k, v in wire.items()}, limits=limits,
+                      nonce=nonce)
 
 
 def frame_body(body: bytes, *, dtype: str, federation: str, round_: int, sender: str, kind: str,
                modalities: tuple[str, ...], tensors: dict[str, tuple[int, ...]],
-               limits: WireLimits = WireLimits()) -> list[bytes]:
+               limits: WireLimits = WireLimits(), nonce: str = "") -> list[bytes]:
     if len(body) > limits.max_message:
         raise WireError(f"message of {len(body)} B exceeds the {limits.max_message} B limit")
     digest = hashlib.sha256(body).hexdigest()
@@ -237,7 +247,7 @@ def frame_body(body: bytes, *, dtype: str, federation: str, round_: int, sender:
     for i in range(count):
         h = Header(federation=federation, round=round_, sender=sender, kind=kind, msg=digest[:16], index=i,
                    count=count, size=len(body), step=step, sha256=digest, dtype=dtype,
-                   modalities=tuple(modalities), tensors=tensors if i == 0 else {})
+                   modalities=tuple(modalities), tensors=tensors if i == 0 else {}, nonce=nonce)
         raw = h.to_json()
         if len(raw) > MAX_HEADER:
             raise WireError("header too large (too many tensors or long names)")

@@ -8,11 +8,16 @@ message (kind "proxy", always float32 so every party embeds bit-identical window
 Afterwards a round announcement only names proxy window start rows; no proxy data
 travels per round. A client may instead be provisioned with the same two payloads
 (``save_bundle`` / ``load_bundle``) and never download them.
+
+With a signing key the manifest and the announcements travel signed (:mod:`fedmekt.wire.signing`);
+the parsers here read either form (observers such as ``fedmekt status``), and a client with the
+public key verifies the envelope before it parses anything.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import numpy as np
 
 from fedmekt.wire.codec import WireError, WireLimits, decode_body, encode, parse_frame
 from fedmekt.wire.chunks import Reassembler
+from fedmekt.wire.signing import unwrap
 from sensors.partition import FederatedSplit, Normalizer, Partition
 
 MANIFEST_VERSION = 1
@@ -55,6 +61,7 @@ class FederationManifest:
     @classmethod
     def from_bytes(cls, raw: bytes) -> "FederationManifest":
         """Validate a manifest from the network; WireError with the reason."""
+        raw = unwrap(raw)
         if len(raw) > MAX_MANIFEST:
             raise WireError("manifest too large")
         try:
@@ -174,9 +181,11 @@ def load_bundle(path: Path) -> tuple[FederationManifest, Partition | None]:
 
 # ---- small JSON control messages ---------------------------------------------------------------
 MAX_CONTROL = 256 * 1024
+_HEX = re.compile(r"^[0-9a-f]{0,64}$")
 
 
 def _json(raw: bytes, what: str) -> dict:
+    raw = unwrap(raw)
     if len(raw) > MAX_CONTROL:
         raise WireError(f"{what} too large")
     try:
@@ -198,19 +207,24 @@ class Announcement:
     done: bool = False
     rounds: int = 0  # rounds completed (when done)
     run: str = ""  # the manifest's run id: announcements of another run are ignored
+    nonce: str = ""  # per round, echoed in every upload header: binds uploads to this announcement
+    global_sha256: str = ""  # sha256 of the round's global knowledge message: its chunks need no signature
 
     def to_bytes(self) -> bytes:
         return json.dumps({"federation": self.federation, "plan": self.plan, "deadline": self.deadline,
-                           "done": self.done, "rounds": self.rounds, "run": self.run},
-                          separators=(",", ":")).encode()
+                           "done": self.done, "rounds": self.rounds, "run": self.run, "nonce": self.nonce,
+                           "global_sha256": self.global_sha256}, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Announcement":
         d = _json(raw, "announcement")
         try:
-            a = cls(d["federation"], d["plan"], float(d["deadline"]), bool(d["done"]), int(d["rounds"]), str(d["run"]))
+            a = cls(d["federation"], d["plan"], float(d["deadline"]), bool(d["done"]), int(d["rounds"]), str(d["run"]),
+                    str(d.get("nonce", "")), str(d.get("global_sha256", "")))
         except (KeyError, TypeError, ValueError):
             raise WireError("announcement lacks fields") from None
+        if not (_HEX.match(a.nonce) and len(a.nonce) <= 32 and _HEX.match(a.global_sha256)):
+            raise WireError("announcement has a bad nonce or global hash")
         if not a.done and not isinstance(a.plan, dict):
             raise WireError("announcement has no plan")
         return a
