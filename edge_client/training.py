@@ -38,7 +38,8 @@ class LocalTrainer:
         with TORCH_RNG_LOCK:
             self.engine = ClientEngine(*self._engine_args)
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)  # model state is derived from the private samples
         self.last_round = -1
         self._config_key = config_key(cfg.to_dict())
         self.run = run

@@ -105,12 +105,12 @@ def start_mosquitto(port: int | None = None, extra_config: str = "", workdir: Pa
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmekt-mosquitto-"))
     workdir.mkdir(parents=True, exist_ok=True)
     block = listener or f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-    (workdir / "mosquitto.conf").write_text(
+    (workdir / "mosquitto.conf").write_text(  # a listener block's own limits come later and win
+        f"max_queued_messages 100000\n"
         f"{block}"
         f"persistence false\n"
         f"log_dest file {workdir / 'mosquitto.log'}\n"
         f"log_type error\nlog_type warning\nlog_type notice\n"
-        f"max_queued_messages 100000\n"
         f"{extra_config}\n"
     )
     proc = MosquittoProcess(port=port, workdir=workdir, process=_spawn(workdir), extra_config=extra_config)

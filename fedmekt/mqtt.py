@@ -10,13 +10,22 @@
 * persistent sessions (v5 session expiry / 3.1.1 ``clean_session=False``) and
   subscriptions renewed on every reconnect; reconnect with exponential backoff;
 * QoS 1 everywhere; bounded outgoing queue and bounded inbox (a full inbox makes the
-  network thread wait, which pushes back on the broker instead of growing memory).
+  network thread wait, which pushes back on the broker instead of growing memory);
+* a session taken over by a second connection with the same login (the broker forces
+  client id = username) ends the link with an error instead of reconnecting, which would
+  kick the other session in turn, and so on. Seen as MQTT 5 reason 142 where the broker
+  sends it, and, with ``session_topic``, as another session's token retained there: each
+  link publishes a random token on its first connect and, on every reconnect, first
+  reads what is retained before going on;
+* TLS failures (unknown CA, host-name mismatch, plain-TCP port) reported as such.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import secrets
+import socket
 import ssl
 import threading
 import time
@@ -33,6 +42,7 @@ from fedmekt.errors import UserError
 
 log = logging.getLogger(__name__)
 V5_PROBE_S = 3.0
+SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code
 _V311_ONLY: set[tuple[str, int]] = set()  # brokers that failed the v5 probe in this process: skip it next time
 
 
@@ -78,6 +88,7 @@ class LinkOptions:
     reconnect_max: float = 60.0
     max_queued: int = 1000  # outgoing messages paho may hold
     inbox: int = 2000  # incoming messages waiting for the application
+    session_topic: str | None = None  # retained token topic that detects a second session of this login
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,9 @@ class MqttLink:
         self._connected = threading.Event()
         self._closing = threading.Event()
         self._unsupported = False
+        self._connect_failed = threading.Event()  # a TCP/TLS attempt failed before any CONNACK
+        self._taken_over = False
+        self._token = secrets.token_hex(16).encode()
         self._connack: paho.ReasonCode | None = None
         self.protocol = ""
         self.connects = 0
@@ -139,6 +153,12 @@ class MqttLink:
             while time.monotonic() < deadline and not self._connected.is_set() and not self._unsupported \
                     and not self._refused():
                 self._connected.wait(0.05)
+                if self._connect_failed.is_set() and self.address.tls:
+                    self._connect_failed.clear()
+                    problem = self._tls_problem()
+                    if problem:
+                        self._stop_client()
+                        raise UserError(problem)
             if self._connected.is_set():
                 if self.protocol == "3.1.1" and len(order) > 1:
                     _V311_ONLY.add(where)
@@ -150,6 +170,38 @@ class MqttLink:
             if not (probe or self._unsupported):
                 break
         raise UserError(f"cannot reach MQTT broker at {self.address.host}:{self.address.port} within {timeout:.0f} s")
+
+    def _tls_problem(self) -> str | None:
+        """Repeat the TLS handshake to say why it failed; paho reports only that the connection did.
+
+        None when the handshake succeeds or the host cannot be reached at all (not a TLS problem).
+        """
+        o, host, port = self.options, self.address.host, self.address.port
+        try:
+            ctx = ssl.create_default_context(cafile=o.ca_file)
+            if o.cert_file:
+                ctx.load_cert_chain(o.cert_file, o.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            return f"cannot use the TLS files (--ca-file/--cert-file/--key-file): {exc}"
+        ctx.check_hostname = not o.insecure
+        where = f"broker {host}:{port}"
+        try:
+            with socket.create_connection((host, port), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=host):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            why = exc.verify_message or str(exc)
+            if "hostname" in why.lower():
+                return (f"TLS: the certificate of {where} is not valid for the name {host!r} ({why}); connect "
+                        f"with a name or address it was issued for (fedmekt provision init --host)")
+            return (f"TLS: the certificate of {where} is not signed by a trusted CA ({why}); "
+                    f"pass the CA that signed it with --ca-file")
+        except ssl.SSLError as exc:
+            reason = exc.reason or str(exc)
+            hint = " (a plain-TCP listener? use mqtt://)" if "WRONG_VERSION_NUMBER" in str(reason) else ""
+            return f"TLS handshake with {where} failed: {reason}{hint}"
+        except OSError:
+            return None
 
     def _refused(self) -> bool:
         """Bad credentials or not authorised: retrying with backoff would only hammer the broker."""
@@ -177,6 +229,7 @@ class MqttLink:
         if self.presence:
             c.will_set(self.presence.topic, self.presence.offline, qos=1, retain=True)
         c.on_connect = self._on_connect
+        c.on_connect_fail = lambda client, userdata: self._connect_failed.set()
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         props = None
@@ -205,6 +258,11 @@ class MqttLink:
         if reason_code.is_failure:
             log.warning("broker refused connection: %s", reason_code)
             return
+        session = self.options.session_topic
+        if session:
+            if self.connects == 0:  # ours goes first; on a reconnect the retained one is read before anything
+                client.publish(session, self._token, qos=1, retain=True)
+            client.subscribe(session, qos=1)
         self.connects += 1
         for topic in self._subs:
             client.subscribe(topic, qos=1)
@@ -215,12 +273,19 @@ class MqttLink:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        if self.protocol == "5" and reason_code == SESSION_TAKEN_OVER and not self._closing.is_set():
+            self._lose_session(client)
+            return
         if self.protocol == "5" and self.connects == 0 and not self._closing.is_set():
             self._unsupported = True  # closed before any CONNACK: a 3.1.1-only broker (amqtt) does this
         if not self._closing.is_set() and not self._unsupported:
             log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
+        if msg.topic == self.options.session_topic:
+            if msg.payload and bytes(msg.payload) != self._token:
+                self._lose_session(client)
+            return
         item = Message(msg.topic, bytes(msg.payload), bool(msg.retain))
         while not self._closing.is_set():
             try:
@@ -228,6 +293,21 @@ class MqttLink:
                 return
             except queue.Full:
                 continue
+
+    def _lose_session(self, client: paho.Client) -> None:
+        if not self._taken_over:
+            self._taken_over = True
+            log.error("%s", self._taken_over_message())
+        client.disconnect()  # and stop the reconnect loop: reconnecting would kick the other session
+
+    def _taken_over_message(self) -> str:
+        user = self.options.username or self.address.username or self.options.client_id
+        return (f"another connection logged in as {user!r} took over this session (MQTT 'Session taken over'); "
+                f"each running tool needs its own login (fedmekt provision add)")
+
+    def _check_session(self) -> None:
+        if self._taken_over:
+            raise UserError(self._taken_over_message())
 
     @property
     def connected(self) -> bool:
@@ -252,6 +332,7 @@ class MqttLink:
                 expiry: int | None = None) -> paho.MQTTMessageInfo:
         """QoS 1 publish; ``expiry`` (seconds) becomes the v5 MessageExpiryInterval, ignored on 3.1.1."""
         assert self._client is not None, "connect() first"
+        self._check_session()
         props = None
         if expiry is not None and self.v5:
             props = Properties(PacketTypes.PUBLISH)
@@ -283,6 +364,7 @@ class MqttLink:
     def _wait_one(self, pending: deque, deadline: float) -> None:
         info = pending[0]
         while not _published(info):
+            self._check_session()
             if time.monotonic() > deadline or self._closing.is_set():
                 raise TimeoutError("MQTT publish not acknowledged in time")
             time.sleep(0.001 if self.connected else 0.1)
@@ -294,6 +376,8 @@ class MqttLink:
         return self._inbox.qsize()
 
     def get(self, timeout: float | None = None) -> Message | None:
+        """The next message, None after ``timeout``; raises UserError once the session was taken over."""
+        self._check_session()
         try:
             return self._inbox.get(timeout=timeout)
         except queue.Empty:

@@ -15,6 +15,7 @@ chunk if needed). This module has no network code: raw samples never leave the d
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -59,7 +60,11 @@ class SampleStore:
             raise ValueError("max_samples must be >= 1 or None")
         self.path = Path(path)
         self.max_samples = max_samples
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Raw sensor data is private: a new folder is 0700 and the database 0600 (SQLite gives its
+        # -wal/-shm files the database's mode); an existing database is tightened to 0600.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)

@@ -60,7 +60,8 @@ class ProcessFederation:
             f'federation = "{federation}"\ndataset = "demo"\nclients = {list(clients)}\nper_round = {per_round}\n'
             f'rounds = {rounds}\nproxy_windows = {proxy_windows}\nseed = {seed}\ndevice = "cpu"\n')
         (tmp / "logs").mkdir(exist_ok=True)
-        self.secure: SecureBroker | None = start_secure_broker(tmp, tuple(self.client_ids)) if secure else None
+        self.secure: SecureBroker | None = (start_secure_broker(tmp, tuple(self.client_ids), federation)
+                                            if secure else None)
         self.broker: MosquittoProcess = self.secure.broker if secure else start_mosquitto(workdir=tmp / "mosquitto")
         self.procs: dict[str, subprocess.Popen] = {}
         self.starts: dict[str, int] = {}

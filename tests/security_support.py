@@ -1,7 +1,8 @@
 """Helpers for the security / fault tests: the shipped secured broker and small paho probes.
 
-The broker is started with deploy/mosquitto/fedmekt.conf rendered by the provisioning
-tool (``deploy.provision``), so the tests exercise exactly what an operator installs.
+The broker is started with the mosquitto drop-in rendered by the provisioning tool
+(``fedmekt.provisioning``, ``fedmekt provision``), so the tests exercise exactly what an
+operator installs.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import json
 import os
 import queue
 import ssl
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,12 +18,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # deploy/ is a folder of the repository, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from deploy import provision  # noqa: E402
-from fedmekt.broker import MosquittoProcess, free_port, start_mosquitto  # noqa: E402
+from fedmekt.broker import MosquittoProcess, free_port, start_mosquitto
+from fedmekt.provisioning import registry as provision
 
 DEVICES = ("c000", "c001", "c002")
 
@@ -33,8 +29,12 @@ class SecureBroker:
     """A running mosquitto with the shipped TLS + password + ACL configuration."""
 
     broker: MosquittoProcess
-    folder: Path
+    folder: Path  # the operator's folder (CA key, credentials); the broker's files are in broker_dir
     passwords: dict[str, str]
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.folder / "broker"
 
     @property
     def port(self) -> int:
@@ -45,16 +45,17 @@ class SecureBroker:
         return self.folder / "ca.crt"
 
 
-def start_secure_broker(tmp: Path, users: tuple[str, ...] = DEVICES) -> SecureBroker:
-    """Provision CA, server cert for 127.0.0.1/localhost, aggregator, monitor and devices; start mosquitto."""
-    folder = tmp / "fedmekt-broker"
+def start_secure_broker(tmp: Path, users: tuple[str, ...] = DEVICES, federation: str = "demo") -> SecureBroker:
+    """Provision CA, server cert for 127.0.0.1/localhost, aggregator, monitor and devices of
+    ``federation``; start mosquitto."""
+    folder = tmp / "fedmekt-operator"
     port = free_port()
-    provision.init(folder, ("localhost", "127.0.0.1"), port=port)
+    dep = provision.init(folder, ("localhost", "127.0.0.1"), port=port)
     passwords = {}
     for name, role in [("aggregator", "aggregator"), ("monitor", "monitor")] + [(u, "device") for u in users]:
-        bundle = provision.add(folder, name, role)
+        bundle = provision.add(folder, name, role, (federation,) if role == "device" else ())
         passwords[name] = json.loads((bundle / "credentials.json").read_text())["password"]
-    conf = (folder / "fedmekt.conf").read_text()
+    conf = (dep.broker_dir / "fedmekt.conf").read_text()
     # Run as root (CI), mosquitto would drop to the `mosquitto` user, which cannot enter
     # pytest's 0700 temporary folders; in production the files live in /etc/mosquitto/fedmekt.
     stay = "user root\n" if os.geteuid() == 0 else ""

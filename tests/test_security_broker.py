@@ -12,15 +12,17 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from fedmekt.wire.topics import Topics
 from fault_ledger import record
-from security_support import REPO, Probe, SecureBroker, connect, provision, start_secure_broker
+from security_support import Probe, SecureBroker, connect, provision, start_secure_broker
 
 pytestmark = pytest.mark.broker
+FEDMEKT = Path(sys.executable).with_name("fedmekt")
 T = Topics("demo")
 
 
@@ -161,20 +163,23 @@ def test_client_id_of_another_device_cannot_kick_it_off(secure):
 
 
 def test_provision_cli_revokes_a_device(secure):
-    cmd = [sys.executable, "-m", "deploy.provision"]
-    added = subprocess.run(cmd + ["add", str(secure.folder), "c099"], cwd=REPO, capture_output=True, text=True)
+    cmd = [str(FEDMEKT), "provision"] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt", "provision"]
+    op = str(secure.folder)
+    added = subprocess.run(cmd + ["add", op, "c099", "--federation", "demo"], capture_output=True, text=True)
     assert added.returncode == 0, added.stderr
-    bad = subprocess.run(cmd + ["add", str(secure.folder), "c/1"], cwd=REPO, capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    for bad in (["add", op, "c/1", "--federation", "demo"], ["add", op, "c098"], ["remove", op, "nobody"]):
+        done = subprocess.run(cmd + bad, capture_output=True, text=True)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith("fedmekt provision: error: "), done.stderr
     secure.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads password file and ACL
-    secure.passwords["c099"] = json.loads((secure.folder / "devices/c099/credentials.json").read_text())["password"]
+    secure.passwords["c099"] = json.loads((secure.folder / "logins/c099/credentials.json").read_text())["password"]
     for _ in range(50):
         probe = connect(secure.port, "c099", secure.passwords["c099"], ca=secure.ca)
         if probe.connected.is_set():
             break
     assert probe.connected.is_set(), probe.connack
     probe.close()
-    removed = subprocess.run(cmd + ["remove", str(secure.folder), "c099"], cwd=REPO, capture_output=True, text=True)
+    removed = subprocess.run(cmd + ["remove", op, "c099"], capture_output=True, text=True)
     assert removed.returncode == 0, removed.stderr
     secure.broker.process.send_signal(signal.SIGHUP)
     for _ in range(50):

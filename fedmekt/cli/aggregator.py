@@ -64,6 +64,7 @@ def run(args) -> int:
     from fedmekt.report import write_report
     from fedmekt.wire import federation as fedwire
     from fedmekt.wire.codec import WireLimits
+    from fedmekt.wire.topics import Topics
 
     cfg = load_config(args.config)
     if args.package_every < 0:
@@ -89,8 +90,8 @@ def run(args) -> int:
                                 round_timeout=args.round_timeout, quorum=args.quorum, limits=limits,
                                 progress=not args.no_progress, signing_key=signing_key,
                                 package_every=args.package_every)
-    agg = Aggregator(cfg, split, args.broker, options, link_options(args, f"{cfg.federation}-aggregator"),
-                     rate_hz=rate)
+    link = link_options(args, f"{cfg.federation}-aggregator", session_topic=Topics(cfg.federation).aggregator_session)
+    agg = Aggregator(cfg, split, args.broker, options, link, rate_hz=rate)
     result = agg.run()
     write_report(out, [result])
     print(f"{len(result.rows)} rounds; results in {out}")

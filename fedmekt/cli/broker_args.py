@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -13,24 +14,52 @@ def add_broker_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--broker", required=required, metavar="URL",
                    help="mqtt://host:port or mqtts://host:port (user:password@ allowed)")
-    g.add_argument("--username", help="MQTT username (default: the client id for devices)")
+    g.add_argument("--credentials", type=Path, metavar="FILE",
+                   help="credentials.json from `fedmekt provision add`: username, password and (beside it) ca.crt")
+    g.add_argument("--username", help="MQTT username (default: the credentials' username, or the client id for devices)")
     g.add_argument("--password", default=os.environ.get(PASSWORD_ENV),
-                   help=f"MQTT password [env {PASSWORD_ENV}]")
-    g.add_argument("--ca-file", type=Path, help="CA certificate for mqtts://")
+                   help=f"MQTT password [env {PASSWORD_ENV}]; prefer --credentials, a command line is visible to all")
+    g.add_argument("--ca-file", type=Path, help="CA certificate for mqtts:// (default: the credentials' ca.crt)")
     g.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS)")
     g.add_argument("--key-file", type=Path, help="client private key (mutual TLS)")
     g.add_argument("--mqtt-protocol", choices=("auto", "5", "3.1.1"), default="auto",
                    help="MQTT version (default: v5, falling back to 3.1.1)")
 
 
-def link_options(args: argparse.Namespace, client_id: str, username: str | None = None):
+def read_credentials(path: Path) -> tuple[str, str, Path | None]:
+    """(username, password, CA certificate or None) from a provisioned credentials.json."""
+    from fedmekt.errors import UserError
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"credentials file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--credentials {path}: not a credentials.json ({exc})") from None
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) and raw[k] for k in ("username", "password")):
+        raise UserError(f"--credentials {path}: needs string fields 'username' and 'password'")
+    ca = raw.get("ca")
+    if ca is not None and not isinstance(ca, str):
+        raise UserError(f"--credentials {path}: 'ca' must be a file name")
+    return raw["username"], raw["password"], (Path(path).parent / ca) if ca else None
+
+
+def link_options(args: argparse.Namespace, client_id: str, username: str | None = None,
+                 session_topic: str | None = None):
+    """LinkOptions from the flags; explicit flags win over the credentials file."""
     from fedmekt.errors import UserError
     from fedmekt.mqtt import LinkOptions
 
-    for path in (args.ca_file, args.cert_file, args.key_file):
+    password, ca_file = args.password, args.ca_file
+    if args.credentials is not None:
+        username, stored, stored_ca = read_credentials(args.credentials)
+        password = args.password or stored
+        ca_file = ca_file or stored_ca
+    for path in (ca_file, args.cert_file, args.key_file):
         if path is not None and not Path(path).is_file():
             raise UserError(f"file not found: {path}")
-    return LinkOptions(client_id=client_id, username=args.username or username, password=args.password,
-                       ca_file=str(args.ca_file) if args.ca_file else None,
+    return LinkOptions(client_id=client_id, username=args.username or username, password=password,
+                       ca_file=str(ca_file) if ca_file else None,
                        cert_file=str(args.cert_file) if args.cert_file else None,
-                       key_file=str(args.key_file) if args.key_file else None, protocol=args.mqtt_protocol)
+                       key_file=str(args.key_file) if args.key_file else None, protocol=args.mqtt_protocol,
+                       session_topic=session_topic)

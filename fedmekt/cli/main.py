@@ -24,6 +24,7 @@ COMMANDS = (
     ("infer", "infer"),
     ("report", "report"),
     ("status", "status"),
+    ("provision", "provision"),
 )
 
 

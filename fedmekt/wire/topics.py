@@ -7,6 +7,7 @@
 | ``proxy/manifest`` and ``proxy/<chunk>`` | aggregator | yes | the versioned, hashed proxy set (sent once) |
 | ``models/manifest`` and ``models/<version>/<chunk>`` | aggregator | yes | signed ONNX model packages |
 | ``metrics`` | aggregator | no | per-round metrics (JSON) |
+| ``aggregator/session`` | aggregator | yes | random token of the running aggregator session (detects a second one) |
 | ``clients/<id>/status`` | client (and its Last Will) | yes | presence: online with modalities / offline |
 | ``clients/<id>/upload/<round>/<chunk>`` | client | no | upstream embeddings or parameters |
 | ``clients/<id>/inference`` | client | no | on-device predictions (JSON lines) |
@@ -66,6 +67,10 @@ class Topics:
     @property
     def metrics(self) -> str:
         return f"{self.prefix}/metrics"
+
+    @property
+    def aggregator_session(self) -> str:
+        return f"{self.prefix}/aggregator/session"
 
     def status(self, client_id: str) -> str:
         return f"{self.prefix}/clients/{client_id}/status"

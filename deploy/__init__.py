@@ -1,1 +1,0 @@
-"""Deployment assets: the secured mosquitto configuration and device provisioning."""

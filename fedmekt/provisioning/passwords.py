@@ -1,0 +1,30 @@
+"""mosquitto password-file lines, hashed here so the iteration count is ours to choose.
+
+mosquitto_passwd 2.0.x always writes 101 PBKDF2 iterations (no option to raise it), but
+the broker reads the count from each line (``$7$<iterations>$<salt>$<hash>``), so we
+write the same format with a count that makes offline guessing of a stolen file slow.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+
+# PBKDF2-HMAC-SHA512 iterations: ~70 ms per login check on a lab server, vs mosquitto's 101.
+ITERATIONS = 100_000
+SALT_BYTES = 12  # what mosquitto_passwd uses
+
+
+def hash_line(username: str, password: str, iterations: int = ITERATIONS) -> str:
+    """``username:$7$…`` as mosquitto's sha512-pbkdf2 scheme expects it."""
+    salt = secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, dklen=64)
+    b64 = base64.b64encode
+    return f"{username}:$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def iterations_of(line: str) -> int:
+    """The iteration count of one password-file line (0 when it is not the PBKDF2 scheme)."""
+    parts = line.split(":", 1)[-1].split("$")
+    return int(parts[2]) if len(parts) == 5 and parts[1] == "7" and parts[2].isdigit() else 0

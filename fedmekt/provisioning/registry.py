@@ -1,0 +1,201 @@
+"""The operator's folder and the broker's folder: ``init``, ``add`` and ``remove`` logins.
+
+Operator folder (mode 0700, stays with the operator)::
+
+    ca.key  ca.crt  broker.json  logins.json  logins/<name>/{ca.crt, credentials.json}
+
+Broker folder (what mosquitto serves; default ``<operator>/broker``)::
+
+    ca.crt  server.crt  server.key  passwd  acl  fedmekt.conf
+
+Every write is atomic (temporary file + rename) so a crash never leaves half a key or a
+password file that locks every device out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from fedmekt.errors import UserError
+from fedmekt.provisioning import pki
+from fedmekt.provisioning.acl import ALL_FEDERATIONS, ROLES, Login, render_acl
+from fedmekt.provisioning.passwords import hash_line
+
+SHIPPED_DIR = "/etc/mosquitto/fedmekt"  # the paths in the shipped template
+SHIPPED_PORT = 8883
+# A login or federation name ends up as one MQTT topic level and as a file name: keep it boring.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+BROKER_JSON, LOGINS_JSON, CREDENTIALS = "broker.json", "logins.json", "credentials.json"
+
+
+def shipped_conf() -> str:
+    """The mosquitto drop-in template installed with the package (also ``deploy/mosquitto/fedmekt.conf``)."""
+    return resources.files("fedmekt.provisioning").joinpath("fedmekt.conf").read_text()
+
+
+def render_conf(broker_dir: Path, port: int) -> str:
+    """The shipped drop-in with its paths pointing into ``broker_dir`` and its listener on ``port``."""
+    text = shipped_conf().replace(SHIPPED_DIR, str(broker_dir.resolve()))
+    return text.replace(f"listener {SHIPPED_PORT}\n", f"listener {port}\n")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not NAME_RE.match(name):
+        raise UserError(f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '.', '-' (no / + # %)")
+    return name
+
+
+def _broker_owner() -> tuple[int, int] | None:
+    """uid/gid of the ``mosquitto`` user when we run as root: the broker drops to it and must read its files."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        import pwd
+
+        entry = pwd.getpwnam("mosquitto")
+    except (ImportError, KeyError):
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644, broker_secret: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        owner = _broker_owner() if broker_secret else None
+        if owner:
+            os.fchown(fd, *owner)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """An initialised operator folder and the broker folder it provisions."""
+
+    operator: Path
+    broker_dir: Path
+    hosts: tuple[str, ...]
+    port: int
+
+    @classmethod
+    def open(cls, operator: Path) -> "Deployment":
+        path = operator / BROKER_JSON
+        if not path.is_file():
+            raise UserError(f"{operator} is not an operator folder (no {BROKER_JSON}): run `fedmekt provision init` first")
+        d = json.loads(path.read_text())
+        return cls(operator, Path(d["broker_dir"]), tuple(d["hosts"]), int(d["port"]))
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://{self.hosts[0]}:{self.port}"
+
+    def logins(self) -> dict[str, Login]:
+        path = self.operator / LOGINS_JSON
+        raw = json.loads(path.read_text()) if path.exists() else {}
+        return {name: Login.from_json(name, d) for name, d in raw.items()}
+
+    def _passwd(self) -> dict[str, str]:
+        path = self.broker_dir / "passwd"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return {line.split(":", 1)[0]: line for line in lines if line.strip()}
+
+    def _save(self, logins: dict[str, Login], passwd: dict[str, str]) -> None:
+        """Password file and ACL first (what the broker enforces), then the registry."""
+        body = "".join(passwd[n] + "\n" for n in sorted(passwd))
+        _write(self.broker_dir / "passwd", body.encode(), 0o600, broker_secret=True)
+        _write(self.broker_dir / "acl", render_acl(list(logins.values())).encode(), 0o600, broker_secret=True)
+        registry = {n: logins[n].to_json() for n in sorted(logins)}
+        _write(self.operator / LOGINS_JSON, (json.dumps(registry, indent=2) + "\n").encode(), 0o600)
+
+
+def init(operator: Path, hosts: tuple[str, ...], port: int = SHIPPED_PORT, broker_dir: Path | None = None,
+         days: int = 825) -> Deployment:
+    """Create the CA (operator folder) and the broker's certificate, empty password file, ACL and config."""
+    if not hosts:
+        raise UserError("give at least one --host (the name or IP address devices connect to)")
+    for host in hosts:
+        if not host or any(c in host for c in "/ \t\n"):
+            raise UserError(f"invalid --host {host!r}")
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be 1-65535, got {port}")
+    if (operator / "ca.key").exists():
+        raise UserError(f"{operator} already holds a CA (ca.key); refusing to overwrite it")
+    broker_dir = (broker_dir or operator / "broker").resolve()
+    if broker_dir == operator.resolve():
+        raise UserError("the broker's folder must not be the operator's folder: it would hold the CA key")
+    operator.mkdir(parents=True, exist_ok=True)
+    os.chmod(operator, 0o700)
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    ca_key, server_key = pki.new_key(), pki.new_key()
+    ca_cert = pki.ca_certificate(ca_key, days * 4)
+    server_cert = pki.server_certificate(server_key, hosts, ca_cert, ca_key, days)
+    _write(operator / "ca.key", pki.key_pem(ca_key), 0o600)
+    _write(operator / "ca.crt", pki.cert_pem(ca_cert))
+    _write(broker_dir / "ca.crt", pki.cert_pem(ca_cert))
+    _write(broker_dir / "server.key", pki.key_pem(server_key), 0o600, broker_secret=True)
+    _write(broker_dir / "server.crt", pki.cert_pem(server_cert))
+    _write(broker_dir / "fedmekt.conf", render_conf(broker_dir, port).encode())
+    info = {"hosts": list(hosts), "port": port, "broker_dir": str(broker_dir)}
+    _write(operator / BROKER_JSON, (json.dumps(info, indent=2) + "\n").encode())
+    dep = Deployment(operator, broker_dir, tuple(hosts), port)
+    dep._save({}, {})
+    return dep
+
+
+def add(operator: Path, name: str, role: str = "device", federations: tuple[str, ...] = (),
+        password: str | None = None) -> Path:
+    """Add (or re-key) a login; returns its folder of ``ca.crt`` and ``credentials.json`` for the device."""
+    dep = Deployment.open(operator)
+    check_name(name, "login name")
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    for fed in federations:
+        check_name(fed, "federation")
+    if role == "device" and not federations:
+        raise UserError("a device belongs to a federation: give --federation NAME (repeatable)")
+    logins = dep.logins()
+    if name in logins and logins[name].role != role:
+        raise UserError(f"{name!r} is already a {logins[name].role} login; remove it first")
+    password = password or secrets.token_urlsafe(24)
+    if ":" in password or "\n" in password or not password:
+        raise UserError("a password must be non-empty and may not contain ':' or a newline")
+    logins[name] = Login(name, role, tuple(federations) or (ALL_FEDERATIONS,))
+    passwd = dep._passwd()
+    passwd[name] = hash_line(name, password)
+    dep._save(logins, passwd)
+    bundle = operator / "logins" / name
+    bundle.mkdir(parents=True, exist_ok=True)
+    os.chmod(bundle.parent, 0o700)
+    os.chmod(bundle, 0o700)
+    _write(bundle / "ca.crt", (operator / "ca.crt").read_bytes())
+    creds = {"username": name, "password": password, "role": role, "federations": list(logins[name].federations),
+             "broker": dep.url, "ca": "ca.crt"}
+    _write(bundle / CREDENTIALS, (json.dumps(creds, indent=2) + "\n").encode(), 0o600)
+    return bundle
+
+
+def remove(operator: Path, name: str) -> None:
+    """Revoke a login: no password, no ACL block, no bundle."""
+    dep = Deployment.open(operator)
+    logins, passwd = dep.logins(), dep._passwd()
+    if name not in logins and name not in passwd:
+        raise UserError(f"no login {name!r} in {operator / LOGINS_JSON}")
+    logins.pop(name, None)
+    passwd.pop(name, None)
+    dep._save(logins, passwd)
+    shutil.rmtree(operator / "logins" / name, ignore_errors=True)
+
