@@ -50,6 +50,13 @@ def test_reproduce_writes_tables_plots_metrics_and_artifacts(reproduced):
     assert "fedmekt-c" in md and "floor" in md and "proxy windows" in md
     finals = [json.loads(line) for line in (reproduced / "final.jsonl").read_text().splitlines()]
     assert sorted(f["variant"] for f in finals if f.get("reference")) == sorted(REFERENCES)
+    for png in ("f1_per_round.png", "bytes_per_round.png"):
+        assert (reproduced / png).read_bytes()[:4] == b"\x89PNG"
+    run = reproduced / "runs" / "fedmekt-c_W6_float16-seed0"
+    weights = load_file(run / "final_model.safetensors")
+    assert any(k.startswith("autoencoder.encoders.acce.") for k in weights) and "head.linear.weight" in weights
+    info = read_run_info(run)
+    assert info.pair == ("acce", "gyro") and info.rounds_completed == 2 and info.hidden == 8
 
 
 def test_paired_differences_against_mmfedavg_in_table_and_csv(reproduced):
@@ -64,13 +71,6 @@ def test_paired_differences_against_mmfedavg_in_table_and_csv(reproduced):
     assert table[("mmfedavg[float16]", "acce")]["probe_diff_mean"] == ""
     md = (reproduced / "results.md").read_text()
     assert "## Paired differences against mmfedavg[float16]" in md and "(n=1, no interval)" in md
-    for png in ("f1_per_round.png", "bytes_per_round.png"):
-        assert (reproduced / png).read_bytes()[:4] == b"\x89PNG"
-    run = reproduced / "runs" / "fedmekt-c_W6_float16-seed0"
-    weights = load_file(run / "final_model.safetensors")
-    assert any(k.startswith("autoencoder.encoders.acce.") for k in weights) and "head.linear.weight" in weights
-    info = read_run_info(run)
-    assert info.pair == ("acce", "gyro") and info.rounds_completed == 2 and info.hidden == 8
 
 
 def test_report_rerenders_from_jsonl(reproduced, capsys):
