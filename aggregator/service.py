@@ -126,7 +126,7 @@ class Aggregator:
                 row = self._one_round(rnd)
                 rows.append({**base, **row})
                 save_checkpoint(opts.out, server.state_dict(), cfg.to_dict(), rows, self.run_id)
-                link.publish(self.topics.metrics, json.dumps(rows[-1], default=float).encode())
+                link.publish(self.topics.metrics, json.dumps(rows[-1], default=float).encode(), retain=True)
                 self._publish_package(final=False)
                 bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
             self._publish_package(final=True)

@@ -44,6 +44,7 @@ class MosquittoProcess:
     process: subprocess.Popen
     host: str = "127.0.0.1"
     extra_config: str = field(default="", repr=False)
+    temporary: bool = False   # workdir was made for this broker: removed by stop()
 
     @property
     def url(self) -> str:
@@ -55,6 +56,12 @@ class MosquittoProcess:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
+        """Terminate mosquitto (SIGKILL after 5 s) and remove its temporary folder."""
+        self._terminate()
+        if self.temporary:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _terminate(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -70,7 +77,7 @@ class MosquittoProcess:
             self.process.wait()
 
     def restart(self) -> None:
-        self.stop()
+        self._terminate()
         self.process = _spawn(self.workdir)
         wait_for_port(self.host, self.port)
 
@@ -102,6 +109,7 @@ def start_mosquitto(port: int | None = None, extra_config: str = "", workdir: Pa
     if not mosquitto_available():
         raise UserError("mosquitto is not installed (Debian: apt-get install -y mosquitto)")
     port = port or free_port()
+    temporary = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmekt-mosquitto-"))
     workdir.mkdir(parents=True, exist_ok=True)
     block = listener or f"listener {port} 127.0.0.1\nallow_anonymous true\n"
@@ -113,12 +121,14 @@ def start_mosquitto(port: int | None = None, extra_config: str = "", workdir: Pa
         f"log_type error\nlog_type warning\nlog_type notice\n"
         f"{extra_config}\n"
     )
-    proc = MosquittoProcess(port=port, workdir=workdir, process=_spawn(workdir), extra_config=extra_config)
+    proc = MosquittoProcess(port=port, workdir=workdir, process=_spawn(workdir), extra_config=extra_config,
+                            temporary=temporary)
     try:
         wait_for_port(proc.host, port)
     except UserError:
+        why = proc.log.strip()[-300:]
         proc.stop()
-        raise UserError(f"mosquitto failed to start on port {port}: {proc.log.strip()[-300:]}") from None
+        raise UserError(f"mosquitto failed to start on port {port}: {why}") from None
     return proc
 
 

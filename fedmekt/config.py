@@ -12,8 +12,9 @@ on uploads (``embedding_noise``), and the ``faithful`` switch that keeps the aut
 
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ LAYERS = ("rep", "rep+hidden")
 KD_LOSSES = ("mse", "kl")
 PARTITIONS = ("paper", "subject")
 DEVICES = ("auto", "cpu", "cuda")
+FEDERATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ROBUST_AGGREGATIONS = ("none", "clip", "trimmed")
 
 
@@ -102,6 +104,9 @@ class FederationConfig:
     def validate(self) -> None:
         """Raise UserError (one line) for values no party could run with."""
         checks = [
+            (isinstance(self.federation, str) and FEDERATION_NAME.fullmatch(self.federation) is not None,
+             f"federation must be a name of letters, digits, '.', '_' or '-' (it is an MQTT topic level), "
+             f"got {self.federation!r}"),
             (self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}"),
             (self.wire_dtype in WIRE_DTYPES, f"wire_dtype must be one of {WIRE_DTYPES}, got {self.wire_dtype!r}"),
             (self.layers in LAYERS, f"layers must be one of {LAYERS}, got {self.layers!r}"),
@@ -169,7 +174,10 @@ class FederationConfig:
         if unknown:
             raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         data = dict(data)
+        _check_types(cls, {k: v for k, v in data.items() if k != "hyper"}, "")
         if "hyper" in data:
+            if not isinstance(data["hyper"], dict):
+                raise UserError(f"config key hyper must be a table, got {data['hyper']!r}")
             data["hyper"] = _hyper_from_dict(data["hyper"])
         try:
             return cls(**data)
@@ -177,11 +185,36 @@ class FederationConfig:
             raise UserError(f"bad config: {exc}") from None
 
 
+def _check_types(cls, data: dict[str, Any], prefix: str) -> None:
+    """One line naming the key whose value has the wrong type (the dataclass defaults say which type)."""
+    for f in fields(cls):
+        if f.name not in data or f.default is MISSING:
+            continue
+        value, default = data[f.name], f.default
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        elif isinstance(default, tuple):
+            ok = isinstance(value, (list, tuple)) and len(value) == len(default) and all(
+                isinstance(v, type(d)) and not isinstance(v, bool) for v, d in zip(value, default))
+            kind = f"a list of {len(default)} {type(default[0]).__name__}s"
+        else:
+            continue
+        if not ok:
+            raise UserError(f"config key {prefix}{f.name} must be {kind}, got {value!r}")
+
+
 def _hyper_from_dict(data: dict[str, Any]) -> Hyper:
     known = {f.name: f for f in fields(Hyper)}
     unknown = set(data) - set(known)
     if unknown:
         raise UserError(f"unknown hyper key(s): {', '.join(sorted(unknown))}")
+    _check_types(Hyper, data, "hyper.")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return Hyper(**values)
 

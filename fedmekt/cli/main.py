@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import os
+import signal
 import sys
 
 from fedmekt.errors import UserError
@@ -24,13 +27,47 @@ COMMANDS = (
     ("infer", "infer"),
     ("report", "report"),
     ("status", "status"),
+    ("runs", "runs"),
+    ("log", "log"),
     ("provision", "provision"),
 )
+# our packages log at the chosen level; everything else (matplotlib, paho, amqtt …) only warnings unless -vv
+OUR_LOGGERS = ("fedmekt", "aggregator", "edge_client", "export", "sensors")
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so every ``finally`` (embedded broker, run folder) runs as on Ctrl-C."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedmekt-edge")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_logging_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Logging flags on the top parser and on every (nested) subcommand, so ``fedmekt simulate -v`` works too."""
+    suppress = {} if top else {"default": argparse.SUPPRESS}   # a subcommand's absent flag keeps the top value
+    g = parser.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="count", help="debug logs of fedmekt (-vv: of every library too)",
+                   **({"default": 0} if top else suppress))
+    g.add_argument("--log-level", choices=LEVELS, help="level of fedmekt's logs (default info)",
+                   **({"default": None} if top else suppress))
+    g.add_argument("--log-json", action="store_true", help="logs as JSON lines on stderr",
+                   **({"default": False} if top else suppress))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_logging_options(child, top=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmekt", description="Multimodal federated learning on edge devices (FedMEKT).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"fedmekt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for _, module in COMMANDS:
         try:
@@ -40,34 +77,63 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    _add_logging_options(parser, top=True)
     return parser
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message (and the traceback when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else getattr(logging, (args.log_level or "info").upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if args.log_json else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"fedmekt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fedmekt runs | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 0
     except OSError as exc:  # a path the user gave: missing, unwritable, a folder instead of a file
         if args.verbose:
             raise
         where = f": {exc.filename}" if exc.filename else ""
         print(f"fedmekt {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"fedmekt {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"fedmekt {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

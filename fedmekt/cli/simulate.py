@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -28,12 +29,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("simulate", help="run a federation through a real MQTT broker (demo without arguments)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_broker_args(p, required=False)
-    p.add_argument("--dataset", default=None, help="dataset (default: the bundled demo)")
+    p.add_argument("--dataset", default=None,
+                   help="dataset (default: the dataset of your own in --data-dir, else the bundled demo)")
     p.add_argument("--pair", default=None, help="two modalities A-B (default: the dataset's pair)")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="fedmekt-c")
     p.add_argument("--clients", default=None, help="A-only,B-only,A+B client counts (default 10,10,10; demo 3,3,3)")
     p.add_argument("--per-round", type=int, default=None, help="clients per round (default 9; demo 6)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 100; demo 20)")
+    p.add_argument("--federation", default=None,
+                   help="federation name (default demo: what `fedmekt status` and `fedmekt client` look at)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--partition", choices=("paper", "subject"), default="paper")
     p.add_argument("--wire-dtype", choices=("float32", "float16"), default="float32")
@@ -47,6 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--round-timeout", type=float, default=600.0, help="deadline per round in seconds")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>-simulate-<dataset>)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(func=run)
 
 
@@ -54,17 +59,17 @@ def build_config(args):
     from fedmekt.cli.reproduce import _parse_ints, apply_embedding_options
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
-    from sensors.datasets import dataset_info
+    from sensors.datasets import dataset_info, resolve_name
 
-    demo = args.dataset is None
     base = load_config(args.config).to_dict() if args.config else {}
-    dataset = args.dataset or DEMO["dataset"]
-    info = dataset_info(dataset)
+    dataset = resolve_name(args.dataset, args.data_dir, DEMO["dataset"])
+    demo = args.dataset is None and dataset == DEMO["dataset"]
+    info = dataset_info(dataset, args.data_dir)
     pair = tuple(args.pair.split("-")) if args.pair else tuple(base.get("pair") or info.default_pair)
     if len(pair) != 2:
         raise UserError(f"--pair must be two modalities joined by '-', got {args.pair!r}")
     clients = _parse_ints(args.clients, 3, "--clients") if args.clients else (DEMO["clients"] if demo else (10, 10, 10))
-    base.update(federation=f"sim-{dataset}", dataset=dataset, pair=list(pair), algorithm=args.algorithm,
+    base.update(federation=args.federation or base.get("federation") or "demo", dataset=dataset, pair=list(pair), algorithm=args.algorithm,
                 clients=list(clients), seed=args.seed, partition=args.partition, wire_dtype=args.wire_dtype,
                 threads=args.threads,
                 per_round=args.per_round or base.get("per_round") or (DEMO["per_round"] if demo else 9),
@@ -79,53 +84,95 @@ def run(args) -> int:
     import torch
 
     from fedmekt.broker import embedded_broker
+    from fedmekt.cli.run_record import RunRecord
+    from fedmekt.html_report import write_html_report
     from fedmekt.simulation import run_simulation, write_outputs
-    from sensors.datasets import dataset_info, load_dataset
+    from sensors.datasets import load_dataset
     from sensors.splits import make_split, write_manifest
 
     cfg = build_config(args)
     torch.set_num_threads(cfg.threads)
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-simulate-{cfg.dataset}"
-    out.mkdir(parents=True, exist_ok=True)
-    split = make_split(load_dataset(cfg.dataset, args.data_dir), cfg.pair, scheme=cfg.partition, seed=cfg.seed,
-                       clients=cfg.clients)
-    write_manifest(split, out / f"split-seed{cfg.seed}.json")
-    broker = embedded_broker(args.embedded) if args.broker is None else None
-    url = args.broker or broker.url
-    print(f"simulating {cfg.algorithm} on {cfg.dataset} ({'-'.join(cfg.pair)}): {sum(cfg.clients)} clients, "
-          f"{cfg.per_round} per round, {cfg.rounds} rounds, broker {url}"
-          + (f" ({type(broker).__name__})" if broker else ""))
-    try:
-        sim = run_simulation(cfg, split, url=url, out=out, progress=not args.no_progress,
-                             rate_hz=dataset_info(cfg.dataset).rate_hz, round_timeout=args.round_timeout,
-                             workdir=out / "devices")
-    finally:
-        if broker is not None:
-            broker.stop()
-    write_outputs(out, sim)
-    print(summary(sim))
-    print(f"results in {out}")
+    recordings = load_dataset(cfg.dataset, args.data_dir)
+    with RunRecord(out, "simulate", algorithm=cfg.algorithm, dataset=cfg.dataset, rounds=cfg.rounds,
+                   federation=cfg.federation) as record:
+        split = make_split(recordings, cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
+        write_manifest(split, out / f"split-seed{cfg.seed}.json")
+        broker = embedded_broker(args.embedded) if args.broker is None else None
+        try:
+            url = args.broker or broker.url
+            record.update(broker=url)
+            record.note(
+                f"simulating {cfg.algorithm} on {cfg.dataset} ({'-'.join(cfg.pair)}): {sum(cfg.clients)} clients, "
+                f"{cfg.per_round} per round, {cfg.rounds} rounds\n"
+                f"federation {cfg.federation} on broker {url}" + (f" ({type(broker).__name__})" if broker else "")
+                + f"; watch it with: fedmekt status --broker {url} --federation {cfg.federation}", echo=not args.json)
+            sim = run_simulation(cfg, split, url=url, out=out, progress=not args.no_progress,
+                                 rate_hz=split.manifest["rate_hz"], round_timeout=args.round_timeout,
+                                 workdir=out / "devices", before_round=lambda rnd, agg: _log_round(out, rnd, cfg))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what the finished rounds show
+            if (out / "metrics.jsonl").is_file():
+                record.note(f"stopped; partial report of the finished rounds: {write_html_report(out)}",
+                            echo=not args.json)
+            raise
+        finally:
+            if broker is not None:
+                broker.stop()
+        write_outputs(out, sim)
+        html = write_html_report(out)
+        if args.json:
+            print(json.dumps({**summary_record(sim), "federation": cfg.federation, "broker": url,
+                              "out": str(out), "report": str(html)}, indent=1))
+        else:
+            record.note(summary(sim))
+            record.note(f"results in {out}\nreport: {html}")
     return 0
 
 
-def summary(sim) -> str:
-    """A few lines: final F1 per test modality, bytes per round accounted vs seen on the wire."""
+def _log_round(out: Path, rnd: int, cfg) -> None:
+    """One log line per round (what `fedmekt log -f` follows): the previous round's F1 from metrics.jsonl."""
+    log = logging.getLogger("fedmekt.simulate")
+    path = out / "metrics.jsonl"
+    lines = path.read_text().splitlines() if rnd and path.is_file() else []
+    if lines:
+        row = json.loads(lines[-1])
+        log.info("round %d of %d done: %d of %d uploads, paper F1 %s", row["round"] + 1, cfg.rounds,
+                 row.get("absorbed", 0), row.get("selected", 0),
+                 ", ".join(f"{m} {row[f'f1_paper_{m}']:.3f}" for m in cfg.pair if f"f1_paper_{m}" in row))
+    log.info("round %d of %d starts", rnd + 1, cfg.rounds)
+
+
+def summary_record(sim) -> dict:
+    """The summary's figures: final F1 per test modality next to the floor, bytes per round (accounted and seen)."""
     r = sim.result
-    lines = [f"{r.name}: {len(r.rows)} rounds in {sim.wall_s:.1f} s"]
-    for m in r.config.pair:
-        f1 = r.final.get(f"probe_f1_weighted_{m}")
-        last = r.rows[-1].get(f"f1_paper_{m}") if r.rows else None
-        if f1 is not None:
-            lines.append(f"  test on {m:>6}: final probe F1 (weighted) {f1:.3f}, last-round paper F1 {last:.3f}, "
-                         f"majority floor {r.final.get('majority_f1_weighted', float('nan')):.3f}")
-    wire = json.loads(json.dumps(sim.wire))
     n = max(1, len(r.rows))
-    up_acc = sum(x["bytes_up"] for x in r.rows) / n
-    up_wire = wire["packet_bytes"].get("upload", 0) / n
-    down_wire = wire["packet_bytes"].get("global", 0) / n
-    lines.append(f"  per round: uploads {up_acc / 1e3:.1f} kB of messages, {up_wire / 1e3:.1f} kB as MQTT packets "
+    packets = sim.wire.get("packet_bytes", {})
+    return {
+        "run": r.name, "algorithm": r.config.algorithm, "dataset": r.config.dataset, "rounds": len(r.rows),
+        "wall_s": round(sim.wall_s, 2),
+        "probe_f1_weighted": {m: r.final.get(f"probe_f1_weighted_{m}") for m in r.config.pair},
+        "last_round_paper_f1": {m: r.rows[-1].get(f"f1_paper_{m}") if r.rows else None for m in r.config.pair},
+        "majority_f1_weighted": r.final.get("majority_f1_weighted"),
+        "upload_message_bytes_per_round": sum(x["bytes_up"] for x in r.rows) / n,
+        "upload_packet_bytes_per_round": packets.get("upload", 0) / n,
+        "global_packet_bytes_per_round": packets.get("global", 0) / n,
+        "discarded_uploads": list(sim.discarded),
+    }
+
+
+def summary(sim) -> str:
+    """A few lines: final F1 per test modality beside the floor, bytes per round accounted vs seen on the wire."""
+    s = summary_record(sim)
+    lines = [f"{s['run']}: {s['rounds']} rounds in {s['wall_s']:.1f} s"]
+    for m, f1 in s["probe_f1_weighted"].items():
+        last = s["last_round_paper_f1"][m]
+        if f1 is not None:
+            lines.append(f"  test on {m:>6}: final probe weighted F1 {f1:.3f} (last round's paper metric "
+                         f"{last:.3f}); majority-class floor {s['majority_f1_weighted'] or float('nan'):.3f}")
+    up_acc, up_wire = s["upload_message_bytes_per_round"], s["upload_packet_bytes_per_round"]
+    lines.append(f"  per round: uploads {up_acc / 1024:.1f} KiB of messages, {up_wire / 1024:.1f} KiB as MQTT packets "
                  f"(+{100 * (up_wire / up_acc - 1) if up_acc else 0:.2f} % framing); "
-                 f"global knowledge {down_wire / 1e3:.1f} kB published")
+                 f"global knowledge {s['global_packet_bytes_per_round'] / 1024:.1f} KiB published")
     if sim.discarded:
         lines.append(f"  {len(sim.discarded)} upload(s) discarded, e.g. {sim.discarded[0]}")
     return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""``fedmekt runs [DIR]``: the run folders under DIR (default ``runs/``), newest first.
+
+    fedmekt runs                 # RUN, STATUS, ROUNDS, ALGORITHM, DATASET, F1 per test modality
+    fedmekt runs --json          # the same as a JSON list, for scripts
+
+A run's id is its folder name (``fedmekt log ID``, ``fedmekt report runs/ID``). STATUS is
+``running`` while its process lives, ``finished`` once the final probe is written, and ``interrupted``
+or ``failed`` (with the rounds it completed) otherwise. F1 is the final probe's weighted F1, or the
+last round's paper metric while no final probe exists (marked ``~``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FILES = ("metrics.jsonl", "final.jsonl", "run-state.json")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("runs", help="list run folders: status, rounds done, algorithm, dataset, F1",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", nargs="?", type=Path, default=Path("runs"), help="folder of run folders (default runs/)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class RunSummary:
+    """One line of ``fedmekt runs``."""
+
+    id: str
+    path: str
+    status: str
+    rounds_done: int
+    rounds: int | None
+    algorithms: list[str]
+    dataset: str
+    f1: dict[str, float] = field(default_factory=dict)
+    f1_final: bool = False
+    started: float | None = None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def summarize_run(path: Path) -> RunSummary:
+    """Read what a run folder says about itself (tolerates missing and half-written files)."""
+    from fedmekt.cli.run_record import RunState
+
+    rows, finals, state = _jsonl(path / "metrics.jsonl"), _jsonl(path / "final.jsonl"), RunState.read(path)
+    info = state.info if state else {}
+    by_run: dict[str, int] = {}
+    for r in rows:
+        by_run[r.get("run", "")] = max(by_run.get(r.get("run", ""), 0), int(r.get("round", -1)) + 1)
+    done = min(by_run.values()) if by_run else 0
+    records = finals or rows
+    algorithms = sorted({r.get("variant", r.get("algorithm", "?")) for r in records}) or \
+        ([info["algorithm"]] if "algorithm" in info else [])
+    dataset = (records[0].get("dataset", "?") + " " + records[0].get("pair", "")).strip() if records \
+        else info.get("dataset", "?")
+    rounds = finals[0].get("rounds") if finals else info.get("rounds")
+    if state is not None and state.alive():
+        status = "running"
+    elif finals and (state is None or state.state == "finished"):
+        status = "finished"
+    else:
+        status = state.state if state is not None and state.state != "running" else "interrupted"
+    f1: dict[str, float] = {}
+    if finals:
+        for k in sorted({k for f in finals for k in f if k.startswith("probe_f1_weighted_")}):
+            vals = [f[k] for f in finals if k in f]
+            f1[k[len("probe_f1_weighted_"):]] = sum(vals) / len(vals)
+    elif rows:
+        last = max(int(r.get("round", -1)) for r in rows)
+        for k in sorted({k for r in rows for k in r if k.startswith("f1_paper_")}):
+            vals = [r[k] for r in rows if int(r.get("round", -1)) == last and k in r]
+            if vals:
+                f1[k[len("f1_paper_"):]] = sum(vals) / len(vals)
+    return RunSummary(path.name, str(path), status, done, rounds, algorithms, dataset, f1, bool(finals),
+                      state.started if state else None)
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run folders directly under ``root`` (or ``root`` itself when it is one), newest first."""
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    found = [p for p in candidates if any((p / f).is_file() for f in FILES)]
+    return sorted(found, key=lambda p: max((p / f).stat().st_mtime for f in FILES if (p / f).is_file()),
+                  reverse=True)
+
+
+def run(args) -> int:
+    from fedmekt.errors import UserError
+
+    if not args.dir.is_dir():
+        raise UserError(f"{args.dir} is not a folder (run folders are written under runs/ by default)")
+    runs = [summarize_run(p) for p in find_runs(args.dir)]
+    if args.json:
+        print(json.dumps([asdict(r) for r in runs], indent=1))
+        return 0
+    if not runs:
+        print(f"no run folders in {args.dir}")
+        return 0
+    lines = [("RUN", "STATUS", "ROUNDS", "ALGORITHM", "DATASET", "F1 (weighted)")]
+    for r in runs:
+        f1 = ", ".join(f"{m} {v:.3f}" for m, v in r.f1.items())
+        lines.append((r.id, r.status, f"{r.rounds_done}/{r.rounds if r.rounds else '?'}",
+                      ",".join(r.algorithms) or "?", r.dataset, (f1 if r.f1_final else f"~{f1}") if f1 else "–"))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]) - 1)]
+    for row in lines:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    return 0
