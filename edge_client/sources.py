@@ -2,7 +2,8 @@
 
     split:CONFIG.toml          this client's partition of the config's split (already normalised;
                                how ``simulate`` feeds separate client processes)
-    replay:DATASET[:UNIT]      recorded raw data of a dataset (sensors' ReplaySource)
+    replay:DATASET[:UNIT]      recorded raw data of a dataset (sensors' ReplaySource); replay: alone takes
+                               the dataset of your own in --data-dir (else the bundled demo)
     csv:PATH | json:PATH       lines ``t,<channels…>`` / {"t": .., "<modality>": [..]}
     stdin | stdin:json         the same lines piped in
     udp:[HOST:]PORT            the same lines as UDP datagrams (live: ingested in the background)
@@ -55,10 +56,11 @@ def open_source(spec: str, client_id: str, modalities: dict[str, int], data_dir:
     if kind == "split":
         return OpenedSource(_split_source(Path(arg), client_id, data_dir, pace), live=False, normalised=True)
     if kind == "replay":
-        from sensors.datasets import load_dataset
+        from sensors.datasets import load_dataset, resolve_name
 
         name, _, unit = arg.partition(":")
-        recs = load_dataset(name or "demo", data_dir)
+        name = resolve_name(name or None, data_dir, "demo")
+        recs = load_dataset(name, data_dir)
         if unit:
             recs = [r for r in recs if r.unit == unit]
             if not recs:
@@ -95,7 +97,7 @@ def open_source(spec: str, client_id: str, modalities: dict[str, int], data_dir:
 
 def _split_source(config: Path, client_id: str, data_dir: Path | None, pace: float | None):
     from fedmekt.config import load_config
-    from sensors.datasets import dataset_info, load_dataset
+    from sensors.datasets import load_dataset
     from sensors.splits import make_split
     from sensors.sources import ReplaySource
 
@@ -106,13 +108,15 @@ def _split_source(config: Path, client_id: str, data_dir: Path | None, pace: flo
     if not mine:
         raise UserError(f"client id {client_id!r} is not in the split (ids c000…c{len(split.clients) - 1:03d})")
     c = mine[0]
-    recs = partition_recordings(c, cfg.dataset, dataset_info(cfg.dataset).rate_hz, split.label_names)
+    recs = partition_recordings(c, cfg.dataset, split.manifest["rate_hz"], split.label_names)
     return ReplaySource(recs, speed=pace, modalities=c.modalities)
 
 
 def partition_recordings(client: ClientPartition, dataset: str, rate_hz: float,
                          label_names: tuple[str, ...]) -> list[Recording]:
     """A client's partition as recordings, one per segment (unique unit), so the store keeps the segments."""
+    if not rate_hz > 0:  # the timestamps are row / rate_hz
+        raise ValueError(f"partition_recordings needs the split's sampling rate, got rate_hz={rate_hz}")
     data, recs = client.data, []
     for i, (a, b) in enumerate(np.asarray(client.data.segments).reshape(-1, 2)):
         recs.append(Recording(dataset, f"{client.client_id}-seg{i}", client.client_id, rate_hz,

@@ -3,6 +3,11 @@
 Where data lives: ``data_dir`` if given (either the dataset folder itself or a root holding
 ``<name>/``), else ``$FEDMEKT_DATA_DIR/<name>``, else ``../shared/data/<name>`` next to the repo.
 ``demo`` is the small HAPT subset bundled in ``sensors/demo/`` (no download needed).
+
+A dataset of your own (the generic format, docs/sensors.md) is known by the ``name`` in its
+``dataset.toml``: ``--dataset NAME`` finds the folder whose descriptor says NAME, ``generic`` takes
+whichever descriptor is there, and a ``--data-dir`` holding a descriptor needs no name at all.
+Its facts (modalities, rate, labels) come from that descriptor, so they reach every run record.
 """
 
 from __future__ import annotations
@@ -13,11 +18,16 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedmekt.errors import UserError
 from sensors.recording import Recording
 
-DATASETS = ("ur_fall", "hapt", "hapt_uci", "mhealth", "opportunity", "generic", "demo")
+if TYPE_CHECKING:  # the generic reader is imported only when a dataset of your own is used
+    from sensors.readers.generic import Descriptor
+
+BUILTIN = ("ur_fall", "hapt", "hapt_uci", "mhealth", "opportunity", "demo")
+DATASETS = (*BUILTIN, "generic")  # what --dataset takes, besides the name of a dataset of your own
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -78,25 +88,81 @@ def _info() -> dict[str, DatasetInfo]:
             ("acce", "gyro"), "run", "run", 100, {"*": 10},
             "https://archive.ics.uci.edu/dataset/226 (challenge release S{s}-ADL{r}.dat)",
         ),
-        "generic": DatasetInfo(
-            "generic", {}, 0.0, (), ("", ""), "run", "subject", 100, {"*": 4},
-            "your own files, see README 'Generic format'",
-        ),
     }
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """Static description of a dataset (modalities, channels, rate, labels, paper rep size)."""
-    info = _info()
-    if name not in info:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return info[name]
+def builtin_info(name: str) -> DatasetInfo | None:
+    """Static facts of a built-in dataset; None for ``generic`` and datasets of your own."""
+    return _info().get(name)
+
+
+def _descriptor_dirs(name: str, data_dir: Path | str | None) -> list[Path]:
+    """Folders that may hold the descriptor of dataset ``name``, in the order they are tried."""
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        return [root, root / name] if name != "generic" else [root]
+    base = Path(os.environ["FEDMEKT_DATA_DIR"]).expanduser() if os.environ.get("FEDMEKT_DATA_DIR") \
+        else _REPO.parent / "shared" / "data"
+    return [base / name]
+
+
+def find_generic(name: str, data_dir: Path | str | None) -> tuple[Path, Descriptor]:
+    """The folder and descriptor of a dataset in the generic format: ``generic`` takes the descriptor in
+    ``data_dir``; any other name takes the first folder whose descriptor carries that name."""
+    from sensors.readers.generic import DOCS, Descriptor, find_descriptor
+
+    tried, other = [], None
+    for folder in _descriptor_dirs(name, data_dir):
+        file = find_descriptor(folder)
+        tried.append(str(folder))
+        if file is None:
+            continue
+        d = Descriptor.load(file, reserved=BUILTIN)
+        if name in ("generic", d.name):
+            return folder, d
+        other = other or f"; {file} names dataset {d.name!r}"
+    what = "dataset 'generic' not found" if name == "generic" else f"unknown dataset {name!r}"
+    raise UserError(f"{what}: no dataset.toml or dataset.json naming it in {' or '.join(tried)}{other or ''} "
+                    f"(built-in: {', '.join(BUILTIN)}; for your own data {DOCS}; pass --data-dir or set "
+                    "FEDMEKT_DATA_DIR)")
+
+
+def resolve_name(name: str | None, data_dir: Path | str | None, default: str | None = None) -> str:
+    """The dataset a command works on: a built-in name as given; ``generic`` or a name of your own as its
+    descriptor says; no name: the dataset whose descriptor lies in ``data_dir``, else ``default``."""
+    if name is None:
+        from sensors.readers.generic import DOCS, find_descriptor
+
+        if data_dir is None or find_descriptor(Path(data_dir).expanduser()) is None:
+            if default is None:
+                where = f"and no dataset.toml or dataset.json in {data_dir}" if data_dir is not None else \
+                    "and no --data-dir holding a dataset.toml"
+                raise UserError(f"no dataset named {where} (built-in: {', '.join(BUILTIN)}; for your own data {DOCS})")
+            return default
+        name = "generic"
+    return name if name in BUILTIN else find_generic(name, data_dir)[1].name
+
+
+def dataset_info(name: str, data_dir: Path | str | None = None) -> DatasetInfo:
+    """What a split/model needs to know of ``name`` before reading its files (channels, rate, labels, rep size);
+    for a dataset of your own it comes from its descriptor."""
+    info = builtin_info(name)
+    if info is not None:
+        return info
+    folder, d = find_generic(name, data_dir)
+    mods = list(d.modalities)
+    return DatasetInfo(
+        d.name, dict(d.modalities), d.run_rate_hz, d.label_names, (mods[0], mods[1] if len(mods) > 1 else ""),
+        "run", "subject", 100, {"*": 4}, f"your own files in {folder}",
+    )
 
 
 def resolve_dir(name: str, data_dir: Path | str | None) -> Path:
     """Where ``name`` lives; raises UserError with the path tried when it does not exist."""
     if name == "demo":
         return Path(data_dir) if data_dir is not None else DEMO_DIR
+    if name not in BUILTIN:
+        return find_generic(name, data_dir)[0]
     folder = {"hapt_uci": "hapt_uci"}.get(name, name)
     if data_dir is not None:
         root = Path(data_dir).expanduser()
@@ -126,13 +192,11 @@ _READERS = {
 def load_dataset(name: str, data_dir: Path | str | None = None, **opts) -> list[Recording]:
     """Read every recording of ``name`` (one per run or subject); ``opts`` go to the reader.
 
-    Reader options: ur_fall ``rgb_dir``; opportunity ``faithful`` (paper's duplicated gyro columns);
-    generic ``descriptor`` (path of the JSON/TOML descriptor if not ``dataset.toml``/``dataset.json``).
+    Reader options: ur_fall ``rgb_dir``; opportunity ``faithful`` (paper's duplicated gyro columns).
+    Any name that is not built in is read in the generic format (``find_generic``).
     """
-    if name not in _READERS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     path = resolve_dir(name, data_dir)
-    module, func = _READERS[name]
+    module, func = _READERS[name if name in BUILTIN else "generic"]
     reader = getattr(importlib.import_module(f"sensors.readers.{module}"), func)
     unknown = set(opts) - set(inspect.signature(reader).parameters)
     if unknown:

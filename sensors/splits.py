@@ -20,7 +20,9 @@ with ``missing_rate`` p each two-modality client independently loses one of its 
 uniformly) with probability p — a device whose second sensor is absent or broken.
 
 Labels: rows without a label stay -1 in every partition; consumers mask -1 (classifier training,
-evaluation). Normalisation statistics are fitted on the client pool only and applied everywhere.
+evaluation), so the labelled and test hold-outs must each have labelled rows (else one SplitError).
+Rate: all recordings share one sampling rate, recorded as ``manifest["rate_hz"]`` — what run
+records and model packages state. Normalisation statistics are fitted on the client pool only and applied everywhere.
 Every random draw comes from generators spawned from ``seed``, so a split is reproducible bit for
 bit and ``manifest`` records everything needed to check that.
 """
@@ -36,7 +38,7 @@ import numpy as np
 
 from fedmekt.artifacts import atomic_write_bytes
 from fedmekt.errors import UserError
-from sensors.datasets import DatasetInfo, dataset_info
+from sensors.datasets import DatasetInfo, builtin_info
 from sensors.partition import ClientPartition, FederatedSplit, Normalizer, Partition
 from sensors.preprocess import fit_normalizer, zscore_each
 from sensors.recording import Recording
@@ -64,10 +66,30 @@ _OPP_HOLDOUT = {
 
 def _known(dataset: str) -> DatasetInfo | None:
     """Registry facts for ``dataset``; None for recordings of a custom name (generic format)."""
-    try:
-        return dataset_info(dataset)
-    except UserError:
-        return None
+    return builtin_info(dataset)
+
+
+def _rate(recordings: Sequence[Recording]) -> float:
+    """The one sampling rate of ``recordings``."""
+    rates = sorted({float(r.rate_hz) for r in recordings})
+    if len(rates) > 1:
+        raise SplitError(f"recordings at different rates {rates} Hz cannot share windows; resample them to one "
+                         "(resample_hz in dataset.toml, docs/sensors.md)")
+    if not rates[0] > 0:
+        raise SplitError(f"recording {recordings[0].unit} has no sampling rate (rate_hz = {rates[0]})")
+    return rates[0]
+
+
+def _check_labelled(parts: dict[str, Partition], recs: Sequence[Recording], dataset: str) -> None:
+    """The server's classifier learns from the labelled hold-out and is scored on the test one: both need labels."""
+    if not any((r.labels >= 0).any() for r in recs):
+        raise SplitError(f"no row of dataset {dataset!r} has a label, but the server's classifier and the test need "
+                         "them (a dataset of your own: label_column in dataset.toml, see docs/sensors.md, "
+                         "'Generic format')")
+    for h in ("labelled", "test"):
+        if not (parts[h].labels >= 0).any():
+            raise SplitError(f"the {h} hold-out ({', '.join(parts[h].units)}) has no labelled row; "
+                             "draw another split (--seed) or label more of the data")
 
 
 def _split_key(dataset: str) -> str:
@@ -214,6 +236,7 @@ def make_split(
         if missing:
             raise SplitError(f"recording {r.unit} lacks modalities {missing} (has {sorted(r.modalities)})")
     dataset = recordings[0].dataset
+    rate = _rate(recordings)
     key = _split_key(dataset)
     g_hold, g_clients, g_missing, g_order = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
 
@@ -234,6 +257,7 @@ def make_split(
     normed_by_unit = {r.unit: r for r in normed}
     parts = {h: _partition([normed_by_unit[r.unit] for r in rs], pair) for h, rs in by_split.items()}
     pool = parts.pop("pool")
+    _check_labelled(parts, recs, dataset)
 
     if scheme == "paper":
         counts = tuple(int(c) for c in clients)
@@ -253,6 +277,7 @@ def make_split(
         "scheme": scheme,
         "seed": int(seed),
         "pair": list(pair),
+        "rate_hz": rate,
         "label_names": list(recs[0].label_names),
         "disjoint_by": key,
         "normalize": normalize,

@@ -49,12 +49,12 @@ def register(subparsers) -> None:
 
 def load_server_split(cfg, data_dir: Path | None):
     """The split every party derives from the config (the aggregator uses proxy/labelled/test)."""
-    from sensors.datasets import dataset_info, load_dataset
+    from sensors.datasets import load_dataset
     from sensors.splits import make_split
 
     recordings = load_dataset(cfg.dataset, data_dir)
     split = make_split(recordings, cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
-    return dataclasses.replace(split, clients=[]), dataset_info(cfg.dataset).rate_hz  # client data stays on devices
+    return dataclasses.replace(split, clients=[]), split.manifest["rate_hz"]  # client data stays on devices
 
 
 def run(args) -> int:

@@ -1,7 +1,9 @@
 """``fedmekt data``: look at a dataset before training on it, and write a split manifest.
 
-    fedmekt data inspect DATASET [--data-dir DIR] [--json]
-    fedmekt data split DATASET --out split.json [--pair A B] [--scheme paper|subject] [--seed N]
+    fedmekt data inspect [DATASET] [--data-dir DIR] [--json]
+    fedmekt data split [DATASET] --out split.json [--pair A B] [--scheme paper|subject] [--seed N]
+
+DATASET may be left out when --data-dir holds a dataset of your own (its dataset.toml names it).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("data", help="inspect datasets and write split manifests")
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     inspect = sub.add_parser("inspect", help="subjects, modalities, channels, rates, label counts, durations")
-    inspect.add_argument("dataset", help="ur_fall | hapt | hapt_uci | mhealth | opportunity | generic | demo")
+    inspect.add_argument("dataset", nargs="?", default=None,
+                         help="ur_fall | hapt | hapt_uci | mhealth | opportunity | demo | generic | the name in "
+                              "your dataset.toml (default: the dataset in --data-dir)")
     inspect.add_argument("--data-dir", type=Path, default=None, help="dataset folder (or a root holding it)")
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     inspect.set_defaults(func=run)
     split = sub.add_parser("split", help="draw a seeded split and write its manifest (JSON)")
-    split.add_argument("dataset")
+    split.add_argument("dataset", nargs="?", default=None, help="as for inspect")
     split.add_argument("--data-dir", type=Path, default=None)
     split.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None, help="modality pair (dataset default)")
     split.add_argument("--scheme", choices=("paper", "subject"), default="paper")
@@ -53,10 +57,14 @@ def summarize(recordings) -> dict:
         "rate_hz": sorted({r.rate_hz for r in recordings}),
         "modalities": {m: {"channels": int(x.shape[1]), "names": list(first.channel_names.get(m, ()))}
                        for m, x in first.modalities.items()},
-        "labels": {("unlabelled" if k < 0 else first.label_names[k]): int(v) for k, v in sorted(labels.items())},
+        "labels": {_label_name(first.label_names, k): int(v) for k, v in sorted(labels.items())},
         "rows": sum(len(r) for r in recordings),
         "hours": round(sum(s["seconds"] for s in per_subject.values()) / 3600, 3),
     }
+
+
+def _label_name(names: tuple[str, ...], k: int) -> str:
+    return "unlabelled" if k < 0 else names[k] if k < len(names) else str(k)
 
 
 def _print(info: dict) -> None:
@@ -76,16 +84,16 @@ def _print(info: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sensors.datasets import dataset_info, load_dataset
+    from sensors.datasets import dataset_info, load_dataset, resolve_name
     from sensors.splits import make_split, write_manifest
 
-    recs = load_dataset(args.dataset, args.data_dir)
+    name = resolve_name(args.dataset, args.data_dir)
+    recs = load_dataset(name, args.data_dir)
     if args.data_command == "inspect":
         info = summarize(recs)
         print(json.dumps(info, indent=1)) if args.json else _print(info)
         return 0
-    # generic data has no fixed modalities: default to the first two the files carry
-    pair = tuple(args.pair or [m for m in dataset_info(args.dataset).default_pair if m] or list(recs[0].modalities)[:2])
+    pair = tuple(args.pair or dataset_info(name, args.data_dir).default_pair)
     try:
         split = make_split(recs, pair, scheme=args.scheme, seed=args.seed, clients=tuple(args.clients),
                            missing_rate=args.missing_rate)

@@ -18,7 +18,8 @@ ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
 def register(subparsers) -> None:
     p = subparsers.add_parser("reproduce", help="run the paper's comparison in one process and write tables/plots",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="ur_fall", help="dataset name (default ur_fall)")
+    p.add_argument("--dataset", default=None,
+                   help="dataset name (default: the dataset of your own in --data-dir, else ur_fall)")
     p.add_argument("--pair", default=None, help="two modalities A-B (default: the dataset's pair, e.g. acce-depth)")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5: seeds 0..4)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds run are first..first+N-1 (default 0)")
@@ -82,10 +83,11 @@ def build_configs(args) -> list:
     """One FederationConfig per (seed, algorithm), from the optional TOML plus the flags."""
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
-    from sensors.datasets import dataset_info
+    from sensors.datasets import dataset_info, resolve_name
 
     base = load_config(args.config).to_dict() if args.config else {}
-    info = dataset_info(args.dataset)
+    dataset = resolve_name(args.dataset, args.data_dir, "ur_fall")
+    info = dataset_info(dataset, args.data_dir)
     pair = tuple(args.pair.split("-")) if args.pair else info.default_pair
     if len(pair) != 2:
         raise UserError(f"--pair must be two modalities joined by '-', got {args.pair!r}")
@@ -95,7 +97,7 @@ def build_configs(args) -> list:
         raise UserError(f"unknown algorithm(s) {bad}; choose from {', '.join(ALGORITHMS)}")
     if args.seeds < 1:
         raise UserError("--seeds must be >= 1")
-    base.update(dataset=args.dataset, federation=f"reproduce-{args.dataset}", pair=list(pair),
+    base.update(dataset=dataset, federation=f"reproduce-{dataset}", pair=list(pair),
                 clients=list(_parse_ints(args.clients, 3, "--clients")), per_round=args.per_round,
                 rounds=args.rounds, partition=args.partition, wire_dtype=args.wire_dtype, layers=args.layers,
                 faithful=args.faithful or base.get("faithful", False), device=args.device, threads=args.threads)
@@ -114,15 +116,15 @@ def run(args) -> int:
     from fedmekt.html_report import write_html_report
     from fedmekt.reference_rows import reference_finals
     from fedmekt.report import write_report
-    from sensors.datasets import dataset_info, load_dataset
+    from sensors.datasets import load_dataset
     from sensors.splits import make_split, write_manifest
 
     configs = build_configs(args)
+    dataset = configs[0].dataset
     torch.set_num_threads(args.threads)
-    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.dataset}"
+    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}"
     out.mkdir(parents=True, exist_ok=True)
-    recordings = load_dataset(args.dataset, args.data_dir)
-    rate = dataset_info(args.dataset).rate_hz
+    recordings = load_dataset(dataset, args.data_dir)
     results, splits, references = [], {}, []
     for cfg in tqdm(configs, desc="runs", disable=args.no_progress, unit="run"):
         if cfg.seed not in splits:
@@ -131,7 +133,8 @@ def run(args) -> int:
             write_manifest(splits[cfg.seed], out / f"split-seed{cfg.seed}.json")
             if args.reference_rows:
                 references += reference_finals(cfg, splits[cfg.seed])
-        results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress, rate_hz=rate))
+        results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress,
+                                     rate_hz=splits[cfg.seed].manifest["rate_hz"]))
         report = write_report(out, results, references)
     print(report.read_text())
     print(f"results in {out}")
