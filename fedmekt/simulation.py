@@ -5,9 +5,7 @@ through a ReplaySource into its own SampleStore (SQLite file) and talks to the a
 through the broker, exactly as separate devices would (threads with their own connections; the
 per-round seeds make the result equal to the in-process ``reproduce``). A separate subscriber
 counts every message on the federation's topics, so the report states the bytes really seen on
-the wire next to the accounted sizes. The control plane runs signed, as in a deployment: an
-ephemeral Ed25519 key pair is made per simulation, the aggregator signs with it and every client
-verifies (no model packages are built).
+the wire next to the accounted sizes.
 """
 
 from __future__ import annotations
@@ -114,8 +112,6 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
     Without ``url`` an embedded broker is started (mosquitto when installed, else amqtt).
     ``late_clients`` join only after round 0 has started (tests of late joining).
     """
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from aggregator.service import Aggregator, AggregatorOptions
     from edge_client.agent import AgentOptions, EdgeAgent
     from fedmekt.broker import embedded_broker
@@ -132,10 +128,8 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
                                             split.label_names) for c in split.clients}
         counter = WireCounter(url, f"fedmekt/{cfg.federation}").start()
 
-        key = Ed25519PrivateKey.generate()  # ephemeral: the signed control plane is what a simulation runs
         options = AggregatorOptions(out=Path(out), wait_clients=len(split.clients) - len(late_clients),
-                                    round_timeout=round_timeout, quorum=quorum, progress=progress,
-                                    signing_key=key, packages=False)
+                                    round_timeout=round_timeout, quorum=quorum, progress=progress)
         aggregator = Aggregator(cfg, split, url, options, rate_hz=rate_hz)
 
         def client_main(c: ClientPartition, delay_until: threading.Event | None) -> None:
@@ -146,8 +140,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
                     while not gate.wait(0.2):
                         if stop.is_set():
                             return
-                agent = EdgeAgent(url, AgentOptions(c.client_id, cfg.federation, store, workdir / c.client_id,
-                                                    public_key=key.public_key()))
+                agent = EdgeAgent(url, AgentOptions(c.client_id, cfg.federation, store, workdir / c.client_id))
                 agent.run(stop)
                 store.close()
             except Exception as exc:  # reported after the run
