@@ -1,28 +1,32 @@
-"""Choose FedMEKT-C's options on VALIDATION data only (docs/fedmekt-c-selection.md).
+"""Choose options on VALIDATION data only, by the protocol of ``fedmekt.validation`` (docs/fedmekt-c-selection.md).
 
-For each selection seed the split (UR Fall acce-depth, or HAPT acce-gyro with ``--dataset hapt``) is
-drawn as usual, then the server's labelled units are cut in two: two units (UR Fall: one fall and one
-ADL recording; seeded) become the validation set, the rest stay the labelled set the
-classifier and the final probe learn from. The run's test partition is replaced by the validation units,
-so the split's real test units are never encoded or scored. Printed per candidate and seed: the paper
-metric (median over the last 10 rounds of the moving probe's chunk-averaged weighted F1) and the final
-probe's weighted F1, on validation acce and depth; and, because the encoders never see a label (only the
-heads do), a leave-one-unit-out cross-validation of the final linear probe over ALL labelled units on the
-final encoder (mean over folds of the held-out unit's weighted F1) — more validation rows, same rule.
+For each selection seed (100 and up, disjoint from the reported seeds 0..4) the split (UR Fall acce-depth,
+or HAPT acce-gyro with ``--dataset hapt``) is drawn as usual and two labelled units (UR Fall: one fall, one
+ADL; seeded) replace the test partition for the per-round metric, so the split's real test units are never
+encoded or scored. The score of a run is the cross-validated linear probe by unit over ALL the labelled
+units on the frozen final encoder (leave-one-unit-out, or ``--folds K``; the encoders never see a label),
+averaged over the pair's modalities. Every candidate is compared with ``--against`` (default: the current
+defaults) as paired per-seed differences with a 95 % t-interval, and marked ADOPT only when the interval
+lies wholly above zero. The table also prints the protocol's resolution: the smallest gain these seeds
+could confirm at the observed spread.
 
-    .venv/bin/python scripts/select_fedmekt_c.py [--dataset ur_fall] [--seeds 10,11,12] [--rounds 100] [--jobs 2]
+    .venv/bin/python scripts/select_fedmekt_c.py [--dataset ur_fall] [--seeds 100,101,102,103,104] \
+        [--rounds 100] [--jobs 2] [--folds 0] [--candidates default,walk-rep-fp16] [--against default]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 _NO_WALK = {"server_proxy_walk": False}   # the candidates measured before the walk became the default
 CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything else at the defaults)
+    "default": {},                          # the current defaults: what every candidate is compared with
+    "mmfedavg": {"algorithm": "mmfedavg"},  # the baseline, under the same protocol
     "kl-T3": {"hyper": {"kd": "kl", "temperature": 3.0}, **_NO_WALK},
     "kl-T0.5": {"hyper": {"kd": "kl", "temperature": 0.5}, **_NO_WALK},
     "mse": {"hyper": {"kd": "mse"}, **_NO_WALK},
@@ -40,36 +44,19 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
 }
 
 
-def units_subset(part, keep: list[int]):
-    """Partition made of the segments (= units) at ``keep``."""
-    from sensors.partition import Partition
-
-    segs = part.segments[keep]
-    rows = np.concatenate([np.arange(a, b) for a, b in segs])
-    lengths = segs[:, 1] - segs[:, 0]
-    stops = np.cumsum(lengths)
-    return Partition({m: x[rows] for m, x in part.modalities.items()}, part.labels[rows],
-                     np.stack([stops - lengths, stops], 1).astype(np.int64), tuple(part.units[i] for i in keep))
-
-
-def louo_probe(res, labelled, channels, label_names) -> dict[str, float]:
-    """Leave-one-labelled-unit-out weighted F1 of a converged linear probe on the frozen final encoder."""
+def cv_score(res, labelled, label_names, folds: int) -> dict[str, float]:
+    """Cross-validated probe by unit over ALL labelled units on the run's frozen final encoder."""
     import torch
 
     from fedmekt.engine import build_model
-    from fedmekt.evaluation import linear_probe
+    from fedmekt.validation import cv_probe, unit_folds
 
-    model = build_model(res.config, channels)
+    model = build_model(res.config, {m: labelled.modalities[m].shape[1] for m in res.config.pair})
     model.load_state_dict({k[len("autoencoder."):]: torch.from_numpy(v) for k, v in res.model_state.items()
                            if k.startswith("autoencoder.")})
-    folds = {m: [] for m in res.config.pair}
-    for i in range(len(labelled.units)):
-        rest = [j for j in range(len(labelled.units)) if j != i]
-        out = linear_probe(model, units_subset(labelled, rest), units_subset(labelled, [i]), res.config,
-                           len(label_names), torch.device("cpu"), 0)
-        for m in folds:
-            folds[m].append(out[f"probe_f1_weighted_{m}"])
-    return {f"cv_probe_{m}": float(np.mean(v)) for m, v in folds.items()}
+    cv = cv_probe(model, labelled, res.config, len(label_names), unit_folds(len(labelled.units), folds,
+                                                                                res.config.seed), torch.device("cpu"))
+    return {f"cv_probe_{m}": v for m, v in cv.items()}
 
 
 def validation_split(split, seed: int):
@@ -77,6 +64,8 @@ def validation_split(split, seed: int):
 
     UR Fall: one fall and one ADL recording (so both kinds are validated); other datasets: two subjects.
     """
+    from fedmekt.validation import units_subset
+
     lab = split.labelled
     rng = np.random.default_rng([seed, 77])
     if all(u.startswith(("fall", "adl")) for u in lab.units):
@@ -89,7 +78,7 @@ def validation_split(split, seed: int):
     return split
 
 
-def one(job: tuple[str, int, int]) -> dict:
+def one(job: tuple[str, int, int, str, int]) -> dict:
     import torch
 
     from fedmekt.config import FederationConfig, Hyper
@@ -97,47 +86,80 @@ def one(job: tuple[str, int, int]) -> dict:
     from sensors.datasets import dataset_info, load_dataset
     from sensors.splits import make_split
 
-    name, seed, rounds, dataset = job
+    name, seed, rounds, dataset, folds = job
     torch.set_num_threads(1)
-    algorithm = "mmfedavg" if name == "mmfedavg" else "fedmekt-c"
     pair = dataset_info(dataset).default_pair
     split = make_split(load_dataset(dataset), pair, seed=seed)
     all_labelled = split.labelled
     split = validation_split(split, seed)
-    overrides = dict(CANDIDATES.get(name, {}))
+    overrides = {"algorithm": "fedmekt-c", **CANDIDATES[name]}
     hyper = Hyper(**overrides.pop("hyper", {}))
-    cfg = FederationConfig(federation="select", dataset=dataset, pair=pair, algorithm=algorithm,
-                           rounds=rounds, seed=seed, device="cpu", hyper=hyper, **overrides)
+    cfg = FederationConfig(federation="select", dataset=dataset, pair=pair, rounds=rounds, seed=seed, device="cpu",
+                           hyper=hyper, **overrides)
     res = run_inprocess(cfg, split, progress=False)
     out = {"candidate": name, "seed": seed, "val_units": list(split.test.units), "modalities": list(pair)}
     for m in cfg.pair:
         out[f"val_paper_{m}"] = float(np.median([r[f"f1_paper_{m}"] for r in res.rows[-10:]]))
         out[f"val_probe_{m}"] = res.final[f"probe_f1_weighted_{m}"]
     out["val_floor"] = res.final["majority_f1_weighted"]
-    out.update(louo_probe(res, all_labelled, split.channels, split.label_names))
+    out.update(cv_score(res, all_labelled, split.label_names, folds))
+    out["score"] = float(np.mean([out[f"cv_probe_{m}"] for m in cfg.pair]))
     print(json.dumps(out), flush=True)
     return out
 
 
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+
+
+def summary(results: list[dict], candidates: list[str], against: str) -> list[str]:
+    """The table: CV probe per modality (mean ± std over seeds), paired difference against ``against``, decision."""
+    from fedmekt.validation import decide, smallest_detectable
+
+    mods = results[0]["modalities"]
+    score = {c: {r["seed"]: r["score"] for r in results if r["candidate"] == c} for c in candidates}
+    per_mod = {(c, m): {r["seed"]: r[f"cv_probe_{m}"] for r in results if r["candidate"] == c}
+               for c in candidates for m in mods}
+    lines = ["candidate | " + " | ".join(f"CV probe {m}" for m in mods) + f" | score − {against} [95 % CI] "
+             "(mean of modalities) | " + " | ".join(f"{m} − {against}" for m in mods) + " | resolution | decision"]
+    for c in candidates:
+        cells = [_mean_std(list(per_mod[(c, m)].values())) for m in mods]
+        if c == against:
+            lines.append(f"{c} | " + " | ".join(cells) + " | (reference) |" + " |" * len(mods) + " | –")
+            continue
+        d = decide(score[c], score[against])
+        diffs = [score[c][s] - score[against][s] for s in score[c] if s in score[against]]
+        per = [decide(per_mod[(c, m)], per_mod[(against, m)]).difference.text() for m in mods]
+        lines.append(f"{c} | " + " | ".join(cells) + f" | {d.difference.text()} | " + " | ".join(per)
+                     + f" | ±{smallest_detectable(diffs, len(diffs)):.3f} | {'ADOPT' if d.adopt else 'keep'}")
+    return lines
+
+
 def main() -> None:
+    from fedmekt.errors import UserError
+    from fedmekt.validation import check_selection_seeds
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ur_fall", help="ur_fall (acce-depth) or hapt (acce-gyro)")
-    parser.add_argument("--seeds", default="10,11,12")
+    parser.add_argument("--seeds", default="100,101,102,103,104", help="selection seeds, all >= 100")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="names, or mmfedavg as a reference")
+    parser.add_argument("--folds", type=int, default=0, help="0 = leave one labelled unit out, else K folds of units")
+    parser.add_argument("--candidates", default="default,walk-rep-fp16", help=f"names from: {', '.join(CANDIDATES)}")
+    parser.add_argument("--against", default="default", help="the candidate every other is paired with")
     args = parser.parse_args()
-    jobs = [(c, int(s), args.rounds, args.dataset) for s in args.seeds.split(",") for c in args.candidates.split(",")]
+    try:
+        seeds = check_selection_seeds(int(s) for s in args.seeds.split(","))
+        candidates = list(dict.fromkeys([args.against, *args.candidates.split(",")]))
+        unknown = [c for c in candidates if c not in CANDIDATES]
+        if unknown:
+            raise UserError(f"unknown candidate(s) {unknown}; choose from {', '.join(CANDIDATES)}")
+    except (UserError, ValueError) as exc:
+        sys.exit(f"select_fedmekt_c: error: {exc}")
+    jobs = [(c, s, args.rounds, args.dataset, args.folds) for s in seeds for c in candidates]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(one, jobs))
-    mods = results[0]["modalities"]
-    keys = tuple(f"{kind}_{m}" for kind in ("val_paper", "val_probe", "cv_probe") for m in mods)
-    print("\ncandidate | " + " | ".join(keys) + "  (mean ± std over seeds)")
-    for c in args.candidates.split(","):
-        rs = [r for r in results if r["candidate"] == c]
-        cells = [f"{np.mean([r[k] for r in rs]):.3f} ± {np.std([r[k] for r in rs]):.3f}"
-                 for k in keys]
-        print(f"{c} | " + " | ".join(cells))
+    print("\n" + "\n".join(summary(results, candidates, args.against)))
 
 
 if __name__ == "__main__":
