@@ -14,26 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from fedmekt.config import FederationConfig
-from fedmekt.federation import run_inprocess
-from fedmekt.report import write_report
-from sensors.datasets import load_dataset
-from sensors.splits import make_split
+from run_folder_support import make_run_folder
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    results = []
-    for seed in (0, 1):
-        cfg = FederationConfig(dataset="demo", clients=(1, 1, 1), per_round=2, rounds=3, seed=seed, proxy_windows=8,
-                               device="cpu", hyper={"classifier_epochs": 1, "probe_max_iter": 20})
-        split = make_split(load_dataset("demo"), cfg.pair, seed=seed, clients=cfg.clients)
-        results.append(run_inprocess(cfg, split, progress=False))
-    write_report(out, results)
-    return out
+    return make_run_folder(tmp_path_factory.mktemp("run"))
 
 
 def _report(run_dir: Path) -> subprocess.CompletedProcess:
