@@ -50,6 +50,10 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "bad.toml").write_text("[federation\nrounds = = 3\n")
     (tmp / "wrong-types.toml").write_text('rounds = "many"\nper_round = -4\nno_such_option = 1\n')
     (tmp / "binary.toml").write_bytes(b"\x00\xff\xfe garbage \x89PNG")
+    (tmp / "rounds-word.toml").write_text('rounds = "three"\n')
+    (tmp / "federation-table.toml").write_text("[federation]\nname = 'x'\n")
+    (tmp / "federation-slash.toml").write_text('federation = "lab/one"\n')
+    (tmp / "hyper-type.toml").write_text('[hyper]\nlr_local = "fast"\n')
     (tmp / "fed.toml").write_text('federation = "ft"\ndataset = "demo"\nclients = [1, 1, 1]\nper_round = 3\n'
                                   'rounds = 1\nproxy_windows = 8\n')
     return {"empty": tmp / "empty", "hapt": hapt, "generic": gen}
@@ -76,6 +80,16 @@ CASES = [
      ["reproduce", "--config", "{tmp}/bad.toml", "--no-progress"], "toml"),
     ("config file with unknown keys / wrong types", "reproduce",
      ["reproduce", "--config", "{tmp}/wrong-types.toml", "--no-progress"], "config"),
+    ("config: a word for a number", "reproduce", ["reproduce", "--config", "{tmp}/rounds-word.toml"], "rounds"),
+    ("config: a [federation] table", "reproduce", ["reproduce", "--config", "{tmp}/federation-table.toml"],
+     "federation"),
+    ("config: federation name with /", "simulate", ["simulate", "--config", "{tmp}/federation-slash.toml"],
+     "federation"),
+    ("config: hyper value of the wrong type", "reproduce", ["reproduce", "--config", "{tmp}/hyper-type.toml"],
+     "hyper.lr_local"),
+    ("simulate: federation name with a space", "simulate", ["simulate", "--federation", "lab one"], "federation"),
+    ("runs: not a folder", "runs", ["runs", "{tmp}/nowhere"], "nowhere"),
+    ("log: unknown run", "log", ["log", "nosuchrun", "--dir", "{tmp}"], "nosuchrun"),
     ("binary config file", "reproduce", ["reproduce", "--config", "{tmp}/binary.toml", "--no-progress"], "toml"),
     ("missing config file", "reproduce", ["reproduce", "--config", "{tmp}/nowhere.toml", "--no-progress"],
      "not found"),
