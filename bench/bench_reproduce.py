@@ -8,8 +8,10 @@
    c. the authors' formulation (``uC:202-270``): float64, the frozen global model re-encodes the proxy
       windows inside the step, KD counted twice.
    Ratios b/a and c/a (goal for c/a: >= 3x).
+3. Wall time of one seed's reference rows (``fedmekt.reference_rows``: raw-features, local-only,
+   centralized), which ``fedmekt reproduce`` adds once per seed, and the local steps they take.
 
-Run: ``.venv/bin/python bench/bench_reproduce.py [--rounds 100] [--steps 200]``. The machine is shared:
+Run: ``.venv/bin/python bench/bench_reproduce.py [--rounds 100] [--steps 200] [--skip-run] [--skip-references]``. The machine is shared:
 the load average is printed beside the figures.
 """
 
@@ -28,17 +30,30 @@ from fedmekt.config import FederationConfig
 from fedmekt.engine import build_model
 from fedmekt.federation import run_inprocess
 from fedmekt.losses import kd_loss, reconstruction_loss
+from fedmekt.reference_rows import reference_finals
 from sensors.datasets import load_dataset
 from sensors.splits import make_split
 
 
-def full_run(rounds: int) -> tuple[float, dict]:
+def _ur_fall(rounds: int):
     split = make_split(load_dataset("ur_fall"), ("acce", "depth"), seed=0)
     cfg = FederationConfig(federation="bench", dataset="ur_fall", pair=("acce", "depth"), algorithm="fedmekt-c",
                            rounds=rounds, seed=0, device="cpu", threads=1)
+    return split, cfg
+
+
+def full_run(rounds: int) -> tuple[float, dict]:
+    split, cfg = _ur_fall(rounds)
     t0 = time.perf_counter()
     result = run_inprocess(cfg, split, progress=True)
     return time.perf_counter() - t0, result.final
+
+
+def reference_run(rounds: int) -> tuple[float, list[dict]]:
+    split, cfg = _ur_fall(rounds)
+    t0 = time.perf_counter()
+    finals = reference_finals(cfg, split)
+    return time.perf_counter() - t0, finals
 
 
 def step_timings(steps: int) -> dict[str, float]:
@@ -115,7 +130,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--skip-run", action="store_true", help="only the step timings")
+    ap.add_argument("--skip-run", action="store_true", help="no full FedMEKT-C run")
+    ap.add_argument("--skip-references", action="store_true", help="no reference rows")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, load average {os.getloadavg()}")
     t = step_timings(args.steps)
@@ -128,6 +144,11 @@ def main() -> None:
         print(f"UR Fall acce-depth FedMEKT-C, 10/10/10 clients, 9/round, {args.rounds} rounds, seed 0, 1 thread: "
               f"wall {wall:.1f} s ({wall / 60:.2f} min; goal < 10 min); final probe weighted F1 acce "
               f"{final['probe_f1_weighted_acce']:.4f}")
+    if not args.skip_references:
+        wall, finals = reference_run(args.rounds)
+        print(f"reference rows of one seed ({args.rounds} rounds' local steps): wall {wall:.1f} s; "
+              + "; ".join(f"{f['variant']} {f['wall_s']:.1f} s, {f['local_steps']} steps, probe weighted F1 acce "
+                          f"{f['probe_f1_weighted_acce']:.4f}" for f in finals))
     print(f"load average after: {os.getloadavg()}")
 
 
