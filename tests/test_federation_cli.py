@@ -85,7 +85,23 @@ def test_simulate_command_runs_the_demo_path_and_writes_the_report(tmp_path: Pat
                                   "--proxy-windows", "8", "--out", str(out), "--no-progress"),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "final probe F1" in res.stdout and "as MQTT packets" in res.stdout
+    assert "final probe weighted F1" in res.stdout and "as MQTT packets" in res.stdout
+    assert "federation demo on broker mqtt://127.0.0.1:" in res.stdout   # what `fedmekt status` looks at
+    assert f"report: {out / 'report.html'}" in res.stdout and (out / "report.html").stat().st_size > 10_000
     assert (out / "results.md").exists() and (out / "final.jsonl").exists()
     wire = json.loads((out / "wire.json").read_text())
     assert wire["messages"]["upload"] >= 2 * 3 and wire["payload_bytes"]["proxy"] > 0
+    assert "round 2 of 2 starts" in (out / "run.log").read_text()
+
+
+def test_simulate_json_summary(tmp_path: Path):
+    out = tmp_path / "sim"
+    res = subprocess.run(_fedmekt("simulate", "--rounds", "1", "--clients", "1,1,1", "--per-round", "3",
+                                  "--proxy-windows", "8", "--out", str(out), "--no-progress", "--json"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads(res.stdout)   # stdout is the JSON object alone
+    final = json.loads((out / "final.jsonl").read_text())
+    assert s["federation"] == "demo" and s["rounds"] == 1 and s["report"] == str(out / "report.html")
+    assert s["probe_f1_weighted"]["acce"] == final["probe_f1_weighted_acce"]
+    assert s["upload_packet_bytes_per_round"] > s["upload_message_bytes_per_round"] > 0
