@@ -8,7 +8,10 @@
    c. the authors' formulation (``uC:202-270``): float64, the frozen global model re-encodes the proxy
       windows inside the step, KD counted twice.
    Ratios b/a and c/a (goal for c/a: >= 3x).
-3. Wall time of one seed's reference rows (``fedmekt.reference_rows``: raw-features, local-only,
+3. Sub-windows (= optimizer steps) per local epoch of the UR Fall clients (seed 0 split, 200 draws each)
+   when the crop's partial last sub-window is clipped and trained on (the reference, ``private_epoch``)
+   against dropping it (the rule before issue 10): same crop lengths and window draws.
+4. Wall time of one seed's reference rows (``fedmekt.reference_rows``: raw-features, local-only,
    centralized), which ``fedmekt reproduce`` adds once per seed, and the local steps they take.
 
 Run: ``.venv/bin/python bench/bench_reproduce.py [--rounds 100] [--steps 200] [--skip-run] [--skip-references]``. The machine is shared:
@@ -33,6 +36,7 @@ from fedmekt.losses import kd_loss, reconstruction_loss
 from fedmekt.reference_rows import reference_finals
 from sensors.datasets import load_dataset
 from sensors.splits import make_split
+from sensors.windowing import paper_crop_length
 
 
 def _ur_fall(rounds: int):
@@ -47,6 +51,24 @@ def full_run(rounds: int) -> tuple[float, dict]:
     t0 = time.perf_counter()
     result = run_inprocess(cfg, split, progress=True)
     return time.perf_counter() - t0, result.final
+
+
+def walk_steps(draws: int = 200) -> tuple[float, float]:
+    """Mean sub-windows per local epoch over the UR Fall clients: (clipped tail kept, tail dropped)."""
+    split, cfg = _ur_fall(1)
+    rng = np.random.default_rng(0)
+    kept = dropped = 0
+    for c in split.clients:
+        longest = int((c.data.segments[:, 1] - c.data.segments[:, 0]).max())
+        for _ in range(draws):
+            length = paper_crop_length(len(c.data), int(rng.integers(*cfg.resolved_batch())), longest + 1)
+            s = full = n = 0
+            while s < length:
+                w = int(rng.integers(*cfg.hyper.sub_window))
+                full, n, s = full + (s + w <= length), n + 1, s + w
+            kept, dropped = kept + n, dropped + max(full, 1)
+    epochs = len(split.clients) * draws
+    return kept / epochs, dropped / epochs
 
 
 def reference_run(rounds: int) -> tuple[float, list[dict]]:
@@ -144,6 +166,9 @@ def main() -> None:
         print(f"UR Fall acce-depth FedMEKT-C, 10/10/10 clients, 9/round, {args.rounds} rounds, seed 0, 1 thread: "
               f"wall {wall:.1f} s ({wall / 60:.2f} min; goal < 10 min); final probe weighted F1 acce "
               f"{final['probe_f1_weighted_acce']:.4f}")
+    kept, dropped = walk_steps()
+    print(f"UR Fall client local epoch: {kept:.2f} sub-windows with the clipped tail (reference), {dropped:.2f} "
+          f"when it is dropped ({1 - dropped / kept:.0%} fewer steps)")
     if not args.skip_references:
         wall, finals = reference_run(args.rounds)
         print(f"reference rows of one seed ({args.rounds} rounds' local steps): wall {wall:.1f} s; "
