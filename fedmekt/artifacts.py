@@ -39,9 +39,14 @@ class RunInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RunInfo":
+        """Parse a ``run.json``; ValueError for a run no gateway could use (its rate says how to feed it)."""
         data = dict(data)
         data["pair"] = tuple(data["pair"])
         data["label_names"] = tuple(data["label_names"])
+        rate = data.get("rate_hz")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
+            raise ValueError(f"{RUN_INFO} records no sampling rate (rate_hz = {rate!r}); a run made before the "
+                             "dataset's rate was recorded must be run again")
         return cls(**data)
 
 
