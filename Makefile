@@ -1,28 +1,42 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   - short federated run on the bundled demo data through an embedded broker
-#   make test   - the whole test suite (what CI runs)
+#   make demo       - short federated run on the bundled demo data through an embedded broker
+#   make test       - the whole test suite (what CI runs)
+#   make test-fast  - the suite without the tests marked slow (the edit loop)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-fast mosquitto bench
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@echo "==> [1/3] creating the virtual environment $(VENV)"
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[all]'
+	@echo "==> [2/3] installing torch 2.13.0, CPU build (about 200 MB; takes a few minutes)"
+	$(PY) -m pip install --progress-bar on torch==2.13.0
+	@echo "==> [3/3] installing fedmekt-edge with all extras"
+	$(PY) -m pip install --progress-bar on -e '.[all]'
 	touch $@
+	@echo "==> ready: $(VENV)/bin/fedmekt"
 
 demo: setup
 	$(VENV)/bin/fedmekt simulate
 
-test: setup
-	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
-		(apt-get update -q && apt-get install -y -q mosquitto)
+# mosquitto is needed by the broker tests; installed only when missing (as root, or through sudo)
+mosquitto:
+	@if command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; then exit 0; fi; \
+	echo "==> installing mosquitto (apt-get)"; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+		echo "mosquitto is missing: install it as root (apt-get install -y mosquitto)"; exit 1; fi; \
+	$$SUDO apt-get update -q && $$SUDO apt-get install -y -q mosquitto
+
+test: setup mosquitto
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+test-fast: setup mosquitto
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
