@@ -14,9 +14,10 @@
 * a session taken over by a second connection with the same login (the broker forces
   client id = username) ends the link with an error instead of reconnecting, which would
   kick the other session in turn, and so on. Seen as MQTT 5 reason 142 where the broker
-  sends it, and, with ``session_topic``, as another session's token retained there: each
-  link publishes a random token on its first connect and, on every reconnect, first
-  reads what is retained before going on;
+  sends it, and, with ``session_topic``, as another session's token: each link publishes
+  a random token there (retained) on its first connect and subscribes; a different token
+  arriving after its own (live, or retained on a reconnect) is a newer session of the
+  same login. Tokens before its own are stale (a resumed session's queue);
 * TLS failures (unknown CA, host-name mismatch, plain-TCP port) reported as such.
 """
 
@@ -130,6 +131,7 @@ class MqttLink:
         self._connect_failed = threading.Event()  # a TCP/TLS attempt failed before any CONNACK
         self._taken_over = False
         self._token = secrets.token_hex(16).encode()
+        self._seen_token = False  # our own token came back: any other one after it is a newer session
         self._connack: paho.ReasonCode | None = None
         self.protocol = ""
         self.connects = 0
@@ -260,7 +262,7 @@ class MqttLink:
             return
         session = self.options.session_topic
         if session:
-            if self.connects == 0:  # ours goes first; on a reconnect the retained one is read before anything
+            if self.connects == 0:  # on a reconnect the retained token says whether another session came
                 client.publish(session, self._token, qos=1, retain=True)
             client.subscribe(session, qos=1)
         self.connects += 1
@@ -278,12 +280,14 @@ class MqttLink:
             return
         if self.protocol == "5" and self.connects == 0 and not self._closing.is_set():
             self._unsupported = True  # closed before any CONNACK: a 3.1.1-only broker (amqtt) does this
-        if not self._closing.is_set() and not self._unsupported:
+        if not self._closing.is_set() and not self._unsupported and not self._taken_over:
             log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
         if msg.topic == self.options.session_topic:
-            if msg.payload and bytes(msg.payload) != self._token:
+            if bytes(msg.payload) == self._token:
+                self._seen_token = True
+            elif msg.payload and self._seen_token:
                 self._lose_session(client)
             return
         item = Message(msg.topic, bytes(msg.payload), bool(msg.retain))

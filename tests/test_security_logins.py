@@ -1,0 +1,228 @@
+"""Logins and broker limits through the shipped TLS + password + ACL mosquitto.
+
+* takeover: the broker forces client id = username, so a second session of one login
+  replaces the first. Tools get their own logins (separate monitor logins coexist), the
+  monitor publishes nothing, the aggregator cannot publish as a client, devices are
+  confined to their federation, and a taken-over aggregator ends with a clear error
+  instead of fighting the other session for the rest of the run.
+* broker_limits / retained_flood: the protocol's largest message passes, anything larger is
+  refused, and a device cannot park retained messages on topics outside the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from export.push import CHUNK_BYTES
+from fault_ledger import record
+from fedmekt.errors import UserError
+from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.provisioning.registry import render_conf
+from fedmekt.wire.codec import DEFAULT_CHUNK_SIZE
+from fedmekt.wire.federation import MAX_CONTROL
+from fedmekt.wire.topics import Topics
+from security_support import SecureBroker, connect, provision, start_secure_broker
+
+pytestmark = pytest.mark.broker
+T = Topics("demo")
+FEDMEKT = Path(sys.executable).with_name("fedmekt")
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory) -> SecureBroker:
+    sb = start_secure_broker(tmp_path_factory.mktemp("logins"))
+    bundle = provision.add(sb.folder, "dashboard", "monitor")  # a second read-only tool with its own login
+    sb.passwords["dashboard"] = json.loads((bundle / "credentials.json").read_text())["password"]
+    sb.broker.process.send_signal(1)  # SIGHUP: re-read password file and ACL
+    time.sleep(0.5)
+    yield sb
+    sb.broker.stop()
+
+
+def login(sb: SecureBroker, user: str, **kw):
+    kw.setdefault("client_id", user)
+    probe = connect(sb.port, user, sb.passwords[user], ca=sb.ca, **kw)
+    assert probe.connected.is_set(), f"{user} could not connect: {probe.connack}"
+    return probe
+
+
+def link_options(sb: SecureBroker, user: str, **kw) -> LinkOptions:
+    return LinkOptions(client_id=user, username=user, password=sb.passwords[user], ca_file=str(sb.ca),
+                       reconnect_min=1, reconnect_max=2, **kw)
+
+
+def _acks(sb: SecureBroker, user: str, topics: list[str], retain: bool = False) -> dict[str, str]:
+    """MQTT 5 PUBACK reason of each publish by ``user``: "Not authorized" when the ACL denies it
+    (allowed ones get "Success" or "No matching subscribers")."""
+    probe = login(sb, user, protocol=mqtt.MQTTv5)
+    out = {}
+    for topic in topics:
+        info = probe.client.publish(topic, b"forged", qos=1, retain=retain)
+        info.wait_for_publish(5)
+        out[topic] = str(probe.acks[info.mid])
+    probe.close()
+    return out
+
+
+# -- takeover ----------------------------------------------------------------------------------
+def test_takeover_second_aggregator_session_ends_the_first_with_a_clear_error(secure):
+    url = f"mqtts://localhost:{secure.port}"
+    first = MqttLink(url, link_options(secure, "aggregator", session_topic=T.aggregator_session)).connect(10)
+    second = MqttLink(url, link_options(secure, "aggregator", session_topic=T.aggregator_session)).connect(10)
+    deadline = time.monotonic() + 10
+    with pytest.raises(UserError, match="took over this session"):
+        while time.monotonic() < deadline:
+            first.get(timeout=0.2)
+    with pytest.raises(UserError, match="own login"):
+        first.publish(T.rounds, b"late")
+    assert second.wait_connected(5)  # kicked once by the first's reconnect, back after its backoff
+    connects = second.connects
+    time.sleep(2.5)  # longer than the reconnect backoff: the first does not come back to kick it again
+    assert second.connected and second.connects == connects <= 2
+    assert second.get(timeout=0.1) is None  # and the second keeps working
+    first.close()
+    second.close()
+    record("attack", "second session with the aggregator login", tried=1, handled=1)
+
+
+def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_path):
+    config = tmp_path / "federation.toml"
+    config.write_text('federation = "takeover"\ndataset = "demo"\nclients = [1, 1, 1]\nper_round = 3\nrounds = 2\n'
+                      'proxy_windows = 8\nseed = 0\ndevice = "cpu"\n')
+    creds = secure.folder / "logins/aggregator/credentials.json"
+    cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt"]
+    proc = subprocess.Popen(cmd + ["aggregator", "--broker", f"mqtts://localhost:{secure.port}", "--credentials",
+                                   str(creds), "--config", str(config), "--out", str(tmp_path / "agg"),
+                                   "--wait-clients", "3", "--wait-timeout", "120", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        watch = login(secure, "monitor")
+        session = Topics("takeover").aggregator_session  # a federation of its own: no token retained yet
+        watch.subscribe(session)
+        assert watch.wait_for(session, timeout=90), "the aggregator never connected"
+        intruder = MqttLink(f"mqtts://localhost:{secure.port}",
+                            link_options(secure, "aggregator", session_topic=session)).connect(10)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("fedmekt aggregator: error: ") and "took over this session" in last, err
+        assert intruder.wait_connected(5) and intruder.connects <= 2
+        intruder.close()
+        watch.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    record("attack", "second aggregator while one runs", tried=1, handled=1)
+
+
+def test_takeover_monitor_logins_of_separate_tools_coexist(secure):
+    monitor, dashboard = login(secure, "monitor"), login(secure, "dashboard")
+    for p in (monitor, dashboard):
+        p.subscribe(T.status_all)
+    device = login(secure, "c000")
+    device.publish(T.status("c000"), b"online")
+    assert monitor.wait_for(T.status("c000"), b"online") and dashboard.wait_for(T.status("c000"), b"online")
+    assert not monitor.disconnected.is_set() and not dashboard.disconnected.is_set()
+    for p in (monitor, dashboard, device):
+        p.close()
+
+
+def test_takeover_monitor_publishes_nothing(secure):
+    forged = [T.status("c000"), T.upload_chunk("c000", 1, 0), T.inference("c000"), T.rounds, T.metrics,
+              T.global_chunk(1, 0), T.proxy_manifest, T.models_manifest, T.aggregator_session, "fedmekt/demo/x"]
+    acks = _acks(secure, "monitor", forged)
+    assert set(acks.values()) == {"Not authorized"}, acks
+    record("attack", "monitor login publishes", tried=len(forged), handled=len(forged))
+
+
+def test_takeover_aggregator_cannot_publish_as_a_client(secure):
+    forged = [T.status("c000"), T.upload_chunk("c000", 1, 0), T.inference("c000")]
+    acks = _acks(secure, "aggregator", forged + [T.rounds])
+    assert {acks[t] for t in forged} == {"Not authorized"} and acks[T.rounds] != "Not authorized", acks
+    record("attack", "aggregator login publishes as a client", tried=len(forged), handled=len(forged))
+
+
+def test_takeover_device_rights_end_at_its_federation_and_the_protocol_topics(secure):
+    other = Topics("other")
+    outside = [other.status("c000"), other.upload_chunk("c000", 1, 0), other.inference("c000"),
+               f"{T.prefix}/clients/c000/upload/1", f"{T.prefix}/clients/c000/upload/1/0/x",
+               f"{T.prefix}/clients/c000/anything"]
+    acks = _acks(secure, "c000", outside + [T.status("c000"), T.upload_chunk("c000", 1, 0)])
+    assert {acks[t] for t in outside} == {"Not authorized"}, acks
+    assert "Not authorized" not in (acks[T.status("c000")], acks[T.upload_chunk("c000", 1, 0)]), acks
+    # and it reads nothing of the other federation
+    agg, spy = login(secure, "aggregator"), login(secure, "c000")
+    spy.subscribe("fedmekt/+/rounds")
+    agg.publish(other.rounds, b"other federation")
+    agg.publish(T.rounds, b"sentinel")
+    assert spy.wait_for(T.rounds, b"sentinel")
+    assert other.rounds not in {t for t, _ in spy.drain()}
+    for p in (agg, spy):
+        p.close()
+    record("attack", "device publishes outside its federation / the protocol topics", tried=len(outside),
+           handled=len(outside))
+
+
+# -- broker limits -----------------------------------------------------------------------------
+def _conf_value(conf: str, key: str) -> int:
+    match = re.search(rf"^{key} (\d+)$", conf, re.M)
+    assert match, f"{key} missing from the shipped config"
+    return int(match.group(1))
+
+
+def test_broker_limits_fit_the_protocol_and_nothing_much_larger(secure):
+    conf = render_conf(secure.broker_dir, secure.port)
+    size, packet = _conf_value(conf, "message_size_limit"), _conf_value(conf, "max_packet_size")
+    largest = max(DEFAULT_CHUNK_SIZE, CHUNK_BYTES, MAX_CONTROL)
+    assert largest <= size < packet < 1024 * 1024 // 2
+    for key in ("max_connections", "max_queued_messages", "max_queued_bytes", "max_inflight_messages"):
+        assert _conf_value(conf, key) > 0
+    watch = login(secure, "aggregator")
+    watch.subscribe(T.uploads_all)
+    device = login(secure, "c001", protocol=mqtt.MQTTv5)
+    full = bytes(largest)
+    info = device.client.publish(T.upload_chunk("c001", 1, 0), full, qos=1)
+    info.wait_for_publish(5)
+    assert str(device.acks[info.mid]) == "Success"
+    assert watch.wait_for(T.upload_chunk("c001", 1, 0), full)  # the protocol's largest message passes
+    device.client.publish(T.upload_chunk("c001", 1, 1), bytes(size + 1), qos=1)
+    assert device.disconnected.wait(5), "an oversize message was accepted"
+    watch.publish(T.rounds, b"sentinel")
+    assert T.upload_chunk("c001", 1, 1) not in {t for t, _ in watch.drain()}
+    for p in (watch, device):
+        p.close()
+    record("attack", "message beyond the protocol's chunk size", tried=1, handled=1)
+
+
+def test_retained_flood_device_cannot_park_big_or_stray_retained_messages(secure):
+    mine = f"{T.prefix}/clients/c002"
+    device = login(secure, "c002")
+    for i in range(3):
+        device.client.publish(f"{mine}/upload/{i}/0", bytes(1024 * 1024), qos=1, retain=True)
+    assert device.disconnected.wait(5), "a 1 MiB retained message was accepted"
+    device.close()
+    device = login(secure, "c002")
+    stray = [f"{mine}/upload/1/0/x", f"{mine}/upload/x", f"{mine}/upload/1/0/a/b/c", f"{mine}/status/x",
+             f"{mine}/junk"]
+    for topic in stray:
+        device.publish(topic, b"parked" * 1000, retain=True)
+    device.publish(T.status("c002"), b"online", retain=True)  # allowed: the sentinel
+    device.close()
+    fresh = login(secure, "monitor")
+    fresh.subscribe(f"{mine}/#")
+    assert fresh.wait_for(T.status("c002"), b"online")
+    time.sleep(0.3)
+    retained = {t for t, _ in fresh.drain()}
+    assert retained == {T.status("c002")}, retained
+    fresh.close()
+    record("attack", "retained flood on sub-topics of a device's upload topic", tried=3 + len(stray),
+           handled=3 + len(stray))
