@@ -54,7 +54,8 @@ def summarize_run(path: Path) -> RunSummary:
     """Read what a run folder says about itself (tolerates missing and half-written files)."""
     from fedmekt.cli.run_record import RunState
 
-    rows, finals, state = _jsonl(path / "metrics.jsonl"), _jsonl(path / "final.jsonl"), RunState.read(path)
+    rows, state = _jsonl(path / "metrics.jsonl"), RunState.read(path)
+    finals = [f for f in _jsonl(path / "final.jsonl") if not f.get("reference")]   # federated runs only
     info = state.info if state else {}
     by_run: dict[str, int] = {}
     for r in rows:
