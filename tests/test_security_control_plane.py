@@ -1,0 +1,203 @@
+"""A signed control plane and per-round nonces, attacked through a real mosquitto.
+
+Everything the aggregator tells clients (manifest, announcements, "done") is signed with its
+Ed25519 key and verified by clients before they act; the global knowledge and the proxy set are
+bound to hashes that signed messages name; each upload echoes its round's nonce. ``fedmekt
+simulate`` runs this signed path by default (ephemeral key pair), so the attacks below hit a
+federation of separate MQTT connections exactly as deployed: each asserts that the attack's
+effect is absent (today's unsigned path stalls, ends or changes the run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from core_support import tiny_config, tiny_split
+from fedmekt.federation import run_inprocess
+from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.simulation import run_simulation
+from fedmekt.wire import federation as fedwire
+from fedmekt.wire.chunks import Reassembler
+from fedmekt.wire.codec import WireError, decode_single, encode, frame_body
+from fedmekt.wire.runs import new_run_id, run_order
+from fedmekt.wire.signing import MAGIC, SIGNATURE_BYTES, open_signed, sign
+from fedmekt.wire.topics import Topics
+
+TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late"}
+
+
+def _learning(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in TRANSPORT_KEYS}
+
+
+def _simulate(cfg, split, url, tmp_path, before_round=None, round_timeout: float = 15.0):
+    return run_simulation(cfg, split, url=url, out=tmp_path / "out", progress=False, rate_hz=20.0,
+                          workdir=tmp_path / "devices", round_timeout=round_timeout, before_round=before_round)
+
+
+def _every_round_complete(sim) -> None:
+    for row in sim.result.rows:
+        assert row["absorbed"] == row["selected"], (row["round"], sim.discarded)
+
+
+def _ignored(caplog, topic: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "edge_client" and f"on {topic}:" in r.getMessage()]
+
+
+# -- the envelope -----------------------------------------------------------------------------
+def test_forged_control_envelope_verifies_only_the_signed_payload_on_its_topic():
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    topic, payload = "fedmekt/t/rounds", b'{"federation":"t"}'
+    signed = sign(key, topic, payload)
+    assert signed.startswith(MAGIC) and len(signed) == len(MAGIC) + SIGNATURE_BYTES + len(payload)
+    assert open_signed(key.public_key(), topic, signed) == payload
+    assert open_signed(None, topic, signed) == payload == open_signed(None, topic, payload)  # no key: as before
+    forged = [(topic, payload, "unsigned"),  # plain JSON while a key is configured
+              (topic, signed[:-1] + b"]", "bad signature"),  # altered body under a genuine signature
+              ("fedmekt/u/rounds", signed, "bad signature"),  # replayed on another federation's topic
+              (topic, sign(other, topic, payload), "bad signature")]  # signed by another key
+    for t, data, reason in forged:
+        with pytest.raises(WireError, match=reason):
+            open_signed(key.public_key(), t, data)
+    assert open_signed(key.public_key(), topic, b"") == b""  # a cleared retained message carries nothing to act on
+    assert fedwire.Announcement.from_bytes(sign(key, topic, fedwire.Announcement("t", None, 1.0, done=True)
+                                                .to_bytes())).done  # observers read signed messages too
+
+
+def test_run_ids_order_runs_by_start_time():
+    older, newer = new_run_id(now=1_700_000_000.0), new_run_id()
+    assert run_order(older) == 1_700_000_000_000 < run_order(newer)
+    assert run_order("") == run_order("a1b2c3d4e5f6") == 0  # ids of another form order before every timed one
+
+
+def test_nonce_is_carried_and_validated_by_the_upload_header():
+    tensors = {"x": np.ones((2, 3), np.float32)}
+    frame = encode(tensors, federation="t", round_=3, sender="c000", kind="upload", nonce="0f" * 8)[0]
+    header, _ = decode_single(frame)
+    assert header.nonce == "0f" * 8
+    assert decode_single(encode(tensors, federation="t", round_=3, sender="c000", kind="upload")[0])[0].nonce == ""
+    for bad in ("XYZ", "0" * 33):
+        with pytest.raises(WireError, match="nonce"):
+            encode(tensors, federation="t", round_=3, sender="c000", kind="upload", nonce=bad)
+    with pytest.raises(WireError, match="nonce"):
+        fedwire.Announcement.from_bytes(fedwire.Announcement("t", {}, 1.0, nonce="not hex").to_bytes())
+
+
+# -- attacks through mosquitto ----------------------------------------------------------------
+@pytest.mark.broker
+@pytest.mark.timeout(240)
+def test_forged_control_manifest_with_a_new_run_id_is_rejected_and_rounds_keep_their_uploads(mosquitto, tmp_path,
+                                                                                              caplog):
+    """A legitimate manifest re-published (retained) with a new run id under the genuine signature: any login
+    can do it on a plain broker, the aggregator's on the secured one. Unsigned clients would follow the
+    forged run and stop uploading; signed ones log one line each and keep serving the run they trust."""
+    caplog.set_level(logging.WARNING, logger="edge_client")
+    cfg, split = tiny_config("fedmekt-c", rounds=3), tiny_split()
+    topic = Topics(cfg.federation).proxy_manifest
+    forger = MqttLink(mosquitto.url, LinkOptions(client_id="forger"), subscriptions=[topic]).connect()
+
+    def forge(rnd, agg):
+        if rnd != 1:
+            return
+        genuine = None
+        while genuine is None:
+            msg = forger.get(timeout=5)
+            assert msg is not None, "the retained manifest never arrived"
+            genuine = msg.payload if msg.topic == topic and msg.payload else None
+        forged = dataclasses.replace(agg.manifest, run=new_run_id()).to_bytes()
+        forger.publish_all([(topic, genuine[:len(MAGIC) + SIGNATURE_BYTES] + forged)], retain=True)
+        time.sleep(1.0)  # every client has it before round 1 is announced
+
+    try:
+        sim = _simulate(cfg, split, mosquitto.url, tmp_path, before_round=forge)
+    finally:
+        forger.close()
+    assert len(sim.result.rows) == 3
+    _every_round_complete(sim)
+    lines = _ignored(caplog, topic)
+    assert len(lines) >= len(split.clients) and all("bad signature" in line for line in lines), lines
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(240)
+def test_forged_control_done_and_announcement_are_ignored(mosquitto, tmp_path, caplog):
+    """A forged "done" of the current run (and a forged plan) on the retained ``rounds`` topic: unsigned
+    clients would quit the run; signed ones ignore both with one line each and every round completes."""
+    caplog.set_level(logging.WARNING, logger="edge_client")
+    cfg, split = tiny_config("fedmekt-c", rounds=3), tiny_split()
+    topic = Topics(cfg.federation).rounds
+    forger = MqttLink(mosquitto.url, LinkOptions(client_id="forger")).connect()
+
+    def forge(rnd, agg):
+        if rnd != 1:
+            return
+        done = fedwire.Announcement(cfg.federation, None, time.time(), done=True, rounds=1, run=agg.run_id)
+        plan = fedwire.Announcement(cfg.federation, {"round": 1, "selected": ["c000"], "proxy_windows": [0]},
+                                    time.time() + 60, run=agg.run_id)
+        for forged in (plan, done):
+            forger.publish_all([(topic, forged.to_bytes())], retain=True)
+        time.sleep(1.0)
+        gone = [c.client_id for c in split.clients if c.client_id not in agg.online]
+        assert not gone, f"clients {gone} left the run on a forged done"
+
+    try:
+        sim = _simulate(cfg, split, mosquitto.url, tmp_path, before_round=forge)
+    finally:
+        forger.close()
+    assert len(sim.result.rows) == 3
+    _every_round_complete(sim)
+    lines = _ignored(caplog, topic)
+    assert len(lines) >= 2 * len(split.clients) and all("unsigned control message" in line for line in lines), lines
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(240)
+def test_nonce_replayed_upload_reframed_for_a_later_round_is_refused(mosquitto, tmp_path):
+    """A client's round-0 upload, re-framed as its round-2 upload the moment round 2 is announced: refused
+    for its nonce (logged, counted as rejected), the client's own upload is absorbed and nothing of the replay
+    reaches the model (final evaluation equals the in-process run's)."""
+    cfg, split = tiny_config("fedmekt-c", rounds=3, per_round=6), tiny_split()
+    topics = Topics(cfg.federation)
+    victim = "c001"
+    spy = MqttLink(mosquitto.url, LinkOptions(client_id="replayer"),
+                   subscriptions=[topics.rounds, f"{topics.prefix}/clients/{victim}/upload/0/#"]).connect()
+    replayed = threading.Event()
+
+    def replay():
+        frames, old = Reassembler(), None
+        while not replayed.is_set():
+            msg = spy.get(timeout=0.1)
+            if msg is None or not msg.payload:
+                continue
+            if msg.topic != topics.rounds:
+                old = frames.add(msg.payload) or old
+                continue
+            ann = fedwire.Announcement.from_bytes(msg.payload)
+            if old is not None and not ann.done and ann.plan["round"] == 2:
+                h = old.header
+                out = frame_body(old.body, dtype=h.dtype, federation=h.federation, round_=2, sender=victim,
+                                 kind="upload", modalities=h.modalities, tensors=h.tensors, nonce=h.nonce)
+                spy.publish_all([(topics.upload_chunk(victim, 2, i), f) for i, f in enumerate(out)])
+                replayed.set()
+
+    attacker = threading.Thread(target=replay, daemon=True)
+    attacker.start()
+    try:
+        sim = _simulate(cfg, split, mosquitto.url, tmp_path)
+    finally:
+        replayed.set()
+        spy.close()
+    refused = [d for d in sim.discarded if d.startswith(f"{victim} round 2:") and "nonce" in d]
+    assert refused, sim.discarded
+    assert not any("duplicate upload for round 2" in d for d in sim.discarded if d.startswith(victim))
+    row = sim.result.rows[2]
+    assert row["rejected"] >= 1 and row["absorbed"] == row["selected"] == 6
+    ref = run_inprocess(cfg, split, progress=False)
+    assert _learning(sim.result.final) == _learning(ref.final)
