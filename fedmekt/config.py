@@ -150,12 +150,10 @@ class FederationConfig:
         """``rep_size`` or the paper's r for the dataset and pair (UR Fall with acce 2, Opp 10, else 4)."""
         if self.rep_size:
             return self.rep_size
-        from sensors.datasets import dataset_info  # sensors never imports torch
+        from sensors.datasets import builtin_info  # sensors never imports torch
 
-        try:
-            return dataset_info(self.dataset).paper_rep_size(self.pair)
-        except UserError:
-            return 4
+        info = builtin_info(self.dataset)  # a dataset of your own gets the paper's default r = 4, as generic did
+        return info.paper_rep_size(self.pair) if info is not None else 4
 
     def resolved_batch(self) -> tuple[int, int]:
         return tuple(self.hyper.batch) if self.hyper.batch[0] > 0 else default_batch(self.dataset)

@@ -108,3 +108,45 @@ def test_cli_data_inspect_and_split(capsys, tmp_path, generic_dir):
                  "--out", str(tmp_path / "g.json")]) == 0  # pair defaults to the files' first two modalities
     assert json.loads((tmp_path / "g.json").read_text())["pair"] == ["acce", "gyro"]
     assert main(["data", "split", "demo", "--pair", "acce", "depth", "--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_resample_hz_brings_a_100_hz_dataset_to_50_hz(tmp_path, capsys):
+    from generic_support import write_generic
+
+    native = load_dataset("generic", write_generic(tmp_path / "native", subjects=2, seconds=10))
+    data = write_generic(tmp_path / "half", subjects=2, seconds=10, extra="resample_hz = 50")
+    recs = load_dataset("wristband", data)
+    r, n = recs[0], native[0]
+    assert (r.rate_hz, n.rate_hz, len(r), len(n)) == (50.0, 100.0, 500, 1000)
+    np.testing.assert_allclose(np.diff(r.timestamps), 0.02)
+    assert (r.labels == n.labels[::2]).all()  # blocks of 5 s: every new row falls on an old one
+    # a 2-row box filter, then every other row: the mean of each pair of native rows
+    np.testing.assert_allclose(r.modalities["acce"][1:], (n.modalities["acce"][1:-1:2] + n.modalities["acce"][2::2]) / 2,
+                               atol=1e-5)
+    assert main(["data", "inspect", "--data-dir", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rate_hz"] == [50.0]
+
+
+def test_descriptor_mistakes_are_refused(generic_dir):
+    for text, message in (("label_colum = 'label'\n" + TOML, "unknown key"),
+                          (TOML.replace('"wristband"', '"hapt"'), "built-in"),
+                          (TOML.replace('"wristband"', '"wrist band"'), "'name'"),
+                          (TOML.replace("rate_hz = 20", "rate_hz = 0"), "rate_hz"),
+                          (TOML.replace("rate_hz = 20", "resample_hz = 10"), "'rate_hz'")):
+        (generic_dir / "dataset.toml").write_text(text)
+        with pytest.raises(UserError, match=message):
+            load_dataset("generic", generic_dir)
+    (generic_dir / "dataset.toml").write_text(TOML)
+    with pytest.raises(UserError, match="names dataset 'wristband'"):
+        load_dataset("anklet", generic_dir)
+
+
+def test_npz_string_labels_and_mixed_rates_are_refused(generic_dir, tmp_path):
+    np.savez(generic_dir / "erin" / "run2.npz", t_ms=np.arange(4) * 50.0, acce=np.zeros((4, 3)),
+             gyro=np.zeros((4, 2)), label=np.array(["walk"] * 4))
+    with pytest.raises(UserError, match="'label' must be numeric"):
+        load_dataset("generic", generic_dir)
+    recs = load_dataset("demo")
+    recs[0].rate_hz = 100.0
+    with pytest.raises(UserError, match="different rates"):
+        make_split(recs, ("acce", "gyro"))

@@ -68,8 +68,14 @@ def _label_name(names: tuple[str, ...], k: int) -> str:
 
 
 def _print(info: dict) -> None:
+    from fedmekt.config import FederationConfig
+
     print(f"dataset {info['dataset']}: {info['recordings']} recordings, {len(info['subjects'])} subjects, "
           f"{info['rows']:,} rows, {info['hours']:.2f} h, rate {', '.join(f'{r:g}' for r in info['rate_hz'])} Hz")
+    window = FederationConfig().window
+    spans = ", ".join(f"{window / r:.2f} s at {r:g} Hz" for r in info["rate_hz"])
+    print(f"windows are counted in rows: the default {window}-row proxy window spans {spans} "
+          "(docs/sensors.md, 'Rows and seconds')")
     print("modalities:")
     for m, v in info["modalities"].items():
         names = ", ".join(v["names"][:12]) + (" …" if len(v["names"]) > 12 else "")
