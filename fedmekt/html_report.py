@@ -34,7 +34,7 @@ class RunFolder:
     rows: list[dict]                        # one per round per run
     finals: list[dict]                      # one per finished run
     table: list[dict]                       # results.csv rows (strings)
-    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run name -> class names
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)  # dataset -> class names
 
     @property
     def variants(self) -> list[str]:
@@ -68,7 +68,8 @@ def load_run_folder(run_dir: Path) -> RunFolder:
         table = list(csv.DictReader(io.StringIO((run_dir / "results.csv").read_text())))
     labels = {}
     for info in sorted(run_dir.glob(f"runs/*/{RUN_INFO}")):
-        labels[info.parent.name] = tuple(json.loads(info.read_text()).get("label_names", ()))
+        data = json.loads(info.read_text())
+        labels[data.get("dataset", "")] = tuple(data.get("label_names", ()))
     return RunFolder(run_dir, rows, _jsonl(run_dir / FINAL), table, labels)
 
 
@@ -231,11 +232,12 @@ def confusion_figure(folder: RunFolder) -> bytes | None:
     for f in folder.finals:
         for k, v in f.items():
             if k.startswith("confusion_"):
-                cells[(_variant(f), k[len("confusion_"):])].append((f["run"], np.asarray(v, dtype=np.int64)))
+                cells[(_variant(f), k[len("confusion_"):])].append((f["dataset"], np.asarray(v, dtype=np.int64)))
     if not cells:
         return None
     plt = _pyplot()
-    variants = sorted({v for v, _ in cells})
+    federated = [v for v in folder.variants if any((v, m) in cells for _, m in cells)]
+    variants = federated + sorted({v for v, _ in cells} - set(federated))   # then the reference rows
     mods = sorted({m for _, m in cells})
     n = max(cm.shape[0] for runs in cells.values() for _, cm in runs)
     size = max(3.5, 0.45 * n + 1.5)
