@@ -166,6 +166,9 @@ class MqttLink:
                     _V311_ONLY.add(where)
                 return self
             self._stop_client()
+            problem = self._tls_problem() if self.address.tls and not self._refused() else None
+            if problem:
+                raise UserError(problem)
             if self._refused():
                 raise UserError(f"broker {self.address.host}:{self.address.port} refused the connection: "
                                 f"{self._connack}")
@@ -187,23 +190,27 @@ class MqttLink:
             return f"cannot use the TLS files (--ca-file/--cert-file/--key-file): {exc}"
         ctx.check_hostname = not o.insecure
         where = f"broker {host}:{port}"
+        plain = " (a plain-TCP listener? use mqtt://)"
         try:
-            with socket.create_connection((host, port), timeout=5) as raw, \
-                    ctx.wrap_socket(raw, server_hostname=host):
+            raw = socket.create_connection((host, port), timeout=5)
+        except OSError:
+            return None
+        try:
+            with raw, ctx.wrap_socket(raw, server_hostname=host):
                 return None
         except ssl.SSLCertVerificationError as exc:
             why = exc.verify_message or str(exc)
-            if "hostname" in why.lower():
+            if "mismatch" in why.lower():
                 return (f"TLS: the certificate of {where} is not valid for the name {host!r} ({why}); connect "
                         f"with a name or address it was issued for (fedmekt provision init --host)")
             return (f"TLS: the certificate of {where} is not signed by a trusted CA ({why}); "
                     f"pass the CA that signed it with --ca-file")
         except ssl.SSLError as exc:
             reason = exc.reason or str(exc)
-            hint = " (a plain-TCP listener? use mqtt://)" if "WRONG_VERSION_NUMBER" in str(reason) else ""
+            hint = plain if isinstance(exc, ssl.SSLEOFError) or "WRONG_VERSION_NUMBER" in str(reason) else ""
             return f"TLS handshake with {where} failed: {reason}{hint}"
-        except OSError:
-            return None
+        except OSError as exc:  # reset or closed mid-handshake: the other end does not speak TLS
+            return f"TLS handshake with {where} failed: {exc.strerror or exc}{plain}"
 
     def _refused(self) -> bool:
         """Bad credentials or not authorised: retrying with backoff would only hammer the broker."""

@@ -15,7 +15,6 @@ chunk if needed). This module has no network code: raw samples never leave the d
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -63,8 +62,8 @@ class SampleStore:
         # Raw sensor data is private: a new folder is 0700 and the database 0600 (SQLite gives its
         # -wal/-shm files the database's mode); an existing database is tightened to 0600.
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(self.path, 0o600)
+        self.path.touch(mode=0o600, exist_ok=True)
+        self.path.chmod(0o600)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
