@@ -1,8 +1,9 @@
 """Signed model packages pushed by a running aggregator to running gateways through a real mosquitto.
 
-``fedmekt aggregator --signing-key`` publishes a package after every ``--package-every`` rounds
-and at the end; ``fedmekt client --public-key`` installs what verifies against its key and
-refuses the rest, keeping no (or its old) model; with ``--infer`` it classifies its live samples
+``fedmekt aggregator --signing-key`` signs its control messages and publishes a package after every
+``--package-every`` rounds and at the end; ``fedmekt client --public-key`` acts only on control
+messages and installs only packages that verify against its key and refuses the rest, keeping no
+(or its old) model; with ``--infer`` it classifies its live samples
 with the installed model and publishes the predictions. An upload still missing chunks when its
 round closes is dropped and reported.
 """
@@ -45,8 +46,14 @@ def test_aggregator_pushes_signed_package_and_only_the_matching_key_installs_it(
     for cid in fed.client_ids:
         pub = tmp_path / ("other.pub" if cid == wrong else "agg.pub")
         fed.start_client(cid, True, "--public-key", str(pub))
-    fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
-    fed.run_to_end(timeout=300)
+    # the gateway with another key trusts none of the aggregator's messages: the quorum closes rounds without it
+    fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1", "--quorum", "0.6")
+    assert fed.wait_exit("aggregator", 300) == 0, fed.log("aggregator")[-3000:]
+    for cid in fed.client_ids[:-1]:
+        assert fed.wait_exit(cid, 60) == 0, fed.log(cid)[-3000:]
+    assert fed.procs[wrong].poll() is None  # it ignored the unverifiable "done" too, and keeps waiting
+    fed.kill(wrong)
+    assert "proxy/manifest: bad signature" in fed.log(wrong)
 
     published = [t for _, t, p in fed.recorder.snapshot() if t == "fedmekt/push/models/manifest" and p]
     assert len(published) == 2  # after round 0 (1 completed) and round 1 (2 completed); the end adds none
