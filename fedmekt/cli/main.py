@@ -130,10 +130,20 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"fedmekt {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
-        print(f"fedmekt {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130
+    except Terminated:
+        print(f"fedmekt {args.command}: terminated", file=sys.stderr)
+        _exit_now(143)
+    except KeyboardInterrupt:
+        print(f"fedmekt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _exit_now(code: int) -> None:
+    """Exit without waiting for worker threads: the ``finally`` blocks ran, and SIGTERM must not hang a service."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
