@@ -1,7 +1,9 @@
 """The aggregator: drives ServerEngine rounds over MQTT.
 
-Per round: plan among the online clients (seeded), publish the global knowledge
-(``global/<round>/<chunk>``) and then the retained announcement (``rounds``, with a
+Per round: plan among the selectable clients (seeded): online, with a live birth, heartbeat or upload
+within ``liveness`` seconds (a retained "online" alone proves nothing) and, when the federation has a
+client list, provisioned; with none left (every gateway restarting) it waits for them. Then publish
+the global knowledge (``global/<round>/<chunk>``) and then the retained announcement (``rounds``, with a
 message expiry = the round deadline), fold each valid upload into the engine's
 streaming mean the moment its last chunk arrives, close the round at the quorum or
 the deadline, finish it (server update, classifier, evaluation), append the metrics
@@ -59,6 +61,8 @@ class AggregatorOptions:
     publish_proxy: bool = True  # False when every client is provisioned with the bundle
     signing_key: object | None = None  # Ed25519PrivateKey: publish signed model packages (None = never)
     package_every: int = 10  # rounds between packages (0 = only at the end); the end always publishes
+    known_clients: frozenset[str] | None = None  # the federation's provisioned client ids (None = any id)
+    liveness: float = 120.0  # seconds a live birth, heartbeat or upload keeps a client selectable
 
 
 @dataclass
@@ -83,7 +87,9 @@ class Aggregator:
         self.link_options = link_options or LinkOptions(client_id=f"{cfg.federation}-aggregator")
         self.rate_hz = rate_hz
         self.online: dict[str, tuple[str, ...]] = {}
+        self._live: dict[str, float] = {}  # monotonic time a client last proved it is alive (not a retained status)
         self.discarded: list[str] = []  # one line per discarded upload (also logged)
+        self._unknown: set[str] = set()  # status ids outside known_clients, warned about once
         self._round: _Round | None = None
         self._absorbed: set[str] = set()
         self.server: ServerEngine | None = None
@@ -181,19 +187,35 @@ class Aggregator:
     def wait_for_clients(self, want: int, timeout: float) -> None:
         """Process presence messages until ``want`` clients are online or ``timeout`` seconds passed."""
         deadline = time.monotonic() + timeout
-        while len(self.online) < want and time.monotonic() < deadline:
+        while len(self.selectable()) < want and time.monotonic() < deadline:
             self._pump(time.monotonic() + 0.2)
-        if not self.online:
+        if not self.selectable():
             from fedmekt.errors import UserError
 
             raise UserError(f"no client came online within {timeout:.0f} s")
-        if len(self.online) < want:
-            log.warning("going on with %d of %d expected clients online", len(self.online), want)
+        if len(self.selectable()) < want:
+            log.warning("going on with %d of %d expected clients online", len(self.selectable()), want)
+
+    def selectable(self) -> list[str]:
+        """Online clients whose liveness is current: a retained "online" alone (a phantom, or a client
+        that died without its Will reaching us) is not enough; it takes a live birth, heartbeat or upload."""
+        now = time.monotonic()
+        return sorted(c for c in self.online if now - self._live.get(c, -math.inf) <= self.opts.liveness)
+
+    def _await_clients(self, rnd: int) -> None:
+        """Every client gone mid-run (e.g. all gateways restarting at once): wait for them, never fail."""
+        want = self.opts.wait_clients or self.cfg.per_round
+        while not self.selectable():
+            log.warning("no client is online before round %d: waiting for %d clients", rnd, want)
+            deadline = time.monotonic() + self.opts.wait_timeout
+            while len(self.selectable()) < want and time.monotonic() < deadline:
+                self._pump(time.monotonic() + 0.2)
 
     def _one_round(self, rnd: int) -> dict:
         cfg, server = self.cfg, self.server
         t0 = time.perf_counter()
-        plan = server.plan_round(rnd, sorted(self.online))
+        self._await_clients(rnd)
+        plan = server.plan_round(rnd, self.selectable())
         down = server.downstream(plan)
         frames = encode(down, cfg.wire_dtype, federation=cfg.federation, round_=rnd, sender=fedwire.AGGREGATOR_ID,
                         kind="global", limits=self.opts.limits)
@@ -241,13 +263,19 @@ class Aggregator:
         parts = msg.topic.split("/")
         prefix = len(self.topics.prefix.split("/"))
         if len(parts) == prefix + 3 and parts[prefix] == "clients" and parts[-1] == "status":
-            self._on_status(parts[prefix + 1], msg.payload)
+            self._on_status(parts[prefix + 1], msg.payload, msg.retain)
         elif len(parts) == prefix + 5 and parts[prefix] == "clients" and parts[prefix + 2] == "upload":
             self._on_upload(parts[prefix + 1], parts[prefix + 3], msg.payload)
 
-    def _on_status(self, client_id: str, payload: bytes) -> None:
+    def _on_status(self, client_id: str, payload: bytes, retained: bool = False) -> None:
         if not payload:  # a cleared retained status
             self.online.pop(client_id, None)
+            return
+        known = self.opts.known_clients
+        if known is not None and client_id not in known:
+            if client_id not in self._unknown:
+                self._unknown.add(client_id)
+                log.warning("ignoring status of %s: not a provisioned client of %s", client_id, self.cfg.federation)
             return
         try:
             status = fedwire.Status.from_bytes(payload)
@@ -259,6 +287,8 @@ class Aggregator:
             if client_id not in self.online:
                 log.debug("%s online with %s", client_id, mods)
             self.online[client_id] = mods
+            if not retained:
+                self._live[client_id] = time.monotonic()
         else:
             if status.state == "online":
                 log.warning("ignoring %s: modalities %s do not fit the pair %s", client_id, status.modalities,
@@ -314,4 +344,5 @@ class Aggregator:
             self._discard(f"{client_id} round {header.round}: {getattr(exc, 'reason', exc)}")
             return
         self._absorbed.add(client_id)
+        self._live[client_id] = time.monotonic()
         r.bytes_up += r.frame_bytes.pop(header.key, 0)

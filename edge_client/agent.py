@@ -51,6 +51,7 @@ class AgentOptions:
     normalise: bool = False  # the store holds raw samples: z-score them with the manifest's statistics
     exit_when_done: bool = True  # stop at the end of the run (False: a daemon that follows the next runs)
     models: object | None = None  # edge_client.inference.ModelService: receive, verify and swap model packages
+    heartbeat: float = 20.0  # seconds between live (non-retained) "online" statuses: the aggregator's liveness
 
 
 class EdgeAgent:
@@ -75,6 +76,8 @@ class EdgeAgent:
         self._plan = None
         self._early: list[bytes] = []
         self._announcement: fedwire.Announcement | None = None  # latest, applied once its run's manifest is known
+        self._served: set[str] = set()  # runs this process saw rounds of: only their "done" ends --exit-when-done
+        self._next_heartbeat = 0.0
         self.rounds_trained = 0
         self.done = threading.Event()
         self.link: MqttLink | None = None
@@ -101,6 +104,7 @@ class EdgeAgent:
                 if msg is not None:
                     self._dispatch(msg)
                 self._maybe_train()
+                self._maybe_heartbeat(presence)
         self.link = None
         return self.rounds_trained
 
@@ -109,6 +113,8 @@ class EdgeAgent:
         t = self.topics
         try:
             if msg.topic == t.proxy_manifest:
+                if not msg.retain:  # an aggregator (re)started just now: tell it at once that we are alive
+                    self._next_heartbeat = 0.0
                 self._on_manifest(msg.payload)
             elif msg.topic.startswith(t.prefix + "/proxy/"):
                 self._on_proxy_frame(msg.payload)
@@ -124,11 +130,10 @@ class EdgeAgent:
             log.error("%s: model package not put in service: %s", self.opts.client_id, exc)
 
     def _on_proxy_frame(self, payload: bytes) -> None:
-        """Retained chunks may arrive before the manifest: hold them (bounded) until it is known."""
-        if self.trainer is not None:
-            return
-        if self._proxy_rx is None:
-            if sum(map(len, self._early)) + len(payload) <= self.opts.limits.max_message:
+        """Retained chunks may arrive before their manifest, also while the previous run's trainer still
+        serves (the next run's chunks are published first): hold them (bounded, once each) until it is known."""
+        if self._proxy_rx is None or self.trainer is not None:
+            if payload not in self._early and sum(map(len, self._early)) + len(payload) <= self.opts.limits.max_message:
                 self._early.append(payload)
             return
         self._ready(self._proxy_rx.add(payload))
@@ -139,9 +144,11 @@ class EdgeAgent:
             return
         manifest = fedwire.FederationManifest.from_bytes(payload)
         if self.manifest is not None and manifest.to_bytes() == self.manifest.to_bytes():
+            self._early.clear()  # chunks re-published with the run we serve (an aggregator resume)
             return
         self.manifest, self.trainer, self._plan = manifest, None, None
         self._globals.clear()
+        self._global_rx = Reassembler(self.opts.limits, max_pending=2)  # a new run may resend identical knowledge
         self._proxy_rx = fedwire.ProxyReceiver(manifest)
         if not manifest.proxy_sha256:
             self._ready(None)
@@ -149,7 +156,12 @@ class EdgeAgent:
             self._ready(self._bundle[1])
         early, self._early = self._early, []
         for frame in early:
-            self._on_proxy_frame(frame)
+            try:
+                self._on_proxy_frame(frame)
+            except WireError:  # a chunk of another run's proxy set
+                continue
+        if self.trainer is not None:
+            self._early.clear()  # what was held again after the proxy set completed belongs to no pending run
         self._apply_announcement()
 
     def _ready(self, proxy) -> None:
@@ -182,12 +194,13 @@ class EdgeAgent:
             return
         self._announcement = None
         if ann.done:
-            if self.opts.exit_when_done:
+            if self.opts.exit_when_done and m.run in self._served:
                 self.done.set()
             else:
                 log.info("%s: federation run %s finished; waiting for the next run", self.opts.client_id, m.run)
             return
         plan = ann.round_plan()
+        self._served.add(m.run)
         if self.opts.client_id in plan.selected and ann.deadline > time.time():
             self._plan = plan
 
@@ -201,6 +214,13 @@ class EdgeAgent:
             self._globals[header.round] = done
             for old in [r for r in self._globals if r < header.round - 1]:
                 del self._globals[old]
+
+    def _maybe_heartbeat(self, presence: Presence) -> None:
+        """Re-publish "online" live (not retained) every ``heartbeat`` s: a retained status proves nothing."""
+        now = time.monotonic()
+        if now >= self._next_heartbeat and self.link is not None and self.link.connected:
+            self.link.publish(presence.topic, presence.online)
+            self._next_heartbeat = now + self.opts.heartbeat
 
     # -- inference ----------------------------------------------------------------------------
     def recognise(self, batch) -> int:

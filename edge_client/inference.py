@@ -23,7 +23,7 @@ import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from export.install import CURRENT, VERSIONS
-from export.package import MANIFEST, VerifiedPackage, verify_package
+from export.package import MANIFEST, PackageError, VerifiedPackage, verify_package
 from fedmekt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -179,9 +179,33 @@ class ModelService:
         self.receiver = PackageReceiver(self.store, federation, on_installed=lambda m: self._swap(m.package))
         self._lock = threading.Lock()
         self.recognizer: StreamingRecognizer | None = None
-        current = self.store.current()
+        current = self._verified_current()
         if current is not None:
             self._swap(current.package)
+
+    def _verified_current(self):
+        """The installed model, or when it fails verification (altered on disk) the newest earlier version that
+        passes, put back in service; None (train without a model) when there is none. Never a crash loop."""
+        try:
+            return self.store.current()
+        except PackageError as exc:
+            broken = exc
+        current_file = self.store.root / CURRENT
+        name = current_file.read_text().strip() if current_file.is_file() else ""
+        for path in sorted((self.store.root / VERSIONS).iterdir(), reverse=True):
+            if path.name == name or not path.is_dir():
+                continue
+            try:
+                verify_package(path, self.store.public_key)
+                installed = self.store.install(path)
+            except PackageError:
+                continue
+            log.error("installed model %s refused (%s); fell back to the previous verified version %s",
+                      name, broken, path.name)
+            return installed
+        log.error("installed model %s refused (%s) and no earlier version verifies; running without a model until "
+                  "a valid package arrives", name, broken)
+        return None
 
     @property
     def subscription(self) -> str:
@@ -189,6 +213,10 @@ class ModelService:
 
     def handle(self, topic: str, payload: bytes) -> None:
         self.receiver.handle(topic, payload)
+
+    def trust_run(self, run: str) -> None:
+        """The run of the verified federation manifest: only its packages are installed from now on."""
+        self.receiver.trust_run(run)
 
     def _swap(self, package: VerifiedPackage) -> None:
         recognizer = StreamingRecognizer(package, self.modality, stride=self.stride, threads=self.threads)

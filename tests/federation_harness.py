@@ -109,11 +109,14 @@ class ProcessFederation:
     def store(self, cid: str) -> Path:
         return self.tmp / cid / "store.sqlite"
 
-    def start_client(self, cid: str, fill_store: bool = True, *extra: str) -> subprocess.Popen:
-        """A gateway that exits when the run ends; ``fill_store=False`` restarts it on the store it already has."""
+    def start_client(self, cid: str, fill_store: bool = True, *extra: str,
+                     exit_when_done: bool = True) -> subprocess.Popen:
+        """A gateway that exits when the run ends (``exit_when_done=False``: the daemon that follows the next runs);
+        ``fill_store=False`` restarts it on the store it already has."""
         broker, env = self._broker_args(cid)
-        args = ["client", *broker, "--client-id", cid, "--federation", self.federation, "--store", str(self.store(cid)),
-                "--exit-when-done"]
+        args = ["client", *broker, "--client-id", cid, "--federation", self.federation, "--store", str(self.store(cid))]
+        if exit_when_done:
+            args.append("--exit-when-done")
         if fill_store:
             args += ["--source", f"split:{self.config}"]
         return self._spawn(cid, args + list(extra), env)

@@ -43,6 +43,9 @@ def register(subparsers) -> None:
                    help="Ed25519 private key (fedmekt export keygen): publish signed model packages to the clients")
     p.add_argument("--package-every", type=int, default=10,
                    help="rounds between model packages with --signing-key (0 = only at the end; default 10)")
+    p.add_argument("--client-ids", default=None,
+                   help="the federation's provisioned client ids, comma-separated: any other id's status is ignored "
+                        "(default: any id)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -89,7 +92,9 @@ def run(args) -> int:
     options = AggregatorOptions(out=out, wait_clients=args.wait_clients, wait_timeout=args.wait_timeout,
                                 round_timeout=args.round_timeout, quorum=args.quorum, limits=limits,
                                 progress=not args.no_progress, signing_key=signing_key,
-                                package_every=args.package_every)
+                                package_every=args.package_every,
+                                known_clients=frozenset(filter(None, args.client_ids.split(",")))
+                                if args.client_ids else None)
     link = link_options(args, f"{cfg.federation}-aggregator", session_topic=Topics(cfg.federation).aggregator_session)
     agg = Aggregator(cfg, split, args.broker, options, link, rate_hz=rate)
     result = agg.run()
