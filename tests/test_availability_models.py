@@ -84,7 +84,8 @@ def test_crash_loop_without_an_earlier_version_runs_without_a_model(mosquitto, d
     assert service.recognizer is None
     assert [r.message for r in caplog.records if "running without a model" in r.message], caplog.text
     with MqttLink(mosquitto.url, LinkOptions(client_id="aggregator")).connect() as agg, \
-            MqttLink(mosquitto.url, LinkOptions(client_id="c000"), subscriptions=[service.subscription]).connect() as gw:
+            MqttLink(mosquitto.url, LinkOptions(client_id="c000"),
+                     subscriptions=[service.subscription]).connect() as gw:
         publish_package(agg, federation, v4)
         pump(gw, service, lambda: service.recognizer is not None)  # a valid package still goes into service
     assert service.recognizer.package.manifest.round == 4
