@@ -106,13 +106,13 @@ def test_publisher_every_n_rounds_and_at_the_end(mosquitto, data_dir, tmp_path, 
     run = trained_run("ur_fall", data_dir, tmp_path_factory)
     key = load_private_key(signing_keys(tmp_path_factory)[0])
     with MqttLink(mosquitto.url, LinkOptions(client_id="aggregator")).connect() as agg:
-        pub = PackagePublisher(agg, "test-ur", key, tmp_path / "packages", every=2)
+        pub = PackagePublisher(agg, run.model.info.federation, key, tmp_path / "packages", every=2)
         published = [r for r in range(1, 6) if pub.maybe_publish(run.model, r, final=(r == 5)) is not None]
         assert published == [2, 4, 5]
         assert pub.maybe_publish(run.model, 5, final=True) is None  # the final round was already published
         assert sorted(p.name for p in (tmp_path / "packages").iterdir()) == ["r000005"]
     store = ModelStore(tmp_path / "gw", load_public_key(signing_keys(tmp_path_factory)[1]))
-    receiver = PackageReceiver(store, "test-ur")
+    receiver = PackageReceiver(store, run.model.info.federation)  # gateways refuse other federations
     with MqttLink(mosquitto.url, LinkOptions(client_id="c001"), subscriptions=[receiver.subscription]).connect() as gw:
         pump(gw, receiver, lambda: store.current() is not None)
     assert store.current().package.manifest.round == 5
