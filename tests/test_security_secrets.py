@@ -89,6 +89,12 @@ def test_secrets_cli_reads_a_credentials_file(secure, tmp_path):
         assert bad.stderr.strip().startswith("fedmekt status: error: --credentials"), bad.stderr
     missing = fedmekt("status", "--broker", url, "--credentials", str(tmp_path / "nope.json"), cwd=tmp_path)
     assert missing.returncode == 2 and "credentials file not found" in missing.stderr
+    device = secure.folder / "logins" / "c000" / "credentials.json"
+    samples = tmp_path / "samples.csv"
+    samples.write_text("".join(f"{i * 0.02},0.1,0.2,0.3\n" for i in range(50)))
+    other = fedmekt("client", "--broker", url, "--credentials", str(device), "--client-id", "c001",
+                    "--source", f"csv:{samples}", "--modalities", "acce:3", cwd=tmp_path)
+    assert other.returncode == 2 and "a device's client id is its login name" in other.stderr, other.stderr
 
 
 def test_secrets_provision_runs_from_the_installed_package_outside_a_checkout(tmp_path):
@@ -165,3 +171,16 @@ def test_tls_right_ca_and_name_still_connect(secure):
     opts = LinkOptions(client_id="c000", username="c000", password=secure.passwords["c000"], ca_file=str(secure.ca))
     with MqttLink(f"mqtts://localhost:{secure.port}", opts).connect(timeout=10) as link:
         link.publish_all([(Topics("demo").status("c000"), b"online")])
+
+
+def test_secrets_gateway_model_state_folder_is_private(tmp_path):
+    pytest.importorskip("torch")
+    from edge_client.training import LocalTrainer
+    from fedmekt.config import FederationConfig
+
+    store = SampleStore(tmp_path / "gw" / "store.sqlite")
+    (tmp_path / "state").mkdir(mode=0o755)  # an existing folder is tightened too
+    cfg = FederationConfig(clients=(1, 1, 1), per_round=1, rounds=1, algorithm="mmfedavg")
+    LocalTrainer(cfg, "c000", ("acce",), {"acce": 3, "gyro": 3}, None, store, tmp_path / "state")
+    assert mode(tmp_path / "state") == 0o700
+    store.close()

@@ -52,9 +52,12 @@ def link_options(args: argparse.Namespace, client_id: str, username: str | None 
 
     password, ca_file = args.password, args.ca_file
     if args.credentials is not None:
-        username, stored, stored_ca = read_credentials(args.credentials)
-        password = args.password or stored
-        ca_file = ca_file or stored_ca
+        login, stored, stored_ca = read_credentials(args.credentials)
+        if username is not None and login != username and not args.username:
+            # the ACL grants a device clients/<login>/… only: any other id's uploads would be dropped
+            raise UserError(f"--credentials {args.credentials} are for login {login!r}, not for client id "
+                            f"{username!r}: a device's client id is its login name")
+        username, password, ca_file = login, args.password or stored, ca_file or stored_ca
     for path in (ca_file, args.cert_file, args.key_file):
         if path is not None and not Path(path).is_file():
             raise UserError(f"file not found: {path}")
