@@ -14,7 +14,8 @@
 4. Wall time of one seed's reference rows (``fedmekt.reference_rows``: raw-features, local-only,
    centralized), which ``fedmekt reproduce`` adds once per seed, and the local steps they take.
 
-Run: ``.venv/bin/python bench/bench_reproduce.py [--rounds 100] [--steps 200] [--skip-run] [--skip-references]``. The machine is shared:
+Run: ``.venv/bin/python bench/bench_reproduce.py [--rounds 100] [--steps 200] [--skip-run]
+[--skip-references]``. The machine is shared:
 the load average is printed beside the figures.
 """
 

@@ -41,3 +41,35 @@ def test_one_pair_has_no_interval_and_says_so():
 def test_level_must_be_a_probability():
     with pytest.raises(ValueError):
         paired_difference({0: 1.0}, {0: 0.0}, level=95)
+
+
+def _final(variant, seed, acce, reference=False):
+    """A final.jsonl record with what the report reads (probe F1 ``acce`` on test acce, 0.5 elsewhere)."""
+    probe = {f"probe_{k}_{m}": 0.5 for k in ("f1_weighted", "f1_macro", "accuracy") for m in ("acce", "depth")}
+    return {**probe, "run": f"{variant}-seed{seed}", "algorithm": variant, "variant": variant, "seed": seed,
+            "dataset": "d", "pair": "acce-depth", "clients": [1, 1, 1], "rounds": 2, "reference": reference,
+            "probe_f1_weighted_acce": acce, "majority_f1_weighted": 0.3, "majority_accuracy": 0.4,
+            "wire_dtype": "float32", "layers": "rep", "proxy_windows": 4, "window": 8, "bytes_proxy_once": 0,
+            "wall_s": 1.0}
+
+
+def test_report_pairs_every_row_with_mmfedavg_by_seed():
+    from fedmekt.report import paired_differences, render_markdown, summarize
+
+    base, algo, raw = [0.60, 0.70, 0.65], [0.64, 0.72, 0.70], [0.50, 0.55, 0.52]
+    finals = ([_final("mmfedavg", s, v) for s, v in enumerate(base)] + [_final("fedmekt-c", s, v) for s, v in
+              enumerate(algo)] + [_final("raw-features", s, v, reference=True) for s, v in enumerate(raw)])
+    rows = [{"run": f["run"], "round": r, "f1_paper_acce": f["probe_f1_weighted_acce"] - 0.1, "f1_paper_depth": 0.4,
+             "bytes_up": 10, "bytes_down": 10} for f in finals if not f["reference"] for r in range(2)]
+    paired = {(d["algorithm"], d["test"]): d for d in paired_differences(rows, finals)}
+    assert set(paired) == {(a, m) for a in ("fedmekt-c", "raw-features") for m in ("acce", "depth")}
+    expected = paired_difference(dict(enumerate(algo)), dict(enumerate(base)))
+    got = paired[("fedmekt-c", "acce")]
+    assert (got["pairs"], got["probe_diff_low"], got["probe_diff_high"]) == (3, expected.low, expected.high)
+    assert got["paper_diff_mean"] == pytest.approx(expected.mean)        # paper metric shifted alike
+    assert paired[("raw-features", "acce")]["paper_diff"] == "–"          # no rounds, no paper metric
+    assert paired[("raw-features", "acce")]["probe_diff_high"] < 0
+    acc, comm = summarize(rows, finals)
+    assert [a["algorithm"] for a in acc][-2:] == ["raw-features"] * 2 and len(comm) == 2
+    md = render_markdown(acc, comm, list(paired.values()))
+    assert "| d | acce-depth | fedmekt-c | acce | 3 | " + expected.text() in md
