@@ -167,5 +167,5 @@ def test_sigterm_of_simulate_stops_its_broker_and_leaves_a_partial_run(tmp_path:
     assert (out / "report.html").stat().st_size > 10_000        # the finished rounds, rendered
     listed = {r["id"]: r for r in json.loads(fedmekt("runs", str(tmp_path), "--json").stdout)}
     assert listed["sim"]["status"] == "interrupted" and listed["sim"]["rounds_done"] >= 1
-    log = fedmekt("log", str(out), "-n", "0")
+    log = fedmekt("log", str(out), "-n", "0", "--follow")   # follows only while the run lives: returns
     assert log.returncode == 0 and "round 1 of 40 starts" in log.stdout and "round 1 of 40 done" in log.stdout
