@@ -11,7 +11,9 @@ row, checkpoint, publish the row on ``metrics``. Late, duplicate, unselected or
 invalid uploads are discarded with one log line each, and so is an upload still missing
 chunks when its round closes; nothing undecoded reaches the engine. With a signing key it
 also publishes a signed model package every ``package_every`` rounds and at the end
-(export/publisher.py).
+(export/publisher.py), bound to this run, and signs the control plane: the manifest, every
+announcement (with the round's nonce and the hash of its global knowledge) and "done"; an upload
+whose header does not echo the round's nonce is discarded.
 Memory: one reassembly buffer bounded by ``max_pending`` messages plus the engine's
 per-key running sums, independent of the number of clients.
 """
@@ -22,8 +24,8 @@ import json
 import logging
 import math
 import threading
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,8 @@ from fedmekt.mqtt import LinkOptions, Message, MqttLink
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireError, WireLimits, check_spec, decode_body, encode, parse_frame
+from fedmekt.wire.runs import new_run_id
+from fedmekt.wire.signing import sign
 from fedmekt.wire.topics import Topics
 from sensors.partition import FederatedSplit
 
@@ -59,7 +63,8 @@ class AggregatorOptions:
     progress: bool = True
     name: str | None = None  # run name in the report (default <algorithm>-seed<seed>)
     publish_proxy: bool = True  # False when every client is provisioned with the bundle
-    signing_key: object | None = None  # Ed25519PrivateKey: publish signed model packages (None = never)
+    signing_key: object | None = None  # Ed25519PrivateKey: sign the control plane and model packages (None = never)
+    packages: bool = True  # with a signing key, also publish model packages (simulate signs the control plane only)
     package_every: int = 10  # rounds between packages (0 = only at the end); the end always publishes
     known_clients: frozenset[str] | None = None  # the federation's provisioned client ids (None = any id)
     liveness: float = 120.0  # seconds a live birth, heartbeat or upload keeps a client selectable
@@ -74,6 +79,7 @@ class _Round:
     bytes_up: int = 0
     rejected: int = 0
     late: int = 0
+    nonce: str = ""  # the announcement's nonce every upload header must echo
     frame_bytes: dict = field(default_factory=dict)  # payload bytes per message key, counted when absorbed
 
 
@@ -81,11 +87,11 @@ class Aggregator:
     """One federation's server process. ``run()`` returns the same RunResult as the in-process runner."""
 
     def __init__(self, cfg: FederationConfig, split: FederatedSplit, url: str, options: AggregatorOptions,
-                 link_options: LinkOptions | None = None, rate_hz: float = 0.0):
+                 link_options: LinkOptions | None = None, rate_hz: float | None = None):
         self.cfg, self.split, self.url, self.opts = cfg, split, url, options
         self.topics = Topics(cfg.federation)
         self.link_options = link_options or LinkOptions(client_id=f"{cfg.federation}-aggregator")
-        self.rate_hz = rate_hz
+        self.rate_hz = split.manifest.get("rate_hz", 0.0) if rate_hz is None else rate_hz  # for run.json
         self.online: dict[str, tuple[str, ...]] = {}
         self._live: dict[str, float] = {}  # monotonic time a client last proved it is alive (not a retained status)
         self.discarded: list[str] = []  # one line per discarded upload (also logged)
@@ -108,7 +114,7 @@ class Aggregator:
                                                 self.split.labelled, self.split.test,
                                                 normalizer=self.split.normalizer, rate_hz=self.rate_hz)
         rows: list[dict] = []
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = new_run_id()
         resumed = load_checkpoint(opts.out, cfg.to_dict())
         if resumed is not None:
             server.load_state_dict(resumed[0])
@@ -136,9 +142,8 @@ class Aggregator:
                 self._publish_package(final=False)
                 bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
             self._publish_package(final=True)
-            link.publish_all([(self.topics.rounds, fedwire.Announcement(
-                cfg.federation, None, time.time(), done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())],
-                retain=True)
+            self._publish_control(self.topics.rounds, fedwire.Announcement(
+                cfg.federation, None, time.time(), done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
         final = {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
                  "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
                  "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
@@ -158,17 +163,23 @@ class Aggregator:
         self._proxy_bytes = sum(len(f) for f in frames) if self.opts.publish_proxy else 0
         # clear a stale announcement (e.g. "done" of the run being extended) before the new manifest
         self.link.publish_all([(self.topics.rounds, b"")], retain=True)
-        self.link.publish_all(items + [(self.topics.proxy_manifest, manifest.to_bytes())], retain=True)
+        self.link.publish_all(items, retain=True)
+        self._publish_control(self.topics.proxy_manifest, manifest.to_bytes())
         self.manifest, self.proxy_frames = manifest, frames
         self.published.set()
 
     def _package_publisher(self):
-        if self.opts.signing_key is None:
+        if self.opts.signing_key is None or not self.opts.packages:
             return None
         from export.publisher import PackagePublisher
 
         return PackagePublisher(self.link, self.cfg.federation, self.opts.signing_key,
-                                out_root=self.opts.out / "packages", every=self.opts.package_every, int8=False)
+                                out_root=self.opts.out / "packages", every=self.opts.package_every, int8=False,
+                                run=self.run_id)
+
+    def _publish_control(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
+        """A retained control message, signed when a signing key is configured."""
+        self.link.publish_all([(topic, sign(self.opts.signing_key, topic, payload))], retain=True, expiry=expiry)
 
     def _publish_package(self, final: bool) -> None:
         """Publish the global model as a signed package when due; a failed export never stops the rounds."""
@@ -224,9 +235,11 @@ class Aggregator:
         server.begin_round(plan)
         self._absorbed = set()
         need = max(1, math.ceil(self.opts.quorum * len(plan.selected)))
-        self._round = _Round(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending))
-        self.link.publish_all([(self.topics.rounds, fedwire.Announcement(
-            cfg.federation, plan.to_json(), deadline, run=self.run_id).to_bytes())], retain=True,
+        nonce = secrets.token_hex(8)
+        self._round = _Round(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending), nonce=nonce)
+        self._publish_control(self.topics.rounds, fedwire.Announcement(
+            cfg.federation, plan.to_json(), deadline, run=self.run_id, nonce=nonce,
+            global_sha256=parse_frame(frames[0], self.opts.limits)[0].sha256).to_bytes(),
             expiry=int(self.opts.round_timeout) + 1)
         while not self._round_complete() and time.time() < deadline:
             self._pump(min(time.monotonic() + 0.5, time.monotonic() + deadline - time.time()))
@@ -333,6 +346,10 @@ class Aggregator:
                 if tuple(sorted(header.modalities)) != tuple(sorted(mods)):
                     raise WireError(f"modalities {header.modalities} differ from announced {mods}")
                 check_spec(header.tensors, expected)
+            if header.nonce != r.nonce:  # later frames are bound to frame 0 by the body's sha256
+                if header.index == 0:
+                    raise WireError("nonce does not match the round's announcement (a replayed or re-framed upload)")
+                return
             done = r.reassembler.add_parsed(header, body)
             r.frame_bytes[header.key] = r.frame_bytes.get(header.key, 0) + len(payload)
             if done is None:

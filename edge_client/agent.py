@@ -13,6 +13,11 @@ Protocol seen from a client (topics under ``fedmekt/<federation>/``):
    install them (a refused one leaves the model in service); with ``--infer`` each live sensor
    batch is classified by the model in service and the predictions go to ``clients/<id>/inference``.
 
+With the aggregator's public key the manifest and every announcement (and "done") must carry its
+signature (fedmekt/wire/signing.py); a manifest of an older run than the one served is refused too,
+the global knowledge used is the one whose hash the signed announcement names, and each upload
+echoes the announcement's nonce. A rejected message is one log line; the trusted run goes on.
+
 Memory: the store lives on disk (SQLite, bounded by ``--max-samples``); a training round holds the
 stored samples in RAM (samples x channels x 4 B: 200 k samples of 6 channels = 4.8 MB), the proxy
 set, one global message and one upload; the MQTT inbox and reassembly buffers are bounded.
@@ -33,6 +38,8 @@ from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Complete, Reassembler
 from fedmekt.wire.codec import WireError, WireLimits, decode_body, encode, parse_frame
+from fedmekt.wire.runs import run_order
+from fedmekt.wire.signing import open_signed
 from fedmekt.wire.topics import Topics
 from sensors.store import SampleStore
 
@@ -51,6 +58,7 @@ class AgentOptions:
     normalise: bool = False  # the store holds raw samples: z-score them with the manifest's statistics
     exit_when_done: bool = True  # stop at the end of the run (False: a daemon that follows the next runs)
     models: object | None = None  # edge_client.inference.ModelService: receive, verify and swap model packages
+    public_key: object | None = None  # Ed25519PublicKey: act only on control messages the aggregator signed
     heartbeat: float = 20.0  # seconds between live (non-retained) "online" statuses: the aggregator's liveness
 
 
@@ -71,9 +79,10 @@ class EdgeAgent:
         self.manifest: fedwire.FederationManifest | None = None
         self._proxy_rx: fedwire.ProxyReceiver | None = None
         self.trainer = None
-        self._globals: dict[int, Complete] = {}
+        self._globals: dict[tuple[int, str], Complete] = {}  # (round, sha256) -> global knowledge message
         self._global_rx = Reassembler(options.limits, max_pending=2)
         self._plan = None
+        self._plan_ann: fedwire.Announcement | None = None  # the signed announcement of _plan (nonce, global hash)
         self._early: list[bytes] = []
         self._announcement: fedwire.Announcement | None = None  # latest, applied once its run's manifest is known
         self._served: set[str] = set()  # runs this process saw rounds of: only their "done" ends --exit-when-done
@@ -115,11 +124,11 @@ class EdgeAgent:
             if msg.topic == t.proxy_manifest:
                 if not msg.retain:  # an aggregator (re)started just now: tell it at once that we are alive
                     self._next_heartbeat = 0.0
-                self._on_manifest(msg.payload)
+                self._on_manifest(open_signed(self.opts.public_key, msg.topic, msg.payload))
             elif msg.topic.startswith(t.prefix + "/proxy/"):
                 self._on_proxy_frame(msg.payload)
             elif msg.topic == t.rounds:
-                self._on_announcement(msg.payload)
+                self._on_announcement(open_signed(self.opts.public_key, msg.topic, msg.payload))
             elif msg.topic.startswith(t.prefix + "/global/"):
                 self._on_global(msg.payload)
             elif msg.topic.startswith(t.prefix + "/models/") and self.opts.models is not None:
@@ -143,6 +152,10 @@ class EdgeAgent:
         if not payload:
             return
         manifest = fedwire.FederationManifest.from_bytes(payload)
+        if self.manifest is not None and run_order(manifest.run) < run_order(self.manifest.run):
+            raise WireError(f"manifest of run {manifest.run} is older than the run {self.manifest.run} served")
+        if self.opts.models is not None:
+            self.opts.models.trust_run(manifest.run)
         if self.manifest is not None and manifest.to_bytes() == self.manifest.to_bytes():
             self._early.clear()  # chunks re-published with the run we serve (an aggregator resume)
             return
@@ -202,7 +215,7 @@ class EdgeAgent:
         plan = ann.round_plan()
         self._served.add(m.run)
         if self.opts.client_id in plan.selected and ann.deadline > time.time():
-            self._plan = plan
+            self._plan, self._plan_ann = plan, ann
 
     def _on_global(self, payload: bytes) -> None:
         header, body = parse_frame(payload, self.opts.limits)
@@ -211,9 +224,9 @@ class EdgeAgent:
             raise WireError("global frame with a wrong header")
         done = self._global_rx.add_parsed(header, body)
         if done is not None:
-            self._globals[header.round] = done
-            for old in [r for r in self._globals if r < header.round - 1]:
-                del self._globals[old]
+            self._globals[(header.round, header.sha256)] = done
+            for old in [k for k in self._globals if k[0] < header.round - 1] + list(self._globals)[:-4]:
+                self._globals.pop(old, None)  # bounded: a forged copy cannot crowd out memory
 
     def _maybe_heartbeat(self, presence: Presence) -> None:
         """Re-publish "online" live (not retained) every ``heartbeat`` s: a retained status proves nothing."""
@@ -250,7 +263,7 @@ class EdgeAgent:
             trainer.restart()
         cached = trainer.cached_upload(plan.round)
         if cached is None:
-            glob = self._globals.get(plan.round)
+            glob = self._globals.get((plan.round, self._plan_ann.global_sha256))
             if glob is None:
                 return
             try:
@@ -268,6 +281,7 @@ class EdgeAgent:
         cfg = trainer.cfg
         frames = encode(upload, cfg.wire_dtype, federation=cfg.federation, round_=plan.round,
                         sender=self.opts.client_id, kind="upload", modalities=trainer.modalities,
+                        nonce=self._plan_ann.nonce,
                         limits=self.opts.limits)
         self.link.publish_all((self.topics.upload_chunk(self.opts.client_id, plan.round, i), f)
                               for i, f in enumerate(frames))

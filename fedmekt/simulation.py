@@ -5,7 +5,9 @@ through a ReplaySource into its own SampleStore (SQLite file) and talks to the a
 through the broker, exactly as separate devices would (threads with their own connections; the
 per-round seeds make the result equal to the in-process ``reproduce``). A separate subscriber
 counts every message on the federation's topics, so the report states the bytes really seen on
-the wire next to the accounted sizes.
+the wire next to the accounted sizes. The control plane runs signed, as in a deployment: an
+ephemeral Ed25519 key pair is made per simulation, the aggregator signs with it and every client
+verifies (no model packages are built).
 """
 
 from __future__ import annotations
@@ -104,19 +106,23 @@ class Simulation:
 
 
 def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: Path, progress: bool = True,
-                   rate_hz: float = 50.0, round_timeout: float = 600.0, quorum: float = 1.0,
+                   rate_hz: float | None = None, round_timeout: float = 600.0, quorum: float = 1.0,
                    workdir: Path | None = None, late_clients: tuple[str, ...] = (),
                    before_round=None) -> Simulation:
     """Run ``cfg`` on ``split`` with an aggregator and one agent per client, all through ``url``.
 
     Without ``url`` an embedded broker is started (mosquitto when installed, else amqtt).
-    ``late_clients`` join only after round 0 has started (tests of late joining).
+    ``late_clients`` join only after round 0 has started (tests of late joining). ``rate_hz`` (the devices'
+    sample clock and run.json's rate) defaults to the split's.
     """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from aggregator.service import Aggregator, AggregatorOptions
     from edge_client.agent import AgentOptions, EdgeAgent
     from fedmekt.broker import embedded_broker
 
     start = time.perf_counter()
+    rate_hz = split.manifest["rate_hz"] if rate_hz is None else rate_hz
     broker = embedded_broker() if url is None else None
     url = url or broker.url
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmekt-sim-"))
@@ -128,8 +134,10 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
                                             split.label_names) for c in split.clients}
         counter = WireCounter(url, f"fedmekt/{cfg.federation}").start()
 
+        key = Ed25519PrivateKey.generate()  # ephemeral: the signed control plane is what a simulation runs
         options = AggregatorOptions(out=Path(out), wait_clients=len(split.clients) - len(late_clients),
-                                    round_timeout=round_timeout, quorum=quorum, progress=progress)
+                                    round_timeout=round_timeout, quorum=quorum, progress=progress,
+                                    signing_key=key, packages=False)
         aggregator = Aggregator(cfg, split, url, options, rate_hz=rate_hz)
 
         def client_main(c: ClientPartition, delay_until: threading.Event | None) -> None:
@@ -140,7 +148,8 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
                     while not gate.wait(0.2):
                         if stop.is_set():
                             return
-                agent = EdgeAgent(url, AgentOptions(c.client_id, cfg.federation, store, workdir / c.client_id))
+                agent = EdgeAgent(url, AgentOptions(c.client_id, cfg.federation, store, workdir / c.client_id,
+                                                    public_key=key.public_key()))
                 agent.run(stop)
                 store.close()
             except Exception as exc:  # reported after the run

@@ -6,9 +6,10 @@ Loads the server's data (proxy, labelled and test sets of the config's dataset s
 the federation manifest and the proxy set once (retained), waits for clients, then runs the
 configured rounds: announce, collect uploads until the quorum or the deadline, update, evaluate,
 checkpoint. Restarted with the same --out it resumes after the last completed round.
-With --signing-key it also publishes the global model as a signed ONNX package (retained,
-``models/``) every --package-every rounds and after the last one; gateways started with the
-matching --public-key install it.
+With --signing-key it signs the manifest and every announcement, and also publishes the global
+model as a signed ONNX package (retained, ``models/``, bound to this run) every --package-every
+rounds and after the last one; gateways started with the matching --public-key verify the control
+messages and install the packages.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--bundle", type=Path, default=None,
                    help="also write the provisioning bundle (manifest + proxy set) for clients to this file")
     p.add_argument("--signing-key", type=Path, default=None,
-                   help="Ed25519 private key (fedmekt export keygen): publish signed model packages to the clients")
+                   help="Ed25519 private key (fedmekt export keygen): sign the control messages and publish signed "
+                        "model packages to the clients")
     p.add_argument("--package-every", type=int, default=10,
                    help="rounds between model packages with --signing-key (0 = only at the end; default 10)")
     p.add_argument("--client-ids", default=None,

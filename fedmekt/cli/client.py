@@ -8,9 +8,10 @@ embeddings (or parameters), and keeps its model state next to the store so a res
 Keeps running across federation runs (--exit-when-done stops at the end of one). One training
 thread by default (``threads`` in the federation config).
 
-With --public-key it also receives the aggregator's signed model packages, verifies them
-against that key and installs them next to the store (``models/``; a refused package leaves
-the model in service). With --infer it classifies its source's samples as they arrive with
+With --public-key it acts only on control messages (federation manifest, round announcements,
+"done") signed with the aggregator's key, and also receives its signed model packages, verifies
+them and installs those of the run it serves next to the store (``models/``; a refused package
+leaves the model in service). With --infer it classifies its source's samples as they arrive with
 the model in service and publishes the predictions on ``clients/<id>/inference``.
 """
 
@@ -48,7 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit when the federation run ends (default: keep running and join the next run)")
     p.add_argument("--public-key", type=Path, default=None,
-                   help="the aggregator's Ed25519 public key: receive, verify and install its model packages")
+                   help="the aggregator's Ed25519 public key: verify its control messages, and receive, verify "
+                        "and install its model packages")
     p.add_argument("--infer", action="store_true",
                    help="with --public-key: recognise activities on the source's samples as they arrive and "
                         "publish the predictions")
@@ -149,7 +151,7 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
         bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id),
-        normalise=not normalised, exit_when_done=args.exit_when_done, models=models))
+        normalise=not normalised, exit_when_done=args.exit_when_done, models=models, public_key=public_key))
     if args.infer:
         sink.agent = agent
     return agent
