@@ -57,13 +57,15 @@ def run_name(cfg: FederationConfig) -> str:
 
 
 def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool = True, name: str | None = None,
-                  rate_hz: float = 0.0) -> RunResult:
-    """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` on ``split``; rows carry F1 and bytes per round."""
+                  rate_hz: float | None = None) -> RunResult:
+    """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` on ``split``; rows carry F1 and bytes per round.
+    ``rate_hz`` (recorded in run.json) defaults to the split's."""
     variant = variant_label(cfg)
     name = name or run_name(cfg)
     start = time.perf_counter()
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test,
-                          normalizer=split.normalizer, rate_hz=rate_hz)
+                          normalizer=split.normalizer,
+                          rate_hz=split.manifest.get("rate_hz", 0.0) if rate_hz is None else rate_hz)
     clients = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels,
                                          split.proxy if cfg.is_embedding else None) for c in split.clients}
     private = {c.client_id: c for c in split.clients}

@@ -133,8 +133,7 @@ def run(args) -> int:
             write_manifest(splits[cfg.seed], out / f"split-seed{cfg.seed}.json")
             if args.reference_rows:
                 references += reference_finals(cfg, splits[cfg.seed])
-        results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress,
-                                     rate_hz=splits[cfg.seed].manifest["rate_hz"]))
+        results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress))
         report = write_report(out, results, references)
     print(report.read_text())
     print(f"results in {out}")
