@@ -25,7 +25,7 @@ from fedmekt.mqtt import LinkOptions, MqttLink
 from fedmekt.simulation import run_simulation
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Reassembler
-from fedmekt.wire.codec import WireError, decode_single, encode, frame_body
+from fedmekt.wire.codec import WireError, decode_body, decode_single, encode, frame_body
 from fedmekt.wire.runs import new_run_id, run_order
 from fedmekt.wire.signing import MAGIC, SIGNATURE_BYTES, open_signed, sign
 from fedmekt.wire.topics import Topics
@@ -201,3 +201,45 @@ def test_nonce_replayed_upload_reframed_for_a_later_round_is_refused(mosquitto, 
     assert row["rejected"] >= 1 and row["absorbed"] == row["selected"] == 6
     ref = run_inprocess(cfg, split, progress=False)
     assert _learning(sim.result.final) == _learning(ref.final)
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(240)
+def test_forged_control_global_knowledge_is_not_trained_on(mosquitto, tmp_path):
+    """Forged global knowledge of round 1 (same tensors, other values, sender "aggregator") reaches every client
+    after the genuine one and before the announcement: unsigned clients would train on the last one received;
+    signed ones use the message whose hash the signed announcement names, so the run equals the in-process one."""
+    cfg, split = tiny_config("fedmekt-c", rounds=2), tiny_split()
+    topics = Topics(cfg.federation)
+    forger = MqttLink(mosquitto.url, LinkOptions(client_id="forger")).connect()
+    forged_rounds = []
+
+    def forge(rnd, agg):
+        if rnd != 1:
+            return
+        publish = agg.link.publish_all
+
+        def then_forge(items, **kw):
+            items = list(items)
+            sent = publish(items, **kw)
+            if items and items[0][0].startswith(f"{topics.prefix}/global/1/"):
+                genuine = Reassembler()
+                done = [c for c in (genuine.add(p) for _, p in items) if c is not None][0]
+                tensors = {k: -v - 1.0 for k, v in decode_body(done.header, done.body).items()}
+                frames = encode(tensors, cfg.wire_dtype, federation=cfg.federation, round_=1, sender="aggregator",
+                                kind="global")
+                forger.publish_all([(topics.global_chunk(1, i), f) for i, f in enumerate(frames)])
+                forged_rounds.append(rnd)
+                time.sleep(1.0)  # every client holds the forged copy before the announcement
+            return sent
+
+        agg.link.publish_all = then_forge
+
+    try:
+        sim = _simulate(cfg, split, mosquitto.url, tmp_path, before_round=forge)
+    finally:
+        forger.close()
+    assert forged_rounds == [1]
+    _every_round_complete(sim)
+    ref = run_inprocess(cfg, split, progress=False)
+    assert [_learning(r) for r in sim.result.rows] == [_learning(r) for r in ref.rows]
