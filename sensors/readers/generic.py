@@ -231,7 +231,8 @@ def _labels(y: np.ndarray | None, n: int, d: Descriptor, file: Path) -> np.ndarr
 
 
 def _moving_average(x: np.ndarray, k: int) -> np.ndarray:
-    """Centred box filter of ``k`` rows per column (edges repeat): the anti-alias step of downsampling."""
+    """Box filter of ``k`` rows per column, centred (half a row early for even ``k``; edges repeat): the
+    anti-alias step of downsampling."""
     pad = np.pad(x.astype(np.float64), ((k // 2, k - 1 - k // 2), (0, 0)), mode="edge")
     c = np.cumsum(np.pad(pad, ((1, 0), (0, 0))), axis=0)
     return (c[k:] - c[:-k]) / k
