@@ -146,7 +146,9 @@ def test_sigterm_of_simulate_stops_its_broker_and_leaves_a_partial_run(tmp_path:
         pids = _mosquitto_pids(port)
         assert len(pids) == 1
         deadline, s = time.monotonic() + 180, {}
-        while time.monotonic() < deadline and not (s.get("running") and s.get("last_metrics")):
+        # round 1 announced: round 0 is done and logged (the log line comes before the announcement)
+        while time.monotonic() < deadline and not (s.get("running") and s.get("last_metrics")
+                                                   and (s.get("round_index") or 0) >= 1):
             done = fedmekt("status", "--broker", url, "--json")   # default federation = simulate's
             s = json.loads(done.stdout)
         assert s["running"] and done.returncode == 0, s
