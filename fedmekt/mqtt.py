@@ -15,9 +15,9 @@
   client id = username) ends the link with an error instead of reconnecting, which would
   kick the other session in turn, and so on. Seen as MQTT 5 reason 142 where the broker
   sends it, and, with ``session_topic``, as another session's token: each link publishes
-  a random token there (retained) on its first connect and subscribes; a different token
-  arriving after its own (live, or retained on a reconnect) is a newer session of the
-  same login. Tokens before its own are stale (a resumed session's queue);
+  a random token there (retained) until it has seen it come back, and subscribes; a
+  different token arriving after its own (live, or retained on a reconnect) is a newer
+  session of the same login. Tokens before its own are stale (a resumed session's queue);
 * TLS failures (unknown CA, host-name mismatch, plain-TCP port) reported as such.
 """
 
@@ -269,7 +269,7 @@ class MqttLink:
             return
         session = self.options.session_topic
         if session:
-            if self.connects == 0:  # on a reconnect the retained token says whether another session came
+            if not self._seen_token:  # after that, the retained token says whether another session came
                 client.publish(session, self._token, qos=1, retain=True)
             client.subscribe(session, qos=1)
         self.connects += 1

@@ -123,3 +123,26 @@ def test_bad_urls_and_unreachable_brokers_are_user_errors():
     assert BrokerAddress.parse("mqtts://u:p%40ss@h").password == "p@ss"
     with pytest.raises(UserError, match="cannot reach"):
         MqttLink(f"mqtt://127.0.0.1:{free_port()}", LinkOptions(client_id="x")).connect(timeout=1.5)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_takeover_by_a_second_session_of_one_client_id_ends_the_first(mosquitto, protocol):
+    """The session token works without MQTT 5 reason codes, and a broker restart is not a takeover."""
+    def link():
+        return MqttLink(mosquitto.url, LinkOptions(client_id="agg-takeover", reconnect_min=1, reconnect_max=1,
+                                                   protocol=protocol, session_topic=T.aggregator_session)).connect()
+
+    first = link()
+    mosquitto.restart()  # the first reconnects to an empty broker: still its own session
+    deadline = time.monotonic() + 15
+    while first.connects < 2 and time.monotonic() < deadline:
+        first.get(timeout=0.1)
+    assert first.connects >= 2
+    second = link()
+    with pytest.raises(UserError, match="took over"):
+        while time.monotonic() < deadline + 10:
+            first.get(timeout=0.1)
+    assert second.wait_connected(5)
+    assert second.get(timeout=1.5) is None and second.connected  # the second is left alone
+    first.close()
+    second.close()
