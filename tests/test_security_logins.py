@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -41,8 +42,13 @@ def secure(tmp_path_factory) -> SecureBroker:
     sb = start_secure_broker(tmp_path_factory.mktemp("logins"))
     bundle = provision.add(sb.folder, "dashboard", "monitor")  # a second read-only tool with its own login
     sb.passwords["dashboard"] = json.loads((bundle / "credentials.json").read_text())["password"]
-    sb.broker.process.send_signal(1)  # SIGHUP: re-read password file and ACL
-    time.sleep(0.5)
+    sb.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads the password file and the ACL
+    for _ in range(50):
+        probe = connect(sb.port, "dashboard", sb.passwords["dashboard"], ca=sb.ca, client_id="dashboard")
+        probe.close()
+        if probe.connected.is_set():
+            break
+        time.sleep(0.1)
     yield sb
     sb.broker.stop()
 
@@ -93,6 +99,7 @@ def test_takeover_second_aggregator_session_ends_the_first_with_a_clear_error(se
     record("attack", "second session with the aggregator login", tried=1, handled=1)
 
 
+@pytest.mark.slow
 def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_path):
     config = tmp_path / "federation.toml"
     config.write_text('federation = "takeover"\ndataset = "demo"\nclients = [1, 1, 1]\nper_round = 3\nrounds = 2\n'
