@@ -135,9 +135,9 @@ def resolve_name(name: str | None, data_dir: Path | str | None, default: str | N
 
         if data_dir is None or find_descriptor(Path(data_dir).expanduser()) is None:
             if default is None:
-                where = f"and no dataset.toml or dataset.json in {data_dir}" if data_dir is not None else \
-                    "and no --data-dir holding a dataset.toml"
-                raise UserError(f"no dataset named {where} (built-in: {', '.join(BUILTIN)}; for your own data {DOCS})")
+                where = "" if data_dir is None else f", and {data_dir} holds no dataset.toml or dataset.json"
+                raise UserError(f"no dataset named{where}: name one ({', '.join(BUILTIN)}) or pass the --data-dir "
+                                f"of your own dataset ({DOCS})")
             return default
         name = "generic"
     return name if name in BUILTIN else find_generic(name, data_dir)[1].name

@@ -72,6 +72,8 @@ def test_inspect_and_split_find_it_by_its_descriptor(wristband, tmp_path, capsys
     err = capsys.readouterr().err
     assert "unknown dataset 'anklet'" in err and "docs/sensors.md, 'Generic format'" in err
     assert "## Generic format" in (REPO / "docs" / "sensors.md").read_text()  # the error points at a real section
+    assert main(["data", "inspect", "--data-dir", str(wristband.parent)]) == 2  # a root: which dataset?
+    assert "no dataset named" in capsys.readouterr().err
 
 
 def test_reproduce_export_infer(reproduced, wristband, tmp_path, capsys):
