@@ -103,6 +103,30 @@ def test_older_round_is_refused_as_stale(package, keys, tmp_path):
         store.install(old)
 
 
+def test_rollback_to_an_older_runs_package_is_refused_whatever_its_round(package, keys, tmp_path):
+    """Packages are ordered by the signed run order first: an older run's round 9 never replaces a newer
+    run's round 1; the run and federation bindings are part of the signed manifest."""
+    from fedmekt.wire.runs import new_run_id
+
+    def resigned(name: str, **changes) -> Path:
+        pkg = Path(shutil.copytree(package, tmp_path / name))
+        manifest = Manifest.from_bytes((pkg / MANIFEST).read_bytes())
+        sign_package(pkg, Manifest(**{**manifest.__dict__, **changes}), keys[0])
+        return pkg
+
+    old, new = new_run_id(now=1_700_000_000.0), new_run_id()
+    store = ModelStore(tmp_path / "store", keys[1])
+    assert store.install(resigned("new1", run=new, round=1), federation="test-hapt", run=new).package.manifest.run == new
+    with pytest.raises(PackageError, match="stale package: run .* round 9 is older"):
+        store.install(resigned("old9", run=old, round=9))
+    with pytest.raises(PackageError, match="names run"):
+        store.install(resigned("old10", run=old, round=10), run=new)
+    with pytest.raises(PackageError, match="federation 'other'"):
+        store.install(resigned("other", run=new, round=2, federation="other"), federation="test-hapt")
+    assert store.current().package.manifest.round == 1
+    assert Manifest.from_bytes((package / MANIFEST).read_bytes()).run == ""  # exported by hand: bound to no run
+
+
 def test_key_files(tmp_path):
     generate_keypair(tmp_path / "a.key", tmp_path / "a.pub")
     assert (tmp_path / "a.key").stat().st_mode & 0o777 == 0o600
