@@ -112,6 +112,7 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from fedmekt.cli.run_record import RunRecord
     from fedmekt.federation import run_inprocess
     from fedmekt.html_report import write_html_report
     from fedmekt.reference_rows import reference_finals
@@ -123,19 +124,20 @@ def run(args) -> int:
     dataset = configs[0].dataset
     torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}"
-    out.mkdir(parents=True, exist_ok=True)
     recordings = load_dataset(dataset, args.data_dir)
     results, splits, references = [], {}, []
-    for cfg in tqdm(configs, desc="runs", disable=args.no_progress, unit="run"):
-        if cfg.seed not in splits:
-            splits[cfg.seed] = make_split(recordings, cfg.pair, scheme=cfg.partition, seed=cfg.seed,
-                                          clients=cfg.clients, normalize=args.normalize)
-            write_manifest(splits[cfg.seed], out / f"split-seed{cfg.seed}.json")
-            if args.reference_rows:
-                references += reference_finals(cfg, splits[cfg.seed])
-        results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress))
-        report = write_report(out, results, references)
-    print(report.read_text())
-    print(f"results in {out}")
-    print(f"report: {write_html_report(out)}")
+    with RunRecord(out, "reproduce", algorithm=",".join(sorted({c.algorithm for c in configs})), dataset=dataset,
+                   rounds=configs[0].rounds) as record:
+        for cfg in tqdm(configs, desc="runs", disable=args.no_progress, unit="run"):
+            if cfg.seed not in splits:
+                splits[cfg.seed] = make_split(recordings, cfg.pair, scheme=cfg.partition, seed=cfg.seed,
+                                              clients=cfg.clients, normalize=args.normalize)
+                write_manifest(splits[cfg.seed], out / f"split-seed{cfg.seed}.json")
+                if args.reference_rows:
+                    references += reference_finals(cfg, splits[cfg.seed])
+            results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress))
+            report = write_report(out, results, references)
+            record.note(f"{results[-1].name}: done ({len(results)} of {len(configs)} runs)", echo=False)
+        print(report.read_text())
+        record.note(f"results in {out}\nreport: {write_html_report(out)}")
     return 0
