@@ -48,7 +48,7 @@ def run(args) -> int:
     folder = resolve_run(args.run, args.dir)
     path = folder / LOG
     if not path.is_file():
-        raise UserError(f"{folder} has no {LOG} (fedmekt simulate writes one)")
+        raise UserError(f"{folder} has no {LOG} (simulate and reproduce write one)")
     with open(path, errors="replace") as fh:
         tail = deque(fh, maxlen=args.lines or None)
         print("".join(tail), end="", flush=True)
