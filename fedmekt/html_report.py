@@ -308,9 +308,9 @@ def overview(folder: RunFolder) -> str:
             continue
         probes = ", ".join(f"{k[len('probe_f1_weighted_'):]} {v:.3f}" for k, v in sorted(f.items())
                            if k.startswith("probe_f1_weighted_"))
+        floor = f.get("majority_f1_weighted", float("nan"))
         items.append(f"<li><b>{html.escape(run)}</b>: {rounds[run]} of {f.get('rounds', rounds[run])} rounds; "
-                     f"final probe weighted F1 {probes}; majority floor {f.get('majority_f1_weighted', float('nan')):.3f}"
-                     f"</li>")
+                     f"final probe weighted F1 {probes}; majority floor {floor:.3f}</li>")
     return "<ul>" + "".join(items) + "</ul>"
 
 

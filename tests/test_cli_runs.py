@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -46,7 +45,8 @@ def test_runs_lists_status_rounds_algorithm_and_f1(runs_dir: Path):
     assert done.returncode == 0, done.stderr
     lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert set(lines) == {"finished", "partial"}
-    assert re.search(r"finished\s+finished\s+2/2\s+fedmekt-c\[W8\]\s+demo acce-gyro\s+acce 0\.\d{3}, gyro", lines["finished"])
+    assert re.search(r"finished\s+finished\s+2/2\s+fedmekt-c\[W8\]\s+demo acce-gyro\s+acce 0\.\d{3}, gyro",
+                     lines["finished"])
     assert re.search(r"partial\s+interrupted\s+2/\?.*~acce 0\.\d{3}", lines["partial"])
     listed = json.loads(fedmekt("runs", str(runs_dir), "--json").stdout)
     final = [json.loads(x) for x in (runs_dir / "finished" / "final.jsonl").read_text().splitlines()][0]

@@ -69,9 +69,9 @@ def build_config(args):
     if len(pair) != 2:
         raise UserError(f"--pair must be two modalities joined by '-', got {args.pair!r}")
     clients = _parse_ints(args.clients, 3, "--clients") if args.clients else (DEMO["clients"] if demo else (10, 10, 10))
-    base.update(federation=args.federation or base.get("federation") or "demo", dataset=dataset, pair=list(pair), algorithm=args.algorithm,
-                clients=list(clients), seed=args.seed, partition=args.partition, wire_dtype=args.wire_dtype,
-                threads=args.threads,
+    base.update(federation=args.federation or base.get("federation") or "demo", dataset=dataset, pair=list(pair),
+                algorithm=args.algorithm, clients=list(clients), seed=args.seed, partition=args.partition,
+                wire_dtype=args.wire_dtype, threads=args.threads,
                 per_round=args.per_round or base.get("per_round") or (DEMO["per_round"] if demo else 9),
                 rounds=args.rounds or base.get("rounds") or (DEMO["rounds"] if demo else 100))
     if args.proxy_windows or demo:
