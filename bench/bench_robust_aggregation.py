@@ -4,7 +4,7 @@ Runs the same short in-process federation (bundled demo data) with ``robust_aggr
 none, clip and trimmed for a few seeds and prints the final linear-probe F1 per test modality,
 side by side, plus whether ``clip`` left every round bit-identical to ``none``. Usage::
 
-    .venv/bin/python bench/bench_robust_aggregation.py [--rounds 10] [--seeds 0,1] [--algorithm fedmekt-c]
+    .venv/bin/python bench/bench_robust_aggregation.py [--rounds 10] [--seeds 0,1,2] [--algorithm fedmekt-c]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--algorithm", default="fedmekt-c")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -37,7 +37,7 @@ def main() -> int:
             t0 = time.perf_counter()
             results[(mode, seed)] = run_inprocess(cfg, split, progress=False)
             print(f"{mode:<8} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
-    pair = results[(MODES[0], seeds[0])].cfg.pair
+    pair = results[(MODES[0], seeds[0])].config.pair
     print(f"\n{args.algorithm}, demo, {args.rounds} rounds, seeds {seeds}: final probe weighted F1 (mean over seeds)")
     print(f"{'mode':<8} " + " ".join(f"{m:>8}" for m in pair) + "   delta vs none")
     base = {m: sum(results[("none", s)].final[f"probe_f1_weighted_{m}"] for s in seeds) / len(seeds) for m in pair}
