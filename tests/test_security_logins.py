@@ -131,6 +131,20 @@ def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_p
     record("attack", "second aggregator while one runs", tried=1, handled=1)
 
 
+def test_takeover_second_device_session_ends_the_first(secure):
+    url, session = f"mqtts://localhost:{secure.port}", T.session("c001")
+    first = MqttLink(url, link_options(secure, "c001", session_topic=session)).connect(10)
+    second = MqttLink(url, link_options(secure, "c001", session_topic=session)).connect(10)
+    deadline = time.monotonic() + 10
+    with pytest.raises(UserError, match="took over this session"):
+        while time.monotonic() < deadline:
+            first.get(timeout=0.2)
+    assert second.wait_connected(5)
+    first.close()
+    second.close()
+    record("attack", "second session with a device login", tried=1, handled=1)
+
+
 def test_takeover_monitor_logins_of_separate_tools_coexist(secure):
     monitor, dashboard = login(secure, "monitor"), login(secure, "dashboard")
     for p in (monitor, dashboard):

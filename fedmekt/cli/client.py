@@ -28,6 +28,7 @@ from pathlib import Path
 
 from edge_client.sources import __doc__ as SOURCES_DOC
 from fedmekt.cli.broker_args import add_broker_args, link_options
+from fedmekt.cli.config_file import add_config_arg, apply_config, require
 
 log = logging.getLogger("edge_client")
 
@@ -36,8 +37,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("client", help="run a gateway client of a federation over MQTT",
                               description=__doc__ + "\n" + SOURCES_DOC,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_broker_args(p, required=True)
-    p.add_argument("--client-id", required=True, help="this device's id (also its MQTT username by default)")
+    add_broker_args(p, required=False)  # required, on the command line or in --config
+    p.add_argument("--client-id", help="this device's id (also its MQTT username by default); required")
     p.add_argument("--federation", default="demo", help="federation name (topic prefix fedmekt/<name>/, default demo)")
     p.add_argument("--source", default=None, help="where samples come from (see above); omit to use the store as is")
     p.add_argument("--modalities", default=None, help="name:channels,… of a raw source, e.g. acce:3,gyro:3")
@@ -54,6 +55,10 @@ def register(subparsers) -> None:
     p.add_argument("--infer", action="store_true",
                    help="with --public-key: recognise activities on the source's samples as they arrive and "
                         "publish the predictions")
+    p.add_argument("--infer-only", action="store_true",
+                   help="with --public-key and --source: receive-only gateway, no store and no training (runs on an "
+                        "inference-only install, without torch): install verified packages, publish predictions")
+    add_config_arg(p)
     p.set_defaults(func=run)
 
 
@@ -84,6 +89,12 @@ def run(args) -> int:
     from fedmekt.errors import UserError
     from sensors.store import SampleStore
 
+    apply_config(args)
+    require(args, "broker", "client_id")
+    if args.infer_only:
+        from fedmekt.cli.client_infer_only import run_infer_only
+
+        return run_infer_only(args)
     if args.max_samples < 1:
         raise UserError("--max-samples must be >= 1")
     if args.infer and (args.public_key is None or not args.source):
@@ -115,6 +126,7 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
     from edge_client.agent import AgentOptions, EdgeAgent
     from edge_client.sources import ingest, open_source, parse_modalities
     from fedmekt.errors import UserError
+    from fedmekt.wire.topics import Topics
 
     info_path = store_path.with_suffix(".json")  # remembers whether the stored samples are normalised
     normalised = json.loads(info_path.read_text()).get("normalised", False) if info_path.exists() else None
@@ -150,7 +162,8 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
                               sorted(store.channels)[0])
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
-        bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id),
+        bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id,
+                                              session_topic=Topics(args.federation).session(args.client_id)),
         normalise=not normalised, exit_when_done=args.exit_when_done, models=models, public_key=public_key))
     if args.infer:
         sink.agent = agent

@@ -36,6 +36,7 @@ def _device_rules(fed: str, me: str) -> list[str]:
     return [f"topic write {mine}/status",
             f"topic write {mine}/upload/+/+",  # upload/<round>/<chunk>, nothing deeper
             f"topic write {mine}/inference",
+            f"topic readwrite {mine}/session",  # the session token (fedmekt.mqtt): a second session is seen
             f"topic read {mine}/status",
             *(f"topic read {ROOT}/{fed}/{t}" for t in ("rounds", "global/#", "proxy/#", "models/#", "metrics"))]
 

@@ -11,6 +11,7 @@
 | ``clients/<id>/status`` | client (and its Last Will) | yes | presence: online with modalities / offline |
 | ``clients/<id>/upload/<round>/<chunk>`` | client | no | upstream embeddings or parameters |
 | ``clients/<id>/inference`` | client | no | on-device predictions (JSON lines) |
+| ``clients/<id>/session`` | client | yes | random token of the running gateway session (detects a second one) |
 
 A device's MQTT username equals its client id, so the broker ACL
 (``deploy/mosquitto/acl``) can confine each device to ``clients/<its id>/#``.
@@ -88,3 +89,6 @@ class Topics:
 
     def inference(self, client_id: str) -> str:
         return f"{self.prefix}/clients/{client_id}/inference"
+
+    def session(self, client_id: str) -> str:
+        return f"{self.prefix}/clients/{client_id}/session"
