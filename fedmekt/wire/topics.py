@@ -13,8 +13,8 @@
 | ``clients/<id>/inference`` | client | no | on-device predictions (JSON lines) |
 | ``clients/<id>/session`` | client | yes | random token of the running gateway session (detects a second one) |
 
-A device's MQTT username equals its client id, so the broker ACL
-(``deploy/mosquitto/acl``) can confine each device to ``clients/<its id>/#``.
+A device's MQTT username equals its client id, so the broker ACL (rendered by
+``fedmekt/provisioning/acl.py``) confines each device to exactly its ``clients/<id>/…`` topics.
 """
 
 from __future__ import annotations
