@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core_support import tiny_config, tiny_split
+from fault_ledger import record
 from fedmekt.federation import run_inprocess
 from fedmekt.mqtt import LinkOptions, MqttLink
 from fedmekt.simulation import run_simulation
@@ -123,6 +124,7 @@ def test_forged_control_manifest_with_a_new_run_id_is_rejected_and_rounds_keep_t
     _every_round_complete(sim)
     lines = _ignored(caplog, topic)
     assert len(lines) >= len(split.clients) and all("bad signature" in line for line in lines), lines
+    record("attack", "forged manifest (new run id, genuine signature)")
 
 
 @pytest.mark.broker
@@ -155,6 +157,7 @@ def test_forged_control_done_and_announcement_are_ignored(mosquitto, tmp_path, c
     _every_round_complete(sim)
     lines = _ignored(caplog, topic)
     assert len(lines) >= 2 * len(split.clients) and all("unsigned control message" in line for line in lines), lines
+    record("attack", "forged done / round announcement", tried=2, handled=2)
 
 
 @pytest.mark.broker
@@ -201,6 +204,7 @@ def test_nonce_replayed_upload_reframed_for_a_later_round_is_refused(mosquitto, 
     assert row["rejected"] >= 1 and row["absorbed"] == row["selected"] == 6
     ref = run_inprocess(cfg, split, progress=False)
     assert _learning(sim.result.final) == _learning(ref.final)
+    record("attack", "old upload re-framed for a later round (nonce)")
 
 
 @pytest.mark.broker
@@ -243,3 +247,4 @@ def test_forged_control_global_knowledge_is_not_trained_on(mosquitto, tmp_path):
     _every_round_complete(sim)
     ref = run_inprocess(cfg, split, progress=False)
     assert [_learning(r) for r in sim.result.rows] == [_learning(r) for r in ref.rows]
+    record("attack", "forged global knowledge of a round")

@@ -23,6 +23,7 @@ from export.install import ModelStore
 from export.package import MANIFEST, Manifest, load_private_key, load_public_key, sign_package
 from export.push import publish_package
 from export_support import built_package, signing_keys
+from fault_ledger import record
 from fedmekt.mqtt import LinkOptions, MqttLink
 from fedmekt.simulation import client_store
 from fedmekt.wire import federation as fedwire
@@ -130,6 +131,7 @@ def test_rollback_fresh_gateway_does_not_install_an_old_runs_retained_package(fe
     assert gw.serving() is None
     agg.package(bound(package, tmp_path / "new1", keys[0], round_=1, run=NEW_RUN))  # the run it follows: installed
     gw.wait(lambda: gw.serving() == (NEW_RUN, 1), "the new run's package")
+    record("attack", "old run's retained package on a fresh gateway")
 
 
 def test_downgrade_to_another_federations_package_signed_with_the_same_key_is_refused(federation, package, keys,
@@ -143,6 +145,7 @@ def test_downgrade_to_another_federations_package_signed_with_the_same_key_is_re
     gw.wait(lambda: gw.service.receiver.last_error, "the other federation's package to be refused")
     assert "package of federation 'other'" in gw.service.receiver.last_error
     assert gw.serving() == (NEW_RUN, 150)
+    record("attack", "another federation's package signed with the same key")
 
 
 def test_rollback_new_runs_round_5_supersedes_previous_runs_round_6_and_old_runs_stay_refused(federation, package,
@@ -163,3 +166,4 @@ def test_rollback_new_runs_round_5_supersedes_previous_runs_round_6_and_old_runs
     agg.package(bound(package, tmp_path / "old7", keys[0], round_=7, run=OLD_RUN))
     gw.wait(lambda: gw.service.receiver.last_error, "the old run's round-7 package to be refused")
     assert gw.agent.manifest.run == NEW_RUN and gw.serving() == (NEW_RUN, 5)
+    record("attack", "package rollback / old run's manifest and package replayed", tried=3, handled=3)
