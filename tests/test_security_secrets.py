@@ -73,7 +73,7 @@ def test_secrets_password_hashes_use_many_more_iterations_than_mosquittos_101(se
     assert len(lines) == len(secure.passwords)
     schemes = [line.split(":", 1)[1].split("$") for line in lines]  # user:$7$<iterations>$<salt>$<hash>
     assert all(len(p) == 5 and p[1] == "7" for p in schemes), lines
-    assert {int(p[2]) for p in schemes} == {ITERATIONS} and ITERATIONS >= 100 * 101
+    assert {int(p[2]) for p in schemes} == {ITERATIONS} and ITERATIONS >= 10_000
     # and the broker accepts them: every login of the fixture connected with them (see the CLI test below)
 
 
