@@ -34,6 +34,8 @@ COMMANDS = (
 # our packages log at the chosen level; everything else (matplotlib, paho, amqtt …) only warnings unless -vv
 OUR_LOGGERS = ("fedmekt", "aggregator", "edge_client", "export", "sensors")
 LEVELS = ("debug", "info", "warning", "error")
+# what only the [train] extra installs: a command that imports one of them on an inference-only install says so
+TRAIN_ONLY = ("torch", "scipy", "matplotlib", "onnx", "amqtt")
 
 
 class Terminated(KeyboardInterrupt):
@@ -120,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"fedmekt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_ONLY:
+            raise
+        print(f"fedmekt {args.command} needs the [train] extra: pip install 'fedmekt-edge[train]'", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `fedmekt runs | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit

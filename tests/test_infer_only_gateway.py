@@ -1,0 +1,128 @@
+"""The inference-only gateway: ``fedmekt client --infer-only`` in a process where torch cannot be imported
+receives a signed package pushed through the shipped TLS + password + ACL mosquitto, installs it for
+the run its signed manifest names, and publishes the predictions of its source.
+
+Also: a command that needs torch, run without it, says so in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core_support import tiny_config, tiny_split
+from edge_client.inference import StreamingRecognizer
+from export.install import ModelStore
+from export.package import MANIFEST, Manifest, load_private_key, load_public_key, sign_package
+from export.push import publish_package
+from export_support import built_package, signing_keys, trained_run
+from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.wire import federation as fedwire
+from fedmekt.wire.runs import new_run_id
+from fedmekt.wire.signing import sign
+from fedmekt.wire.topics import Topics
+from security_support import connect, start_secure_broker
+
+pytestmark = pytest.mark.broker
+FED = "test-hapt"  # the federation of export_support's packages
+REPO = Path(__file__).resolve().parents[1]
+# python without torch: any `import torch` fails as on an inference-only install
+NO_TORCH = ("import sys; sys.modules['torch'] = None; from fedmekt.cli.main import main; "
+            "sys.argv[0] = 'fedmekt'; sys.exit(main())")
+
+
+def fedmekt_without_torch(*args: str) -> list[str]:
+    return [sys.executable, "-c", NO_TORCH, *args]
+
+
+def bound_copy(src: Path, dst: Path, key, run: str, round_: int) -> Path:
+    """The package re-signed for (FED, run, round), as the aggregator binds what it publishes."""
+    pkg = Path(shutil.copytree(src, dst))
+    manifest = Manifest.from_bytes((pkg / MANIFEST).read_bytes())
+    sign_package(pkg, Manifest(**{**manifest.__dict__, "round": round_, "run": run, "federation": FED}), key)
+    return pkg
+
+
+def test_infer_only_gateway_installs_a_pushed_package_over_tls_and_publishes_predictions(
+        data_dir, tmp_path, tmp_path_factory):
+    private, public = signing_keys(tmp_path_factory)
+    key = load_private_key(private)
+    run_id = new_run_id()
+    package = bound_copy(built_package("hapt", data_dir, tmp_path_factory), tmp_path / "pkg", key, run_id, 3)
+    rec = trained_run("hapt", data_dir, tmp_path_factory).test[2]
+    x, t = rec.modalities["acce"][:400], rec.timestamps[:400]
+    csv = tmp_path / "samples.csv"
+    csv.write_text("".join(f"{float(ti)!r}," + ",".join(repr(float(v)) for v in xi) + "\n" for ti, xi in zip(t, x)))
+
+    secure = start_secure_broker(tmp_path, users=("gw01",), federation=FED)
+    topics = Topics(FED)
+    monitor = connect(secure.port, "monitor", secure.passwords["monitor"], ca=secure.ca)
+    aggregator = None
+    try:
+        assert monitor.connected.is_set()
+        monitor.subscribe(topics.inference("gw01"))
+        monitor.subscribe(topics.status("gw01"))
+        # the aggregator's retained signed manifest and package, as a gateway finds them when it (re)connects
+        aggregator = MqttLink(f"mqtts://localhost:{secure.port}", LinkOptions(
+            client_id="aggregator", username="aggregator", password=secure.passwords["aggregator"],
+            ca_file=str(secure.ca))).connect()
+        manifest, _ = fedwire.build(tiny_config(federation=FED), tiny_split(), run=run_id)
+        aggregator.publish_all([(topics.proxy_manifest, sign(key, topics.proxy_manifest, manifest.to_bytes()))],
+                               retain=True)
+        publish_package(aggregator, FED, package)
+
+        state = tmp_path / "gw"
+        proc = subprocess.run(fedmekt_without_torch(
+            "client", "--infer-only", "--broker", f"mqtts://localhost:{secure.port}",
+            "--credentials", str(secure.folder / "logins" / "gw01" / "credentials.json"), "--client-id", "gw01",
+            "--federation", FED, "--public-key", str(public), "--source", f"csv:{csv}", "--modalities", "acce:3",
+            "--store", str(state / "store.sqlite")), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        want = StreamingRecognizer.open(package, None, "acce").push(t, x)
+        assert f"published {len(want)} prediction(s)" in proc.stdout
+
+        # what reached the broker: the birth (no modalities: never selected for training), then every prediction
+        assert monitor.wait_for(topics.status("gw01"), fedwire.Status("online", ()).to_bytes(), timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            got = [json.loads(p) for tp, p in monitor.drain() if tp == topics.inference("gw01")]
+            if len(got) >= len(want):
+                break
+            time.sleep(0.1)
+        assert len(got) == len(want) > 0
+        assert [d["label"] for d in got] == [p.label for p in want]
+        assert [d["t"] for d in got] == pytest.approx([p.t for p in want])
+
+        installed = ModelStore(state / "models", load_public_key(public)).current()
+        assert (installed.package.manifest.run, installed.package.manifest.round) == (run_id, 3)
+        assert not (state / "store.sqlite").exists()  # receive-only: no sample store
+    finally:
+        if aggregator is not None:
+            aggregator.close()
+        monitor.close()
+        secure.broker.stop()
+
+
+def test_infer_only_without_public_key_is_one_line(tmp_path):
+    proc = subprocess.run(fedmekt_without_torch("client", "--infer-only", "--broker", "mqtt://127.0.0.1:9",
+                                                "--client-id", "gw01", "--source", "replay:demo"),
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("fedmekt client: error: --infer-only needs --public-key (to verify the packages) "
+                                   "and a --source (the samples)")
+
+
+@pytest.mark.parametrize("argv", [["reproduce", "--dataset", "demo", "--seeds", "1"],
+                                  ["simulate", "--rounds", "1"]])
+def test_command_needing_torch_without_it_says_so_in_one_line(argv, tmp_path):
+    proc = subprocess.run(fedmekt_without_torch(*argv), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == \
+        f"fedmekt {argv[0]} needs the [train] extra: pip install 'fedmekt-edge[train]'"
+    assert "Traceback" not in proc.stderr
