@@ -167,7 +167,9 @@ def test_provision_cli_revokes_a_device(secure):
     op = str(secure.folder)
     added = subprocess.run(cmd + ["add", op, "c099", "--federation", "demo"], capture_output=True, text=True)
     assert added.returncode == 0, added.stderr
-    for bad in (["add", op, "c/1", "--federation", "demo"], ["add", op, "c098"], ["remove", op, "nobody"]):
+    for bad in (["add", op, "c/1", "--federation", "demo"], ["add", op, "c098"], ["remove", op, "nobody"],
+                ["add", op, "aggregator", "--federation", "demo"], ["add", op, "c000", "--role", "monitor"],
+                ["add", op, "c098", "--role", "admin"]):
         done = subprocess.run(cmd + bad, capture_output=True, text=True)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.startswith("fedmekt provision: error: "), done.stderr

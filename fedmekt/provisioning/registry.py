@@ -28,6 +28,7 @@ from fedmekt.errors import UserError
 from fedmekt.provisioning import pki
 from fedmekt.provisioning.acl import ALL_FEDERATIONS, ROLES, Login, render_acl
 from fedmekt.provisioning.passwords import hash_line
+from fedmekt.wire.federation import AGGREGATOR_ID
 
 SHIPPED_DIR = "/etc/mosquitto/fedmekt"  # the paths in the shipped template
 SHIPPED_PORT = 8883
@@ -165,6 +166,8 @@ def add(operator: Path, name: str, role: str = "device", federations: tuple[str,
         raise UserError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     for fed in federations:
         check_name(fed, "federation")
+    if name == AGGREGATOR_ID and role != "aggregator":
+        raise UserError(f"{name!r} is the aggregator's protocol id: give this {role} login another name")
     if role == "device" and not federations:
         raise UserError("a device belongs to a federation: give --federation NAME (repeatable)")
     logins = dep.logins()
