@@ -221,6 +221,7 @@ class MqttLink:
         o = self.options
         self.protocol = proto
         self._unsupported = False
+        self._connect_failed.clear()
         self._connack = None
         v5 = proto == "5"
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=o.client_id,
