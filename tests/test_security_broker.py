@@ -1,6 +1,6 @@
 """The shipped broker configuration (deploy/mosquitto) enforces authentication, TLS and the topic ACL.
 
-Every test talks to a real mosquitto started with the config that ``deploy.provision``
+Every test talks to a real mosquitto started with the config that ``fedmekt provision``
 renders, using real paho-mqtt 2.x clients. Denied publishes are observed from the
 receiving side: a monitor (read-all) and the aggregator subscribe, and an allowed
 "sentinel" message sent right after the denied one proves delivery had its chance.
