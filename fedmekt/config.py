@@ -53,6 +53,10 @@ class Hyper:
     moon_mu: float = 0.001
     moon_tau: float = 0.5
     probe_max_iter: int = 500        # final linear probe: L-BFGS iterations (full batch)
+    local_step_budget: int = 32      # most private sub-window steps a client takes per round (all local epochs),
+                                     # 0 = the reference's walk of the whole partition; 32 leaves UR Fall and
+                                     # the bundled demo unchanged, caps full HAPT and large stores
+    server_walk_step_budget: int = 32  # the same for the FedMEKT server's proxy walk (all global epochs)
 
 
 def default_batch(dataset: str) -> tuple[int, int]:
@@ -128,6 +132,13 @@ class FederationConfig:
             (self.robust_aggregation in ROBUST_AGGREGATIONS,
              f"robust_aggregation must be one of {ROBUST_AGGREGATIONS}, got {self.robust_aggregation!r}"),
             (self.hyper.kd in KD_LOSSES, f"hyper.kd must be one of {KD_LOSSES}, got {self.hyper.kd!r}"),
+            (self.hyper.local_step_budget == 0 or self.hyper.local_step_budget >= self.hyper.local_epochs >= 1,
+             f"hyper.local_step_budget must be 0 (unbounded) or at least local_epochs ({self.hyper.local_epochs}), "
+             f"got {self.hyper.local_step_budget}"),
+            (self.hyper.server_walk_step_budget == 0
+             or self.hyper.server_walk_step_budget >= self.hyper.global_epochs >= 1,
+             f"hyper.server_walk_step_budget must be 0 (unbounded) or at least global_epochs "
+             f"({self.hyper.global_epochs}), got {self.hyper.server_walk_step_budget}"),
             (self.hyper.temperature > 0, f"hyper.temperature must be > 0, got {self.hyper.temperature}"),
             (isinstance(self.embedding_noise, (int, float)) and not isinstance(self.embedding_noise, bool)
              and 0.0 <= self.embedding_noise < float("inf"),

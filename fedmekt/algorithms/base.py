@@ -7,6 +7,9 @@ state and the wire). Shared decisions documented here once:
   gradients and steps exactly the sub-modules it names, so nothing accumulates between the two sequential
   steps of an A+B client and "frozen" parts never move by momentum.
 * Randomness: a step receives a ``numpy.random.Generator``; it never touches global RNGs.
+* Bounded rounds: ``private_epoch(..., max_steps=k)`` walks at most k sub-windows, so a round's cost stops
+  growing with the partition (``hyper.local_step_budget``, ``hyper.server_walk_step_budget``). A capped epoch
+  still draws its crops uniformly over the whole partition (see ``private_epoch``).
 """
 
 from __future__ import annotations
@@ -152,27 +155,43 @@ class ProxyWindows:
             yield from self.epoch(rng, batch)
 
 
-def private_epoch(part: Partition, modalities, cfg: FederationConfig, rng: np.random.Generator, device: torch.device
-                  ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+def epoch_steps(budget: int, epochs: int) -> int:
+    """Per-epoch share of a per-round step budget (0 = unbounded); config validation keeps it >= 1."""
+    return budget // epochs if budget else 0
+
+
+def private_epoch(part: Partition, modalities, cfg: FederationConfig, rng: np.random.Generator, device: torch.device,
+                  max_steps: int = 0) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """One local "epoch" of the reference (spec §2.6): one batch of random crops walked in random sub-windows.
 
     B ~ U[batch), crop length = rows // B capped by the longest segment, sub-window w ~ U[sub_window) per step.
     As the reference slices ``x[:, s:s + w]``, the last sub-window is clipped at the crop's end and trained on
     (it may be a single step: an LSTM takes any length >= 1; a crop shorter than w is one clipped window).
     Yields ({m: [B, w', C]} float32 on ``device``, labels [B, w'] int64), 1 <= w' <= w.
+
+    ``max_steps`` k > 0 bounds the walk: the crop is at most k × (longest sub-window) rows and the walk stops
+    after k steps, so cost and memory no longer grow with the partition. Nothing changes when the crop is at
+    most k × (shortest sub-window) rows (the walk can't exceed k steps), which is why a budget above a small
+    dataset's walk leaves its schedule bit-identical. A capped epoch trains on the same kind of rows as the
+    reference — B crops whose starts are drawn uniformly over the whole partition, fresh for every
+    (seed, round, client) — rather than on the newest rows: it stays an unbiased sample of the partition,
+    so over rounds every row is visited (a fixed newest tail would be the last subjects of a dataset
+    partition, and on a gateway the store's retention already makes the partition a recent window).
     """
     lo, hi = cfg.resolved_batch()
     batch = int(rng.integers(lo, hi))
     longest = int((part.segments[:, 1] - part.segments[:, 0]).max())
     length = paper_crop_length(len(part), batch, longest + 1)
+    if max_steps:
+        length = min(length, max_steps * (cfg.hyper.sub_window[1] - 1))
     crops, labels = random_crops(part, batch, length, rng)
     xs = {m: torch.from_numpy(np.ascontiguousarray(crops[m])).to(device) for m in modalities}
     ys = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
-    s = 0
-    while s < length:
+    s = steps = 0
+    while s < length and (not max_steps or steps < max_steps):
         e = min(s + int(rng.integers(*cfg.hyper.sub_window)), length)
         yield {m: x[:, s:e] for m, x in xs.items()}, ys[:, s:e]
-        s = e
+        s, steps = e, steps + 1
 
 
 def reconstruct(model: SplitAutoencoder, x: torch.Tensor, modality: str, outputs) -> dict[str, torch.Tensor]:

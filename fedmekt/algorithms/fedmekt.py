@@ -12,7 +12,8 @@ them per modality (streaming mean) and distils on the SAME windows Π_t (fixes B
   test data) the two are within seed noise, "kl" ahead by about 0.01 (docs/fedmekt-c-selection.md).
 * ``cfg.server_proxy_walk``: each server epoch also walks the whole proxy set in random crops (reconstruction
   only, no KD, nothing sent), restoring the reference server's training volume (it distils on all of the
-  proxy set because it exchanges all of it).
+  proxy set because it exchanges all of it), at most ``hyper.server_walk_step_budget`` steps per round.
+* A client walks at most ``hyper.local_step_budget`` private sub-windows per round (``base.private_epoch``).
 * ``cfg.faithful`` keeps O1 (time-axis softmax KL, inside ``kd_loss``, whatever ``hyper.kd`` says), O2 (C
   server: the trainable global embedding in the teacher slot) and O3 (C: KD terms counted twice).
   Default: standard direction, once.
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 
 from fedmekt.algorithms.base import (
-    Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, exchanged_layers, private_epoch,
-    reconstruct, to_numpy,
+    Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, epoch_steps, exchanged_layers,
+    private_epoch, reconstruct, to_numpy,
 )
 from fedmekt.losses import embedding_mse, kd_loss, reconstruction_loss, reversed_mse
 from sensors.partition import Partition
@@ -92,12 +93,13 @@ class FedMEKT(Algorithm):
         targets = {m: tuple(torch.from_numpy(means[emb_key(m, ly)]).to(server.device) for ly in layers)
                    for m in server.modalities if emb_key(m, "z") in means}
         losses = []
+        walk = epoch_steps(h.server_walk_step_budget, h.global_epochs)
         for _ in range(h.global_epochs):
             for idx in proxy.epoch(rng, cfg.proxy_batch):
                 x = {m: proxy.x[m][idx] for m in server.modalities}
                 losses += self._server_step(server, x, {m: tuple(t[idx] for t in v) for m, v in targets.items()})
             if cfg.server_proxy_walk:
-                for x, _labels in private_epoch(proxy.source, server.modalities, cfg, rng, server.device):
+                for x, _labels in private_epoch(proxy.source, server.modalities, cfg, rng, server.device, walk):
                     self._server_step(server, x, {})
         return {"loss_server": float(np.mean(losses)) if losses else float("nan")}
 
@@ -127,7 +129,8 @@ class FedMEKT(Algorithm):
         teacher = {m: tuple(torch.from_numpy(down[emb_key(m, ly)]).to(client.device) for ly in layers) for m in mods}
         batches = proxy.cycle(rng, cfg.proxy_batch)
         for _ in range(h.local_epochs):
-            for xs, _labels in private_epoch(private, mods, cfg, rng, client.device):
+            for xs, _labels in private_epoch(private, mods, cfg, rng, client.device,
+                                             epoch_steps(h.local_step_budget, h.local_epochs)):
                 idx = next(batches)
                 p = {m: proxy.x[m][idx] for m in mods}
                 tgt = {m: tuple(t[idx] for t in teacher[m]) for m in mods}

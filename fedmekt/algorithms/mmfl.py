@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from fedmekt.algorithms.base import (
-    Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, enc, param_key, private_epoch, reconstruct, to_numpy,
+    Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, enc, epoch_steps, param_key, private_epoch,
+    reconstruct, to_numpy,
 )
 from fedmekt.losses import moon_loss, prox_term, reconstruction_loss
 from sensors.partition import Partition
@@ -67,7 +68,8 @@ class MultimodalFedAvg(Algorithm):
         glob = copy.deepcopy(client.model).requires_grad_(False) if self.variant else None
         losses = []
         for _ in range(h.local_epochs):
-            for xs, _labels in private_epoch(private, mods, cfg, rng, client.device):
+            for xs, _labels in private_epoch(private, mods, cfg, rng, client.device,
+                                             epoch_steps(h.local_step_budget, h.local_epochs)):
                 for m in mods:
                     loss = reconstruction_loss(reconstruct(client.model, xs[m], m, mods), xs)
                     if self.variant == "prox":

@@ -1,0 +1,141 @@
+"""Benchmark of bounded rounds (issue 11 §2): a gateway client's round at growing store sizes, budget on and off.
+
+One A+B FedMEKT-C client (acce 3 + gyro 3 channels, batch U[128,256) as HAPT) trains through the gateway
+path — ``edge_client.training.LocalTrainer`` over a real SQLite ``SampleStore`` — at store sizes 1×, 10× and
+100× of a HAPT-sized client partition (40 000 rows at 100 Hz, generated, no recorded data). Each measurement
+runs in its own fresh process (so peak RSS is that size's alone): one warm-up round, then one timed round.
+Printed per size and budget: the round's wall time, split into the store read and the training, the local
+optimizer steps it took, the process's peak RSS and the numpy peak of the round (tracemalloc), with the goal
+beside them: with the budget (``hyper.local_step_budget``, default 32) training time and steps stay flat
+as the store grows; without it (``0``, the reference walk of the whole partition) they grow with it (run
+for 1× and 10× only). The store read and what it holds still grow with the store: its retention
+(``max_samples``) bounds them.
+
+Run: ``.venv/bin/python bench/bench_round_budget.py [--base-rows 40000] [--sizes 1,10,100]``. The machine is
+shared: the load average is printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+CHANNELS = {"acce": 3, "gyro": 3}
+RATE_HZ = 100.0
+CHUNK = 10_000  # rows per appended batch (a gateway appends small batches; the row count is what matters)
+
+
+def _signal(rows: int, seed: int) -> dict[str, np.ndarray]:
+    """Smooth random-phase sines plus noise: sensor-like rows, cheap to generate at millions of rows."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(rows, dtype=np.float64)[:, None] / RATE_HZ
+    out = {}
+    for m, c in CHANNELS.items():
+        freq, phase = rng.uniform(0.5, 3.0, c), rng.uniform(0, 2 * np.pi, c)
+        out[m] = (np.sin(2 * np.pi * freq * t + phase) + 0.3 * rng.normal(size=(rows, c))).astype(np.float32)
+    return out
+
+
+def _partition(rows: int, seed: int):
+    from sensors.partition import Partition
+
+    return Partition(_signal(rows, seed), np.zeros(rows, np.int64), np.array([[0, rows]]), ("u0",))
+
+
+def fill_store(path: Path, rows: int) -> None:
+    from sensors.recording import SampleBatch
+    from sensors.store import SampleStore
+
+    with SampleStore(path, channels=CHANNELS) as store:
+        for start in range(0, rows, CHUNK):
+            n = min(CHUNK, rows - start)
+            data = _signal(n, start)
+            store.append(SampleBatch(np.arange(start, start + n) / RATE_HZ, data, np.full(n, -1, np.int64), "dev"))
+
+
+def measure(store_path: Path, budget: int) -> dict:
+    """One client's warm-up round, then a timed one (run in a fresh process)."""
+    from edge_client.training import LocalTrainer
+    from fedmekt.config import FederationConfig, Hyper
+    from fedmekt.engine import ServerEngine, client_view
+    from sensors.store import SampleStore
+
+    cfg = FederationConfig(federation="bench", dataset="bench", pair=("acce", "gyro"), algorithm="fedmekt-c",
+                           device="cpu", threads=1, hyper=Hyper(local_step_budget=budget))
+    proxy, labelled = _partition(20_000, 1), _partition(2_000, 2)
+    server = ServerEngine(cfg, CHANNELS, ("x",), proxy, labelled)
+    store = SampleStore(store_path)
+    out: dict = {"rows": store.count()}
+    with tempfile.TemporaryDirectory() as state:
+        trainer = LocalTrainer(cfg, "c0", ("acce", "gyro"), CHANNELS, proxy, store, Path(state))
+        steps = []
+        step = trainer.engine.party.optim.step
+
+        def counted(loss, names):
+            steps.append(1)
+            return step(loss, names)
+
+        trainer.engine.party.optim.step = counted
+        for rnd in (0, 1):
+            plan = server.plan_round(rnd, ["c0"])
+            down = client_view(server.downstream(plan), ("acce", "gyro"))
+            steps.clear()
+            if rnd == 1:
+                tracemalloc.start()
+            t0 = time.perf_counter()
+            trainer.store.read_partition(trainer.modalities)   # the read alone, as the round does it
+            t1 = time.perf_counter()
+            trainer.train(plan, down)
+            t2 = time.perf_counter()
+        _, numpy_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    store.close()
+    out.update(read_s=t1 - t0, round_s=t2 - t1, train_s=(t2 - t1) - (t1 - t0), steps=len(steps),
+               numpy_peak_mb=numpy_peak / 2**20, rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base-rows", type=int, default=40_000, help="rows of the 1× store (default 40 000)")
+    ap.add_argument("--sizes", default="1,10,100", help="store sizes as multiples of --base-rows")
+    ap.add_argument("--off-up-to", type=int, default=10, help="run the budget off up to this size (default 10)")
+    ap.add_argument("--measure", nargs=2, metavar=("STORE", "BUDGET"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(Path(args.measure[0]), int(args.measure[1]))))
+        return
+    from fedmekt.config import Hyper
+
+    default = Hyper().local_step_budget
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the machine is shared)")
+    print(f"goal: with the budget ({default} local steps per round) train time and steps flat in the store size")
+    print(f"{'store':>6} {'rows':>9} {'budget':>7} {'steps':>6} {'round s':>8} {'read s':>7} {'train s':>8} "
+          f"{'peak RSS MB':>12} {'numpy peak MB':>14}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            path = Path(tmp) / f"store-{size}.sqlite"
+            fill_store(path, size * args.base_rows)
+            for budget in ([default, 0] if size <= args.off_up_to else [default]):
+                res = subprocess.run([sys.executable, __file__, "--measure", str(path), str(budget)],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                label = str(budget) if budget else "off"
+                print(f"{size:>5}× {r['rows']:>9} {label:>7} {r['steps']:>6} {r['round_s']:>8.2f} {r['read_s']:>7.2f} "
+                      f"{r['train_s']:>8.2f} {r['rss_mb']:>12.0f} {r['numpy_peak_mb']:>14.1f}", flush=True)
+            path.unlink()
+
+
+if __name__ == "__main__":
+    main()
