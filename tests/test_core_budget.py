@@ -169,3 +169,24 @@ def test_bad_budgets_are_one_line_errors(key, value, needle):
     with pytest.raises(UserError) as err:
         FederationConfig.from_dict({"hyper": {key: value}})
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reproduce_and_simulate_flags_set_the_budgets():
+    from fedmekt.cli.main import build_parser
+    from fedmekt.cli.reproduce import build_configs
+
+    args = build_parser().parse_args(["reproduce", "--dataset", "demo", "--algorithms", "fedmekt-c", "--seeds", "1",
+                                      "--local-step-budget", "8", "--server-walk-step-budget", "0", "--kd", "mse"])
+    (cfg,) = build_configs(args)
+    assert (cfg.hyper.local_step_budget, cfg.hyper.server_walk_step_budget, cfg.hyper.kd) == (8, 0, "mse")
+    sim = build_parser().parse_args(["simulate", "--local-step-budget", "4"])
+    assert sim.local_step_budget == 4
+
+
+@pytest.mark.parametrize("flag", ["--local-step-budget", "--server-walk-step-budget"])
+def test_a_bad_budget_flag_is_one_line_exit_2(flag, tmp_path, capsys):
+    from fedmekt.cli.main import main
+
+    assert main(["reproduce", "--dataset", "demo", flag, "1", "--rounds", "1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"hyper.{flag[2:].replace('-', '_')} must be 0 (unbounded)" in err[0]

@@ -55,6 +55,10 @@ def add_embedding_options(p) -> None:
                    help="std of Gaussian noise clients add to uploaded FedMEKT embeddings (default 0 = off)")
     p.add_argument("--server-proxy-walk", action=argparse.BooleanOptionalAction, default=None,
                    help="FedMEKT server also reconstructs over the whole proxy set each epoch (no extra bytes)")
+    p.add_argument("--local-step-budget", type=int, default=None, metavar="N",
+                   help="most local training steps a client takes per round (default 32; 0 = walk the whole partition)")
+    p.add_argument("--server-walk-step-budget", type=int, default=None, metavar="N",
+                   help="most steps of the FedMEKT server's proxy walk per round (default 32; 0 = unbounded)")
 
 
 def apply_embedding_options(args, base: dict) -> None:
@@ -63,8 +67,10 @@ def apply_embedding_options(args, base: dict) -> None:
         base["embedding_noise"] = args.embedding_noise
     if args.server_proxy_walk is not None:
         base["server_proxy_walk"] = args.server_proxy_walk
-    if args.kd is not None:
-        base["hyper"] = {**base.get("hyper", {}), "kd": args.kd}
+    hyper = {k: v for k, v in (("kd", args.kd), ("local_step_budget", args.local_step_budget),
+                                ("server_walk_step_budget", args.server_walk_step_budget)) if v is not None}
+    if hyper:
+        base["hyper"] = {**base.get("hyper", {}), **hyper}
 
 
 def _parse_ints(text: str, n: int, what: str) -> tuple[int, ...]:
