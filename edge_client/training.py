@@ -27,7 +27,11 @@ LAST_UPLOAD = "last_upload.safetensors"
 
 
 class LocalTrainer:
-    """Owns the client's engine; ``train`` reads the whole store (bounded by its retention) each round."""
+    """Owns the client's engine; ``train`` reads the whole store (bounded by its retention) each round.
+
+    The training itself is bounded by ``hyper.local_step_budget`` (crops drawn uniformly over the store), so
+    a growing store makes the read longer, not the training.
+    """
 
     def __init__(self, cfg: FederationConfig, client_id: str, modalities: tuple[str, ...], channels: dict[str, int],
                  proxy: Partition | None, store: SampleStore, state_dir: Path, normalizer: Normalizer | None = None,
