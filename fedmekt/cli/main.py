@@ -27,6 +27,7 @@ COMMANDS = (
     ("infer", "infer"),
     ("report", "report"),
     ("status", "status"),
+    ("dashboard", "dashboard"),
     ("runs", "runs"),
     ("log", "log"),
     ("provision", "provision"),

@@ -30,61 +30,19 @@ def register(subparsers) -> None:
 def collect(args) -> dict:
     """Watch the federation's topics for ``args.wait`` seconds; what they say as a plain dict."""
     from fedmekt.cli.broker_args import link_options
+    from fedmekt.federation_view import FederationView
     from fedmekt.mqtt import MqttLink
-    from fedmekt.wire import federation as fedwire
-    from fedmekt.wire.codec import WireError
-    from fedmekt.wire.topics import Topics
 
-    topics = Topics(args.federation)
-    depth = len(topics.prefix.split("/"))
-    clients: dict[str, dict] = {}
-    uploads: dict[int, set[str]] = {}
-    announcement, metrics, unreadable = None, None, []
+    view = FederationView(args.federation)
     opts = link_options(args, f"status-{time.monotonic_ns()}")
     opts.session_expiry = 0
-    subscriptions = [topics.status_all, topics.rounds, topics.metrics, topics.uploads_all]
-    with MqttLink(args.broker, opts, subscriptions=subscriptions).connect() as link:
+    with MqttLink(args.broker, opts, subscriptions=view.subscriptions).connect() as link:
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline:
             msg = link.get(timeout=0.1)
-            if msg is None or not msg.payload:
-                continue
-            parts = msg.topic.split("/")[depth:]
-            try:
-                if msg.topic == topics.rounds:
-                    announcement = fedwire.Announcement.from_bytes(msg.payload)
-                elif msg.topic == topics.metrics:
-                    metrics = _metrics(msg.payload)
-                elif len(parts) == 5 and parts[2] == "upload" and parts[3].isdigit():
-                    uploads.setdefault(int(parts[3]), set()).add(parts[1])
-                elif len(parts) == 3 and parts[2] == "status":
-                    status = fedwire.Status.from_bytes(msg.payload)
-                    clients[parts[1]] = {"state": status.state, "modalities": list(status.modalities)}
-            except WireError as exc:
-                unreadable.append(f"{msg.topic}: {exc.reason}")
-    out = {"federation": args.federation, "running": bool(announcement and not announcement.done),
-           "finished": bool(announcement and announcement.done), "rounds_completed": None, "round_index": None,
-           "selected": [], "deadline_s": None, "uploads_seen": [], "last_metrics": metrics,
-           "clients": dict(sorted(clients.items())), "unreadable": unreadable}
-    if announcement is not None and announcement.done:
-        out["rounds_completed"] = announcement.rounds
-    elif announcement is not None:
-        rnd = int(announcement.plan.get("round", -1))
-        out.update(round_index=rnd, selected=list(announcement.plan.get("selected", [])),
-                   deadline_s=round(announcement.deadline - time.time(), 1), uploads_seen=sorted(uploads.get(rnd, ())))
-    return out
-
-
-def _metrics(payload: bytes) -> dict | None:
-    """The aggregator's last round row, reduced to what a person reads (None when it is not a JSON object)."""
-    try:
-        row = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(row, dict):
-        return None
-    keep = ("run", "round", "selected", "absorbed", "bytes_up", "bytes_down")
-    return {k: v for k, v in row.items() if k in keep or str(k).startswith("f1_paper_")}
+            if msg is not None:
+                view.absorb(msg)
+    return view.summary()
 
 
 def render(s: dict) -> str:
