@@ -77,8 +77,8 @@ class ProcessFederation:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if not self.secure:
             return ["--broker", self.url], env
-        env["FEDMEKT_MQTT_PASSWORD"] = self.secure.passwords[user]
-        return ["--broker", self.url, "--ca-file", str(self.secure.ca)], env
+        credentials = self.secure.folder / "logins" / user / "credentials.json"  # as the operator ships them
+        return ["--broker", self.url, "--credentials", str(credentials)], env
 
     def _record(self) -> Recorder:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="monitor" if self.secure else "recorder")
