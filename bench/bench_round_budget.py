@@ -4,9 +4,9 @@ One A+B FedMEKT-C client (acce 3 + gyro 3 channels, batch U[128,256) as HAPT) tr
 path — ``edge_client.training.LocalTrainer`` over a real SQLite ``SampleStore`` — at store sizes 1×, 10× and
 100× of a HAPT-sized client partition (40 000 rows at 100 Hz, generated, no recorded data). Each measurement
 runs in its own fresh process (so peak RSS is that size's alone): one warm-up round, then one timed round.
-Printed per size and budget: the round's wall time, split into the store read and the training, the local
-optimizer steps it took, the process's peak RSS and the numpy peak of the round (tracemalloc), with the goal
-beside them: with the budget (``hyper.local_step_budget``, default 32) training time and steps stay flat
+Printed per size and budget: the round's wall time split into the store read and the training, the local
+optimizer steps it took, the numpy peak (tracemalloc) of the read and of the training, and the process's
+peak RSS (torch included), with the goal beside them: with the budget (``hyper.local_step_budget``, default 32) training time and steps stay flat
 as the store grows; without it (``0``, the reference walk of the whole partition) they grow with it (run
 for 1× and 10× only). The store read and what it holds still grow with the store: its retention
 (``max_samples``) bounds them.
@@ -63,8 +63,20 @@ def fill_store(path: Path, rows: int) -> None:
             store.append(SampleBatch(np.arange(start, start + n) / RATE_HZ, data, np.full(n, -1, np.int64), "dev"))
 
 
+def _traced(fn):
+    """(result, seconds, numpy peak MiB) of ``fn()``."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return out, seconds, peak
+
+
 def measure(store_path: Path, budget: int) -> dict:
-    """One client's warm-up round, then a timed one (run in a fresh process)."""
+    """A warm-up round through ``LocalTrainer.train``, then one round timed in its two parts (fresh process):
+    the store read and the engine's local training, which is what ``LocalTrainer.train`` does between them."""
     from edge_client.training import LocalTrainer
     from fedmekt.config import FederationConfig, Hyper
     from fedmekt.engine import ServerEngine, client_view
@@ -74,10 +86,11 @@ def measure(store_path: Path, budget: int) -> dict:
                            device="cpu", threads=1, hyper=Hyper(local_step_budget=budget))
     proxy, labelled = _partition(20_000, 1), _partition(2_000, 2)
     server = ServerEngine(cfg, CHANNELS, ("x",), proxy, labelled)
-    store = SampleStore(store_path)
-    out: dict = {"rows": store.count()}
-    with tempfile.TemporaryDirectory() as state:
-        trainer = LocalTrainer(cfg, "c0", ("acce", "gyro"), CHANNELS, proxy, store, Path(state))
+    mods = ("acce", "gyro")
+    with SampleStore(store_path) as store, tempfile.TemporaryDirectory() as state:
+        trainer = LocalTrainer(cfg, "c0", mods, CHANNELS, proxy, store, Path(state))
+        plan = server.plan_round(0, ["c0"])
+        trainer.train(plan, client_view(server.downstream(plan), mods))
         steps = []
         step = trainer.engine.party.optim.step
 
@@ -86,23 +99,12 @@ def measure(store_path: Path, budget: int) -> dict:
             return step(loss, names)
 
         trainer.engine.party.optim.step = counted
-        for rnd in (0, 1):
-            plan = server.plan_round(rnd, ["c0"])
-            down = client_view(server.downstream(plan), ("acce", "gyro"))
-            steps.clear()
-            if rnd == 1:
-                tracemalloc.start()
-            t0 = time.perf_counter()
-            trainer.store.read_partition(trainer.modalities)   # the read alone, as the round does it
-            t1 = time.perf_counter()
-            trainer.train(plan, down)
-            t2 = time.perf_counter()
-        _, numpy_peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    store.close()
-    out.update(read_s=t1 - t0, round_s=t2 - t1, train_s=(t2 - t1) - (t1 - t0), steps=len(steps),
-               numpy_peak_mb=numpy_peak / 2**20, rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return out
+        plan = server.plan_round(1, ["c0"])
+        down = client_view(server.downstream(plan), mods)
+        private, read_s, read_mb = _traced(lambda: store.read_partition(mods))
+        _, train_s, train_mb = _traced(lambda: trainer.engine.train_round(plan, down, private))
+    return dict(rows=len(private), read_s=read_s, train_s=train_s, round_s=read_s + train_s, steps=len(steps),
+                read_mb=read_mb, train_mb=train_mb, rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main() -> None:
@@ -122,7 +124,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the machine is shared)")
     print(f"goal: with the budget ({default} local steps per round) train time and steps flat in the store size")
     print(f"{'store':>6} {'rows':>9} {'budget':>7} {'steps':>6} {'round s':>8} {'read s':>7} {'train s':>8} "
-          f"{'peak RSS MB':>12} {'numpy peak MB':>14}")
+          f"{'read MiB':>9} {'train MiB':>10} {'peak RSS MiB':>13}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             path = Path(tmp) / f"store-{size}.sqlite"
@@ -133,7 +135,8 @@ def main() -> None:
                 r = json.loads(res.stdout.strip().splitlines()[-1])
                 label = str(budget) if budget else "off"
                 print(f"{size:>5}× {r['rows']:>9} {label:>7} {r['steps']:>6} {r['round_s']:>8.2f} {r['read_s']:>7.2f} "
-                      f"{r['train_s']:>8.2f} {r['rss_mb']:>12.0f} {r['numpy_peak_mb']:>14.1f}", flush=True)
+                      f"{r['train_s']:>8.2f} {r['read_mb']:>9.1f} {r['train_mb']:>10.1f} {r['rss_mb']:>13.0f}",
+                      flush=True)
             path.unlink()
 
 
