@@ -1,0 +1,184 @@
+"""``fedmekt dashboard``: /api/state from a real broker, and the page in real headless Chromium.
+
+The state test publishes hand-made messages (good, malformed and hostile) through mosquitto and
+reads what the dashboard serves; the browser test runs ``fedmekt simulate`` through mosquitto and
+checks the rendered DOM shows its clients and a finished round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from fedmekt.dashboard.live import LiveView
+from fedmekt.dashboard.server import DashboardServer
+from fedmekt.mqtt import LinkOptions
+from fedmekt.wire import federation as fedwire
+from federation_harness import _cmd
+
+pytestmark = pytest.mark.broker
+FED = "dash"
+
+
+def _chromium() -> str:
+    """Debian's chromium; installed with apt when missing and we may (CI runs as root)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
+        found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing and could not be installed (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return found
+
+
+def _get(url: str, host: str | None = None) -> tuple[int, bytes, dict]:
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as res:
+            return res.status, res.read(), dict(res.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def _poll(fetch, ok, timeout: float, what: str):
+    """``fetch()`` until ``ok(value)``; the last value on failure (the machine may be loaded: no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if ok(value):
+            return value
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s; last: {json.dumps(value)[:2000]}"
+        time.sleep(0.2)
+
+
+def _publisher(port: int) -> tuple[mqtt.Client, list[str]]:
+    """A plain client that publishes the test's messages and records every topic it sees on the broker."""
+    seen: list[str] = []
+    subscribed = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dash-test")
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("#", qos=1)
+    c.on_subscribe = lambda cl, u, mid, rcs, p: subscribed.set()
+    c.on_message = lambda cl, u, msg: seen.append(msg.topic)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    assert subscribed.wait(10)
+    return c, seen
+
+
+def test_api_state_shows_validated_broker_messages(mosquitto):
+    pub, seen = _publisher(mosquitto.port)
+    base = f"fedmekt/{FED}"
+    published = []
+
+    def send(topic: str, payload: bytes, retain: bool = False) -> None:
+        published.append(topic)
+        pub.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    send(f"{base}/clients/c000/status", fedwire.Status("online", ("acce",)).to_bytes(), retain=True)
+    live = LiveView(mosquitto.url, LinkOptions(client_id="dash-view"), FED).start()
+    server = DashboardServer("127.0.0.1", 0, live.state).serve_in_thread()
+    try:
+        send(f"{base}/clients/c001/status", fedwire.Status("online", ("acce", "gyro")).to_bytes())
+        send(f"{base}/clients/<img src=x onerror=alert(1)>/status", fedwire.Status("online").to_bytes())
+        send(f"{base}/clients/c002/status", b'{"state": "<b>pwned</b>"}')
+        send(f"{base}/rounds", fedwire.Announcement(FED, {"round": 1, "selected": ["c000", "c001", "<x>"]},
+                                                    time.time() + 60, run="r", nonce="ab").to_bytes(), retain=True)
+        send(f"{base}/clients/c001/upload/1/0", b"\0" * 2048)
+        send(f"{base}/clients/c001/upload/1/1", b"\0" * 1024)
+        send(f"{base}/metrics", b'{"run": "r", "round": 0, "bytes_up": 3072, "f1_paper_acce": 0.5, '
+                                b'"f1_paper_gyro": NaN, "absorbed": "all"}', retain=True)
+        send(f"{base}/metrics", b'["not", "a", "row"]')
+        url = server.url + "api/state"
+        state = _poll(lambda: json.loads(_get(url)[1]), lambda s: len(s["unreadable"]) >= 3 and s["history"],
+                      30, "dashboard saw every message")
+    finally:
+        server.close()
+        live.close()
+        pub.loop_stop()
+    assert state["federation"] == FED and state["connected"] is True
+    assert set(state["clients"]) == {"c000", "c001"}          # the hostile id and the bad status are refused
+    assert state["clients"]["c001"]["modalities"] == ["acce", "gyro"]
+    assert state["clients"]["c000"]["last_seen"] is None      # only its retained status: not seen live
+    assert isinstance(state["clients"]["c001"]["last_seen"], float)
+    assert state["running"] and state["round_index"] == 1 and state["selected"] == ["c000", "c001"]
+    assert state["uploads_seen"] == ["c001"] and state["round_uploads"] == {"c001": 3072}
+    assert state["history"] == [{"round": 1, "bytes_up": 3072, "bytes_down": None, "f1": {"acce": 0.5}}]
+    assert "absorbed" not in state["last_metrics"]            # a count that is not a number is dropped
+    assert len(state["unreadable"]) == 3 and any("wire id" in u for u in state["unreadable"])
+    assert set(seen) <= set(published)                         # the dashboard published nothing
+
+
+def test_page_headers_and_host_check(mosquitto):
+    live = LiveView(mosquitto.url, LinkOptions(client_id="dash-view"), FED).start()
+    server = DashboardServer("127.0.0.1", 0, live.state).serve_in_thread()
+    try:
+        code, page, headers = _get(server.url)
+        rebound = _get(server.url + "api/state", host="attacker.example:8765")[0]
+        missing = _get(server.url + "etc/passwd")[0]
+    finally:
+        server.close()
+        live.close()
+    assert code == 200 and b"/api/state" in page
+    assert b"innerHTML" not in page and b"http://" not in page.replace(b"http://www.w3.org/2000/svg", b"")  # no CDN
+    assert "script-src 'sha256-" in headers["Content-Security-Policy"] and "connect-src 'self'" in \
+        headers["Content-Security-Policy"]
+    assert rebound == 421 and missing == 404
+
+
+def test_dashboard_cli_refuses_bad_options(mosquitto):
+    done = subprocess.run(_cmd() + ["dashboard", "--broker", mosquitto.url, "--federation", "a/b"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error: --federation 'a/b'" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(_cmd() + ["dashboard", "--broker", "htp://x", "--http-port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "broker URL" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_dashboard_in_chromium_shows_the_running_federation(mosquitto, tmp_path: Path):
+    chromium = _chromium()
+    dash = subprocess.Popen(_cmd() + ["dashboard", "--broker", mosquitto.url, "--federation", FED, "--http-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sim = None
+    try:
+        line = dash.stdout.readline()
+        match = re.search(r" on (http://127\.0\.0\.1:\d+/) ", line)
+        assert match, f"no URL in {line!r}; {dash.stderr.read()[-2000:] if dash.poll() is not None else ''}"
+        url = match.group(1)
+        sim = subprocess.Popen(_cmd() + ["simulate", "--broker", mosquitto.url, "--federation", FED, "--rounds", "3",
+                                         "--clients", "1,1,1", "--per-round", "3", "--proxy-windows", "8",
+                                         "--out", str(tmp_path / "sim"), "--no-progress"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        _poll(lambda: json.loads(_get(url + "api/state")[1]),
+              lambda s: s["history"] and len(s["clients"]) == 3 or sim.poll() is not None, 300,
+              "a finished round and three clients")
+        assert sim.poll() in (None, 0), sim.stderr.read()[-2000:]
+        dom = subprocess.run([chromium, "--headless", "--disable-gpu", "--no-sandbox", "--virtual-time-budget=5000",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    finally:
+        for proc in (sim, dash):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    for cid in ("c000", "c001", "c002"):
+        assert f"<td>{cid}</td>" in dom, dom[-3000:]
+    shown = re.search(r'id="round">(\d+)<', dom)
+    assert shown and int(shown.group(1)) >= 1, dom[-3000:]
+    assert f'id="federation">{FED}<' in dom and "<polyline" in dom   # the F1 curve is drawn
