@@ -13,7 +13,9 @@ chunks when its round closes; nothing undecoded reaches the engine. With a signi
 also publishes a signed model package every ``package_every`` rounds and at the end
 (export/publisher.py), bound to this run, and signs the control plane: the manifest, every
 announcement (with the round's nonce and the hash of its global knowledge) and "done"; an upload
-whose header does not echo the round's nonce is discarded.
+whose header does not echo the round's nonce is discarded. It watches its retained manifest and
+announcement and puts its own back when another publisher replaces them (clients refuse the
+forgery, but one that starts later would find nothing else).
 Memory: one reassembly buffer bounded by ``max_pending`` messages plus the engine's
 per-key running sums, independent of the number of clients.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 import math
 import threading
 import secrets
@@ -103,6 +106,9 @@ class Aggregator:
         self.published = threading.Event()  # set once the manifest and proxy set are on the broker
         self.before_round = None  # optional callable(round, aggregator) run before planning each round (tests)
         self._packages = None  # export.publisher.PackagePublisher when a signing key is given
+        self._control: dict[str, tuple[bytes, float | None]] = {}  # topic -> (our retained payload, expires at)
+        self._sent: dict[str, deque[bytes]] = {}  # our recent payloads per control topic (their echoes are ours)
+        self._restored: dict[str, float] = {}  # topic -> monotonic time we last put our message back
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -124,8 +130,9 @@ class Aggregator:
         name = opts.name or run_name(cfg)
         base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed,
                 "dataset": cfg.dataset, "pair": "-".join(cfg.pair)}
-        with MqttLink(self.url, self.link_options, subscriptions=[self.topics.status_all,
-                                                                   self.topics.uploads_all]).connect() as link:
+        with MqttLink(self.url, self.link_options, subscriptions=[
+                self.topics.status_all, self.topics.uploads_all, self.topics.proxy_manifest,
+                self.topics.rounds]).connect() as link:
             self.link = link
             self._publish_federation()
             self._packages = self._package_publisher()
@@ -179,7 +186,24 @@ class Aggregator:
 
     def _publish_control(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
         """A retained control message, signed when a signing key is configured."""
-        self.link.publish_all([(topic, sign(self.opts.signing_key, topic, payload))], retain=True, expiry=expiry)
+        signed = sign(self.opts.signing_key, topic, payload)
+        self._sent.setdefault(topic, deque(maxlen=8)).append(signed)
+        self._control[topic] = (signed, None if expiry is None else time.time() + expiry)
+        self.link.publish_all([(topic, signed)], retain=True, expiry=expiry)
+
+    def _guard_control(self, topic: str, payload: bytes) -> None:
+        """Another publisher replaced one of our retained control messages: put ours back, at most every
+        2 s (signed clients refuse the forgery, but one that starts later would find nothing else)."""
+        ours, expires = self._control[topic]
+        if payload in self._sent[topic] or time.monotonic() - self._restored.get(topic, -math.inf) < 2.0 \
+                or (topic == self.topics.rounds and self._round is None):  # between rounds ours is stale too
+            return
+        left = None if expires is None else int(expires - time.time())
+        if left is not None and left < 1:
+            return
+        log.warning("retained %s was replaced by another publisher; restoring ours", topic)
+        self._restored[topic] = time.monotonic()
+        self.link.publish_all([(topic, ours)], retain=True, expiry=left)
 
     def _publish_package(self, final: bool) -> None:
         """Publish the global model as a signed package when due; a failed export never stops the rounds."""
@@ -273,6 +297,9 @@ class Aggregator:
         return len(self._absorbed) >= min(r.need, could)
 
     def _dispatch(self, msg: Message) -> None:
+        if msg.topic in self._control and not msg.retain:  # live: published while we run (retained = older)
+            self._guard_control(msg.topic, msg.payload)
+            return
         parts = msg.topic.split("/")
         prefix = len(self.topics.prefix.split("/"))
         if len(parts) == prefix + 3 and parts[prefix] == "clients" and parts[-1] == "status":

@@ -103,10 +103,12 @@ def test_forged_control_manifest_with_a_new_run_id_is_rejected_and_rounds_keep_t
     cfg, split = tiny_config("fedmekt-c", rounds=3), tiny_split()
     topic = Topics(cfg.federation).proxy_manifest
     forger = MqttLink(mosquitto.url, LinkOptions(client_id="forger"), subscriptions=[topic]).connect()
+    genuine_run = []
 
     def forge(rnd, agg):
         if rnd != 1:
             return
+        genuine_run.append(agg.run_id)
         genuine = None
         while genuine is None:
             msg = forger.get(timeout=5)
@@ -124,6 +126,10 @@ def test_forged_control_manifest_with_a_new_run_id_is_rejected_and_rounds_keep_t
     _every_round_complete(sim)
     lines = _ignored(caplog, topic)
     assert len(lines) >= len(split.clients) and all("bad signature" in line for line in lines), lines
+    with MqttLink(mosquitto.url, LinkOptions(client_id="late-reader"), subscriptions=[topic]).connect() as late:
+        retained = late.get(timeout=5)
+    # the aggregator saw its retained manifest replaced and put its own back for clients that start later
+    assert retained is not None and fedwire.FederationManifest.from_bytes(retained.payload).run == genuine_run[0]
     record("attack", "forged manifest (new run id, genuine signature)")
 
 
