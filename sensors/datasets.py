@@ -1,7 +1,8 @@
 """Dataset registry: one ``load_dataset`` call turns any supported source into ``list[Recording]``.
 
 Where data lives: ``data_dir`` if given (either the dataset folder itself or a root holding
-``<name>/``), else ``$FEDMEKT_DATA_DIR/<name>``, else ``../shared/data/<name>`` next to the repo.
+``<name>/``), else ``$FEDMEKT_DATA_DIR/<name>``, else ``../shared/data/<name>`` next to a source
+checkout (an installed package has no default folder).
 ``demo`` is the small HAPT subset bundled in ``sensors/demo/`` (no download needed).
 
 A dataset of your own (the generic format, docs/sensors.md) is known by the ``name`` in its
@@ -30,6 +31,14 @@ BUILTIN = ("ur_fall", "hapt", "hapt_uci", "mhealth", "opportunity", "demo")
 DATASETS = (*BUILTIN, "generic")  # what --dataset takes, besides the name of a dataset of your own
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 _REPO = Path(__file__).resolve().parents[1]
+
+
+def default_data_root() -> Path | None:
+    """``$FEDMEKT_DATA_DIR``, else ``../shared/data`` beside a source checkout; None for an installed package
+    (next to site-packages there is no data folder: installed, pass --data-dir or set FEDMEKT_DATA_DIR)."""
+    if os.environ.get("FEDMEKT_DATA_DIR"):
+        return Path(os.environ["FEDMEKT_DATA_DIR"]).expanduser()
+    return _REPO.parent / "shared" / "data" if (_REPO / "pyproject.toml").is_file() else None
 
 
 @dataclass(frozen=True)
@@ -101,9 +110,8 @@ def _descriptor_dirs(name: str, data_dir: Path | str | None) -> list[Path]:
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         return [root, root / name] if name != "generic" else [root]
-    base = Path(os.environ["FEDMEKT_DATA_DIR"]).expanduser() if os.environ.get("FEDMEKT_DATA_DIR") \
-        else _REPO.parent / "shared" / "data"
-    return [base / name]
+    base = default_data_root()
+    return [base / name] if base is not None else []
 
 
 def find_generic(name: str, data_dir: Path | str | None) -> tuple[Path, Descriptor]:
@@ -122,7 +130,7 @@ def find_generic(name: str, data_dir: Path | str | None) -> tuple[Path, Descript
             return folder, d
         other = other or f"; {file} names dataset {d.name!r}"
     what = "dataset 'generic' not found" if name == "generic" else f"unknown dataset {name!r}"
-    raise UserError(f"{what}: no dataset.toml or dataset.json naming it in {' or '.join(tried)}{other or ''} "
+    raise UserError(f"{what}: no dataset.toml or dataset.json naming it in {' or '.join(tried) or 'no folder'}{other or ''} "
                     f"(built-in: {', '.join(BUILTIN)}; for your own data {DOCS}; pass --data-dir or set "
                     "FEDMEKT_DATA_DIR)")
 
@@ -167,10 +175,11 @@ def resolve_dir(name: str, data_dir: Path | str | None) -> Path:
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         candidates = [root / folder, root]
-    elif os.environ.get("FEDMEKT_DATA_DIR"):
-        candidates = [Path(os.environ["FEDMEKT_DATA_DIR"]).expanduser() / folder]
+    elif default_data_root() is not None:
+        candidates = [default_data_root() / folder]
     else:
-        candidates = [_REPO.parent / "shared" / "data" / folder]
+        raise UserError(f"dataset {name!r}: pass --data-dir or set FEDMEKT_DATA_DIR (an installed fedmekt has no "
+                        "default data folder)")
     for c in candidates:
         if c.exists():
             return c

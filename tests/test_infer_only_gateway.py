@@ -126,3 +126,20 @@ def test_command_needing_torch_without_it_says_so_in_one_line(argv, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == \
         f"fedmekt {argv[0]} needs the [train] extra: pip install 'fedmekt-edge[train]'"
     assert "Traceback" not in proc.stderr
+
+
+def test_an_installed_package_has_no_default_data_folder(monkeypatch, tmp_path):
+    from fedmekt.errors import UserError
+    from sensors import datasets
+
+    site = tmp_path / "lib" / "python3.11" / "site-packages"  # no pyproject.toml: not a source checkout
+    monkeypatch.setattr(datasets, "_REPO", site)
+    monkeypatch.delenv("FEDMEKT_DATA_DIR", raising=False)
+    assert datasets.default_data_root() is None
+    with pytest.raises(UserError, match="pass --data-dir or set FEDMEKT_DATA_DIR"):
+        datasets.resolve_dir("hapt", None)
+    with pytest.raises(UserError, match="in no folder"):
+        datasets.resolve_dir("wristband", None)
+    assert datasets.resolve_dir("demo", None) == datasets.DEMO_DIR  # the bundled demo still needs no folder
+    monkeypatch.setattr(datasets, "_REPO", REPO)
+    assert datasets.default_data_root() == REPO.parent / "shared" / "data"
