@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast mosquitto bench
+.PHONY: setup demo test test-fast mosquitto chromium bench
 
 setup: $(VENV)/.installed
 
@@ -31,7 +31,15 @@ mosquitto:
 		echo "mosquitto is missing: install it as root (apt-get install -y mosquitto)"; exit 1; fi; \
 	$$SUDO apt-get update -q && $$SUDO apt-get install -y -q mosquitto
 
-test: setup mosquitto
+# chromium drives the dashboard's browser test (slow); installed when missing and we may, else that test skips
+chromium:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	else echo "chromium is missing: the dashboard browser test will skip (apt-get install -y chromium)"; exit 0; fi; \
+	echo "==> installing chromium (apt-get)"; \
+	$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium
+
+test: setup mosquitto chromium
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 

@@ -36,7 +36,10 @@ def _chromium() -> str:
     """Debian's chromium; installed with apt when missing and we may (CI runs as root)."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(install, capture_output=True, timeout=900).returncode != 0:  # no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600)
+            subprocess.run(install, capture_output=True, timeout=900)
         found = shutil.which("chromium")
     if found is None:
         if os.environ.get("CI"):
