@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -149,6 +150,12 @@ def test_dashboard_cli_refuses_bad_options(mosquitto):
     done = subprocess.run(_cmd() + ["dashboard", "--broker", "htp://x", "--http-port", "0"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "broker URL" in done.stderr and "Traceback" not in done.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = subprocess.run(_cmd() + ["dashboard", "--broker", mosquitto.url, "--http-port",
+                                        str(busy.getsockname()[1])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error: cannot serve on 127.0.0.1:" in done.stderr, done.stderr
 
 
 @pytest.mark.slow

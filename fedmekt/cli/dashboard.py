@@ -43,14 +43,13 @@ def run(args) -> int:
     from fedmekt.cli.broker_args import link_options
     from fedmekt.dashboard.live import LiveView
     from fedmekt.dashboard.server import DashboardServer, is_loopback
-    from fedmekt.mqtt import BrokerAddress
 
-    BrokerAddress.parse(args.broker)  # a typo fails before anything binds
+    # parses the broker URL: a typo fails before anything binds or connects
+    live = LiveView(args.broker, link_options(args, f"dashboard-{time.monotonic_ns()}"), args.federation)
     try:
-        server = DashboardServer(args.bind, args.http_port, state=lambda: live.state())
+        server = DashboardServer(args.bind, args.http_port, state=live.state)
     except OSError as exc:
         raise UserError(f"cannot serve on {args.bind}:{args.http_port}: {exc.strerror or exc}") from None
-    live = LiveView(args.broker, link_options(args, f"dashboard-{time.monotonic_ns()}"), args.federation)
     try:
         live.start()
         if not is_loopback(args.bind):
