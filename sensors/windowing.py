@@ -48,12 +48,17 @@ def random_crops(
 
     Returns ({modality: float32 [batch, length, C]}, int64 labels [batch, length]). Crops never cross a
     segment boundary. When fewer distinct starts exist than ``batch``, starts are drawn with replacement
-    (the paper would crash there).
+    (the paper would crash there). The draw is the same as choosing among ``window_starts(p, length, 1)``,
+    without building that array (8 bytes a row), so memory stays flat however long the partition.
     """
-    starts = window_starts(p, length, 1)
-    if starts.size == 0:
+    seg = np.asarray(p.segments, dtype=np.int64).reshape(-1, 2)
+    counts = np.maximum(seg[:, 1] - seg[:, 0] - length + 1, 0)
+    total, ends = int(counts.sum()), np.cumsum(counts)
+    if total == 0:
         raise ValueError(f"no segment is at least {length} rows long")
-    pick = np.sort(rng.choice(starts, size=batch, replace=starts.size < batch))
+    flat = rng.choice(total, size=batch, replace=total < batch)
+    k = np.searchsorted(ends, flat, side="right")
+    pick = np.sort(seg[k, 0] + flat - (ends[k] - counts[k]))
     data = {m: gather_windows(x, pick, length).astype(np.float32, copy=False) for m, x in p.modalities.items()}
     return data, gather_windows(p.labels, pick, length)
 

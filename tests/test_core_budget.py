@@ -17,7 +17,7 @@ from fedmekt.federation import run_inprocess
 from sensors.datasets import load_dataset
 from sensors.partition import Partition
 from sensors.splits import make_split
-from sensors.windowing import paper_crop_length
+from sensors.windowing import gather_windows, paper_crop_length, random_crops, window_starts
 from tests.core_support import tiny_config, tiny_split
 
 CPU = torch.device("cpu")
@@ -66,6 +66,20 @@ def test_a_capped_walk_samples_crops_across_the_whole_partition_and_is_seeded():
     assert all(torch.equal(x["a"], y["a"]) for (x, _), (y, _) in zip(a, b))
     seen = np.concatenate([starts(_walk(cfg, part, s, 2)) for s in range(20)])
     assert seen.min() < len(part) / 4 and seen.max() > 3 * len(part) / 4   # not only the newest rows
+
+
+@pytest.mark.parametrize("batch, length", [(5, 30), (40, 60), (300, 10)])
+def test_crop_starts_are_drawn_as_among_every_window_start_without_listing_them(batch, length):
+    """random_crops no longer builds the 8-bytes-a-row start list; the draw is the one it would make from it."""
+    segments = np.array([[0, 50], [50, 55], [55, 200], [200, 262]])
+    x = np.arange(262, dtype=np.float32)[:, None]
+    part = Partition({"a": x}, np.arange(262, dtype=np.int64), segments)
+    starts = window_starts(part, length, 1)
+    for seed in range(5):
+        expected = np.sort(np.random.default_rng(seed).choice(starts, size=batch, replace=starts.size < batch))
+        data, labels = random_crops(part, batch, length, np.random.default_rng(seed))
+        np.testing.assert_array_equal(data["a"], gather_windows(x, expected, length))
+        np.testing.assert_array_equal(labels, gather_windows(part.labels, expected, length))
 
 
 def test_the_per_round_budget_is_shared_by_the_local_epochs():
