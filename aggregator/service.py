@@ -13,8 +13,8 @@ chunks when its round closes; nothing undecoded reaches the engine. With a signi
 also publishes a signed model package every ``package_every`` rounds and at the end
 (export/publisher.py), bound to this run, and signs the control plane: the manifest, every
 announcement (with the round's nonce and the hash of its global knowledge) and "done"; an upload
-whose header does not echo the round's nonce is discarded. It watches its retained manifest and
-announcement and puts its own back when another publisher replaces them (clients refuse the
+whose header does not echo the round's nonce is discarded. It watches its retained manifest,
+proxy chunks and announcement and puts its own back when another publisher replaces them (clients refuse the
 forgery, but one that starts later would find nothing else).
 Memory: one reassembly buffer bounded by ``max_pending`` messages plus the engine's
 per-key running sums, independent of the number of clients.
@@ -131,7 +131,7 @@ class Aggregator:
         base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed,
                 "dataset": cfg.dataset, "pair": "-".join(cfg.pair)}
         with MqttLink(self.url, self.link_options, subscriptions=[
-                self.topics.status_all, self.topics.uploads_all, self.topics.proxy_manifest,
+                self.topics.status_all, self.topics.uploads_all, self.topics.proxy_all,
                 self.topics.rounds]).connect() as link:
             self.link = link
             self._publish_federation()
@@ -171,6 +171,8 @@ class Aggregator:
         # clear a stale announcement (e.g. "done" of the run being extended) before the new manifest
         self.link.publish_all([(self.topics.rounds, b"")], retain=True)
         self.link.publish_all(items, retain=True)
+        for topic, frame in items:  # bound to the signed manifest by its hash: guarded, not signed
+            self._remember(topic, frame)
         self._publish_control(self.topics.proxy_manifest, manifest.to_bytes())
         self.manifest, self.proxy_frames = manifest, frames
         self.published.set()
@@ -187,13 +189,17 @@ class Aggregator:
     def _publish_control(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
         """A retained control message, signed when a signing key is configured."""
         signed = sign(self.opts.signing_key, topic, payload)
-        self._sent.setdefault(topic, deque(maxlen=8)).append(signed)
-        self._control[topic] = (signed, None if expiry is None else time.time() + expiry)
+        self._remember(topic, signed, expiry)
         self.link.publish_all([(topic, signed)], retain=True, expiry=expiry)
 
+    def _remember(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
+        """Our retained message on ``topic``, restored if someone replaces it (:meth:`_guard_control`)."""
+        self._sent.setdefault(topic, deque(maxlen=8)).append(payload)
+        self._control[topic] = (payload, None if expiry is None else time.time() + expiry)
+
     def _guard_control(self, topic: str, payload: bytes) -> None:
-        """Another publisher replaced one of our retained control messages: put ours back, at most every
-        2 s (signed clients refuse the forgery, but one that starts later would find nothing else)."""
+        """Another publisher replaced one of our retained control messages or proxy chunks: put ours back, at
+        most every 2 s per topic (clients refuse the forgery, but one that starts later would find nothing else)."""
         ours, expires = self._control[topic]
         if payload in self._sent[topic] or time.monotonic() - self._restored.get(topic, -math.inf) < 2.0 \
                 or (topic == self.topics.rounds and self._round is None):  # between rounds ours is stale too

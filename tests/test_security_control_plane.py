@@ -254,3 +254,40 @@ def test_forged_control_global_knowledge_is_not_trained_on(mosquitto, tmp_path):
     ref = run_inprocess(cfg, split, progress=False)
     assert [_learning(r) for r in sim.result.rows] == [_learning(r) for r in ref.rows]
     record("attack", "forged global knowledge of a round")
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(240)
+def test_forged_control_proxy_chunk_is_restored_for_clients_that_start_later(mosquitto, tmp_path):
+    """A retained proxy chunk overwritten mid-run (any login on a plain broker, the aggregator's on the secured
+    one): running clients already hold the proxy set, and the aggregator puts its chunk back, so a gateway that
+    starts after the forgery still assembles the proxy set the signed manifest names."""
+    cfg, split = tiny_config("fedmekt-c", rounds=3), tiny_split()
+    topics = Topics(cfg.federation)
+    forger = MqttLink(mosquitto.url, LinkOptions(client_id="forger")).connect()
+    genuine = []
+
+    def forge(rnd, agg):
+        if rnd == 1:
+            genuine.append((agg.manifest, agg.proxy_frames))
+            forger.publish_all([(topics.proxy_chunk(0), b"FMK\x01garbage")], retain=True)
+            time.sleep(1.0)
+
+    try:
+        sim = _simulate(cfg, split, mosquitto.url, tmp_path, before_round=forge)
+    finally:
+        forger.close()
+    _every_round_complete(sim)
+    manifest, frames = genuine[0]
+    with MqttLink(mosquitto.url, LinkOptions(client_id="late-gateway"), subscriptions=[topics.proxy_all]).connect() \
+            as late:
+        rx, proxy, deadline = fedwire.ProxyReceiver(manifest), None, time.monotonic() + 10
+        while proxy is None and time.monotonic() < deadline:
+            msg = late.get(timeout=0.5)
+            if msg is not None and msg.topic != topics.proxy_manifest:
+                try:
+                    proxy = rx.add(msg.payload)
+                except WireError:  # the forged chunk, had it stayed
+                    continue
+    assert proxy is not None and len(frames) >= 1
+    record("attack", "forged retained proxy chunk")
