@@ -98,7 +98,8 @@ def test_forged_control_manifest_with_a_new_run_id_is_rejected_and_rounds_keep_t
                                                                                               caplog):
     """A legitimate manifest re-published (retained) with a new run id under the genuine signature: any login
     can do it on a plain broker, the aggregator's on the secured one. Unsigned clients would follow the
-    forged run and stop uploading; signed ones log one line each and keep serving the run they trust."""
+    forged run and stop uploading; signed ones log one line each and keep serving the run they trust, and the
+    aggregator puts its genuine manifest back for clients that start later."""
     caplog.set_level(logging.WARNING, logger="edge_client")
     cfg, split = tiny_config("fedmekt-c", rounds=3), tiny_split()
     topic = Topics(cfg.federation).proxy_manifest
