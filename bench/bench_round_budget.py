@@ -6,13 +6,16 @@ path — ``edge_client.training.LocalTrainer`` over a real SQLite ``SampleStore`
 runs in its own fresh process (so peak RSS is that size's alone): one warm-up round, then one timed round.
 Printed per size and budget: the round's wall time split into the store read and the training, the local
 optimizer steps it took, the numpy peak (tracemalloc) of the read and of the training, and the process's
-peak RSS (torch included), with the goal beside them: with the budget (``hyper.local_step_budget``, default 32) training time and steps stay flat
-as the store grows; without it (``0``, the reference walk of the whole partition) they grow with it (run
-for 1× and 10× only). The store read and what it holds still grow with the store: its retention
-(``max_samples``) bounds them.
+peak RSS (torch included), with the goal beside them: with the budget (``hyper.local_step_budget``,
+default 32) training time, steps and training memory stay flat as the store grows; without it (``0``, the
+reference walk of the whole partition) they grow with it (run for 1× and 10× only). The store read and
+what it holds still grow with the store: its retention (``max_samples``) bounds them.
 
-Run: ``.venv/bin/python bench/bench_round_budget.py [--base-rows 40000] [--sizes 1,10,100]``. The machine is
-shared: the load average is printed beside the figures.
+``--hapt-rounds N`` also times N whole in-process FedMEKT-C rounds on recorded HAPT with both budgets at their
+default and off (not part of the ~3 min default run; needs the data under ``FEDMEKT_DATA_DIR``).
+
+Run: ``.venv/bin/python bench/bench_round_budget.py [--base-rows 40000] [--sizes 1,10,100] [--hapt-rounds N]``.
+The machine is shared: the load average is printed beside the figures.
 """
 
 from __future__ import annotations
@@ -107,11 +110,30 @@ def measure(store_path: Path, budget: int) -> dict:
                 read_mb=read_mb, train_mb=train_mb, rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def hapt_rounds(rounds: int) -> None:
+    """Mean wall time of a whole in-process FedMEKT-C round on recorded HAPT (9 clients + server), budgets on/off."""
+    from fedmekt.config import FederationConfig, Hyper
+    from fedmekt.federation import run_inprocess
+    from sensors.datasets import load_dataset
+    from sensors.splits import make_split
+
+    split = make_split(load_dataset("hapt"), ("acce", "gyro"), seed=0)
+    print(f"HAPT FedMEKT-C round, {rounds} rounds each (whole round: 9 clients, server update, classifier, probe)")
+    for budget in (Hyper().local_step_budget, 0):
+        cfg = FederationConfig(federation="bench", dataset="hapt", pair=("acce", "gyro"), rounds=rounds, device="cpu",
+                               threads=1, hyper=Hyper(local_step_budget=budget, server_walk_step_budget=budget))
+        rows = run_inprocess(cfg, split, progress=False).rows
+        label = f"budgets {budget}" if budget else "budgets off"
+        print(f"  {label:>12}: {np.mean([r['wall_s'] for r in rows]):6.2f} s per round", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base-rows", type=int, default=40_000, help="rows of the 1× store (default 40 000)")
     ap.add_argument("--sizes", default="1,10,100", help="store sizes as multiples of --base-rows")
     ap.add_argument("--off-up-to", type=int, default=10, help="run the budget off up to this size (default 10)")
+    ap.add_argument("--hapt-rounds", type=int, default=0,
+                    help="also time N whole FedMEKT-C rounds on recorded HAPT, budgets on and off (default 0: skip)")
     ap.add_argument("--measure", nargs=2, metavar=("STORE", "BUDGET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -122,7 +144,8 @@ def main() -> None:
     default = Hyper().local_step_budget
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the machine is shared)")
-    print(f"goal: with the budget ({default} local steps per round) train time and steps flat in the store size")
+    print(f"goal: with the budget ({default} local steps per round) train time, steps and train MiB flat in the "
+          "store size; off, they grow with it")
     print(f"{'store':>6} {'rows':>9} {'budget':>7} {'steps':>6} {'round s':>8} {'read s':>7} {'train s':>8} "
           f"{'read MiB':>9} {'train MiB':>10} {'peak RSS MiB':>13}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,6 +161,8 @@ def main() -> None:
                       f"{r['train_s']:>8.2f} {r['read_mb']:>9.1f} {r['train_mb']:>10.1f} {r['rss_mb']:>13.0f}",
                       flush=True)
             path.unlink()
+    if args.hapt_rounds:
+        hapt_rounds(args.hapt_rounds)
 
 
 if __name__ == "__main__":
