@@ -21,6 +21,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from fedmekt.broker import MosquittoProcess, start_mosquitto
+from fedmekt.wire.signing import unwrap
 from security_support import SecureBroker, start_secure_broker
 
 SCRIPT = Path(sys.executable).with_name("fedmekt")
@@ -167,7 +168,7 @@ class ProcessFederation:
 
     def announcements(self) -> list[dict]:
         topic = f"fedmekt/{self.federation}/rounds"
-        return [json.loads(p) for _, t, p in self.recorder.snapshot() if t == topic and p]
+        return [json.loads(unwrap(p)) for _, t, p in self.recorder.snapshot() if t == topic and p]
 
     def wait_until(self, what, timeout: float, message: str) -> None:
         deadline = time.monotonic() + timeout
