@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +56,22 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+class RssSampler(threading.Thread):
+    """The highest VmRSS seen while ``active`` is set (sampled every 50 ms): the peak while training."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.active, self.stop = pid, 0.0, threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            if self.active.is_set():
+                try:
+                    self.peak = max(self.peak, rss_mb(self.pid))
+                except (OSError, RuntimeError):
+                    return
+
+
 def pinned(core: int | None, argv: list[str]) -> list[str]:
     return argv if core is None or not shutil.which("taskset") else ["taskset", "-c", str(core), *argv]
 
@@ -74,7 +91,7 @@ def main() -> int:
                       f"rounds = {args.rounds}\n")
     broker = start_mosquitto(workdir=tmp / "mosquitto")
     topics = Topics(FED)
-    monitor = MqttLink(broker.url, LinkOptions(client_id="bench-monitor"), subscriptions=[topics.metrics]).connect()
+    monitor = MqttLink(broker.url, LinkOptions(client_id="bench-monitor"), subscriptions=[topics.metrics, topics.rounds]).connect()
     procs: list[subprocess.Popen] = []
     try:
         agg = subprocess.Popen(pinned(other, [fedmekt, "aggregator", "--broker", broker.url, "--config", str(config),
@@ -85,6 +102,8 @@ def main() -> int:
                                                      "--store", str(tmp / "c008" / "store.sqlite")]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         procs += [agg, client]
+        sampler = RssSampler(client.pid)
+        sampler.start()
         arrivals: list[tuple[float, float]] = []  # (wall time, client CPU seconds) at each round's metrics
         deadline = time.monotonic() + 60 * 60
         while len(arrivals) < args.rounds:
@@ -92,11 +111,14 @@ def main() -> int:
                 raise SystemExit(f"federation stopped early: client rc {client.poll()}, aggregator rc {agg.poll()}\n"
                                  f"{client.stderr.read()[-2000:] if client.poll() is not None else ''}")
             msg = monitor.get(timeout=0.5)
-            if msg is not None and msg.payload and not msg.retain:
+            if msg is not None and msg.topic == topics.rounds:
+                sampler.active.set()  # round 0 announced: training from now on (startup loads the whole split)
+            elif msg is not None and msg.payload and not msg.retain:
                 row = json.loads(msg.payload)
                 arrivals.append((time.monotonic(), cpu_seconds(client.pid)))
                 print(f"round {row.get('round')}: client CPU {arrivals[-1][1]:.1f} s so far, RSS "
                       f"{rss_mb(client.pid):.0f} MB", flush=True)
+        sampler.active.clear()
         agg.wait(timeout=600)
         time.sleep(2.0)  # the last "done" handled; the client now waits for a next run
         c0, t0 = cpu_seconds(client.pid), time.monotonic()
@@ -120,7 +142,8 @@ def main() -> int:
     print(f"\nfedmekt client on the demo split, {pin}, {args.rounds} rounds of FedMEKT-C (machine: "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
     print(f"{'figure':<34}{'measured':>12}{'goal':>12}")
-    print(f"{'peak RSS (MB)':<34}{rss:>12.0f}{f'<= {GOAL_RSS_MB:.0f}':>12}")
+    print(f"{'peak RSS while training (MB)':<34}{sampler.peak:>12.0f}{f'<= {GOAL_RSS_MB:.0f}':>12}")
+    print(f"{'peak RSS of the process (MB)':<34}{rss:>12.0f}{'-':>12}")
     print(f"{'wall time per round (s, median)':<34}{statistics.median(walls):>12.2f}{'-':>12}")
     print(f"{'client CPU per round (s, median)':<34}{statistics.median(cpus):>12.2f}{'-':>12}")
     print(f"{'idle CPU between rounds (%)':<34}{idle:>12.2f}{f'< {GOAL_IDLE_CPU:.0f}':>12}")

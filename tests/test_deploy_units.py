@@ -9,6 +9,7 @@ The test waits for the service's presence on the broker, then stops it with SIGT
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
@@ -53,8 +54,9 @@ def service_section(unit: Path) -> tuple[dict[str, str], dict[str, str]]:
     return settings, env
 
 
-def exec_start(unit: Path, overrides: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """ExecStart as systemd expands it with the unit's environment plus ``overrides``; the unit's settings."""
+def exec_start(unit: Path, overrides: dict[str, str]) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """ExecStart as systemd expands it with the unit's environment plus ``overrides``; the unit's settings; the
+    environment the service runs with."""
     settings, env = service_section(unit)
     assert set(overrides) <= set(env), f"{unit.name} has no Environment= for {set(overrides) - set(env)}"
     env.update(overrides)
@@ -66,7 +68,7 @@ def exec_start(unit: Path, overrides: dict[str, str]) -> tuple[list[str], dict[s
         else:
             argv.append(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word))
     assert argv[0] == f"{VENV}/bin/fedmekt"
-    return [str(Path(sys.executable).parent / "fedmekt"), *argv[1:]], settings
+    return [str(Path(sys.executable).parent / "fedmekt"), *argv[1:]], settings, env
 
 
 def example_config(name: str, tmp: Path, **changes) -> Path:
@@ -89,12 +91,12 @@ def _toml(value) -> str:
     return str(value)
 
 
-def run_until(argv: list[str], settings: dict[str, str], cwd: Path, port: int, topic: str,
+def run_until(argv: list[str], settings: dict[str, str], env: dict[str, str], cwd: Path, port: int, topic: str,
               payload: bytes | None, timeout: float = 120.0) -> None:
     """Start the service, wait for ``topic`` (with ``payload``) on the broker, stop it as systemd does."""
     probe = connect(port, None, None, ca=None)
     probe.subscribe(topic)
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         seen = probe.wait_for(topic, payload, timeout=timeout)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -127,8 +129,8 @@ def test_every_unit_runs_fedmekt_from_the_venv_with_its_config():
 def test_gateway_unit_starts_a_training_client(mosquitto, public_key, tmp_path):
     config = example_config("gateway.toml", tmp_path, broker=mosquitto.url, credentials=None, source="replay:demo",
                             store=str(tmp_path / "gw01" / "store.sqlite"), **{"public-key": str(public_key)})
-    argv, settings = exec_start(UNITS / "fedmekt-gateway.service", {"FEDMEKT_CONFIG": str(config)})
-    run_until(argv, settings, tmp_path, mosquitto.port, Topics("demo").status("gw01"),
+    argv, settings, env = exec_start(UNITS / "fedmekt-gateway.service", {"FEDMEKT_CONFIG": str(config)})
+    run_until(argv, settings, env, tmp_path, mosquitto.port, Topics("demo").status("gw01"),
               fedwire.Status("online", ("acce", "gyro")).to_bytes())
     assert (tmp_path / "gw01" / "store.sqlite").is_file()
 
@@ -137,17 +139,17 @@ def test_infer_only_unit_starts_a_receive_only_gateway(mosquitto, public_key, tm
     config = example_config("gateway-infer.toml", tmp_path, broker=mosquitto.url, credentials=None,
                             source=f"udp:127.0.0.1:{free_port()}", store=str(tmp_path / "gw02" / "store.sqlite"),
                             **{"public-key": str(public_key)})
-    argv, settings = exec_start(UNITS / "fedmekt-gateway-infer.service", {"FEDMEKT_CONFIG": str(config)})
-    run_until(argv, settings, tmp_path, mosquitto.port, Topics("demo").status("gw02"),
+    argv, settings, env = exec_start(UNITS / "fedmekt-gateway-infer.service", {"FEDMEKT_CONFIG": str(config)})
+    run_until(argv, settings, env, tmp_path, mosquitto.port, Topics("demo").status("gw02"),
               fedwire.Status("online", ()).to_bytes())
     assert (tmp_path / "gw02" / "models").is_dir()
 
 
 def test_aggregator_unit_publishes_its_federation(mosquitto, tmp_path):
-    argv, settings = exec_start(UNITS / "fedmekt-aggregator.service", {
+    argv, settings, env = exec_start(UNITS / "fedmekt-aggregator.service", {
         "FEDMEKT_FEDERATION": str(EXAMPLES / "aggregator.toml"), "FEDMEKT_OUT": str(tmp_path / "aggregator"),
         "FEDMEKT_AGGREGATOR_OPTS": f"--broker={mosquitto.url} --wait-timeout=600"})
-    run_until(argv, settings, tmp_path, mosquitto.port, Topics("demo").proxy_manifest, None)
+    run_until(argv, settings, env, tmp_path, mosquitto.port, Topics("demo").proxy_manifest, None)
 
 
 @pytest.mark.parametrize("line, error", [

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import threading
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from fedmekt.cli.broker_args import add_broker_args, link_options
 from fedmekt.cli.config_file import add_config_arg, apply_config, require
 
 log = logging.getLogger("edge_client")
+# oneDNN (torch's CPU kernels) caches a kernel per input shape, up to 1024 of them: a training gateway's RSS grew
+# ~20 MB a round without end (bench/bench_gateway.py). Set before torch loads; an explicit setting wins.
+ONEDNN_CACHE_CAPACITY = "8"
 
 
 def register(subparsers) -> None:
@@ -97,6 +101,7 @@ def run(args) -> int:
         return run_infer_only(args)
     if args.max_samples < 1:
         raise UserError("--max-samples must be >= 1")
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
     if args.infer and (args.public_key is None or not args.source):
         raise UserError("--infer needs --public-key (the model to run) and a --source (the samples)")
     public_key = None
@@ -147,7 +152,7 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
             background.append(live)
             while not store.count():
                 live.join(0.5)
-                if not live.is_alive():
+                if not live.is_alive() and not store.count():  # a fast finite source may be done already
                     raise UserError(f"source {args.source} ended before delivering any sample")
         else:
             n = ingest(opened.source, store)
