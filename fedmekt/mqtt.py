@@ -18,7 +18,10 @@
   a random token there (retained) until it has seen it come back, and subscribes; a
   different token arriving after its own (live, or retained on a reconnect) is a newer
   session of the same login. Tokens before its own are stale (a resumed session's queue);
-* TLS failures (unknown CA, host-name mismatch, plain-TCP port) reported as such.
+* TLS failures (unknown CA, host-name mismatch, plain-TCP port) reported as such;
+* failover: a comma-separated list of broker URLs (nodes of one cluster, or brokers that
+  share the federation's topics) is tried in order, on the first connect and after every
+  lost connection or failed attempt the link moves on to the next, wrapping around.
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ class BrokerAddress:
                    username=unquote(u.username) if u.username else None,
                    password=unquote(u.password) if u.password else None)
 
+    @classmethod
+    def parse_list(cls, urls: str | Sequence[str]) -> "tuple[BrokerAddress, ...]":
+        """``URL[,URL…]`` (or a list of URLs) in failover order; each one parsed as strictly as one URL."""
+        parts = urls.split(",") if isinstance(urls, str) else list(urls)
+        if not parts or any(not part.strip() for part in parts):
+            raise UserError(f"broker URLs must be comma-separated mqtt://host:port entries, got {urls!r}")
+        return tuple(cls.parse(part.strip()) for part in parts)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
 
 @dataclass
 class LinkOptions:
@@ -118,9 +132,11 @@ def _published(info: paho.MQTTMessageInfo) -> bool:
 class MqttLink:
     """A connected, self-healing MQTT client. Use as a context manager or call ``close``."""
 
-    def __init__(self, url: str, options: LinkOptions, presence: Presence | None = None,
+    def __init__(self, url: str | Sequence[str], options: LinkOptions, presence: Presence | None = None,
                  subscriptions: Sequence[str] = ()):
-        self.address = BrokerAddress.parse(url)
+        self.addresses = BrokerAddress.parse_list(url)
+        self._current = 0  # index into addresses: where the next (re)connect goes
+        self._failed_at: BrokerAddress | None = None  # the address of the last failed TCP/TLS attempt
         self.options = options
         self.presence = presence
         self._subs: list[str] = list(subscriptions)
@@ -137,13 +153,31 @@ class MqttLink:
         self.connects = 0
         self._client: paho.Client | None = None
 
+    @property
+    def address(self) -> BrokerAddress:
+        """The broker this link is connected (or connecting) to."""
+        return self.addresses[self._current]
+
+    def _fail_over(self, client: paho.Client) -> None:
+        """Point the next reconnect at the next address (paho's public setters refuse while a lost
+        connection is being torn down, and paho reads these two fields only when it reconnects)."""
+        if len(self.addresses) > 1 and not self._closing.is_set():
+            self._current = (self._current + 1) % len(self.addresses)
+            client._host, client._port = self.address.host, self.address.port
+            log.info("failing over to broker %s", self.address)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._failed_at = self.address
+        self._connect_failed.set()
+        self._fail_over(client)
+
     # -- connection -------------------------------------------------------------------------
     def connect(self, timeout: float = 15.0) -> "MqttLink":
         """Connect (v5 first when ``protocol`` is auto) and wait for the first CONNACK."""
         order = {"auto": ("5", "3.1.1"), "5": ("5",), "3.1.1": ("3.1.1",)}.get(self.options.protocol)
         if order is None:
             raise UserError(f"MQTT protocol must be auto, 5 or 3.1.1, got {self.options.protocol!r}")
-        where = (self.address.host, self.address.port)
+        where = (self.address.host, self.address.port)  # a failover list: the first broker's answer stands for all
         if self.options.protocol == "auto" and where in _V311_ONLY:
             order = ("3.1.1",)
         for proto in order:
@@ -157,7 +191,7 @@ class MqttLink:
                 self._connected.wait(0.05)
                 if self._connect_failed.is_set() and self.address.tls:
                     self._connect_failed.clear()
-                    problem = self._tls_problem()
+                    problem = self._tls_problem(self._failed_at or self.address)
                     if problem:
                         self._stop_client()
                         raise UserError(problem)
@@ -166,22 +200,22 @@ class MqttLink:
                     _V311_ONLY.add(where)
                 return self
             self._stop_client()
-            problem = self._tls_problem() if self.address.tls and not self._refused() else None
+            problem = self._tls_problem(self.address) if self.address.tls and not self._refused() else None
             if problem:
                 raise UserError(problem)
             if self._refused():
-                raise UserError(f"broker {self.address.host}:{self.address.port} refused the connection: "
-                                f"{self._connack}")
+                raise UserError(f"broker {self._failed_at or self.address} refused the connection: {self._connack}")
             if not (probe or self._unsupported):
                 break
-        raise UserError(f"cannot reach MQTT broker at {self.address.host}:{self.address.port} within {timeout:.0f} s")
+        where = ", ".join(str(a) for a in self.addresses)
+        raise UserError(f"cannot reach MQTT broker at {where} within {timeout:.0f} s")
 
-    def _tls_problem(self) -> str | None:
+    def _tls_problem(self, address: BrokerAddress) -> str | None:
         """Repeat the TLS handshake to say why it failed; paho reports only that the connection did.
 
         None when the handshake succeeds or the host cannot be reached at all (not a TLS problem).
         """
-        o, host, port = self.options, self.address.host, self.address.port
+        o, host, port = self.options, address.host, address.port
         try:
             ctx = ssl.create_default_context(cafile=o.ca_file)
             if o.cert_file:
@@ -239,7 +273,7 @@ class MqttLink:
         if self.presence:
             c.will_set(self.presence.topic, self.presence.offline, qos=1, retain=True)
         c.on_connect = self._on_connect
-        c.on_connect_fail = lambda client, userdata: self._connect_failed.set()
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         props = None
@@ -266,7 +300,8 @@ class MqttLink:
             self._unsupported = True
             return
         if reason_code.is_failure:
-            log.warning("broker refused connection: %s", reason_code)
+            self._failed_at = self.address
+            log.warning("broker %s refused connection: %s", self.address, reason_code)
             return
         session = self.options.session_topic
         if session:
@@ -289,7 +324,8 @@ class MqttLink:
         if self.protocol == "5" and self.connects == 0 and not self._closing.is_set():
             self._unsupported = True  # closed before any CONNACK: a 3.1.1-only broker (amqtt) does this
         if not self._closing.is_set() and not self._unsupported and not self._taken_over:
-            log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
+            log.warning("disconnected from broker %s (%s); reconnecting with backoff", self.address, reason_code)
+            self._fail_over(client)
 
     def _on_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
         if msg.topic == self.options.session_topic:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fedmekt.broker import AmqttBroker, free_port
+from fedmekt.broker import AmqttBroker, free_port, start_mosquitto
 from fedmekt.errors import UserError
 from fedmekt.mqtt import BrokerAddress, LinkOptions, MqttLink, Presence
 from fedmekt.wire.chunks import Reassembler
@@ -146,3 +146,47 @@ def test_takeover_by_a_second_session_of_one_client_id_ends_the_first(mosquitto,
     assert second.get(timeout=1.5) is None and second.connected  # the second is left alone
     first.close()
     second.close()
+
+
+def test_failover_list_parses_strictly():
+    assert [str(a) for a in BrokerAddress.parse_list("mqtt://a:1, mqtt://b:2")] == ["a:1", "b:2"]
+    for bad in ("mqtt://a:1,", "mqtt://a:1,,mqtt://b:2", "mqtt://a:1,http://b:2", "mqtt://a:1,mqtt://b:x"):
+        with pytest.raises(UserError):
+            BrokerAddress.parse_list(bad)
+
+
+def test_failover_to_the_next_broker_keeps_subscriptions_and_presence(tmp_path):
+    """The first broker dies mid-session: the link moves to the second, re-subscribes and re-announces."""
+    first, second = (start_mosquitto(workdir=tmp_path / name) for name in ("first", "second"))
+    try:
+        dead = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: the first connect already skips it
+        urls = f"{dead},{first.url},{second.url}"
+        link = MqttLink(urls, LinkOptions(client_id="dev-fo", reconnect_min=1, reconnect_max=1),
+                        _presence("dev-fo"), [T.rounds]).connect()
+        try:
+            assert link.address.port == first.port
+            with _link(first.url, "pub1") as pub:
+                pub.publish_all([(T.rounds, b"before")])
+            assert [m.payload for m in _collect(link, 1)] == [b"before"]
+            first.kill()
+            deadline = time.monotonic() + 20
+            while not (link.connected and link.address.port == second.port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert link.connected and link.address.port == second.port and link.connects == 2
+            with _link(second.url, "watch-fo", subs=[T.status("dev-fo")]) as watch:
+                [m] = _collect(watch, 1)  # the birth message was published on the second broker too
+                assert json.loads(m.payload)["state"] == "online"
+            with _link(second.url, "pub2") as pub:
+                pub.publish_all([(T.rounds, b"after")])
+            assert [m.payload for m in _collect(link, 1)] == [b"after"]
+        finally:
+            link.close()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_failover_list_unreachable_names_every_broker():
+    urls = f"mqtt://127.0.0.1:{free_port()},mqtt://127.0.0.1:{free_port()}"
+    with pytest.raises(UserError, match=r"cannot reach MQTT broker at 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+"):
+        MqttLink(urls, LinkOptions(client_id="x2", reconnect_min=1, reconnect_max=1)).connect(timeout=2)

@@ -13,7 +13,8 @@ PASSWORD_ENV = "FEDMEKT_MQTT_PASSWORD"
 def add_broker_args(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--broker", required=required, metavar="URL",
-                   help="mqtt://host:port or mqtts://host:port (user:password@ allowed)")
+                   help="mqtt://host:port or mqtts://host:port (user:password@ allowed); several, comma-separated "
+                        "(URL,URL,…): tried in order, the next one after a failure (failover)")
     g.add_argument("--credentials", type=Path, metavar="FILE",
                    help="credentials.json from `fedmekt provision add`: username, password and (beside it) ca.crt")
     g.add_argument("--username", help="MQTT username (default: the credentials' username, or the client id for devices)")
