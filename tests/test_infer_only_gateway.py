@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core_support import tiny_config, tiny_split
 from edge_client.inference import StreamingRecognizer
@@ -143,3 +144,54 @@ def test_an_installed_package_has_no_default_data_folder(monkeypatch, tmp_path):
     assert datasets.resolve_dir("demo", None) == datasets.DEMO_DIR  # the bundled demo still needs no folder
     monkeypatch.setattr(datasets, "_REPO", REPO)
     assert datasets.default_data_root() == REPO.parent / "shared" / "data"
+
+
+def test_follower_trusts_only_signed_manifests_of_newer_runs(mosquitto, data_dir, tmp_path, tmp_path_factory):
+    import threading
+
+    from edge_client.follower import FollowerOptions, InferenceGateway
+    from edge_client.inference import ModelService
+    from edge_client.sources import open_source
+    from fedmekt.broker import free_port
+
+    private, public = signing_keys(tmp_path_factory)
+    key, pub = load_private_key(private), load_public_key(public)
+    old_run, run_id, newer = new_run_id(now=time.time() - 60), new_run_id(), new_run_id(now=time.time() + 60)
+    package = bound_copy(built_package("hapt", data_dir, tmp_path_factory), tmp_path / "pkg", key, run_id, 1)
+    topics = Topics(FED)
+    agg = MqttLink(mosquitto.url, LinkOptions(client_id="aggregator")).connect()
+
+    def manifest(run: str, signer=key) -> None:
+        body = fedwire.build(tiny_config(federation=FED), tiny_split(), run=run)[0].to_bytes()
+        agg.publish_all([(topics.proxy_manifest, sign(signer, topics.proxy_manifest, body))], retain=True)
+
+    service = ModelService(tmp_path / "gw" / "models", pub, FED)
+    gateway = InferenceGateway(mosquitto.url, FollowerOptions("gw01", FED, service, pub))
+    stop = threading.Event()
+    live = open_source(f"udp:127.0.0.1:{free_port()}", "gw01", {"acce": 3}, None).source  # never ends
+    thread = threading.Thread(target=gateway.run, args=(live, stop), daemon=True)
+
+    def wait(what, message: str) -> None:
+        deadline = time.monotonic() + 20
+        while not what():
+            assert time.monotonic() < deadline, f"timed out waiting for {message}"
+            time.sleep(0.05)
+
+    try:
+        publish_package(agg, FED, package)  # before any manifest: held until its run is trusted
+        thread.start()
+        wait(lambda: gateway.link is not None, "the connection")
+        assert service.recognizer is None
+        manifest(run_id)
+        wait(lambda: service.recognizer is not None, "the package of the trusted run")
+        manifest(old_run)  # an older run's genuine manifest: refused
+        manifest(newer, signer=Ed25519PrivateKey.generate())  # a newer run signed with another key: refused
+        manifest(newer, signer=None)  # unsigned: refused
+        time.sleep(1.0)
+        assert gateway.run_followed == run_id and service.receiver.trusted_run == run_id
+        assert service.recognizer.package.manifest.run == run_id
+    finally:
+        stop.set()
+        thread.join(10)
+        agg.close()
+    assert not thread.is_alive()
