@@ -336,7 +336,7 @@ class Aggregator:
             if not retained:
                 self._live[client_id] = time.monotonic()
         else:
-            if status.state == "online":
+            if status.state == "online" and status.modalities:  # none: an inference-only gateway, never trained
                 log.warning("ignoring %s: modalities %s do not fit the pair %s", client_id, status.modalities,
                             self.cfg.pair)
             self.online.pop(client_id, None)
