@@ -8,7 +8,10 @@ when there is one) of a demo federation that selects the one gateway every round
 feeds its clients). Measured from /proc of the client process: peak RSS (VmHWM) over the whole
 run, CPU seconds per round, wall time per round (intervals of the aggregator's per-round metrics,
 so it includes the server update), and CPU while idle after the run (it waits for the next run
-exactly as between rounds: MQTT loop and heartbeat). Prints each figure beside its goal.
+exactly as between rounds: MQTT loop and heartbeat). The run is signed; its final package then
+serves a receive-only gateway (``fedmekt client --infer-only``, in a process where torch cannot be
+imported, on the same core) classifying ``replay:demo`` in real time: its peak RSS and CPU.
+Prints each figure beside its goal.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from export.package import generate_keypair  # noqa: E402
 from fedmekt.broker import start_mosquitto  # noqa: E402
 from fedmekt.mqtt import LinkOptions, MqttLink  # noqa: E402
 from fedmekt.wire.topics import Topics  # noqa: E402
@@ -35,6 +39,7 @@ from fedmekt.wire.topics import Topics  # noqa: E402
 FED = "bench-gateway"
 GOAL_RSS_MB, GOAL_IDLE_CPU = 400.0, 1.0
 TICK = os.sysconf("SC_CLK_TCK")
+NO_TORCH = "import sys; sys.modules['torch'] = None; from fedmekt.cli.main import main; sys.exit(main())"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -81,6 +86,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--core", type=int, default=0, help="the gateway's core (default 0)")
+    ap.add_argument("--infer-seconds", type=float, default=15.0, help="real-time inference measured (default 15)")
     args = ap.parse_args()
     fedmekt = str(Path(sys.executable).parent / "fedmekt")
     other = 1 if (os.cpu_count() or 1) > 1 and args.core != 1 else None
@@ -90,15 +96,19 @@ def main() -> int:
     config.write_text(f'federation = "{FED}"\ndataset = "demo"\nclients = [3, 3, 3]\nper_round = 1\n'
                       f"rounds = {args.rounds}\n")
     broker = start_mosquitto(workdir=tmp / "mosquitto")
+    key, pub = tmp / "agg.key", tmp / "agg.pub"
+    generate_keypair(key, pub)
     topics = Topics(FED)
     monitor = MqttLink(broker.url, LinkOptions(client_id="bench-monitor"), subscriptions=[topics.metrics, topics.rounds]).connect()
     procs: list[subprocess.Popen] = []
     try:
         agg = subprocess.Popen(pinned(other, [fedmekt, "aggregator", "--broker", broker.url, "--config", str(config),
-                                              "--out", str(tmp / "agg"), "--no-progress", "--wait-clients", "1"]),
+                                              "--out", str(tmp / "agg"), "--no-progress", "--wait-clients", "1",
+                                              "--signing-key", str(key), "--package-every", "0"]),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = subprocess.Popen(pinned(args.core, [fedmekt, "client", "--broker", broker.url, "--client-id", "c008",
                                                      "--federation", FED, "--source", f"split:{config}",
+                                                     "--public-key", str(pub),
                                                      "--store", str(tmp / "c008" / "store.sqlite")]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         procs += [agg, client]
@@ -127,6 +137,9 @@ def main() -> int:
         rss = peak_rss_mb(client.pid)
         walls = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:])]
         cpus = [b[1] - a[1] for a, b in zip(arrivals, arrivals[1:])]
+        client.terminate()
+        client.wait(20)
+        infer_rss, infer_cpu, rate = infer_only(args, broker.url, pub, tmp, monitor, procs)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -147,7 +160,35 @@ def main() -> int:
     print(f"{'wall time per round (s, median)':<34}{statistics.median(walls):>12.2f}{'-':>12}")
     print(f"{'client CPU per round (s, median)':<34}{statistics.median(cpus):>12.2f}{'-':>12}")
     print(f"{'idle CPU between rounds (%)':<34}{idle:>12.2f}{f'< {GOAL_IDLE_CPU:.0f}':>12}")
+    print(f"\nfedmekt client --infer-only (no torch), {pin}, replay:demo at real time ({rate:.1f} predictions/s)")
+    print(f"{'peak RSS (MB)':<34}{infer_rss:>12.0f}{'-':>12}")
+    print(f"{'CPU while classifying (%)':<34}{infer_cpu:>12.2f}{'-':>12}")
     return 0
+
+
+def infer_only(args, url: str, pub: Path, tmp: Path, monitor: MqttLink, procs: list) -> tuple[float, float, float]:
+    """Peak RSS, CPU % and predictions per second of a receive-only gateway serving the run's package."""
+    topic = Topics(FED).inference("gw-infer")
+    monitor.subscribe(topic)
+    gw = subprocess.Popen(pinned(args.core, [sys.executable, "-c", NO_TORCH, "client", "--infer-only", "--broker", url,
+                                             "--client-id", "gw-infer", "--federation", FED, "--public-key", str(pub),
+                                             "--source", "replay:demo", "--speed", "1",
+                                             "--store", str(tmp / "gw-infer" / "store.sqlite")]),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    procs.append(gw)
+    deadline = time.monotonic() + 300
+    while True:  # the first prediction: the package is installed and the source flows
+        if gw.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"inference-only gateway: rc {gw.poll()}\n{gw.stderr.read()[-2000:] if gw.poll() else ''}")
+        msg = monitor.get(timeout=0.5)
+        if msg is not None and msg.topic == topic:
+            break
+    c0, t0, n = cpu_seconds(gw.pid), time.monotonic(), 0
+    while time.monotonic() - t0 < args.infer_seconds:
+        msg = monitor.get(timeout=0.2)
+        n += msg is not None and msg.topic == topic
+    wall = time.monotonic() - t0
+    return peak_rss_mb(gw.pid), 100.0 * (cpu_seconds(gw.pid) - c0) / wall, n / wall
 
 
 if __name__ == "__main__":
