@@ -53,7 +53,7 @@ class ProcessFederation:
 
     def __init__(self, tmp: Path, *, rounds: int = 5, clients: tuple[int, int, int] = (2, 2, 2), per_round: int = 6,
                  round_timeout: float = 8.0, secure: bool = False, federation: str = "ft", seed: int = 0,
-                 proxy_windows: int = 8):
+                 proxy_windows: int = 8, broker=None):
         self.tmp, self.rounds, self.round_timeout, self.federation = tmp, rounds, round_timeout, federation
         self.client_ids = [f"c{i:03d}" for i in range(sum(clients))]
         self.config = tmp / "federation.toml"
@@ -63,7 +63,9 @@ class ProcessFederation:
         (tmp / "logs").mkdir(exist_ok=True)
         self.secure: SecureBroker | None = (start_secure_broker(tmp, tuple(self.client_ids), federation)
                                             if secure else None)
-        self.broker: MosquittoProcess = self.secure.broker if secure else start_mosquitto(workdir=tmp / "mosquitto")
+        # ``broker``: another engine already running (anything with url, port and stop(), e.g. a NATS cluster)
+        self.broker: MosquittoProcess = broker or (self.secure.broker if secure else
+                                                   start_mosquitto(workdir=tmp / "mosquitto"))
         self.procs: dict[str, subprocess.Popen] = {}
         self.starts: dict[str, int] = {}
         self.killed: set[subprocess.Popen] = set()  # killed on purpose: not a failure

@@ -1,0 +1,76 @@
+"""A federation of real processes on a 3-node NATS cluster (MQTT 3.1.1, JetStream), one node killed mid-run.
+
+The aggregator starts on node 1 and client i on node i mod 3, each with the whole ring as its failover
+list (``--broker URL,URL,URL``), so every round's traffic crosses the cluster's routes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedmekt.config import load_config
+from fedmekt.federation import run_inprocess
+from nats_support import NatsCluster, NatsFederation
+from sensors.datasets import load_dataset
+from sensors.splits import make_split
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
+# keys that legitimately differ between transports (timing, header bytes, transport counters)
+TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late"}
+
+
+def _learning(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in TRANSPORT_KEYS}
+
+
+@pytest.fixture
+def nats_federation(tmp_path):
+    cluster = NatsCluster(tmp_path / "nats").start()
+    fed = NatsFederation(tmp_path, cluster, rounds=4, round_timeout=20.0)
+    yield fed
+    fed.close()
+
+
+def _rows(fed: NatsFederation) -> list[dict]:
+    return [json.loads(line) for line in (fed.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _inprocess(fed: NatsFederation):
+    cfg = load_config(fed.config)
+    split = make_split(load_dataset("demo"), cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
+    return run_inprocess(cfg, split, progress=False)
+
+
+def test_nats_cluster_federation_equals_inprocess(nats_federation):
+    fed = nats_federation
+    for cid in fed.client_ids:
+        fed.start_client(cid)
+    fed.start_aggregator()
+    fed.run_to_end(timeout=180)
+    rows, ref = _rows(fed), _inprocess(fed)
+    assert [r["round"] for r in rows] == list(range(fed.rounds))
+    assert all(r["absorbed"] == r["selected"] == len(fed.client_ids) for r in rows)
+    assert [_learning(r) for r in rows] == [_learning(r) for r in ref.rows]
+    final = json.loads((fed.out / "final.jsonl").read_text().splitlines()[-1])
+    assert {k: final[k] for k in ref.final if k.startswith("probe_")} == \
+        {k: v for k, v in ref.final.items() if k.startswith("probe_")}
+
+
+def test_nats_cluster_node_killed_mid_run_clients_fail_over(nats_federation):
+    fed = nats_federation
+    victims = [c for c in fed.client_ids if fed.home(c) == 2]
+    for cid in fed.client_ids:
+        fed.start_client(cid)
+    fed.start_aggregator()
+    fed.wait_round_done(0)
+    fed.wait_announced(1)
+    fed.cluster.kill(2)  # the third node dies: its clients' connections drop mid-round
+    fed.run_to_end(timeout=240)
+    rows = _rows(fed)
+    assert [r["round"] for r in rows] == list(range(fed.rounds))  # no round lost
+    assert rows[-1]["absorbed"] == len(fed.client_ids)  # the moved clients contribute again
+    for cid in victims:
+        log = fed.log(cid)
+        assert "failing over to broker" in log and "disconnected from broker" in log, log[-2000:]
