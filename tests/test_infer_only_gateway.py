@@ -103,6 +103,19 @@ def test_infer_only_gateway_installs_a_pushed_package_over_tls_and_publishes_pre
         installed = ModelStore(state / "models", load_public_key(public)).current()
         assert (installed.package.manifest.run, installed.package.manifest.round) == (run_id, 3)
         assert not (state / "store.sqlite").exists()  # receive-only: no sample store
+
+        # `fedmekt infer` on the installed store publishes through the same TLS login
+        infer = subprocess.run(fedmekt_without_torch(
+            "infer", "--model", str(state / "models"), "--source", f"csv:{csv}", "--public-key", str(public),
+            "--broker", f"mqtts://localhost:{secure.port}", "--client-id", "gw01",
+            "--credentials", str(secure.folder / "logins" / "gw01" / "credentials.json")),
+            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert infer.returncode == 0, infer.stderr[-3000:]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(got) < 2 * len(want):
+            got = [json.loads(p) for tp, p in monitor.drain() if tp == topics.inference("gw01")]
+            time.sleep(0.1)
+        assert [d["label"] for d in got[len(want):]] == [p.label for p in want]
     finally:
         if aggregator is not None:
             aggregator.close()

@@ -1,6 +1,6 @@
 """``fedmekt infer``: streaming activity recognition on a live source with onnxruntime only (no torch).
 
-    fedmekt infer --model DIR --source SOURCE [--modality M] [--public-key FILE] [--mqtt URL --topic T]
+    fedmekt infer --model DIR --source SOURCE [--modality M] [--public-key FILE] [--broker URL [--credentials F]]
 
 SOURCE is one of
   replay:DATASET[:UNIT]   recorded data (sensors' ReplaySource), e.g. replay:demo, replay:hapt:user02-exp03
@@ -8,7 +8,9 @@ SOURCE is one of
   stdin | stdin:json      the same lines piped in (``sensor-tool | fedmekt infer --source stdin``)
   udp:[HOST:]PORT         the same lines as UDP datagrams
   serial:DEVICE           the same lines from a serial port (115200 baud)
-Prints one JSON line per window: {"t": timestamp, "label": name, "confidence": p}.
+Prints one JSON line per window: {"t": timestamp, "label": name, "confidence": p}; with --broker also
+publishes them (TLS with mqtts://, a login with --credentials or --username/--password). To receive
+and install the aggregator's packages as they come, run `fedmekt client --infer-only` instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from fedmekt.cli.broker_args import add_broker_args, link_options
 from fedmekt.errors import UserError
 
 PUBLIC_KEY_ENV = "FEDMEKT_PUBLIC_KEY"
@@ -42,9 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="replay speed: 1 = real time, default: as fast as possible")
     p.add_argument("--data-dir", type=Path, help="dataset root for replay: sources")
     p.add_argument("--max-windows", type=int, help="stop after this many predictions")
-    p.add_argument("--mqtt", metavar="URL", help="also publish predictions to this broker (mqtt://host:port)")
+    add_broker_args(p, required=False)
+    p.add_argument("--mqtt", dest="broker", metavar="URL", help="the same as --broker: also publish the predictions")
     p.add_argument("--topic", help="MQTT topic (default: fedmekt/<federation>/clients/<--client-id>/inference)")
-    p.add_argument("--client-id", default="infer", help="MQTT client id / username (default: infer)")
+    p.add_argument("--client-id", default="infer", help="MQTT client id, the login's name (default: infer)")
     p.set_defaults(func=run)
 
 
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
              recognizer.modality, recognizer.window, recognizer.stride)
     source = open_source(args.source, recognizer.modality, recognizer.entry.channels, speed=args.speed,
                          data_dir=args.data_dir)
-    link, topic = _mqtt_link(args, manifest.federation) if args.mqtt else (None, "")
+    link, topic = _mqtt_link(args, manifest.federation) if args.broker else (None, "")
     count = 0
     try:
         with source:
@@ -101,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _mqtt_link(args: argparse.Namespace, federation: str) -> tuple:
     """A connected MqttLink and the topic predictions go to."""
-    from fedmekt.mqtt import LinkOptions, MqttLink
+    from fedmekt.mqtt import MqttLink
     from fedmekt.wire.topics import Topics
 
-    link = MqttLink(args.mqtt, LinkOptions(client_id=args.client_id)).connect()
+    link = MqttLink(args.broker, link_options(args, args.client_id, username=args.client_id)).connect()
     return link, args.topic or Topics(federation).inference(args.client_id)
