@@ -99,7 +99,8 @@ def main() -> int:
     key, pub = tmp / "agg.key", tmp / "agg.pub"
     generate_keypair(key, pub)
     topics = Topics(FED)
-    monitor = MqttLink(broker.url, LinkOptions(client_id="bench-monitor"), subscriptions=[topics.metrics, topics.rounds]).connect()
+    monitor = MqttLink(broker.url, LinkOptions(client_id="bench-monitor"),
+                       subscriptions=[topics.metrics, topics.rounds]).connect()
     procs: list[subprocess.Popen] = []
     try:
         agg = subprocess.Popen(pinned(other, [fedmekt, "aggregator", "--broker", broker.url, "--config", str(config),

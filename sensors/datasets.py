@@ -130,7 +130,8 @@ def find_generic(name: str, data_dir: Path | str | None) -> tuple[Path, Descript
             return folder, d
         other = other or f"; {file} names dataset {d.name!r}"
     what = "dataset 'generic' not found" if name == "generic" else f"unknown dataset {name!r}"
-    raise UserError(f"{what}: no dataset.toml or dataset.json naming it in {' or '.join(tried) or 'no folder'}{other or ''} "
+    where = " or ".join(tried) or "no folder"
+    raise UserError(f"{what}: no dataset.toml or dataset.json naming it in {where}{other or ''} "
                     f"(built-in: {', '.join(BUILTIN)}; for your own data {DOCS}; pass --data-dir or set "
                     "FEDMEKT_DATA_DIR)")
 

@@ -96,7 +96,8 @@ def run_until(argv: list[str], settings: dict[str, str], env: dict[str, str], cw
     """Start the service, wait for ``topic`` (with ``payload``) on the broker, stop it as systemd does."""
     probe = connect(port, None, None, ca=None)
     probe.subscribe(topic)
-    proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         seen = probe.wait_for(topic, payload, timeout=timeout)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
