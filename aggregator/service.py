@@ -356,6 +356,8 @@ class Aggregator:
             return
         if header.sender != client_id or str(header.round) != topic_round or header.kind != "upload" \
                 or header.federation != self.cfg.federation:
+            if r:
+                r.rejected += 1
             self._discard(f"{client_id}: header does not match its topic")
             return
         if r is None or header.round < r.plan.round:

@@ -239,6 +239,17 @@ def test_hostile_uploads_never_reach_the_engine(federation, mutation, seed):
     record("bad input", f"aggregator upload: {mutation}")
 
 
+@pytest.mark.parametrize("mutation", ["spoofed sender", "other federation", "kind global"])
+def test_header_topic_mismatch_counts_as_rejected(federation, mutation):
+    """A header that contradicts its topic (another sender, another federation) is a rejected upload in the metrics."""
+    agg, plan, _ = federation
+    reopen(agg, plan)
+    msgs, _ = _bad(agg, plan, mutation, np.random.default_rng(3))
+    deliver(agg, msgs)
+    assert agg._round.rejected >= 1
+    assert any("header does not match its topic" in d for d in agg.discarded)
+
+
 def test_valid_uploads_among_hostile_ones_are_absorbed_exactly(tmp_path):
     """One round takes every kind of hostile message before each client's upload (state accumulates)."""
     agg, plan = open_round(tmp_path)
