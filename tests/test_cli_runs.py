@@ -3,6 +3,8 @@ SIGTERM of ``simulate`` (no mosquitto left behind) and no empty run folders. Eve
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import logging
 import re
@@ -38,6 +40,17 @@ def runs_dir(tmp_path_factory) -> Path:
 def test_version():
     done = fedmekt("--version")
     assert done.returncode == 0 and re.fullmatch(r"fedmekt \d+\.\d+\.\d+\S*\n", done.stdout)
+
+
+def test_help_text_has_no_rest_markup():
+    """Module docstrings are the subcommands' descriptions; their ``literals`` must print plainly."""
+    from fedmekt.cli.main import build_parser
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in subcommands.items():
+        text = sub.format_help()
+        assert "``" not in text, f"fedmekt {name} --help shows reST markup"
 
 
 def test_runs_lists_status_rounds_algorithm_and_f1(runs_dir: Path):

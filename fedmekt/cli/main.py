@@ -68,8 +68,27 @@ def _add_logging_options(parser: argparse.ArgumentParser, top: bool) -> None:
                 _add_logging_options(child, top=False)
 
 
+def _plain(text: str | None) -> str | None:
+    """Docstrings double as help text; their reStructuredText literals (````x````) print as plain x."""
+    return text.replace("``", "") if text else text
+
+
+class Parser(argparse.ArgumentParser):
+    """Every parser of the command (subparsers inherit the class): help text without reST markup."""
+
+    def __init__(self, *args, **kwargs):
+        for key in ("description", "epilog"):
+            kwargs[key] = _plain(kwargs.get(key))
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if isinstance(kwargs.get("help"), str):
+            kwargs["help"] = _plain(kwargs["help"])
+        return super().add_argument(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedmekt", description="Multimodal federated learning on edge devices (FedMEKT).")
+    parser = Parser(prog="fedmekt", description="Multimodal federated learning on edge devices (FedMEKT).")
     parser.add_argument("--version", action="version", version=f"fedmekt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for _, module in COMMANDS:
