@@ -21,7 +21,8 @@
 * TLS failures (unknown CA, host-name mismatch, plain-TCP port) reported as such;
 * failover: a comma-separated list of broker URLs (nodes of one cluster, or brokers that
   share the federation's topics) is tried in order, on the first connect and after every
-  lost connection or failed attempt the link moves on to the next, wrapping around.
+  lost connection or failed attempt the link moves on to the next, wrapping around;
+* refused subscriptions retried with backoff (a cluster re-electing leaders refuses them for a while).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from fedmekt.errors import UserError
 log = logging.getLogger(__name__)
 V5_PROBE_S = 3.0
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code
+SUBSCRIBE_RETRIES = 8  # refused subscriptions retried with backoff (reconnect_min doubling, capped at reconnect_max)
 _V311_ONLY: set[tuple[str, int]] = set()  # brokers that failed the v5 probe in this process: skip it next time
 
 
@@ -149,6 +151,8 @@ class MqttLink:
         self._token = secrets.token_hex(16).encode()
         self._seen_token = False  # our own token came back: any other one after it is a newer session
         self._connack: paho.ReasonCode | None = None
+        self._sub_lock = threading.Lock()
+        self._sub_mids: dict[int, tuple[str, int]] = {}  # SUBSCRIBE packet id -> (topic, attempt) until its SUBACK
         self.protocol = ""
         self.connects = 0
         self._client: paho.Client | None = None
@@ -276,6 +280,7 @@ class MqttLink:
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         props = None
         if v5:
             props = Properties(PacketTypes.CONNECT)
@@ -307,10 +312,10 @@ class MqttLink:
         if session:
             if not self._seen_token:  # after that, the retained token says whether another session came
                 client.publish(session, self._token, qos=1, retain=True)
-            client.subscribe(session, qos=1)
+            self._subscribe(client, session)
         self.connects += 1
         for topic in self._subs:
-            client.subscribe(topic, qos=1)
+            self._subscribe(client, topic)
         if self.presence:
             client.publish(self.presence.topic, self.presence.online, qos=1, retain=True)
         log.debug("connected (MQTT %s, session present=%s)", self.protocol, flags.session_present)
@@ -326,6 +331,34 @@ class MqttLink:
         if not self._closing.is_set() and not self._unsupported and not self._taken_over:
             log.warning("disconnected from broker %s (%s); reconnecting with backoff", self.address, reason_code)
             self._fail_over(client)
+
+    def _subscribe(self, client: paho.Client, topic: str, attempt: int = 0) -> None:
+        rc, mid = client.subscribe(topic, qos=1)
+        if rc == paho.MQTT_ERR_SUCCESS:
+            with self._sub_lock:
+                self._sub_mids[mid] = (topic, attempt)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        """A refused subscription is retried: a clustered broker (NATS) refuses them for the seconds it takes
+        to re-elect leaders after losing a node, and a link that missed that would silently hear nothing.
+        "Not authorised" (v5 reason 135, an ACL) is final."""
+        with self._sub_lock:
+            topic, attempt = self._sub_mids.pop(mid, (None, 0))
+        failed = [rc for rc in reason_codes if rc.is_failure]
+        if topic is None or not failed or self._closing.is_set():
+            return
+        if any(rc.value == 135 for rc in failed) or attempt >= SUBSCRIBE_RETRIES:
+            log.error("broker %s refused the subscription to %s: %s", self.address, topic, failed[0])
+            return
+        log.warning("broker %s refused the subscription to %s (%s); retrying", self.address, topic, failed[0])
+
+        def retry() -> None:
+            if self.connected and self._client is client and not self._closing.is_set():
+                self._subscribe(client, topic, attempt + 1)
+
+        timer = threading.Timer(min(self.options.reconnect_max, self.options.reconnect_min * 2 ** attempt), retry)
+        timer.daemon = True
+        timer.start()
 
     def _on_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
         if msg.topic == self.options.session_topic:
@@ -374,7 +407,7 @@ class MqttLink:
         if topic not in self._subs:
             self._subs.append(topic)
             if self._client is not None and self.connected:
-                self._client.subscribe(topic, qos=1)
+                self._subscribe(self._client, topic)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False,
                 expiry: int | None = None) -> paho.MQTTMessageInfo:
