@@ -104,10 +104,17 @@ def test_cli_data_inspect_and_split(capsys, tmp_path, generic_dir):
     assert "not found" in capsys.readouterr().err
     assert main(["data", "split", "demo", "--scheme", "subject", "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["scheme"] == "subject"
+    # --pair A-B and --clients a,b,ab are spelt as in reproduce and simulate
+    assert main(["data", "split", "demo", "--pair", "gyro-acce", "--clients", "1,2,3",
+                 "--out", str(tmp_path / "p.json")]) == 0
+    manifest = json.loads((tmp_path / "p.json").read_text())
+    assert manifest["pair"] == ["gyro", "acce"] and len(manifest["clients"]) == 6
+    assert main(["data", "split", "demo", "--clients", "1,2", "--out", str(tmp_path / "c.json")]) == 2
+    assert "--clients must be 3 comma-separated integers" in capsys.readouterr().err
     assert main(["data", "split", "generic", "--data-dir", str(generic_dir), "--scheme", "subject",
                  "--out", str(tmp_path / "g.json")]) == 0  # pair defaults to the files' first two modalities
     assert json.loads((tmp_path / "g.json").read_text())["pair"] == ["acce", "gyro"]
-    assert main(["data", "split", "demo", "--pair", "acce", "depth", "--out", str(tmp_path / "x.json")]) == 2
+    assert main(["data", "split", "demo", "--pair", "acce-depth", "--out", str(tmp_path / "x.json")]) == 2
 
 
 def test_resample_hz_brings_a_100_hz_dataset_to_50_hz(tmp_path, capsys):

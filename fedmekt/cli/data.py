@@ -1,7 +1,7 @@
 """``fedmekt data``: look at a dataset before training on it, and write a split manifest.
 
     fedmekt data inspect [DATASET] [--data-dir DIR] [--json]
-    fedmekt data split [DATASET] --out split.json [--pair A B] [--scheme paper|subject] [--seed N]
+    fedmekt data split [DATASET] --out split.json [--pair A-B] [--clients 10,10,10] [--scheme paper|subject] [--seed N]
 
 DATASET may be left out when --data-dir holds a dataset of your own (its dataset.toml names it).
 """
@@ -28,12 +28,15 @@ def register(subparsers) -> None:
     inspect.set_defaults(func=run)
     split = sub.add_parser("split", help="draw a seeded split and write its manifest (JSON)")
     split.add_argument("dataset", nargs="?", default=None, help="as for inspect")
-    split.add_argument("--data-dir", type=Path, default=None)
-    split.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None, help="modality pair (dataset default)")
-    split.add_argument("--scheme", choices=("paper", "subject"), default="paper")
-    split.add_argument("--seed", type=int, default=0)
-    split.add_argument("--clients", nargs=3, type=int, metavar=("A", "B", "AB"), default=(10, 10, 10))
-    split.add_argument("--missing-rate", type=float, default=0.0)
+    split.add_argument("--data-dir", type=Path, default=None, help="dataset folder (or a root holding it)")
+    split.add_argument("--pair", default=None, help="two modalities A-B, as in reproduce (default: the dataset's pair)")
+    split.add_argument("--scheme", choices=("paper", "subject"), default="paper",
+                       help="paper: overlapping segments of the pool as the authors deal them (default); "
+                            "subject: one client per pool subject (non-IID)")
+    split.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    split.add_argument("--clients", default="10,10,10", help="A-only,B-only,A+B client counts (default 10,10,10)")
+    split.add_argument("--missing-rate", type=float, default=0.0,
+                       help="probability that an A+B client loses one of its modalities (default 0)")
     split.add_argument("--out", type=Path, required=True, help="manifest path")
     split.set_defaults(func=run)
 
@@ -90,6 +93,7 @@ def _print(info: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedmekt.cli.spelling import parse_ints, parse_pair
     from sensors.datasets import dataset_info, load_dataset, resolve_name
     from sensors.splits import make_split, write_manifest
 
@@ -99,9 +103,10 @@ def run(args: argparse.Namespace) -> int:
         info = summarize(recs)
         print(json.dumps(info, indent=1)) if args.json else _print(info)
         return 0
-    pair = tuple(args.pair or dataset_info(name, args.data_dir).default_pair)
+    pair = parse_pair(args.pair, dataset_info(name, args.data_dir).default_pair)
+    clients = parse_ints(args.clients, 3, "--clients")
     try:
-        split = make_split(recs, pair, scheme=args.scheme, seed=args.seed, clients=tuple(args.clients),
+        split = make_split(recs, pair, scheme=args.scheme, seed=args.seed, clients=clients,
                            missing_rate=args.missing_rate)
     except ValueError as exc:
         raise UserError(str(exc)) from exc

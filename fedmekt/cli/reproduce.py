@@ -73,20 +73,9 @@ def apply_embedding_options(args, base: dict) -> None:
         base["hyper"] = {**base.get("hyper", {}), **hyper}
 
 
-def _parse_ints(text: str, n: int, what: str) -> tuple[int, ...]:
-    from fedmekt.errors import UserError
-
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"{what} must be {n} comma-separated integers, got {text!r}") from None
-    if len(values) != n:
-        raise UserError(f"{what} must be {n} comma-separated integers, got {text!r}")
-    return values
-
-
 def build_configs(args) -> list:
     """One FederationConfig per (seed, algorithm), from the optional TOML plus the flags."""
+    from fedmekt.cli.spelling import parse_ints, parse_pair
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
     from sensors.datasets import dataset_info, resolve_name
@@ -94,9 +83,7 @@ def build_configs(args) -> list:
     base = load_config(args.config).to_dict() if args.config else {}
     dataset = resolve_name(args.dataset, args.data_dir, "ur_fall")
     info = dataset_info(dataset, args.data_dir)
-    pair = tuple(args.pair.split("-")) if args.pair else info.default_pair
-    if len(pair) != 2:
-        raise UserError(f"--pair must be two modalities joined by '-', got {args.pair!r}")
+    pair = parse_pair(args.pair, info.default_pair)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     bad = [a for a in algorithms if a not in ALGORITHMS]
     if bad or not algorithms:
@@ -104,7 +91,7 @@ def build_configs(args) -> list:
     if args.seeds < 1:
         raise UserError("--seeds must be >= 1")
     base.update(dataset=dataset, federation=f"reproduce-{dataset}", pair=list(pair),
-                clients=list(_parse_ints(args.clients, 3, "--clients")), per_round=args.per_round,
+                clients=list(parse_ints(args.clients, 3, "--clients")), per_round=args.per_round,
                 rounds=args.rounds, partition=args.partition, wire_dtype=args.wire_dtype, layers=args.layers,
                 faithful=args.faithful or base.get("faithful", False), device=args.device, threads=args.threads)
     if args.proxy_windows is not None:

@@ -56,7 +56,8 @@ def register(subparsers) -> None:
 
 
 def build_config(args):
-    from fedmekt.cli.reproduce import _parse_ints, apply_embedding_options
+    from fedmekt.cli.reproduce import apply_embedding_options
+    from fedmekt.cli.spelling import parse_ints, parse_pair
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
     from sensors.datasets import dataset_info, resolve_name
@@ -65,10 +66,8 @@ def build_config(args):
     dataset = resolve_name(args.dataset, args.data_dir, DEMO["dataset"])
     demo = args.dataset is None and dataset == DEMO["dataset"]
     info = dataset_info(dataset, args.data_dir)
-    pair = tuple(args.pair.split("-")) if args.pair else tuple(base.get("pair") or info.default_pair)
-    if len(pair) != 2:
-        raise UserError(f"--pair must be two modalities joined by '-', got {args.pair!r}")
-    clients = _parse_ints(args.clients, 3, "--clients") if args.clients else (DEMO["clients"] if demo else (10, 10, 10))
+    pair = parse_pair(args.pair, tuple(base.get("pair") or info.default_pair))
+    clients = parse_ints(args.clients, 3, "--clients") if args.clients else (DEMO["clients"] if demo else (10, 10, 10))
     base.update(federation=args.federation or base.get("federation") or "demo", dataset=dataset, pair=list(pair),
                 algorithm=args.algorithm, clients=list(clients), seed=args.seed, partition=args.partition,
                 wire_dtype=args.wire_dtype, threads=args.threads,
