@@ -5,8 +5,9 @@
 * MQTT v5 first, falling back to 3.1.1 when the broker answers "Unsupported protocol
   version" (amqtt speaks only 3.1.1); v5 extras (session expiry, message expiry) are
   used only when negotiated, everything else works on both.
-* presence: a retained ``online`` birth message published on every (re)connect and a
-  retained ``offline`` Last Will carried by every CONNECT packet;
+* presence: a retained ``online`` birth message published on every (re)connect, once its
+  subscriptions are acknowledged (``connect`` returns then too), and a retained ``offline``
+  Last Will carried by every CONNECT packet;
 * persistent sessions (v5 session expiry / 3.1.1 ``clean_session=False``) and
   subscriptions renewed on every reconnect; reconnect with exponential backoff;
 * QoS 1 everywhere; bounded outgoing queue and bounded inbox (a full inbox makes the
@@ -152,7 +153,10 @@ class MqttLink:
         self._seen_token = False  # our own token came back: any other one after it is a newer session
         self._connack: paho.ReasonCode | None = None
         self._sub_lock = threading.Lock()
-        self._sub_mids: dict[int, tuple[str, int]] = {}  # SUBSCRIBE packet id -> (topic, attempt) until its SUBACK
+        self._sub_mids: dict[int, tuple[str, int, bool]] = {}  # SUBSCRIBE packet id -> (topic, attempt, initial)
+        self._awaiting: set[str] = set()  # this connect's subscriptions not yet acknowledged
+        self._born = False  # birth published (and _subscribed set) for this connect
+        self._subscribed = threading.Event()
         self.protocol = ""
         self.connects = 0
         self._client: paho.Client | None = None
@@ -202,6 +206,8 @@ class MqttLink:
             if self._connected.is_set():
                 if self.protocol == "3.1.1" and len(order) > 1:
                     _V311_ONLY.add(where)
+                if not self._subscribed.wait(max(0.0, deadline - time.monotonic())):
+                    log.warning("broker %s has not acknowledged every subscription yet", self.address)
                 return self
             self._stop_client()
             problem = self._tls_problem(self.address) if self.address.tls and not self._refused() else None
@@ -314,10 +320,13 @@ class MqttLink:
                 client.publish(session, self._token, qos=1, retain=True)
             self._subscribe(client, session)
         self.connects += 1
+        with self._sub_lock:
+            self._awaiting.clear()
+            self._born = False
+        self._subscribed.clear()
         for topic in self._subs:
-            self._subscribe(client, topic)
-        if self.presence:
-            client.publish(self.presence.topic, self.presence.online, qos=1, retain=True)
+            self._subscribe(client, topic, initial=True)
+        self._after_subacks(client)
         log.debug("connected (MQTT %s, session present=%s)", self.protocol, flags.session_present)
         self._connected.set()
 
@@ -332,20 +341,40 @@ class MqttLink:
             log.warning("disconnected from broker %s (%s); reconnecting with backoff", self.address, reason_code)
             self._fail_over(client)
 
-    def _subscribe(self, client: paho.Client, topic: str, attempt: int = 0) -> None:
-        rc, mid = client.subscribe(topic, qos=1)
-        if rc == paho.MQTT_ERR_SUCCESS:
-            with self._sub_lock:
-                self._sub_mids[mid] = (topic, attempt)
+    def _subscribe(self, client: paho.Client, topic: str, attempt: int = 0, initial: bool = False) -> None:
+        with self._sub_lock:  # held across the call: the SUBACK may arrive before subscribe() returns
+            rc, mid = client.subscribe(topic, qos=1)
+            if rc == paho.MQTT_ERR_SUCCESS:
+                self._sub_mids[mid] = (topic, attempt, initial)
+                if initial:
+                    self._awaiting.add(topic)
+
+    def _after_subacks(self, client: paho.Client) -> None:
+        """Once the connect's subscriptions are answered (SUBACK, granted or refused), announce the birth: who
+        acts on our presence (the aggregator selecting us) must find us listening. A clustered broker
+        acknowledges late while it creates its consumers; mosquitto at once."""
+        with self._sub_lock:
+            if self._awaiting or self._born:
+                return
+            self._born = True
+        if self.presence:
+            client.publish(self.presence.topic, self.presence.online, qos=1, retain=True)
+        self._subscribed.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         """A refused subscription is retried: a clustered broker (NATS) refuses them for the seconds it takes
         to re-elect leaders after losing a node, and a link that missed that would silently hear nothing.
         "Not authorised" (v5 reason 135, an ACL) is final."""
         with self._sub_lock:
-            topic, attempt = self._sub_mids.pop(mid, (None, 0))
+            topic, attempt, initial = self._sub_mids.pop(mid, (None, 0, False))
         failed = [rc for rc in reason_codes if rc.is_failure]
-        if topic is None or not failed or self._closing.is_set():
+        if topic is None or self._closing.is_set():
+            return
+        if initial:  # answered, either way: a refused one goes on being retried below, without holding the birth
+            with self._sub_lock:
+                self._awaiting.discard(topic)
+            self._after_subacks(client)
+        if not failed:
             return
         if any(rc.value == 135 for rc in failed) or attempt >= SUBSCRIBE_RETRIES:
             log.error("broker %s refused the subscription to %s: %s", self.address, topic, failed[0])
