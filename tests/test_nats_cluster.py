@@ -7,6 +7,7 @@ list (``--broker URL,URL,URL``), so every round's traffic crosses the cluster's 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -26,11 +27,11 @@ def _learning(d: dict) -> dict:
 
 
 @pytest.fixture
-def nats_federation(tmp_path):
+def nats_federation(request, tmp_path):
     cluster = NatsCluster(tmp_path / "nats").start()
     # a generous deadline: on 2 busy cores JetStream's first consumer creations take seconds, and a round closed at
     # its deadline would drop an upload and change the metrics (undisturbed rounds take 2-4 s)
-    fed = NatsFederation(tmp_path, cluster, rounds=3, round_timeout=60.0)
+    fed = NatsFederation(tmp_path, cluster, rounds=getattr(request, "param", 3), round_timeout=60.0)
     yield fed
     fed.close()
 
@@ -60,7 +61,10 @@ def test_nats_cluster_federation_equals_inprocess(nats_federation):
         {k: v for k, v in ref.final.items() if k.startswith("probe_")}
 
 
+@pytest.mark.parametrize("nats_federation", [4], indirect=True)
 def test_nats_cluster_node_killed_mid_run_clients_fail_over(nats_federation):
+    """Losing a node also drops MQTT connections on the survivors for a moment (JetStream moves the leaders of
+    the MQTT streams), so a round under way may close without an upload or two: every round still completes."""
     fed = nats_federation
     victims = [c for c in fed.client_ids if fed.home(c) == 2]
     for cid in fed.client_ids:
@@ -68,14 +72,17 @@ def test_nats_cluster_node_killed_mid_run_clients_fail_over(nats_federation):
     fed.start_aggregator()
     fed.wait_round_done(0)
     fed.wait_announced(1)
+    killed_at = time.time()
     fed.cluster.kill(2)  # the third node dies: its clients' connections drop mid-round
     fed.run_to_end(timeout=240)
     rows = _rows(fed)
     assert [r["round"] for r in rows] == list(range(fed.rounds))  # no round lost
-    assert rows[-1]["absorbed"] == len(fed.client_ids)  # the moved clients contribute again
+    assert all(r["absorbed"] >= len(fed.client_ids) // 2 for r in rows), [(r["round"], r["absorbed"]) for r in rows]
     for cid in victims:
         log = fed.log(cid)
         assert "failing over to broker" in log and "disconnected from broker" in log, log[-2000:]
+        uploads = [t for t, topic, _ in fed.recorder.snapshot() if f"/clients/{cid}/upload/" in topic and t > killed_at]
+        assert uploads, f"{cid} never uploaded after its node died:\n{log[-2000:]}"
 
 
 def test_nats_cluster_retained_message_reaches_other_nodes_and_outlives_its_node(tmp_path):
