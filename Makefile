@@ -5,6 +5,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Most tests wait on brokers and child processes, so four workers fit two cores (one file per worker:
+# a file's tests share fixtures); PYTEST_WORKERS=0 runs them in one process.
+PYTEST_WORKERS ?= 4
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: setup demo test test-fast mosquitto chromium bench
 
@@ -40,11 +44,11 @@ chromium:
 	$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium
 
 test: setup mosquitto chromium
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 test-fast: setup mosquitto
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done

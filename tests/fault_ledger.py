@@ -13,6 +13,8 @@ import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
+import pytest
+
 
 @dataclass
 class Row:
@@ -41,6 +43,19 @@ def record(kind: str, what: str, *, tried: int = 1, handled: int = 1, accepted: 
 
 def rows() -> list[Row]:
     return sorted(_ROWS.values(), key=lambda r: (r.kind, r.what))
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist each worker hands its rows to the controller, which prints the one table."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fault_ledger"] = [asdict(r) for r in rows()]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for r in getattr(node, "workeroutput", {}).get("fault_ledger", []):
+        record(r["kind"], r["what"], tried=r["tried"], handled=r["handled"], accepted=r["accepted"], lost=r["lost"],
+               stalled=r["stalled"])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
