@@ -18,7 +18,9 @@
   sends it, and, with ``session_topic``, as another session's token: each link publishes
   a random token there (retained) until it has seen it come back, and subscribes; a
   different token arriving after its own (live, or retained on a reconnect) is a newer
-  session of the same login. Tokens before its own are stale (a resumed session's queue);
+  session of the same login. Tokens before its own are stale (a resumed session's queue).
+  A session that publishes no token (a foreign tool on our password) is caught by ``kick_limit``:
+  that many established connections lost within a minute (a broker restart costs one);
 * TLS failures (unknown CA, host-name mismatch, plain-TCP port) reported as such;
 * failover: a comma-separated list of broker URLs (nodes of one cluster, or brokers that
   share the federation's topics) is tried in order, on the first connect and after every
@@ -48,6 +50,7 @@ from fedmekt.errors import UserError
 
 log = logging.getLogger(__name__)
 V5_PROBE_S = 3.0
+KICK_WINDOW_S = 60.0  # kick_limit counts the established connections lost within this window
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code
 SUBSCRIBE_RETRIES = 8  # refused subscriptions retried with backoff (reconnect_min doubling, capped at reconnect_max)
 _V311_ONLY: set[tuple[str, int]] = set()  # brokers that failed the v5 probe in this process: skip it next time
@@ -107,6 +110,8 @@ class LinkOptions:
     max_queued: int = 1000  # outgoing messages paho may hold
     inbox: int = 2000  # incoming messages waiting for the application
     session_topic: str | None = None  # retained token topic that detects a second session of this login
+    kick_limit: int = 0  # > 0: that many established connections lost within KICK_WINDOW_S are a takeover by a
+    # session that publishes no token (each of its reconnects kicks us); 0: keep reconnecting (gateways' flaky links)
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ class MqttLink:
         self._unsupported = False
         self._connect_failed = threading.Event()  # a TCP/TLS attempt failed before any CONNACK
         self._taken_over = False
+        self._drops: deque[float] = deque()  # when established connections were lost (kick_limit)
         self._token = secrets.token_hex(16).encode()
         self._seen_token = False  # our own token came back: any other one after it is a newer session
         self._connack: paho.ReasonCode | None = None
@@ -331,8 +337,12 @@ class MqttLink:
         self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        established = self._connected.is_set()
         self._connected.clear()
         if self.protocol == "5" and reason_code == SESSION_TAKEN_OVER and not self._closing.is_set():
+            self._lose_session(client)
+            return
+        if established and self._kicked_repeatedly():
             self._lose_session(client)
             return
         if self.protocol == "5" and self.connects == 0 and not self._closing.is_set():
@@ -403,6 +413,17 @@ class MqttLink:
                 return
             except queue.Full:
                 continue
+
+    def _kicked_repeatedly(self) -> bool:
+        """A broker that restarts drops us once; a second session of our login that publishes no token
+        (a foreign tool) takes the session over again at each of our reconnects."""
+        if self.options.kick_limit <= 0 or self._closing.is_set():
+            return False
+        now = time.monotonic()
+        self._drops.append(now)
+        while self._drops and now - self._drops[0] > KICK_WINDOW_S:
+            self._drops.popleft()
+        return len(self._drops) >= self.options.kick_limit
 
     def _lose_session(self, client: paho.Client) -> None:
         if not self._taken_over:

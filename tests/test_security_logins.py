@@ -99,6 +99,34 @@ def test_takeover_second_aggregator_session_ends_the_first_with_a_clear_error(se
     record("attack", "second session with the aggregator login", tried=1, handled=1)
 
 
+def _kick_until(sb: SecureBroker, link: MqttLink, kicks: int, timeout: float) -> int:
+    """Connect a token-less session on ``link``'s login each time the link is back (a foreign tool that knows the
+    password), ``kicks`` times at most; the link's own UserError, if any, propagates."""
+    done, deadline = 0, time.monotonic() + timeout
+    while done < kicks and time.monotonic() < deadline:
+        if link.connected:
+            login(sb, link.options.username).close()
+            done += 1
+        link.get(timeout=0.3)
+    return done
+
+
+def test_takeover_by_a_tokenless_session_flood_ends_the_aggregator_link(secure):
+    """A session that publishes no token kicks us at each of its connects (mosquitto 2.0 sends no MQTT 5 reason
+    142). The aggregator's link counts the lost connections (kick_limit) and ends with the takeover error instead of
+    fighting for the session; a gateway's link (no limit) rides out the same kicks like a flaky network."""
+    url = f"mqtts://localhost:{secure.port}"
+    agg = MqttLink(url, link_options(secure, "aggregator", session_topic=T.aggregator_session, kick_limit=3)).connect(10)
+    with pytest.raises(UserError, match="took over this session"):
+        _kick_until(secure, agg, kicks=10, timeout=40)
+    agg.close()
+    device = MqttLink(url, link_options(secure, "c001", session_topic=T.session("c001"))).connect(10)
+    assert _kick_until(secure, device, kicks=3, timeout=40) == 3
+    assert device.wait_connected(10)
+    device.close()
+    record("attack", "token-less session flood on the aggregator login", tried=1, handled=1)
+
+
 @pytest.mark.slow
 def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_path):
     config = tmp_path / "federation.toml"

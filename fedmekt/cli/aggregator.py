@@ -97,7 +97,8 @@ def run(args) -> int:
                                 package_every=args.package_every,
                                 known_clients=frozenset(filter(None, args.client_ids.split(",")))
                                 if args.client_ids else None)
-    link = link_options(args, f"{cfg.federation}-aggregator", session_topic=Topics(cfg.federation).aggregator_session)
+    link = link_options(args, f"{cfg.federation}-aggregator", session_topic=Topics(cfg.federation).aggregator_session,
+                        kick_limit=5)  # a foreign tool on our login (no token) ends the run instead of fighting it
     agg = Aggregator(cfg, split, args.broker, options, link, rate_hz=rate)
     result = agg.run()
     write_report(out, [result])
