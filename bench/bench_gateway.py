@@ -39,7 +39,7 @@ from fedmekt.wire.topics import Topics  # noqa: E402
 FED = "bench-gateway"
 GOAL_RSS_MB, GOAL_IDLE_CPU = 400.0, 1.0
 TICK = os.sysconf("SC_CLK_TCK")
-NO_TORCH = "import sys; sys.modules['torch'] = None; from fedmekt.cli.main import main; sys.exit(main())"
+NO_TORCH = "import sys; sys.modules['torch'] = None; from fedmekt_cli.main import main; sys.exit(main())"
 
 
 def cpu_seconds(pid: int) -> float:

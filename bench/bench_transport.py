@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fedmekt.broker import start_mosquitto  # noqa: E402
 from fedmekt.config import FederationConfig  # noqa: E402
 from fedmekt.federation import run_inprocess  # noqa: E402
-from fedmekt.simulation import run_simulation  # noqa: E402
+from fedmekt_cli.simulation import run_simulation  # noqa: E402
 from sensors.datasets import dataset_info, load_dataset  # noqa: E402
 from sensors.splits import make_split  # noqa: E402
 

@@ -8,10 +8,11 @@ autoencoder under ``autoencoder.`` and of the head under ``head.``).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sensors.files import atomic_write_bytes
 
 RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"
@@ -48,22 +49,6 @@ class RunInfo:
             raise ValueError(f"{RUN_INFO} records no sampling rate (rate_hz = {rate!r}); a run made before the "
                              "dataset's rate was recorded must be run again")
         return cls(**data)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file, fsync, rename: a crash leaves the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_run_info(run_dir: Path, info: RunInfo) -> None:

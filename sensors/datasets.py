@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedmekt.errors import UserError
+from sensors.errors import UserError
 from sensors.recording import Recording
 
 if TYPE_CHECKING:  # the generic reader is imported only when a dataset of your own is used

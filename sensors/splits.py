@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmekt.artifacts import atomic_write_bytes
-from fedmekt.errors import UserError
+from sensors.files import atomic_write_bytes
+from sensors.errors import UserError
 from sensors.datasets import DatasetInfo, builtin_info
 from sensors.partition import ClientPartition, FederatedSplit, Normalizer, Partition
 from sensors.preprocess import fit_normalizer, zscore_each

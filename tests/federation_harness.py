@@ -28,7 +28,7 @@ SCRIPT = Path(sys.executable).with_name("fedmekt")
 
 
 def _cmd() -> list[str]:
-    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "fedmekt"]
+    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "fedmekt_cli"]
 
 
 @dataclass

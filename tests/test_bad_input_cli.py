@@ -14,7 +14,7 @@ import pytest
 
 from fault_ledger import record
 from fedmekt.broker import free_port
-from fedmekt.cli.main import build_parser
+from fedmekt_cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("fedmekt")
@@ -22,7 +22,7 @@ COMMANDS = set(build_parser()._subparsers._group_actions[0].choices)  # the subc
 
 
 def fedmekt(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "fedmekt"]
+    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "fedmekt_cli"]
     env = {**os.environ, "FEDMEKT_DATA_DIR": str(cwd / "no-data-here")}
     return subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 

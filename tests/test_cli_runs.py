@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from federation_harness import _cmd
-from fedmekt.cli.main import build_parser, setup_logging
+from fedmekt_cli.main import build_parser, setup_logging
 from run_folder_support import make_run_folder
 
 
@@ -44,7 +44,7 @@ def test_version():
 
 def test_help_text_has_no_rest_markup():
     """Module docstrings are the subcommands' descriptions; their ``literals`` must print plainly."""
-    from fedmekt.cli.main import build_parser
+    from fedmekt_cli.main import build_parser
 
     parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices

@@ -186,8 +186,8 @@ def test_bad_budgets_are_one_line_errors(key, value, needle):
 
 
 def test_reproduce_and_simulate_flags_set_the_budgets():
-    from fedmekt.cli.main import build_parser
-    from fedmekt.cli.reproduce import build_configs
+    from fedmekt_cli.main import build_parser
+    from fedmekt_cli.reproduce import build_configs
 
     args = build_parser().parse_args(["reproduce", "--dataset", "demo", "--algorithms", "fedmekt-c", "--seeds", "1",
                                       "--local-step-budget", "8", "--server-walk-step-budget", "0", "--kd", "mse"])
@@ -199,7 +199,7 @@ def test_reproduce_and_simulate_flags_set_the_budgets():
 
 @pytest.mark.parametrize("flag", ["--local-step-budget", "--server-walk-step-budget"])
 def test_a_bad_budget_flag_is_one_line_exit_2(flag, tmp_path, capsys):
-    from fedmekt.cli.main import main
+    from fedmekt_cli.main import main
 
     assert main(["reproduce", "--dataset", "demo", flag, "1", "--rounds", "1", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

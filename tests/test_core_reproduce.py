@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedmekt.artifacts import read_run_info
-from fedmekt.cli.main import main
+from fedmekt_cli.main import main
 from fedmekt.reference_rows import REFERENCES
 
 TINY = """

@@ -23,7 +23,7 @@ def test_guide_federation_toml_has_every_key_with_its_default():
 
 def test_guide_commands_exist():
     """Every ``fedmekt <command>`` line of the guide's shell blocks is a registered subcommand."""
-    from fedmekt.cli.main import COMMANDS
+    from fedmekt_cli.main import COMMANDS
 
     shell = "".join(re.findall(r"```bash\n(.*?)```", GUIDE.read_text(), re.S))
     used = set(re.findall(r"^\s*fedmekt (\w+)", shell, re.M)) | set(re.findall(r"&& fedmekt (\w+)", shell))

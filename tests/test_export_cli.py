@@ -8,7 +8,7 @@ import pytest
 
 from export.package import load_public_key, verify_package
 from export_support import trained_run
-from fedmekt.cli.main import main
+from fedmekt_cli.main import main
 from sensors.datasets import dataset_info
 
 LABELS = set(dataset_info("demo").label_names)

@@ -33,7 +33,7 @@ probe_max_iter = 20
 
 
 def _fedmekt(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedmekt", *args]
+    return [sys.executable, "-m", "fedmekt_cli", *args]
 
 
 def test_aggregator_and_clients_as_processes_equal_inprocess(mosquitto, tmp_path: Path):

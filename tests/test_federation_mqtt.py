@@ -17,7 +17,7 @@ from core_support import tiny_config, tiny_split
 from fedmekt.broker import AmqttBroker
 from fedmekt.federation import run_inprocess
 from fedmekt.mqtt import LinkOptions, MqttLink, Presence
-from fedmekt.simulation import run_simulation, write_outputs
+from fedmekt_cli.simulation import run_simulation, write_outputs
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.codec import encode
 from fedmekt.wire.topics import Topics

@@ -15,7 +15,7 @@ import pytest
 
 from export.package import load_public_key, verify_package
 from federation_harness import ProcessFederation
-from fedmekt.cli.main import main
+from fedmekt_cli.main import main
 from generic_support import LABELS, NAME, write_generic
 from test_bad_input_cli import assert_one_clear_error, fedmekt
 

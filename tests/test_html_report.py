@@ -25,7 +25,7 @@ def run_folder(tmp_path_factory) -> Path:
 
 
 def _report(run_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedmekt", "report", str(run_dir)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fedmekt_cli", "report", str(run_dir)], capture_output=True, text=True,
                           timeout=120)
 
 

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.broker
 FED = "test-hapt"  # the federation of export_support's packages
 REPO = Path(__file__).resolve().parents[1]
 # python without torch: any `import torch` fails as on an inference-only install
-NO_TORCH = ("import sys; sys.modules['torch'] = None; from fedmekt.cli.main import main; "
+NO_TORCH = ("import sys; sys.modules['torch'] = None; from fedmekt_cli.main import main; "
             "sys.argv[0] = 'fedmekt'; sys.exit(main())")
 
 

@@ -16,7 +16,7 @@ from edge_client.inference import StreamingRecognizer
 from export.package import load_public_key
 from export.run_model import torch_classify
 from export_support import REPO, WINDOW, built_package, signing_keys, trained_run
-from fedmekt.cli.main import main
+from fedmekt_cli.main import main
 from fedmekt.mqtt import LinkOptions, MqttLink
 from sensors.sources import ReplaySource
 
@@ -106,7 +106,7 @@ def test_cli_publishes_predictions_over_mqtt(mosquitto, data_dir, tmp_path_facto
 
 def test_infer_path_never_imports_torch(data_dir, tmp_path_factory):
     package = built_package("hapt", data_dir, tmp_path_factory)
-    code = ("import sys; from fedmekt.cli.main import main; "
+    code = ("import sys; from fedmekt_cli.main import main; "
             f"rc = main(['infer', '--model', {str(package)!r}, '--source', 'replay:demo', '--max-windows', '3']); "
             "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

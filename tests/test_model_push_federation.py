@@ -94,7 +94,7 @@ def test_client_with_infer_publishes_predictions_of_the_installed_package(mosqui
     with MqttLink(mosquitto.url, LinkOptions(client_id="aggregator")).connect() as agg, \
             MqttLink(mosquitto.url, LinkOptions(client_id="watcher"), subscriptions=[topic]).connect() as watcher:
         publish_package(agg, federation, package)
-        proc = subprocess.Popen([sys.executable, "-m", "fedmekt", "client", "--broker", mosquitto.url,
+        proc = subprocess.Popen([sys.executable, "-m", "fedmekt_cli", "client", "--broker", mosquitto.url,
                                  "--client-id", "c000", "--federation", federation, "--store",
                                  str(tmp_path / "gw" / "store.sqlite"), "--source", "replay:hapt",
                                  "--data-dir", str(data_dir), "--speed", "20", "--public-key", str(public),

@@ -163,7 +163,7 @@ def test_client_id_of_another_device_cannot_kick_it_off(secure):
 
 
 def test_provision_cli_revokes_a_device(secure):
-    cmd = [str(FEDMEKT), "provision"] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt", "provision"]
+    cmd = [str(FEDMEKT), "provision"] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli", "provision"]
     op = str(secure.folder)
     added = subprocess.run(cmd + ["add", op, "c099", "--federation", "demo"], capture_output=True, text=True)
     assert added.returncode == 0, added.stderr

@@ -23,7 +23,7 @@ from core_support import tiny_config, tiny_split
 from fault_ledger import record
 from fedmekt.federation import run_inprocess
 from fedmekt.mqtt import LinkOptions, MqttLink
-from fedmekt.simulation import run_simulation
+from fedmekt_cli.simulation import run_simulation
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireError, decode_body, decode_single, encode, frame_body

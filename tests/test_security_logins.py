@@ -133,7 +133,7 @@ def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_p
     config.write_text('federation = "takeover"\ndataset = "demo"\nclients = [1, 1, 1]\nper_round = 3\nrounds = 2\n'
                       'proxy_windows = 8\nseed = 0\ndevice = "cpu"\n')
     creds = secure.folder / "logins/aggregator/credentials.json"
-    cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt"]
+    cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli"]
     proc = subprocess.Popen(cmd + ["aggregator", "--broker", f"mqtts://localhost:{secure.port}", "--credentials",
                                    str(creds), "--config", str(config), "--out", str(tmp_path / "agg"),
                                    "--wait-clients", "3", "--wait-timeout", "120", "--no-progress"],

@@ -25,7 +25,7 @@ from export.push import publish_package
 from export_support import built_package, signing_keys
 from fault_ledger import record
 from fedmekt.mqtt import LinkOptions, MqttLink
-from fedmekt.simulation import client_store
+from fedmekt_cli.simulation import client_store
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.runs import new_run_id
 from fedmekt.wire.signing import sign

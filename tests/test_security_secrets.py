@@ -33,7 +33,7 @@ BROKER_FILES = {"ca.crt", "server.crt", "server.key", "passwd", "acl", "fedmekt.
 
 
 def fedmekt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt"]
+    cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli"]
     env = {k: v for k, v in os.environ.items() if k != "FEDMEKT_MQTT_PASSWORD"}
     return subprocess.run(cmd + list(args), cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
 

@@ -212,6 +212,6 @@ def test_sensors_never_imports_torch():
     import sys
 
     code = ("import sys; import sensors.datasets, sensors.splits, sensors.windowing, sensors.store, sensors.sources, "
-            "sensors.readers.generic, fedmekt.cli.data; print('torch' in sys.modules)")
+            "sensors.readers.generic, fedmekt_cli.data; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

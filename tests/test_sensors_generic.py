@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fedmekt.cli.main import main
+from fedmekt_cli.main import main
 from fedmekt.errors import UserError
 from sensors.datasets import load_dataset
 from sensors.splits import make_split

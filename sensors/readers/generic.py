@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmekt.errors import UserError
+from sensors.errors import UserError
 from sensors.preprocess import align_nearest, forward_fill, resample_linear, uniform_timestamps
 from sensors.recording import UNLABELLED, Recording
 

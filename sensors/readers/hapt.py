@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmekt.errors import UserError
+from sensors.errors import UserError
 from sensors.preprocess import forward_fill, uniform_timestamps
 from sensors.recording import UNLABELLED, Recording
 

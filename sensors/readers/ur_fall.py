@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmekt.errors import UserError
+from sensors.errors import UserError
 from sensors.preprocess import align_nearest, forward_fill
 from sensors.recording import Recording
 

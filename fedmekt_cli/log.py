@@ -40,7 +40,7 @@ def resolve_run(text: str, root: Path) -> Path:
 
 
 def run(args) -> int:
-    from fedmekt.cli.run_record import LOG, RunState
+    from fedmekt_cli.run_record import LOG, RunState
     from fedmekt.errors import UserError
 
     if args.lines < 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmekt.cli.broker_args import link_options
+from fedmekt_cli.broker_args import link_options
 from fedmekt.errors import UserError
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from fedmekt.cli.broker_args import add_broker_args, link_options
+from fedmekt_cli.broker_args import add_broker_args, link_options
 
 log = logging.getLogger("aggregator")
 

@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from fedmekt.cli.broker_args import add_broker_args
+from fedmekt_cli.broker_args import add_broker_args
 
 
 def register(subparsers) -> None:
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 def collect(args) -> dict:
     """Watch the federation's topics for ``args.wait`` seconds; what they say as a plain dict."""
-    from fedmekt.cli.broker_args import link_options
+    from fedmekt_cli.broker_args import link_options
     from fedmekt.federation_view import FederationView
     from fedmekt.mqtt import MqttLink
 

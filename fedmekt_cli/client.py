@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_client.sources import __doc__ as SOURCES_DOC
-from fedmekt.cli.broker_args import add_broker_args, link_options
-from fedmekt.cli.config_file import add_config_arg, apply_config, require
+from fedmekt_cli.broker_args import add_broker_args, link_options
+from fedmekt_cli.config_file import add_config_arg, apply_config, require
 
 log = logging.getLogger("edge_client")
 # oneDNN (torch's CPU kernels) caches a kernel per input shape, up to 1024 of them: a training gateway's RSS grew
@@ -96,7 +96,7 @@ def run(args) -> int:
     apply_config(args)
     require(args, "broker", "client_id")
     if args.infer_only:
-        from fedmekt.cli.client_infer_only import run_infer_only
+        from fedmekt_cli.client_infer_only import run_infer_only
 
         return run_infer_only(args)
     if args.max_samples < 1:

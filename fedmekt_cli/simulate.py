@@ -18,8 +18,8 @@ import logging
 import time
 from pathlib import Path
 
-from fedmekt.cli.broker_args import add_broker_args
-from fedmekt.cli.reproduce import add_embedding_options
+from fedmekt_cli.broker_args import add_broker_args
+from fedmekt_cli.reproduce import add_embedding_options
 
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
 DEMO = dict(dataset="demo", clients=(3, 3, 3), per_round=6, rounds=20, proxy_windows=32)
@@ -56,8 +56,8 @@ def register(subparsers) -> None:
 
 
 def build_config(args):
-    from fedmekt.cli.reproduce import apply_embedding_options
-    from fedmekt.cli.spelling import parse_ints, parse_pair
+    from fedmekt_cli.reproduce import apply_embedding_options
+    from fedmekt_cli.spelling import parse_ints, parse_pair
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
     from sensors.datasets import dataset_info, resolve_name
@@ -83,9 +83,9 @@ def run(args) -> int:
     import torch
 
     from fedmekt.broker import embedded_broker
-    from fedmekt.cli.run_record import RunRecord
+    from fedmekt_cli.run_record import RunRecord
     from fedmekt.html_report import write_html_report
-    from fedmekt.simulation import run_simulation, write_outputs
+    from fedmekt_cli.simulation import run_simulation, write_outputs
     from sensors.datasets import load_dataset
     from sensors.splits import make_split, write_manifest
 

@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from fedmekt.cli.broker_args import add_broker_args, link_options
+from fedmekt_cli.broker_args import add_broker_args, link_options
 from fedmekt.errors import UserError
 
 PUBLIC_KEY_ENV = "FEDMEKT_PUBLIC_KEY"

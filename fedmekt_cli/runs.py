@@ -52,7 +52,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 def summarize_run(path: Path) -> RunSummary:
     """Read what a run folder says about itself (tolerates missing and half-written files)."""
-    from fedmekt.cli.run_record import RunState
+    from fedmekt_cli.run_record import RunState
 
     rows, state = _jsonl(path / "metrics.jsonl"), RunState.read(path)
     finals = [f for f in _jsonl(path / "final.jsonl") if not f.get("reference")]   # federated runs only

@@ -16,7 +16,7 @@ import sys
 
 from fedmekt.errors import UserError
 
-# (subcommand, module under fedmekt.cli); each module defines register(subparsers).
+# (subcommand, module under fedmekt_cli); each module defines register(subparsers).
 COMMANDS = (
     ("data", "data"),
     ("reproduce", "reproduce"),
@@ -93,9 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for _, module in COMMANDS:
         try:
-            mod = importlib.import_module(f"fedmekt.cli.{module}")
+            mod = importlib.import_module(f"fedmekt_cli.{module}")
         except ModuleNotFoundError as exc:  # a subcommand whose optional dependency is missing
-            if exc.name and exc.name.startswith("fedmekt.cli."):
+            if exc.name and exc.name.startswith("fedmekt_cli."):
                 continue
             raise
         mod.register(sub)

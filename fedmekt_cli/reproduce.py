@@ -75,7 +75,7 @@ def apply_embedding_options(args, base: dict) -> None:
 
 def build_configs(args) -> list:
     """One FederationConfig per (seed, algorithm), from the optional TOML plus the flags."""
-    from fedmekt.cli.spelling import parse_ints, parse_pair
+    from fedmekt_cli.spelling import parse_ints, parse_pair
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
     from sensors.datasets import dataset_info, resolve_name
@@ -105,7 +105,7 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from fedmekt.cli.run_record import RunRecord
+    from fedmekt_cli.run_record import RunRecord
     from fedmekt.federation import run_inprocess
     from fedmekt.html_report import write_html_report
     from fedmekt.reference_rows import reference_finals

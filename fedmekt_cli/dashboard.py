@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from fedmekt.cli.broker_args import add_broker_args
+from fedmekt_cli.broker_args import add_broker_args
 from fedmekt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def run(args) -> int:
         raise UserError(f"--federation {args.federation!r}: a name of letters, digits, '.', '_' or '-'")
     if not 0 <= args.http_port <= 65535:
         raise UserError(f"--http-port {args.http_port}: must be 0-65535")
-    from fedmekt.cli.broker_args import link_options
+    from fedmekt_cli.broker_args import link_options
     from fedmekt.dashboard.live import LiveView
     from fedmekt.dashboard.server import DashboardServer, is_loopback
 

@@ -93,7 +93,7 @@ def _print(info: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedmekt.cli.spelling import parse_ints, parse_pair
+    from fedmekt_cli.spelling import parse_ints, parse_pair
     from sensors.datasets import dataset_info, load_dataset, resolve_name
     from sensors.splits import make_split, write_manifest
 

@@ -1,5 +1,0 @@
-import sys
-
-from fedmekt.cli.main import main
-
-sys.exit(main())
