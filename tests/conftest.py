@@ -1,4 +1,4 @@
-"""Shared fixtures: the recorded datasets and a real mosquitto on a free port."""
+"""Shared fixtures: the recorded datasets, a real mosquitto on a free port, process federations."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedmekt.broker import MosquittoProcess, start_mosquitto
+from federation_harness import ProcessFederation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,3 +41,17 @@ def mosquitto(tmp_path: Path) -> MosquittoProcess:
     broker = start_mosquitto(workdir=tmp_path / "mosquitto")
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def federation(tmp_path: Path):
+    """Factory of :class:`ProcessFederation` (aggregator and clients as processes); all closed at teardown."""
+    feds: list[ProcessFederation] = []
+
+    def make(**kw) -> ProcessFederation:
+        feds.append(ProcessFederation(tmp_path, **kw))
+        return feds[-1]
+
+    yield make
+    for fed in feds:
+        fed.close()

@@ -27,19 +27,6 @@ from fedmekt.wire import federation as fedwire
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 
-@pytest.fixture
-def federation(tmp_path):
-    feds = []
-
-    def make(**kw) -> ProcessFederation:
-        feds.append(ProcessFederation(tmp_path, **kw))
-        return feds[-1]
-
-    yield make
-    for fed in feds:
-        fed.close()
-
-
 def rows_of(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -31,19 +31,6 @@ from federation_harness import ProcessFederation
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 
-@pytest.fixture
-def federation(request, tmp_path):
-    feds = []
-
-    def make(**kw) -> ProcessFederation:
-        feds.append(ProcessFederation(tmp_path, **kw))
-        return feds[-1]
-
-    yield make
-    for fed in feds:
-        fed.close()
-
-
 def completed_rows(fed: ProcessFederation) -> list[dict]:
     """metrics.jsonl as the aggregator left it (the authoritative record of completed rounds)."""
     text = (fed.out / "metrics.jsonl").read_text()
