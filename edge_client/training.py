@@ -27,10 +27,12 @@ LAST_UPLOAD = "last_upload.safetensors"
 
 
 class LocalTrainer:
-    """Owns the client's engine; ``train`` reads the whole store (bounded by its retention) each round.
+    """Owns the client's engine; ``train`` reads from the store only the rows its round's crops take.
 
-    The training itself is bounded by ``hyper.local_step_budget`` (crops drawn uniformly over the store), so
-    a growing store makes the read longer, not the training.
+    The training is bounded by ``hyper.local_step_budget`` (crops drawn uniformly over the store) and the
+    store is read through ``SampleStore.open_partition`` (the crops' rows, not the whole store), so a
+    growing store makes neither the round longer nor its memory larger; the results are bit-identical to
+    training on ``read_partition``'s whole arrays.
     """
 
     def __init__(self, cfg: FederationConfig, client_id: str, modalities: tuple[str, ...], channels: dict[str, int],
@@ -73,11 +75,10 @@ class LocalTrainer:
 
     def train(self, plan: RoundPlan, downstream: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One local round; returns the upload and persists the new state."""
-        private = self.store.read_partition(self.modalities)
-        if self.normalizer is not None:  # raw device samples: z-score with the federation's statistics
-            private = Partition({m: self.normalizer.apply(m, x) for m, x in private.modalities.items()},
-                                private.labels, private.segments, private.units)
-        upload = self.engine.train_round(plan, client_view(downstream, self.modalities), private)
+        # raw device samples are z-scored with the federation's statistics as they are read
+        normalise = None if self.normalizer is None else self.normalizer.apply
+        with self.store.open_partition(self.modalities, transform=normalise) as private:
+            upload = self.engine.train_round(plan, client_view(downstream, self.modalities), private)
         self.last_round = plan.round
         meta = {"config": self._config_key, "client": self.client_id, "run": self.run, "last_round": str(plan.round)}
         atomic_write_bytes(self.state_dir / STATE, save(self.engine.state_dict(), metadata=meta))

@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -176,31 +179,52 @@ class SampleStore:
         """
         with self._lock:
             if self.channels is None:  # nothing ever written and no channels declared
-                mods = tuple(modalities or ())
-                return Partition({m: np.zeros((0, 0), np.float32) for m in mods}, np.zeros(0, np.int64),
-                                 np.zeros((0, 2), np.int64), ())
-            mods = tuple(modalities) if modalities else tuple(self.channels)
-            if set(mods) - set(self.channels):
-                raise ValueError(f"store holds {sorted(self.channels)}, asked for {sorted(mods)}")
+                return _empty(tuple(modalities or ()), {})
+            mods = _modalities(modalities, self.channels)
             rows = self._db.execute("SELECT id, unit, n, t0, t1, labels, data FROM chunks ORDER BY id").fetchall()
-        ns = np.array([r[2] for r in rows], dtype=np.int64)
-        width = 4 * sum(self.channels.values())
-        for r in rows:
-            if len(r[5]) != 8 * r[2] or len(r[6]) != width * r[2]:
-                raise StoreError(f"{self.path}: chunk {r[0]} is damaged (blob sizes do not match n={r[2]})")
+        index = _ChunkIndex.of(self.path, self.channels,
+                               [(r[0], r[1], r[2], r[3], r[4], len(r[5]), len(r[6])) for r in rows], max_gap_s)
         if not rows:
-            return Partition({m: np.zeros((0, self.channels[m]), np.float32) for m in mods}, np.zeros(0, np.int64),
-                             np.zeros((0, 2), np.int64), ())
+            return _empty(mods, self.channels)
         parts = [self._split(r[6], r[2]) for r in rows]
         data = {m: np.concatenate([p[m] for p in parts]) for m in mods}
         labels = np.frombuffer(b"".join(r[5] for r in rows), dtype="<i8").astype(np.int64)
-        starts = np.r_[0, np.cumsum(ns)[:-1]].astype(np.int64)
-        new_seg = [i == 0 or rows[i][1] != rows[i - 1][1]
-                   or (max_gap_s is not None and rows[i][3] - rows[i - 1][4] > max_gap_s) for i in range(len(rows))]
-        first = np.flatnonzero(new_seg)
-        seg_start = starts[first]
-        seg_stop = np.r_[seg_start[1:], ns.sum()].astype(np.int64)
-        return Partition(data, labels, np.stack([seg_start, seg_stop], axis=1), tuple(rows[i][1] for i in first))
+        return Partition(data, labels, index.segments, index.units)
+
+    @contextmanager
+    def open_partition(self, modalities: Sequence[str] | None = None, max_gap_s: float | None = None,
+                       transform: Callable[[str, np.ndarray], np.ndarray] | None = None) -> Iterator[Partition]:
+        """``read_partition`` without the read: its arrays are ``StoredRows`` that read only the rows indexed.
+
+        A training round indexes its random crops (``sensors.windowing.random_crops``), so what it reads and
+        holds is the crops' rows however large the store (the chunk index, 5 numbers a chunk, is the rest).
+        The partition is a snapshot (its own SQLite read transaction, WAL): appends and retention while it is
+        open are not seen, and the values are bit-identical to ``read_partition``'s at the moment it opened.
+        ``transform(modality, rows)`` is applied to every modality's indexed rows (e.g. a ``Normalizer``'s
+        ``apply``, elementwise, so the same as applying it to the whole array). Use it inside the ``with``.
+        """
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("BEGIN")  # the first SELECT fixes the snapshot every later blob read sees
+            meta = db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
+            if meta is None:  # nothing ever written and no channels declared
+                yield _empty(tuple(modalities or ()), {})
+                return
+            channels: dict[str, int] = json.loads(meta[0])
+            mods = _modalities(modalities, channels)
+            rows = db.execute("SELECT id, unit, n, t0, t1, length(labels), length(data) FROM chunks ORDER BY id")
+            index = _ChunkIndex.of(self.path, channels, rows.fetchall(), max_gap_s)
+            if not len(index.ids):
+                yield _empty(mods, channels)
+                return
+            prefix = np.cumsum([0, *channels.values()])
+            at = {m: int(prefix[i]) for i, m in enumerate(channels)}
+            data = {m: StoredRows(db, index, "data", np.dtype("<f4"), channels[m], at[m],
+                                  None if transform is None else partial(transform, m)) for m in mods}
+            labels = StoredRows(db, index, "labels", np.dtype("<i8"), 0, 0, None)
+            yield Partition(data, labels, index.segments, index.units)
+        finally:
+            db.close()
 
     def timestamps(self) -> np.ndarray:
         """float64 timestamps of every stored sample, oldest first."""
@@ -227,3 +251,89 @@ class SampleStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _modalities(modalities: Sequence[str] | None, channels: dict[str, int]) -> tuple[str, ...]:
+    mods = tuple(modalities) if modalities else tuple(channels)
+    if set(mods) - set(channels):
+        raise ValueError(f"store holds {sorted(channels)}, asked for {sorted(mods)}")
+    return mods
+
+
+def _empty(mods: tuple[str, ...], channels: dict[str, int]) -> Partition:
+    return Partition({m: np.zeros((0, channels.get(m, 0)), np.float32) for m in mods}, np.zeros(0, np.int64),
+                     np.zeros((0, 2), np.int64), ())
+
+
+@dataclass(frozen=True)
+class _ChunkIndex:
+    """Where each stored chunk's rows sit in the concatenated partition, and its segments."""
+
+    ids: np.ndarray     # chunk ids (SQLite rowids), oldest first
+    starts: np.ndarray  # first partition row of each chunk; one more entry: the total
+    segments: np.ndarray
+    units: tuple[str, ...]
+
+    @staticmethod
+    def of(path: Path, channels: dict[str, int], rows: list[tuple], max_gap_s: float | None) -> _ChunkIndex:
+        """From (id, unit, n, t0, t1, labels bytes, data bytes) rows; a chunk of the wrong size is damage."""
+        width = 4 * sum(channels.values())
+        for cid, _unit, n, _t0, _t1, n_labels, n_data in rows:
+            if n_labels != 8 * n or n_data != width * n:
+                raise StoreError(f"{path}: chunk {cid} is damaged (blob sizes do not match n={n})")
+        if not rows:
+            return _ChunkIndex(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros((0, 2), np.int64), ())
+        ns = np.array([r[2] for r in rows], dtype=np.int64)
+        starts = np.r_[0, np.cumsum(ns)].astype(np.int64)
+        new_seg = [i == 0 or rows[i][1] != rows[i - 1][1]
+                   or (max_gap_s is not None and rows[i][3] - rows[i - 1][4] > max_gap_s) for i in range(len(rows))]
+        first = np.flatnonzero(new_seg)
+        seg_start = starts[first]
+        seg_stop = np.r_[seg_start[1:], starts[-1]].astype(np.int64)
+        return _ChunkIndex(np.array([r[0] for r in rows], dtype=np.int64), starts,
+                           np.stack([seg_start, seg_stop], axis=1).reshape(-1, 2),
+                           tuple(rows[i][1] for i in first))
+
+
+class StoredRows:
+    """One modality's float32 rows [N, C] (or the int64 labels [N]) of an ``open_partition`` snapshot.
+
+    Array-like as far as ``sensors.windowing`` needs (``shape``, ``dtype``, ``ndim``, ``len``, integer-array
+    indexing ``x[idx]`` -> ndarray ``idx.shape + row shape``): each contiguous run of the rows asked for is
+    read with SQLite's incremental blob I/O, so only those bytes are read and held.
+    """
+
+    def __init__(self, db: sqlite3.Connection, index: _ChunkIndex, column: str, dtype: np.dtype, channels: int,
+                 channel_offset: int, transform: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        self._db, self._index, self._column, self._transform = db, index, column, transform
+        self.dtype = dtype
+        self.shape = (int(index.starts[-1]), channels) if channels else (int(index.starts[-1]),)
+        self.ndim = len(self.shape)
+        self._row_bytes = dtype.itemsize * max(channels, 1)
+        self._offset = dtype.itemsize * channel_offset  # x n rows: where this modality's block starts in a chunk
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.asarray(idx)
+        if idx.dtype.kind not in "iu":
+            raise TypeError("StoredRows takes integer index arrays")
+        flat = idx.reshape(-1).astype(np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.shape[0]):
+            raise IndexError("a row index lies outside the store's partition")
+        rows = np.unique(flat)
+        vals = np.empty((rows.size, *self.shape[1:]), self.dtype)
+        starts = self._index.starts
+        chunk = np.searchsorted(starts, rows, side="right") - 1
+        cut = np.flatnonzero((np.diff(rows) != 1) | (np.diff(chunk) != 0)) + 1
+        for a, b in zip(np.r_[0, cut], np.r_[cut, rows.size]):
+            k = chunk[a]
+            n = int(starts[k + 1] - starts[k])
+            with self._db.blobopen("chunks", self._column, int(self._index.ids[k]), readonly=True) as blob:
+                blob.seek(self._offset * n + int(rows[a] - starts[k]) * self._row_bytes)
+                raw = blob.read(int(b - a) * self._row_bytes)
+            vals[a:b] = np.frombuffer(raw, self.dtype).reshape(vals[a:b].shape)
+        out = vals[np.searchsorted(rows, flat)].reshape(idx.shape + self.shape[1:])
+        out = out.astype(self.dtype.newbyteorder("="), copy=False)
+        return out if self._transform is None else self._transform(out)

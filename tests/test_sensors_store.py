@@ -132,7 +132,8 @@ def test_store_module_has_no_network_code():
     tree = ast.parse((REPO / "sensors" / "store.py").read_text())
     imported = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "json", "sqlite3", "threading", "collections", "pathlib", "numpy", "sensors"}
+    assert imported <= {"__future__", "json", "sqlite3", "threading", "collections", "contextlib", "dataclasses",
+                        "functools", "pathlib", "numpy", "sensors"}
 
 
 def test_empty_store_and_declared_channels(tmp_path):
