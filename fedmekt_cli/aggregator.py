@@ -22,6 +22,7 @@ from pathlib import Path
 from fedmekt_cli.broker_args import add_broker_args, link_options
 
 log = logging.getLogger("aggregator")
+NEEDS_TRAIN = True  # the server update runs torch
 
 
 def register(subparsers) -> None:

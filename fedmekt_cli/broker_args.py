@@ -6,8 +6,10 @@ import argparse
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 PASSWORD_ENV = "FEDMEKT_MQTT_PASSWORD"
+SCHEMES = ("mqtt", "mqtts")
 
 
 def add_broker_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -25,6 +27,23 @@ def add_broker_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--key-file", type=Path, help="client private key (mutual TLS)")
     g.add_argument("--mqtt-protocol", choices=("auto", "5", "3.1.1"), default="auto",
                    help="MQTT version (default: v5, falling back to 3.1.1)")
+
+
+def check_broker(urls: str) -> None:
+    """Refuse a malformed ``--broker`` before anything is imported or connected; a scheme typo gets the URL meant."""
+    from fedmekt.errors import UserError
+    from fedmekt.mqtt import BrokerAddress
+    from sensors.datasets import did_you_mean
+
+    for url in urls.split(","):
+        scheme, sep, rest = url.strip().partition("://")
+        if url.strip() and scheme not in SCHEMES:
+            meant = [f"{s}://{rest if sep else scheme}" for s in SCHEMES]
+            hint = did_you_mean(url.strip(), meant) or (f" (did you mean {meant[0]!r}?)" if not sep else "")
+            raise UserError(f"broker URL must look like mqtt://host:port or mqtts://host:port, got {url!r}{hint}")
+        if sep and not urlparse(url.strip()).hostname:
+            raise UserError(f"broker URL {url!r} names no host (mqtt://host:port)")
+    BrokerAddress.parse_list(urls)
 
 
 def read_credentials(path: Path) -> tuple[str, str, Path | None]:

@@ -28,13 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_client.sources import __doc__ as SOURCES_DOC
-from fedmekt_cli.broker_args import add_broker_args, link_options
+from fedmekt_cli.broker_args import add_broker_args, check_broker, link_options
 from fedmekt_cli.config_file import add_config_arg, apply_config, require
 
 log = logging.getLogger("edge_client")
 # oneDNN (torch's CPU kernels) caches a kernel per input shape, up to 1024 of them: a training gateway's RSS grew
 # ~20 MB a round without end (bench/bench_gateway.py). Set before torch loads; an explicit setting wins.
 ONEDNN_CACHE_CAPACITY = "8"
+TRAIN_NOTE = "training needs the [train] extra; --infer-only does not"
+
+
+def NEEDS_TRAIN(args) -> bool:  # noqa: N802 (the attribute fedmekt_cli.main reads of every command)
+    return not apply_config(args).infer_only  # --config may set infer-only
 
 
 def register(subparsers) -> None:
@@ -95,6 +100,7 @@ def run(args) -> int:
 
     apply_config(args)
     require(args, "broker", "client_id")
+    check_broker(args.broker)  # the config's URL, refused before the source is read
     if args.infer_only:
         from fedmekt_cli.client_infer_only import run_infer_only
 

@@ -98,13 +98,15 @@ def run(args: argparse.Namespace) -> int:
     from sensors.splits import make_split, write_manifest
 
     name = resolve_name(args.dataset, args.data_dir)
+    if args.data_command == "split":  # typos refused before the files are read
+        info = dataset_info(name, args.data_dir)
+        pair = parse_pair(args.pair, info.default_pair, info.modalities)
+        clients = parse_ints(args.clients, 3, "--clients")
     recs = load_dataset(name, args.data_dir)
     if args.data_command == "inspect":
         info = summarize(recs)
         print(json.dumps(info, indent=1)) if args.json else _print(info)
         return 0
-    pair = parse_pair(args.pair, dataset_info(name, args.data_dir).default_pair)
-    clients = parse_ints(args.clients, 3, "--clients")
     try:
         split = make_split(recs, pair, scheme=args.scheme, seed=args.seed, clients=clients,
                            missing_rate=args.missing_rate)

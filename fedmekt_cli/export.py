@@ -12,6 +12,11 @@ from pathlib import Path
 from fedmekt.errors import UserError
 
 KEY_ENV = "FEDMEKT_SIGNING_KEY"
+TRAIN_NOTE = "needs the [train] extra, except keygen"
+
+
+def NEEDS_TRAIN(args) -> bool:  # noqa: N802 (the attribute fedmekt_cli.main reads of every command)
+    return args.export_command != "keygen"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

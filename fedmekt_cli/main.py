@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -15,6 +16,8 @@ import signal
 import sys
 
 from fedmekt.errors import UserError
+from fedmekt_cli.broker_args import check_broker
+from sensors.datasets import did_you_mean
 
 # (subcommand, module under fedmekt_cli); each module defines register(subparsers).
 COMMANDS = (
@@ -37,6 +40,7 @@ OUR_LOGGERS = ("fedmekt", "aggregator", "edge_client", "export", "sensors")
 LEVELS = ("debug", "info", "warning", "error")
 # what only the [train] extra installs: a command that imports one of them on an inference-only install says so
 TRAIN_ONLY = ("torch", "scipy", "matplotlib", "onnx", "amqtt")
+TRAIN_HINT = "needs the [train] extra (pip install 'fedmekt-edge[train]')"
 
 
 class Terminated(KeyboardInterrupt):
@@ -86,12 +90,41 @@ class Parser(argparse.ArgumentParser):
             kwargs["help"] = _plain(kwargs["help"])
         return super().add_argument(*args, **kwargs)
 
+    def _check_value(self, action, value):
+        """A value outside ``choices`` (a subcommand, ``--algorithm``) names the near miss meant."""
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)}; "
+                                                 f"choose from {', '.join(map(str, action.choices))}")
+
+    def error(self, message: str):
+        """One line, like every other error of the command (argparse would print the usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def train_missing() -> str | None:
+    """The first module of the [train] extra this install lacks (an inference-only install: torch), else None."""
+    for name in TRAIN_ONLY:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ValueError:  # a module set to None in sys.modules, as the tests do
+            return name
+    return None
+
+
+def needs_train(module, args: argparse.Namespace | None) -> bool:
+    """A command module's ``NEEDS_TRAIN``: True, False, or a function of the parsed arguments (``client
+    --infer-only`` does not train); with ``args`` None, whether any use of the command needs it."""
+    need = getattr(module, "NEEDS_TRAIN", False)
+    return bool(need if not callable(need) else args is None or need(args))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fedmekt", description="Multimodal federated learning on edge devices (FedMEKT).")
     parser.add_argument("--version", action="version", version=f"fedmekt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for _, module in COMMANDS:
+    train = train_missing() is None
+    for name, module in COMMANDS:
         try:
             mod = importlib.import_module(f"fedmekt_cli.{module}")
         except ModuleNotFoundError as exc:  # a subcommand whose optional dependency is missing
@@ -99,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+        if not train and needs_train(mod, None):  # inference-only install: say which commands cannot run here
+            entry = next(a for a in sub._choices_actions if a.dest == name)
+            entry.help = f"{entry.help} ({getattr(mod, 'TRAIN_NOTE', 'needs the [train] extra')})"
     _add_logging_options(parser, top=True)
     return parser
 
@@ -139,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if needs_train(importlib.import_module(f"fedmekt_cli.{dict(COMMANDS)[args.command]}"), args) \
+                and train_missing():
+            print(f"fedmekt {args.command}: {TRAIN_HINT}", file=sys.stderr)
+            return 2
+        if getattr(args, "broker", None):
+            check_broker(args.broker)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"fedmekt {args.command}: error: {exc}", file=sys.stderr)
@@ -146,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TRAIN_ONLY:
             raise
-        print(f"fedmekt {args.command} needs the [train] extra: pip install 'fedmekt-edge[train]'", file=sys.stderr)
+        print(f"fedmekt {args.command}: {TRAIN_HINT}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `fedmekt runs | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit

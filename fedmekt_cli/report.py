@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+NEEDS_TRAIN = True  # matplotlib draws the plots
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="re-render results.md/csv, plots and report.html from a run folder",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
+NEEDS_TRAIN = True  # torch: an inference-only install marks and refuses it (fedmekt_cli.main)
 
 
 def register(subparsers) -> None:
@@ -75,7 +76,7 @@ def apply_embedding_options(args, base: dict) -> None:
 
 def build_configs(args) -> list:
     """One FederationConfig per (seed, algorithm), from the optional TOML plus the flags."""
-    from fedmekt_cli.spelling import parse_ints, parse_pair
+    from fedmekt_cli.spelling import parse_choices, parse_ints, parse_pair
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
     from sensors.datasets import dataset_info, resolve_name
@@ -83,11 +84,8 @@ def build_configs(args) -> list:
     base = load_config(args.config).to_dict() if args.config else {}
     dataset = resolve_name(args.dataset, args.data_dir, "ur_fall")
     info = dataset_info(dataset, args.data_dir)
-    pair = parse_pair(args.pair, info.default_pair)
-    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    bad = [a for a in algorithms if a not in ALGORITHMS]
-    if bad or not algorithms:
-        raise UserError(f"unknown algorithm(s) {bad}; choose from {', '.join(ALGORITHMS)}")
+    pair = parse_pair(args.pair, info.default_pair, info.modalities)
+    algorithms = parse_choices(args.algorithms, ALGORITHMS, "--algorithms")
     if args.seeds < 1:
         raise UserError("--seeds must be >= 1")
     base.update(dataset=dataset, federation=f"reproduce-{dataset}", pair=list(pair),
@@ -102,6 +100,8 @@ def build_configs(args) -> list:
 
 
 def run(args) -> int:
+    configs = build_configs(args)  # every typo refused before torch is imported (seconds)
+
     import torch
     from tqdm import tqdm
 
@@ -113,7 +113,6 @@ def run(args) -> int:
     from sensors.datasets import load_dataset
     from sensors.splits import make_split, write_manifest
 
-    configs = build_configs(args)
     dataset = configs[0].dataset
     torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}"

@@ -22,6 +22,7 @@ from fedmekt_cli.broker_args import add_broker_args
 from fedmekt_cli.reproduce import add_embedding_options
 
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
+NEEDS_TRAIN = True  # torch: an inference-only install marks and refuses it (fedmekt_cli.main)
 DEMO = dict(dataset="demo", clients=(3, 3, 3), per_round=6, rounds=20, proxy_windows=32)
 
 
@@ -66,7 +67,7 @@ def build_config(args):
     dataset = resolve_name(args.dataset, args.data_dir, DEMO["dataset"])
     demo = args.dataset is None and dataset == DEMO["dataset"]
     info = dataset_info(dataset, args.data_dir)
-    pair = parse_pair(args.pair, tuple(base.get("pair") or info.default_pair))
+    pair = parse_pair(args.pair, tuple(base.get("pair") or info.default_pair), info.modalities)
     clients = parse_ints(args.clients, 3, "--clients") if args.clients else (DEMO["clients"] if demo else (10, 10, 10))
     base.update(federation=args.federation or base.get("federation") or "demo", dataset=dataset, pair=list(pair),
                 algorithm=args.algorithm, clients=list(clients), seed=args.seed, partition=args.partition,
@@ -80,6 +81,8 @@ def build_config(args):
 
 
 def run(args) -> int:
+    cfg = build_config(args)  # every typo refused before torch is imported (seconds)
+
     import torch
 
     from fedmekt.broker import embedded_broker
@@ -89,7 +92,6 @@ def run(args) -> int:
     from sensors.datasets import load_dataset
     from sensors.splits import make_split, write_manifest
 
-    cfg = build_config(args)
     torch.set_num_threads(cfg.threads)
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-simulate-{cfg.dataset}"
     recordings = load_dataset(cfg.dataset, args.data_dir)

@@ -13,6 +13,7 @@ Its facts (modalities, rate, labels) come from that descriptor, so they reach ev
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -100,6 +101,12 @@ def _info() -> dict[str, DatasetInfo]:
     }
 
 
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean 'ur_fall'?)`` for a near miss of one of ``choices``, else ``""``: typos are the usual cause."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def builtin_info(name: str) -> DatasetInfo | None:
     """Static facts of a built-in dataset; None for ``generic`` and datasets of your own."""
     return _info().get(name)
@@ -119,7 +126,7 @@ def find_generic(name: str, data_dir: Path | str | None) -> tuple[Path, Descript
     ``data_dir``; any other name takes the first folder whose descriptor carries that name."""
     from sensors.readers.generic import DOCS, Descriptor, find_descriptor
 
-    tried, other = [], None
+    tried, other, names = [], None, list(DATASETS)
     for folder in _descriptor_dirs(name, data_dir):
         file = find_descriptor(folder)
         tried.append(str(folder))
@@ -129,7 +136,9 @@ def find_generic(name: str, data_dir: Path | str | None) -> tuple[Path, Descript
         if name in ("generic", d.name):
             return folder, d
         other = other or f"; {file} names dataset {d.name!r}"
-    what = "dataset 'generic' not found" if name == "generic" else f"unknown dataset {name!r}"
+        names.append(d.name)
+    what = ("dataset 'generic' not found" if name == "generic"
+            else f"unknown dataset {name!r}{did_you_mean(name, names)}")
     where = " or ".join(tried) or "no folder"
     raise UserError(f"{what}: no dataset.toml or dataset.json naming it in {where}{other or ''} "
                     f"(built-in: {', '.join(BUILTIN)}; for your own data {DOCS}; pass --data-dir or set "

@@ -138,7 +138,7 @@ def test_command_needing_torch_without_it_says_so_in_one_line(argv, tmp_path):
     proc = subprocess.run(fedmekt_without_torch(*argv), capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == \
-        f"fedmekt {argv[0]} needs the [train] extra: pip install 'fedmekt-edge[train]'"
+        f"fedmekt {argv[0]}: needs the [train] extra (pip install 'fedmekt-edge[train]')"
     assert "Traceback" not in proc.stderr
 
 

@@ -1,0 +1,84 @@
+"""Typos are refused before anything heavy is imported or connected, with the near miss named; an
+inference-only install (no torch) marks the commands it cannot run and refuses them in one line.
+
+Each case runs ``fedmekt_cli.main.main`` in a fresh interpreter and reports, after it returned, whether torch
+was imported: a refusal that imported torch took seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+AUDIT = ("import io, json, sys, contextlib; from fedmekt_cli.main import main; err = io.StringIO()\n"
+         "with contextlib.redirect_stderr(err):\n"
+         "    try: rc = main(sys.argv[1:])\n"
+         "    except SystemExit as exc: rc = exc.code\n"
+         "print(json.dumps({'rc': rc, 'torch': sys.modules.get('torch') is not None, 'stderr': err.getvalue()}))")
+NO_TORCH = "import sys; sys.modules['torch'] = None\n"  # any `import torch` fails, as on an inference-only install
+
+TYPOS = [
+    (["reproduce", "--dataset", "ur_fal"], "unknown dataset 'ur_fal' (did you mean 'ur_fall'?)"),
+    (["simulate", "--dataset", "dem"], "did you mean 'demo'?"),
+    (["data", "split", "hapy", "--out", "x.json"], "did you mean 'hapt'?"),
+    (["reproduce", "--dataset", "demo", "--algorithms", "fedmekt-c,mmfedavgg"], "did you mean 'mmfedavg'?"),
+    (["simulate", "--algorithm", "fedmekt-cc"], "did you mean 'fedmekt-c'?"),
+    (["simulate", "--pair", "acce-gyr"], "no modality 'gyr' (did you mean 'gyro'?)"),
+    (["simulate", "--broker", "mqt://localhost:1883"], "did you mean 'mqtt://localhost:1883'?"),
+    (["status", "--broker", "localhost:1883"], "did you mean 'mqtt://localhost:1883'?"),
+    (["aggregator", "--broker", "mqtt://127.0.0.1:99999", "--config", "missing.toml"], "bad port"),
+    (["client", "--broker", "mqtt://:1883", "--client-id", "c1", "--source", "replay:demo"], "names no host"),
+    (["simulte"], "did you mean 'simulate'?"),
+]
+
+
+def audited(argv: list[str], cwd, prelude: str = "") -> dict:
+    """rc, stderr, stdout (less the audit line) and whether torch was imported, of ``main(argv)``."""
+    done = subprocess.run([sys.executable, "-c", prelude + AUDIT, *argv], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    *printed, audit = done.stdout.splitlines()
+    return {**json.loads(audit), "stdout": "\n".join(printed)}
+
+
+@pytest.mark.parametrize("argv,says", TYPOS, ids=[" ".join(a) for a, _ in TYPOS])
+def test_a_typo_is_one_line_with_the_near_miss_before_torch_loads(argv, says, tmp_path):
+    out = audited(argv, tmp_path)
+    lines = out["stderr"].strip().splitlines()
+    assert out["rc"] == 2 and len(lines) == 1, out
+    assert lines[0].startswith("fedmekt") and ": error: " in lines[0] and says in lines[0], out
+    assert not out["torch"], f"torch was imported before refusing {argv}"
+
+
+def test_inference_only_help_marks_the_commands_needing_torch(tmp_path):
+    out = audited(["--help"], tmp_path, NO_TORCH)
+    text = " ".join(out["stdout"].split())  # help wraps its lines
+    assert out["rc"] == 0 and not out["torch"]
+    assert text.count("(needs the [train] extra)") == 4, out["stdout"]  # reproduce, simulate, aggregator, report
+    assert "tables/plots (needs the [train] extra) simulate" in text
+    assert "training needs the [train] extra; --infer-only does not" in text
+    assert "needs the [train] extra, except keygen" in text
+    assert "infer on-device activity recognition from a model package (onnxruntime) report" in text
+
+
+def test_help_of_a_full_install_marks_nothing(tmp_path):
+    out = audited(["--help"], tmp_path)
+    assert out["rc"] == 0 and "[train]" not in out["stdout"]
+
+
+@pytest.mark.parametrize("argv", [["reproduce", "--dataset", "demo"], ["simulate"], ["report", "."],
+                                  ["aggregator", "--broker", "mqtt://127.0.0.1:9", "--config", "x.toml"],
+                                  ["export", "--run", "r", "--out", "p"],
+                                  ["client", "--broker", "mqtt://127.0.0.1:9", "--client-id", "c1"]])
+def test_inference_only_install_refuses_a_training_command_in_one_line(argv, tmp_path):
+    out = audited(argv, tmp_path, NO_TORCH)
+    assert out["rc"] == 2
+    assert out["stderr"] == f"fedmekt {argv[0]}: needs the [train] extra (pip install 'fedmekt-edge[train]')\n"
+
+
+def test_inference_only_install_still_makes_keys(tmp_path):
+    out = audited(["export", "keygen", "--out", str(tmp_path / "k")], tmp_path, NO_TORCH)
+    assert out["rc"] == 0 and (tmp_path / "k.pub").is_file(), out
