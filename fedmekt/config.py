@@ -23,7 +23,8 @@ from fedmekt.errors import UserError
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
 WIRE_DTYPES = ("float32", "float16")
 LAYERS = ("rep", "rep+hidden")
-KD_LOSSES = ("mse", "kl")
+KD_LOSSES = ("mse", "kl", "kl-time", "kl-std", "mse-std")
+ALIGNMENTS = ("none", "mse", "cosine", "infonce")
 PARTITIONS = ("paper", "subject")
 DEVICES = ("auto", "cpu", "cuda")
 FEDERATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -45,7 +46,12 @@ class Hyper:
     eta: float = 0.1                 # server KD weight, representation layer
     gamma: float = 0.04              # server KD weight, hidden layer
     temperature: float = 3.0          # softmax temperature of kd = "kl"
-    kd: str = "kl"                    # distillation term: "kl" (softmax KD at T, the paper) or "mse" (embeddings)
+    kd: str = "kl"                    # distillation term: "kl" (softmax KD at T, the paper), "mse" (embeddings),
+                                      # "kl-time" (softmax over time), "kl-std"/"mse-std" (standardised targets)
+    align: str = "none"               # FedMEKT-C cross-modal alignment of z_A(t), z_B(t) on aligned windows
+                                      # (server: proxy; A+B clients: private): "none", "mse", "cosine", "infonce"
+    align_weight: float = 1.0         # weight of the alignment term
+    align_tau: float = 0.1            # InfoNCE temperature
     batch: tuple[int, int] = (0, 0)  # client/classifier crops per batch, U[lo, hi); (0, 0) = dataset default
     sub_window: tuple[int, int] = (16, 32)  # sub-window length U[lo, hi) walked along each crop
     mm_weight: float = 100.0         # weight of A+B clients in mm-FedAvg aggregation (ALPHA)
@@ -91,6 +97,8 @@ class FederationConfig:
     layers: str = "rep+hidden"        # embedding layers exchanged: "rep" (z) or "rep+hidden" (z and h)
     server_proxy_walk: bool = True    # FedMEKT server: each distillation epoch also walks the WHOLE proxy set
                                       # (reconstruction only, as a client walks its partition); no bytes sent
+    server_walk_labelled: bool = False  # the server's walk also covers the labelled set's INPUTS (labels dropped):
+                                        # data it already holds, no bytes sent
     label_modality: str = "AB"        # which encoders feed the generalized classifier: "A", "B" or "AB"
     eval_chunk: int = 2000            # EVAL_WIN of the paper's per-round probe
     embedding_noise: float = 0.0      # σ of Gaussian noise clients add to uploaded embeddings (privacy), 0 = off
@@ -132,6 +140,11 @@ class FederationConfig:
             (self.robust_aggregation in ROBUST_AGGREGATIONS,
              f"robust_aggregation must be one of {ROBUST_AGGREGATIONS}, got {self.robust_aggregation!r}"),
             (self.hyper.kd in KD_LOSSES, f"hyper.kd must be one of {KD_LOSSES}, got {self.hyper.kd!r}"),
+            (self.hyper.align in ALIGNMENTS, f"hyper.align must be one of {ALIGNMENTS}, got {self.hyper.align!r}"),
+            (self.hyper.align_weight >= 0 and self.hyper.align_tau > 0,
+             "hyper.align_weight must be >= 0 and hyper.align_tau > 0"),
+            (self.server_proxy_walk or not self.server_walk_labelled,
+             "server_walk_labelled needs server_proxy_walk (it extends the server's walk)"),
             (self.hyper.local_step_budget == 0 or self.hyper.local_step_budget >= self.hyper.local_epochs >= 1,
              f"hyper.local_step_budget must be 0 (unbounded) or at least local_epochs ({self.hyper.local_epochs}), "
              f"got {self.hyper.local_step_budget}"),

@@ -155,7 +155,7 @@ class ServerEngine:
         self.head_optim = torch.optim.Adam(self.head.parameters(), lr=cfg.hyper.lr_classifier)
         self.party = Party(cfg, self.model, ModuleOptimizers(self.model, cfg.hyper.lr_global),
                            Projections(self.model.rep_size, cfg.hidden, _seed(cfg, _PROJ)).to(self.device),
-                           self.device, tuple(cfg.pair))
+                           self.device, tuple(cfg.pair), unlabelled=labelled)
         self._starts = window_starts(proxy, cfg.window, 1) if cfg.is_embedding else np.zeros(0, np.int64)
         if cfg.is_embedding and self._starts.size == 0:
             raise ValueError(f"the proxy set has no segment of {cfg.window} rows")

@@ -9,16 +9,18 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, *, faithful: bool = False) -> torch.Tensor:
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, *, faithful: bool = False,
+            over_time: bool = False) -> torch.Tensor:
     """Temperature-scaled distillation T²·KL(q_teacher ‖ p_student) for [N, w, C] embeddings.
 
     Both modes keep the reference's ``batchmean`` scaling (sum over steps and channels, divide by N) so the
     weights α, β, η, γ keep their meaning. Default: softmax over the FEATURE axis (a distribution per time
     step) and an exact KL. ``faithful=True`` reproduces ``KL_Loss`` of the authors (O1): softmax over the
-    TIME axis (dim 1) and ``+1e-7`` added to the teacher probabilities after the softmax.
+    TIME axis (dim 1) and ``+1e-7`` added to the teacher probabilities after the softmax; ``over_time``
+    takes the time-axis softmax with an exact KL.
     Gradients flow into whichever argument is not detached (the caller chooses the direction, O2).
     """
-    dim = 1 if faithful else -1
+    dim = 1 if faithful or over_time else -1
     logp = F.log_softmax(student / temperature, dim=dim)
     if faithful:
         q = F.softmax(teacher / temperature, dim=dim) + 1e-7
@@ -27,6 +29,44 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, *,
         logq = F.log_softmax(teacher / temperature, dim=dim)
         kl = (logq.exp() * (logq - logp)).sum()
     return temperature**2 * kl / student.shape[0]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float, *,
+                      faithful: bool = False) -> torch.Tensor:
+    """The KD term ``hyper.kd`` between [N, w, C] embeddings (``faithful`` forces the authors' KL, O1).
+
+    "kl": softmax over features per step (the paper); "kl-time": softmax over the w steps per channel
+    (a distribution with w outcomes, so it carries signal at r = 2 where a 2-way softmax of values in
+    (−1, 1) at T = 3 is near uniform), exact KL, standard direction; "mse": the embeddings themselves;
+    "kl-std" / "mse-std": the same on targets standardised per channel by the teacher's batch statistics
+    (detached; the student is mapped by the same affine, so the optimum is unchanged).
+    """
+    if faithful:
+        return kd_loss(student, teacher, temperature, faithful=True)
+    if kind.endswith("-std"):
+        ref = teacher.detach()
+        mean, std = ref.mean(dim=(0, 1), keepdim=True), ref.std(dim=(0, 1), keepdim=True) + 1e-6
+        student, teacher, kind = (student - mean) / std, (teacher - mean) / std, kind[: -len("-std")]
+    if kind == "mse":
+        return embedding_mse(student, teacher)
+    return kd_loss(student, teacher, temperature, over_time=kind == "kl-time")
+
+
+def alignment_loss(za: torch.Tensor, zb: torch.Tensor, kind: str, tau: float = 0.1) -> torch.Tensor:
+    """Cross-modal alignment of two modalities' representations of the SAME aligned windows [N, w, r].
+
+    "mse": mean squared difference per step; "cosine": 1 − cosine per step (feature axis); "infonce":
+    symmetric InfoNCE over the batch's windows (time-pooled z, the other windows are the negatives;
+    pooling because neighbouring steps of one window are near duplicates, not negatives).
+    """
+    if kind == "mse":
+        return F.mse_loss(za, zb)
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(za, zb, dim=-1)).mean()
+    a, b = F.normalize(za.mean(dim=1), dim=-1), F.normalize(zb.mean(dim=1), dim=-1)
+    logits = a @ b.T / tau
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -41,21 +42,57 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "mse-w10": {"hyper": {"kd": "mse", "alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}, **_NO_WALK},
     "walk": {"server_proxy_walk": True},   # the default since the second round
     "walk-rep-fp16": {"server_proxy_walk": True, "layers": "rep", "wire_dtype": "float16"},
+    # issue 10 §2, measured under the protocol (seeds >= 100, paired); docs/fedmekt-c-selection.md
+    "no-kd-server": {"hyper": {"eta": 0.0, "gamma": 0.0}},                           # η = γ = 0 (diagnosis)
+    "no-kd": {"hyper": {"alpha": 0.0, "beta": 0.0, "eta": 0.0, "gamma": 0.0}},       # no distillation at all
+    "walk-labelled": {"server_walk_labelled": True},     # 2.1: the walk also covers the labelled inputs
+    "align-mse": {"hyper": {"align": "mse"}},            # 2.2: cross-modal alignment of z_A(t), z_B(t)
+    "align-cos": {"hyper": {"align": "cosine"}},
+    "align-nce": {"hyper": {"align": "infonce"}},
+    "kd-time": {"hyper": {"kd": "kl-time"}},             # 2.3: KD targets with signal at r = 2
+    "kd-std": {"hyper": {"kd": "kl-std"}},
+    "kd-mse": {"hyper": {"kd": "mse"}},
+    "kd-mse-std": {"hyper": {"kd": "mse-std"}},
+    "R4": {"hyper": {"global_epochs": 4}},
+    "le4": {"hyper": {"local_epochs": 4}},               # 2.4: more local training
+    "no-walk": {"server_proxy_walk": False},             # 2.5: the walk on this dataset
+    "mmfedavg-le4": {"algorithm": "mmfedavg", "hyper": {"local_epochs": 4}},   # mmFedAvg's own settings
+    "mmfedavg-w1": {"algorithm": "mmfedavg", "hyper": {"mm_weight": 1.0}},
+    "rep-fp16": {"layers": "rep", "wire_dtype": "float16"},   # §3: communication profiles
+    "rep-fp32": {"layers": "rep", "wire_dtype": "float32"},
+    "hidden-fp16-W12": {"layers": "rep+hidden", "wire_dtype": "float16", "proxy_windows": 12},
+    "hidden-fp32": {"layers": "rep+hidden", "wire_dtype": "float32"},   # the profile before issue 10 §3
 }
 
 
-def cv_score(res, labelled, label_names, folds: int) -> dict[str, float]:
-    """Cross-validated probe by unit over ALL labelled units on the run's frozen final encoder."""
+def sees_labelled_inputs(name: str) -> bool:
+    """Whether the candidate's encoders train on the labelled set's inputs (those outside the validation units).
+
+    Its CV probe over all labelled units would score units the encoders saw, so it is scored, and paired
+    with the default, on the probe of the two validation units alone (fitted on the others; unseen inputs).
+    """
+    return bool(CANDIDATES[name].get("server_walk_labelled"))
+
+
+def load_model(res, labelled):
+    """The run's frozen final autoencoder."""
     import torch
 
     from fedmekt.engine import build_model
-    from fedmekt.validation import cv_probe, unit_folds
 
     model = build_model(res.config, {m: labelled.modalities[m].shape[1] for m in res.config.pair})
     model.load_state_dict({k[len("autoencoder."):]: torch.from_numpy(v) for k, v in res.model_state.items()
                            if k.startswith("autoencoder.")})
-    cv = cv_probe(model, labelled, res.config, len(label_names), unit_folds(len(labelled.units), folds,
-                                                                                res.config.seed), torch.device("cpu"))
+    return model
+
+
+def cv_score(res, labelled, label_names, folds: list[list[int]]) -> dict[str, float]:
+    """Cross-validated probe by unit over ALL labelled units (the given folds) on the run's frozen final encoder."""
+    import torch
+
+    from fedmekt.validation import cv_probe
+
+    cv = cv_probe(load_model(res, labelled), labelled, res.config, len(label_names), folds, torch.device("cpu"))
     return {f"cv_probe_{m}": v for m, v in cv.items()}
 
 
@@ -78,32 +115,49 @@ def validation_split(split, seed: int):
     return split
 
 
-def one(job: tuple[str, int, int, str, int]) -> dict:
+def make_config(name: str, seed: int, rounds: int, dataset: str):
+    from fedmekt.config import FederationConfig, Hyper
+    from sensors.datasets import dataset_info
+
+    overrides = {"algorithm": "fedmekt-c", **CANDIDATES[name]}
+    hyper = Hyper(**overrides.pop("hyper", {}))
+    return FederationConfig(federation="select", dataset=dataset, pair=dataset_info(dataset).default_pair,
+                            rounds=rounds, seed=seed, device="cpu", hyper=hyper, **overrides)
+
+
+def job_key(job: tuple) -> str:
+    """Cache key of a job: the resolved config (so a changed default is a new key) and the folds."""
+    name, seed, rounds, dataset, folds = job
+    return json.dumps([make_config(name, seed, rounds, dataset).to_dict(), folds], sort_keys=True)
+
+
+def one(job: tuple) -> dict:
+    """One federated run on the validation split, scored by CV over all labelled units and on the validation units."""
     import torch
 
-    from fedmekt.config import FederationConfig, Hyper
     from fedmekt.federation import run_inprocess
-    from sensors.datasets import dataset_info, load_dataset
+    from fedmekt.validation import unit_folds
+    from sensors.datasets import load_dataset
     from sensors.splits import make_split
 
     name, seed, rounds, dataset, folds = job
     torch.set_num_threads(1)
-    pair = dataset_info(dataset).default_pair
-    split = make_split(load_dataset(dataset), pair, seed=seed)
+    cfg = make_config(name, seed, rounds, dataset)
+    split = make_split(load_dataset(dataset), cfg.pair, seed=seed)
     all_labelled = split.labelled
     split = validation_split(split, seed)
-    overrides = {"algorithm": "fedmekt-c", **CANDIDATES[name]}
-    hyper = Hyper(**overrides.pop("hyper", {}))
-    cfg = FederationConfig(federation="select", dataset=dataset, pair=pair, rounds=rounds, seed=seed, device="cpu",
-                           hyper=hyper, **overrides)
     res = run_inprocess(cfg, split, progress=False)
-    out = {"candidate": name, "seed": seed, "val_units": list(split.test.units), "modalities": list(pair)}
+    out = {"candidate": name, "seed": seed, "val_units": list(split.test.units), "modalities": list(cfg.pair)}
     for m in cfg.pair:
         out[f"val_paper_{m}"] = float(np.median([r[f"f1_paper_{m}"] for r in res.rows[-10:]]))
         out[f"val_probe_{m}"] = res.final[f"probe_f1_weighted_{m}"]
     out["val_floor"] = res.final["majority_f1_weighted"]
-    out.update(cv_score(res, all_labelled, split.label_names, folds))
+    out["bytes_total"] = (sum(r["bytes_up"] + r["bytes_down"] for r in res.rows)
+                          + int(res.final.get("bytes_proxy_once", 0)))
+    out.update(cv_score(res, all_labelled, split.label_names, unit_folds(len(all_labelled.units), folds, seed)))
     out["score"] = float(np.mean([out[f"cv_probe_{m}"] for m in cfg.pair]))
+    out["score_val"] = float(np.mean([out[f"val_probe_{m}"] for m in cfg.pair]))
+    out["key"] = job_key(job)
     print(json.dumps(out), flush=True)
     return out
 
@@ -113,25 +167,37 @@ def _mean_std(values: list[float]) -> str:
 
 
 def summary(results: list[dict], candidates: list[str], against: str) -> list[str]:
-    """The table: CV probe per modality (mean ± std over seeds), paired difference against ``against``, decision."""
+    """The table: score per modality (mean ± std over seeds), paired difference against ``against``, decision.
+
+    The score is the CV probe over all labelled units, or the validation units' probe for a candidate whose
+    encoders see labelled inputs (``sees_labelled_inputs``; its reference is then scored the same way).
+    """
     from fedmekt.validation import decide, smallest_detectable
 
     mods = results[0]["modalities"]
-    score = {c: {r["seed"]: r["score"] for r in results if r["candidate"] == c} for c in candidates}
-    per_mod = {(c, m): {r["seed"]: r[f"cv_probe_{m}"] for r in results if r["candidate"] == c}
-               for c in candidates for m in mods}
-    lines = ["candidate | " + " | ".join(f"CV probe {m}" for m in mods) + f" | score − {against} [95 % CI] "
-             "(mean of modalities) | " + " | ".join(f"{m} − {against}" for m in mods) + " | resolution | decision"]
+
+    def by_seed(c: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in results if r["candidate"] == c}
+
+    mib = {c: np.nanmean([r.get("bytes_total", np.nan) for r in results if r["candidate"] == c]) / 2**20
+           for c in candidates}
+    lines = ["candidate | MiB over the run | " + " | ".join(f"CV probe {m}" for m in mods)
+             + f" | score − {against} [95 % CI] (mean of modalities) | " + " | ".join(f"{m} − {against}" for m in mods)
+             + " | resolution | decision"]
     for c in candidates:
-        cells = [_mean_std(list(per_mod[(c, m)].values())) for m in mods]
+        val = sees_labelled_inputs(c) or sees_labelled_inputs(against)
+        score, prefix = ("score_val", "val_probe_") if val else ("score", "cv_probe_")
+        cells = [f"{mib[c]:.1f}"] + [_mean_std(list(by_seed(c, prefix + m).values())) for m in mods]
         if c == against:
             lines.append(f"{c} | " + " | ".join(cells) + " | (reference) |" + " |" * len(mods) + " | –")
             continue
-        d = decide(score[c], score[against])
-        diffs = [score[c][s] - score[against][s] for s in score[c] if s in score[against]]
-        per = [decide(per_mod[(c, m)], per_mod[(against, m)]).difference.text() for m in mods]
-        lines.append(f"{c} | " + " | ".join(cells) + f" | {d.difference.text()} | " + " | ".join(per)
-                     + f" | ±{smallest_detectable(diffs, len(diffs)):.3f} | {'ADOPT' if d.adopt else 'keep'}")
+        mine, ref = by_seed(c, score), by_seed(against, score)
+        d = decide(mine, ref)
+        diffs = [mine[s] - ref[s] for s in mine if s in ref]
+        per = [decide(by_seed(c, prefix + m), by_seed(against, prefix + m)).difference.text() for m in mods]
+        lines.append(f"{c}{' (validation units)' if val else ''} | " + " | ".join(cells) + f" | {d.difference.text()} | "
+                     + " | ".join(per) + f" | ±{smallest_detectable(diffs, len(diffs)):.3f} | "
+                     + ("ADOPT" if d.adopt else "keep"))
     return lines
 
 
@@ -147,6 +213,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=0, help="0 = leave one labelled unit out, else K folds of units")
     parser.add_argument("--candidates", default="default,walk-rep-fp16", help=f"names from: {', '.join(CANDIDATES)}")
     parser.add_argument("--against", default="default", help="the candidate every other is paired with")
+    parser.add_argument("--results", default="", help="JSONL cache of runs: reused when the resolved config, "
+                        "folds and fold match, new runs appended")
     args = parser.parse_args()
     try:
         seeds = check_selection_seeds(int(s) for s in args.seeds.split(","))
@@ -157,8 +225,20 @@ def main() -> None:
     except (UserError, ValueError) as exc:
         sys.exit(f"select_fedmekt_c: error: {exc}")
     jobs = [(c, s, args.rounds, args.dataset, args.folds) for s in seeds for c in candidates]
+    cached: dict[str, dict] = {}
+    if args.results and Path(args.results).exists():
+        for line in Path(args.results).read_text().splitlines():
+            rec = json.loads(line)
+            cached[rec["key"]] = rec
+    todo = [j for j in jobs if job_key(j) not in cached]
+    print(f"{len(jobs)} runs, {len(jobs) - len(todo)} from {args.results or 'no cache'}", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(one, jobs))
+        for rec in pool.map(one, todo):
+            cached[rec["key"]] = rec
+            if args.results:
+                with open(args.results, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+    results = [dict(cached[job_key(j)], candidate=j[0]) for j in jobs]
     print("\n" + "\n".join(summary(results, candidates, args.against)))
 
 

@@ -127,6 +127,18 @@ class Party:
     projections: Projections
     device: torch.device
     modalities: tuple[str, ...]   # held modalities (the server holds the whole pair)
+    unlabelled: Partition | None = None  # server: inputs it holds besides the proxy (the labelled set, whose
+                                         # labels the autoencoder never reads); walked with server_walk_labelled
+
+
+def inputs_only(parts: list[Partition], modalities) -> Partition:
+    """The partitions' rows stacked (segments offset, units kept), labels replaced by -1: input to a walk."""
+    offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    return Partition({m: np.concatenate([p.modalities[m] for p in parts]) for m in modalities},
+                     np.full(sum(len(p) for p in parts), -1, dtype=np.int64),
+                     np.concatenate([np.asarray(p.segments, dtype=np.int64).reshape(-1, 2) + o
+                                     for p, o in zip(parts, offsets)]),
+                     tuple(u for p in parts for u in p.units))
 
 
 class ProxyWindows:

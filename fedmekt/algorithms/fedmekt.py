@@ -26,9 +26,9 @@ import torch
 
 from fedmekt.algorithms.base import (
     Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, epoch_steps, exchanged_layers,
-    private_epoch, reconstruct, to_numpy,
+    inputs_only, private_epoch, reconstruct, to_numpy,
 )
-from fedmekt.losses import embedding_mse, kd_loss, reconstruction_loss, reversed_mse
+from fedmekt.losses import alignment_loss, distillation_loss, reconstruction_loss, reversed_mse
 from sensors.partition import Partition
 
 
@@ -65,7 +65,6 @@ class FedMEKT(Algorithm):
         """
         cfg = party.cfg
         mods = [m for m in student if m in teacher]
-        use_kl = cfg.faithful or cfg.hyper.kd == "kl"
         total = torch.zeros((), device=party.device)
         for i, layer in enumerate(exchanged_layers(cfg)):
             if self.joint and len(mods) > 1:
@@ -76,10 +75,21 @@ class FedMEKT(Algorithm):
                 pairs = [(student[m][i], teacher[m][i]) for m in mods]
             for s, t in pairs:
                 a, b = (t, s) if reverse else (s, t)
-                term = (kd_loss(a, b, cfg.hyper.temperature, faithful=cfg.faithful) if use_kl
-                        else embedding_mse(a, b))
+                term = distillation_loss(a, b, cfg.hyper.kd, cfg.hyper.temperature, faithful=cfg.faithful)
                 total = total + weights[i] * term
         return total * (2.0 if (cfg.faithful and self.joint and len(mods) > 1) else 1.0)
+
+    def _align(self, party: Party, x: dict[str, torch.Tensor], z: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``hyper.align`` term between the pair's representations of the aligned windows ``x`` (C only).
+
+        ``z`` passes representations already computed on ``x``; zero when off or with one modality.
+        """
+        h = party.cfg.hyper
+        if h.align == "none" or not self.joint or len(x) < 2:
+            return torch.zeros((), device=party.device)
+        z = z or {}
+        za, zb = (z[m] if m in z else party.model.encode(x[m], m)[0] for m in list(x)[:2])
+        return h.align_weight * alignment_loss(za, zb, h.align, h.align_tau)
 
     # ---- server -------------------------------------------------------------------------------------
     def downstream(self, server: Party, proxy: ProxyWindows | None) -> Tensors:
@@ -94,12 +104,14 @@ class FedMEKT(Algorithm):
                    for m in server.modalities if emb_key(m, "z") in means}
         losses = []
         walk = epoch_steps(h.server_walk_step_budget, h.global_epochs)
+        source = (inputs_only([proxy.source, server.unlabelled], server.modalities)
+                  if cfg.server_walk_labelled and server.unlabelled is not None else proxy.source)
         for _ in range(h.global_epochs):
             for idx in proxy.epoch(rng, cfg.proxy_batch):
                 x = {m: proxy.x[m][idx] for m in server.modalities}
                 losses += self._server_step(server, x, {m: tuple(t[idx] for t in v) for m, v in targets.items()})
             if cfg.server_proxy_walk:
-                for x, _labels in private_epoch(proxy.source, server.modalities, cfg, rng, server.device, walk):
+                for x, _labels in private_epoch(source, server.modalities, cfg, rng, server.device, walk):
                     self._server_step(server, x, {})
         return {"loss_server": float(np.mean(losses)) if losses else float("nan")}
 
@@ -110,7 +122,8 @@ class FedMEKT(Algorithm):
             rec = sum(reconstruction_loss(server.model(x[m], m), x) for m in mods)
             emb = {m: server.model.encode(x[m], m) for m in tgt}
             kd = self._kd(server, emb, tgt, (h.eta, h.gamma), reverse=server.cfg.faithful)
-            return [server.optim.step(rec + kd, [enc(m) for m in mods] + [dec(m) for m in mods])]
+            align = self._align(server, x, {m: e[0] for m, e in emb.items()})
+            return [server.optim.step(rec + kd + align, [enc(m) for m in mods] + [dec(m) for m in mods])]
         losses = []
         for m in mods:
             loss = reconstruction_loss(server.model(x[m], m), x)
@@ -142,7 +155,7 @@ class FedMEKT(Algorithm):
                 elif self.joint:
                     rec = sum(reconstruction_loss(client.model(xs[m], m), xs) for m in mods)
                     emb = {m: client.model.encode(p[m], m) for m in mods}
-                    loss = rec + self._kd(client, emb, tgt, (h.alpha, h.beta))
+                    loss = rec + self._kd(client, emb, tgt, (h.alpha, h.beta)) + self._align(client, xs)
                     client.optim.step(loss, [enc(m) for m in mods] + [dec(m) for m in mods])
                 else:
                     for m in mods:

@@ -1,0 +1,99 @@
+"""Learner options measured under the validation protocol (docs/fedmekt-c-selection.md): distillation
+targets, cross-modal alignment, the server's walk over the labelled inputs. Off by default; each changes
+what is learnt and none changes what is sent."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from fedmekt.algorithms.base import inputs_only
+from fedmekt.config import FederationConfig
+from fedmekt.errors import UserError
+from fedmekt.federation import run_inprocess
+from fedmekt.losses import alignment_loss, distillation_loss, embedding_mse, kd_loss
+from tests.core_support import tiny_config, tiny_split
+
+
+@pytest.fixture(scope="module")
+def split():
+    return tiny_split()
+
+
+def _t(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_distillation_kinds():
+    s, t = _t(4, 6, 2, seed=1).requires_grad_(True), _t(4, 6, 2, seed=2)
+    assert torch.equal(distillation_loss(s, t, "kl", 3.0), kd_loss(s, t, 3.0))
+    assert torch.equal(distillation_loss(s, t, "mse", 3.0), embedding_mse(s, t))
+    assert torch.equal(distillation_loss(s, t, "kl", 3.0, faithful=True), kd_loss(s, t, 3.0, faithful=True))
+    # time-axis softmax: distributions over the 6 steps, exact KL (zero on identical inputs)
+    assert not torch.isclose(distillation_loss(s, t, "kl-time", 3.0), kd_loss(s, t, 3.0))
+    assert float(distillation_loss(t, t, "kl-time", 3.0)) == pytest.approx(0.0, abs=1e-6)
+    # standardised targets: invariant to a common per-channel affine map of student and teacher
+    scale, shift = torch.tensor([10.0, 0.1]), torch.tensor([3.0, -2.0])
+    for kind in ("kl-std", "mse-std"):
+        a = distillation_loss(s, t, kind, 3.0)
+        b = distillation_loss(s * scale + shift, t * scale + shift, kind, 3.0)
+        assert torch.isclose(a, b, rtol=1e-4)
+        a.backward()
+        assert s.grad is not None and float(s.grad.abs().sum()) > 0
+        s.grad = None
+
+
+def test_alignment_is_lowest_on_aligned_pairs_and_trains_both_sides():
+    za, zb = _t(8, 5, 2, seed=3).requires_grad_(True), _t(8, 5, 2, seed=4).requires_grad_(True)
+    for kind in ("mse", "cosine"):
+        assert float(alignment_loss(za, za.detach(), kind)) == pytest.approx(0.0, abs=1e-6)
+        assert float(alignment_loss(za, zb, kind)) > 0.1
+    near = za.detach() + 0.01 * _t(8, 5, 2, seed=5)
+    assert float(alignment_loss(za, near, "infonce", 0.1)) < float(alignment_loss(za, zb, "infonce", 0.1))
+    alignment_loss(za, zb, "infonce", 0.1).backward()
+    assert float(za.grad.abs().sum()) > 0 and float(zb.grad.abs().sum()) > 0
+
+
+def test_inputs_only_stacks_rows_offsets_segments_and_drops_labels(split):
+    both = inputs_only([split.proxy, split.labelled], ("a", "b"))
+    n = len(split.proxy)
+    assert len(both) == n + len(split.labelled) and (both.labels == -1).all()
+    np.testing.assert_array_equal(both.modalities["a"][n:], split.labelled.modalities["a"])
+    np.testing.assert_array_equal(both.segments[len(split.proxy.segments):], split.labelled.segments + n)
+    assert both.units == split.proxy.units + split.labelled.units
+
+
+def _run(split, **kw):
+    hyper = kw.pop("hyper", {})
+    cfg = tiny_config("fedmekt-c", **{"rounds": 1, **kw})
+    cfg = dataclasses.replace(cfg, hyper=dataclasses.replace(cfg.hyper, **hyper))
+    return run_inprocess(cfg, split, progress=False)
+
+
+@pytest.mark.parametrize("option", [{"server_walk_labelled": True}, {"hyper": {"align": "mse"}},
+                                    {"hyper": {"align": "infonce"}}, {"hyper": {"kd": "kl-time"}}])
+def test_an_option_changes_the_learnt_model_and_not_the_bytes(split, option):
+    base, other = _run(split), _run(split, **option)
+    assert any(not np.array_equal(base.model_state[k], other.model_state[k]) for k in base.model_state)
+    for a, b in zip(base.rows, other.rows):
+        assert (a["bytes_up"], a["bytes_down"]) == (b["bytes_up"], b["bytes_down"])
+
+
+def test_options_at_their_defaults_are_bit_identical(split):
+    base = _run(split)
+    off = _run(split, hyper={"align": "none", "align_weight": 5.0})
+    for k in base.model_state:
+        np.testing.assert_array_equal(base.model_state[k], off.model_state[k])
+
+
+@pytest.mark.parametrize("bad", [{"hyper": {"align": "l1"}}, {"hyper": {"align_tau": 0.0}},
+                                 {"hyper": {"kd": "kl-feature"}},
+                                 {"server_walk_labelled": True, "server_proxy_walk": False}])
+def test_bad_learner_options_are_one_line_errors(bad):
+    data = tiny_config().to_dict()
+    data.update({k: ({**data["hyper"], **v} if k == "hyper" else v) for k, v in bad.items()})
+    with pytest.raises(UserError):
+        FederationConfig.from_dict(data)
