@@ -5,6 +5,8 @@
     fedmekt provision add ~/fedmekt-operator c000 --federation demo      # a device
     fedmekt provision add ~/fedmekt-operator dashboard --role monitor   # read-only, for `fedmekt status`
     fedmekt provision remove ~/fedmekt-operator c000                    # revoke
+    fedmekt provision bridge ~/fedmekt-operator ward-3 --federation demo --device c000 --device c001
+                                                                         # a site broker's bridge to the lab
 
 The operator folder keeps the CA key and every login's credentials; the broker folder gets
 only what mosquitto serves. Reload mosquitto (SIGHUP) after ``add`` / ``remove``.
@@ -40,7 +42,22 @@ def register(subparsers) -> None:
     q = sub.add_parser("remove", help="revoke a login")
     q.add_argument("operator", type=Path)
     q.add_argument("name")
+    q = sub.add_parser("bridge", help="a site broker's login and its mosquitto bridge config to the lab broker")
+    q.add_argument("operator", type=Path)
+    q.add_argument("site", help="the site broker's login name on the lab broker, e.g. ward-3")
+    q.add_argument("--federation", required=True, help="the federation it relays (one; another one: another bridge)")
+    q.add_argument("--device", action="append", required=True, help="a gateway behind the site broker (repeatable)")
+    q.add_argument("--lab-broker", default=None,
+                   help="mqtts://HOST:PORT[,…] the site reaches the lab by (default the address of `init`)")
+    q.add_argument("--site-dir", type=Path, default=None,
+                   help="where the site broker will read the files (default OPERATOR/sites/SITE), "
+                        "e.g. /etc/mosquitto/fedmekt-bridge")
+    q.add_argument("--password-stdin", action="store_true", help="read the password from stdin (default random)")
     p.set_defaults(func=run)
+
+
+def _password(args) -> str | None:
+    return sys.stdin.readline().rstrip("\n") if args.password_stdin else None
 
 
 def run(args) -> int:
@@ -51,9 +68,15 @@ def run(args) -> int:
         print(f"CA in {args.operator}; broker files in {dep.broker_dir}: "
               f"include {dep.broker_dir / 'fedmekt.conf'} in mosquitto's configuration")
     elif args.action == "add":
-        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
-        bundle = registry.add(args.operator, args.name, args.role, tuple(args.federation), password)
+        bundle = registry.add(args.operator, args.name, args.role, tuple(args.federation), _password(args))
         print(f"{args.role} {args.name}: copy {bundle}/ to where it runs; reload mosquitto (SIGHUP)")
+    elif args.action == "bridge":
+        from fedmekt.provisioning.bridge import BRIDGE_CONF, provision_bridge
+
+        folder = provision_bridge(args.operator, args.site, args.federation, tuple(args.device), args.lab_broker,
+                                  args.site_dir, _password(args))
+        print(f"bridge {args.site}: reload the lab's mosquitto (SIGHUP); copy {folder}/ to the site broker "
+              f"and include its {BRIDGE_CONF} (restart the site's mosquitto: bridges are not reloaded)")
     else:
         registry.remove(args.operator, args.name)
         print(f"removed {args.name}; reload mosquitto (SIGHUP)")

@@ -11,24 +11,28 @@ from dataclasses import dataclass
 
 from fedmekt.wire.topics import ROOT
 
-ROLES = ("device", "aggregator", "monitor")
+ROLES = ("device", "aggregator", "monitor", "bridge")
 ALL_FEDERATIONS = "+"
 
 
 @dataclass(frozen=True)
 class Login:
-    """One MQTT login: its name (== client id, forced by the broker), role and federations."""
+    """One MQTT login: its name (== client id, forced by the broker), role and federations;
+    a bridge (a site broker) also names the devices behind it."""
 
     name: str
     role: str
     federations: tuple[str, ...] = (ALL_FEDERATIONS,)
+    devices: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {"role": self.role, "federations": list(self.federations)}
+        d = {"role": self.role, "federations": list(self.federations)}
+        return {**d, "devices": list(self.devices)} if self.devices else d
 
     @classmethod
     def from_json(cls, name: str, d: dict) -> "Login":
-        return cls(name, str(d["role"]), tuple(str(f) for f in d["federations"]))
+        return cls(name, str(d["role"]), tuple(str(f) for f in d["federations"]),
+                   tuple(str(x) for x in d.get("devices", ())))
 
 
 def _device_rules(fed: str, me: str) -> list[str]:
@@ -46,16 +50,30 @@ def _aggregator_rules(fed: str) -> list[str]:
     return [*(f"topic readwrite {ROOT}/{fed}/{t}" for t in own), f"topic read {ROOT}/{fed}/clients/#"]
 
 
-def _rules(login: Login) -> list[str]:
-    rules: list[str] = []
+def bridge_state_topic(fed: str, site: str) -> str:
+    """Where a site broker's bridge says whether its link to the lab is up (retained ``1`` / ``0``, its Will)."""
+    return f"{ROOT}/{fed}/bridges/{site}/state"
+
+
+def _bridge_rules(fed: str, login: Login) -> list[str]:
+    """Exactly what its devices may do, relayed on their behalf (the shared read rules once), and its state."""
+    relayed = [r for device in login.devices for r in _device_rules(fed, device)]
+    return [*dict.fromkeys(relayed), f"topic write {bridge_state_topic(fed, login.name)}"]
+
+
+def rules(login: Login) -> list[str]:
+    """The login's ``topic <access> <pattern>`` lines (a site broker's bridge subscribes by them too)."""
+    out: list[str] = []
     for fed in login.federations:
         if login.role == "device":
-            rules += _device_rules(fed, login.name)
+            out += _device_rules(fed, login.name)
+        elif login.role == "bridge":
+            out += _bridge_rules(fed, login)
         elif login.role == "aggregator":
-            rules += _aggregator_rules(fed)
+            out += _aggregator_rules(fed)
         else:  # monitor: reads everything of its federations, publishes nothing
-            rules.append(f"topic read {ROOT}/{fed}/#")
-    return rules
+            out.append(f"topic read {ROOT}/{fed}/#")
+    return out
 
 
 def render_acl(logins: list[Login]) -> str:
@@ -65,5 +83,6 @@ def render_acl(logins: list[Login]) -> str:
            "# so no login gets rights meant for another role. Topic scheme: fedmekt/wire/topics.py."]
     for login in sorted(logins, key=lambda x: (ROLES.index(x.role), x.name)):
         feds = ", ".join("all federations" if f == ALL_FEDERATIONS else f for f in login.federations)
-        out += ["", f"# {login.role} {login.name} ({feds})", f"user {login.name}", *_rules(login)]
+        relays = f", relays {', '.join(login.devices)}" if login.devices else ""
+        out += ["", f"# {login.role} {login.name} ({feds}{relays})", f"user {login.name}", *rules(login)]
     return "\n".join(out) + "\n"

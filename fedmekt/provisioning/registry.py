@@ -157,9 +157,27 @@ def init(operator: Path, hosts: tuple[str, ...], port: int = SHIPPED_PORT, broke
     return dep
 
 
+def _check_relayed(logins: dict[str, Login], site: str, federations: tuple[str, ...], devices: tuple[str, ...]) -> None:
+    """A bridge relays one federation's devices, none of them already relayed by another site."""
+    if len(federations) != 1:
+        raise UserError("a bridge relays one federation: give --federation NAME once (a second one: another bridge)")
+    if not devices:
+        raise UserError("a bridge relays the devices behind its site broker: "
+                        "use `fedmekt provision bridge OPERATOR SITE --device ID …`")
+    for device in devices:
+        check_name(device, "device id")
+        if device == AGGREGATOR_ID:
+            raise UserError(f"{device!r} is the aggregator's protocol id, not a device")
+        other = next((x.name for x in logins.values() if x.name != site and x.role == "bridge"
+                      and x.federations == federations and device in x.devices), None)
+        if other:
+            raise UserError(f"device {device} of {federations[0]} is already behind site {other}")
+
+
 def add(operator: Path, name: str, role: str = "device", federations: tuple[str, ...] = (),
-        password: str | None = None) -> Path:
-    """Add (or re-key) a login; returns its folder of ``ca.crt`` and ``credentials.json`` for the device."""
+        password: str | None = None, devices: tuple[str, ...] = ()) -> Path:
+    """Add (or re-key) a login; returns its folder of ``ca.crt`` and ``credentials.json`` for the device.
+    A ``bridge`` login is a site broker's, relaying ``devices`` (``fedmekt.provisioning.bridge``)."""
     dep = Deployment.open(operator)
     check_name(name, "login name")
     if role not in ROLES:
@@ -173,10 +191,14 @@ def add(operator: Path, name: str, role: str = "device", federations: tuple[str,
     logins = dep.logins()
     if name in logins and logins[name].role != role:
         raise UserError(f"{name!r} is already a {logins[name].role} login; remove it first")
+    if role == "bridge":
+        _check_relayed(logins, name, federations, devices)
+    elif devices:
+        raise UserError(f"only a bridge login relays devices, not a {role}")
     password = password or secrets.token_urlsafe(24)
     if ":" in password or "\n" in password or not password:
         raise UserError("a password must be non-empty and may not contain ':' or a newline")
-    logins[name] = Login(name, role, tuple(federations) or (ALL_FEDERATIONS,))
+    logins[name] = Login(name, role, tuple(federations) or (ALL_FEDERATIONS,), tuple(dict.fromkeys(devices)))
     passwd = dep._passwd()
     passwd[name] = hash_line(name, password)
     dep._save(logins, passwd)
@@ -201,4 +223,5 @@ def remove(operator: Path, name: str) -> None:
     passwd.pop(name, None)
     dep._save(logins, passwd)
     shutil.rmtree(operator / "logins" / name, ignore_errors=True)
+    shutil.rmtree(operator / "sites" / name, ignore_errors=True)  # a bridge's config holds its password
 
