@@ -22,9 +22,9 @@ from fedmekt.provisioning.acl import Login, bridge_state_topic, rules
 from fedmekt.provisioning.registry import CREDENTIALS, Deployment, _write, add, shipped_conf
 
 BRIDGE_CONF, LAB_CA = "bridge.conf", "lab-ca.crt"
-# reconnect after a lost link: decorrelated jitter from 2 s up to 10 s, so a lab restart is not met
+# reconnect after a lost link: decorrelated jitter from 1 s up to 5 s, so a lab restart is not met
 # by every site at once, and a WAN link back after a short outage is used within seconds
-RESTART_TIMEOUT = "2 10"
+RESTART_TIMEOUT = "1 5"
 KEEPALIVE_S = 15  # a link that silently stops carrying packets is noticed within 1.5 x this
 
 

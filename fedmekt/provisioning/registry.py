@@ -3,6 +3,7 @@
 Operator folder (mode 0700, stays with the operator)::
 
     ca.key  ca.crt  broker.json  logins.json  logins/<name>/{ca.crt, credentials.json}
+    sites/<site>/{bridge.conf, lab-ca.crt}   (a site broker's bridge: ``fedmekt.provisioning.bridge``)
 
 Broker folder (what mosquitto serves; default ``<operator>/broker``)::
 
