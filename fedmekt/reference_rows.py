@@ -23,7 +23,7 @@ import torch
 
 from fedmekt.algorithms.base import Party, enc
 from fedmekt.config import FederationConfig
-from fedmekt.engine import _PROBE, ClientEngine, ServerEngine, _seed, client_view
+from fedmekt.engine import _PROBE, ClientEngine, ServerEngine, _seed, client_view, resolve_device
 from fedmekt.evaluation import linear_probe, raw_probe
 from sensors.partition import FederatedSplit
 
@@ -31,24 +31,32 @@ REFERENCES = ("raw-features", "local-only", "centralized")
 LOCAL_TRAINER = "mmfedavg"   # whose client step trains the reference autoencoders
 
 
+def _record(cfg: FederationConfig, name: str, start: float, metrics: dict, steps: int) -> dict:
+    return {"dataset": cfg.dataset, "pair": "-".join(cfg.pair), "seed": cfg.seed, "clients": list(cfg.clients),
+            "per_round": cfg.per_round, "rounds": cfg.rounds, "partition": cfg.partition, "reference": True,
+            "local_trainer": LOCAL_TRAINER, "run": f"{name}-seed{cfg.seed}", "algorithm": name, "variant": name,
+            "local_steps": steps, **metrics, "wall_s": round(time.perf_counter() - start, 2)}
+
+
+def raw_features_final(cfg: FederationConfig, split: FederatedSplit) -> dict:
+    """The ``raw-features`` row alone (one probe per modality, seconds): what ``simulate`` sets beside its result."""
+    start = time.perf_counter()
+    probe = raw_probe(split.labelled, split.test, cfg, len(split.label_names), resolve_device(cfg.device),
+                      _seed(cfg, _PROBE))   # the federated runs' probe seed
+    return _record(cfg, "raw-features", start, probe, 0)
+
+
 def reference_finals(cfg: FederationConfig, split: FederatedSplit) -> list[dict]:
     """``final.jsonl`` records of the three reference rows for ``cfg``'s seed, rounds and client sampling."""
+    out = [raw_features_final(cfg, split)]
     cfg = replace(cfg, algorithm=LOCAL_TRAINER)
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
     ids = sorted(c.client_id for c in split.clients)
     plans = [server.plan_round(r, ids) for r in range(cfg.rounds)]
     n_classes, seed = len(split.label_names), _seed(cfg, _PROBE)   # the federated runs' probe seed
-    base = {"dataset": cfg.dataset, "pair": "-".join(cfg.pair), "seed": cfg.seed, "clients": list(cfg.clients),
-            "per_round": cfg.per_round, "rounds": cfg.rounds, "partition": cfg.partition, "reference": True,
-            "local_trainer": LOCAL_TRAINER}
 
     def record(name: str, start: float, metrics: dict, steps: int) -> dict:
-        return {**base, "run": f"{name}-seed{cfg.seed}", "algorithm": name, "variant": name, "local_steps": steps,
-                **metrics, "wall_s": round(time.perf_counter() - start, 2)}
-
-    start = time.perf_counter()
-    out = [record("raw-features", start, raw_probe(split.labelled, split.test, cfg, n_classes, server.device, seed),
-                  0)]
+        return _record(cfg, name, start, metrics, steps)
 
     start = time.perf_counter()
     locals_ = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, None) for c in split.clients}

@@ -115,6 +115,7 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
             rec = {"dataset": dataset, "pair": pair, "clients": "/".join(map(str, clients)), "algorithm": variant,
                    "test": m, "seeds": len(runs), "rounds": runs[0]["rounds"],
                    "paper_metric_mean": pm, "paper_metric_std": ps,
+                   "paper_metric_rounds": min(min(LAST_ROUNDS, len(rr)) for rr in run_rows),  # the median's span
                    "paper_value": paper_value(dataset, clients, pair, m, algo)}
             for k in ("f1_weighted", "f1_macro", "accuracy"):
                 rec[f"probe_{k}_mean"], rec[f"probe_{k}_std"] = _ms([f[f"probe_{k}_{m}"] for f in runs])
@@ -179,8 +180,15 @@ def _fmt(mean: float, std: float | None = None) -> str:
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
-def _kb(v: float) -> str:
+def _kib(v: float) -> str:
     return f"{v / 1024:.1f}"
+
+
+def paper_metric_label(spans) -> str:
+    """"paper metric (median of last 10 rounds)", or of the fewer rounds a short run has (``spans``: per row)."""
+    n = sorted({int(x) for x in spans if x}) or [LAST_ROUNDS]
+    span = str(n[0]) if len(n) == 1 else f"{n[0]}–{n[-1]}"
+    return "paper metric (last round)" if n == [1] else f"paper metric (median of last {span} rounds)"
 
 
 def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:
@@ -189,7 +197,8 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         "",
         "Mean ± std over seeds (each seed = its own split of test/proxy/labelled/client units). ",
         "**paper metric** = the authors' per-round moving probe: weighted F1 per 2000-step test chunk, averaged over "
-        "chunks, median of the last 10 rounds — the same metric as **paper** (spec §9, one run of the authors). ",
+        f"chunks, median of the last {LAST_ROUNDS} rounds (of every round when a run has fewer) — the same metric as "
+        "**paper** (spec §9, one run of the authors). ",
         "**probe** = a fresh linear head trained to convergence on the frozen final encoder, over the whole test set. "
         "**floor** = the labelled set's majority class predicted everywhere. "
         "Reference rows on the same splits (`fedmekt.reference_rows`): **raw-features** = the same probe on the "
@@ -197,7 +206,8 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         "selected, nothing exchanged, mean of their probes; **centralized** = one autoencoder takes every local "
         "step of the federation (pooled client data, the upper bound).",
         "",
-        "| dataset | pair | clients A/B/AB | algorithm | test | seeds | rounds | paper metric (ours) | paper | "
+        "| dataset | pair | clients A/B/AB | algorithm | test | seeds | rounds | "
+        f"{paper_metric_label(r['paper_metric_rounds'] for r in acc)}, ours | paper | "
         "probe weighted F1 | probe macro F1 | probe accuracy | floor weighted F1 | floor accuracy |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -245,8 +255,8 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         vs_total = f"{c['bytes_total_run'] / base['bytes_total_run']:.2f}×" if base else "–"
         lines.append(
             f"| {c['dataset']} | {c['pair']} | {c['algorithm']} | {c['wire_dtype']} | {c['exchanged']} | "
-            f"{_kb(c['bytes_up_per_round'])} | {_kb(c['bytes_down_per_round'])} | {vs_round} | "
-            f"{_kb(c['bytes_proxy_once'])} | {c['bytes_total_run'] / 2**20:.2f} | {vs_total} | {c['wall_s']:.0f} |")
+            f"{_kib(c['bytes_up_per_round'])} | {_kib(c['bytes_down_per_round'])} | {vs_round} | "
+            f"{_kib(c['bytes_proxy_once'])} | {c['bytes_total_run'] / 2**20:.2f} | {vs_total} | {c['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import time
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def run(args) -> int:
     from fedmekt.broker import embedded_broker
     from fedmekt_cli.run_record import RunRecord
     from fedmekt.html_report import write_html_report
+    from fedmekt.reference_rows import raw_features_final
     from fedmekt_cli.simulation import run_simulation, write_outputs
     from sensors.datasets import load_dataset
     from sensors.splits import make_split, write_manifest
@@ -121,11 +123,12 @@ def run(args) -> int:
                 broker.stop()
         write_outputs(out, sim)
         html = write_html_report(out)
+        figures = summary_record(sim, raw_features_final(cfg, split))
         if args.json:
-            print(json.dumps({**summary_record(sim), "federation": cfg.federation, "broker": url,
+            print(json.dumps({**figures, "federation": cfg.federation, "broker": url,
                               "out": str(out), "report": str(html)}, indent=1))
         else:
-            record.note(summary(sim))
+            record.note(summary(figures, sim.discarded))
             record.note(f"results in {out}\nreport: {html}")
     return 0
 
@@ -143,16 +146,24 @@ def _log_round(out: Path, rnd: int, cfg) -> None:
     log.info("round %d of %d starts", rnd + 1, cfg.rounds)
 
 
-def summary_record(sim) -> dict:
-    """The summary's figures: final F1 per test modality next to the floor, bytes per round (accounted and seen)."""
+def summary_record(sim, raw: dict | None = None) -> dict:
+    """The summary's figures per test modality: the final probe beside the paper metric, the raw-feature probe
+    (``raw``: the reference row) and the majority floor; bytes per round (accounted and seen)."""
+    from fedmekt.report import LAST_ROUNDS
+
     r = sim.result
     n = max(1, len(r.rows))
     packets = sim.wire.get("packet_bytes", {})
+    last = r.rows[-LAST_ROUNDS:]
     return {
         "run": r.name, "algorithm": r.config.algorithm, "dataset": r.config.dataset, "rounds": len(r.rows),
         "wall_s": round(sim.wall_s, 2),
         "probe_f1_weighted": {m: r.final.get(f"probe_f1_weighted_{m}") for m in r.config.pair},
+        "paper_metric": {m: float(statistics.median(x[f"f1_paper_{m}"] for x in last)) if last else None
+                         for m in r.config.pair},
+        "paper_metric_rounds": len(last),
         "last_round_paper_f1": {m: r.rows[-1].get(f"f1_paper_{m}") if r.rows else None for m in r.config.pair},
+        "raw_feature_probe_f1_weighted": {m: (raw or {}).get(f"probe_f1_weighted_{m}") for m in r.config.pair},
         "majority_f1_weighted": r.final.get("majority_f1_weighted"),
         "upload_message_bytes_per_round": sum(x["bytes_up"] for x in r.rows) / n,
         "upload_packet_bytes_per_round": packets.get("upload", 0) / n,
@@ -161,19 +172,26 @@ def summary_record(sim) -> dict:
     }
 
 
-def summary(sim) -> str:
-    """A few lines: final F1 per test modality beside the floor, bytes per round accounted vs seen on the wire."""
-    s = summary_record(sim)
-    lines = [f"{s['run']}: {s['rounds']} rounds in {s['wall_s']:.1f} s"]
-    for m, f1 in s["probe_f1_weighted"].items():
-        last = s["last_round_paper_f1"][m]
-        if f1 is not None:
-            lines.append(f"  test on {m:>6}: final probe weighted F1 {f1:.3f} (last round's paper metric "
-                         f"{last:.3f}); majority-class floor {s['majority_f1_weighted'] or float('nan'):.3f}")
+def summary(s: dict, discarded: list[str]) -> str:
+    """The result beside what needs no federation (raw-feature probe, majority floor), which F1 is which named;
+    bytes per round accounted vs seen on the wire."""
+    from fedmekt.report import paper_metric_label
+
+    mods = list(s["probe_f1_weighted"])
+    rows = [("final probe weighted F1, converged head on the final encoder",
+             s["probe_f1_weighted"]),
+            (f"{paper_metric_label([s['paper_metric_rounds']])}, per-round probe", s["paper_metric"]),
+            ("raw-feature probe, the same head on unencoded samples", s["raw_feature_probe_f1_weighted"]),
+            ("majority-class floor", {m: s["majority_f1_weighted"] for m in mods})]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{s['run']}: {s['rounds']} rounds in {s['wall_s']:.1f} s",
+             f"  {'weighted F1 on the test subjects':<{width}}" + "".join(f"{m:>8}" for m in mods)]
+    lines += [f"  {label:<{width}}" + "".join(f"{v[m]:8.3f}" if v.get(m) is not None else f"{'–':>8}" for m in mods)
+              for label, v in rows]
     up_acc, up_wire = s["upload_message_bytes_per_round"], s["upload_packet_bytes_per_round"]
     lines.append(f"  per round: uploads {up_acc / 1024:.1f} KiB of messages, {up_wire / 1024:.1f} KiB as MQTT packets "
                  f"(+{100 * (up_wire / up_acc - 1) if up_acc else 0:.2f} % framing); "
                  f"global knowledge {s['global_packet_bytes_per_round'] / 1024:.1f} KiB published")
-    if sim.discarded:
-        lines.append(f"  {len(sim.discarded)} upload(s) discarded, e.g. {sim.discarded[0]}")
+    if discarded:
+        lines.append(f"  {len(discarded)} upload(s) discarded, e.g. {discarded[0]}")
     return "\n".join(lines)
