@@ -193,20 +193,20 @@ def _uploaders(fed: BridgedFederation, since: float = 0.0) -> set[str]:
 
 
 def _retained(port: int, topic: str, timeout: float = 10.0) -> bool:
-    """Whether the (plain loopback) broker on ``port`` holds a retained message on ``topic``."""
-    probe = connect(port, None, None, ca=None, client_id="retained-probe")
-    try:
-        probe.subscribe(topic)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                if probe.messages.get(timeout=left).retain:
-                    return True
-            except queue.Empty:
-                return False
-        return False
-    finally:
-        probe.close()
+    """Whether the (plain loopback) broker on ``port`` holds, or comes to hold within ``timeout``, a retained
+    message on ``topic``: a fresh subscription each try (a live copy to an old subscriber is not flagged)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = connect(port, None, None, ca=None, client_id="retained-probe")
+        try:
+            probe.subscribe(topic)
+            if probe.messages.get(timeout=1.0).retain:
+                return True
+        except queue.Empty:
+            pass
+        finally:
+            probe.close()
+    return False
 
 
 @pytest.mark.slow
@@ -229,7 +229,7 @@ def test_bridge_federation_on_two_site_brokers_completes(tmp_path):
         assert [r["round"] for r in rows] == [0, 1]
         assert all(r["absorbed"] == r["selected"] == len(fed.client_ids) for r in rows), rows
         assert _uploaders(fed) == set(fed.client_ids)  # every gateway's uploads crossed its site's bridge
-        assert "discarded upload" not in fed.log("aggregator")
+        assert all(r["rejected"] == 0 for r in rows), rows  # nothing relayed was refused (sender, nonce, shape)
     finally:
         fed.close()
 
@@ -270,6 +270,8 @@ def test_bridge_dropped_and_restored_mid_run(tmp_path):
                 for cid in [t.split("/")[3]]}
         assert back >= set(site.devices), (sorted(later), sorted(back))
         assert fed.bridge_states("site-a")[-3:] == [b"1", b"0", b"1"]
+        for cid in site.devices:  # the WAN outage never touched the gateways' own connections
+            assert "disconnected from broker" not in fed.log(cid), fed.log(cid)[-2000:]
         record("fault", "site bridge's WAN link cut for a round and restored", lost=fed.rounds - len(rows))
     finally:
         fed.close()
