@@ -16,6 +16,11 @@ announcement (with the round's nonce and the hash of its global knowledge) and "
 whose header does not echo the round's nonce is discarded. It watches its retained manifest,
 proxy chunks and announcement and puts its own back when another publisher replaces them (clients refuse the
 forgery, but one that starts later would find nothing else).
+Retained messages are an optimisation: a client's sync request (``clients/<id>/sync``, sent on
+every (re)connect) is answered on its ``reply/`` topics with what it lacks — the manifest, the proxy
+set, the open round's announcement (and global knowledge when it owes an upload), the newest
+package — rate-limited per client (aggregator/sync.py), so a broker without retained messages
+loses nothing.
 Memory: one reassembly buffer bounded by ``max_pending`` messages plus the engine's
 per-key running sums, independent of the number of clients.
 """
@@ -35,6 +40,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aggregator.checkpoint import load_checkpoint, save_checkpoint
+from aggregator.sync import SyncLimiter
 from fedmekt.accounting import message_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
@@ -46,10 +52,12 @@ from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireError, WireLimits, check_spec, decode_body, encode, parse_frame
 from fedmekt.wire.runs import new_run_id
 from fedmekt.wire.signing import sign
+from fedmekt.wire.sync import SyncRequest
 from fedmekt.wire.topics import Topics
 from sensors.partition import FederatedSplit
 
 log = logging.getLogger("aggregator")
+WAIT_LOG_S = 5.0  # while waiting for clients, say so at most this often
 
 
 @dataclass
@@ -71,6 +79,8 @@ class AggregatorOptions:
     package_every: int = 10  # rounds between packages (0 = only at the end); the end always publishes
     known_clients: frozenset[str] | None = None  # the federation's provisioned client ids (None = any id)
     liveness: float = 120.0  # seconds a live birth, heartbeat or upload keeps a client selectable
+    sync_interval: float = 3.0  # a client's sync requests are answered at most this often
+    sync_bulk_interval: float = 30.0  # the proxy set or a package goes to one client at most this often
 
 
 @dataclass
@@ -83,6 +93,7 @@ class _Round:
     rejected: int = 0
     late: int = 0
     nonce: str = ""  # the announcement's nonce every upload header must echo
+    global_frames: list = field(default_factory=list)  # the round's global knowledge (sync answers resend it)
     frame_bytes: dict = field(default_factory=dict)  # payload bytes per message key, counted when absorbed
 
 
@@ -109,6 +120,9 @@ class Aggregator:
         self._control: dict[str, tuple[bytes, float | None]] = {}  # topic -> (our retained payload, expires at)
         self._sent: dict[str, deque[bytes]] = {}  # our recent payloads per control topic (their echoes are ours)
         self._restored: dict[str, float] = {}  # topic -> monotonic time we last put our message back
+        self._sync = SyncLimiter(options.sync_interval, options.sync_bulk_interval)
+        self._bad_sync: set[str] = set()  # clients whose malformed sync request was logged (once each)
+        self._package = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -132,8 +146,10 @@ class Aggregator:
                 "dataset": cfg.dataset, "pair": "-".join(cfg.pair)}
         with MqttLink(self.url, self.link_options, subscriptions=[
                 self.topics.status_all, self.topics.uploads_all, self.topics.proxy_all,
-                self.topics.rounds]).connect() as link:
+                self.topics.rounds, self.topics.sync_all]).connect() as link:
             self.link = link
+            log.info("federation %s on broker %s (run %s)", cfg.federation, ", ".join(map(str, link.addresses)),
+                     self.run_id)
             self._publish_federation()
             self._packages = self._package_publisher()
             self.wait_for_clients(opts.wait_clients or cfg.per_round, opts.wait_timeout)
@@ -220,16 +236,15 @@ class Aggregator:
         server = self.server
         try:
             with TORCH_RNG_LOCK:
-                self._packages.maybe_publish(RunModel(server.run_info(), server.model, server.head),
-                                             server.rounds_completed, final=final)
+                built = self._packages.maybe_publish(RunModel(server.run_info(), server.model, server.head),
+                                                     server.rounds_completed, final=final)
+            self._package = built or self._package
         except Exception as exc:  # noqa: BLE001 - the federation goes on; clients keep the model in service
             log.error("model package after round %d not published: %s", server.rounds_completed - 1, exc)
 
     def wait_for_clients(self, want: int, timeout: float) -> None:
         """Process presence messages until ``want`` clients are online or ``timeout`` seconds passed."""
-        deadline = time.monotonic() + timeout
-        while len(self.selectable()) < want and time.monotonic() < deadline:
-            self._pump(time.monotonic() + 0.2)
+        self._wait_selectable(want, time.monotonic() + timeout)
         if not self.selectable():
             from fedmekt.errors import UserError
 
@@ -248,15 +263,24 @@ class Aggregator:
         want = self.opts.wait_clients or self.cfg.per_round
         while not self.selectable():
             log.warning("no client is online before round %d: waiting for %d clients", rnd, want)
-            deadline = time.monotonic() + self.opts.wait_timeout
-            while len(self.selectable()) < want and time.monotonic() < deadline:
-                self._pump(time.monotonic() + 0.2)
+            self._wait_selectable(want, time.monotonic() + self.opts.wait_timeout)
+
+    def _wait_selectable(self, want: int, deadline: float) -> None:
+        """Process messages until ``want`` clients are selectable or ``deadline``; says so every few seconds."""
+        said = -math.inf
+        while (have := len(self.selectable())) < want and time.monotonic() < deadline:
+            if time.monotonic() - said >= WAIT_LOG_S:
+                log.info("waiting for %d clients (%d online)", want, have)
+                said = time.monotonic()
+            self._pump(min(deadline, time.monotonic() + 0.2))
 
     def _one_round(self, rnd: int) -> dict:
         cfg, server = self.cfg, self.server
         t0 = time.perf_counter()
         self._await_clients(rnd)
         plan = server.plan_round(rnd, self.selectable())
+        shown = ", ".join(plan.selected[:6]) + (", …" if len(plan.selected) > 6 else "")
+        log.info("round %d opens: %d clients selected (%s)", rnd, len(plan.selected), shown)
         down = server.downstream(plan)
         frames = encode(down, cfg.wire_dtype, federation=cfg.federation, round_=rnd, sender=fedwire.AGGREGATOR_ID,
                         kind="global", limits=self.opts.limits)
@@ -266,7 +290,8 @@ class Aggregator:
         self._absorbed = set()
         need = max(1, math.ceil(self.opts.quorum * len(plan.selected)))
         nonce = secrets.token_hex(8)
-        self._round = _Round(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending), nonce=nonce)
+        self._round = _Round(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending), nonce=nonce,
+                             global_frames=frames)
         self._publish_control(self.topics.rounds, fedwire.Announcement(
             cfg.federation, plan.to_json(), deadline, run=self.run_id, nonce=nonce,
             global_sha256=parse_frame(frames[0], self.opts.limits)[0].sha256).to_bytes(),
@@ -282,6 +307,9 @@ class Aggregator:
         bytes_down = sum(message_bytes(client_view(down, self.online.get(c, ())), cfg.wire_dtype, kind="global")
                          for c in plan.selected)
         self._round = None
+        f1 = " ".join(f"f1 {m} {row[f'f1_paper_{m}']:.3f}" for m in cfg.pair if f"f1_paper_{m}" in row)
+        log.info("round %d closed: %d of %d uploads, %.2f s%s", rnd, len(self._absorbed), len(plan.selected),
+                 time.perf_counter() - t0, f", {f1}" if f1 else "")
         return {**row, "bytes_down": bytes_down, "bytes_up": r.bytes_up, "bytes_global": sum(len(f) for f in frames),
                 "proxy_windows": len(plan.proxy_windows), "wall_s": round(time.perf_counter() - t0, 4),
                 "rejected": r.rejected, "late": r.late}
@@ -289,10 +317,11 @@ class Aggregator:
     # -- message handling ---------------------------------------------------------------------
     def _pump(self, until: float) -> None:
         while True:
-            left = until - time.monotonic()
+            left = min(until, self._sync.next_due()) - time.monotonic()
             msg = self.link.get(timeout=max(0.0, left))
             if msg is not None:
                 self._dispatch(msg)
+            self._answer_syncs()
             if time.monotonic() >= until or (self._round and self._round_complete()):
                 return
 
@@ -310,6 +339,8 @@ class Aggregator:
         prefix = len(self.topics.prefix.split("/"))
         if len(parts) == prefix + 3 and parts[prefix] == "clients" and parts[-1] == "status":
             self._on_status(parts[prefix + 1], msg.payload, msg.retain)
+        elif len(parts) == prefix + 3 and parts[prefix] == "clients" and parts[-1] == "sync":
+            self._on_sync(parts[prefix + 1], msg.payload)
         elif len(parts) == prefix + 5 and parts[prefix] == "clients" and parts[prefix + 2] == "upload":
             self._on_upload(parts[prefix + 1], parts[prefix + 3], msg.payload)
 
@@ -340,6 +371,58 @@ class Aggregator:
                 log.warning("ignoring %s: modalities %s do not fit the pair %s", client_id, status.modalities,
                             self.cfg.pair)
             self.online.pop(client_id, None)
+
+    # -- sync requests: the protocol's state without retained messages ---------------------------
+    def _on_sync(self, client_id: str, payload: bytes) -> None:
+        known = self.opts.known_clients
+        if known is not None and client_id not in known:
+            return  # its status was warned about already
+        try:
+            request = SyncRequest.from_bytes(payload)
+        except WireError as exc:
+            if client_id not in self._bad_sync and len(self._bad_sync) < 4096:
+                self._bad_sync.add(client_id)
+                log.warning("ignoring sync request of %s: %s", client_id, exc.reason)
+            return
+        self._sync.add(client_id, request)
+
+    def _answer_syncs(self) -> None:
+        for client_id, request in self._sync.due(time.monotonic()):
+            answer = self._sync_answer(client_id, request)
+            if not answer:
+                continue
+            log.debug("sync answer to %s: %d messages", client_id, len(answer))
+            try:
+                self.link.publish_all((self.topics.reply(client_id, topic), payload) for topic, payload in answer)
+            except TimeoutError:
+                log.warning("sync answer to %s not acknowledged in time", client_id)
+
+    def _sync_answer(self, client_id: str, req: SyncRequest) -> list[tuple[str, bytes]]:
+        """What ``client_id`` lacks, as (federation topic, the payload published there); bulky parts rate-limited."""
+        t, now, out = self.topics, time.monotonic(), []
+        this_run = req.run == self.run_id
+        if not this_run:
+            out.append((t.proxy_manifest, self._control[t.proxy_manifest][0]))
+        sha = self.manifest.proxy_sha256
+        if req.trains and sha and req.proxy != sha and self.opts.publish_proxy and self._sync.bulk(client_id, sha, now):
+            out += [(t.proxy_chunk(i), f) for i, f in enumerate(self.proxy_frames)]
+        r = self._round
+        if req.trains and r is not None:
+            rnd = r.plan.round
+            owed = client_id in r.plan.selected and client_id not in self._absorbed \
+                and (req.uploaded if this_run else -1) < rnd
+            if owed or (req.round if this_run else -1) < rnd:
+                out.append((t.rounds, self._control[t.rounds][0]))
+            if owed:
+                out += [(t.global_chunk(rnd, i), f) for i, f in enumerate(r.global_frames)]
+        built = self._package
+        if req.model is not None and built is not None and req.model != (built.manifest.run, built.manifest.round) \
+                and self._sync.bulk(client_id, f"model-{built.manifest.round}", now):
+            from export.package import verify_package
+            from export.push import package_messages
+
+            out += package_messages(self.cfg.federation, verify_package(built.path, None))[1]
+        return out
 
     def _discard(self, why: str) -> None:
         log.warning("discarded upload: %s", why)

@@ -18,6 +18,10 @@ signature (fedmekt/wire/signing.py); a manifest of an older run than the one ser
 the global knowledge used is the one whose hash the signed announcement names, and each upload
 echoes the announcement's nonce. A rejected message is one log line; the trusted run goes on.
 
+Retained messages are not needed: after every (re)connect the agent sends a sync request (what it
+holds) and handles the aggregator's answers on ``clients/<id>/reply/…`` like the originals
+(edge_client/sync.py), so it also works through a broker without retained messages.
+
 Memory: the store lives on disk (SQLite, bounded by ``--max-samples``); a training round holds the
 stored samples in RAM (samples x channels x 4 B: 200 k samples of 6 channels = 4.8 MB), the proxy
 set, one global message and one upload; the MQTT inbox and reassembly buffers are bounded.
@@ -33,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_client.sync import SyncClient, model_held
 from fedmekt.errors import UserError
 from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
 from fedmekt.wire import federation as fedwire
@@ -40,6 +45,7 @@ from fedmekt.wire.chunks import Complete, Reassembler
 from fedmekt.wire.codec import WireError, WireLimits, decode_body, encode, parse_frame
 from fedmekt.wire.runs import run_order
 from fedmekt.wire.signing import open_signed
+from fedmekt.wire.sync import SyncRequest
 from fedmekt.wire.topics import Topics
 from sensors.store import SampleStore
 
@@ -87,6 +93,10 @@ class EdgeAgent:
         self._announcement: fedwire.Announcement | None = None  # latest, applied once its run's manifest is known
         self._served: set[str] = set()  # runs this process saw rounds of: only their "done" ends --exit-when-done
         self._next_heartbeat = 0.0
+        self._seen_round = -1  # latest round announced in the run followed
+        self._uploaded = -1  # latest round uploaded for in the run followed
+        self.sync = SyncClient(self.topics, options.client_id, self._sync_request,
+                               lambda: self.manifest is not None and self.trainer is None)
         self.rounds_trained = 0
         self.done = threading.Event()
         self.link: MqttLink | None = None
@@ -102,7 +112,7 @@ class EdgeAgent:
         cid = self.opts.client_id
         presence = Presence(self.topics.status(cid), fedwire.Status("online", self.modalities).to_bytes(),
                             fedwire.Status("offline", self.modalities).to_bytes())
-        subs = [self.topics.proxy_all, self.topics.rounds, self.topics.global_all]
+        subs = [self.topics.proxy_all, self.topics.rounds, self.topics.global_all, self.sync.subscription]
         if self.opts.models is not None:
             subs.append(self.opts.models.subscription)
         link_options = self.opts.link or LinkOptions(client_id=cid, username=cid)
@@ -111,11 +121,22 @@ class EdgeAgent:
             while not self.done.is_set() and not (stop and stop.is_set()):
                 msg = link.get(timeout=0.2)
                 if msg is not None:
-                    self._dispatch(msg)
+                    self._dispatch(self.sync.unwrap(msg))
+                self.sync.step(link)
                 self._maybe_train()
                 self._maybe_heartbeat(presence)
         self.link = None
         return self.rounds_trained
+
+    def _sync_request(self) -> SyncRequest:
+        m = self.manifest
+        proxy = ""
+        if m is not None and self.trainer is not None:
+            proxy = m.proxy_sha256
+        elif self._bundle is not None:
+            proxy = self._bundle[0]
+        return SyncRequest(run=m.run if m else "", proxy=proxy, round=self._seen_round, uploaded=self._uploaded,
+                           model=model_held(self.opts.models))
 
     # -- messages -----------------------------------------------------------------------------
     def _dispatch(self, msg: Message) -> None:
@@ -160,6 +181,7 @@ class EdgeAgent:
             self._early.clear()  # chunks re-published with the run we serve (an aggregator resume)
             return
         self.manifest, self.trainer, self._plan = manifest, None, None
+        self._seen_round = self._uploaded = -1
         self._globals.clear()
         self._global_rx = Reassembler(self.opts.limits, max_pending=2)  # a new run may resend identical knowledge
         self._proxy_rx = fedwire.ProxyReceiver(manifest)
@@ -214,6 +236,7 @@ class EdgeAgent:
             return
         plan = ann.round_plan()
         self._served.add(m.run)
+        self._seen_round = max(self._seen_round, plan.round)
         if self.opts.client_id in plan.selected and ann.deadline > time.time():
             self._plan, self._plan_ann = plan, ann
 
@@ -262,6 +285,7 @@ class EdgeAgent:
                         "starting from a fresh local model", self.opts.client_id, plan.round, trainer.last_round)
             trainer.restart()
         cached = trainer.cached_upload(plan.round)
+        t0 = time.perf_counter()
         if cached is None:
             glob = self._globals.get((plan.round, self._plan_ann.global_sha256))
             if glob is None:
@@ -283,5 +307,10 @@ class EdgeAgent:
                         sender=self.opts.client_id, kind="upload", modalities=trainer.modalities,
                         nonce=self._plan_ann.nonce,
                         limits=self.opts.limits)
-        self.link.publish_all((self.topics.upload_chunk(self.opts.client_id, plan.round, i), f)
-                              for i, f in enumerate(frames))
+        sent = self.link.publish_all((self.topics.upload_chunk(self.opts.client_id, plan.round, i), f)
+                                     for i, f in enumerate(frames))
+        self._uploaded = plan.round
+        if cached is None:
+            log.info("%s: round %d trained on %d samples (%d proxy windows) in %.2f s, %.1f KiB uploaded",
+                     self.opts.client_id, plan.round, self.store.count(), len(plan.proxy_windows),
+                     time.perf_counter() - t0, sent / 1024)

@@ -16,6 +16,8 @@ Presence is a retained birth ``online`` with *no* modalities (and the ``offline`
 aggregator sees the device but never selects it for training. The source is read once a model is in
 service (samples before that could not be classified); a finite source ending stops the gateway.
 Nothing here imports torch: the proxy set, rounds and global knowledge are not subscribed to.
+After every (re)connect it sends a sync request (edge_client/sync.py), so the manifest and the newest
+package also reach it through a broker without retained messages.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import threading
 from dataclasses import dataclass
 
 from edge_client.inference import ModelService
+from edge_client.sync import SyncClient, model_held
 from fedmekt.errors import UserError
 from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.codec import WireError
 from fedmekt.wire.runs import run_order
 from fedmekt.wire.signing import open_signed
+from fedmekt.wire.sync import SyncRequest
 from fedmekt.wire.topics import Topics
 
 log = logging.getLogger("edge_client")
@@ -57,6 +61,8 @@ class InferenceGateway:
         self.published = 0
         self.link: MqttLink | None = None
         self.model_ready = threading.Event()  # a model is in service: the source may be read
+        self.sync = SyncClient(self.topics, options.client_id, lambda: SyncRequest(
+            run=self.run_followed or "", proxy=None, model=model_held(self.opts.models)))
 
     def run(self, source, stop: threading.Event | None = None) -> int:
         """Serve until ``source`` ends (or ``stop`` is set); returns the number of predictions published."""
@@ -66,8 +72,8 @@ class InferenceGateway:
         stop = stop or threading.Event()
         options = self.opts.link or LinkOptions(client_id=cid, username=cid)
         reader = threading.Thread(target=self._read, args=(source, stop), daemon=True, name="source")
-        with MqttLink(self.url, options, presence, [self.topics.proxy_manifest, self.opts.models.subscription]
-                      ).connect() as link:
+        subs = [self.topics.proxy_manifest, self.opts.models.subscription, self.sync.subscription]
+        with MqttLink(self.url, options, presence, subs).connect() as link:
             self.link = link
             if self.opts.models.recognizer is not None:
                 self.model_ready.set()
@@ -77,7 +83,8 @@ class InferenceGateway:
             while not stop.is_set():
                 msg = link.get(timeout=0.2)
                 if msg is not None:
-                    self._dispatch(msg)
+                    self._dispatch(self.sync.unwrap(msg))
+                self.sync.step(link)
         reader.join(5)
         self.link = None
         return self.published

@@ -25,7 +25,12 @@
 * failover: a comma-separated list of broker URLs (nodes of one cluster, or brokers that
   share the federation's topics) is tried in order, on the first connect and after every
   lost connection or failed attempt the link moves on to the next, wrapping around;
-* refused subscriptions retried with backoff (a cluster re-electing leaders refuses them for a while).
+* refused subscriptions retried with backoff (a cluster re-electing leaders refuses them for a while);
+* brokers with retained messages off: an MQTT 5 broker says so in its CONNACK ("Retain Available" 0, or
+  reason 154 "Retain not supported" for a retained Will, then the connect is repeated without it), a
+  3.1.1 one cannot (``LinkOptions.retain = False``); from then on nothing is published with the retain
+  flag, which such a broker punishes by dropping the connection. The protocol does not need retained
+  messages (clients ask the aggregator with a sync request, fedmekt/wire/sync.py).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ log = logging.getLogger(__name__)
 V5_PROBE_S = 3.0
 KICK_WINDOW_S = 60.0  # kick_limit counts the established connections lost within this window
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code
+RETAIN_NOT_SUPPORTED = 154  # MQTT 5 CONNACK / DISCONNECT reason code
 SUBSCRIBE_RETRIES = 8  # refused subscriptions retried with backoff (reconnect_min doubling, capped at reconnect_max)
 _V311_ONLY: set[tuple[str, int]] = set()  # brokers that failed the v5 probe in this process: skip it next time
 
@@ -110,6 +116,7 @@ class LinkOptions:
     max_queued: int = 1000  # outgoing messages paho may hold
     inbox: int = 2000  # incoming messages waiting for the application
     session_topic: str | None = None  # retained token topic that detects a second session of this login
+    retain: bool = True  # False: the broker has retained messages off (MQTT 5 brokers also say so themselves)
     kick_limit: int = 0  # > 0: that many established connections lost within KICK_WINDOW_S are a takeover by a
     # session that publishes no token (each of its reconnects kicks us); 0: keep reconnecting (gateways' flaky links)
 
@@ -162,6 +169,9 @@ class MqttLink:
         self._sub_mids: dict[int, tuple[str, int, bool]] = {}  # SUBSCRIBE packet id -> (topic, attempt, initial)
         self._awaiting: set[str] = set()  # this connect's subscriptions not yet acknowledged
         self._born = False  # birth published (and _subscribed set) for this connect
+        self.births = 0  # connects whose subscriptions were answered (each one a chance to have missed messages)
+        self._retain_ok = options.retain  # the broker keeps retained messages (CONNACK may say otherwise)
+        self._retain_refused = False  # the broker refused our retained Will: connect again without it
         self._subscribed = threading.Event()
         self.protocol = ""
         self.connects = 0
@@ -202,6 +212,9 @@ class MqttLink:
             deadline = time.monotonic() + (min(timeout, V5_PROBE_S) if probe else timeout)
             while time.monotonic() < deadline and not self._connected.is_set() and not self._unsupported \
                     and not self._refused():
+                if self._retain_refused:  # an MQTT 5 broker without retained messages: same protocol, plain Will
+                    self._stop_client()
+                    self._start(proto)
                 self._connected.wait(0.05)
                 if self._connect_failed.is_set() and self.address.tls:
                     self._connect_failed.clear()
@@ -273,6 +286,7 @@ class MqttLink:
         self._unsupported = False
         self._connect_failed.clear()
         self._connack = None
+        self._retain_refused = False
         v5 = proto == "5"
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=o.client_id,
                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
@@ -287,7 +301,7 @@ class MqttLink:
                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
             c.tls_insecure_set(o.insecure)
         if self.presence:
-            c.will_set(self.presence.topic, self.presence.offline, qos=1, retain=True)
+            c.will_set(self.presence.topic, self.presence.offline, qos=1, retain=self._retain_ok)
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
@@ -313,6 +327,10 @@ class MqttLink:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connack = reason_code
+        if reason_code.value == RETAIN_NOT_SUPPORTED and self._retain_ok:
+            log.info("broker %s has retained messages off; publishing without the retain flag", self.address)
+            self._retain_ok, self._retain_refused = False, True
+            return
         if reason_code == "Unsupported protocol version" or (self.protocol == "3.1.1" and reason_code.value == 1):
             self._unsupported = True
             return
@@ -320,10 +338,13 @@ class MqttLink:
             self._failed_at = self.address
             log.warning("broker %s refused connection: %s", self.address, reason_code)
             return
+        if self._retain_ok and getattr(properties, "RetainAvailable", 1) == 0:
+            log.info("broker %s has retained messages off; publishing without the retain flag", self.address)
+            self._retain_ok = False
         session = self.options.session_topic
         if session:
             if not self._seen_token:  # after that, the retained token says whether another session came
-                client.publish(session, self._token, qos=1, retain=True)
+                client.publish(session, self._token, qos=1, retain=self._retain_ok)
             self._subscribe(client, session)
         self.connects += 1
         with self._sub_lock:
@@ -345,9 +366,9 @@ class MqttLink:
         if established and self._kicked_repeatedly():
             self._lose_session(client)
             return
-        if self.protocol == "5" and self.connects == 0 and not self._closing.is_set():
+        if self.protocol == "5" and self.connects == 0 and not self._closing.is_set() and not self._retain_refused:
             self._unsupported = True  # closed before any CONNACK: a 3.1.1-only broker (amqtt) does this
-        if not self._closing.is_set() and not self._unsupported and not self._taken_over:
+        if not self._closing.is_set() and not self._unsupported and not self._taken_over and not self._retain_refused:
             log.warning("disconnected from broker %s (%s); reconnecting with backoff", self.address, reason_code)
             self._fail_over(client)
 
@@ -368,7 +389,8 @@ class MqttLink:
                 return
             self._born = True
         if self.presence:
-            client.publish(self.presence.topic, self.presence.online, qos=1, retain=True)
+            client.publish(self.presence.topic, self.presence.online, qos=1, retain=self._retain_ok)
+        self.births += 1
         self._subscribed.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -448,6 +470,11 @@ class MqttLink:
     def v5(self) -> bool:
         return self.protocol == "5"
 
+    @property
+    def retain_available(self) -> bool:
+        """Whether retained messages reach later subscribers (False: every publication goes without the flag)."""
+        return self._retain_ok
+
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
 
@@ -461,14 +488,15 @@ class MqttLink:
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False,
                 expiry: int | None = None) -> paho.MQTTMessageInfo:
-        """QoS 1 publish; ``expiry`` (seconds) becomes the v5 MessageExpiryInterval, ignored on 3.1.1."""
+        """QoS 1 publish; ``expiry`` (seconds) becomes the v5 MessageExpiryInterval, ignored on 3.1.1;
+        ``retain`` is dropped on a broker without retained messages."""
         assert self._client is not None, "connect() first"
         self._check_session()
         props = None
         if expiry is not None and self.v5:
             props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = int(expiry)
-        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        info = self._client.publish(topic, payload, qos=1, retain=retain and self._retain_ok, properties=props)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             raise UserError(f"outgoing MQTT queue full ({self.options.max_queued} messages)")
         return info

@@ -41,13 +41,16 @@ def _device_rules(fed: str, me: str) -> list[str]:
             f"topic write {mine}/upload/+/+",  # upload/<round>/<chunk>, nothing deeper
             f"topic write {mine}/inference",
             f"topic readwrite {mine}/session",  # the session token (fedmekt.mqtt): a second session is seen
+            f"topic write {mine}/sync",  # what it holds, on every (re)connect (fedmekt/wire/sync.py)
             f"topic read {mine}/status",
+            f"topic read {mine}/reply/#",  # the aggregator's answer
             *(f"topic read {ROOT}/{fed}/{t}" for t in ("rounds", "global/#", "proxy/#", "models/#", "metrics"))]
 
 
 def _aggregator_rules(fed: str) -> list[str]:
     own = ("rounds", "global/#", "proxy/#", "models/#", "metrics", "aggregator/session")
-    return [*(f"topic readwrite {ROOT}/{fed}/{t}" for t in own), f"topic read {ROOT}/{fed}/clients/#"]
+    return [*(f"topic readwrite {ROOT}/{fed}/{t}" for t in own), f"topic read {ROOT}/{fed}/clients/#",
+            f"topic write {ROOT}/{fed}/clients/+/reply/#"]  # sync answers
 
 
 def bridge_state_topic(fed: str, site: str) -> str:

@@ -12,6 +12,12 @@
 | ``clients/<id>/upload/<round>/<chunk>`` | client | no | upstream embeddings or parameters |
 | ``clients/<id>/inference`` | client | no | on-device predictions (JSON lines) |
 | ``clients/<id>/session`` | client | yes | random token of the running gateway session (detects a second one) |
+| ``clients/<id>/sync`` | client | no | sync request on every (re)connect: what it holds (fedmekt/wire/sync.py) |
+| ``clients/<id>/reply/<topic>`` | aggregator | no | the answer: copies of the ``<topic>`` messages it lacks |
+
+Retained messages are an optimisation: a broker without them (or a cluster node that does not
+replicate them) loses nothing, since every client asks on each (re)connect and the aggregator answers
+on the client's own ``reply/`` topics with the very payloads (and signatures) it published.
 
 A device's MQTT username equals its client id, so the broker ACL (rendered by
 ``fedmekt/provisioning/acl.py``) confines each device to exactly its ``clients/<id>/…`` topics.
@@ -22,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ROOT = "fedmekt"
+REPLIED = ("proxy/", "global/", "models/")  # besides ``rounds``, the topics whose copies a sync answer carries
 
 
 @dataclass(frozen=True)
@@ -92,3 +99,25 @@ class Topics:
 
     def session(self, client_id: str) -> str:
         return f"{self.prefix}/clients/{client_id}/session"
+
+    def sync(self, client_id: str) -> str:
+        return f"{self.prefix}/clients/{client_id}/sync"
+
+    @property
+    def sync_all(self) -> str:
+        return f"{self.prefix}/clients/+/sync"
+
+    def reply(self, client_id: str, topic: str) -> str:
+        """Where the aggregator sends ``client_id`` its copy of the federation topic ``topic``."""
+        return f"{self.prefix}/clients/{client_id}/reply/{topic[len(self.prefix) + 1:]}"
+
+    def replies(self, client_id: str) -> str:
+        return f"{self.prefix}/clients/{client_id}/reply/#"
+
+    def replied(self, client_id: str, topic: str) -> str | None:
+        """The federation topic a reply on ``topic`` stands for; None unless it is one a sync answers."""
+        head = f"{self.prefix}/clients/{client_id}/reply/"
+        rest = topic[len(head):] if topic.startswith(head) else ""
+        if rest == "rounds" or rest.startswith(REPLIED):
+            return f"{self.prefix}/{rest}"
+        return None

@@ -1,0 +1,76 @@
+"""When a client sends its sync request (fedmekt/wire/sync.py) and how it reads the answer.
+
+After every (re)connect the client asks the aggregator for what it lacks. On a broker that keeps
+retained messages it first lets their copies arrive (it asks once no manifest, proxy or package
+frame has come for ``GRACE`` seconds), so the request names what they brought and the answer is
+usually empty; on a broker without them (its CONNACK says so) it asks at once. A client that still
+lacks its proxy set (an answer lost on the way) asks again every ``RETRY`` seconds while nothing
+arrives. Answers come on ``clients/<id>/reply/<topic>`` and are handled as if they came on
+``<topic>``: same checks, same signatures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from fedmekt.mqtt import Message, MqttLink
+from fedmekt.wire.sync import SyncRequest
+from fedmekt.wire.topics import Topics
+
+log = logging.getLogger("edge_client")
+GRACE = 1.0
+RETRY = 10.0
+
+
+def model_held(models) -> tuple[str, int] | None:
+    """(run, round) of the package in service of an edge_client.inference.ModelService; None without one."""
+    if models is None:
+        return None
+    recognizer = models.recognizer
+    if recognizer is None:
+        return ("", -1)
+    return (recognizer.package.manifest.run, recognizer.package.manifest.round)
+
+
+class SyncClient:
+    """Call :meth:`step` from the client's loop and pass every message through :meth:`unwrap`."""
+
+    def __init__(self, topics: Topics, client_id: str, request: Callable[[], SyncRequest],
+                 lacking: Callable[[], bool] = lambda: False):
+        self.topics, self.client_id, self.request, self.lacking = topics, client_id, request, lacking
+        self._births = 0  # the link's births already answered with a request
+        self._due = math.inf  # monotonic time from which a request is to be sent
+        self._last_frame = -math.inf  # the latest manifest, proxy or package frame (retained copies arriving)
+        self._sent = -math.inf
+        self.sent = 0
+
+    @property
+    def subscription(self) -> str:
+        return self.topics.replies(self.client_id)
+
+    def unwrap(self, msg: Message) -> Message:
+        """A reply stands for a message on the federation topic it copies; anything else passes unchanged."""
+        topic = self.topics.replied(self.client_id, msg.topic)
+        if topic is None:
+            if msg.topic.startswith(self.topics.prefix + "/proxy/") or msg.topic.startswith(self.topics.prefix +
+                                                                                              "/models/"):
+                self._last_frame = time.monotonic()
+            return msg
+        self._last_frame = time.monotonic()
+        return Message(topic, msg.payload, False)
+
+    def step(self, link: MqttLink) -> None:
+        now = time.monotonic()
+        if link.births != self._births:
+            self._births = link.births
+            self._due = now
+        elif self._due == math.inf and self.lacking() and now - max(self._sent, self._last_frame) >= RETRY:
+            self._due = now
+        waited = not link.retain_available or now - max(self._due, self._last_frame) >= GRACE
+        if now >= self._due and waited and link.connected:
+            self._due, self._sent = math.inf, now
+            self.sent += 1
+            link.publish(self.topics.sync(self.client_id), self.request().to_bytes())
