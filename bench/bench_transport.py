@@ -15,7 +15,11 @@
 
 Per-round times: in process, the runner's own round time; through the broker, the interval between
 two rounds' metrics messages as a subscriber receives them (so checkpoints and the wait between rounds
-count too). The machine is shared: the runs alternate and the best of the repeats is kept.
+count too). (a) and (d) run pinned to one core, broker included (``--cpus`` to change), so that neither
+gains from training its clients in parallel where the in-process runner trains them one after another:
+what remains is the orchestration. The machine is shared: the runs alternate and the best of the
+repeats is kept; under others' load, 10 processes (each its own session, so its own scheduler group)
+get more of the core than one in-process runner does, which flatters (d).
 
 Run: .venv/bin/python bench/bench_transport.py [--quick] [--only a|b|c|d]
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -188,6 +193,7 @@ def bench_overhead(url: str, rounds: int, repeats: int, parts: set[str]) -> None
     cfg = overhead_config(rounds)
     split = make_split(load_dataset(cfg.dataset), cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
     runs: dict[str, list[Timed]] = {"in process": [], "simulate": [], "processes": []}
+    load = os.getloadavg()[0]
     for _ in range(repeats):
         ref, rows = time_inprocess(cfg, split)
         runs["in process"].append(ref)
@@ -199,7 +205,8 @@ def bench_overhead(url: str, rounds: int, repeats: int, parts: set[str]) -> None
     base = best["in process"]
     print(f"(a)/(d) round overhead, {cfg.dataset} {'-'.join(cfg.pair)}, {cfg.algorithm}, {cfg.clients} clients, "
           f"{cfg.per_round}/round, {rounds} rounds; per round = median of rounds {LATER}..{rounds - 1} "
-          f"(ms per round listed), best of {repeats}")
+          f"(ms per round listed), best of {repeats}; on cores {sorted(os.sched_getaffinity(0))}, load average "
+          f"{load:.1f} on {os.cpu_count()} cores at the start")
     print(f"    in process                         {base.median_s * 1e3:6.0f} ms/round {_ms(base.per_round.values())}"
           f"   total {base.total_s:5.1f} s")
     labels = {"simulate": "(a) simulate: threads, mosquitto   ",
@@ -216,15 +223,30 @@ def bench_overhead(url: str, rounds: int, repeats: int, parts: set[str]) -> None
         print(f"        of which inside the aggregator's round {inside * 1e3:.0f} ms, between rounds "
               f"{(t.median_s - inside) * 1e3:.0f} ms; total {t.total_s:5.1f} s vs {base.total_s:.1f} s in process "
               f"({t.total_s / base.total_s:.2f}x){extra}; metrics equal to in process: {t.equal}")
+    print(f"    one crash-safe write (write, fsync, rename, fsync the folder) on this disk: {_durable_write_ms():.1f} "
+          f"ms (median of 9); per round the aggregator makes 2 (metrics, checkpoint), each client 2 (state, upload), "
+          f"in process none")
     print("\n".join(FLOWER))
 
 
+def _durable_write_ms(size: int = 200_000) -> float:
+    from fedmekt.artifacts import atomic_write_bytes
+
+    payload, took = os.urandom(size), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(9):
+            t0 = time.perf_counter()
+            atomic_write_bytes(Path(tmp) / "state", payload)
+            took.append(time.perf_counter() - t0)
+    return statistics.median(took) * 1e3
+
+
 # ---- (b) bytes on the wire -----------------------------------------------------------------------
-def bench_bytes(url: str, rounds: int) -> None:
+def bench_bytes(url: str, rounds: int, algorithms: tuple[str, ...] = ALGORITHMS) -> None:
     print(f"(b) bytes per round (mean over {rounds} rounds), demo (2,2,2) clients, 6/round, float32")
     print(f"    {'algorithm':<10} {'raw tensors':>12} {'accounted':>12} {'on the wire':>12} {'wire/acc':>9} "
           f"{'wire/raw':>9}   direction")
-    for algo in ALGORITHMS:
+    for algo in algorithms:
         cfg = FederationConfig(dataset="demo", clients=(2, 2, 2), per_round=6, rounds=rounds, algorithm=algo,
                                device="cpu")
         split = demo_split(cfg)
@@ -264,18 +286,20 @@ def bench_many(runs: tuple[tuple[int, int], ...]) -> None:
     print(f"(c) one round, N lightweight clients (valid random uploads of the true size, demo A+B, 16 proxy "
           f"windows), a private mosquitto (max_connections -1, open files {hard}), aggregator in its own process")
     print(f"    {'N':>6} {'conns':>6} {'connect':>8} {'online':>7} {'uploads':>8} {'absorbed':>9} {'round':>7}"
-          f" {'ok':>6}   {'aggregator RSS start / peak / VmHWM':>36}   {'broker VmHWM / VmRSS':>20}")
+          f" {'ok':>6}   {'aggregator RSS start / peak / VmHWM':>36} {'inbox':>6}   {'broker VmHWM / VmRSS':>20}")
     done = []
     for n, connections in runs:
         r = one_round(n, connections)
         done.append(r)
         print(f"    {r.n:6d} {r.connections:6d} {r.connect_s:7.2f}s {r.presence_s:6.2f}s {r.upload_s:7.2f}s "
               f"{r.absorbed_s:8.2f}s {r.round_s:6.2f}s {r.absorbed:6d}   {r.agg_start_mb:9.0f} / "
-              f"{r.agg_peak_mb:5.0f} / {r.agg_hwm_mb:5.0f} MB (+{r.agg_peak_mb - r.agg_start_mb:.0f})      "
+              f"{r.agg_peak_mb:5.0f} / {r.agg_hwm_mb:5.0f} MB (+{r.agg_peak_mb - r.agg_start_mb:3.0f}) "
+              f"{r.inbox_peak:6d}   "
               f"{r.broker_hwm_mb:8.0f} / {r.broker_rss_mb:5.0f} MB"
               + (f"   (rejected {r.rejected})" if r.rejected else ""))
     print("    connect: every CONNACK; online: every id's presence acknowledged; uploads: announcement -> every upload "
-          "acknowledged by the broker; absorbed: round start -> last upload in the mean; round: the aggregator's")
+          "acknowledged by the broker; absorbed: round start -> last upload in the mean; round: the aggregator's; "
+          "inbox: most messages received and waiting in the aggregator's link")
     multiplexed = sorted((r for r in done if r.connections < r.n), key=lambda r: r.n)
     if len(multiplexed) > 1:
         first = multiplexed[0]
@@ -289,16 +313,22 @@ def bench_many(runs: tuple[tuple[int, int], ...]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 4 rounds once, (b) over 1 round, (c) N = 100 multiplexed and 300 connections")
+                   help="smoke run: 3 rounds once, (b) 2 algorithms over 1 round, (c) N = 100 multiplexed and "
+                        "300 connections")
     p.add_argument("--only", choices=("a", "b", "c", "d"), action="append", help="run only these parts")
+    p.add_argument("--cpus", default="", help="cores (a) and (d) run on, comma-separated (default: one core)")
     args = p.parse_args()
     parts = set(args.only or "abcd")
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")} if args.cpus else {max(allowed)})
     broker = start_mosquitto()
     try:
         if parts & {"a", "d"}:
-            bench_overhead(broker.url, rounds=4 if args.quick else 10, repeats=1 if args.quick else 2, parts=parts)
+            bench_overhead(broker.url, rounds=3 if args.quick else 10, repeats=1 if args.quick else 2, parts=parts)
+        os.sched_setaffinity(0, allowed)
         if "b" in parts:
-            bench_bytes(broker.url, rounds=1 if args.quick else 2)
+            bench_bytes(broker.url, rounds=1, algorithms=("fedmekt-c", "mmfedavg")) if args.quick else \
+                bench_bytes(broker.url, rounds=2)
     finally:
         broker.stop()
     if "c" in parts:

@@ -84,6 +84,7 @@ class ManyResult:
     agg_start_mb: float  # aggregator RSS when the round starts (N clients known)
     agg_peak_mb: float  # its peak RSS during the round
     agg_hwm_mb: float  # its VmHWM over its whole life
+    inbox_peak: int  # most messages waiting in its link's inbox
     broker_hwm_mb: float
     broker_rss_mb: float
     broker_fd_limit: str
@@ -98,13 +99,14 @@ def _aggregator_child(url: str, n: int, out: str, conn) -> None:
     split = dataclasses.replace(token_split(cfg), clients=[])  # the server holds no client data
     agg = Aggregator(cfg, split, url, AggregatorOptions(out=Path(out), wait_clients=n, progress=False,
                                                         round_timeout=600))
-    mem = {"start": 0.0, "peak": 0.0}
+    mem = {"start": 0.0, "peak": 0.0, "inbox": 0}
     times = {"start": 0.0, "absorbed": 0.0}
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.02):
             mem["peak"] = max(mem["peak"], proc_memory_mb()["VmRSS"])
+            mem["inbox"] = max(mem["inbox"], agg.link.pending)  # received, not yet handled (bounded by count)
 
     def before(rnd, a) -> None:
         mem["start"] = mem["peak"] = proc_memory_mb()["VmRSS"]
@@ -125,7 +127,7 @@ def _aggregator_child(url: str, n: int, out: str, conn) -> None:
     row = result.rows[0]
     conn.send({"wall_s": row["wall_s"], "absorbed": row["absorbed"], "rejected": row["rejected"],
                "absorbed_s": times["absorbed"] - times["start"], "rss_start_mb": mem["start"],
-               "rss_peak_mb": mem["peak"], "hwm_mb": proc_memory_mb()["VmHWM"]})
+               "rss_peak_mb": mem["peak"], "inbox_peak": mem["inbox"], "hwm_mb": proc_memory_mb()["VmHWM"]})
 
 
 # ---- many clients, one loop ------------------------------------------------------------------------
@@ -247,57 +249,69 @@ def _upload_spec(cfg: FederationConfig, plan) -> dict:
 
 def one_round(n: int, connections: int) -> ManyResult:
     """A fresh broker, the aggregator in its own process, ``n`` ids over ``connections`` connections, one round."""
-    cfg = many_config(n)
-    topics = Topics(cfg.federation)
-    port = free_port()
-    broker = start_mosquitto(port, listener=f"listener {port} 127.0.0.1\nmax_connections -1\n"
-                                            f"allow_anonymous true\n")
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
     ids = [f"c{i:05d}" for i in range(n)]
     conn_ids = ids if connections >= n else [f"light{k:03d}" for k in range(connections)]
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = ctx.Process(target=_aggregator_child, args=(broker.url, n, tmp, child))
-            proc.start()
-            monitor = MqttLink(broker.url, LinkOptions(client_id="many-monitor"),
-                               subscriptions=[topics.proxy_manifest, topics.rounds]).connect()
-            swarm = Swarm(broker.host, broker.port, conn_ids)
-            t0 = time.perf_counter()
-            swarm.connect()
-            connect_s = time.perf_counter() - t0
-            # its manifest on the broker means the aggregator is subscribed: our presence reaches it live
-            _wait_for(monitor, topics.proxy_manifest, lambda p: p, 300, "manifest from the aggregator")
-            online = fedwire.Status("online", cfg.pair).to_bytes()
-            share = [ids[k::len(conn_ids)] for k in range(len(conn_ids))]
-            t0 = time.perf_counter()
-            swarm.send([iter([(topics.status(cid), online, True) for cid in mine]) for mine in share])
-            presence_s = time.perf_counter() - t0
-            ann = _wait_for(monitor, topics.rounds, _announced_plan, 600, "round announcement")
-            plan = ann.round_plan()
-            spec = _upload_spec(cfg, plan)
-            rng = np.random.default_rng(0)
-            tensors = {k: rng.standard_normal(shape).astype(np.float32) for k, (shape, _) in spec.items()}
-
-            def uploads(mine: list[str]) -> Iterator[tuple[str, bytes, bool]]:
-                for cid in mine:
-                    frames = encode(tensors, federation=cfg.federation, round_=plan.round, sender=cid, kind="upload",
-                                    modalities=cfg.pair, nonce=ann.nonce)
-                    yield from ((topics.upload_chunk(cid, plan.round, i), f, False) for i, f in enumerate(frames))
-
-            t0 = time.perf_counter()
-            swarm.send([uploads(mine) for mine in share])
-            upload_s = time.perf_counter() - t0
-            got = parent.recv() if parent.poll(900) else None
+    port = free_port()
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = start_mosquitto(port, listener=f"listener {port} 127.0.0.1\nmax_connections -1\n"
+                                                f"allow_anonymous true\n")
+        proc = ctx.Process(target=_aggregator_child, args=(broker.url, n, tmp, child))
+        proc.start()
+        try:
+            timings = _drive(broker.url, n, ids, conn_ids)
+            deadline = time.monotonic() + 900
+            while not parent.poll(0.5) and proc.is_alive() and time.monotonic() < deadline:
+                pass
+            got = parent.recv() if parent.poll() else None
             proc.join(timeout=60)
-            broker_mem = proc_memory_mb(broker.process.pid)
-            fd_limit = open_files_limit(broker.process.pid)
-            swarm.close()
-            monitor.close()
-    finally:
-        broker.stop()
+            broker_mem, fd_limit = proc_memory_mb(broker.process.pid), open_files_limit(broker.process.pid)
+        finally:
+            if proc.is_alive():
+                proc.terminate()
+            broker.stop()
     if got is None:
         raise RuntimeError(f"N={n}: the aggregator returned no result")
-    return ManyResult(n, len(conn_ids), connect_s, presence_s, upload_s, got["wall_s"], got["absorbed_s"],
-                      got["absorbed"], got["rejected"], got["rss_start_mb"], got["rss_peak_mb"], got["hwm_mb"],
+    return ManyResult(n, len(conn_ids), *timings, got["wall_s"], got["absorbed_s"], got["absorbed"], got["rejected"],
+                      got["rss_start_mb"], got["rss_peak_mb"], got["hwm_mb"], got["inbox_peak"],
                       broker_mem["VmHWM"], broker_mem["VmRSS"], fd_limit)
+
+
+def _drive(url: str, n: int, ids: list[str], conn_ids: list[str]) -> tuple[float, float, float]:
+    """The clients' side of the round: connect, presence, wait for the plan, uploads; their three timings."""
+    cfg = many_config(n)
+    topics = Topics(cfg.federation)
+    monitor = MqttLink(url, LinkOptions(client_id="many-monitor"),
+                       subscriptions=[topics.proxy_manifest, topics.rounds]).connect()
+    address = monitor.address
+    swarm = Swarm(address.host, address.port, conn_ids)
+    try:
+        t0 = time.perf_counter()
+        swarm.connect()
+        connect_s = time.perf_counter() - t0
+        # its manifest on the broker means the aggregator is subscribed: our presence reaches it live
+        _wait_for(monitor, topics.proxy_manifest, lambda p: p, 300, "manifest from the aggregator")
+        online = fedwire.Status("online", cfg.pair).to_bytes()
+        share = [ids[k::len(conn_ids)] for k in range(len(conn_ids))]
+        t0 = time.perf_counter()
+        swarm.send([iter([(topics.status(cid), online, True) for cid in mine]) for mine in share])
+        presence_s = time.perf_counter() - t0
+        ann = _wait_for(monitor, topics.rounds, _announced_plan, 600, "round announcement")
+        plan = ann.round_plan()
+        rng = np.random.default_rng(0)
+        spec = _upload_spec(cfg, plan)
+        tensors = {k: rng.standard_normal(shape).astype(np.float32) for k, (shape, _) in spec.items()}
+
+        def uploads(mine: list[str]) -> Iterator[tuple[str, bytes, bool]]:
+            for cid in mine:
+                frames = encode(tensors, federation=cfg.federation, round_=plan.round, sender=cid, kind="upload",
+                                modalities=cfg.pair, nonce=ann.nonce)
+                yield from ((topics.upload_chunk(cid, plan.round, i), f, False) for i, f in enumerate(frames))
+
+        t0 = time.perf_counter()
+        swarm.send([uploads(mine) for mine in share])
+        return connect_s, presence_s, time.perf_counter() - t0
+    finally:
+        swarm.close()
+        monitor.close()
