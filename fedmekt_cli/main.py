@@ -96,6 +96,22 @@ class Parser(argparse.ArgumentParser):
             raise argparse.ArgumentError(action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)}; "
                                                  f"choose from {', '.join(map(str, action.choices))}")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown option is reported by its subcommand, with the near miss meant."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self
+            while parser._subparsers is not None:   # down to the (nested) subcommand the options belong to
+                action = parser._subparsers._group_actions[0]
+                child = action.choices.get(getattr(parsed, action.dest, None))
+                if child is None:
+                    break
+                parser = child
+            options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            flag = next((e.split("=")[0] for e in extras if e.startswith("-")), "")
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{did_you_mean(flag, options) if flag else ''}")
+        return parsed
+
     def error(self, message: str):
         """One line, like every other error of the command (argparse would print the usage first)."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

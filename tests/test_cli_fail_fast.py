@@ -32,6 +32,8 @@ TYPOS = [
     (["aggregator", "--broker", "mqtt://127.0.0.1:99999", "--config", "missing.toml"], "bad port"),
     (["client", "--broker", "mqtt://:1883", "--client-id", "c1", "--source", "replay:demo"], "names no host"),
     (["simulte"], "did you mean 'simulate'?"),
+    (["reproduce", "--rouns", "3"], "unrecognized arguments: --rouns 3 (did you mean '--rounds'?)"),
+    (["data", "split", "demo", "--out", "x.json", "--pairs", "acce-gyro"], "(did you mean '--pair'?)"),
 ]
 
 
