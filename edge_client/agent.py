@@ -95,6 +95,7 @@ class EdgeAgent:
         self._next_heartbeat = 0.0
         self._seen_round = -1  # latest round announced in the run followed
         self._uploaded = -1  # latest round uploaded for in the run followed
+        self._answered = ""  # nonce of the announcement last uploaded for (a copy of it is not a new round)
         self.sync = SyncClient(self.topics, options.client_id, self._sync_request,
                                lambda: self.manifest is not None and self.trainer is None)
         self.rounds_trained = 0
@@ -237,7 +238,8 @@ class EdgeAgent:
         plan = ann.round_plan()
         self._served.add(m.run)
         self._seen_round = max(self._seen_round, plan.round)
-        if self.opts.client_id in plan.selected and ann.deadline > time.time():
+        again = ann.nonce and ann.nonce == self._answered
+        if self.opts.client_id in plan.selected and ann.deadline > time.time() and not again:
             self._plan, self._plan_ann = plan, ann
 
     def _on_global(self, payload: bytes) -> None:
@@ -310,6 +312,7 @@ class EdgeAgent:
         sent = self.link.publish_all((self.topics.upload_chunk(self.opts.client_id, plan.round, i), f)
                                      for i, f in enumerate(frames))
         self._uploaded = plan.round
+        self._answered = self._plan_ann.nonce
         if cached is None:
             log.info("%s: round %d trained on %d samples (%d proxy windows) in %.2f s, %.1f KiB uploaded",
                      self.opts.client_id, plan.round, self.store.count(), len(plan.proxy_windows),
