@@ -165,6 +165,9 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
             log.info("%s: %d samples read into %s (%d stored)", args.client_id, n, store_path, store.count())
     if not store.count():
         raise UserError(f"store {store_path} is empty: give a --source")
+    from edge_client.lean import lean_process
+
+    lean_process()  # fixed malloc mmap threshold, no torch._dynamo: less peak RSS (edge_client/lean.py)
     models = None
     if public_key is not None:
         from edge_client.inference import ModelService
