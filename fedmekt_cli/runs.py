@@ -108,7 +108,8 @@ def run(args) -> int:
     if not runs:
         print(f"no run folders in {args.dir}")
         return 0
-    lines = [("RUN", "STATUS", "ROUNDS", "ALGORITHM", "DATASET", "F1 (weighted)")]
+    lines = [("RUN", "STATUS", "ROUNDS", "ALGORITHM", "DATASET",
+              "WEIGHTED F1 (final probe; ~: last round's paper metric)")]
     for r in runs:
         f1 = ", ".join(f"{m} {v:.3f}" for m, v in r.f1.items())
         lines.append((r.id, r.status, f"{r.rounds_done}/{r.rounds if r.rounds else '?'}",
