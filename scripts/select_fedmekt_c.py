@@ -62,6 +62,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "rep-fp32": {"layers": "rep", "wire_dtype": "float32"},
     "hidden-fp16-W12": {"layers": "rep+hidden", "wire_dtype": "float16", "proxy_windows": 12},
     "hidden-fp32": {"layers": "rep+hidden", "wire_dtype": "float32"},   # the profile before issue 10 §3
+    "budget-off": {"hyper": {"local_step_budget": 0, "server_walk_step_budget": 0}},   # issue 11 §2: whole walks
 }
 
 
