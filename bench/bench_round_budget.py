@@ -3,13 +3,15 @@
 One A+B FedMEKT-C client (acce 3 + gyro 3 channels, batch U[128,256) as HAPT) trains through the gateway
 path — ``edge_client.training.LocalTrainer`` over a real SQLite ``SampleStore`` — at store sizes 1×, 10× and
 100× of a HAPT-sized client partition (40 000 rows at 100 Hz, generated, no recorded data). Each measurement
-runs in its own fresh process (so peak RSS is that size's alone): one warm-up round, then one timed round.
-Printed per size and budget: the round's wall time split into the store read and the training, the local
-optimizer steps it took, the numpy peak (tracemalloc) of the read and of the training, and the process's
-peak RSS (torch included), with the goal beside them: with the budget (``hyper.local_step_budget``,
-default 32) training time, steps and training memory stay flat as the store grows; without it (``0``, the
-reference walk of the whole partition) they grow with it (run for 1× and 10× only). The store read and
-what it holds still grow with the store: its retention (``max_samples``) bounds them.
+runs in its own fresh process (so peak RSS is that size's alone), set up as ``fedmekt client`` runs (oneDNN's
+kernel cache bounded, ``edge_client.lean``): one warm-up round, then one timed round.
+Printed per size, budget and read: the round's wall time, the local optimizer steps it took, the numpy peak
+(tracemalloc) of the round and the process's peak RSS (torch included) with its ratio to the 1× figure, the
+goal beside them: with the budget (``hyper.local_step_budget``, default 32) and the store read of the
+gateway (``crops``: ``SampleStore.open_partition``, only the rows the round's crops take) time, steps and
+memory stay flat as the store grows. ``whole`` is the former read of the whole store into memory
+(``read_partition``) with the same budget, for comparison; budget ``off`` (``0``, the reference walk of the
+whole partition) grows with the store by design (run for 1× and 10× only).
 
 ``--hapt-rounds N`` also times N whole in-process FedMEKT-C rounds on recorded HAPT with both budgets at their
 default and off (not part of the ~3 min default run; needs the data under ``FEDMEKT_DATA_DIR``).
@@ -77,9 +79,12 @@ def _traced(fn):
     return out, seconds, peak
 
 
-def measure(store_path: Path, budget: int) -> dict:
-    """A warm-up round through ``LocalTrainer.train``, then one round timed in its two parts (fresh process):
-    the store read and the engine's local training, which is what ``LocalTrainer.train`` does between them."""
+def measure(store_path: Path, budget: int, read: str) -> dict:
+    """A warm-up round, then one timed round (fresh process) through the gateway's ``LocalTrainer.train``
+    (``read="crops"``) or the engine on the whole store read into memory (``read="whole"``)."""
+    from edge_client.lean import lean_process
+
+    lean_process()  # as `fedmekt client` runs
     from edge_client.training import LocalTrainer
     from fedmekt.config import FederationConfig, Hyper
     from fedmekt.engine import ServerEngine, client_view
@@ -92,8 +97,15 @@ def measure(store_path: Path, budget: int) -> dict:
     mods = ("acce", "gyro")
     with SampleStore(store_path) as store, tempfile.TemporaryDirectory() as state:
         trainer = LocalTrainer(cfg, "c0", mods, CHANNELS, proxy, store, Path(state))
-        plan = server.plan_round(0, ["c0"])
-        trainer.train(plan, client_view(server.downstream(plan), mods))
+
+        def round_(r: int):
+            plan = server.plan_round(r, ["c0"])
+            down = client_view(server.downstream(plan), mods)
+            if read == "crops":
+                return trainer.train(plan, down)
+            return trainer.engine.train_round(plan, down, store.read_partition(mods))
+
+        round_(0)
         steps = []
         step = trainer.engine.party.optim.step
 
@@ -102,12 +114,16 @@ def measure(store_path: Path, budget: int) -> dict:
             return step(loss, names)
 
         trainer.engine.party.optim.step = counted
-        plan = server.plan_round(1, ["c0"])
-        down = client_view(server.downstream(plan), mods)
-        private, read_s, read_mb = _traced(lambda: store.read_partition(mods))
-        _, train_s, train_mb = _traced(lambda: trainer.engine.train_round(plan, down, private))
-    return dict(rows=len(private), read_s=read_s, train_s=train_s, round_s=read_s + train_s, steps=len(steps),
-                read_mb=read_mb, train_mb=train_mb, rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        _, round_s, round_mb = _traced(lambda: round_(1))
+    return dict(rows=store_rows(store_path), round_s=round_s, steps=len(steps), round_mb=round_mb,
+                rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def store_rows(path: Path) -> int:
+    from sensors.store import SampleStore
+
+    with SampleStore(path) as store:
+        return store.count()
 
 
 def hapt_rounds(rounds: int) -> None:
@@ -134,32 +150,36 @@ def main() -> None:
     ap.add_argument("--off-up-to", type=int, default=10, help="run the budget off up to this size (default 10)")
     ap.add_argument("--hapt-rounds", type=int, default=0,
                     help="also time N whole FedMEKT-C rounds on recorded HAPT, budgets on and off (default 0: skip)")
-    ap.add_argument("--measure", nargs=2, metavar=("STORE", "BUDGET"), help=argparse.SUPPRESS)
+    ap.add_argument("--measure", nargs=3, metavar=("STORE", "BUDGET", "READ"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(Path(args.measure[0]), int(args.measure[1]))))
+        print(json.dumps(measure(Path(args.measure[0]), int(args.measure[1]), args.measure[2])))
         return
     from fedmekt.config import Hyper
+    from fedmekt_cli.client import ONEDNN_CACHE_CAPACITY
 
     default = Hyper().local_step_budget
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the machine is shared)")
-    print(f"goal: with the budget ({default} local steps per round) train time, steps and train MiB flat in the "
-          "store size; off, they grow with it")
-    print(f"{'store':>6} {'rows':>9} {'budget':>7} {'steps':>6} {'round s':>8} {'read s':>7} {'train s':>8} "
-          f"{'read MiB':>9} {'train MiB':>10} {'peak RSS MiB':>13}")
+    print(f"goal: with the budget ({default} local steps per round) and the gateway's read (crops), round time, "
+          "steps, numpy MiB and peak RSS flat in the store size (RSS ratio to 1× about 1.0)")
+    print(f"{'store':>6} {'rows':>9} {'budget':>7} {'read':>6} {'steps':>6} {'round s':>8} {'numpy MiB':>10} "
+          f"{'peak RSS MiB':>13} {'RSS vs 1x':>10}")
+    base_rss: dict[tuple[str, str], float] = {}
+    env = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": ONEDNN_CACHE_CAPACITY, **os.environ}  # as `fedmekt client` runs
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             path = Path(tmp) / f"store-{size}.sqlite"
             fill_store(path, size * args.base_rows)
-            for budget in ([default, 0] if size <= args.off_up_to else [default]):
-                res = subprocess.run([sys.executable, __file__, "--measure", str(path), str(budget)],
-                                     capture_output=True, text=True, check=True)
+            runs = [(default, "crops"), (default, "whole")] + ([(0, "crops")] if size <= args.off_up_to else [])
+            for budget, read in runs:
+                res = subprocess.run([sys.executable, __file__, "--measure", str(path), str(budget), read],
+                                     capture_output=True, text=True, check=True, env=env)
                 r = json.loads(res.stdout.strip().splitlines()[-1])
                 label = str(budget) if budget else "off"
-                print(f"{size:>5}× {r['rows']:>9} {label:>7} {r['steps']:>6} {r['round_s']:>8.2f} {r['read_s']:>7.2f} "
-                      f"{r['train_s']:>8.2f} {r['read_mb']:>9.1f} {r['train_mb']:>10.1f} {r['rss_mb']:>13.0f}",
-                      flush=True)
+                base = base_rss.setdefault((label, read), r["rss_mb"])
+                print(f"{size:>5}× {r['rows']:>9} {label:>7} {read:>6} {r['steps']:>6} {r['round_s']:>8.2f} "
+                      f"{r['round_mb']:>10.1f} {r['rss_mb']:>13.0f} {r['rss_mb'] / base:>10.2f}", flush=True)
             path.unlink()
     if args.hapt_rounds:
         hapt_rounds(args.hapt_rounds)
