@@ -2,7 +2,8 @@
 
 Defaults follow the authors' ``Setting.py`` (spec §6.1). Things the paper left implicit are explicit
 fields here: how many proxy windows are exchanged per round (``proxy_windows`` × ``window`` rows),
-which embedding layers cross the wire (``layers``), the wire dtype, the distillation term (``hyper.kd``:
+which embedding layers cross the wire (``layers``: the representation only by default, chosen so that
+FedMEKT sends a fraction of mmFedAvg's bytes; docs/fedmekt-c-selection.md), the wire dtype, the distillation term (``hyper.kd``:
 the paper's softmax KL by default, embedding MSE as an option; compared on validation data in
 docs/fedmekt-c-selection.md), whether the FedMEKT server also reconstructs over its whole proxy set
 (``server_proxy_walk``, on by default since the same validation), optional privacy noise
@@ -94,7 +95,8 @@ class FederationConfig:
     window: int = 24                  # proxy window length (fixed, as the reference server)
     proxy_windows: int = 48           # |Π_t|: proxy windows exchanged per round
     proxy_batch: int = 24             # proxy windows per distillation step (reference server batch for UR Fall)
-    layers: str = "rep+hidden"        # embedding layers exchanged: "rep" (z) or "rep+hidden" (z and h)
+    layers: str = "rep"               # embedding layers exchanged: "rep" (z) or "rep+hidden" (z and h, the
+                                      # paper's; 3.4× mmFedAvg's bytes on UR Fall against rep's 0.22×)
     server_proxy_walk: bool = True    # FedMEKT server: each distillation epoch also walks the WHOLE proxy set
                                       # (reconstruction only, as a client walks its partition); no bytes sent
     server_walk_labelled: bool = False  # the server's walk also covers the labelled set's INPUTS (labels dropped):

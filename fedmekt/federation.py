@@ -38,7 +38,7 @@ def variant_label(cfg: FederationConfig) -> str:
     tags = []
     if cfg.faithful and cfg.is_embedding:
         tags.append("faithful")
-    if cfg.is_embedding and cfg.layers != "rep+hidden":
+    if cfg.is_embedding and cfg.layers != FederationConfig.layers:
         tags.append(cfg.layers)
     if cfg.is_embedding and cfg.proxy_windows != FederationConfig.proxy_windows:
         tags.append(f"W{cfg.proxy_windows}")

@@ -17,6 +17,8 @@ NEEDS_TRAIN = True  # torch: an inference-only install marks and refuses it (fed
 
 
 def register(subparsers) -> None:
+    from fedmekt.config import FederationConfig  # light (no torch): the defaults the flags show
+
     p = subparsers.add_parser("reproduce", help="run the paper's comparison in one process and write tables/plots",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=None,
@@ -34,8 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--normalize", choices=("train", "unit", "none"), default="train",
                    help="z-score with client-pool statistics (default) or per run/subject as the paper")
     p.add_argument("--wire-dtype", choices=("float32", "float16"), default="float32")
-    p.add_argument("--layers", choices=("rep", "rep+hidden"), default="rep+hidden",
-                   help="FedMEKT embedding layers exchanged (default rep+hidden)")
+    p.add_argument("--layers", choices=("rep", "rep+hidden"), default=FederationConfig.layers,
+                   help=f"FedMEKT embedding layers exchanged (default {FederationConfig.layers})")
     p.add_argument("--proxy-windows", type=int, default=None, help="FedMEKT proxy windows per round (default 48)")
     p.add_argument("--faithful", action="store_true", help="keep the authors' O1-O3 loss choices")
     add_embedding_options(p)

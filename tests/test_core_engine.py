@@ -51,7 +51,7 @@ def test_one_round_of_every_algorithm(split, algorithm):
         assert {k: (v.shape, str(v.dtype)) for k, v in up.items()} == expected
     if cfg.is_embedding:
         assert down["emb/a/z"].shape == (cfg.proxy_windows, cfg.window, 2)
-        assert down["emb/b/h"].shape == (cfg.proxy_windows, cfg.window, 8)
+        assert "emb/b/h" not in down and cfg.layers == "rep"   # the default exchanges the representation only
         assert len(plan.proxy_windows) == cfg.proxy_windows
     else:
         assert all(k.startswith("param/") for k in down) and len(plan.proxy_windows) == 0
@@ -63,12 +63,16 @@ def test_one_round_of_every_algorithm(split, algorithm):
     assert np.isfinite(row["loss_classifier"])
 
 
-def test_rep_only_layers_send_no_hidden_embeddings(split):
-    cfg = tiny_config("fedmekt-s", layers="rep")
+@pytest.mark.parametrize("layers", ["rep", "rep+hidden"])
+def test_layers_choose_the_exchanged_embeddings(split, layers):
+    cfg = tiny_config("fedmekt-s", layers=layers)
     server, clients = _engines(cfg, split)
     _, down, uploads, _ = _round(server, clients, split, 0)
-    assert sorted(down) == ["emb/a/z", "emb/b/z"]
-    assert all(k.endswith("/z") for up in uploads.values() for k in up)
+    sent = ["z"] if layers == "rep" else ["h", "z"]
+    assert sorted(down) == [f"emb/{m}/{ly}" for m in ("a", "b") for ly in sent]
+    if layers == "rep+hidden":
+        assert down["emb/b/h"].shape == (cfg.proxy_windows, cfg.window, 8)
+    assert all(k.rsplit("/", 1)[1] in sent for up in uploads.values() for k in up)
 
 
 def test_same_seed_same_run_bit_for_bit_and_other_seed_differs(split):
