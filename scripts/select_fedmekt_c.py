@@ -40,7 +40,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "kl-pb8": {"proxy_batch": 8, **_NO_WALK},
     "kl-w10": {"hyper": {"alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}, **_NO_WALK},
     "mse-w10": {"hyper": {"kd": "mse", "alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}, **_NO_WALK},
-    "walk": {"server_proxy_walk": True},   # the default since the second round
+    "walk": {"server_proxy_walk": True, "layers": "rep+hidden"},   # the default of the second round
     "walk-rep-fp16": {"server_proxy_walk": True, "layers": "rep", "wire_dtype": "float16"},
     # issue 10 §2, measured under the protocol (seeds >= 100, paired); docs/fedmekt-c-selection.md
     "no-kd-server": {"hyper": {"eta": 0.0, "gamma": 0.0}},                           # η = γ = 0 (diagnosis)
@@ -61,7 +61,10 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "rep-fp16": {"layers": "rep", "wire_dtype": "float16"},   # §3: communication profiles
     "rep-fp32": {"layers": "rep", "wire_dtype": "float32"},
     "hidden-fp16-W12": {"layers": "rep+hidden", "wire_dtype": "float16", "proxy_windows": 12},
-    "hidden-fp32": {"layers": "rep+hidden", "wire_dtype": "float32"},   # the profile before issue 10 §3
+    "hidden-fp32": {"layers": "rep+hidden", "wire_dtype": "float32"},   # the default before issue 10 §3
+    # measured on top of that previous default (rep+hidden), before the profile changed
+    "no-kd-server-hidden": {"layers": "rep+hidden", "hyper": {"eta": 0.0, "gamma": 0.0}},
+    "walk-labelled-hidden": {"layers": "rep+hidden", "server_walk_labelled": True},
     "budget-off": {"hyper": {"local_step_budget": 0, "server_walk_step_budget": 0}},   # issue 11 §2: whole walks
 }
 
@@ -215,7 +218,8 @@ def main() -> None:
     parser.add_argument("--candidates", default="default,walk-rep-fp16", help=f"names from: {', '.join(CANDIDATES)}")
     parser.add_argument("--against", default="default", help="the candidate every other is paired with")
     parser.add_argument("--results", default="", help="JSONL cache of runs: reused when the resolved config, "
-                        "folds and fold match, new runs appended")
+                        "folds match, new runs appended")
+    parser.add_argument("--cached-only", action="store_true", help="run nothing: the table from --results alone")
     args = parser.parse_args()
     try:
         seeds = check_selection_seeds(int(s) for s in args.seeds.split(","))
@@ -231,7 +235,8 @@ def main() -> None:
         for line in Path(args.results).read_text().splitlines():
             rec = json.loads(line)
             cached[rec["key"]] = rec
-    todo = [j for j in jobs if job_key(j) not in cached]
+    todo = [] if args.cached_only else [j for j in jobs if job_key(j) not in cached]
+    jobs = [j for j in jobs if job_key(j) in cached or j in todo]
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} from {args.results or 'no cache'}", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
         for rec in pool.map(one, todo):
