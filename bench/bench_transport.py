@@ -15,10 +15,11 @@
 
 Per-round times: in process, the runner's own round time; through the broker, the interval between
 two rounds' metrics messages as a subscriber receives them (so checkpoints and the wait between rounds
-count too). (a) and (d) run pinned to one core, broker included (``--cpus`` to change), so that neither
+count too). The fastest later round of each runner is compared (background load only adds time),
+with the median beside, and the CPU time every party used per later round (work added, waits
+excluded). (a) and (d) run pinned to one core, broker included (``--cpus`` to change), so that neither
 gains from training its clients in parallel where the in-process runner trains them one after another:
-what remains is the orchestration. The machine is shared: the runs alternate and the best of the
-repeats is kept; under others' load, 10 processes (each its own session, so its own scheduler group)
+what remains is the orchestration. The machine is shared, so the runs alternate; under others' load, 10 processes (each its own session, so its own scheduler group)
 get more of the core than one in-process runner does, which flatters (d).
 
 Run: .venv/bin/python bench/bench_transport.py [--quick] [--only a|b|c|d]
@@ -48,6 +49,7 @@ from fedmekt.federation import run_inprocess  # noqa: E402
 from fedmekt.mqtt import LinkOptions, MqttLink  # noqa: E402
 from fedmekt.wire.topics import Topics  # noqa: E402
 from fedmekt_cli.simulation import run_simulation  # noqa: E402
+from transport_many import cpu_seconds  # noqa: E402
 from sensors.datasets import dataset_info, load_dataset  # noqa: E402
 from sensors.splits import make_split  # noqa: E402
 
@@ -85,13 +87,10 @@ class Timed:
 
     per_round: dict[int, float]
     total_s: float
+    cpu_s: float  # CPU seconds per later round, every party (threads, processes, broker) together
     equal: bool = True
     inside: dict[int, float] = dataclasses.field(default_factory=dict)  # the aggregator's own round time
     startup_s: float = 0.0  # start -> round 0 begins
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.per_round.values())
 
 
 def overhead_config(rounds: int) -> FederationConfig:
@@ -103,16 +102,26 @@ def _later(rows: list[dict]) -> dict[int, float]:
     return {r["round"]: r["wall_s"] for r in rows if r["round"] >= LATER}
 
 
+def _cpu_per_round(cpu: dict[int, float], rounds: int) -> float:
+    """CPU seconds from round LATER-1's metrics to the last round's, per round (nan when one was not sampled)."""
+    if rounds - 1 not in cpu or LATER - 1 not in cpu:
+        return float("nan")
+    return (cpu[rounds - 1] - cpu[LATER - 1]) / (rounds - LATER)
+
+
 def _periods(arrivals: dict[int, float]) -> dict[int, float]:
     """Seconds between round k-1's and round k's metrics reaching a subscriber, for the later rounds."""
     return {k: t - arrivals[k - 1] for k, t in sorted(arrivals.items()) if k >= LATER and k - 1 in arrivals}
 
 
 class MetricsClock:
-    """When each round's metrics message reaches a subscriber on the broker."""
+    """When each round's metrics message reaches a subscriber on the broker, and the CPU time the parties
+    (``pids``, this process included) had used by then."""
 
-    def __init__(self, url: str, federation: str):
+    def __init__(self, url: str, federation: str, pids: tuple[int | str, ...]):
         self.arrivals: dict[int, float] = {}
+        self.cpu: dict[int, float] = {}
+        self.pids = pids
         self._link = MqttLink(url, LinkOptions(client_id=f"metrics-clock-{time.monotonic_ns()}"),
                               subscriptions=[Topics(federation).metrics]).connect()
         self._stop = threading.Event()
@@ -123,28 +132,52 @@ class MetricsClock:
         while not self._stop.is_set():
             msg = self._link.get(timeout=0.1)
             if msg is not None and msg.payload and not msg.retain:
-                self.arrivals.setdefault(json.loads(msg.payload)["round"], time.perf_counter())
+                rnd = json.loads(msg.payload)["round"]
+                if rnd not in self.arrivals:
+                    self.arrivals[rnd] = time.perf_counter()
+                    try:
+                        self.cpu[rnd] = sum(cpu_seconds(p) for p in self.pids)
+                    except FileNotFoundError:  # a party already gone (after the last round)
+                        pass
 
-    def close(self) -> dict[int, float]:
+    def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self._link.close()
-        return self.arrivals
 
 
 def time_inprocess(cfg, split) -> tuple[Timed, list[dict]]:
+    """The runner alone; its CPU clock is read where each round starts and where the final evaluation does."""
+    from unittest import mock
+
+    import fedmekt.federation
+
+    marks: list[float] = []
+
+    class ClockedServer(fedmekt.federation.ServerEngine):
+        def plan_round(self, *args, **kwargs):
+            marks.append(time.process_time())
+            return super().plan_round(*args, **kwargs)
+
+        def final_evaluation(self, *args, **kwargs):
+            marks.append(time.process_time())
+            return super().final_evaluation(*args, **kwargs)
+
     t0 = time.perf_counter()
-    ref = run_inprocess(cfg, split, progress=False)
-    return Timed(_later(ref.rows), time.perf_counter() - t0), ref.rows
+    with mock.patch.object(fedmekt.federation, "ServerEngine", ClockedServer):
+        ref = run_inprocess(cfg, split, progress=False)
+    cpu_per_round = (marks[cfg.rounds] - marks[LATER]) / (cfg.rounds - LATER)
+    return Timed(_later(ref.rows), time.perf_counter() - t0, cpu_per_round), ref.rows
 
 
-def time_simulate(cfg, split, url, ref_rows) -> Timed:
-    clock = MetricsClock(url, cfg.federation)
+def time_simulate(cfg, split, url, ref_rows, broker_pid: int) -> Timed:
+    clock = MetricsClock(url, cfg.federation, ("self", broker_pid))
     try:
         sim = simulate(cfg, split, url)
     finally:
-        arrivals = clock.close()
-    return Timed(_periods(arrivals), sim.wall_s, same_learning(ref_rows, sim.result.rows), _later(sim.result.rows))
+        clock.close()
+    return Timed(_periods(clock.arrivals), sim.wall_s, _cpu_per_round(clock.cpu, cfg.rounds),
+                 same_learning(ref_rows, sim.result.rows), _later(sim.result.rows))
 
 
 def _config_toml(cfg: FederationConfig) -> str:
@@ -162,21 +195,22 @@ def time_processes(cfg, ref_rows) -> Timed:
                                 round_timeout=300, federation=cfg.federation, seed=cfg.seed)
         try:
             fed.config.write_text(_config_toml(cfg))  # the harness writes a demo config; this one is ours
-            t0, w0 = time.perf_counter(), time.time()
+            t0 = time.perf_counter()
             fed.start_aggregator()
             for cid in fed.client_ids:
                 fed.start_client(cid)
-            fed.run_to_end(timeout=600 + 60 * cfg.rounds)
+            clock = MetricsClock(fed.url, cfg.federation, (fed.broker.process.pid,
+                                                           *(p.pid for p in fed.procs.values())))
+            try:
+                fed.run_to_end(timeout=600 + 60 * cfg.rounds)
+            finally:
+                clock.close()
             total = time.perf_counter() - t0
-            arrivals: dict[int, float] = {}
-            for when, topic, payload in fed.recorder.snapshot():
-                if topic == f"fedmekt/{cfg.federation}/metrics" and payload:
-                    arrivals.setdefault(json.loads(payload)["round"], when)
             rows = list({r["round"]: r for r in fed.metrics()}.values())
         finally:
             fed.close()
-    return Timed(_periods(arrivals), total, same_learning(ref_rows, rows), _later(rows),
-                 arrivals[0] - rows[0]["wall_s"] - w0)
+    return Timed(_periods(clock.arrivals), total, _cpu_per_round(clock.cpu, cfg.rounds),
+                 same_learning(ref_rows, rows), _later(rows), clock.arrivals[0] - t0 - rows[0]["wall_s"])
 
 
 def _verdict(ratio: float, diff_ms: float) -> str:
@@ -184,11 +218,11 @@ def _verdict(ratio: float, diff_ms: float) -> str:
     return f"goal <= {OVERHEAD_GOAL}x and <= {ROUND_MS_GOAL:.0f} ms/round: {'met' if met else 'NOT met'}"
 
 
-def _ms(values) -> str:
-    return "[" + " ".join(f"{v * 1e3:.0f}" for v in values) + "]"
+def _totals(runs: list[Timed]) -> str:
+    return ", ".join(f"{t.total_s:.1f}" for t in runs) + " s"
 
 
-def bench_overhead(url: str, rounds: int, repeats: int, parts: set[str]) -> None:
+def bench_overhead(url: str, broker_pid: int, rounds: int, repeats: int, parts: set[str]) -> None:
     """In-process, ``simulate`` and separate processes alternate ``repeats`` times; the best run of each is kept."""
     cfg = overhead_config(rounds)
     split = make_split(load_dataset(cfg.dataset), cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
@@ -198,31 +232,35 @@ def bench_overhead(url: str, rounds: int, repeats: int, parts: set[str]) -> None
         ref, rows = time_inprocess(cfg, split)
         runs["in process"].append(ref)
         if "a" in parts:
-            runs["simulate"].append(time_simulate(cfg, split, url, rows))
+            runs["simulate"].append(time_simulate(cfg, split, url, rows, broker_pid))
         if "d" in parts:
             runs["processes"].append(time_processes(cfg, rows))
-    best = {name: min(r, key=lambda t: t.median_s) for name, r in runs.items() if r}
-    base = best["in process"]
+    fast = {name: min(min(t.per_round.values()) for t in r) for name, r in runs.items() if r}
+    mid = {name: statistics.median([v for t in r for v in t.per_round.values()]) for name, r in runs.items() if r}
+    cpu = {name: min(t.cpu_s for t in r) for name, r in runs.items() if r}
     print(f"(a)/(d) round overhead, {cfg.dataset} {'-'.join(cfg.pair)}, {cfg.algorithm}, {cfg.clients} clients, "
-          f"{cfg.per_round}/round, {rounds} rounds; per round = median of rounds {LATER}..{rounds - 1} "
-          f"(ms per round listed), best of {repeats}; on cores {sorted(os.sched_getaffinity(0))}, load average "
-          f"{load:.1f} on {os.cpu_count()} cores at the start")
-    print(f"    in process                         {base.median_s * 1e3:6.0f} ms/round {_ms(base.per_round.values())}"
-          f"   total {base.total_s:5.1f} s")
+          f"{cfg.per_round}/round, {rounds} rounds, {repeats} run(s) each, alternating; rounds {LATER}..{rounds - 1}: "
+          f"fastest / median per round; on cores {sorted(os.sched_getaffinity(0))}, load average {load:.1f} on "
+          f"{os.cpu_count()} cores at the start")
+    print(f"    in process                          {fast['in process'] * 1e3:5.0f} / {mid['in process'] * 1e3:5.0f} ms"
+          f"   CPU {cpu['in process'] * 1e3:5.0f} ms/round   total {_totals(runs['in process'])}")
     labels = {"simulate": "(a) simulate: threads, mosquitto   ",
               "processes": "(d) aggregator + 9 client processes"}
     for name in ("simulate", "processes"):
-        if name not in best:
+        if not runs[name]:
             continue
-        t = best[name]
-        ratio, diff = t.median_s / base.median_s, (t.median_s - base.median_s) * 1e3
-        print(f"    {labels[name]} {t.median_s * 1e3:6.0f} ms/round {_ms(t.per_round.values())}   "
-              f"{diff:+.0f} ms/round, ratio {ratio:.3f} ({_verdict(ratio, diff)})")
-        inside = statistics.median(t.inside.values())
-        extra = f"; start-up before round 0 {t.startup_s:.1f} s" if name == "processes" else ""
-        print(f"        of which inside the aggregator's round {inside * 1e3:.0f} ms, between rounds "
-              f"{(t.median_s - inside) * 1e3:.0f} ms; total {t.total_s:5.1f} s vs {base.total_s:.1f} s in process "
-              f"({t.total_s / base.total_s:.2f}x){extra}; metrics equal to in process: {t.equal}")
+        ratio, diff = fast[name] / fast["in process"], (fast[name] - fast["in process"]) * 1e3
+        print(f"    {labels[name]} {fast[name] * 1e3:5.0f} / {mid[name] * 1e3:5.0f} ms   CPU {cpu[name] * 1e3:5.0f} "
+              f"ms/round   total {_totals(runs[name])}")
+        print(f"        fastest round {diff:+.0f} ms, ratio {ratio:.3f} ({_verdict(ratio, diff)}); median ratio "
+              f"{mid[name] / mid['in process']:.3f}; CPU of every party, broker included, "
+              f"{(cpu[name] - cpu['in process']) * 1e3:+.0f} ms/round ({cpu[name] / cpu['in process']:.3f}x)")
+        inside = statistics.median([v for t in runs[name] for v in t.inside.values()])
+        extra = f"; start-up before round 0 {min(t.startup_s for t in runs[name]):.1f} s" \
+            if name == "processes" else ""
+        print(f"        median round inside the aggregator {inside * 1e3:.0f} ms, so between rounds "
+              f"{(mid[name] - inside) * 1e3:.0f} ms{extra}; metrics equal to in process: "
+              f"{all(t.equal for t in runs[name])}")
     print(f"    one crash-safe write (write, fsync, rename, fsync the folder) on this disk: {_durable_write_ms():.1f} "
           f"ms (median of 9); per round the aggregator makes 2 (metrics, checkpoint), each client 2 (state, upload), "
           f"in process none")
@@ -324,7 +362,8 @@ def main() -> int:
     broker = start_mosquitto()
     try:
         if parts & {"a", "d"}:
-            bench_overhead(broker.url, rounds=3 if args.quick else 10, repeats=1 if args.quick else 2, parts=parts)
+            bench_overhead(broker.url, broker.process.pid, rounds=3 if args.quick else 10,
+                           repeats=1 if args.quick else 2, parts=parts)
         os.sched_setaffinity(0, allowed)
         if "b" in parts:
             bench_bytes(broker.url, rounds=1, algorithms=("fedmekt-c", "mmfedavg")) if args.quick else \

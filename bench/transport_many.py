@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import resource
 import selectors
 import tempfile
@@ -45,6 +46,13 @@ def proc_memory_mb(pid: int | str = "self") -> dict[str, float]:
     with open(f"/proc/{pid}/status") as fh:
         fields = dict(line.split(":", 1) for line in fh if line.startswith(("VmRSS", "VmHWM")))
     return {k: int(v.split()[0]) / 1e3 for k, v in fields.items()}
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def open_files_limit(pid: int | str = "self") -> str:
