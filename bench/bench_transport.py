@@ -19,8 +19,9 @@ count too). The fastest later round of each runner is compared (background load 
 with the median beside, and the CPU time every party used per later round (work added, waits
 excluded). (a) and (d) run pinned to one core, broker included (``--cpus`` to change), so that neither
 gains from training its clients in parallel where the in-process runner trains them one after another:
-what remains is the orchestration. The machine is shared, so the runs alternate; under others' load, 10 processes (each its own session, so its own scheduler group)
-get more of the core than one in-process runner does, which flatters (d).
+what remains is the orchestration. The machine is shared, so the runs alternate; under others' load,
+10 processes (each its own session, so its own scheduler group) get more of the core than one
+in-process runner does, which flatters (d)'s wall time (not its CPU time).
 
 Run: .venv/bin/python bench/bench_transport.py [--quick] [--only a|b|c|d]
 """
