@@ -10,6 +10,9 @@ the database; with ``durable=False`` (``synchronous=NORMAL``, the default) the l
 before a power cut may be missing, with ``durable=True`` (``FULL``) every returned ``append`` is on
 disk. Retention: beyond ``max_samples`` the oldest samples are dropped (exactly, trimming the oldest
 chunk if needed). This module has no network code: raw samples never leave the device through it.
+
+Reading: ``read_partition`` loads everything; a training round uses ``open_partition`` instead, a snapshot
+whose arrays read only the rows indexed (its random crops), so a round's memory does not grow with the store.
 """
 
 from __future__ import annotations
