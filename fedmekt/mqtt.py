@@ -137,10 +137,13 @@ class Message:
     retain: bool
 
 
-def _published(info: paho.MQTTMessageInfo) -> bool:
-    """Delivered to the broker (PUBACK). paho's ``is_published`` raises for messages queued
-    while disconnected even though it sends them after reconnecting, so read the flag directly."""
+def _acknowledged(info: paho.MQTTMessageInfo, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for the broker's PUBACK, woken by it (no polling). paho's ``wait_for_publish``
+    raises for messages queued while disconnected even though it sends them after reconnecting, so wait on
+    its condition directly."""
     with info._condition:
+        if not info._published:
+            info._condition.wait(timeout)
         return info._published
 
 
@@ -522,11 +525,10 @@ class MqttLink:
 
     def _wait_one(self, pending: deque, deadline: float) -> None:
         info = pending[0]
-        while not _published(info):
+        while not _acknowledged(info, min(0.1, max(0.0, deadline - time.monotonic()))):
             self._check_session()
             if time.monotonic() > deadline or self._closing.is_set():
                 raise TimeoutError("MQTT publish not acknowledged in time")
-            time.sleep(0.001 if self.connected else 0.1)
         pending.popleft()
 
     @property
