@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from aggregator.checkpoint import load_checkpoint, save_checkpoint
+from aggregator.checkpoint import CheckpointWriter, load_checkpoint
 from aggregator.sync import SyncLimiter
 from fedmekt.accounting import message_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
@@ -155,15 +155,18 @@ class Aggregator:
             self.wait_for_clients(opts.wait_clients or cfg.per_round, opts.wait_timeout)
             bar = tqdm(range(server.rounds_completed, cfg.rounds), desc=name, disable=not opts.progress,
                        unit="round", leave=False)
+            checkpoints = CheckpointWriter(opts.out)  # the metrics row goes out once its round is on disk
             for rnd in bar:
                 if self.before_round is not None:
                     self.before_round(rnd, self)
                 row = self._one_round(rnd)
                 rows.append({**base, **row})
-                save_checkpoint(opts.out, server.state_dict(), cfg.to_dict(), rows, self.run_id)
-                link.publish(self.topics.metrics, json.dumps(rows[-1], default=float).encode(), retain=True)
+                payload = json.dumps(rows[-1], default=float).encode()
+                checkpoints.submit(server.state_dict(), cfg.to_dict(), list(rows), self.run_id,
+                                   lambda payload=payload: link.publish(self.topics.metrics, payload, retain=True))
                 self._publish_package(final=False)
                 bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
+            checkpoints.flush()
             self._publish_package(final=True)
             self._publish_control(self.topics.rounds, fedwire.Announcement(
                 cfg.federation, None, time.time(), done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
