@@ -5,7 +5,7 @@ ACL configuration (so these tests also show that a secured federation completes 
 rounds). A ``monitor`` user subscribed to ``fedmekt/<fed>/#`` from before the first client
 starts records every message. Then:
 
-* clients published only presence (``status``) and uploads, nothing else;
+* clients published only presence (``status``), sync requests and uploads, nothing else;
 * every upload decodes to exactly the embedding tensors the round needs for the
   modalities the client holds (names, shapes, float32), with the client's own id as sender;
 * no row of any client's private samples (its on-device store) appears anywhere in any
@@ -27,6 +27,7 @@ from fedmekt.config import load_config
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireLimits, decode_body, encode, parse_frame
 from fedmekt.wire.federation import Status
+from fedmekt.wire.sync import SyncRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 MULT = np.uint64(0x9E3779B97F4A7C15)
@@ -108,6 +109,9 @@ def test_clients_publish_only_presence_and_expected_embeddings(secured_run):
             continue
         if kind == "session" and len(parts) == 5:  # the session token: 32 random hex digits
             assert len(payload) == 32 and all(c in b"0123456789abcdef" for c in payload), topic
+            continue
+        if kind == "sync" and len(parts) == 5:  # what it holds, asked for after each connect
+            SyncRequest.from_bytes(payload)
             continue
         assert kind == "upload" and len(parts) == 7, f"a client published on {topic}"
         header, body = parse_frame(payload)
