@@ -27,6 +27,9 @@ pytestmark = pytest.mark.broker
 TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late"}
 
 
+FRAMING_PER_UPLOAD = 100  # bytes: topic, frame header and MQTT fixed header of one upload message
+
+
 def _learning(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in TRANSPORT_KEYS}
 
@@ -48,9 +51,11 @@ def test_federation_through_mosquitto_equals_inprocess(algorithm, mosquitto, tmp
     assert _learning(sim.result.final) == _learning(ref.final)
     for k, v in ref.model_state.items():
         np.testing.assert_array_equal(sim.result.model_state[k], v)
-    # the subscriber saw every upload; MQTT framing adds little to the accounted payload
+    # the subscriber saw every upload; MQTT framing adds little to the accounted payload: under 2 % of it
+    # plus a fixed topic-and-header cost per upload (which dominates the tiny rep-only uploads here)
     wire, accounted = sim.wire["packet_bytes"]["upload"], sum(r["bytes_up"] for r in sim.result.rows)
-    assert accounted <= wire < 1.02 * accounted
+    uploads = sum(r["absorbed"] for r in sim.result.rows)
+    assert accounted <= wire < 1.02 * accounted + FRAMING_PER_UPLOAD * uploads
     write_outputs(tmp_path / "out", sim)
     assert (tmp_path / "out" / "results.md").exists() and (tmp_path / "out" / "checkpoint.safetensors").exists()
     assert json.loads((tmp_path / "out" / "wire.json").read_text())["messages"]["upload"] >= cfg.rounds * cfg.per_round
