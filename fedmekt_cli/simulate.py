@@ -112,7 +112,7 @@ def run(args) -> int:
                 + f"; watch it with: fedmekt status --broker {url} --federation {cfg.federation}", echo=not args.json)
             sim = run_simulation(cfg, split, url=url, out=out, progress=not args.no_progress,
                                  rate_hz=split.manifest["rate_hz"], round_timeout=args.round_timeout,
-                                 workdir=out / "devices", before_round=lambda rnd, agg: _log_round(out, rnd, cfg))
+                                 workdir=out / "devices", before_round=lambda rnd, agg: _log_round(rnd, cfg))
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what the finished rounds show
             if (out / "metrics.jsonl").is_file():
                 record.note(f"stopped; partial report of the finished rounds: {write_html_report(out)}",
@@ -133,17 +133,9 @@ def run(args) -> int:
     return 0
 
 
-def _log_round(out: Path, rnd: int, cfg) -> None:
-    """One log line per round (what `fedmekt log -f` follows): the previous round's F1 from metrics.jsonl."""
-    log = logging.getLogger("fedmekt.simulate")
-    path = out / "metrics.jsonl"
-    lines = path.read_text().splitlines() if rnd and path.is_file() else []
-    if lines:
-        row = json.loads(lines[-1])
-        log.info("round %d of %d done: %d of %d uploads, paper F1 %s", row["round"] + 1, cfg.rounds,
-                 row.get("absorbed", 0), row.get("selected", 0),
-                 ", ".join(f"{m} {row[f'f1_paper_{m}']:.3f}" for m in cfg.pair if f"f1_paper_{m}" in row))
-    log.info("round %d of %d starts", rnd + 1, cfg.rounds)
+def _log_round(rnd: int, cfg) -> None:
+    """One log line per round start (what `fedmekt log -f` follows); the aggregator logs each round closing."""
+    logging.getLogger("fedmekt.simulate").info("round %d of %d starts", rnd + 1, cfg.rounds)
 
 
 def summary_record(sim, raw: dict | None = None) -> dict:

@@ -44,7 +44,9 @@ def _split_and_cfg():
     from sensors.splits import make_split
 
     split = make_split(load_dataset("demo"), ("acce", "gyro"), clients=(2, 2, 2), seed=0)
-    cfg = FederationConfig(federation=FED, clients=(2, 2, 2), per_round=5, rounds=3, proxy_windows=8, device="cpu")
+    # rep+hidden: uploads of several 16 KiB frames (a rep-only one fits one), room for missing / duplicate chunks
+    cfg = FederationConfig(federation=FED, clients=(2, 2, 2), per_round=5, rounds=3, proxy_windows=8, device="cpu",
+                           layers="rep+hidden")
     return split, cfg
 
 
