@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -23,6 +24,21 @@ LOG = "run.log"
 STATES = ("running", "finished", "failed", "interrupted")
 
 
+_URL_SECRET = re.compile(r"(://[^/:@,\s]+):[^@/,\s]*@")
+
+
+def redacted(argv: list[str]) -> list[str]:
+    """``argv`` with passwords masked (``--password X``, ``user:X@`` in broker URLs): state files are shared."""
+    out = []
+    for i, arg in enumerate(argv):
+        if i and argv[i - 1] == "--password":
+            arg = "***"
+        elif arg.startswith("--password="):
+            arg = "--password=***"
+        out.append(_URL_SECRET.sub(r"\1:***@", arg))
+    return out
+
+
 @dataclass
 class RunState:
     """Contents of ``run-state.json``."""
@@ -31,7 +47,7 @@ class RunState:
     state: str = "running"
     pid: int = field(default_factory=os.getpid)
     host: str = field(default_factory=socket.gethostname)
-    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    argv: list[str] = field(default_factory=lambda: redacted(sys.argv))
     started: float = field(default_factory=time.time)
     ended: float | None = None
     info: dict = field(default_factory=dict)   # algorithm, dataset, rounds, federation, broker …

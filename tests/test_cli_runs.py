@@ -184,3 +184,13 @@ def test_sigterm_of_simulate_stops_its_broker_and_leaves_a_partial_run(tmp_path:
     assert listed["sim"]["status"] == "interrupted" and listed["sim"]["rounds_done"] >= 1
     log = fedmekt("log", str(out), "-n", "0", "--follow")   # follows only while the run lives: returns
     assert log.returncode == 0 and "round 1 of 40 starts" in log.stdout and "round 0 closed: 3 of 3 uploads" in log.stdout
+
+
+def test_run_state_masks_passwords_of_the_command_line():
+    from fedmekt_cli.run_record import redacted
+
+    argv = ["fedmekt", "aggregator", "--broker", "mqtts://bob:s3cret@lab:8883,mqtt://a:pw@h2:1883",
+            "--password", "hunter2", "--password=x", "--out", "runs/a"]
+    text = " ".join(redacted(argv))
+    assert not any(secret in text for secret in ("s3cret", "pw@", "hunter2", "=x"))
+    assert "mqtts://bob:***@lab:8883,mqtt://a:***@h2:1883" in text and text.endswith("--out runs/a")
