@@ -331,10 +331,10 @@ def bench_many(runs: tuple[tuple[int, int], ...]) -> None:
         r = one_round(n, connections)
         done.append(r)
         print(f"    {r.n:6d} {r.connections:6d} {r.connect_s:7.2f}s {r.presence_s:6.2f}s {r.upload_s:7.2f}s "
-              f"{r.absorbed_s:8.2f}s {r.round_s:6.2f}s {r.absorbed:6d}   {r.agg_start_mb:9.0f} / "
-              f"{r.agg_peak_mb:5.0f} / {r.agg_hwm_mb:5.0f} MB (+{r.agg_peak_mb - r.agg_start_mb:3.0f}) "
+              f"{r.absorbed_s:8.2f}s {r.round_s:6.2f}s {r.absorbed:6d}   {r.agg_start_mib:9.0f} / "
+              f"{r.agg_peak_mib:5.0f} / {r.agg_hwm_mib:5.0f} MiB (+{r.agg_peak_mib - r.agg_start_mib:3.0f}) "
               f"{r.inbox_peak:6d}   "
-              f"{r.broker_hwm_mb:8.0f} / {r.broker_rss_mb:5.0f} MB"
+              f"{r.broker_hwm_mib:8.0f} / {r.broker_rss_mib:5.0f} MiB"
               + (f"   (rejected {r.rejected})" if r.rejected else ""))
     print("    connect: every CONNACK; online: every id's presence acknowledged; uploads: announcement -> every upload "
           "acknowledged by the broker; absorbed: round start -> last upload in the mean; round: the aggregator's; "
@@ -342,9 +342,9 @@ def bench_many(runs: tuple[tuple[int, int], ...]) -> None:
     multiplexed = sorted((r for r in done if r.connections < r.n), key=lambda r: r.n)
     if len(multiplexed) > 1:
         first = multiplexed[0]
-        cells = ", ".join(f"N={r.n}: {r.agg_peak_mb:.0f} MB ({r.agg_peak_mb / first.agg_peak_mb:.2f}x)"
+        cells = ", ".join(f"N={r.n}: {r.agg_peak_mib:.0f} MiB ({r.agg_peak_mib / first.agg_peak_mib:.2f}x)"
                           for r in multiplexed)
-        worst = max(r.agg_peak_mb / first.agg_peak_mb for r in multiplexed)
+        worst = max(r.agg_peak_mib / first.agg_peak_mib for r in multiplexed)
         print(f"    aggregator peak RSS in the round, multiplexed: {cells}; goal flat in N (<= {FLAT_GOAL:.2f}x of "
               f"N={first.n}): {'met' if worst <= FLAT_GOAL else 'NOT met'}")
 

@@ -41,11 +41,11 @@ from sensors.splits import make_split
 WINDOW = 32  # unacknowledged publishes per connection, as MqttLink.publish_all
 
 
-def proc_memory_mb(pid: int | str = "self") -> dict[str, float]:
-    """VmRSS (now) and VmHWM (peak) of a process, in MB."""
+def proc_memory_mib(pid: int | str = "self") -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak) of a process, in MiB."""
     with open(f"/proc/{pid}/status") as fh:
         fields = dict(line.split(":", 1) for line in fh if line.startswith(("VmRSS", "VmHWM")))
-    return {k: int(v.split()[0]) / 1e3 for k, v in fields.items()}
+    return {k: int(v.split()[0]) / 1024 for k, v in fields.items()}
 
 
 def cpu_seconds(pid: int | str = "self") -> float:
@@ -89,12 +89,12 @@ class ManyResult:
     absorbed_s: float  # round start -> last upload folded into the running mean
     absorbed: int
     rejected: int
-    agg_start_mb: float  # aggregator RSS when the round starts (N clients known)
-    agg_peak_mb: float  # its peak RSS during the round
-    agg_hwm_mb: float  # its VmHWM over its whole life
+    agg_start_mib: float  # aggregator RSS when the round starts (N clients known)
+    agg_peak_mib: float  # its peak RSS during the round
+    agg_hwm_mib: float  # its VmHWM over its whole life
     inbox_peak: int  # most messages waiting in its link's inbox
-    broker_hwm_mb: float
-    broker_rss_mb: float
+    broker_hwm_mib: float
+    broker_rss_mib: float
     broker_fd_limit: str
 
 
@@ -113,11 +113,11 @@ def _aggregator_child(url: str, n: int, out: str, conn) -> None:
 
     def sample() -> None:
         while not done.wait(0.02):
-            mem["peak"] = max(mem["peak"], proc_memory_mb()["VmRSS"])
+            mem["peak"] = max(mem["peak"], proc_memory_mib()["VmRSS"])
             mem["inbox"] = max(mem["inbox"], agg.link.pending)  # received, not yet handled (bounded by count)
 
     def before(rnd, a) -> None:
-        mem["start"] = mem["peak"] = proc_memory_mb()["VmRSS"]
+        mem["start"] = mem["peak"] = proc_memory_mib()["VmRSS"]
         threading.Thread(target=sample, daemon=True).start()
         times["start"] = time.perf_counter()
         absorb = a.server.absorb
@@ -134,8 +134,8 @@ def _aggregator_child(url: str, n: int, out: str, conn) -> None:
     done.set()
     row = result.rows[0]
     conn.send({"wall_s": row["wall_s"], "absorbed": row["absorbed"], "rejected": row["rejected"],
-               "absorbed_s": times["absorbed"] - times["start"], "rss_start_mb": mem["start"],
-               "rss_peak_mb": mem["peak"], "inbox_peak": mem["inbox"], "hwm_mb": proc_memory_mb()["VmHWM"]})
+               "absorbed_s": times["absorbed"] - times["start"], "rss_start_mib": mem["start"],
+               "rss_peak_mib": mem["peak"], "inbox_peak": mem["inbox"], "hwm_mib": proc_memory_mib()["VmHWM"]})
 
 
 # ---- many clients, one loop ------------------------------------------------------------------------
@@ -274,7 +274,7 @@ def one_round(n: int, connections: int) -> ManyResult:
                 pass
             got = parent.recv() if parent.poll() else None
             proc.join(timeout=60)
-            broker_mem, fd_limit = proc_memory_mb(broker.process.pid), open_files_limit(broker.process.pid)
+            broker_mem, fd_limit = proc_memory_mib(broker.process.pid), open_files_limit(broker.process.pid)
         finally:
             if proc.is_alive():
                 proc.terminate()
@@ -282,7 +282,7 @@ def one_round(n: int, connections: int) -> ManyResult:
     if got is None:
         raise RuntimeError(f"N={n}: the aggregator returned no result")
     return ManyResult(n, len(conn_ids), *timings, got["wall_s"], got["absorbed_s"], got["absorbed"], got["rejected"],
-                      got["rss_start_mb"], got["rss_peak_mb"], got["hwm_mb"], got["inbox_peak"],
+                      got["rss_start_mib"], got["rss_peak_mib"], got["hwm_mib"], got["inbox_peak"],
                       broker_mem["VmHWM"], broker_mem["VmRSS"], fd_limit)
 
 

@@ -23,10 +23,10 @@ holds) and handles the aggregator's answers on ``clients/<id>/reply/…`` like t
 (edge_client/sync.py), so it also works through a broker without retained messages.
 
 Memory: the store lives on disk (SQLite, bounded by ``--max-samples``); a training round holds the
-stored samples in RAM (samples x channels x 4 B: 200 k samples of 6 channels = 4.8 MB), the proxy
+stored samples in RAM (samples x channels x 4 B: 200 k samples of 6 channels = 4.8 MiB), the proxy
 set, one global message and one upload; the MQTT inbox and reassembly buffers are bounded.
 Measured: a ``fedmekt client`` process on the demo federation (9,800 samples, 48 proxy windows)
-peaks at 380-430 MB RSS, of which 225 MB is importing torch.
+peaks at 380-430 MiB RSS, of which 225 MiB is importing torch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A training gateway's process made lean: two process-wide settings that take about 120 MB off its peak RSS.
+"""A training gateway's process made lean: two process-wide settings that take about 120 MiB off its peak RSS.
 
 * glibc's malloc raises its mmap threshold to the largest block freed (up to 32 MiB), so from the second
   round on a round's large tensors come from the heap and stay there: the process keeps its largest round
@@ -6,7 +6,7 @@
   mmap, returned to the system when freed. (``mallopt`` at run time: the ``MALLOC_*`` variables are read
   only when the process starts.)
 * ``torch.optim`` imports ``torch._dynamo`` when an optimizer is built and on every step (for a graph break
-  and a "don't compile this" wrapper); with it come ``torch.fx`` and sympy, about 60 MB of RSS that a
+  and a "don't compile this" wrapper); with it come ``torch.fx`` and sympy, about 60 MiB of RSS that a
   gateway which never compiles doesn't use. A stand-in module provides those two functions as the no-ops they
   are in eager mode, so training is bit-identical (tests/test_gateway_lean.py).
 

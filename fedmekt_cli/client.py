@@ -33,7 +33,7 @@ from fedmekt_cli.config_file import add_config_arg, apply_config, require
 
 log = logging.getLogger("edge_client")
 # oneDNN (torch's CPU kernels) caches a kernel per input shape, up to 1024 of them: a training gateway's RSS grew
-# ~20 MB a round without end (bench/bench_gateway.py). Set before torch loads; an explicit setting wins.
+# ~20 MiB a round without end (bench/bench_gateway.py). Set before torch loads; an explicit setting wins.
 ONEDNN_CACHE_CAPACITY = "8"
 TRAIN_NOTE = "training needs the [train] extra; --infer-only does not"
 

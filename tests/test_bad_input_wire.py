@@ -35,7 +35,7 @@ SMALL = {"acce.z": RNG.standard_normal((3, 6, 2)).astype(np.float32),
 SPEC = {k: (v.shape, "float32") for k, v in SMALL.items()}
 LIMITS = WireLimits(chunk_size=16 * 1024)  # the smallest allowed chunk: many frames per message
 BIG = {"acce.z": RNG.standard_normal((40, 24, 2)).astype(np.float32),
-       "acce.h": RNG.standard_normal((40, 24, 32)).astype(np.float32)}  # ~130 KB -> 9 frames
+       "acce.h": RNG.standard_normal((40, 24, 32)).astype(np.float32)}  # ~130 KiB -> 9 frames
 BIG_SPEC = {k: (v.shape, "float32") for k, v in BIG.items()}
 SMALL_FRAME = encode(SMALL, **META)[0]
 BIG_FRAMES = encode(BIG, **META, limits=LIMITS)

@@ -175,7 +175,7 @@ from pathlib import Path
 from aggregator.checkpoint import save_checkpoint
 out = Path(sys.argv[1]); i = 0
 rng = np.random.default_rng(0)
-big = rng.standard_normal(4_000_000).astype(np.float32)  # 16 MB: a write takes a while
+big = rng.standard_normal(4_000_000).astype(np.float32)  # 16 MiB: a write takes a while
 while True:
     state = {"w": big + i, "meta/rounds_completed": np.array([i + 1], np.int64)}
     save_checkpoint(out, state, {"k": 1}, [{"round": r} for r in range(i + 1)], "run-1")
@@ -184,7 +184,7 @@ while True:
 
 
 def test_checkpoint_is_never_half_written_under_sigkill(tmp_path):
-    """SIGKILL a process that rewrites a 16 MB checkpoint in a loop, at random moments, 12 times."""
+    """SIGKILL a process that rewrites a 16 MiB checkpoint in a loop, at random moments, 12 times."""
     from aggregator.checkpoint import load_checkpoint
 
     big = np.random.default_rng(0).standard_normal(4_000_000).astype(np.float32)

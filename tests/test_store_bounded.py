@@ -81,7 +81,7 @@ def test_open_partition_is_a_snapshot_while_the_store_grows_and_trims(tmp_path):
 def test_a_round_reads_its_crops_not_the_store(tmp_path):
     """The numpy memory of taking a round's crops stays far below the store's size (read_partition's)."""
     with SampleStore(tmp_path / "s.sqlite", channels=CHANNELS) as store:
-        _fill(store, 300_000, chunk=10_000)  # 6 MB of samples
+        _fill(store, 300_000, chunk=10_000)  # 6 MiB of samples
         tracemalloc.start()
         store.read_partition()
         whole = tracemalloc.get_traced_memory()[1]

@@ -64,7 +64,7 @@ def test_float16_halves_payload_and_equals_cast_roundtrip():
 
 
 def test_chunking_respects_chunk_size_and_reassembles_out_of_order():
-    t = _tensors(n=2000)  # ~2.3 MB
+    t = _tensors(n=2000)  # ~2.2 MiB
     limits = WireLimits(chunk_size=64 * 1024)
     frames = encode(t, **META, limits=limits)
     assert len(frames) > 10 and all(len(f) <= limits.chunk_size for f in frames)
@@ -184,7 +184,7 @@ def test_safetensors_header_disagreeing_with_frame_header_is_rejected():
 
 
 def test_size_limits_per_message_and_per_round():
-    t = _tensors(n=300)  # ~340 KB
+    t = _tensors(n=300)  # ~330 KiB
     limits = WireLimits(chunk_size=64 * 1024, max_message=200 * 1024, max_round=300 * 1024)
     with pytest.raises(WireError, match="limit"):
         encode(t, **META, limits=limits)
@@ -192,7 +192,7 @@ def test_size_limits_per_message_and_per_round():
     with pytest.raises(WireError, match="limit"):
         Reassembler(limits).add(big_frames[0])
     r = Reassembler(limits)
-    for f in encode(_tensors(n=50), **META, limits=limits):  # ~173 KB: fits both limits
+    for f in encode(_tensors(n=50), **META, limits=limits):  # ~170 KiB: fits both limits
         r.add(f)
     second = encode(_tensors(seed=1, n=50), **META, limits=limits)
     with pytest.raises(WireError, match="per-round"):

@@ -1,7 +1,7 @@
 """Rebuild sensors/demo/hapt_demo.npz from the shared hapt_raw.npz (the bundled demo dataset).
 
 Eight subjects, the first experiment of each: enough for a split disjoint by subject
-(1 test, 1 proxy, 1 labelled, 5 pool subjects) while staying under 2 MB.
+(1 test, 1 proxy, 1 labelled, 5 pool subjects) while staying under 2 MiB.
 Run: python sensors/demo/build_demo.py [path/to/hapt_raw.npz]
 """
 
@@ -36,4 +36,4 @@ def build(src: Path) -> None:
 if __name__ == "__main__":
     default = Path(__file__).resolve().parents[3] / "shared/data/hapt/hapt_raw.npz"
     build(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
-    print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB)")
+    print(f"wrote {OUT} ({OUT.stat().st_size / 2**20:.2f} MiB)")
