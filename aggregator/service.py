@@ -139,7 +139,7 @@ class Aggregator:
         if resumed is not None:
             server.load_state_dict(resumed[0])
             rows, self.run_id = resumed[1], resumed[2] or self.run_id
-            log.info("resuming from checkpoint after round %d", server.rounds_completed - 1)
+            log.info("resuming from checkpoint: %d of %d rounds done", server.rounds_completed, cfg.rounds)
         variant = variant_label(cfg)
         name = opts.name or run_name(cfg)
         base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed,
@@ -265,7 +265,7 @@ class Aggregator:
         """Every client gone mid-run (e.g. all gateways restarting at once): wait for them, never fail."""
         want = self.opts.wait_clients or self.cfg.per_round
         while not self.selectable():
-            log.warning("no client is online before round %d: waiting for %d clients", rnd, want)
+            log.warning("no client is online before round %d: waiting for %d clients", rnd + 1, want)
             self._wait_selectable(want, time.monotonic() + self.opts.wait_timeout)
 
     def _wait_selectable(self, want: int, deadline: float) -> None:
@@ -283,7 +283,7 @@ class Aggregator:
         self._await_clients(rnd)
         plan = server.plan_round(rnd, self.selectable())
         shown = ", ".join(plan.selected[:6]) + (", …" if len(plan.selected) > 6 else "")
-        log.info("round %d opens: %d clients selected (%s)", rnd, len(plan.selected), shown)
+        log.info("round %d of %d opens: %d clients selected (%s)", rnd + 1, cfg.rounds, len(plan.selected), shown)
         down = server.downstream(plan)
         frames = encode(down, cfg.wire_dtype, federation=cfg.federation, round_=rnd, sender=fedwire.AGGREGATOR_ID,
                         kind="global", limits=self.opts.limits)
@@ -302,7 +302,8 @@ class Aggregator:
         while not self._round_complete() and time.time() < deadline:
             self._pump(min(time.monotonic() + 0.5, time.monotonic() + deadline - time.time()))
         if len(self._absorbed) < len(plan.selected):
-            log.warning("round %d closes with %d of %d uploads", rnd, len(self._absorbed), len(plan.selected))
+            log.warning("round %d of %d closes with %d of %d uploads", rnd + 1, cfg.rounds, len(self._absorbed),
+                        len(plan.selected))
         r = self._round
         for sender, have, count in r.reassembler.forget_round(rnd):
             self._discard(f"{sender} round {rnd}: incomplete upload ({have} of {count} chunks) when the round closed")
@@ -311,7 +312,8 @@ class Aggregator:
                          for c in plan.selected)
         self._round = None
         f1 = " ".join(f"f1 {m} {row[f'f1_paper_{m}']:.3f}" for m in cfg.pair if f"f1_paper_{m}" in row)
-        log.info("round %d closed: %d of %d uploads, %.2f s%s", rnd, len(self._absorbed), len(plan.selected),
+        log.info("round %d of %d closed: %d of %d uploads, %.2f s%s", rnd + 1, cfg.rounds, len(self._absorbed),
+                 len(plan.selected),
                  time.perf_counter() - t0, f", {f1}" if f1 else "")
         return {**row, "bytes_down": bytes_down, "bytes_up": r.bytes_up, "bytes_global": sum(len(f) for f in frames),
                 "proxy_windows": len(plan.proxy_windows), "wall_s": round(time.perf_counter() - t0, 4),

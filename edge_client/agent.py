@@ -284,7 +284,7 @@ class EdgeAgent:
             return
         if plan.round < trainer.last_round:
             log.warning("%s: the aggregator restarted the federation at round %d (local model is at round %d); "
-                        "starting from a fresh local model", self.opts.client_id, plan.round, trainer.last_round)
+                        "starting from a fresh local model", self.opts.client_id, plan.round + 1, trainer.last_round + 1)
             trainer.restart()
         cached = trainer.cached_upload(plan.round)
         t0 = time.perf_counter()
@@ -296,13 +296,13 @@ class EdgeAgent:
                 downstream = decode_body(glob.header, glob.body)
                 upload = trainer.train(plan, downstream)
             except (WireError, ValueError) as exc:
-                log.warning("%s: cannot train round %d: %s", self.opts.client_id, plan.round, exc)
+                log.warning("%s: cannot train round %d: %s", self.opts.client_id, plan.round + 1, exc)
                 self._plan = None
                 return
             self.rounds_trained += 1
         else:
             upload = cached
-            log.info("%s: re-sending the upload of round %d", self.opts.client_id, plan.round)
+            log.info("%s: re-sending the upload of round %d", self.opts.client_id, plan.round + 1)
         self._plan = None
         cfg = trainer.cfg
         frames = encode(upload, cfg.wire_dtype, federation=cfg.federation, round_=plan.round,
@@ -315,5 +315,5 @@ class EdgeAgent:
         self._answered = self._plan_ann.nonce
         if cached is None:
             log.info("%s: round %d trained on %d samples (%d proxy windows) in %.2f s, %.1f KiB uploaded",
-                     self.opts.client_id, plan.round, self.store.count(), len(plan.proxy_windows),
+                     self.opts.client_id, plan.round + 1, self.store.count(), len(plan.proxy_windows),
                      time.perf_counter() - t0, sent / 1024)

@@ -65,7 +65,7 @@ class LocalTrainer:
             return
         self.engine.load_state_dict(load_file(str(path)))
         self.last_round = int(meta["last_round"])
-        log.info("%s: resumed local model after round %d", self.client_id, self.last_round)
+        log.info("%s: resumed local model after round %d", self.client_id, self.last_round + 1)
 
     def restart(self) -> None:
         """A fresh local model: the aggregator began the federation again from an earlier round."""

@@ -64,7 +64,7 @@ def test_aggregator_and_clients_as_processes_equal_inprocess(mosquitto, tmp_path
     listing = subprocess.run(_fedmekt("runs", str(tmp_path), "--json"), capture_output=True, text=True, timeout=60)
     runs = {r["id"]: r for r in json.loads(listing.stdout)}
     assert runs["agg"]["status"] == "finished" and runs["agg"]["rounds_done"] == 2, runs
-    assert "round 1 closed" in (out / "run.log").read_text()
+    assert "round 2 of 2 closed" in (out / "run.log").read_text()
 
     cfg = load_config(config)
     split = make_split(load_dataset("demo"), cfg.pair, seed=cfg.seed, clients=cfg.clients)
