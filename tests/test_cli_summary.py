@@ -23,6 +23,7 @@ def test_paper_metric_label_names_the_rounds_its_median_spans():
     assert paper_metric_label([3, 10]) == "paper metric (median of last 3–10 rounds)"
 
 
+@pytest.mark.slow  # a whole simulate with its reference rows: about a minute
 def test_short_simulation_summary_sets_the_result_beside_raw_features_and_floor(tmp_path):
     out = tmp_path / "sim"
     cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "fedmekt_cli"]
