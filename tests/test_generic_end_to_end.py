@@ -164,3 +164,14 @@ def test_missing_label_names_are_the_ids(tmp_path, capsys):
     assert main(["data", "inspect", "--data-dir", str(data), "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)["labels"]) <= {"0", "1", "2"}
 
+
+
+@pytest.mark.parametrize("body, says", [("", "no data rows under the header"),
+                                        ("1,2,3,4,5,6,0\n1,2,3\n", "malformed CSV")])
+def test_header_only_or_ragged_csv_is_one_clear_error(tmp_path, body, says):
+    data = write_generic(tmp_path / "bad", subjects=4, seconds=2)
+    victim = sorted(data.rglob("*.csv"))[0]
+    victim.write_text(victim.read_text().splitlines()[0] + "\n" + body)
+    done = fedmekt("data", "inspect", "--data-dir", str(data), cwd=tmp_path)
+    assert done.returncode == 2
+    assert_one_clear_error(done, "data inspect", says)
