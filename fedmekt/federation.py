@@ -17,8 +17,9 @@ from tqdm import tqdm
 from fedmekt.accounting import message_bytes, proxy_bytes
 from fedmekt.artifacts import RunInfo
 from fedmekt.config import FederationConfig
-from fedmekt.engine import ClientEngine, ServerEngine, client_view, wire_cast
-from sensors.partition import FederatedSplit
+from fedmekt.client_pool import LocalClients, WorkerClients, client_pool
+from fedmekt.engine import ServerEngine, client_view, wire_cast
+from sensors.partition import ClientPartition, FederatedSplit
 
 
 @dataclass
@@ -57,41 +58,25 @@ def run_name(cfg: FederationConfig) -> str:
 
 
 def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool = True, name: str | None = None,
-                  rate_hz: float | None = None) -> RunResult:
+                  rate_hz: float | None = None, client_workers: int = 1) -> RunResult:
     """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` on ``split``; rows carry F1 and bytes per round.
-    ``rate_hz`` (recorded in run.json) defaults to the split's."""
+    ``rate_hz`` (recorded in run.json) defaults to the split's; ``client_workers`` > 1 trains the clients in
+    that many processes (same results, :mod:`fedmekt.client_pool`)."""
     variant = variant_label(cfg)
     name = name or run_name(cfg)
     start = time.perf_counter()
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test,
                           normalizer=split.normalizer,
                           rate_hz=split.manifest.get("rate_hz", 0.0) if rate_hz is None else rate_hz)
-    clients = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels,
-                                         split.proxy if cfg.is_embedding else None) for c in split.clients}
     private = {c.client_id: c for c in split.clients}
     once = sum(proxy_bytes(split.proxy, c.modalities, cfg.wire_dtype) for c in split.clients) if cfg.is_embedding else 0
     base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed, "dataset": cfg.dataset,
             "pair": "-".join(cfg.pair)}
-    rows = []
-    bar = tqdm(range(cfg.rounds), desc=name, disable=not progress, leave=False, unit="round")
-    for rnd in bar:
-        t0 = time.perf_counter()
-        plan = server.plan_round(rnd, sorted(clients))
-        down = server.downstream(plan)
-        server.begin_round(plan)
-        bytes_down = bytes_up = 0
-        for cid in plan.selected:
-            mods = private[cid].modalities
-            view = client_view(down, mods)
-            bytes_down += message_bytes(view, cfg.wire_dtype, kind="global")
-            upload = clients[cid].train_round(plan, wire_cast(view, cfg.wire_dtype), private[cid].data)
-            bytes_up += message_bytes(upload, cfg.wire_dtype)
-            server.absorb(cid, mods, wire_cast(upload, cfg.wire_dtype))
-        row = {**base, **server.finish_round(plan), "bytes_down": bytes_down, "bytes_up": bytes_up,
-               "bytes_global": message_bytes(down, cfg.wire_dtype, kind="global"),
-               "proxy_windows": len(plan.proxy_windows), "wall_s": round(time.perf_counter() - t0, 4)}
-        rows.append(row)
-        bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
+    pool = client_pool(cfg, split.clients, split.channels, split.proxy if cfg.is_embedding else None, client_workers)
+    try:
+        rows = _rounds(cfg, server, pool, private, base, progress, name)
+    finally:
+        pool.close()
     final = {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
              "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
              "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
@@ -99,3 +84,29 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
              "wall_s": round(time.perf_counter() - start, 2)}
     state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
     return RunResult(name, cfg, rows, final, state, server.run_info())
+
+
+def _rounds(cfg: FederationConfig, server: ServerEngine, pool: LocalClients | WorkerClients,
+            private: dict[str, ClientPartition], base: dict, progress: bool,
+            name: str) -> list[dict]:
+    """The rounds, in the order the MQTT deployment makes the same engine calls."""
+    rows = []
+    bar = tqdm(range(cfg.rounds), desc=name, disable=not progress, leave=False, unit="round")
+    for rnd in bar:
+        t0 = time.perf_counter()
+        plan = server.plan_round(rnd, sorted(private))
+        down = server.downstream(plan)
+        server.begin_round(plan)
+        views = {cid: client_view(down, private[cid].modalities) for cid in plan.selected}
+        bytes_down = sum(message_bytes(view, cfg.wire_dtype, kind="global") for view in views.values())
+        uploads = pool.train(plan, {cid: wire_cast(view, cfg.wire_dtype) for cid, view in views.items()})
+        bytes_up = 0
+        for cid, upload in uploads.items():
+            bytes_up += message_bytes(upload, cfg.wire_dtype)
+            server.absorb(cid, private[cid].modalities, wire_cast(upload, cfg.wire_dtype))
+        row = {**base, **server.finish_round(plan), "bytes_down": bytes_down, "bytes_up": bytes_up,
+               "bytes_global": message_bytes(down, cfg.wire_dtype, kind="global"),
+               "proxy_windows": len(plan.proxy_windows), "wall_s": round(time.perf_counter() - t0, 4)}
+        rows.append(row)
+        bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
+    return rows

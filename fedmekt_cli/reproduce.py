@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     add_embedding_options(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="server-side device")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--client-workers", type=int, default=1, metavar="N",
+                   help="train the clients in N processes (one per free core; same results, default 1)")
     p.add_argument("--config", type=Path, default=None, help="TOML base config (flags override it)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default FEDMEKT_DATA_DIR or ../shared/data)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>-<dataset>)")
@@ -90,6 +92,8 @@ def build_configs(args) -> list:
     algorithms = parse_choices(args.algorithms, ALGORITHMS, "--algorithms")
     if args.seeds < 1:
         raise UserError("--seeds must be >= 1")
+    if args.client_workers < 1:
+        raise UserError("--client-workers must be >= 1")
     base.update(dataset=dataset, federation=f"reproduce-{dataset}", pair=list(pair),
                 clients=list(parse_ints(args.clients, 3, "--clients")), per_round=args.per_round,
                 rounds=args.rounds, partition=args.partition, wire_dtype=args.wire_dtype, layers=args.layers,
@@ -129,7 +133,8 @@ def run(args) -> int:
                 write_manifest(splits[cfg.seed], out / f"split-seed{cfg.seed}.json")
                 if args.reference_rows:
                     references += reference_finals(cfg, splits[cfg.seed])
-            results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress))
+            results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress,
+                                         client_workers=args.client_workers))
             report = write_report(out, results, references)
             record.note(f"{results[-1].name}: done ({len(results)} of {len(configs)} runs)", echo=False)
         print(report.read_text())
