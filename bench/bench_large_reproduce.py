@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--subjects", type=int, default=14)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the reproduction (default 1)")
+    ap.add_argument("--client-workers", type=int, default=os.cpu_count() or 1,
+                    help="client processes of the reproduction (default one per core)")
     ap.add_argument("--keep", type=Path, default=None, help="write the dataset and the run here and keep them")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-large-"))
@@ -76,7 +78,7 @@ def main() -> int:
     out = root / "run"
     cmd = [str(Path(sys.executable).parent / "fedmekt"), "reproduce", "--data-dir", str(data), "--algorithms",
            "fedmekt-c", "--seeds", "1", "--rounds", str(args.rounds), "--no-reference-rows", "--threads",
-           str(args.threads), "--out", str(out), "--no-progress"]
+           str(args.threads), "--client-workers", str(args.client_workers), "--out", str(out), "--no-progress"]
     print("running:", " ".join(cmd[1:]), flush=True)
     loads = LoadSampler()
     loads.start()

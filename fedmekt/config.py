@@ -64,6 +64,9 @@ class Hyper:
                                      # 0 = the reference's walk of the whole partition; 32 leaves UR Fall and
                                      # the bundled demo unchanged, caps full HAPT and large stores
     server_walk_step_budget: int = 32  # the same for the FedMEKT server's proxy walk (all global epochs)
+    classifier_step_budget: int = 320  # the same for the classifier's walk of the labelled set (all
+                                       # classifier epochs, per label modality); 320 leaves UR Fall, HAPT
+                                       # and the demo unchanged, caps large labelled sets
 
 
 def default_batch(dataset: str) -> tuple[int, int]:
@@ -150,6 +153,10 @@ class FederationConfig:
             (self.hyper.local_step_budget == 0 or self.hyper.local_step_budget >= self.hyper.local_epochs >= 1,
              f"hyper.local_step_budget must be 0 (unbounded) or at least local_epochs ({self.hyper.local_epochs}), "
              f"got {self.hyper.local_step_budget}"),
+            (self.hyper.classifier_step_budget == 0
+             or self.hyper.classifier_step_budget >= self.hyper.classifier_epochs >= 1,
+             f"hyper.classifier_step_budget must be 0 (unbounded) or at least classifier_epochs "
+             f"({self.hyper.classifier_epochs}), got {self.hyper.classifier_step_budget}"),
             (self.hyper.server_walk_step_budget == 0
              or self.hyper.server_walk_step_budget >= self.hyper.global_epochs >= 1,
              f"hyper.server_walk_step_budget must be 0 (unbounded) or at least global_epochs "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedmekt.algorithms.base import private_epoch, to_numpy
+from fedmekt.algorithms.base import epoch_steps, private_epoch, to_numpy
 from fedmekt.config import FederationConfig
 from fedmekt.losses import classifier_loss
 from fedmekt.model import LinearHead, SplitAutoencoder
@@ -76,11 +76,13 @@ def encode_rows(model: SplitAutoencoder, x: np.ndarray, modality: str, bounds: l
 def train_classifier_round(model: SplitAutoencoder, head: LinearHead, opt: torch.optim.Optimizer,
                            labelled: Partition, cfg: FederationConfig, rng: np.random.Generator,
                            device: torch.device) -> float:
-    """One round of generalized classifier learning: ``classifier_epochs`` × each label modality (spec §4.9)."""
+    """One round of generalized classifier learning: ``classifier_epochs`` × each label modality (spec §4.9),
+    each walk bounded by its share of ``hyper.classifier_step_budget``."""
     losses = []
+    steps = epoch_steps(cfg.hyper.classifier_step_budget, cfg.hyper.classifier_epochs)
     for _ in range(cfg.hyper.classifier_epochs):
         for m in cfg.label_modalities:
-            for xs, ys in private_epoch(labelled, (m,), cfg, rng, device):
+            for xs, ys in private_epoch(labelled, (m,), cfg, rng, device, steps):
                 if not bool((ys >= 0).any()):
                     continue
                 with torch.no_grad():

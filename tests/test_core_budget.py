@@ -173,6 +173,36 @@ def test_the_default_budget_never_binds_on_the_bundled_demo():
         assert _longest_walk(demo.proxy, cfg) <= walk
 
 
+@pytest.mark.parametrize("dataset, pair", [("demo", ("acce", "gyro")), ("ur_fall", ("acce", "depth")),
+                                           ("hapt", ("acce", "gyro"))])
+def test_the_default_classifier_budget_never_binds_on_the_datasets_we_ship_or_read(dataset, pair, request):
+    """The classifier's labelled walk keeps the reference schedule on the paper's and the demo's data."""
+    data = None if dataset == "demo" else request.getfixturevalue("data_dir")
+    cfg = FederationConfig(dataset=dataset, pair=pair)
+    cap = epoch_steps(cfg.hyper.classifier_step_budget, cfg.hyper.classifier_epochs) * cfg.hyper.sub_window[0]
+    split = make_split(load_dataset(dataset, data), pair, seed=0, clients=cfg.clients)
+    assert _longest_walk(split.labelled, cfg) <= cap
+
+
+def test_the_classifier_walk_takes_at_most_its_budget(split):
+    from fedmekt.evaluation import train_classifier_round
+    from fedmekt.model import LinearHead
+
+    def steps(budget: int) -> int:
+        cfg = _with_hyper(tiny_config("fedmekt-c"), classifier_epochs=1, classifier_step_budget=budget,
+                          batch=(2, 3))
+        server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+        head = LinearHead(server.model.rep_size, len(split.label_names))
+        opt = torch.optim.SGD(head.parameters(), lr=0.1)
+        calls = []
+        opt.step = lambda *a, **k: calls.append(1)
+        train_classifier_round(server.model, head, opt, split.labelled, cfg, np.random.default_rng(0), server.device)
+        return len(calls)
+
+    assert steps(2) == 2 * len(tiny_config("fedmekt-c").label_modalities)
+    assert steps(0) > steps(2)
+
+
 @pytest.mark.parametrize("key, value, needle", [
     ("local_step_budget", -1, "hyper.local_step_budget must be 0 (unbounded) or at least local_epochs (2), got -1"),
     ("local_step_budget", 1, "at least local_epochs (2), got 1"),
