@@ -150,22 +150,18 @@ class FederationConfig:
              "hyper.align_weight must be >= 0 and hyper.align_tau > 0"),
             (self.server_proxy_walk or not self.server_walk_labelled,
              "server_walk_labelled needs server_proxy_walk (it extends the server's walk)"),
-            (self.hyper.local_step_budget == 0 or self.hyper.local_step_budget >= self.hyper.local_epochs >= 1,
-             f"hyper.local_step_budget must be 0 (unbounded) or at least local_epochs ({self.hyper.local_epochs}), "
-             f"got {self.hyper.local_step_budget}"),
-            (self.hyper.classifier_step_budget == 0
-             or self.hyper.classifier_step_budget >= self.hyper.classifier_epochs >= 1,
-             f"hyper.classifier_step_budget must be 0 (unbounded) or at least classifier_epochs "
-             f"({self.hyper.classifier_epochs}), got {self.hyper.classifier_step_budget}"),
-            (self.hyper.server_walk_step_budget == 0
-             or self.hyper.server_walk_step_budget >= self.hyper.global_epochs >= 1,
-             f"hyper.server_walk_step_budget must be 0 (unbounded) or at least global_epochs "
-             f"({self.hyper.global_epochs}), got {self.hyper.server_walk_step_budget}"),
             (self.hyper.temperature > 0, f"hyper.temperature must be > 0, got {self.hyper.temperature}"),
             (isinstance(self.embedding_noise, (int, float)) and not isinstance(self.embedding_noise, bool)
              and 0.0 <= self.embedding_noise < float("inf"),
              f"embedding_noise must be a finite number >= 0, got {self.embedding_noise!r}"),
         ]
+        h = self.hyper
+        checks += [(budget == 0 or budget >= epochs >= 1,
+                    f"hyper.{name}_step_budget must be 0 (unbounded) or at least {epochs_name} ({epochs}), got {budget}")
+                   for name, budget, epochs_name, epochs in (
+                       ("local", h.local_step_budget, "local_epochs", h.local_epochs),
+                       ("classifier", h.classifier_step_budget, "classifier_epochs", h.classifier_epochs),
+                       ("server_walk", h.server_walk_step_budget, "global_epochs", h.global_epochs))]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)

@@ -71,7 +71,7 @@ def run(args) -> int:
     from fedmekt.wire import federation as fedwire
     from fedmekt.wire.codec import WireLimits
     from fedmekt.wire.topics import Topics
-    from fedmekt_cli.run_record import RunRecord, redacted
+    from fedmekt_cli.run_record import RunRecord, masked_url
 
     cfg = load_config(args.config)
     if args.package_every < 0:
@@ -103,7 +103,7 @@ def run(args) -> int:
                         kick_limit=5)  # a foreign tool on our login (no token) ends the run instead of fighting it
     agg = Aggregator(cfg, split, args.broker, options, link, rate_hz=rate)
     with RunRecord(out, "aggregator", algorithm=cfg.algorithm, dataset=cfg.dataset, rounds=cfg.rounds,
-                   federation=cfg.federation, broker=redacted([args.broker])[0]) as record:
+                   federation=cfg.federation, broker=masked_url(args.broker)) as record:
         result = agg.run()
         write_report(out, [result])
         record.note(f"{len(result.rows)} rounds; results in {out}")

@@ -27,6 +27,11 @@ STATES = ("running", "finished", "failed", "interrupted")
 _URL_SECRET = re.compile(r"(://[^/:@,\s]+):[^@/,\s]*@")
 
 
+def masked_url(url: str) -> str:
+    """Broker URL(s) with the password of any ``user:password@`` replaced by ``***``."""
+    return _URL_SECRET.sub(r"\1:***@", url)
+
+
 def redacted(argv: list[str]) -> list[str]:
     """``argv`` with passwords masked (``--password X``, ``user:X@`` in broker URLs): state files are shared."""
     out = []
@@ -35,7 +40,7 @@ def redacted(argv: list[str]) -> list[str]:
             arg = "***"
         elif arg.startswith("--password="):
             arg = "--password=***"
-        out.append(_URL_SECRET.sub(r"\1:***@", arg))
+        out.append(masked_url(arg))
     return out
 
 

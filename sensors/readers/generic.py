@@ -166,14 +166,14 @@ def _read_csv(file: Path, d: Descriptor) -> tuple[np.ndarray | None, dict[str, n
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data": a header-only file
             table = np.loadtxt(file, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-        if table.size == 0:
-            raise UserError(f"{file}: no data rows under the header")
     except ValueError:  # empty cells, text or ragged rows: the tolerant parser, which also names what is wrong
         try:
             table = np.genfromtxt(file, delimiter=",", skip_header=1, dtype=np.float64, filling_values=np.nan,
                                   ndmin=2, converters={col[d.label_column]: label_cell} if d.label_column else None)
         except ValueError as exc:
             raise UserError(f"{file}: malformed CSV ({' '.join(str(exc).split())})") from exc  # one line
+    if table.size == 0:
+        raise UserError(f"{file}: no data rows under the header")
     if table.shape[1] != len(header):
         raise UserError(f"{file}: {table.shape[1]} columns but {len(header)} header names")
     if label_cell.text is not None:
