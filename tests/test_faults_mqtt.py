@@ -4,8 +4,8 @@
   the rest, the next rounds go on, and the killed clients, restarted on their own store,
   resume their local model and rejoin.
 * The broker SIGKILLed and restarted on the same port mid-run: everybody reconnects by
-  itself and the run finishes with a final F1 within the seed-to-seed spread of
-  undisturbed runs.
+  itself; the run finishes with the undisturbed run's final F1 when no upload was
+  lost, and otherwise no worse than undisturbed seeds.
 * The aggregator SIGKILLed mid-run and restarted: it resumes after the last completed
   round's checkpoint; no completed round is lost or repeated; the checkpoint is never
   half-written (also hammered directly with SIGKILLs during writes).
@@ -135,12 +135,17 @@ def test_broker_killed_and_restarted_mid_run(federation):
     rows = assert_every_round_once(fed)
     final = json.loads((fed.out / "final.jsonl").read_text().splitlines()[-1])
     disturbed = _final_f1(final)
+    short = [r["round"] for r in rows if r["absorbed"] < r["selected"]]
     seeds = _undisturbed_f1(fed.config)
-    print(f"final probe F1 after a broker restart {disturbed}; undisturbed seeds {seeds}")
+    print(f"final probe F1 after a broker restart {disturbed}; undisturbed seeds {seeds}; short rounds {short}")
     for m, f1 in disturbed.items():
+        if not short:  # nothing was lost: the run is the undisturbed one, bit for bit
+            assert f1 == pytest.approx(seeds[0][m], abs=1e-9), (m, f1, seeds)
+            continue
+        # a round that closed at its deadline without an upload lost in the outage is another federation, as a
+        # seed is: it must still learn, no worse than the worst undisturbed seed by more than their spread
         values = [s[m] for s in seeds.values()]
-        spread = max(values) - min(values)
-        assert abs(f1 - seeds[0][m]) <= spread, (m, f1, seeds)
+        assert f1 >= min(values) - (max(values) - min(values)), (m, f1, seeds, short)
     reconnects = sum(fed.log(c).count("disconnected from broker") for c in fed.client_ids)
     assert reconnects >= len(fed.client_ids)  # every client really lost the broker and came back by itself
     record("fault", "broker SIGKILLed and restarted mid-run", lost=fed.rounds - len(rows))
