@@ -22,9 +22,12 @@ def message_bytes(tensors: Tensors, dtype: str, kind: str = "upload") -> int:
     return encoded_size(tensors, dtype, kind=kind) if tensors else 0
 
 
-def proxy_bytes(proxy: Partition, modalities, dtype: str) -> int:
-    """One-off cost of distributing the proxy set (the modalities a client holds) to one client."""
-    return message_bytes({m: proxy.modalities[m] for m in modalities}, dtype, kind="proxy")
+def proxy_once_bytes(cfg, proxy: Partition, n_clients: int) -> int:
+    """One-off cost of the proxy set as the deployment sends it (both modalities, float32, to every client);
+    0 for the parameter baselines and under ``proxy_delivery`` "round" (Π_t travels in each round's views)."""
+    if cfg.proxy_delivery_for(len(proxy)) != "once":
+        return 0
+    return n_clients * message_bytes({m: proxy.modalities[m] for m in cfg.pair}, "float32", kind="proxy")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from fedmekt.errors import UserError
 
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
 WIRE_DTYPES = ("float32", "float16")
+WIRE_ITEMSIZE = {"float32": 4, "float16": 2}
 LAYERS = ("rep", "rep+hidden")
 KD_LOSSES = ("mse", "kl", "kl-time", "kl-std", "mse-std")
 ALIGNMENTS = ("none", "mse", "cosine", "infonce")
@@ -30,6 +31,7 @@ PARTITIONS = ("paper", "subject")
 DEVICES = ("auto", "cpu", "cuda")
 FEDERATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ROBUST_AGGREGATIONS = ("none", "clip", "trimmed")
+PROXY_DELIVERIES = ("auto", "once", "round")
 
 
 @dataclass
@@ -98,6 +100,9 @@ class FederationConfig:
     window: int = 24                  # proxy window length (fixed, as the reference server)
     proxy_windows: int = 48           # |Π_t|: proxy windows exchanged per round
     proxy_batch: int = 24             # proxy windows per distillation step (reference server batch for UR Fall)
+    proxy_delivery: str = "auto"      # FedMEKT: "once" = the whole proxy set to every client at the start,
+                                      # "round" = only Π_t's raw windows, with each round's global knowledge;
+                                      # "auto" = whichever sends fewer bytes over the run (proxy_delivery_for)
     layers: str = "rep"               # embedding layers exchanged: "rep" (z) or "rep+hidden" (z and h, the
                                       # paper's; 3.4× mmFedAvg's bytes on UR Fall against rep's 0.22×)
     server_proxy_walk: bool = True    # FedMEKT server: each distillation epoch also walks the WHOLE proxy set
@@ -142,6 +147,8 @@ class FederationConfig:
             (self.eval_chunk >= 1, f"eval_chunk must be >= 1, got {self.eval_chunk}"),
             (len(self.hyper.sub_window) == 2 and 1 <= self.hyper.sub_window[0] < self.hyper.sub_window[1],
              f"hyper.sub_window must be [lo, hi) with 1 <= lo < hi, got {self.hyper.sub_window}"),
+            (self.proxy_delivery in PROXY_DELIVERIES,
+             f"proxy_delivery must be one of {PROXY_DELIVERIES}, got {self.proxy_delivery!r}"),
             (self.robust_aggregation in ROBUST_AGGREGATIONS,
              f"robust_aggregation must be one of {ROBUST_AGGREGATIONS}, got {self.robust_aggregation!r}"),
             (self.hyper.kd in KD_LOSSES, f"hyper.kd must be one of {KD_LOSSES}, got {self.hyper.kd!r}"),
@@ -183,6 +190,20 @@ class FederationConfig:
 
         info = builtin_info(self.dataset)  # a dataset of your own gets the paper's default r = 4, as generic did
         return info.paper_rep_size(self.pair) if info is not None else 4
+
+    def proxy_delivery_for(self, proxy_rows: int) -> str:
+        """"once" or "round" for a proxy set of ``proxy_rows`` rows ("none" for the parameter baselines).
+
+        "auto" compares what one client receives over the run: the set once (float32, as fedmekt.wire sends
+        it) against ``rounds`` x ``proxy_windows`` x ``window`` rows in the wire dtype — a client online every
+        round receives every round's knowledge, selected or not, so that is the deployment's worst case.
+        """
+        if not self.is_embedding:
+            return "none"
+        if self.proxy_delivery != "auto":
+            return self.proxy_delivery
+        per_round = self.rounds * self.proxy_windows * self.window * WIRE_ITEMSIZE[self.wire_dtype]
+        return "round" if per_round < proxy_rows * WIRE_ITEMSIZE["float32"] else "once"
 
     def resolved_batch(self) -> tuple[int, int]:
         return tuple(self.hyper.batch) if self.hyper.batch[0] > 0 else default_batch(self.dataset)

@@ -83,9 +83,14 @@ def wire_cast(tensors: Tensors, dtype: str) -> Tensors:
     return {k: np.asarray(v, dtype=dtype).astype(np.float32) for k, v in tensors.items()}
 
 
+def window_key(modality: str) -> str:
+    """Downstream key of the round's raw proxy windows of ``modality`` (``proxy_delivery`` "round")."""
+    return f"proxy/{modality}/x"
+
+
 def client_view(tensors: Tensors, modalities: Sequence[str]) -> Tensors:
     """The part of the downstream knowledge a client holding ``modalities`` needs (and is sent)."""
-    prefixes = tuple(f"emb/{m}/" for m in modalities) + tuple(
+    prefixes = tuple(f"emb/{m}/" for m in modalities) + tuple(window_key(m) for m in modalities) + tuple(
         f"param/{kind}.{m}." for m in modalities for kind in ("encoders", "decoders"))
     return {k: v for k, v in tensors.items() if k.startswith(prefixes)}
 
@@ -156,6 +161,7 @@ class ServerEngine:
         self.party = Party(cfg, self.model, ModuleOptimizers(self.model, cfg.hyper.lr_global),
                            Projections(self.model.rep_size, cfg.hidden, _seed(cfg, _PROJ)).to(self.device),
                            self.device, tuple(cfg.pair), unlabelled=labelled)
+        self.proxy_delivery = cfg.proxy_delivery_for(len(proxy))
         self._starts = window_starts(proxy, cfg.window, 1) if cfg.is_embedding else np.zeros(0, np.int64)
         if cfg.is_embedding and self._starts.size == 0:
             raise ValueError(f"the proxy set has no segment of {cfg.window} rows")
@@ -189,10 +195,17 @@ class ServerEngine:
         return self._proxy_cache[1]
 
     def downstream(self, plan: RoundPlan) -> Tensors:
-        """Global embeddings of Π_t (FedMEKT) or global parameters (baselines); filter with ``client_view``."""
+        """Global embeddings of Π_t (FedMEKT) or global parameters (baselines); filter with ``client_view``.
+
+        With ``proxy_delivery`` "round" the raw windows of Π_t travel with them (``proxy/<m>/x``): clients
+        then never hold the proxy set.
+        """
         _check_plan(self.cfg, plan, self.proxy)
-        down = self.algorithm.downstream(self.party, self._proxy(plan))
+        proxy = self._proxy(plan)
+        down = self.algorithm.downstream(self.party, proxy)
         self._reference = (plan.round, robust.reference(down))
+        if self.proxy_delivery == "round":
+            down.update({window_key(m): to_numpy(proxy.x[m]) for m in self.cfg.pair})
         return down
 
     def expected_upload(self, modalities: tuple[str, ...], plan: RoundPlan) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -299,10 +312,9 @@ class ClientEngine:
         torch.set_num_threads(cfg.threads)
         if not modalities or any(m not in cfg.pair for m in modalities):
             raise ValueError(f"client {client_id}: modalities {modalities} not in {cfg.pair}")
-        if cfg.is_embedding and proxy is None:
-            raise ValueError(f"{cfg.algorithm} clients need the proxy set")
         self.cfg, self.client_id = cfg, client_id
         self.modalities = tuple(m for m in cfg.pair if m in modalities)
+        self.channels = {m: int(channels[m]) for m in cfg.pair}
         self.proxy = proxy
         self.device = resolve_device(cfg.client_device)
         self.algorithm = get_algorithm(cfg.algorithm)
@@ -312,11 +324,21 @@ class ClientEngine:
                            self.device, self.modalities)
 
     def train_round(self, plan: RoundPlan, downstream: Tensors, private: Partition) -> Tensors:
-        """Local training on ``private`` guided by ``downstream``; returns the upload (float32 arrays)."""
-        if self.proxy is not None:
+        """Local training on ``private`` guided by ``downstream``; returns the upload (float32 arrays).
+
+        FedMEKT's proxy windows Π_t come from the proxy set this client holds, or, when it holds none
+        (``proxy_delivery`` "round"), from the raw windows that travel in ``downstream``.
+        """
+        proxy = None
+        if self.cfg.is_embedding and self.proxy is not None:
             _check_plan(self.cfg, plan, self.proxy)
-        proxy = (ProxyWindows(self.proxy, plan.proxy_windows, plan.window, self.modalities, self.device)
-                 if self.cfg.is_embedding else None)
+            proxy = ProxyWindows(self.proxy, plan.proxy_windows, plan.window, self.modalities, self.device)
+        elif self.cfg.is_embedding:
+            shapes = {window_key(m): (len(plan.proxy_windows), plan.window, self.channels[m]) for m in self.modalities}
+            check_tensors({k: downstream[k] for k in shapes if k in downstream}, shapes, "downstream proxy windows")
+            proxy = ProxyWindows.received({m: downstream[window_key(m)] for m in self.modalities}, plan.proxy_windows,
+                                          self.device)
+        downstream = {k: v for k, v in downstream.items() if not k.startswith("proxy/")}
         rng = rng_for(self.cfg.seed, _CLIENT, client_key(self.client_id), plan.round)
         upload = self.algorithm.client_train(self.party, downstream, private, proxy, rng)
         return self._add_noise(upload, plan.round)

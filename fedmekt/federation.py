@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from fedmekt.accounting import message_bytes, proxy_bytes
+from fedmekt.accounting import message_bytes, proxy_once_bytes
 from fedmekt.artifacts import RunInfo
 from fedmekt.config import FederationConfig
 from fedmekt.client_pool import LocalClients, WorkerClients, client_pool
@@ -69,10 +69,11 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
                           normalizer=split.normalizer,
                           rate_hz=split.manifest.get("rate_hz", 0.0) if rate_hz is None else rate_hz)
     private = {c.client_id: c for c in split.clients}
-    once = sum(proxy_bytes(split.proxy, c.modalities, cfg.wire_dtype) for c in split.clients) if cfg.is_embedding else 0
+    once = proxy_once_bytes(cfg, split.proxy, len(split.clients))
+    held = split.proxy if server.proxy_delivery == "once" else None  # "round": clients get Π_t with the views
     base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed, "dataset": cfg.dataset,
             "pair": "-".join(cfg.pair)}
-    pool = client_pool(cfg, split.clients, split.channels, split.proxy if cfg.is_embedding else None, client_workers)
+    pool = client_pool(cfg, split.clients, split.channels, held, client_workers)
     try:
         rows = _rounds(cfg, server, pool, private, base, progress, name)
     finally:
@@ -80,7 +81,7 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
     final = {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
              "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
              "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
-             "partition": cfg.partition, "bytes_proxy_once": once, **server.final_evaluation(),
+             "partition": cfg.partition, "proxy_delivery": server.proxy_delivery, "bytes_proxy_once": once, **server.final_evaluation(),
              "wall_s": round(time.perf_counter() - start, 2)}
     state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
     return RunResult(name, cfg, rows, final, state, server.run_info())

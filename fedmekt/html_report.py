@@ -330,7 +330,8 @@ def render_html(folder: RunFolder) -> str:
          "the dashed line is the score of always predicting the labelled set's majority class."),
         ("Bytes per round", bytes_figure(folder),
          "Encoded wire messages (frame headers + tensors) summed over a round's selected clients; "
-         "FedMEKT also sends the proxy set once before the first round."),
+         "FedMEKT also sends the proxy set once before the first round, or (proxy_delivery \"round\") each "
+         "round's proxy windows inside the down bytes."),
         ("Per-client participation", participation_figure(folder),
          "Dark cell: the client's upload was absorbed in that round (with several runs: in that share of them); "
          "the number at the right counts its rounds (mean over runs). Clients never absorbed are not listed."),

@@ -241,7 +241,8 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         "",
         "Bytes are the encoded wire messages (`fedmekt.wire.codec.encoded_size`: frame headers + safetensors) in the "
         "wire dtype, summed over the selected clients of a round; a client receives only the knowledge of the "
-        "modalities it holds. FedMEKT also distributes the proxy set once to every client (the modalities it holds).",
+        "modalities it holds. FedMEKT also sends every client the proxy set once (both modalities, float32), or, "
+        "under `proxy_delivery = \"round\"`, only each round's proxy windows inside the down bytes.",
         "",
         "| dataset | pair | algorithm | wire dtype | exchanged | up KiB/round | down KiB/round | "
         "per round vs mmfedavg | proxy once KiB | total MiB (run) | total vs mmfedavg | wall s/run |",

@@ -58,6 +58,9 @@ def add_embedding_options(p) -> None:
                    help="FedMEKT distillation term: the paper's softmax KL (default) or embedding MSE")
     p.add_argument("--embedding-noise", type=float, default=None, metavar="SIGMA",
                    help="std of Gaussian noise clients add to uploaded FedMEKT embeddings (default 0 = off)")
+    p.add_argument("--proxy-delivery", choices=("auto", "once", "round"), default=None,
+                   help="FedMEKT: the whole proxy set once, or only each round's windows with its knowledge "
+                        "(default auto: whichever sends fewer bytes)")
     p.add_argument("--server-proxy-walk", action=argparse.BooleanOptionalAction, default=None,
                    help="FedMEKT server also reconstructs over the whole proxy set each epoch (no extra bytes)")
     p.add_argument("--local-step-budget", type=int, default=None, metavar="N",
@@ -72,6 +75,8 @@ def apply_embedding_options(args, base: dict) -> None:
         base["embedding_noise"] = args.embedding_noise
     if args.server_proxy_walk is not None:
         base["server_proxy_walk"] = args.server_proxy_walk
+    if args.proxy_delivery is not None:
+        base["proxy_delivery"] = args.proxy_delivery
     hyper = {k: v for k, v in (("kd", args.kd), ("local_step_budget", args.local_step_budget),
                                 ("server_walk_step_budget", args.server_walk_step_budget)) if v is not None}
     if hyper:

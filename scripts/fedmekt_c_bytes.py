@@ -22,6 +22,8 @@ PROFILES = {  # name -> config overrides
     "fedmekt-c rep+hidden float16": {"layers": "rep+hidden", "wire_dtype": "float16"},
     "fedmekt-c rep+hidden float16 W12": {"layers": "rep+hidden", "wire_dtype": "float16", "proxy_windows": 12},
     "fedmekt-c rep float32": {"layers": "rep", "wire_dtype": "float32"},
+    "fedmekt-c rep float32, proxy set once": {"layers": "rep", "wire_dtype": "float32", "proxy_delivery": "once"},
+    "fedmekt-c rep float32, Π_t per round": {"layers": "rep", "wire_dtype": "float32", "proxy_delivery": "round"},
     "fedmekt-c rep float16": {"layers": "rep", "wire_dtype": "float16"},
 }
 
@@ -30,10 +32,10 @@ def run_bytes(cfg, split) -> int:
     """Bytes of ``cfg``'s run on ``split``: every round's selected clients' views and uploads, plus the proxy once."""
     import torch
 
-    from fedmekt.accounting import message_bytes, proxy_bytes
+    from fedmekt.accounting import message_bytes, proxy_once_bytes
     from fedmekt.algorithms import get_algorithm
     from fedmekt.algorithms.base import Party
-    from fedmekt.engine import ServerEngine, build_model
+    from fedmekt.engine import ServerEngine, build_model, window_key
 
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled)
     algorithm = get_algorithm(cfg.algorithm)
@@ -43,11 +45,13 @@ def run_bytes(cfg, split) -> int:
     for m in set(mods.values()):
         spec = algorithm.upload_spec(party, m, cfg.proxy_windows)
         zeros = {k: np.zeros(shape, np.float32) for k, shape in spec.items()}
-        sizes[m] = message_bytes(zeros, cfg.wire_dtype, kind="global") + message_bytes(zeros, cfg.wire_dtype)
+        view = dict(zeros)
+        if server.proxy_delivery == "round":
+            view.update({window_key(x): np.zeros((cfg.proxy_windows, cfg.window, split.channels[x]), np.float32)
+                         for x in m})
+        sizes[m] = message_bytes(view, cfg.wire_dtype, kind="global") + message_bytes(zeros, cfg.wire_dtype)
     total = sum(sizes[mods[c]] for r in range(cfg.rounds) for c in server.plan_round(r, sorted(mods)).selected)
-    if cfg.is_embedding:
-        total += sum(proxy_bytes(split.proxy, c.modalities, cfg.wire_dtype) for c in split.clients)
-    return total
+    return total + proxy_once_bytes(cfg, split.proxy, len(split.clients))
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ def tiny_config(algorithm: str = "fedmekt-c", **kw) -> FederationConfig:
                   probe_max_iter=20)
     base = dict(federation="t", dataset="synthetic", pair=("a", "b"), algorithm=algorithm, clients=(2, 2, 2),
                 per_round=4, rounds=2, rep_size=2, hidden=8, window=8, proxy_windows=6, proxy_batch=3,
-                eval_chunk=100, device="cpu", hyper=hyper)
+                eval_chunk=100, device="cpu", hyper=hyper,
+                proxy_delivery="once")  # the proxy-set path; test_core_proxy_delivery covers "round"
     base.update(kw)
     return FederationConfig(**base)

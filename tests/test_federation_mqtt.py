@@ -39,9 +39,11 @@ def _simulate(cfg, split, url, tmp_path, **kw):
                           workdir=tmp_path / "devices", round_timeout=60, **kw)
 
 
-@pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon"])
+@pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-c/round", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon"])
 def test_federation_through_mosquitto_equals_inprocess(algorithm, mosquitto, tmp_path):
-    cfg, split = tiny_config(algorithm), tiny_split()
+    """``fedmekt-c/round``: no proxy set is published; each round's windows travel with its knowledge."""
+    algorithm, _, delivery = algorithm.partition("/")
+    cfg, split = tiny_config(algorithm, proxy_delivery=delivery or "once"), tiny_split()
     sim = _simulate(cfg, split, mosquitto.url, tmp_path)
     ref = run_inprocess(cfg, split, progress=False)
     assert len(sim.result.rows) == cfg.rounds
@@ -51,6 +53,8 @@ def test_federation_through_mosquitto_equals_inprocess(algorithm, mosquitto, tmp
     assert _learning(sim.result.final) == _learning(ref.final)
     for k, v in ref.model_state.items():
         np.testing.assert_array_equal(sim.result.model_state[k], v)
+    assert sim.result.final["proxy_delivery"] == ref.final["proxy_delivery"]
+    assert (sim.result.final["bytes_proxy_once"] == 0) == (delivery == "round" or not cfg.is_embedding)
     # the subscriber saw every upload; MQTT framing adds little to the accounted payload: under 2 % of it
     # plus a fixed topic-and-header cost per upload (which dominates the tiny rep-only uploads here)
     wire, accounted = sim.wire["packet_bytes"]["upload"], sum(r["bytes_up"] for r in sim.result.rows)

@@ -145,12 +145,20 @@ class ProxyWindows:
     """The round's proxy windows Π_t as tensors {m: [W, window, C]} — identical for every party."""
 
     def __init__(self, proxy: Partition, starts: np.ndarray, window: int, modalities, device: torch.device) -> None:
-        self.source = proxy
+        self.source: Partition | None = proxy
         self.starts = np.asarray(starts, dtype=np.int64)
         self.x = {
             m: torch.from_numpy(gather_windows(proxy.modalities[m], self.starts, window)).to(device)
             for m in modalities
         }
+
+    @classmethod
+    def received(cls, x: dict[str, np.ndarray], starts: np.ndarray, device: torch.device) -> "ProxyWindows":
+        """Π_t from windows that came over the wire ({m: [W, window, C]}); it has no proxy set behind it."""
+        self = cls.__new__(cls)
+        self.source, self.starts = None, np.asarray(starts, dtype=np.int64)
+        self.x = {m: torch.from_numpy(np.ascontiguousarray(v)).to(device) for m, v in x.items()}
+        return self
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])

@@ -6,7 +6,8 @@ normaliser, the proxy set's segments and the sha256 of its tensor message (the d
 *version*) — and on ``proxy/<chunk>`` the proxy rows of both modalities as one codec
 message (kind "proxy", always float32 so every party embeds bit-identical windows).
 Afterwards a round announcement only names proxy window start rows; no proxy data
-travels per round. A client may instead be provisioned with the same two payloads
+travels per round. Under ``proxy_delivery`` "round" no proxy set is published (empty hash):
+the raw windows of Π_t travel inside each round's global knowledge instead. A client may instead be provisioned with the same two payloads
 (``save_bundle`` / ``load_bundle``) and never download them.
 
 With a signing key the manifest and the announcements travel signed (:mod:`fedmekt.wire.signing`);
@@ -107,9 +108,10 @@ class FederationManifest:
 
 def build(cfg, split: FederatedSplit, limits: WireLimits = WireLimits(),
           run: str = "") -> tuple[FederationManifest, list[bytes]]:
-    """Manifest and proxy frames for ``split`` (no frames for the parameter-exchange baselines)."""
+    """Manifest and proxy frames for ``split`` (none for the parameter-exchange baselines, nor when Π_t travels
+    with each round's knowledge: ``proxy_delivery`` "round")."""
     frames: list[bytes] = []
-    if cfg.is_embedding:
+    if cfg.proxy_delivery_for(len(split.proxy)) == "once":
         frames = encode({m: split.proxy.modalities[m] for m in cfg.pair}, "float32", federation=cfg.federation,
                         round_=0, sender=AGGREGATOR_ID, kind="proxy", modalities=tuple(cfg.pair), limits=limits)
     sha = parse_frame(frames[0], limits)[0].sha256 if frames else ""
