@@ -194,16 +194,20 @@ class FederationConfig:
     def proxy_delivery_for(self, proxy_rows: int) -> str:
         """"once" or "round" for a proxy set of ``proxy_rows`` rows ("none" for the parameter baselines).
 
-        "auto" compares what one client receives over the run: the set once (float32, as fedmekt.wire sends
-        it) against ``rounds`` x ``proxy_windows`` x ``window`` rows in the wire dtype — a client online every
-        round receives every round's knowledge, selected or not, so that is the deployment's worst case.
+        "auto" compares the bytes the run's reports count (fedmekt.accounting: a round's knowledge goes to its
+        selected clients): every client gets the set once (float32, as fedmekt.wire sends it), against
+        ``proxy_windows`` x ``window`` rows in the wire dtype for each of the ``rounds`` x ``per_round``
+        selections. Over MQTT every online client receives each round's knowledge, selected or not, so a
+        deployment's worst case under "round" is ``rounds`` x ``proxy_windows`` x ``window`` rows per client.
         """
         if not self.is_embedding:
             return "none"
         if self.proxy_delivery != "auto":
             return self.proxy_delivery
-        per_round = self.rounds * self.proxy_windows * self.window * WIRE_ITEMSIZE[self.wire_dtype]
-        return "round" if per_round < proxy_rows * WIRE_ITEMSIZE["float32"] else "once"
+        n = sum(self.clients)
+        selections = self.rounds * min(self.per_round, n)
+        per_round = selections * self.proxy_windows * self.window * WIRE_ITEMSIZE[self.wire_dtype]
+        return "round" if per_round < n * proxy_rows * WIRE_ITEMSIZE["float32"] else "once"
 
     def resolved_batch(self) -> tuple[int, int]:
         return tuple(self.hyper.batch) if self.hyper.batch[0] > 0 else default_batch(self.dataset)

@@ -39,10 +39,11 @@ def test_round_delivery_trains_the_same_model_as_the_proxy_set_once():
 
 
 def test_auto_picks_the_delivery_that_sends_fewer_bytes():
-    cfg = tiny_config("fedmekt-c", rounds=10, proxy_delivery="auto")  # 10 rounds x 6 windows x 8 rows = 480 rows per client
-    assert cfg.proxy_delivery_for(479) == "once" and cfg.proxy_delivery_for(481) == "round"
-    half = tiny_config("fedmekt-c", rounds=10, wire_dtype="float16", proxy_delivery="auto")  # the windows cost half in float16
-    assert half.proxy_delivery_for(241) == "round" and half.proxy_delivery_for(239) == "once"
+    # 10 rounds x 4 of 6 clients selected x 6 windows x 8 rows = 1,920 window rows against 6 x the proxy rows
+    cfg = tiny_config("fedmekt-c", rounds=10, proxy_delivery="auto")
+    assert cfg.proxy_delivery_for(319) == "once" and cfg.proxy_delivery_for(321) == "round"
+    half = tiny_config("fedmekt-c", rounds=10, wire_dtype="float16", proxy_delivery="auto")  # windows cost half
+    assert half.proxy_delivery_for(161) == "round" and half.proxy_delivery_for(159) == "once"
     assert tiny_config("mmfedavg").proxy_delivery_for(10**6) == "none"
     assert tiny_config("fedmekt-c", proxy_delivery="once").proxy_delivery_for(10**6) == "once"
 
