@@ -32,6 +32,7 @@ DEVICES = ("auto", "cpu", "cuda")
 FEDERATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ROBUST_AGGREGATIONS = ("none", "clip", "trimmed")
 PROXY_DELIVERIES = ("auto", "once", "round")
+UPLOAD_WEIGHTS = ("uniform", "rounds")
 
 
 @dataclass
@@ -58,6 +59,9 @@ class Hyper:
     batch: tuple[int, int] = (0, 0)  # client/classifier crops per batch, U[lo, hi); (0, 0) = dataset default
     sub_window: tuple[int, int] = (16, 32)  # sub-window length U[lo, hi) walked along each crop
     mm_weight: float = 100.0         # weight of A+B clients in mm-FedAvg aggregation (ALPHA)
+    upload_weight: str = "uniform"   # server mean: "uniform", or "rounds" = each upload weighted by the rounds
+                                     # the server has absorbed from that client, this one included (a client's
+                                     # model persists in FedMEKT, so a longer-trained one counts more)
     prox_mu: float = 0.001
     moon_mu: float = 0.001
     moon_tau: float = 0.5
@@ -152,6 +156,8 @@ class FederationConfig:
             (self.robust_aggregation in ROBUST_AGGREGATIONS,
              f"robust_aggregation must be one of {ROBUST_AGGREGATIONS}, got {self.robust_aggregation!r}"),
             (self.hyper.kd in KD_LOSSES, f"hyper.kd must be one of {KD_LOSSES}, got {self.hyper.kd!r}"),
+            (self.hyper.upload_weight in UPLOAD_WEIGHTS,
+             f"hyper.upload_weight must be one of {UPLOAD_WEIGHTS}, got {self.hyper.upload_weight!r}"),
             (self.hyper.align in ALIGNMENTS, f"hyper.align must be one of {ALIGNMENTS}, got {self.hyper.align!r}"),
             (self.hyper.align_weight >= 0 and self.hyper.align_tau > 0,
              "hyper.align_weight must be >= 0 and hyper.align_tau > 0"),

@@ -83,6 +83,9 @@ def wire_cast(tensors: Tensors, dtype: str) -> Tensors:
     return {k: np.asarray(v, dtype=dtype).astype(np.float32) for k, v in tensors.items()}
 
 
+_ABSORBED = "meta/absorbed_rounds/"  # checkpoint keys: rounds absorbed per client (hyper.upload_weight)
+
+
 def window_key(modality: str) -> str:
     """Downstream key of the round's raw proxy windows of ``modality`` (``proxy_delivery`` "round")."""
     return f"proxy/{modality}/x"
@@ -168,6 +171,7 @@ class ServerEngine:
         self.rounds_completed = 0
         self._mean: StreamingMean | robust.TrimmedMean | None = None
         self._absorbed: set[str] = set()
+        self._absorbed_rounds: dict[str, int] = {}  # client -> rounds absorbed so far (hyper.upload_weight)
         self._reference: tuple[int, dict[str, float]] | None = None  # (round, per-key upload scale)
         self._proxy_cache: tuple[int, ProxyWindows] | None = None
 
@@ -239,6 +243,8 @@ class ServerEngine:
         if self.cfg.robust_aggregation == "clip":
             upload = robust.clip(upload, reference)
         weight = self.algorithm.client_weight(self.cfg, tuple(modalities))
+        if self.cfg.hyper.upload_weight == "rounds":
+            weight *= self._absorbed_rounds.get(client_id, 0) + 1
         for k in sorted(upload):
             self._mean.add(k, upload[k], weight)
         self._absorbed.add(client_id)
@@ -250,6 +256,8 @@ class ServerEngine:
         row: dict = {"round": plan.round, "selected": len(plan.selected), "absorbed": len(self._absorbed),
                      "participants": sorted(self._absorbed)}  # per-client participation in the report
         means = self._mean.mean()
+        for client_id in self._absorbed:
+            self._absorbed_rounds[client_id] = self._absorbed_rounds.get(client_id, 0) + 1
         if self._absorbed:
             row.update(self.algorithm.server_update(self.party, means, self._proxy(plan),
                                                     rng_for(self.cfg.seed, _SERVER, plan.round)))
@@ -279,6 +287,7 @@ class ServerEngine:
         state.update(self.party.optim.state_arrays("optim/"))
         state.update({f"head_optim/{k}": v for k, v in optimizer_arrays(self.head_optim).items()})
         state["meta/rounds_completed"] = np.array([self.rounds_completed], dtype=np.int64)
+        state.update({f"{_ABSORBED}{c}": np.array([n], dtype=np.int64) for c, n in self._absorbed_rounds.items()})
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -291,6 +300,8 @@ class ServerEngine:
         load_optimizer_arrays(self.head_optim, {k[len("head_optim/"):]: v for k, v in state.items()
                                                 if k.startswith("head_optim/")})
         self.rounds_completed = int(np.asarray(state["meta/rounds_completed"]).reshape(-1)[0])
+        self._absorbed_rounds = {k[len(_ABSORBED):]: int(np.asarray(v).reshape(-1)[0])
+                                 for k, v in state.items() if k.startswith(_ABSORBED)}
 
     def run_info(self) -> RunInfo:
         norm_mean = {m: [float(v) for v in self.normalizer.mean[m]] for m in self.cfg.pair} if self.normalizer else {}

@@ -54,6 +54,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "kd-mse": {"hyper": {"kd": "mse"}},
     "kd-mse-std": {"hyper": {"kd": "mse-std"}},
     "R4": {"hyper": {"global_epochs": 4}},
+    "w-rounds": {"hyper": {"upload_weight": "rounds"}},   # 2.4: uploads weighted by the rounds a client trained
     "le4": {"hyper": {"local_epochs": 4}},               # 2.4: more local training
     "no-walk": {"server_proxy_walk": False},             # 2.5: the walk on this dataset
     "mmfedavg-le4": {"algorithm": "mmfedavg", "hyper": {"local_epochs": 4}},   # mmFedAvg's own settings

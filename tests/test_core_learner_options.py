@@ -90,10 +90,32 @@ def test_options_at_their_defaults_are_bit_identical(split):
 
 
 @pytest.mark.parametrize("bad", [{"hyper": {"align": "l1"}}, {"hyper": {"align_tau": 0.0}},
-                                 {"hyper": {"kd": "kl-feature"}},
+                                 {"hyper": {"kd": "kl-feature"}}, {"hyper": {"upload_weight": "steps"}},
                                  {"server_walk_labelled": True, "server_proxy_walk": False}])
 def test_bad_learner_options_are_one_line_errors(bad):
     data = tiny_config().to_dict()
     data.update({k: ({**data["hyper"], **v} if k == "hyper" else v) for k, v in bad.items()})
     with pytest.raises(UserError):
         FederationConfig.from_dict(data)
+
+
+def test_upload_weight_by_rounds_counts_each_clients_past_and_survives_a_checkpoint(split):
+    from fedmekt.engine import ServerEngine
+
+    uniform, weighted = _run(split, rounds=3), _run(split, rounds=3, hyper={"upload_weight": "rounds"})
+    learning = lambda r: {k: v for k, v in r.items() if k != "wall_s"}  # noqa: E731
+    assert learning(uniform.rows[0]) == learning(weighted.rows[0])  # nobody has a past in round 1: equal weights
+    assert any(not np.array_equal(uniform.model_state[k], weighted.model_state[k]) for k in uniform.model_state)
+    cfg = dataclasses.replace(tiny_config("fedmekt-c", rounds=3),
+                              hyper=dataclasses.replace(tiny_config().hyper, upload_weight="rounds"))
+    engines = [ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled) for _ in range(2)]
+    counts = {}
+    for row in weighted.rows:
+        for c in row["participants"]:
+            counts[c] = counts.get(c, 0) + 1
+    engines[0]._absorbed_rounds = dict(counts)
+    state = engines[0].state_dict()
+    assert {k: int(v[0]) for k, v in state.items() if k.startswith("meta/absorbed_rounds/")} == {
+        f"meta/absorbed_rounds/{c}": n for c, n in counts.items()}
+    engines[1].load_state_dict(state)
+    assert engines[1]._absorbed_rounds == counts
