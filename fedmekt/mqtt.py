@@ -10,7 +10,7 @@
   Last Will carried by every CONNECT packet;
 * persistent sessions (v5 session expiry / 3.1.1 ``clean_session=False``) and
   subscriptions renewed on every reconnect; reconnect with exponential backoff;
-* QoS 1 everywhere; bounded outgoing queue and bounded inbox (a full inbox makes the
+* QoS 1 everywhere; bounded outgoing queue and an inbox bounded in messages and bytes (a full inbox makes the
   network thread wait, which pushes back on the broker instead of growing memory);
 * a session taken over by a second connection with the same login (the broker forces
   client id = username) ends the link with an error instead of reconnecting, which would
@@ -36,7 +36,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
 import socket
 import ssl
@@ -52,6 +51,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fedmekt.errors import UserError
+from fedmekt.inbox import Inbox
 
 log = logging.getLogger(__name__)
 V5_PROBE_S = 3.0
@@ -115,6 +115,7 @@ class LinkOptions:
     reconnect_max: float = 60.0
     max_queued: int = 1000  # outgoing messages paho may hold
     inbox: int = 2000  # incoming messages waiting for the application
+    inbox_bytes: int = 64 * 2**20  # and their payload bytes (fedmekt.inbox: a full inbox pushes back on the broker)
     session_topic: str | None = None  # retained token topic that detects a second session of this login
     retain: bool = True  # False: the broker has retained messages off (MQTT 5 brokers also say so themselves)
     kick_limit: int = 0  # > 0: that many established connections lost within KICK_WINDOW_S are a takeover by a
@@ -158,7 +159,7 @@ class MqttLink:
         self.options = options
         self.presence = presence
         self._subs: list[str] = list(subscriptions)
-        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=options.inbox)
+        self._inbox: Inbox[Message] = Inbox(options.inbox, options.inbox_bytes)
         self._connected = threading.Event()
         self._closing = threading.Event()
         self._unsupported = False
@@ -432,12 +433,8 @@ class MqttLink:
                 self._lose_session(client)
             return
         item = Message(msg.topic, bytes(msg.payload), bool(msg.retain))
-        while not self._closing.is_set():
-            try:
-                self._inbox.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        while not self._closing.is_set() and not self._inbox.put(item, len(item.payload), timeout=0.5):
+            continue
 
     def _kicked_repeatedly(self) -> bool:
         """A broker that restarts drops us once; a second session of our login that publishes no token
@@ -534,15 +531,12 @@ class MqttLink:
     @property
     def pending(self) -> int:
         """Messages received and not yet taken with ``get``."""
-        return self._inbox.qsize()
+        return len(self._inbox)
 
     def get(self, timeout: float | None = None) -> Message | None:
         """The next message, None after ``timeout``; raises UserError once the session was taken over."""
         self._check_session()
-        try:
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self._inbox.get(timeout=timeout)
 
     def close(self, announce_offline: bool = True) -> None:
         """Clean disconnect; the Will does not fire on a clean disconnect, so publish offline ourselves."""

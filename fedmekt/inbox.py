@@ -1,0 +1,65 @@
+"""The MQTT link's inbox: a FIFO bounded in messages and in payload bytes.
+
+A count alone bounds memory only by count x the largest message (2,000 x 256 KiB chunks = 500 MiB);
+a byte budget keeps a small gateway's inbox at a known size. A full inbox makes ``put`` wait, so paho's
+network thread stops reading and TCP pushes back on the broker instead of memory growing. One message
+larger than the whole budget is still let in when the inbox is empty, or it could never be delivered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Inbox(Generic[T]):
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        if max_items < 1 or max_bytes < 1:
+            raise ValueError("an inbox needs room for at least one message and one byte")
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: deque[tuple[T, int]] = deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+
+    def _fits(self, size: int) -> bool:
+        if not self._items:
+            return True
+        return len(self._items) < self.max_items and self._bytes + size <= self.max_bytes
+
+    def put(self, item: T, size: int, timeout: float) -> bool:
+        """Append ``item`` of ``size`` bytes, waiting up to ``timeout`` s for room; False if none came."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._fits(size):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            self._items.append((item, size))
+            self._bytes += size
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """The oldest item, waiting up to ``timeout`` s (None = forever); None when nothing came."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items, timeout):
+                return None
+            item, size = self._items.popleft()
+            self._bytes -= size
+            self._cond.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes held now."""
+        with self._cond:
+            return self._bytes
