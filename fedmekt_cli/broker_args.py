@@ -27,6 +27,12 @@ def add_broker_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--key-file", type=Path, help="client private key (mutual TLS)")
     g.add_argument("--mqtt-protocol", choices=("auto", "5", "3.1.1"), default="auto",
                    help="MQTT version (default: v5, falling back to 3.1.1)")
+    g.add_argument("--no-retain", action="store_true",
+                   help="the broker keeps no retained messages (an MQTT 5 broker says so itself; a 3.1.1 one cannot): "
+                        "publish without the retain flag, state then comes from sync answers")
+    g.add_argument("--inbox-mib", type=float, default=64.0, metavar="MIB",
+                   help="most payload MiB received and not yet processed; a full inbox makes the broker wait "
+                        "(default 64)")
 
 
 def check_broker(urls: str) -> None:
@@ -78,6 +84,8 @@ def link_options(args: argparse.Namespace, client_id: str, username: str | None 
             raise UserError(f"--credentials {args.credentials} are for login {login!r}, not for client id "
                             f"{username!r}: a device's client id is its login name")
         username, password, ca_file = login, args.password or stored, ca_file or stored_ca
+    if not args.inbox_mib > 0:
+        raise UserError(f"--inbox-mib must be > 0, got {args.inbox_mib}")
     for path in (ca_file, args.cert_file, args.key_file):
         if path is not None and not Path(path).is_file():
             raise UserError(f"file not found: {path}")
@@ -85,4 +93,5 @@ def link_options(args: argparse.Namespace, client_id: str, username: str | None 
                        ca_file=str(ca_file) if ca_file else None,
                        cert_file=str(args.cert_file) if args.cert_file else None,
                        key_file=str(args.key_file) if args.key_file else None, protocol=args.mqtt_protocol,
-                       session_topic=session_topic, kick_limit=kick_limit)
+                       session_topic=session_topic, kick_limit=kick_limit, retain=not args.no_retain,
+                       inbox_bytes=max(1, int(args.inbox_mib * 2**20)))

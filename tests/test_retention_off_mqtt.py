@@ -39,6 +39,30 @@ def test_retention_off_link_publishes_without_the_retain_flag(no_retain):
         assert link.connected and link.connects == 1
 
 
+def test_no_retain_flag_lets_a_311_link_use_a_broker_that_cannot_say_it_keeps_nothing(no_retain):
+    """Under MQTT 3.1.1 a broker cannot announce that retention is off, and mosquitto drops a connection that
+    publishes a retained message: ``--no-retain`` is the operator's way to say so."""
+    import argparse
+
+    from fedmekt_cli.broker_args import add_broker_args, link_options
+
+    parser = argparse.ArgumentParser()
+    add_broker_args(parser, required=True)
+    topics = Topics("t")
+    for flags, survives in ((["--no-retain"], True), ([], False)):
+        args = parser.parse_args(["--broker", no_retain.url, "--mqtt-protocol", "3.1.1", "--inbox-mib", "8", *flags])
+        opts = link_options(args, "probe311")
+        assert opts.inbox_bytes == 8 * 2**20 and opts.retain is not survives
+        with MqttLink(no_retain.url, opts).connect() as link:
+            assert link.protocol == "3.1.1"
+            try:
+                link.publish_all([(topics.rounds, b"x")], retain=True, timeout=3)
+            except (TimeoutError, UserError):
+                pass
+            time.sleep(0.5)
+            assert (link.connects == 1 and link.connected) is survives, (flags, link.connects)
+
+
 def _simulate(cfg, split, url, tmp_path, **kw):
     return run_simulation(cfg, split, url=url, out=tmp_path / "out", progress=False, rate_hz=20.0,
                           workdir=tmp_path / "devices", round_timeout=60, **kw)
