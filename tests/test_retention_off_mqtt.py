@@ -133,3 +133,43 @@ def test_retention_off_malformed_sync_request_is_refused(raw):
         SyncRequest.from_bytes(raw)
     held = SyncRequest(run="1764660000000-0a1b2c3d", proxy="ab" * 32, round=3, uploaded=2, model=("", -1))
     assert SyncRequest.from_bytes(held.to_bytes()) == held
+
+
+@pytest.mark.slow
+def test_retention_off_inference_only_follower_gets_the_signed_manifest_and_package_by_sync(no_retain, tmp_path):
+    """An inference-only gateway that joins mid-run finds nothing retained: the signed manifest went out before
+    it connected, so only the aggregator's answer to its sync request lets it trust the run's packages."""
+    import numpy as np
+
+    from export.install import ModelStore
+    from export.package import generate_keypair, load_public_key
+    from federation_harness import ProcessFederation
+
+    generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+    fed = ProcessFederation(tmp_path, rounds=4, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
+                            federation="follow", broker=no_retain)
+    try:
+        for cid in fed.client_ids:
+            fed.start_client(cid, True, "--public-key", str(tmp_path / "agg.pub"))
+        fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
+        fed.wait_round_done(0)  # a package of round 1 went out, live only: a later subscriber cannot see it
+        rng = np.random.default_rng(0)
+        csv = tmp_path / "samples.csv"
+        csv.write_text("".join(f"{i / 50:.3f}," + ",".join(f"{v:.4f}" for v in rng.normal(size=3)) + "\n"
+                               for i in range(300)))
+        broker, env = fed._broker_args("gw01")
+        fed._spawn("gw01", ["client", "--infer-only", *broker, "--client-id", "gw01", "--federation", "follow",
+                            "--public-key", str(tmp_path / "agg.pub"), "--source", f"csv:{csv}",
+                            "--modalities", "acce:3", "--store", str(tmp_path / "gw01" / "store.sqlite")], env)
+        assert fed.wait_exit("gw01", 150) == 0, fed.log("gw01")[-3000:]
+        installed = ModelStore(tmp_path / "gw01" / "models", load_public_key(tmp_path / "agg.pub")).current()
+        assert installed is not None and installed.package.manifest.federation == "follow", fed.log("gw01")[-2000:]
+        assert installed.package.manifest.round >= 1
+        assert "prediction" in fed.log("gw01")
+        topics = Topics("follow")
+        answered = [topics.replied("gw01", t) for _, t, p in fed.recorder.snapshot() if p]
+        assert topics.proxy_manifest in answered  # the manifest reached it as a sync answer, on its reply topic
+        assert fed.wait_exit("aggregator", 300) == 0, fed.log("aggregator")[-3000:]
+        assert "retain" not in no_retain.log.lower()
+    finally:
+        fed.close()
