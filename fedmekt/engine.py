@@ -134,11 +134,12 @@ class RoundPlan:
         return cls(rnd, tuple(sel), np.asarray(starts, dtype=np.int64), window, algo)
 
 
-def _check_plan(cfg: FederationConfig, plan: RoundPlan, proxy: Partition) -> None:
+def _check_plan(cfg: FederationConfig, plan: RoundPlan, proxy: Partition | None) -> None:
+    """The plan is for this federation's algorithm and window, and its windows lie in the proxy set (if held)."""
     if plan.algorithm != cfg.algorithm or plan.window != cfg.window:
         raise ValueError(f"plan is for {plan.algorithm}/window {plan.window}, this party runs "
                          f"{cfg.algorithm}/window {cfg.window}")
-    if plan.proxy_windows.size and plan.proxy_windows.max() + plan.window > len(proxy):
+    if proxy is not None and plan.proxy_windows.size and plan.proxy_windows.max() + plan.window > len(proxy):
         raise ValueError("plan proxy window lies outside the proxy set")
 
 
@@ -340,9 +341,9 @@ class ClientEngine:
         FedMEKT's proxy windows Π_t come from the proxy set this client holds, or, when it holds none
         (``proxy_delivery`` "round"), from the raw windows that travel in ``downstream``.
         """
+        _check_plan(self.cfg, plan, self.proxy)
         proxy = None
         if self.cfg.is_embedding and self.proxy is not None:
-            _check_plan(self.cfg, plan, self.proxy)
             proxy = ProxyWindows(self.proxy, plan.proxy_windows, plan.window, self.modalities, self.device)
         elif self.cfg.is_embedding:
             shapes = {window_key(m): (len(plan.proxy_windows), plan.window, self.channels[m]) for m in self.modalities}

@@ -7,6 +7,8 @@ lacks the round's windows or carries them in the wrong shape.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -56,7 +58,7 @@ def test_round_delivery_publishes_no_proxy_set():
     assert frames and manifest.proxy_sha256
 
 
-@pytest.mark.parametrize("damage", ["missing", "shape", "nan"])
+@pytest.mark.parametrize("damage", ["missing", "shape", "nan", "plan"])
 def test_a_client_without_the_proxy_set_refuses_knowledge_without_valid_windows(damage):
     cfg, split = tiny_config("fedmekt-c", proxy_delivery="round"), tiny_split()
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled)
@@ -68,9 +70,11 @@ def test_a_client_without_the_proxy_set_refuses_knowledge_without_valid_windows(
         del view[key]
     elif damage == "shape":
         view[key] = view[key][:-1]
-    else:
+    elif damage == "nan":
         view[key] = view[key].copy()
         view[key][0, 0, 0] = np.nan
+    else:  # a plan for another window length: refused before any window is looked at
+        plan = dataclasses.replace(plan, window=plan.window + 1)
     engine = ClientEngine(cfg, client.client_id, client.modalities, split.channels, None)
-    with pytest.raises(ValueError, match="proxy windows"):
+    with pytest.raises(ValueError, match="plan is for" if damage == "plan" else "proxy windows"):
         engine.train_round(plan, view, client)
