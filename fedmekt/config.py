@@ -6,7 +6,8 @@ which embedding layers cross the wire (``layers``: the representation only by de
 FedMEKT sends a fraction of mmFedAvg's bytes; docs/fedmekt-c-selection.md), the wire dtype, the distillation term (``hyper.kd``:
 the paper's softmax KL by default, embedding MSE as an option; compared on validation data in
 docs/fedmekt-c-selection.md), whether the FedMEKT server also reconstructs over its whole proxy set
-(``server_proxy_walk``, on by default since the same validation), optional privacy noise
+(``server_proxy_walk``, on by default since the same validation), how the proxy windows reach the clients
+(``proxy_delivery``: the set once, or Π_t with each round, by bytes), optional privacy noise
 on uploads (``embedding_noise``), and the ``faithful`` switch that keeps the authors' loss oddities O1–O3
 (softmax KL over time) for comparison.
 """
