@@ -195,8 +195,8 @@ class ServerEngine:
         if not self.cfg.is_embedding:
             return None
         if self._proxy_cache is None or self._proxy_cache[0] != plan.round:
-            self._proxy_cache = (plan.round, ProxyWindows(self.proxy, plan.proxy_windows, plan.window,
-                                                          self.cfg.pair, self.device))
+            self._proxy_cache = (plan.round, ProxyWindows.cut(self.proxy, plan.proxy_windows, plan.window,
+                                                              self.cfg.pair, self.device))
         return self._proxy_cache[1]
 
     def downstream(self, plan: RoundPlan) -> Tensors:
@@ -344,12 +344,12 @@ class ClientEngine:
         _check_plan(self.cfg, plan, self.proxy)
         proxy = None
         if self.cfg.is_embedding and self.proxy is not None:
-            proxy = ProxyWindows(self.proxy, plan.proxy_windows, plan.window, self.modalities, self.device)
+            proxy = ProxyWindows.cut(self.proxy, plan.proxy_windows, plan.window, self.modalities, self.device)
         elif self.cfg.is_embedding:
             shapes = {window_key(m): (len(plan.proxy_windows), plan.window, self.channels[m]) for m in self.modalities}
             check_tensors({k: downstream[k] for k in shapes if k in downstream}, shapes, "downstream proxy windows")
-            proxy = ProxyWindows.received({m: downstream[window_key(m)] for m in self.modalities}, plan.proxy_windows,
-                                          self.device)
+            proxy = ProxyWindows({m: downstream[window_key(m)] for m in self.modalities}, plan.proxy_windows,
+                                 self.device)
         downstream = {k: v for k, v in downstream.items() if not k.startswith("proxy/")}
         rng = rng_for(self.cfg.seed, _CLIENT, client_key(self.client_id), plan.round)
         upload = self.algorithm.client_train(self.party, downstream, private, proxy, rng)

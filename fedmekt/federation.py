@@ -81,7 +81,8 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
     final = {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
              "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
              "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
-             "partition": cfg.partition, "proxy_delivery": server.proxy_delivery, "bytes_proxy_once": once, **server.final_evaluation(),
+             "partition": cfg.partition, "proxy_delivery": server.proxy_delivery, "bytes_proxy_once": once,
+             **server.final_evaluation(),
              "wall_s": round(time.perf_counter() - start, 2)}
     state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
     return RunResult(name, cfg, rows, final, state, server.run_info())

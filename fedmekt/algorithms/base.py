@@ -142,23 +142,23 @@ def inputs_only(parts: list[Partition], modalities) -> Partition:
 
 
 class ProxyWindows:
-    """The round's proxy windows Π_t as tensors {m: [W, window, C]} — identical for every party."""
+    """The round's proxy windows Π_t as tensors {m: [W, window, C]} — identical for every party.
 
-    def __init__(self, proxy: Partition, starts: np.ndarray, window: int, modalities, device: torch.device) -> None:
-        self.source: Partition | None = proxy
+    ``source`` is the proxy set they were cut from (the server's walk needs it); None for windows that came
+    over the wire (``proxy_delivery`` "round").
+    """
+
+    def __init__(self, x: dict[str, np.ndarray], starts: np.ndarray, device: torch.device,
+                 source: Partition | None = None) -> None:
+        self.source = source
         self.starts = np.asarray(starts, dtype=np.int64)
-        self.x = {
-            m: torch.from_numpy(gather_windows(proxy.modalities[m], self.starts, window)).to(device)
-            for m in modalities
-        }
+        self.x = {m: torch.from_numpy(np.ascontiguousarray(v)).to(device) for m, v in x.items()}
 
     @classmethod
-    def received(cls, x: dict[str, np.ndarray], starts: np.ndarray, device: torch.device) -> "ProxyWindows":
-        """Π_t from windows that came over the wire ({m: [W, window, C]}); it has no proxy set behind it."""
-        self = cls.__new__(cls)
-        self.source, self.starts = None, np.asarray(starts, dtype=np.int64)
-        self.x = {m: torch.from_numpy(np.ascontiguousarray(v)).to(device) for m, v in x.items()}
-        return self
+    def cut(cls, proxy: Partition, starts: np.ndarray, window: int, modalities, device: torch.device) -> "ProxyWindows":
+        """Π_t cut from a proxy set this party holds."""
+        starts = np.asarray(starts, dtype=np.int64)
+        return cls({m: gather_windows(proxy.modalities[m], starts, window) for m in modalities}, starts, device, proxy)
 
     def __len__(self) -> int:
         return int(self.starts.shape[0])
