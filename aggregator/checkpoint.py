@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load_file
 
-from fedmekt.artifacts import METRICS, atomic_write_bytes
+from fedmekt.artifacts import METRICS, atomic_write_bytes, tensor_bytes
 from fedmekt.errors import UserError
 from fedmekt.wire.federation import config_key
 
@@ -26,8 +26,7 @@ CHECKPOINT = "checkpoint.safetensors"
 
 
 def _encoded(state: dict[str, np.ndarray], config: dict, rows: list[dict], run: str) -> tuple[bytes, bytes]:
-    blob = save({k: np.ascontiguousarray(v) for k, v in state.items()},
-                metadata={"config": config_key(config), "run": run})
+    blob = tensor_bytes(state, {"config": config_key(config), "run": run})
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode(), blob
 
 

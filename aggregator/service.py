@@ -123,6 +123,7 @@ class Aggregator:
         self._sync = SyncLimiter(options.sync_interval, options.sync_bulk_interval)
         self._bad_sync: set[str] = set()  # clients whose malformed sync request was logged (once each)
         self._package = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
+        self._births = 0  # the link's connects already handled (a reconnect mid-round asks for lost uploads)
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -327,6 +328,7 @@ class Aggregator:
             msg = self.link.get(timeout=max(0.0, left))
             if msg is not None:
                 self._dispatch(msg)
+            self._after_reconnect()
             self._answer_syncs()
             if time.monotonic() >= until or (self._round and self._round_complete()):
                 return
@@ -392,6 +394,22 @@ class Aggregator:
             return
         self._sync.add(client_id, request)
 
+    def _after_reconnect(self) -> None:
+        """Uploads published while we were away from the broker reached nobody: once subscribed again, ask
+        each selected client we lack an upload from to send it again (one that has not uploaded yet
+        goes on training)."""
+        births, self._births = self._births, self.link.births
+        r = self._round
+        if births in (0, self._births) or r is None:
+            return
+        owed = [c for c in r.plan.selected if c not in self._absorbed]
+        log.info("reconnected mid-round %d: asking %d clients for their uploads", r.plan.round + 1, len(owed))
+        announcement = self._control[self.topics.rounds][0]
+        try:
+            self.link.publish_all((self.topics.reply(c, self.topics.resend), announcement) for c in owed)
+        except TimeoutError:
+            log.warning("request for the uploads of round %d not acknowledged in time", r.plan.round + 1)
+
     def _answer_syncs(self) -> None:
         for client_id, request in self._sync.due(time.monotonic()):
             answer = self._sync_answer(client_id, request)
@@ -415,12 +433,14 @@ class Aggregator:
         r = self._round
         if req.trains and r is not None:
             rnd = r.plan.round
-            owed = client_id in r.plan.selected and client_id not in self._absorbed \
-                and (req.uploaded if this_run else -1) < rnd
-            if owed or (req.round if this_run else -1) < rnd:
-                out.append((t.rounds, self._control[t.rounds][0]))
-            if owed:
-                out += [(t.global_chunk(rnd, i), f) for i, f in enumerate(r.global_frames)]
+            owed = client_id in r.plan.selected and client_id not in self._absorbed
+            if owed and this_run and req.uploaded >= rnd:  # it uploaded, nothing arrived: the upload was lost
+                out.append((t.resend, self._control[t.rounds][0]))
+            else:
+                if owed or (req.round if this_run else -1) < rnd:
+                    out.append((t.rounds, self._control[t.rounds][0]))
+                if owed:
+                    out += [(t.global_chunk(rnd, i), f) for i, f in enumerate(r.global_frames)]
         built = self._package
         if req.model is not None and built is not None and req.model != (built.manifest.run, built.manifest.round) \
                 and self._sync.bulk(client_id, f"model-{built.manifest.round}", now):

@@ -9,7 +9,9 @@ Protocol seen from a client (topics under ``fedmekt/<federation>/``):
 3. keep the latest global knowledge (``global/<round>/<chunk>``) and, when the retained ``rounds``
    announcement selects this client, train on the whole local store and upload
    ``clients/<id>/upload/<round>/<chunk>``;
-4. with a model service (``--public-key``), receive the signed packages on ``models/#``, verify and
+4. when the aggregator lacks an upload it holds a record of (``clients/<id>/reply/resend``: the
+   round's signed announcement again, after a broker outage), send the stored upload again;
+5. with a model service (``--public-key``), receive the signed packages on ``models/#``, verify and
    install them (a refused one leaves the model in service); with ``--infer`` each live sensor
    batch is classified by the model in service and the predictions go to ``clients/<id>/inference``.
 
@@ -151,6 +153,8 @@ class EdgeAgent:
                 self._on_proxy_frame(msg.payload)
             elif msg.topic == t.rounds:
                 self._on_announcement(open_signed(self.opts.public_key, msg.topic, msg.payload))
+            elif msg.topic == t.reply(self.opts.client_id, t.resend):
+                self._on_announcement(open_signed(self.opts.public_key, t.rounds, msg.payload), resend=True)
             elif msg.topic.startswith(t.prefix + "/global/"):
                 self._on_global(msg.payload)
             elif msg.topic.startswith(t.prefix + "/models/") and self.opts.models is not None:
@@ -214,12 +218,16 @@ class EdgeAgent:
         self.trainer = LocalTrainer(cfg, self.opts.client_id, held, m.channels, proxy, self.store,
                                     self.opts.state_dir, m.normalizer if self.opts.normalise else None, run=m.run)
 
-    def _on_announcement(self, payload: bytes) -> None:
+    def _on_announcement(self, payload: bytes, resend: bool = False) -> None:
+        """``resend``: the aggregator lacks our upload for this announcement (lost in a broker outage, say),
+        so the answer is forgotten and the stored upload goes again."""
         if not payload:
             return
         ann = fedwire.Announcement.from_bytes(payload)
         if ann.federation != self.opts.federation:
             raise WireError("announcement for another federation")
+        if resend and ann.nonce and ann.nonce == self._answered:
+            self._answered = ""
         self._announcement = ann
         self._apply_announcement()
 

@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load_file
 
-from fedmekt.artifacts import atomic_write_bytes
+from fedmekt.artifacts import atomic_write_bytes, tensor_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
 from fedmekt.engine import ClientEngine, RoundPlan, client_view
@@ -81,8 +81,8 @@ class LocalTrainer:
             upload = self.engine.train_round(plan, client_view(downstream, self.modalities), private)
         self.last_round = plan.round
         meta = {"config": self._config_key, "client": self.client_id, "run": self.run, "last_round": str(plan.round)}
-        atomic_write_bytes(self.state_dir / STATE, save(self.engine.state_dict(), metadata=meta))
-        atomic_write_bytes(self.state_dir / LAST_UPLOAD, save(upload, metadata=meta))
+        atomic_write_bytes(self.state_dir / STATE, tensor_bytes(self.engine.state_dict(), meta))
+        atomic_write_bytes(self.state_dir / LAST_UPLOAD, tensor_bytes(upload, meta))
         return upload
 
     def cached_upload(self, round_: int) -> dict[str, np.ndarray] | None:

@@ -12,11 +12,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sensors.files import atomic_write_bytes
 
 RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"
 FINAL_MODEL = "final_model.safetensors"
+
+
+def tensor_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file of named arrays. ``safetensors.numpy.save`` writes a non-contiguous array (a
+    transposed embedding, say) in its storage order, so it would load back scrambled without an error:
+    every array is made C-contiguous first."""
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
 
 
 @dataclass

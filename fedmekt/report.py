@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmekt.artifacts import FINAL_MODEL, METRICS, atomic_write_bytes, write_run_info
+from fedmekt.artifacts import FINAL_MODEL, METRICS, atomic_write_bytes, tensor_bytes, write_run_info
 from fedmekt.paper_results import paper_value
 from fedmekt.statistics import paired_difference
 
@@ -50,12 +50,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def save_run(out_dir: Path, result) -> None:
     """Artifacts of one run under ``runs/<name>/`` (what export and infer read)."""
-    from safetensors.numpy import save
-
     run_dir = Path(out_dir) / "runs" / result.name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_info(run_dir, result.run_info)
-    atomic_write_bytes(run_dir / FINAL_MODEL, save({k: np.ascontiguousarray(v) for k, v in result.model_state.items()}))
+    atomic_write_bytes(run_dir / FINAL_MODEL, tensor_bytes(result.model_state))
     atomic_write_bytes(run_dir / METRICS, _jsonl(result.rows))
 
 

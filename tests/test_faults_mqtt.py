@@ -4,8 +4,8 @@
   the rest, the next rounds go on, and the killed clients, restarted on their own store,
   resume their local model and rejoin.
 * The broker SIGKILLed and restarted on the same port mid-run: everybody reconnects by
-  itself; the run finishes with the undisturbed run's final F1 when no upload was
-  lost, and otherwise no worse than undisturbed seeds.
+  itself, the uploads published into the outage are asked for and sent again, so no
+  round comes up short and the run ends bit for bit as the undisturbed one.
 * The aggregator SIGKILLed mid-run and restarted: it resumes after the last completed
   round's checkpoint; no completed round is lost or repeated; the checkpoint is never
   half-written (also hammered directly with SIGKILLs during writes).
@@ -104,21 +104,16 @@ def _final_f1(rows_final: dict, pair=("acce", "gyro")) -> dict[str, float]:
     return {m: rows_final[f"probe_f1_weighted_{m}"] for m in pair}
 
 
-def _undisturbed_f1(config: Path, seeds=(0, 1, 2)) -> dict[int, dict[str, float]]:
+def _undisturbed_f1(config: Path) -> dict[str, float]:
     """The same federation without faults, in one process (bit-identical to an undisturbed MQTT run)."""
-    from fedmekt.config import FederationConfig, load_config
+    from fedmekt.config import load_config
     from fedmekt.federation import run_inprocess
     from sensors.datasets import load_dataset
     from sensors.splits import make_split
 
-    base = load_config(config)
-    recordings = load_dataset("demo")
-    out = {}
-    for seed in seeds:
-        cfg = FederationConfig.from_dict({**base.to_dict(), "seed": seed})
-        split = make_split(recordings, cfg.pair, scheme=cfg.partition, seed=seed, clients=cfg.clients)
-        out[seed] = _final_f1(run_inprocess(cfg, split, progress=False).final, cfg.pair)
-    return out
+    cfg = load_config(config)
+    split = make_split(load_dataset("demo"), cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
+    return _final_f1(run_inprocess(cfg, split, progress=False).final, cfg.pair)
 
 
 def test_broker_killed_and_restarted_mid_run(federation):
@@ -129,23 +124,15 @@ def test_broker_killed_and_restarted_mid_run(federation):
     fed.wait_round_done(1)
     fed.wait_announced(2)
     fed.broker.kill()
-    time.sleep(3.0)  # everybody notices the broker is gone and starts backing off
+    time.sleep(3.0)  # everybody notices the broker is gone and starts backing off; uploads go into the void
     fed.broker.restart()
     fed.run_to_end(timeout=400)
     rows = assert_every_round_once(fed)
     final = json.loads((fed.out / "final.jsonl").read_text().splitlines()[-1])
-    disturbed = _final_f1(final)
     short = [r["round"] for r in rows if r["absorbed"] < r["selected"]]
-    seeds = _undisturbed_f1(fed.config)
-    print(f"final probe F1 after a broker restart {disturbed}; undisturbed seeds {seeds}; short rounds {short}")
-    for m, f1 in disturbed.items():
-        if not short:  # nothing was lost: the run is the undisturbed one, bit for bit
-            assert f1 == pytest.approx(seeds[0][m], abs=1e-9), (m, f1, seeds)
-            continue
-        # a round that closed at its deadline without an upload lost in the outage is another federation, as a
-        # seed is: it must still learn, no worse than the worst undisturbed seed by more than their spread
-        values = [s[m] for s in seeds.values()]
-        assert f1 >= min(values) - (max(values) - min(values)), (m, f1, seeds, short)
+    assert short == [], f"rounds closed without every upload: {short}"  # the lost ones were asked for again
+    undisturbed = _undisturbed_f1(fed.config)
+    assert _final_f1(final) == pytest.approx(undisturbed, abs=1e-9)  # the re-sent uploads are the ones trained
     reconnects = sum(fed.log(c).count("disconnected from broker") for c in fed.client_ids)
     assert reconnects >= len(fed.client_ids)  # every client really lost the broker and came back by itself
     record("fault", "broker SIGKILLed and restarted mid-run", lost=fed.rounds - len(rows))

@@ -137,11 +137,13 @@ def test_forged_control_manifest_with_a_new_run_id_is_rejected_and_rounds_keep_t
 @pytest.mark.broker
 @pytest.mark.timeout(240)
 def test_forged_control_done_and_announcement_are_ignored(mosquitto, tmp_path, caplog):
-    """A forged "done" of the current run (and a forged plan) on the retained ``rounds`` topic: unsigned
-    clients would quit the run; signed ones ignore both with one line each and every round completes."""
+    """A forged "done" of the current run (and a forged plan) on the retained ``rounds`` topic, and a forged
+    request to send an upload again on each client's ``reply/resend``: unsigned clients would quit the run
+    (or re-send on demand); signed ones ignore each with one line and every round completes."""
     caplog.set_level(logging.WARNING, logger="edge_client")
     cfg, split = tiny_config("fedmekt-c", rounds=3), tiny_split()
-    topic = Topics(cfg.federation).rounds
+    topics = Topics(cfg.federation)
+    topic = topics.rounds
     forger = MqttLink(mosquitto.url, LinkOptions(client_id="forger")).connect()
 
     def forge(rnd, agg):
@@ -152,6 +154,7 @@ def test_forged_control_done_and_announcement_are_ignored(mosquitto, tmp_path, c
                                     time.time() + 60, run=agg.run_id)
         for forged in (plan, done):
             forger.publish_all([(topic, forged.to_bytes())], retain=True)
+        forger.publish_all((topics.reply(c.client_id, topics.resend), plan.to_bytes()) for c in split.clients)
         time.sleep(1.0)
         gone = [c.client_id for c in split.clients if c.client_id not in agg.online]
         assert not gone, f"clients {gone} left the run on a forged done"
@@ -164,7 +167,9 @@ def test_forged_control_done_and_announcement_are_ignored(mosquitto, tmp_path, c
     _every_round_complete(sim)
     lines = _ignored(caplog, topic)
     assert len(lines) >= 2 * len(split.clients) and all("unsigned control message" in line for line in lines), lines
-    record("attack", "forged done / round announcement", tried=2, handled=2)
+    resend = [line for c in split.clients for line in _ignored(caplog, topics.reply(c.client_id, topics.resend))]
+    assert len(resend) == len(split.clients) and all("unsigned control message" in line for line in resend), resend
+    record("attack", "forged done / round announcement / upload re-send request", tried=3, handled=3)
 
 
 @pytest.mark.broker

@@ -14,6 +14,7 @@
 | ``clients/<id>/session`` | client | yes | random token of the running gateway session (detects a second one) |
 | ``clients/<id>/sync`` | client | no | sync request on every (re)connect: what it holds (fedmekt/wire/sync.py) |
 | ``clients/<id>/reply/<topic>`` | aggregator | no | the answer: copies of the ``<topic>`` messages it lacks |
+| ``clients/<id>/reply/resend`` | aggregator | no | the round's signed announcement: its upload never arrived, send it again |
 
 Retained messages are an optimisation: a broker without them (or a cluster node that does not
 replicate them) loses nothing, since every client asks on each (re)connect and the aggregator answers
@@ -42,6 +43,11 @@ class Topics:
     @property
     def rounds(self) -> str:
         return f"{self.prefix}/rounds"
+
+    @property
+    def resend(self) -> str:
+        """Not published to: its copy on ``reply/resend`` asks a client for an upload that never arrived."""
+        return f"{self.prefix}/resend"
 
     def global_chunk(self, round_: int, chunk: int) -> str:
         return f"{self.prefix}/global/{round_}/{chunk}"
