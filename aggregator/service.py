@@ -81,6 +81,7 @@ class AggregatorOptions:
     liveness: float = 120.0  # seconds a live birth, heartbeat or upload keeps a client selectable
     sync_interval: float = 3.0  # a client's sync requests are answered at most this often
     sync_bulk_interval: float = 30.0  # the proxy set or a package goes to one client at most this often
+    resend_after: float = 10.0  # s without an upload frame before owed clients are asked again (doubling; 0 = never)
 
 
 @dataclass
@@ -95,6 +96,8 @@ class _Round:
     nonce: str = ""  # the announcement's nonce every upload header must echo
     global_frames: list = field(default_factory=list)  # the round's global knowledge (sync answers resend it)
     frame_bytes: dict = field(default_factory=dict)  # payload bytes per message key, counted when absorbed
+    quiet_since: float = field(default_factory=time.monotonic)  # the last upload frame (or request to re-send)
+    resend_wait: float = 0.0  # quiet seconds before the next request to re-send
 
 
 class Aggregator:
@@ -296,13 +299,14 @@ class Aggregator:
         need = max(1, math.ceil(self.opts.quorum * len(plan.selected)))
         nonce = secrets.token_hex(8)
         self._round = _Round(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending), nonce=nonce,
-                             global_frames=frames)
+                             global_frames=frames, resend_wait=self.opts.resend_after)
         self._publish_control(self.topics.rounds, fedwire.Announcement(
             cfg.federation, plan.to_json(), deadline, run=self.run_id, nonce=nonce,
             global_sha256=parse_frame(frames[0], self.opts.limits)[0].sha256).to_bytes(),
             expiry=int(self.opts.round_timeout) + 1)
         while not self._round_complete() and time.time() < deadline:
             self._pump(min(time.monotonic() + 0.5, time.monotonic() + deadline - time.time()))
+            self._ask_if_quiet()
         if len(self._absorbed) < len(plan.selected):
             log.warning("round %d of %d closes with %d of %d uploads", rnd + 1, cfg.rounds, len(self._absorbed),
                         len(plan.selected))
@@ -396,19 +400,36 @@ class Aggregator:
 
     def _after_reconnect(self) -> None:
         """Uploads published while we were away from the broker reached nobody: once subscribed again, ask
-        each selected client we lack an upload from to send it again (one that has not uploaded yet
-        goes on training)."""
+        every selected client we lack an upload from to send it again."""
         births, self._births = self._births, self.link.births
         r = self._round
         if births in (0, self._births) or r is None:
             return
-        owed = [c for c in r.plan.selected if c not in self._absorbed]
-        log.info("reconnected mid-round %d: asking %d clients for their uploads", r.plan.round + 1, len(owed))
+        self._ask_resend([c for c in r.plan.selected if c not in self._absorbed], "reconnected to the broker")
+
+    def _ask_if_quiet(self) -> None:
+        """A round with no upload frame for ``resend_after`` s (doubling) asks its online owed clients again:
+        an upload the broker lost (a cluster moving its leaders, say) is sent again instead of the round
+        waiting out its deadline without it."""
+        r, now = self._round, time.monotonic()
+        quiet = now - r.quiet_since
+        if not r.resend_wait or quiet < r.resend_wait:
+            return
+        r.quiet_since, r.resend_wait = now, 2 * r.resend_wait
+        owed = [c for c in r.plan.selected if c not in self._absorbed and c in self.online]
+        if owed:
+            self._ask_resend(owed, f"no upload for {quiet:.0f} s")
+
+    def _ask_resend(self, owed: list[str], why: str) -> None:
+        """The round's signed announcement on each owed client's ``reply/resend``: one that uploaded already
+        sends its stored upload again, one still training goes on (edge_client/agent.py)."""
+        rnd = self._round.plan.round
+        log.info("round %d of %d: %s; asking %d clients for their uploads", rnd + 1, self.cfg.rounds, why, len(owed))
         announcement = self._control[self.topics.rounds][0]
         try:
             self.link.publish_all((self.topics.reply(c, self.topics.resend), announcement) for c in owed)
         except TimeoutError:
-            log.warning("request for the uploads of round %d not acknowledged in time", r.plan.round + 1)
+            log.warning("request for the uploads of round %d not acknowledged in time", rnd + 1)
 
     def _answer_syncs(self) -> None:
         for client_id, request in self._sync.due(time.monotonic()):
@@ -496,6 +517,7 @@ class Aggregator:
                 return
             done = r.reassembler.add_parsed(header, body)
             r.frame_bytes[header.key] = r.frame_bytes.get(header.key, 0) + len(payload)
+            r.quiet_since = time.monotonic()
             if done is None:
                 return
             tensors = decode_body(done.header, done.body, expected)

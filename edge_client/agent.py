@@ -98,6 +98,7 @@ class EdgeAgent:
         self._seen_round = -1  # latest round announced in the run followed
         self._uploaded = -1  # latest round uploaded for in the run followed
         self._answered = ""  # nonce of the announcement last uploaded for (a copy of it is not a new round)
+        self._answered_at = 0.0  # time.monotonic() of that upload
         self.sync = SyncClient(self.topics, options.client_id, self._sync_request,
                                lambda: self.manifest is not None and self.trainer is None)
         self.rounds_trained = 0
@@ -154,7 +155,7 @@ class EdgeAgent:
             elif msg.topic == t.rounds:
                 self._on_announcement(open_signed(self.opts.public_key, msg.topic, msg.payload))
             elif msg.topic == t.reply(self.opts.client_id, t.resend):
-                self._on_announcement(open_signed(self.opts.public_key, t.rounds, msg.payload), resend=True)
+                self._on_announcement(open_signed(self.opts.public_key, t.rounds, msg.payload), asked_at=msg.received)
             elif msg.topic.startswith(t.prefix + "/global/"):
                 self._on_global(msg.payload)
             elif msg.topic.startswith(t.prefix + "/models/") and self.opts.models is not None:
@@ -218,15 +219,16 @@ class EdgeAgent:
         self.trainer = LocalTrainer(cfg, self.opts.client_id, held, m.channels, proxy, self.store,
                                     self.opts.state_dir, m.normalizer if self.opts.normalise else None, run=m.run)
 
-    def _on_announcement(self, payload: bytes, resend: bool = False) -> None:
-        """``resend``: the aggregator lacks our upload for this announcement (lost in a broker outage, say),
-        so the answer is forgotten and the stored upload goes again."""
+    def _on_announcement(self, payload: bytes, asked_at: float | None = None) -> None:
+        """``asked_at``: when a request to re-send arrived (the aggregator lacks our upload for this
+        announcement: lost in a broker outage, say). Asked after our upload went, the answer is forgotten
+        and the stored upload goes again; asked while we were still training, the upload answers it."""
         if not payload:
             return
         ann = fedwire.Announcement.from_bytes(payload)
         if ann.federation != self.opts.federation:
             raise WireError("announcement for another federation")
-        if resend and ann.nonce and ann.nonce == self._answered:
+        if asked_at is not None and ann.nonce and ann.nonce == self._answered and asked_at > self._answered_at:
             self._answered = ""
         self._announcement = ann
         self._apply_announcement()
@@ -317,10 +319,11 @@ class EdgeAgent:
                         sender=self.opts.client_id, kind="upload", modalities=trainer.modalities,
                         nonce=self._plan_ann.nonce,
                         limits=self.opts.limits)
+        sending = time.monotonic()  # a request to re-send that arrives later is about this upload
         sent = self.link.publish_all((self.topics.upload_chunk(self.opts.client_id, plan.round, i), f)
                                      for i, f in enumerate(frames))
         self._uploaded = plan.round
-        self._answered = self._plan_ann.nonce
+        self._answered, self._answered_at = self._plan_ann.nonce, sending
         if cached is None:
             log.info("%s: round %d trained on %d samples (%d proxy windows) in %.2f s, %.1f KiB uploaded",
                      self.opts.client_id, plan.round + 1, self.store.count(), len(plan.proxy_windows),

@@ -60,7 +60,7 @@ class SyncClient:
                 self._last_frame = time.monotonic()
             return msg
         self._last_frame = time.monotonic()
-        return Message(topic, msg.payload, False)
+        return Message(topic, msg.payload, False, msg.received)
 
     def step(self, link: MqttLink) -> None:
         now = time.monotonic()

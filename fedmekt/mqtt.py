@@ -136,6 +136,7 @@ class Message:
     topic: str
     payload: bytes
     retain: bool
+    received: float = 0.0  # time.monotonic() when it arrived (a busy reader handles it later)
 
 
 def _acknowledged(info: paho.MQTTMessageInfo, timeout: float) -> bool:
@@ -432,7 +433,7 @@ class MqttLink:
             elif msg.payload and self._seen_token:
                 self._lose_session(client)
             return
-        item = Message(msg.topic, bytes(msg.payload), bool(msg.retain))
+        item = Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic())
         while not self._closing.is_set() and not self._inbox.put(item, len(item.payload), timeout=0.5):
             continue
 

@@ -172,6 +172,24 @@ class ProcessFederation:
         topic = f"fedmekt/{self.federation}/rounds"
         return [json.loads(unwrap(p)) for _, t, p in self.recorder.snapshot() if t == topic and p]
 
+    def final_probe(self) -> dict[str, float]:
+        """The converged probe's weighted F1 per modality of the run's last final record."""
+        final = json.loads((self.out / "final.jsonl").read_text().splitlines()[-1])
+        return {m: final[f"probe_f1_weighted_{m}"] for m in final["pair"].split("-")}
+
+    def inprocess_probe(self) -> dict[str, float]:
+        """The same federation in one process: what an undisturbed run must end with, bit for bit."""
+        from fedmekt.config import load_config
+        from fedmekt.federation import run_inprocess
+        from sensors.datasets import load_dataset
+        from sensors.splits import make_split
+
+        cfg = load_config(self.config)
+        split = make_split(load_dataset(cfg.dataset), cfg.pair, scheme=cfg.partition, seed=cfg.seed,
+                           clients=cfg.clients)
+        final = run_inprocess(cfg, split, progress=False).final
+        return {m: final[f"probe_f1_weighted_{m}"] for m in cfg.pair}
+
     def wait_until(self, what, timeout: float, message: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
