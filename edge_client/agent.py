@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_client.sync import SyncClient, model_held
+from edge_client.sync import RETRY, SyncClient, model_held
 from fedmekt.errors import UserError
 from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
 from fedmekt.wire import federation as fedwire
@@ -91,6 +91,7 @@ class EdgeAgent:
         self._global_rx = Reassembler(options.limits, max_pending=2)
         self._plan = None
         self._plan_ann: fedwire.Announcement | None = None  # the signed announcement of _plan (nonce, global hash)
+        self._plan_at = 0.0  # time.monotonic() when _plan came
         self._early: list[bytes] = []
         self._announcement: fedwire.Announcement | None = None  # latest, applied once its run's manifest is known
         self._served: set[str] = set()  # runs this process saw rounds of: only their "done" ends --exit-when-done
@@ -99,8 +100,8 @@ class EdgeAgent:
         self._uploaded = -1  # latest round uploaded for in the run followed
         self._answered = ""  # nonce of the announcement last uploaded for (a copy of it is not a new round)
         self._answered_at = 0.0  # time.monotonic() of that upload
-        self.sync = SyncClient(self.topics, options.client_id, self._sync_request,
-                               lambda: self.manifest is not None and self.trainer is None)
+        self.sync = SyncClient(self.topics, options.client_id, self._sync_request, self._lacking,
+                               lambda: self.manifest is None)
         self.rounds_trained = 0
         self.done = threading.Event()
         self.link: MqttLink | None = None
@@ -131,6 +132,15 @@ class EdgeAgent:
                 self._maybe_heartbeat(presence)
         self.link = None
         return self.rounds_trained
+
+    def _lacking(self) -> bool:
+        """The run's proxy set, or the global knowledge of a round we are selected for, has not come: the sync
+        request that says so is answered with it (the live copy may have been lost on a busy cluster)."""
+        if self.manifest is None:
+            return False
+        plan, ann = self._plan, self._plan_ann
+        waited = plan is not None and time.monotonic() - self._plan_at >= RETRY  # its frames are not just late
+        return self.trainer is None or (waited and (plan.round, ann.global_sha256) not in self._globals)
 
     def _sync_request(self) -> SyncRequest:
         m = self.manifest
@@ -250,6 +260,8 @@ class EdgeAgent:
         self._seen_round = max(self._seen_round, plan.round)
         again = ann.nonce and ann.nonce == self._answered
         if self.opts.client_id in plan.selected and ann.deadline > time.time() and not again:
+            if self._plan is None or self._plan_ann.nonce != ann.nonce:
+                self._plan_at = time.monotonic()
             self._plan, self._plan_ann = plan, ann
 
     def _on_global(self, payload: bytes) -> None:

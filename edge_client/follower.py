@@ -62,7 +62,8 @@ class InferenceGateway:
         self.link: MqttLink | None = None
         self.model_ready = threading.Event()  # a model is in service: the source may be read
         self.sync = SyncClient(self.topics, options.client_id, lambda: SyncRequest(
-            run=self.run_followed or "", proxy=None, model=model_held(self.opts.models)))
+            run=self.run_followed or "", proxy=None, model=model_held(self.opts.models)),
+            unserved=lambda: self.run_followed is None)
 
     def run(self, source, stop: threading.Event | None = None) -> int:
         """Serve until ``source`` ends (or ``stop`` is set); returns the number of predictions published."""

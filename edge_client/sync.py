@@ -5,8 +5,12 @@ retained messages it first lets their copies arrive (it asks once no manifest, p
 frame has come for ``GRACE`` seconds), so the request names what they brought and the answer is
 usually empty; on a broker without them (its CONNACK says so) it asks at once. A client that still
 lacks its proxy set (an answer lost on the way) asks again every ``RETRY`` seconds while nothing
-arrives. Answers come on ``clients/<id>/reply/<topic>`` and are handled as if they came on
-``<topic>``: same checks, same signatures.
+arrives. One that has heard nothing at all and still follows no run asks again after ``DEAF`` seconds
+(doubling up to ``DEAF_MAX``) and subscribes afresh first: a cluster node can acknowledge a
+subscription and then deliver nothing on it (NATS 2.9 under load, deploy/nats/README.md), and where the
+aggregator has simply not started yet the cost is one request now and then. Answers come on
+``clients/<id>/reply/<topic>`` and are handled as if they came on ``<topic>``: same checks, same
+signatures.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from fedmekt.wire.topics import Topics
 log = logging.getLogger("edge_client")
 GRACE = 1.0
 RETRY = 10.0
+DEAF = 20.0
+DEAF_MAX = 600.0
 
 
 def model_held(models) -> tuple[str, int] | None:
@@ -39,12 +45,16 @@ class SyncClient:
     """Call :meth:`step` from the client's loop and pass every message through :meth:`unwrap`."""
 
     def __init__(self, topics: Topics, client_id: str, request: Callable[[], SyncRequest],
-                 lacking: Callable[[], bool] = lambda: False):
-        self.topics, self.client_id, self.request, self.lacking = topics, client_id, request, lacking
+                 lacking: Callable[[], bool] = lambda: False, unserved: Callable[[], bool] = lambda: False):
+        """``lacking``: it follows a run but lacks its proxy set; ``unserved``: it follows no run yet."""
+        self.topics, self.client_id, self.request = topics, client_id, request
+        self.lacking, self.unserved = lacking, unserved
         self._births = 0  # the link's births already answered with a request
         self._due = math.inf  # monotonic time from which a request is to be sent
         self._last_frame = -math.inf  # the latest manifest, proxy or package frame (retained copies arriving)
         self._sent = -math.inf
+        self._heard = -math.inf  # the latest message of any kind
+        self._deaf_wait = DEAF
         self.sent = 0
 
     @property
@@ -53,6 +63,7 @@ class SyncClient:
 
     def unwrap(self, msg: Message) -> Message:
         """A reply stands for a message on the federation topic it copies; anything else passes unchanged."""
+        self._heard, self._deaf_wait = time.monotonic(), DEAF
         topic = self.topics.replied(self.client_id, msg.topic)
         if topic is None:
             if msg.topic.startswith(self.topics.prefix + "/proxy/") or msg.topic.startswith(self.topics.prefix +
@@ -69,6 +80,12 @@ class SyncClient:
             self._due = now
         elif self._due == math.inf and self.lacking() and now - max(self._sent, self._last_frame) >= RETRY:
             self._due = now
+        elif self._due == math.inf and now - max(self._sent, self._heard) >= self._deaf_wait and self.unserved() \
+                and link.connected:
+            log.info("%s: nothing heard for %.0f s; subscribing afresh and asking the aggregator again",
+                     self.client_id, now - max(self._sent, self._heard))
+            link.resubscribe()
+            self._deaf_wait, self._due = min(2 * self._deaf_wait, DEAF_MAX), now
         waited = not link.retain_available or now - max(self._due, self._last_frame) >= GRACE
         if now >= self._due and waited and link.connected:
             self._due, self._sent = math.inf, now

@@ -480,6 +480,16 @@ class MqttLink:
         return self._connected.wait(timeout)
 
     # -- traffic ----------------------------------------------------------------------------
+    def resubscribe(self) -> None:
+        """Subscribe afresh to every topic (unsubscribe, subscribe): a cluster node can acknowledge a
+        subscription and then deliver nothing on it (NATS 2.9 under load); a new one is created anew."""
+        client = self._client
+        if client is None or not self.connected:
+            return
+        for topic in self._subs:
+            client.unsubscribe(topic)
+            self._subscribe(client, topic)
+
     def subscribe(self, topic: str) -> None:
         """Subscribe now and after every reconnect (QoS 1)."""
         if topic not in self._subs:
