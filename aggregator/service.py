@@ -67,6 +67,7 @@ class AggregatorOptions:
     out: Path
     wait_clients: int = 0  # clients that must be online before round 0 (0 = per_round)
     wait_timeout: float = 600.0
+    min_clients: int = 1  # a later round opens once this many are online (or wait_timeout passed)
     round_timeout: float = 600.0  # deadline per round, seconds after the announcement
     quorum: float = 1.0  # fraction of the selected clients whose uploads close a round early
     limits: WireLimits = field(default_factory=WireLimits)
@@ -267,7 +268,14 @@ class Aggregator:
         return sorted(c for c in self.online if now - self._live.get(c, -math.inf) <= self.opts.liveness)
 
     def _await_clients(self, rnd: int) -> None:
-        """Every client gone mid-run (e.g. all gateways restarting at once): wait for them, never fail."""
+        """Every client gone mid-run (e.g. all gateways restarting at once): wait for them, never fail. Fewer
+        than ``min_clients`` online (a broker node lost, its clients failing over): wait for them up to
+        ``wait_timeout``, then go on with those there."""
+        least = self.opts.min_clients
+        if len(self.selectable()) < least:
+            log.info("%d of %d clients online before round %d: waiting up to %.0f s for the rest",
+                     len(self.selectable()), least, rnd + 1, self.opts.wait_timeout)
+            self._wait_selectable(least, time.monotonic() + self.opts.wait_timeout)
         want = self.opts.wait_clients or self.cfg.per_round
         while not self.selectable():
             log.warning("no client is online before round %d: waiting for %d clients", rnd + 1, want)

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--wait-clients", type=int, default=0,
                    help="clients that must be online before round 0 (default: per_round)")
     p.add_argument("--wait-timeout", type=float, default=600.0, help="seconds to wait for them (default 600)")
+    p.add_argument("--min-clients", type=int, default=1,
+                   help="a later round opens once this many clients are online, or after --wait-timeout s with "
+                        "those there (default 1)")
     p.add_argument("--round-timeout", type=float, default=600.0, help="deadline per round in seconds (default 600)")
     p.add_argument("--quorum", type=float, default=1.0,
                    help="fraction of the selected clients whose uploads close a round (default 1.0)")
@@ -83,6 +86,8 @@ def run(args) -> int:
         signing_key = load_private_key(args.signing_key)
     if not 0 < args.quorum <= 1:
         raise UserError("--quorum must be in (0, 1]")
+    if args.min_clients < 1:
+        raise UserError("--min-clients must be at least 1")
     try:
         limits = WireLimits(chunk_size=args.chunk_kib * 1024)
     except ValueError as exc:
@@ -94,6 +99,7 @@ def run(args) -> int:
         fedwire.save_bundle(args.bundle, manifest, frames)
         print(f"provisioning bundle written to {args.bundle}")
     options = AggregatorOptions(out=out, wait_clients=args.wait_clients, wait_timeout=args.wait_timeout,
+                                min_clients=args.min_clients,
                                 round_timeout=args.round_timeout, quorum=args.quorum, limits=limits,
                                 progress=not args.no_progress, signing_key=signing_key,
                                 package_every=args.package_every,

@@ -42,7 +42,7 @@ def test_nats_cluster_node_killed_mid_run_clients_fail_over(nats_federation):
     victims = [c for c in fed.client_ids if fed.home(c) == 2]
     for cid in fed.client_ids:
         fed.start_client(cid)
-    fed.start_aggregator()
+    fed.start_aggregator("--min-clients", str(len(fed.client_ids)))  # later rounds wait for the moved clients
     fed.wait_round_done(0)
     fed.wait_announced(1)
     killed_at = time.time()
@@ -54,6 +54,7 @@ def test_nats_cluster_node_killed_mid_run_clients_fail_over(nats_federation):
     # 1: the survivors' connections dropped too while JetStream moved its leaders); every later round absorbs
     # uploads, the first ones maybe only the untouched node's clients (2 of 6 in another; deploy/nats/README.md)
     assert all(r["absorbed"] >= 1 for r in rows if r["round"] != 1), [(r["round"], r["absorbed"]) for r in rows]
+    assert rows[-1]["selected"] == len(fed.client_ids), [(r["round"], r["selected"]) for r in rows]  # all back
     assert rows[-1]["absorbed"] >= len(fed.client_ids) // 2, [(r["round"], r["absorbed"]) for r in rows]
     for cid in victims:
         log = fed.log(cid)
