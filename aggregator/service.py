@@ -45,7 +45,7 @@ from fedmekt.accounting import message_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
 from fedmekt.engine import RoundPlan, ServerEngine, client_view
-from fedmekt.federation import RunResult, run_name, variant_label
+from fedmekt.federation import RunResult, final_record, run_name, run_record
 from fedmekt.mqtt import LinkOptions, Message, MqttLink
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Reassembler
@@ -145,10 +145,8 @@ class Aggregator:
             server.load_state_dict(resumed[0])
             rows, self.run_id = resumed[1], resumed[2] or self.run_id
             log.info("resuming from checkpoint: %d of %d rounds done", server.rounds_completed, cfg.rounds)
-        variant = variant_label(cfg)
         name = opts.name or run_name(cfg)
-        base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed,
-                "dataset": cfg.dataset, "pair": "-".join(cfg.pair)}
+        base = run_record(cfg, name)
         with MqttLink(self.url, self.link_options, subscriptions=[
                 self.topics.status_all, self.topics.uploads_all, self.topics.proxy_all,
                 self.topics.rounds, self.topics.sync_all]).connect() as link:
@@ -175,12 +173,8 @@ class Aggregator:
             self._publish_package(final=True)
             self._publish_control(self.topics.rounds, fedwire.Announcement(
                 cfg.federation, None, time.time(), done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
-        final = {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
-                 "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
-                 "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
-                 "partition": cfg.partition, "proxy_delivery": server.proxy_delivery,
-                 "bytes_proxy_once": self._proxy_bytes * len(self.online),
-                 **self._final_evaluation(), "wall_s": round(time.perf_counter() - start, 2)}
+        final = final_record(cfg, base, server.proxy_delivery, self._proxy_bytes * len(self.online),
+                             self._final_evaluation(), time.perf_counter() - start)
         state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
         return RunResult(name, cfg, rows, final, state, server.run_info())
 

@@ -57,12 +57,27 @@ def run_name(cfg: FederationConfig) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", variant_label(cfg)).strip("_") + f"-seed{cfg.seed}"
 
 
+def run_record(cfg: FederationConfig, name: str) -> dict:
+    """What every round row and the final record of a run begin with: its name and setup."""
+    return {"run": name, "algorithm": cfg.algorithm, "variant": variant_label(cfg), "seed": cfg.seed,
+            "dataset": cfg.dataset, "pair": "-".join(cfg.pair)}
+
+
+def final_record(cfg: FederationConfig, base: dict, proxy_delivery: str, proxy_bytes: int, evaluation: dict,
+                 wall_s: float) -> dict:
+    """The run's last record (final.jsonl): its setup, the one-off proxy bytes and the final evaluation."""
+    return {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
+            "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
+            "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
+            "partition": cfg.partition, "proxy_delivery": proxy_delivery, "bytes_proxy_once": proxy_bytes,
+            **evaluation, "wall_s": round(wall_s, 2)}
+
+
 def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool = True, name: str | None = None,
                   rate_hz: float | None = None, client_workers: int = 1) -> RunResult:
     """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` on ``split``; rows carry F1 and bytes per round.
     ``rate_hz`` (recorded in run.json) defaults to the split's; ``client_workers`` > 1 trains the clients in
     that many processes (same results, :mod:`fedmekt.client_pool`)."""
-    variant = variant_label(cfg)
     name = name or run_name(cfg)
     start = time.perf_counter()
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test,
@@ -71,19 +86,14 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
     private = {c.client_id: c for c in split.clients}
     once = proxy_once_bytes(cfg, split.proxy, len(split.clients))
     held = split.proxy if server.proxy_delivery == "once" else None  # "round": clients get Π_t with the views
-    base = {"run": name, "algorithm": cfg.algorithm, "variant": variant, "seed": cfg.seed, "dataset": cfg.dataset,
-            "pair": "-".join(cfg.pair)}
+    base = run_record(cfg, name)
     pool = client_pool(cfg, split.clients, split.channels, held, client_workers)
     try:
         rows = _rounds(cfg, server, pool, private, base, progress, name)
     finally:
         pool.close()
-    final = {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
-             "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
-             "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
-             "partition": cfg.partition, "proxy_delivery": server.proxy_delivery, "bytes_proxy_once": once,
-             **server.final_evaluation(),
-             "wall_s": round(time.perf_counter() - start, 2)}
+    final = final_record(cfg, base, server.proxy_delivery, once, server.final_evaluation(),
+                         time.perf_counter() - start)
     state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
     return RunResult(name, cfg, rows, final, state, server.run_info())
 
