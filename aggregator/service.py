@@ -314,7 +314,7 @@ class Aggregator:
                         len(plan.selected))
         r = self._round
         for sender, have, count in r.reassembler.forget_round(rnd):
-            self._discard(f"{sender} round {rnd}: incomplete upload ({have} of {count} chunks) when the round closed")
+            self._discard(f"{sender} round {rnd + 1}: incomplete upload ({have} of {count} chunks) when the round closed")
         row = server.finish_round(plan)
         bytes_down = sum(message_bytes(client_view(down, self.online.get(c, ())), cfg.wire_dtype, kind="global")
                          for c in plan.selected)
@@ -496,15 +496,15 @@ class Aggregator:
             if header.index == 0:
                 if r:
                     r.late += 1
-                self._discard(f"{client_id}: late upload for round {header.round}")
+                self._discard(f"{client_id}: late upload for round {header.round + 1}")
             return
         if header.round > r.plan.round or client_id not in r.plan.selected:
             if header.index == 0:
-                self._discard(f"{client_id}: not selected for round {header.round}")
+                self._discard(f"{client_id}: not selected for round {header.round + 1}")
             return
         if client_id in self._absorbed or r.reassembler.is_done(header):
             if header.index == 0:
-                self._discard(f"{client_id}: duplicate upload for round {header.round}")
+                self._discard(f"{client_id}: duplicate upload for round {header.round + 1}")
             return
         mods = self.online.get(client_id, ())
         expected = self.server.expected_upload(mods, r.plan)
@@ -526,7 +526,7 @@ class Aggregator:
             self.server.absorb(client_id, mods, tensors)
         except (WireError, ValueError) as exc:
             r.rejected += 1
-            self._discard(f"{client_id} round {header.round}: {getattr(exc, 'reason', exc)}")
+            self._discard(f"{client_id} round {header.round + 1}: {getattr(exc, 'reason', exc)}")
             return
         self._absorbed.add(client_id)
         self._live[client_id] = time.monotonic()

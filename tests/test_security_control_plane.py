@@ -209,9 +209,9 @@ def test_nonce_replayed_upload_reframed_for_a_later_round_is_refused(mosquitto, 
     finally:
         replayed.set()
         spy.close()
-    refused = [d for d in sim.discarded if d.startswith(f"{victim} round 2:") and "nonce" in d]
+    refused = [d for d in sim.discarded if d.startswith(f"{victim} round 3:") and "nonce" in d]  # 1-based
     assert refused, sim.discarded
-    assert not any("duplicate upload for round 2" in d for d in sim.discarded if d.startswith(victim))
+    assert not any("duplicate upload for round 3" in d for d in sim.discarded if d.startswith(victim))
     row = sim.result.rows[2]
     assert row["rejected"] >= 1 and row["absorbed"] == row["selected"] == 6
     ref = run_inprocess(cfg, split, progress=False)
