@@ -340,3 +340,4 @@ class EdgeAgent:
             log.info("%s: round %d trained on %d samples (%d proxy windows) in %.2f s, %.1f KiB uploaded",
                      self.opts.client_id, plan.round + 1, self.store.count(), len(plan.proxy_windows),
                      time.perf_counter() - t0, sent / 1024)
+        trainer.persist()  # the upload is on its way: the durable writes no longer hold up the round

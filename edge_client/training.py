@@ -1,8 +1,10 @@
 """Local training on the gateway: ClientEngine over the device's SampleStore, with a persistent state.
 
 The model state (and the last upload, so a re-announced round after an aggregator restart is
-answered without training twice) is written atomically after every round; a restarted client
-resumes from it when the federation config is unchanged.
+answered without training twice) is written atomically after every round, once the upload is on its
+way (``persist``: its two fsyncs stay off the round's critical path); a restarted client resumes from
+it when the federation config is unchanged. A crash before that write costs only training the round
+again from the previous state, to the same upload (the round's draws are seeded).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class LocalTrainer:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)  # model state is derived from the private samples
         self.last_round = -1
+        self._upload: dict[str, np.ndarray] | None = None  # the upload of last_round, while this process has it
+        self._unsaved = False  # trained since the last persist()
         self._config_key = config_key(cfg.to_dict())
         self.run = run
         self._resume()
@@ -71,23 +75,32 @@ class LocalTrainer:
         """A fresh local model: the aggregator began the federation again from an earlier round."""
         with TORCH_RNG_LOCK:
             self.engine = ClientEngine(*self._engine_args)
-        self.last_round = -1
+        self.last_round, self._upload, self._unsaved = -1, None, False
 
     def train(self, plan: RoundPlan, downstream: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One local round; returns the upload and persists the new state."""
+        """One local round; returns the upload. Call :meth:`persist` once it is sent."""
         # raw device samples are z-scored with the federation's statistics as they are read
         normalise = None if self.normalizer is None else self.normalizer.apply
         with self.store.open_partition(self.modalities, transform=normalise) as private:
             upload = self.engine.train_round(plan, client_view(downstream, self.modalities), private)
-        self.last_round = plan.round
-        meta = {"config": self._config_key, "client": self.client_id, "run": self.run, "last_round": str(plan.round)}
-        atomic_write_bytes(self.state_dir / STATE, tensor_bytes(self.engine.state_dict(), meta))
-        atomic_write_bytes(self.state_dir / LAST_UPLOAD, tensor_bytes(upload, meta))
+        self.last_round, self._upload, self._unsaved = plan.round, upload, True
         return upload
 
+    def persist(self) -> None:
+        """Write the state and the upload of the round trained last (atomically, each fsynced)."""
+        if not self._unsaved:
+            return
+        meta = {"config": self._config_key, "client": self.client_id, "run": self.run,
+                "last_round": str(self.last_round)}
+        atomic_write_bytes(self.state_dir / STATE, tensor_bytes(self.engine.state_dict(), meta))
+        atomic_write_bytes(self.state_dir / LAST_UPLOAD, tensor_bytes(self._upload, meta))
+        self._unsaved = False
+
     def cached_upload(self, round_: int) -> dict[str, np.ndarray] | None:
-        """The upload already computed for ``round_`` (re-announced after an aggregator restart)."""
-        path = self.state_dir / LAST_UPLOAD
-        if round_ != self.last_round or not path.exists():
+        """The upload already computed for ``round_`` (asked for again, or re-announced after a restart)."""
+        if round_ != self.last_round:
             return None
-        return load_file(str(path))
+        if self._upload is not None:
+            return self._upload
+        path = self.state_dir / LAST_UPLOAD
+        return load_file(str(path)) if path.exists() else None

@@ -117,7 +117,9 @@ def test_local_trainer_trains_as_on_the_whole_read_partition(tmp_path, budget, r
             want = reference.train_round(plan, down, private)
             assert sorted(got) == sorted(want)
             assert all(got[k].tobytes() == want[k].tobytes() for k in want)
-            cached = trainer.cached_upload(round_)  # what a re-send after a restart or an outage sends
+            trainer.persist()  # what a restarted client re-sends: the stored copy, read back by a fresh trainer
+            cached = LocalTrainer(cfg, "c0", mods, channels, split.proxy, store, tmp_path / "state",
+                                  NORMALIZER).cached_upload(round_)
             assert sorted(cached) == sorted(got) and all(np.array_equal(cached[k], got[k]) for k in got)
     state, ref_state = trainer.engine.state_dict(), reference.state_dict()
     assert sorted(state) == sorted(ref_state)
