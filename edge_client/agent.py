@@ -9,8 +9,8 @@ Protocol seen from a client (topics under ``fedmekt/<federation>/``):
 3. keep the latest global knowledge (``global/<round>/<chunk>``) and, when the retained ``rounds``
    announcement selects this client, train on the whole local store and upload
    ``clients/<id>/upload/<round>/<chunk>``;
-4. when the aggregator lacks an upload it holds a record of (``clients/<id>/reply/resend``: the
-   round's signed announcement again, after a broker outage), send the stored upload again;
+4. when the aggregator asks again for an upload it never received (``clients/<id>/reply/resend``:
+   the round's signed announcement, after a broker outage or a lost message), send the kept upload;
 5. with a model service (``--public-key``), receive the signed packages on ``models/#``, verify and
    install them (a refused one leaves the model in service); with ``--infer`` each live sensor
    batch is classified by the model in service and the predictions go to ``clients/<id>/inference``.
