@@ -138,9 +138,13 @@ class EdgeAgent:
         request that says so is answered with it (the live copy may have been lost on a busy cluster)."""
         if self.manifest is None:
             return False
+        waited = time.monotonic() - self._plan_at >= RETRY  # its frames are not just late
+        return self.trainer is None or (waited and self._lacks_knowledge())
+
+    def _lacks_knowledge(self) -> bool:
+        """Selected for a round whose global knowledge we do not hold."""
         plan, ann = self._plan, self._plan_ann
-        waited = plan is not None and time.monotonic() - self._plan_at >= RETRY  # its frames are not just late
-        return self.trainer is None or (waited and (plan.round, ann.global_sha256) not in self._globals)
+        return plan is not None and (plan.round, ann.global_sha256) not in self._globals
 
     def _sync_request(self) -> SyncRequest:
         m = self.manifest
@@ -242,6 +246,8 @@ class EdgeAgent:
             self._answered = ""
         self._announcement = ann
         self._apply_announcement()
+        if asked_at is not None and self._lacks_knowledge():
+            self.sync.ask_now()  # its knowledge went by while we could not hear it: not on the way any more
 
     def _apply_announcement(self) -> None:
         """Act on the latest announcement if it belongs to the run of the manifest we hold."""

@@ -73,6 +73,10 @@ class SyncClient:
         self._last_frame = time.monotonic()
         return Message(topic, msg.payload, False, msg.received)
 
+    def ask_now(self) -> None:
+        """Send a request at the next step: what the client lacks is known not to be on the way."""
+        self._due = min(self._due, time.monotonic())
+
     def step(self, link: MqttLink) -> None:
         now = time.monotonic()
         if link.births != self._births:

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                    help="a later round opens once this many clients are online, or after --wait-timeout s with "
                         "those there (default 1)")
     p.add_argument("--round-timeout", type=float, default=600.0, help="deadline per round in seconds (default 600)")
+    p.add_argument("--resend-after", type=float, default=10.0,
+                   help="seconds without an upload before the clients still owing one are asked again "
+                        "(doubling each time; 0 = never; default 10)")
     p.add_argument("--quorum", type=float, default=1.0,
                    help="fraction of the selected clients whose uploads close a round (default 1.0)")
     p.add_argument("--chunk-kib", type=int, default=256, help="MQTT payload size limit in KiB (default 256)")
@@ -88,6 +91,8 @@ def run(args) -> int:
         raise UserError("--quorum must be in (0, 1]")
     if args.min_clients < 1:
         raise UserError("--min-clients must be at least 1")
+    if not 0 <= args.resend_after < float("inf"):
+        raise UserError("--resend-after must be a number of seconds >= 0")
     try:
         limits = WireLimits(chunk_size=args.chunk_kib * 1024)
     except ValueError as exc:
@@ -99,7 +104,7 @@ def run(args) -> int:
         fedwire.save_bundle(args.bundle, manifest, frames)
         print(f"provisioning bundle written to {args.bundle}")
     options = AggregatorOptions(out=out, wait_clients=args.wait_clients, wait_timeout=args.wait_timeout,
-                                min_clients=args.min_clients,
+                                min_clients=args.min_clients, resend_after=args.resend_after,
                                 round_timeout=args.round_timeout, quorum=args.quorum, limits=limits,
                                 progress=not args.no_progress, signing_key=signing_key,
                                 package_every=args.package_every,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -118,6 +119,46 @@ def test_broker_killed_and_restarted_mid_run(federation):
     reconnects = sum(fed.log(c).count("disconnected from broker") for c in fed.client_ids)
     assert reconnects >= len(fed.client_ids)  # every client really lost the broker and came back by itself
     record("fault", "broker SIGKILLed and restarted mid-run", lost=fed.rounds - len(rows))
+
+
+def _deafen(fed: ProcessFederation, client_id: str) -> None:
+    """Take ``client_id``'s read rights on the live ``rounds`` and ``global/`` topics out of the broker's ACL
+    and reload it: the broker delivers neither to it (as a busy cluster node dropping them would); its
+    ``reply/`` topics still reach it."""
+    acl = fed.secure.broker_dir / "acl"
+    lines, block = [], None
+    for line in acl.read_text().splitlines():
+        block = line.split()[1] if line.startswith("user ") else (None if not line else block)
+        if block == client_id and line in (f"topic read fedmekt/{fed.federation}/rounds",
+                                           f"topic read fedmekt/{fed.federation}/global/#"):
+            continue
+        lines.append(line)
+    acl.write_text("\n".join(lines) + "\n")
+    fed.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads its ACL
+    time.sleep(0.5)
+
+
+def test_client_that_never_hears_the_live_rounds_still_trains_every_round(federation):
+    """One client never gets an announcement or global knowledge as published: each round the aggregator,
+    hearing no upload for a while, asks it on ``reply/resend`` (the signed announcement), its sync request
+    brings the knowledge, and every round ends with every upload, bit for bit as the undisturbed run."""
+    fed = federation(rounds=2, round_timeout=60.0, secure=True)
+    deaf = fed.client_ids[1]
+    _deafen(fed, deaf)
+    for cid in fed.client_ids:
+        fed.start_client(cid)
+    fed.start_aggregator("--resend-after", "3")
+    assert fed.wait_exit("aggregator", 300) == 0, fed.log("aggregator")[-3000:]
+    for cid in fed.client_ids:
+        if cid != deaf:
+            assert fed.wait_exit(cid, 60) == 0, fed.log(cid)[-3000:]
+    fed.kill(deaf)  # the run's "done" is an announcement too: it waits for the next run, as a daemon would
+    rows = assert_every_round_once(fed)
+    assert [r["absorbed"] for r in rows] == [r["selected"] for r in rows] == [len(fed.client_ids)] * fed.rounds
+    assert "asking 1 clients for their uploads" in fed.log("aggregator")  # only the ask brought it a round
+    assert [f"round {r + 1} trained" in fed.log(deaf) for r in range(fed.rounds)] == [True] * fed.rounds
+    assert fed.final_probe() == pytest.approx(fed.inprocess_probe(), abs=1e-9)
+    record("fault", "client deaf to the live rounds and knowledge (ACL)", lost=fed.rounds - len(rows))
 
 
 def test_aggregator_sigkilled_resumes_from_last_checkpoint(federation):
