@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,7 @@ class EdgeAgent:
         self._served: set[str] = set()  # runs this process saw rounds of: only their "done" ends --exit-when-done
         self._next_heartbeat = 0.0
         self._seen_round = -1  # latest round announced in the run followed
+        self._nonces: deque[str] = deque(maxlen=16)  # of the run's recent announcements (a restart brings new ones)
         self._uploaded = -1  # latest round uploaded for in the run followed
         self._answered = ""  # nonce of the announcement last uploaded for (a copy of it is not a new round)
         self._answered_at = 0.0  # time.monotonic() of that upload
@@ -202,6 +204,7 @@ class EdgeAgent:
             return
         self.manifest, self.trainer, self._plan = manifest, None, None
         self._seen_round = self._uploaded = -1
+        self._nonces.clear()
         self._globals.clear()
         self._global_rx = Reassembler(self.opts.limits, max_pending=2)  # a new run may resend identical knowledge
         self._proxy_rx = fedwire.ProxyReceiver(manifest)
@@ -262,6 +265,10 @@ class EdgeAgent:
                 log.info("%s: federation run %s finished; waiting for the next run", self.opts.client_id, m.run)
             return
         plan = ann.round_plan()
+        if ann.nonce and ann.nonce in self._nonces and plan.round < self._seen_round:
+            return  # a late copy of an older round's announcement (reordered, or asked for as that round closed)
+        if ann.nonce not in self._nonces:
+            self._nonces.append(ann.nonce)
         self._served.add(m.run)
         self._seen_round = max(self._seen_round, plan.round)
         again = ann.nonce and ann.nonce == self._answered
