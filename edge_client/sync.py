@@ -4,8 +4,8 @@ After every (re)connect the client asks the aggregator for what it lacks. On a b
 retained messages it first lets their copies arrive (it asks once no manifest, proxy or package
 frame has come for ``GRACE`` seconds), so the request names what they brought and the answer is
 usually empty; on a broker without them (its CONNACK says so) it asks at once. A client that still
-lacks its proxy set (an answer lost on the way) asks again every ``RETRY`` seconds while nothing
-arrives. One that has heard nothing at all and still follows no run asks again after ``DEAF`` seconds
+lacks its proxy set, or the global knowledge of a round it is selected for (an answer or a message lost
+on the way), asks again every ``RETRY`` seconds while nothing arrives. One that has heard nothing at all and still follows no run asks again after ``DEAF`` seconds
 (doubling up to ``DEAF_MAX``) and subscribes afresh first: a cluster node can acknowledge a
 subscription and then deliver nothing on it (NATS 2.9 under load, deploy/nats/README.md), and where the
 aggregator has simply not started yet the cost is one request now and then. Answers come on
@@ -46,7 +46,8 @@ class SyncClient:
 
     def __init__(self, topics: Topics, client_id: str, request: Callable[[], SyncRequest],
                  lacking: Callable[[], bool] = lambda: False, unserved: Callable[[], bool] = lambda: False):
-        """``lacking``: it follows a run but lacks its proxy set; ``unserved``: it follows no run yet."""
+        """``lacking``: it follows a run but lacks its proxy set or a selected round's knowledge;
+        ``unserved``: it follows no run yet."""
         self.topics, self.client_id, self.request = topics, client_id, request
         self.lacking, self.unserved = lacking, unserved
         self._births = 0  # the link's births already answered with a request
