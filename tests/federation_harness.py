@@ -124,6 +124,12 @@ class ProcessFederation:
             args += ["--source", f"split:{self.config}"]
         return self._spawn(cid, args + list(extra), env)
 
+    def start_all(self, *aggregator_args: str) -> None:
+        """Every client (its store filled from the split), then the aggregator with ``aggregator_args``."""
+        for cid in self.client_ids:
+            self.start_client(cid)
+        self.start_aggregator(*aggregator_args)
+
     def start_aggregator(self, *extra: str) -> subprocess.Popen:
         broker, env = self._broker_args("aggregator")
         if self.secure:

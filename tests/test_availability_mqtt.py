@@ -39,9 +39,7 @@ def latest_status(fed: ProcessFederation, cid: str) -> str | None:
 
 def test_no_client_online_aggregator_waits_for_restarted_gateways(federation):
     fed = federation(rounds=4, clients=(1, 1, 1), per_round=3, round_timeout=20.0)
-    for cid in fed.client_ids:
-        fed.start_client(cid)
-    fed.start_aggregator()
+    fed.start_all()
     fed.wait_round_done(0)
     fed.wait_announced(1)
     for cid in fed.client_ids:  # every gateway restarts at once (a site power cut)
@@ -77,9 +75,7 @@ def test_next_run_daemon_clients_train_in_the_next_run(federation, tmp_path):
 
 def test_exit_when_done_client_ignores_the_previous_runs_done(federation, tmp_path):
     fed = federation(rounds=1, clients=(1, 1, 1), per_round=3)
-    for cid in fed.client_ids:
-        fed.start_client(cid)
-    fed.start_aggregator()
+    fed.start_all()
     fed.run_to_end(timeout=240)  # run 1 is over: its manifest and "done" stay retained
     for cid in fed.client_ids:
         fed.start_client(cid, fill_store=False)
@@ -132,9 +128,7 @@ def test_magnitude_huge_upload_is_rejected_and_the_honest_one_lands(federation):
     from fedmekt.wire.codec import encode, parse_frame
 
     fed = federation(rounds=3, clients=(1, 1, 1), per_round=3, round_timeout=60.0)
-    for cid in fed.client_ids:
-        fed.start_client(cid)
-    fed.start_aggregator()
+    fed.start_all()
     fed.wait_round_done(0)
     victim = fed.client_ids[0]
     fed.wait_until(lambda: _round_frames(fed, victim, 0), 30, "the victim's round-0 upload")

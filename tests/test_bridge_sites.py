@@ -251,9 +251,7 @@ def test_bridge_dropped_and_restored_mid_run(tmp_path):
     fed = BridgedFederation(tmp_path, SITES, rounds=5, round_timeout=8.0, **CLIENTS)
     site = fed.sites["site-a"]
     try:
-        for cid in fed.client_ids:
-            fed.start_client(cid)
-        fed.start_aggregator()
+        fed.start_all()
         fed.wait_announced(1, timeout=240)
         site.link.cut()
         fed.wait_bridge("site-a", b"0", 30)  # the lab published the bridge's Will

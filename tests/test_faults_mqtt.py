@@ -48,9 +48,7 @@ def test_killed_clients_round_closes_at_deadline_then_they_rejoin(federation):
     from sensors.store import SampleStore
 
     fed = federation(rounds=12, round_timeout=20.0)
-    for cid in fed.client_ids:
-        fed.start_client(cid)
-    fed.start_aggregator()
+    fed.start_all()
     fed.wait_round_done(0)
     assert next(r for r in fed.metrics() if r["round"] == 0)["absorbed"] == len(fed.client_ids)
     plan = fed.wait_announced(1)
@@ -103,9 +101,7 @@ def test_killed_clients_round_closes_at_deadline_then_they_rejoin(federation):
 
 def test_broker_killed_and_restarted_mid_run(federation):
     fed = federation(rounds=6, round_timeout=30.0)
-    for cid in fed.client_ids:
-        fed.start_client(cid)
-    fed.start_aggregator()
+    fed.start_all()
     fed.wait_round_done(1)
     fed.wait_announced(2)
     fed.broker.kill()
@@ -145,9 +141,7 @@ def test_client_that_never_hears_the_live_rounds_still_trains_every_round(federa
     fed = federation(rounds=2, round_timeout=60.0, secure=True)
     deaf = fed.client_ids[1]
     _deafen(fed, deaf)
-    for cid in fed.client_ids:
-        fed.start_client(cid)
-    fed.start_aggregator("--resend-after", "3")
+    fed.start_all("--resend-after", "3")
     assert fed.wait_exit("aggregator", 300) == 0, fed.log("aggregator")[-3000:]
     for cid in fed.client_ids:
         if cid != deaf:
@@ -166,9 +160,7 @@ def test_aggregator_sigkilled_resumes_from_last_checkpoint(federation):
     from safetensors.numpy import load_file
 
     fed = federation(rounds=6, round_timeout=30.0)
-    for cid in fed.client_ids:
-        fed.start_client(cid)
-    fed.start_aggregator()
+    fed.start_all()
     fed.wait_round_done(2)
     fed.wait_announced(3)
     fed.kill("aggregator")

@@ -40,9 +40,7 @@ def test_nats_cluster_node_killed_mid_run_clients_fail_over(nats_federation):
     the MQTT streams), so a round under way may close without an upload or two: every round still completes."""
     fed = nats_federation
     victims = [c for c in fed.client_ids if fed.home(c) == 2]
-    for cid in fed.client_ids:
-        fed.start_client(cid)
-    fed.start_aggregator("--min-clients", str(len(fed.client_ids)))  # later rounds wait for the moved clients
+    fed.start_all("--min-clients", str(len(fed.client_ids)))  # later rounds wait for the moved clients
     fed.wait_round_done(0)
     fed.wait_announced(1)
     killed_at = time.time()
@@ -87,9 +85,7 @@ def test_nats_cluster_federation_equals_inprocess(nats_federation):
     is asked for again after a quiet spell) and the final probe is the in-process run's of the same seed, which
     a federation through one mosquitto matches bit for bit (tests/test_faults_mqtt.py)."""
     fed = nats_federation
-    for cid in fed.client_ids:
-        fed.start_client(cid)
-    fed.start_aggregator()
+    fed.start_all()
     fed.run_to_end(timeout=300)
     rows = _rows(fed)
     assert [(r["round"], r["absorbed"]) for r in rows] == [(i, len(fed.client_ids)) for i in range(fed.rounds)]

@@ -68,9 +68,7 @@ def secured_run(tmp_path_factory):
     """A 3-round federation over TLS with passwords and the ACL; returns (federation, recorded messages)."""
     fed = ProcessFederation(tmp_path_factory.mktemp("privacy"), rounds=3, round_timeout=30.0, secure=True)
     try:
-        for cid in fed.client_ids:
-            fed.start_client(cid)
-        fed.start_aggregator()
+        fed.start_all()
         fed.run_to_end(timeout=300)
         yield fed, fed.recorder.snapshot()
     finally:
