@@ -260,8 +260,7 @@ class ServerEngine:
         for client_id in self._absorbed:
             self._absorbed_rounds[client_id] = self._absorbed_rounds.get(client_id, 0) + 1
         if self._absorbed:
-            row.update(self.algorithm.server_update(self.party, means, self._proxy(plan),
-                                                    rng_for(self.cfg.seed, _SERVER, plan.round)))
+            row.update(self._server_update(plan, means))
         row["loss_classifier"] = train_classifier_round(
             self.model, self.head, self.head_optim, self.labelled, self.cfg,
             rng_for(self.cfg.seed, _CLASSIFIER, plan.round), self.device)
@@ -273,6 +272,16 @@ class ServerEngine:
         self.rounds_completed = plan.round + 1
         self._mean = None
         return row
+
+    def _server_update(self, plan: RoundPlan, means: Tensors) -> dict[str, float]:
+        return self.algorithm.server_update(self.party, means, self._proxy(plan),
+                                            rng_for(self.cfg.seed, _SERVER, plan.round))
+
+    def update_without_uploads(self, plan: RoundPlan) -> dict[str, float]:
+        """The round's server steps with no knowledge from clients (FedMEKT: reconstruction of the proxy set
+        and its walk, the same draws and steps as a round that absorbed uploads): the ``proxy-only`` row."""
+        _check_plan(self.cfg, plan, self.proxy)
+        return self._server_update(plan, {})
 
     def final_evaluation(self) -> dict:
         """Linear probe trained to convergence on the frozen final encoder, plus the majority floor."""

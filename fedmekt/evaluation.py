@@ -6,11 +6,12 @@ Two probes of the global encoder:
   round; each round the test set of a modality is treated as ONE sequence cut into ``eval_chunk``-step
   chunks (each from a zero LSTM state), weighted F1 is computed per chunk and averaged over chunks
   (``f1_paper``); the table value is the median of the last 10 rounds;
-* the final linear probe: a fresh head trained to convergence (full-batch L-BFGS) on the frozen final
-  encoder's per-step representations of the labelled partition; weighted F1, macro F1 and accuracy over the
-  whole test set (every segment encoded from a zero state in ``eval_chunk`` chunks), with the majority-class
-  floor (the labelled set's most frequent class predicted everywhere — no peeking at test labels);
-  ``raw_probe`` fits the same head on the unencoded per-step features (the reference row an encoder must beat).
+* the final linear probe (``modality_probes``, the one probe of every table row): per test modality, a fresh
+  linear head trained to convergence (full-batch L-BFGS) on that modality's frozen per-step features of the
+  labelled partition; weighted F1, macro F1 and accuracy over the whole test set (every segment encoded from
+  a zero state in ``eval_chunk`` chunks), with the majority-class floor (the labelled set's most frequent
+  class predicted everywhere — no peeking at test labels); ``raw_probe`` is the same probe on the unencoded
+  per-step features (the reference row an encoder must beat).
 
 Rows labelled -1 are ignored everywhere. F1 is numpy (no sklearn), matching sklearn's definitions.
 """
@@ -75,9 +76,13 @@ def encode_rows(model: SplitAutoencoder, x: np.ndarray, modality: str, bounds: l
 
 def train_classifier_round(model: SplitAutoencoder, head: LinearHead, opt: torch.optim.Optimizer,
                            labelled: Partition, cfg: FederationConfig, rng: np.random.Generator,
-                           device: torch.device) -> float:
+                           device: torch.device, tune_encoder: bool = False) -> float:
     """One round of generalized classifier learning: ``classifier_epochs`` × each label modality (spec §4.9),
-    each walk bounded by its share of ``hyper.classifier_step_budget``."""
+    each walk bounded by its share of ``hyper.classifier_step_budget``.
+
+    The encoder is frozen, as in the federation; ``tune_encoder`` lets the loss train it too (``opt`` then
+    holds its parameters): the supervised reference rows (``fedmekt.reference_rows``).
+    """
     losses = []
     steps = epoch_steps(cfg.hyper.classifier_step_budget, cfg.hyper.classifier_epochs)
     for _ in range(cfg.hyper.classifier_epochs):
@@ -85,7 +90,7 @@ def train_classifier_round(model: SplitAutoencoder, head: LinearHead, opt: torch
             for xs, ys in private_epoch(labelled, (m,), cfg, rng, device, steps):
                 if not bool((ys >= 0).any()):
                     continue
-                with torch.no_grad():
+                with torch.set_grad_enabled(tune_encoder):
                     z, _ = model.encode(xs[m], m)
                 loss = classifier_loss(head(z), ys)
                 opt.zero_grad(set_to_none=True)
@@ -108,25 +113,36 @@ def paper_probe(model: SplitAutoencoder, head: LinearHead, test: Partition, moda
 
 
 def linear_probe(model: SplitAutoencoder, labelled: Partition, test: Partition, cfg: FederationConfig,
-                 n_classes: int, device: torch.device, seed: int, train_modalities: tuple[str, ...] | None = None,
-                 test_modalities: tuple[str, ...] | None = None) -> dict[str, float]:
-    """Fresh head trained to convergence on the frozen encoder; metrics per test modality and the floor.
+                 n_classes: int, device: torch.device, seed: int,
+                 modalities: tuple[str, ...] | None = None) -> dict[str, float]:
+    """The final probe (``modality_probes``) on the frozen encoder's per-step z of each of ``modalities``.
 
-    The head learns from ``train_modalities`` (default the label modalities) and is scored on every one of
-    ``test_modalities`` (default the pair) — a unimodal client's own encoder is probed on what it holds.
+    ``modalities`` defaults to the pair; a unimodal client's own encoder is probed on what it holds.
     """
-    return fit_probe(lambda m, part, bounds: encode_rows(model, part.modalities[m], m, bounds, device),
-                     model.rep_size, labelled, test, train_modalities or cfg.label_modalities,
-                     test_modalities or cfg.pair, cfg, n_classes, device, seed)
+    return modality_probes(lambda m, part, bounds: encode_rows(model, part.modalities[m], m, bounds, device),
+                           lambda m: model.rep_size, labelled, test, modalities or cfg.pair, cfg, n_classes,
+                           device, seed)
 
 
 def raw_probe(labelled: Partition, test: Partition, cfg: FederationConfig, n_classes: int, device: torch.device,
               seed: int) -> dict[str, float]:
-    """The same probe on the unencoded per-step features, one head per modality: what an encoder must beat."""
+    """The same probe on the unencoded per-step features: what an encoder must beat."""
+    return modality_probes(lambda m, part, bounds: raw_rows(part.modalities[m], bounds, device),
+                           lambda m: labelled.modalities[m].shape[1], labelled, test, cfg.pair, cfg, n_classes,
+                           device, seed)
+
+
+def modality_probes(features, dim, labelled: Partition, test: Partition, modalities: tuple[str, ...],
+                    cfg: FederationConfig, n_classes: int, device: torch.device, seed: int) -> dict[str, float]:
+    """THE probe of every row of a table: per test modality m, a fresh linear head (``fit_probe``) fitted on
+    m's features of the labelled set and scored on m's features of the test set.
+
+    One definition for encoders, raw features and each local-only client alike, so rows differ only in the
+    features they offer (``features(m, partition, bounds) -> [rows, dim(m)]``), never in how they are probed.
+    """
     out: dict[str, float] = {}
-    for m in cfg.pair:
-        probe = fit_probe(lambda mod, part, bounds: raw_rows(part.modalities[mod], bounds, device),
-                          labelled.modalities[m].shape[1], labelled, test, (m,), (m,), cfg, n_classes, device, seed)
+    for m in modalities:
+        probe = fit_probe(features, dim(m), labelled, test, (m,), (m,), cfg, n_classes, device, seed)
         out.update({k: v for k, v in probe.items() if k != "probe_train_loss"})
         out[f"probe_train_loss_{m}"] = probe["probe_train_loss"]
     return out

@@ -1,16 +1,28 @@
-"""Reference rows of a reproduction, on the same split and test set as the federated runs.
+"""Reference rows of a reproduction, on the same split, test set and probe as the federated runs.
 
-A federated encoder is only worth its bytes if it beats what needs no federation, so every table carries:
+They answer "does federation help?": each is what some party gets without (part of) the federation.
+Every row is scored by THE probe of the tables (``fedmekt.evaluation.modality_probes``: per test modality a
+fresh linear head on that modality's features), so rows differ only in the features they offer.
 
-* ``raw-features``: the final linear probe on the unencoded per-step features (one head per modality);
+* ``raw-features``: the unencoded per-step features (no training);
+* ``labelled-only``: the federation's encoder and head trained supervised, end to end, on the server's
+  labelled set alone, with the classifier's schedule of the whole run (every round's ``classifier_epochs``
+  walks per label modality): what a user gets with no unlabelled data and no federation;
+* ``proxy-only``: the server's autoencoder trained on its proxy set alone with FedMEKT-C's server steps of
+  every round (the same draws; no knowledge from clients): what the server gets without clients;
 * ``local-only``: every client trains its own autoencoder in exactly the rounds the federation selects it,
   with the same seeded draws and local steps, and never exchanges anything; the row is the mean, over the
-  clients holding a test modality, of each one's probe (trained on the modalities it holds);
-* ``centralized``: ONE autoencoder takes every local step of the federation (same clients, rounds, draws and
-  number of steps), i.e. it trains on the pooled client data with nothing averaged — the upper bound.
+  clients holding a test modality, of each one's probe of that modality;
+* ``pooled``: ONE autoencoder takes every local step of the federation (same clients, rounds, draws) and
+  every round's proxy-only server steps: the pooled client data and the proxy set, the federation's total
+  steps, nothing averaged;
+* ``supervised-ceiling``: the same encoder and head trained supervised on every client's data WITH its
+  labels (the clients' local steps of the run) and the labelled set (labelled-only's steps). In a deployment
+  those labels never leave a device: the row is the upper reference, not something a federation can reach.
 
-Local training is mmFedAvg's client step (plain split-autoencoder reconstruction, ``ClientEngine``), so
-the rows cost about one federated run's client work and no server rounds. No I/O here.
+Local reconstruction is mmFedAvg's client step (plain split-autoencoder reconstruction, ``ClientEngine``).
+Each record's ``local_steps`` counts client-side optimizer steps, ``server_steps`` the server-side ones
+(proxy or labelled set). No I/O here.
 """
 
 from __future__ import annotations
@@ -21,21 +33,28 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from fedmekt.algorithms.base import Party, enc
+from fedmekt.algorithms.base import ModuleOptimizers, Party, dec, enc, epoch_steps, private_epoch
 from fedmekt.config import FederationConfig
-from fedmekt.engine import _PROBE, ClientEngine, ServerEngine, _seed, client_view, resolve_device
-from fedmekt.evaluation import linear_probe, raw_probe
+from fedmekt.engine import (
+    _CLASSIFIER, _CLIENT, _HEAD, _PROBE, ClientEngine, RoundPlan, ServerEngine, _seed, build_model, client_key,
+    client_view, resolve_device, rng_for,
+)
+from fedmekt.evaluation import linear_probe, raw_probe, train_classifier_round
+from fedmekt.losses import classifier_loss
+from fedmekt.model import LinearHead, SplitAutoencoder
 from sensors.partition import FederatedSplit
 
-REFERENCES = ("raw-features", "local-only", "centralized")
+REFERENCES = ("raw-features", "labelled-only", "proxy-only", "local-only", "pooled", "supervised-ceiling")
 LOCAL_TRAINER = "mmfedavg"   # whose client step trains the reference autoencoders
+PROXY_SERVER = "fedmekt-c"   # whose server steps train proxy-only (and pooled's server share)
 
 
-def _record(cfg: FederationConfig, name: str, start: float, metrics: dict, steps: int) -> dict:
+def _record(cfg: FederationConfig, name: str, start: float, metrics: dict, steps: int, server_steps: int = 0) -> dict:
     return {"dataset": cfg.dataset, "pair": "-".join(cfg.pair), "seed": cfg.seed, "clients": list(cfg.clients),
             "per_round": cfg.per_round, "rounds": cfg.rounds, "partition": cfg.partition, "reference": True,
             "local_trainer": LOCAL_TRAINER, "run": f"{name}-seed{cfg.seed}", "algorithm": name, "variant": name,
-            "local_steps": steps, **metrics, "wall_s": round(time.perf_counter() - start, 2)}
+            "rep_size": cfg.resolved_rep_size(), "local_steps": steps, "server_steps": server_steps, **metrics,
+            "wall_s": round(time.perf_counter() - start, 2)}
 
 
 def raw_features_final(cfg: FederationConfig, split: FederatedSplit) -> dict:
@@ -47,49 +66,128 @@ def raw_features_final(cfg: FederationConfig, split: FederatedSplit) -> dict:
 
 
 def reference_finals(cfg: FederationConfig, split: FederatedSplit) -> list[dict]:
-    """``final.jsonl`` records of the three reference rows for ``cfg``'s seed, rounds and client sampling."""
+    """``final.jsonl`` records of every reference row for ``cfg``'s seed, rounds and client sampling."""
     out = [raw_features_final(cfg, split)]
     cfg = replace(cfg, algorithm=LOCAL_TRAINER)
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
     ids = sorted(c.client_id for c in split.clients)
     plans = [server.plan_round(r, ids) for r in range(cfg.rounds)]
+    proxy_server = _proxy_server(cfg, split)
+    proxy_plans = [proxy_server.plan_round(r, ids) for r in range(cfg.rounds)]   # FedMEKT-C's Π_t draws
     n_classes, seed = len(split.label_names), _seed(cfg, _PROBE)   # the federated runs' probe seed
 
-    def record(name: str, start: float, metrics: dict, steps: int) -> dict:
-        return _record(cfg, name, start, metrics, steps)
+    def record(name: str, start: float, model: SplitAutoencoder, steps: int, server_steps: int = 0) -> dict:
+        return _record(cfg, name, start, server_probe(server, model), steps, server_steps)
+
+    start = time.perf_counter()
+    supervised = _Supervised(cfg, split)
+    for plan in plans:
+        supervised.labelled_round(plan.round)
+    out.append(record("labelled-only", start, supervised.model, 0, supervised.steps))
+
+    start = time.perf_counter()
+    for plan in proxy_plans:
+        proxy_server.update_without_uploads(plan)
+    out.append(record("proxy-only", start, proxy_server.model, 0, server_optimizer_steps(proxy_server.party)))
 
     start = time.perf_counter()
     locals_ = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, None) for c in split.clients}
-    _train(locals_, plans, split)
+    for plan in plans:
+        _train_round(locals_, plan, split)
     probes = {cid: linear_probe(e.model, split.labelled, split.test, cfg, n_classes, e.device, seed,
-                                train_modalities=tuple(m for m in cfg.label_modalities if m in e.modalities)
-                                or e.modalities, test_modalities=e.modalities)
+                                modalities=e.modalities)
               for cid, e in locals_.items()}
-    out.append(record("local-only", start, _mean_over_holders(probes, locals_, cfg),
-                      sum(optimizer_steps(e.party) for e in locals_.values())))
+    out.append(_record(cfg, "local-only", start, _mean_over_holders(probes, locals_, cfg),
+                       sum(optimizer_steps(e.party) for e in locals_.values())))
 
     start = time.perf_counter()
-    central = ClientEngine(cfg, "centralized", cfg.pair, split.channels, None)
+    pooled = _proxy_server(cfg, split)
+    central = ClientEngine(cfg, "pooled", cfg.pair, split.channels, None)
+    central.model = pooled.model   # the same initialisation (build_model): one model, client and server optimizers
+    central.party = replace(central.party, model=pooled.model, optim=ModuleOptimizers(pooled.model, cfg.hyper.lr_local))
     views = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, None) for c in split.clients}
     for view in views.values():   # each client's draws and modalities, the one shared model and optimizers
         view.model, view.party = central.model, replace(central.party, modalities=view.modalities)
-    _train(views, plans, split)
-    out.append(record("centralized", start,
-                      server_probe(server, central.model), optimizer_steps(central.party)))
+    for plan, proxy_plan in zip(plans, proxy_plans):
+        _train_round(views, plan, split)
+        pooled.update_without_uploads(proxy_plan)
+    out.append(record("pooled", start, pooled.model, optimizer_steps(central.party),
+                      server_optimizer_steps(pooled.party)))
+
+    start = time.perf_counter()
+    ceiling = _Supervised(cfg, split)
+    for plan in plans:
+        for cid in plan.selected:
+            ceiling.client_round(plan.round, cid)
+        ceiling.labelled_round(plan.round)
+    out.append(record("supervised-ceiling", start, ceiling.model, ceiling.client_steps,
+                      ceiling.steps - ceiling.client_steps))
     return out
 
 
-def _train(engines: dict[str, ClientEngine], plans, split: FederatedSplit) -> None:
-    """Every planned local step, each engine starting from its own current parameters (nothing exchanged)."""
+def _proxy_server(cfg: FederationConfig, split: FederatedSplit) -> ServerEngine:
+    """A FedMEKT-C server of ``cfg`` (same seed, so the same initial model and draws) that no client reaches."""
+    return ServerEngine(replace(cfg, algorithm=PROXY_SERVER), split.channels, split.label_names, split.proxy,
+                        split.labelled, split.test)
+
+
+def _train_round(engines: dict[str, ClientEngine], plan: RoundPlan, split: FederatedSplit) -> None:
+    """Every planned local step of a round, each engine from its own current parameters (nothing exchanged)."""
     data = {c.client_id: c.data for c in split.clients}
-    for plan in plans:
-        for cid in plan.selected:
-            e = engines[cid]
-            own = client_view(e.algorithm.downstream(e.party, None), e.modalities)
-            e.train_round(plan, own, data[cid])
+    for cid in plan.selected:
+        e = engines[cid]
+        own = client_view(e.algorithm.downstream(e.party, None), e.modalities)
+        e.train_round(plan, own, data[cid])
 
 
-def server_probe(server: ServerEngine, model) -> dict:
+class _Supervised:
+    """The federation's model (same initialisation) and a head, trained end to end with labels (cross-entropy).
+
+    ``labelled_round`` is the classifier's walk of the labelled set in a round (same seeded draws);
+    ``client_round`` a client's local walk of a round (same draws as its reconstruction steps) on its own
+    data with its labels. Both count their optimizer steps.
+    """
+
+    def __init__(self, cfg: FederationConfig, split: FederatedSplit) -> None:
+        self.cfg, self.split = cfg, split
+        self.device = resolve_device(cfg.device)
+        self.model = build_model(cfg, split.channels).to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(cfg, _HEAD))   # the federation's head initialisation
+            self.head = LinearHead(self.model.rep_size, len(split.label_names)).to(self.device)
+        params = [p for m in cfg.pair for p in self.model.encoders[m].parameters()] + list(self.head.parameters())
+        self.optim = torch.optim.Adam(params, lr=cfg.hyper.lr_classifier)
+        self._data = {c.client_id: c for c in split.clients}
+        self.steps = self.client_steps = 0
+
+    def labelled_round(self, round_: int) -> None:
+        before = self._count()
+        train_classifier_round(self.model, self.head, self.optim, self.split.labelled, self.cfg,
+                               rng_for(self.cfg.seed, _CLASSIFIER, round_), self.device, tune_encoder=True)
+        self.steps += self._count() - before
+
+    def client_round(self, round_: int, client_id: str) -> None:
+        c, h = self._data[client_id], self.cfg.hyper
+        rng = rng_for(self.cfg.seed, _CLIENT, client_key(client_id), round_)
+        mods = tuple(m for m in self.cfg.pair if m in c.modalities)
+        for _ in range(h.local_epochs):
+            for xs, ys in private_epoch(c.data, mods, self.cfg, rng, self.device,
+                                        epoch_steps(h.local_step_budget, h.local_epochs)):
+                if not bool((ys >= 0).any()):
+                    continue
+                loss = sum(classifier_loss(self.head(self.model.encode(xs[m], m)[0]), ys) for m in mods)
+                self.optim.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optim.step()
+                self.steps += 1
+                self.client_steps += 1
+
+    def _count(self) -> int:
+        state = self.optim.state.get(next(iter(self.head.parameters())), {})
+        return int(torch.as_tensor(state.get("step", 0)).item())
+
+
+def server_probe(server: ServerEngine, model: SplitAutoencoder) -> dict:
     """The federated runs' final probe (same seed, same modalities) on ``model``'s encoders."""
     server.model.load_state_dict(model.state_dict())
     return server.final_evaluation()
@@ -114,3 +212,9 @@ def optimizer_steps(party: Party) -> int:
         state = party.optim.optimizers[enc(m)].state
         total += max((int(torch.as_tensor(s["step"]).item()) for s in state.values()), default=0)
     return total
+
+
+def server_optimizer_steps(party: Party) -> int:
+    """FedMEKT-C's server steps every decoder in each step, so the first decoder's Adam counts."""
+    state = party.optim.optimizers[dec(party.model.modalities[0])].state
+    return max((int(torch.as_tensor(s["step"]).item()) for s in state.values()), default=0)

@@ -42,4 +42,5 @@ def test_final_evaluation_reports_probe_metrics_and_majority_floor():
     test = split.test.labels[split.test.labels >= 0]
     assert final["majority_accuracy"] == pytest.approx(float(np.mean(test == final["majority_class"])))
     # the probe is fitted: its training loss is below that of the uniform prediction, log K
-    assert final["probe_train_loss"] < np.log(len(split.label_names))
+    for m in cfg.pair:
+        assert final[f"probe_train_loss_{m}"] < np.log(len(split.label_names))

@@ -1,11 +1,11 @@
-"""Reference rows on a tiny federation: same split and probe, the federation's local steps, nothing exchanged."""
+"""Reference rows on a tiny federation: same split and probe, the documented steps, nothing exchanged."""
 
 from __future__ import annotations
 
 import pytest
 
 from fedmekt.engine import ClientEngine, ServerEngine, client_view
-from fedmekt.reference_rows import REFERENCES, optimizer_steps, reference_finals
+from fedmekt.reference_rows import REFERENCES, optimizer_steps, reference_finals, server_optimizer_steps
 from tests.core_support import tiny_config, tiny_split
 
 
@@ -19,10 +19,10 @@ def finals(split):
     return {f["variant"]: f for f in reference_finals(tiny_config("fedmekt-c", rounds=3), split)}
 
 
-def _federated_client_steps(cfg, split) -> int:
-    """Optimizer steps all clients of a real mmFedAvg federation take (the budget the references match)."""
+def _federated_steps(cfg, split) -> tuple[int, int]:
+    """(client, server) optimizer steps of a real federation of ``cfg`` (the budgets the references match)."""
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
-    clients = {c.client_id: (c, ClientEngine(cfg, c.client_id, c.modalities, split.channels, None))
+    clients = {c.client_id: (c, ClientEngine(cfg, c.client_id, c.modalities, split.channels, split.proxy))
                for c in split.clients}
     for rnd in range(cfg.rounds):
         plan = server.plan_round(rnd, sorted(clients))
@@ -32,10 +32,11 @@ def _federated_client_steps(cfg, split) -> int:
             c, engine = clients[cid]
             server.absorb(cid, c.modalities, engine.train_round(plan, client_view(down, c.modalities), c.data))
         server.finish_round(plan)
-    return sum(optimizer_steps(e.party) for _, e in clients.values())
+    server_steps = server_optimizer_steps(server.party) if cfg.algorithm == "fedmekt-c" else 0
+    return sum(optimizer_steps(e.party) for _, e in clients.values()), server_steps
 
 
-def test_three_named_rows_with_probe_metrics_and_the_same_floor(finals):
+def test_every_named_row_with_probe_metrics_and_the_same_floor(finals):
     assert sorted(finals) == sorted(REFERENCES)
     floors = {f["majority_f1_weighted"] for f in finals.values()}
     assert len(floors) == 1
@@ -45,11 +46,34 @@ def test_three_named_rows_with_probe_metrics_and_the_same_floor(finals):
             assert 0.0 <= f[f"probe_f1_weighted_{m}"] <= 1.0
 
 
-def test_local_only_and_centralized_take_exactly_the_federations_local_steps(split, finals):
-    budget = _federated_client_steps(tiny_config("mmfedavg", rounds=3), split)
-    assert budget > 0
-    assert finals["local-only"]["local_steps"] == finals["centralized"]["local_steps"] == budget
-    assert finals["raw-features"]["local_steps"] == 0
+def test_each_row_takes_the_documented_steps(split, finals):
+    client_budget, _ = _federated_steps(tiny_config("mmfedavg", rounds=3), split)
+    _, server_budget = _federated_steps(tiny_config("fedmekt-c", rounds=3), split)
+    assert client_budget > 0 and server_budget > 0
+    # the federation's client steps, FedMEKT-C's server steps, or both
+    assert finals["local-only"]["local_steps"] == finals["pooled"]["local_steps"] == client_budget
+    assert finals["proxy-only"]["server_steps"] == finals["pooled"]["server_steps"] == server_budget
+    assert finals["proxy-only"]["local_steps"] == finals["local-only"]["server_steps"] == 0
+    # the classifier's walk of the labelled set, end to end; the ceiling adds the clients' walks with labels
+    labelled = finals["labelled-only"]["server_steps"]
+    assert labelled > 0 and finals["labelled-only"]["local_steps"] == 0
+    assert finals["supervised-ceiling"]["server_steps"] == labelled
+    assert 0 < finals["supervised-ceiling"]["local_steps"] <= client_budget
+    assert finals["raw-features"]["local_steps"] == finals["raw-features"]["server_steps"] == 0
+
+
+def test_supervised_ceiling_learns_from_the_clients_labels(split):
+    # both modalities carry the activity (core_support): 10 rounds of supervised steps on every client's labels
+    # separate the classes on each, where the floor predicts one class everywhere
+    ceiling = {f["variant"]: f for f in reference_finals(tiny_config("fedmekt-c", rounds=10), split)}["supervised-ceiling"]
+    assert ceiling["probe_f1_weighted_a"] > 0.9 and ceiling["probe_f1_weighted_b"] > 0.8
+    assert ceiling["majority_f1_weighted"] < 0.2
+
+
+def test_every_row_is_probed_per_modality_on_its_own_features(split, finals):
+    # one probe definition: a head per test modality (its training loss is reported per modality)
+    for f in finals.values():
+        assert all(f"probe_train_loss_{m}" in f for m in ("a", "b")), f["variant"]
 
 
 def test_raw_features_row_is_the_probe_on_unencoded_features(split, finals):
@@ -68,5 +92,5 @@ def test_local_only_averages_over_the_clients_holding_each_modality(finals):
 def test_reference_rows_are_deterministic(split, finals):
     again = {f["variant"]: f for f in reference_finals(tiny_config("fedmekt-c", rounds=3), split)}
     strip = lambda f: {k: v for k, v in f.items() if k != "wall_s"}  # noqa: E731
-    assert strip(again["centralized"]) == strip(finals["centralized"])
-    assert strip(again["local-only"]) == strip(finals["local-only"])
+    for name in REFERENCES:
+        assert strip(again[name]) == strip(finals[name]), name
