@@ -5,8 +5,8 @@ Folder layout (written by ``fedmekt reproduce``; ``fedmekt simulate`` reuses it)
     OUT/metrics.jsonl        one JSON object per round per run (run, algorithm, seed, round, f1_*, bytes_*, …)
     OUT/final.jsonl          one JSON object per run: final linear probe, majority floor, settings, wall time
     OUT/results.md|csv       mean ± std over seeds per algorithm and test modality (+ the paper's value), the
-                             reference rows (raw features, local only, centralized: ``fedmekt.reference_rows``)
-                             and the paired per-seed differences against mmFedAvg with 95 % t-intervals
+                             reference rows (``fedmekt.reference_rows``) and the paired per-seed differences
+                             against mmFedAvg and against proxy-only with 95 % t-intervals
     OUT/f1_per_round.png     paper metric per round, mean over seeds, one panel per test modality
     OUT/bytes_per_round.png  bytes sent + received per round (all parties), per algorithm
     OUT/runs/<run>/          run.json, final_model.safetensors ("autoencoder.*", "head.*"), metrics.jsonl
@@ -26,12 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from fedmekt.artifacts import FINAL_MODEL, METRICS, atomic_write_bytes, tensor_bytes, write_run_info
+from fedmekt.errors import UserError
 from fedmekt.paper_results import paper_value
 from fedmekt.statistics import paired_difference
 
 FINAL = "final.jsonl"
 LAST_ROUNDS = 10   # the paper's table value: median of the last 10 rounds (box:15-17)
-BASELINE = "mmfedavg"   # paired differences are taken against this algorithm
+BASELINES = ("mmfedavg", "proxy-only")   # paired differences are taken against each: the parameter-averaging
+                                         # baseline and what the server gets without clients
+PAIRED_ON = ("rounds", "per_round", "partition")   # besides dataset, pair and clients: runs differing here
+                                                   # do not share their splits' schedule and never pair
 
 
 def _jsonl(records: Sequence[dict]) -> bytes:
@@ -137,38 +141,64 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
     return acc, comm
 
 
-def _per_seed(runs: list[dict], by_run: dict[str, list[dict]], m: str) -> tuple[dict, dict]:
-    """({seed: probe weighted F1}, {seed: paper metric}) of ``runs`` on test modality ``m``."""
+def _per_seed(variant: str, runs: list[dict], by_run: dict[str, list[dict]], m: str) -> tuple[dict, dict]:
+    """({seed: probe weighted F1}, {seed: paper metric}) of ``runs`` on test modality ``m``.
+
+    UserError when a seed occurs twice (a folder with a run concatenated twice): it would pair arbitrarily.
+    """
+    seeds = [f["seed"] for f in runs]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise UserError(f"cannot pair {variant}: seed(s) {twice} occur more than once in final.jsonl")
     return ({f["seed"]: f[f"probe_f1_weighted_{m}"] for f in runs},
             {f["seed"]: _paper_metric(by_run.get(f["run"], []), m) for f in runs})
 
 
+def _check_pairable(variant: str, runs: list[dict], base_name: str, base_runs: list[dict]) -> None:
+    """UserError when two rows would pair runs of different schedules (``PAIRED_ON``), naming the field."""
+    for key in PAIRED_ON:
+        mine, theirs = {json.dumps(f.get(key)) for f in runs}, {json.dumps(f.get(key)) for f in base_runs}
+        if len(mine | theirs) > 1:
+            raise UserError(f"cannot pair {variant} with {base_name}: {key} differs "
+                            f"({', '.join(sorted(mine))} against {', '.join(sorted(theirs))})")
+
+
+def _baselines(members: list[tuple[str, list[dict]]]) -> list[tuple[str, list[dict]]]:
+    """Per algorithm of ``BASELINES``, its first variant among ``members`` (when the folder has one)."""
+    out = []
+    for b in BASELINES:
+        out += [(v, runs) for v, runs in members if runs[0]["algorithm"] == b][:1]
+    return out
+
+
 def paired_differences(rows: list[dict], finals: list[dict]) -> list[dict]:
-    """Per variant and test modality: mean over seeds of (variant − mmFedAvg) with a 95 % t-interval.
+    """Per variant, test modality and baseline (``BASELINES`` present in the folder): mean over seeds of
+    (variant − baseline) with a 95 % t-interval.
 
     Seeds pair the runs (each seed is one split shared by every algorithm of the folder); the converged probe's
-    weighted F1 is the primary figure, the paper's metric stands beside it. Empty without an mmFedAvg run.
+    weighted F1 is the primary figure, the paper's metric stands beside it. Runs that cannot pair (a seed twice,
+    another schedule) raise UserError rather than pair silently.
     """
     by_run = _rounds_by_run(rows)
     groups = _groups(finals)
     out = []
     for setup in sorted({key[:3] for key, _ in groups}):
         members = [(key[3], runs) for key, runs in groups if key[:3] == setup]
-        baselines = [(v, runs) for v, runs in members if runs[0]["algorithm"] == BASELINE]
-        if not baselines:
-            continue
-        base_name, base_runs = baselines[0]
-        for variant, runs in members:
-            if variant == base_name:
-                continue
-            for m in setup[1].split("-"):
-                (probe, paper), (base_probe, base_paper) = _per_seed(runs, by_run, m), _per_seed(base_runs, by_run, m)
-                dp, dq = paired_difference(probe, base_probe), paired_difference(paper, base_paper)
-                out.append({"dataset": setup[0], "pair": setup[1], "clients": "/".join(map(str, setup[2])),
-                            "algorithm": variant, "test": m, "against": base_name, "pairs": dp.n,
+        for base_name, base_runs in _baselines(members):
+            for variant, runs in members:
+                if variant == base_name:
+                    continue
+                _check_pairable(variant, runs, base_name, base_runs)
+                for m in setup[1].split("-"):
+                    (probe, paper), (base_probe, base_paper) = (_per_seed(variant, runs, by_run, m),
+                                                                _per_seed(base_name, base_runs, by_run, m))
+                    dp, dq = paired_difference(probe, base_probe), paired_difference(paper, base_paper)
+                    out.append({"dataset": setup[0], "pair": setup[1], "clients": "/".join(map(str, setup[2])),
+                                "algorithm": variant, "test": m, "against": base_name,
+                                "baseline": base_runs[0]["algorithm"], "pairs": dp.n,
                             "probe_diff_mean": dp.mean, "probe_diff_low": dp.low, "probe_diff_high": dp.high,
-                            "probe_diff": dp.text(), "paper_diff_mean": dq.mean, "paper_diff_low": dq.low,
-                            "paper_diff_high": dq.high, "paper_diff": dq.text()})
+                                "probe_diff": dp.text(), "paper_diff_mean": dq.mean, "paper_diff_low": dq.low,
+                                "paper_diff_high": dq.high, "paper_diff": dq.text()})
     return out
 
 
@@ -197,12 +227,17 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         "**paper metric** = the authors' per-round moving probe: weighted F1 per 2000-step test chunk, averaged over "
         f"chunks, median of the last {LAST_ROUNDS} rounds (of every round when a run has fewer) — the same metric as "
         "**paper** (spec §9, one run of the authors). ",
-        "**probe** = a fresh linear head trained to convergence on the frozen final encoder, over the whole test set. "
+        "**probe** = the one probe of every row: per test modality, a fresh linear head trained to convergence on "
+        "that modality's frozen per-step features of the labelled set, scored over the whole test set. "
         "**floor** = the labelled set's majority class predicted everywhere. "
-        "Reference rows on the same splits (`fedmekt.reference_rows`): **raw-features** = the same probe on the "
-        "unencoded per-step features; **local-only** = every client trains its own autoencoder in the rounds it is "
-        "selected, nothing exchanged, mean of their probes; **centralized** = one autoencoder takes every local "
-        "step of the federation (pooled client data, the upper bound).",
+        "Reference rows on the same splits (`fedmekt.reference_rows`): **raw-features** = the probe on the "
+        "unencoded per-step features; **labelled-only** = the encoder and head trained supervised on the server's "
+        "labelled set alone; **proxy-only** = the server's autoencoder trained on its proxy set alone with "
+        "FedMEKT-C's server steps (the server without clients); **local-only** = every client trains its own "
+        "autoencoder in the rounds it is selected, nothing exchanged, mean of their probes; **pooled** = one "
+        "autoencoder takes every local step of the federation and the proxy-only steps (pooled data, nothing "
+        "averaged); **supervised-ceiling** = the encoder and head trained with every client's labels (labels never "
+        "leave a device in a deployment: the upper reference).",
         "",
         "| dataset | pair | clients A/B/AB | algorithm | test | seeds | rounds | "
         f"{paper_metric_label(r['paper_metric_rounds'] for r in acc)}, ours | paper | "
@@ -218,21 +253,21 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
             f"{_fmt(r['probe_f1_macro_mean'], r['probe_f1_macro_std'])} | "
             f"{_fmt(r['probe_accuracy_mean'], r['probe_accuracy_std'])} | {_fmt(r['majority_f1_weighted'])} | "
             f"{_fmt(r['majority_accuracy'])} |")
-    if paired:
+    for against in dict.fromkeys(d["against"] for d in paired):
         lines += [
             "",
-            f"## Paired differences against {paired[0]['against']}",
+            f"## Paired differences against {against}",
             "",
-            "Mean over seeds of (row − mmFedAvg) on the same split, with its 95 % Student-t interval over seeds "
+            f"Mean over seeds of (row − {against}) on the same split, with its 95 % Student-t interval over seeds "
             "(`scipy.stats.t`; one seed gives no interval). An interval wholly above zero is a win; one straddling "
             "zero is no evidence either way.",
             "",
-            "| dataset | pair | algorithm | test | seeds paired | probe weighted F1 − mmFedAvg (primary) | "
-            "paper metric − mmFedAvg |",
+            f"| dataset | pair | algorithm | test | seeds paired | probe weighted F1 − {against} (primary) | "
+            f"paper metric − {against} |",
             "|---|---|---|---|---|---|---|",
         ]
         lines += [f"| {d['dataset']} | {d['pair']} | {d['algorithm']} | {d['test']} | {d['pairs']} | "
-                  f"{d['probe_diff']} | {d['paper_diff']} |" for d in paired]
+                  f"{d['probe_diff']} | {d['paper_diff']} |" for d in paired if d["against"] == against]
     lines += [
         "",
         "## Communication",
@@ -261,19 +296,26 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
 
 _CSV_COMM = ("wire_dtype", "exchanged", "bytes_up_per_round", "bytes_down_per_round", "bytes_proxy_once",
              "bytes_total_run")
-_CSV_PAIRED = ("against", "probe_diff_mean", "probe_diff_low", "probe_diff_high", "paper_diff_mean",
-               "paper_diff_low", "paper_diff_high")
+_CSV_PAIRED = ("probe_diff_mean", "probe_diff_low", "probe_diff_high", "paper_diff_mean", "paper_diff_low",
+               "paper_diff_high")
 
 
 def _csv(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:
-    """One row per table row; reference rows leave the bytes empty, mmFedAvg the paired difference."""
+    """One row per table row; reference rows leave the bytes empty, a baseline its own paired difference.
+
+    The paired columns are ``<figure>_vs_<baseline>`` for each baseline of ``BASELINES``.
+    """
     by_key = {(c["dataset"], c["pair"], c["clients"], c["algorithm"]): c for c in comm}
-    diffs = {(d["dataset"], d["pair"], d["clients"], d["algorithm"], d["test"]): d for d in paired}
+    diffs: dict[tuple, dict] = defaultdict(dict)
+    for d in paired:
+        key = (d["dataset"], d["pair"], d["clients"], d["algorithm"], d["test"])
+        diffs[key].update({f"{k}_vs_{d['baseline']}": d[k] for k in _CSV_PAIRED})
+    columns = [f"{k}_vs_{b}" for b in BASELINES for k in _CSV_PAIRED]
     records = []
     for r in acc:
         c = by_key.get((r["dataset"], r["pair"], r["clients"], r["algorithm"]), {})
         d = diffs.get((r["dataset"], r["pair"], r["clients"], r["algorithm"], r["test"]), {})
-        records.append({**r, **{k: c.get(k) for k in _CSV_COMM}, **{k: d.get(k) for k in _CSV_PAIRED}})
+        records.append({**r, **{k: c.get(k) for k in _CSV_COMM}, **{k: d.get(k) for k in columns}})
     buf = io.StringIO()
     if records:
         writer = csv.DictWriter(buf, fieldnames=list(records[0]))

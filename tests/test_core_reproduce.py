@@ -59,18 +59,22 @@ def test_reproduce_writes_tables_plots_metrics_and_artifacts(reproduced):
     assert info.pair == ("acce", "gyro") and info.rounds_completed == 2 and info.hidden == 8
 
 
-def test_paired_differences_against_mmfedavg_in_table_and_csv(reproduced):
-    """One seed pairs each row with mmFedAvg once: a difference, and no interval, said in words."""
+@pytest.mark.parametrize("against", ["mmfedavg[float16]", "proxy-only"])
+def test_paired_differences_against_mmfedavg_and_proxy_only_in_table_and_csv(reproduced, against):
+    """One seed pairs each row with each baseline once: a difference, and no interval, said in words."""
     table = {(t["algorithm"], t["test"]): t for t in csv.DictReader((reproduced / "results.csv").open())}
     finals = {f["variant"]: f for f in map(json.loads, (reproduced / "final.jsonl").read_text().splitlines())}
-    for variant in ("fedmekt-c[W6,float16]", "raw-features", "centralized"):
+    column = "probe_diff_{}_vs_" + against.split("[")[0]
+    for variant in ("fedmekt-c[W6,float16]", "raw-features", "pooled", "mmfedavg[float16]", "proxy-only"):
+        if variant == against:
+            assert table[(variant, "acce")][column.format("mean")] == ""
+            continue
         row = table[(variant, "acce")]
-        assert row["against"] == "mmfedavg[float16]" and row["probe_diff_low"] == ""
-        expected = finals[variant]["probe_f1_weighted_acce"] - finals["mmfedavg[float16]"]["probe_f1_weighted_acce"]
-        assert float(row["probe_diff_mean"]) == pytest.approx(expected)
-    assert table[("mmfedavg[float16]", "acce")]["probe_diff_mean"] == ""
+        assert row[column.format("low")] == ""
+        expected = finals[variant]["probe_f1_weighted_acce"] - finals[against]["probe_f1_weighted_acce"]
+        assert float(row[column.format("mean")]) == pytest.approx(expected)
     md = (reproduced / "results.md").read_text()
-    assert "## Paired differences against mmfedavg[float16]" in md and "(n=1, no interval)" in md
+    assert f"## Paired differences against {against}" in md and "(n=1, no interval)" in md
 
 
 def test_report_rerenders_from_jsonl(reproduced, capsys):

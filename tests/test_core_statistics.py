@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from fedmekt.errors import UserError
 from fedmekt.statistics import paired_difference
 
 T_975_DF2 = 4.302652729911275   # Student t quantile 0.975, 2 degrees of freedom (tables)
@@ -73,3 +74,34 @@ def test_report_pairs_every_row_with_mmfedavg_by_seed():
     assert [a["algorithm"] for a in acc][-2:] == ["raw-features"] * 2 and len(comm) == 2
     md = render_markdown(acc, comm, list(paired.values()))
     assert "| d | acce-depth | fedmekt-c | acce | 3 | " + expected.text() in md
+
+
+def _paired(finals):
+    from fedmekt.report import paired_differences
+
+    return paired_differences([], finals)
+
+
+def test_pairing_refuses_a_seed_that_occurs_twice():
+    finals = [_final("mmfedavg", 0, 0.6), _final("mmfedavg", 1, 0.7), _final("fedmekt-c", 0, 0.6),
+              _final("fedmekt-c", 1, 0.7)]
+    assert len(_paired(finals)) == 2   # the well-formed folder pairs
+    with pytest.raises(UserError, match=r"cannot pair fedmekt-c: seed\(s\) \[1\] occur more than once"):
+        _paired(finals + [_final("fedmekt-c", 1, 0.9)])
+
+
+def test_pairing_refuses_runs_of_another_schedule():
+    finals = [_final("mmfedavg", s, 0.6) for s in range(2)] + [_final("fedmekt-c", s, 0.6) for s in range(2)]
+    finals[-1] = {**finals[-1], "rounds": 100}
+    with pytest.raises(UserError, match="cannot pair fedmekt-c with mmfedavg: rounds differs"):
+        _paired(finals)
+
+
+def test_rows_pair_with_proxy_only_too():
+    finals = ([_final("mmfedavg", s, 0.6) for s in range(3)] + [_final("fedmekt-c", s, 0.7 + s / 100) for s in
+              range(3)] + [_final("proxy-only", s, 0.5, reference=True) for s in range(3)])
+    against = {(d["algorithm"], d["against"]): d for d in _paired(finals) if d["test"] == "acce"}
+    assert set(against) == {("fedmekt-c", "mmfedavg"), ("proxy-only", "mmfedavg"), ("fedmekt-c", "proxy-only"),
+                            ("mmfedavg", "proxy-only")}
+    assert against[("fedmekt-c", "proxy-only")]["probe_diff_mean"] == pytest.approx(0.21)
+    assert against[("fedmekt-c", "proxy-only")]["probe_diff_low"] > 0
