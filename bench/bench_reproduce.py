@@ -11,8 +11,9 @@
 3. Sub-windows (= optimizer steps) per local epoch of the UR Fall clients (seed 0 split, 200 draws each)
    when the crop's partial last sub-window is clipped and trained on (the reference, ``private_epoch``)
    against dropping it (the rule before issue 10): same crop lengths and window draws.
-4. Wall time of one seed's reference rows (``fedmekt.reference_rows``: raw-features, local-only,
-   centralized), which ``fedmekt reproduce`` adds once per seed, and the local steps they take.
+4. Wall time of one seed's reference rows (``fedmekt.reference_rows``: raw-features, labelled-only,
+   proxy-only, local-only, pooled, supervised-ceiling), which ``fedmekt reproduce`` adds once per seed, and
+   the client and server steps each takes.
 
 Run: ``.venv/bin/python bench/bench_reproduce.py [--rounds 100] [--steps 200] [--skip-run]
 [--skip-references]``. The machine is shared:
@@ -173,8 +174,8 @@ def main() -> None:
     if not args.skip_references:
         wall, finals = reference_run(args.rounds)
         print(f"reference rows of one seed ({args.rounds} rounds' local steps): wall {wall:.1f} s; "
-              + "; ".join(f"{f['variant']} {f['wall_s']:.1f} s, {f['local_steps']} steps, probe weighted F1 acce "
-                          f"{f['probe_f1_weighted_acce']:.4f}" for f in finals))
+              + "; ".join(f"{f['variant']} {f['wall_s']:.1f} s, {f['local_steps']} client + {f['server_steps']} "
+                          f"server steps, probe weighted F1 acce {f['probe_f1_weighted_acce']:.4f}" for f in finals))
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -2,8 +2,9 @@
 
 Every seed draws its own split (test/proxy/labelled/client units) and runs every algorithm on it; results
 go to ``--out`` in the layout of ``fedmekt.report`` (tables and plots are refreshed after every run, so an
-interrupted reproduction keeps what it finished). Each seed also gets the reference rows (raw features, local
-only, centralized) on its split, and the tables carry every row's paired per-seed difference against mmFedAvg.
+interrupted reproduction keeps what it finished). Each seed also gets the reference rows (``fedmekt.reference_rows``:
+raw features, labelled-only, proxy-only, local-only, pooled, supervised-ceiling) on its split, and the tables
+carry every row's paired per-seed difference against mmFedAvg and against proxy-only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated (default all five)")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--reference-rows", action=argparse.BooleanOptionalAction, default=True,
-                   help="also compute the raw-features, local-only and centralized rows per seed (default on)")
+                   help="also compute the reference rows per seed: raw-features, labelled-only, proxy-only, "
+                        "local-only, pooled, supervised-ceiling (default on)")
     p.add_argument("--clients", default="10,10,10", help="A-only,B-only,A+B client counts (default 10,10,10)")
     p.add_argument("--per-round", type=int, default=9, help="clients sampled per round (default 9)")
     p.add_argument("--partition", choices=("paper", "subject"), default="paper")
