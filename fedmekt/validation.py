@@ -1,6 +1,8 @@
 """Validation protocol for choosing defaults (docs/fedmekt-c-selection.md): no test unit, paired, with power.
 
-* Selection seeds are disjoint from the reported ones: reported 0..4, selection 100 and up.
+* Selection seeds are disjoint from the reported ones: reported 0..4, selection 100 and up; and a selection
+  split's labelled units (the only units it scores) are none of the reported seeds' test units
+  (``reported_test_groups``, passed to ``make_split(reserved=…)``).
 * The score of a run is a cross-validated linear probe by unit over the server's labelled units (never test
   units): leave-one-unit-out, or k folds of whole units. The encoders never see a label, and with today's
   training no labelled input either, so one federated run per seed serves every fold.
@@ -24,9 +26,16 @@ from fedmekt.evaluation import linear_probe
 from fedmekt.model import SplitAutoencoder
 from fedmekt.statistics import PairedDifference, paired_difference
 from sensors.partition import Partition
+from sensors.recording import Recording
+from sensors.splits import holdout_groups
 
 REPORTED_SEEDS = tuple(range(5))   # what ``fedmekt reproduce`` reports (its default --seeds 5)
 SELECTION_SEED_FLOOR = 100         # selection seeds start here, so no reported split is ever tuned on
+
+
+def reported_test_groups(recordings: Sequence[Recording]) -> set[str]:
+    """Every group (run or subject) that some reported seed tests on: never a selection split's labelled unit."""
+    return {g for seed in REPORTED_SEEDS for g in holdout_groups(list(recordings), seed)["test"]}
 
 
 def check_selection_seeds(seeds: Iterable[int]) -> tuple[int, ...]:

@@ -131,9 +131,11 @@ def make_config(name: str, seed: int, rounds: int, dataset: str):
 
 
 def job_key(job: tuple) -> str:
-    """Cache key of a job: the resolved config (so a changed default is a new key) and the folds."""
+    """Cache key of a job: the resolved config (so a changed default is a new key), the folds and the split rule
+    (runs scored on reported test units, before they were reserved, are not reused)."""
     name, seed, rounds, dataset, folds = job
-    return json.dumps([make_config(name, seed, rounds, dataset).to_dict(), folds], sort_keys=True)
+    return json.dumps([make_config(name, seed, rounds, dataset).to_dict(), folds, "reserved-test-units"],
+                      sort_keys=True)
 
 
 def one(job: tuple) -> dict:
@@ -141,14 +143,15 @@ def one(job: tuple) -> dict:
     import torch
 
     from fedmekt.federation import run_inprocess
-    from fedmekt.validation import unit_folds
+    from fedmekt.validation import reported_test_groups, unit_folds
     from sensors.datasets import load_dataset
     from sensors.splits import make_split
 
     name, seed, rounds, dataset, folds = job
     torch.set_num_threads(1)
     cfg = make_config(name, seed, rounds, dataset)
-    split = make_split(load_dataset(dataset), cfg.pair, seed=seed)
+    recordings = load_dataset(dataset)
+    split = make_split(recordings, cfg.pair, seed=seed, reserved=reported_test_groups(recordings))
     all_labelled = split.labelled
     split = validation_split(split, seed)
     res = run_inprocess(cfg, split, progress=False)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +102,10 @@ def _group(rec: Recording, key: str) -> str:
     return rec.unit if key == "unit" else rec.subject
 
 
-def _draw_holdout(groups: list[str], dataset: str, rng: np.random.Generator) -> dict[str, list[str]]:
-    """Pick the test / proxy / labelled groups (everything else is the client pool)."""
+def _draw_holdout(groups: list[str], dataset: str, rng: np.random.Generator,
+                  reserved: Collection[str] = ()) -> dict[str, list[str]]:
+    """Pick the test / proxy / labelled groups (everything else is the client pool); no ``reserved`` group is
+    labelled (with none reserved, the labelled groups are simply the next ones of the seeded order)."""
     if dataset == "opportunity" and all(u in groups for us in _OPP_HOLDOUT.values() for u in us):
         return {h: list(us) for h, us in _OPP_HOLDOUT.items()}
     if dataset == "ur_fall":
@@ -119,9 +121,22 @@ def _draw_holdout(groups: list[str], dataset: str, rng: np.random.Generator) -> 
                              f"{counts} (test, proxy, labelled), got {len(members)}; pass holdout=")
         order = rng.permutation(members).tolist()
         for h, k in zip(HOLDOUTS, counts):
-            out[h] += order[:k]
-            order = order[k:]
+            pick = [g for g in order if h != "labelled" or g not in reserved][:k]
+            if len(pick) < k:
+                raise SplitError(f"need {k} {prefix or 'run/subject'} groups for {h} outside the {len(reserved)} "
+                                 f"reserved ones, {len(pick)} left")
+            out[h] += pick
+            order = [g for g in order if g not in pick]
     return out
+
+
+def holdout_groups(recordings: list[Recording], seed: int, reserved: Collection[str] = ()) -> dict[str, list[str]]:
+    """The test / proxy / labelled groups (runs or subjects) ``make_split`` draws for ``seed``, without
+    normalising or cutting anything: cheap enough to list every reported seed's test units."""
+    dataset = recordings[0].dataset
+    key = _split_key(dataset)
+    groups = sorted({_group(r, key) for r in recordings})
+    return _draw_holdout(groups, dataset, np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[0]), reserved)
 
 
 def _partition(recs: Sequence[Recording], mods: Sequence[str]) -> Partition:
@@ -214,11 +229,14 @@ def make_split(
     holdout: dict[str, Sequence[str]] | None = None,
     n_div: int | None = None,
     fraction: float = CLIENT_FRACTION,
+    reserved: Collection[str] = (),
 ) -> FederatedSplit:
     """Split ``recordings`` into test / proxy / labelled / clients (see module doc); reproducible from ``seed``.
 
     ``holdout`` maps "test"/"proxy"/"labelled" to explicit runs or subjects; ``n_div`` overrides the
-    dataset's paper division count (UR Fall 10, others 100).
+    dataset's paper division count (UR Fall 10, others 100). ``reserved`` groups are never labelled: a
+    validation split keeps the units it scores off every reported seed's test units
+    (``fedmekt.validation.reported_test_groups``).
     """
     if scheme not in SCHEMES:
         raise SplitError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
@@ -238,11 +256,11 @@ def make_split(
     dataset = recordings[0].dataset
     rate = _rate(recordings)
     key = _split_key(dataset)
-    g_hold, g_clients, g_missing, g_order = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    _, g_clients, g_missing, g_order = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
 
     recs = sorted(recordings, key=lambda r: r.unit)
     groups = sorted({_group(r, key) for r in recs})
-    chosen = {h: list(v) for h, v in holdout.items()} if holdout else _draw_holdout(groups, dataset, g_hold)
+    chosen = {h: list(v) for h, v in holdout.items()} if holdout else holdout_groups(recs, seed, reserved)
     taken = [g for h in HOLDOUTS for g in chosen.get(h, [])]
     unknown = set(taken) - set(groups)
     if unknown or len(taken) != len(set(taken)) or not all(chosen.get(h) for h in HOLDOUTS):

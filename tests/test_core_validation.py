@@ -57,3 +57,17 @@ def test_cv_probe_scores_every_held_out_unit_with_a_head_fitted_on_the_others():
     model = build_model(cfg, {"a": 3, "b": 2})
     scores = cv_probe(model, part, cfg, 3, unit_folds(4), torch.device("cpu"))
     assert set(scores) == {"a", "b"} and all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_selection_splits_score_no_reported_test_unit(data_dir):
+    from fedmekt.validation import reported_test_groups
+    from sensors.datasets import load_dataset
+    from sensors.splits import make_split
+
+    recs = load_dataset("ur_fall", data_dir)
+    reported = reported_test_groups(recs)
+    assert set(make_split(recs, ("acce", "depth"), seed=0).test.units) <= reported and len(reported) > 7
+    for seed in (100, 101, 103):   # each of these draws 2-3 reported test units as labelled without the rule
+        plain = make_split(recs, ("acce", "depth"), seed=seed)
+        assert reported & set(plain.labelled.units)
+        assert not reported & set(make_split(recs, ("acce", "depth"), seed=seed, reserved=reported).labelled.units)

@@ -9,7 +9,7 @@ import pytest
 
 from sensors.datasets import load_dataset
 from sensors.recording import Recording
-from sensors.splits import make_split, normalizer_from_manifest, write_manifest
+from sensors.splits import SplitError, make_split, normalizer_from_manifest, write_manifest
 
 PAIR = ("acce", "gyro")
 
@@ -183,3 +183,15 @@ def test_opportunity_uses_the_papers_fixed_runs(tmp_path):
     assert sorted(units["proxy"]) == ["S1-ADL4", "S1-ADL5", "S4-ADL4", "S4-ADL5"]
     assert len(units["pool"]) == 10 and split.manifest["disjoint_by"] == "unit"
     assert split.manifest == make_split(recs, PAIR, seed=1, n_div=10).manifest
+
+
+def test_reserved_groups_are_never_labelled_and_nothing_else_moves(data_dir):
+    recs = load_dataset("ur_fall", data_dir)
+    plain = make_split(recs, ("acce", "depth"), seed=101)
+    reserved = set(plain.labelled.units[:2])
+    split = make_split(recs, ("acce", "depth"), seed=101, reserved=reserved)
+    assert not reserved & set(split.labelled.units) and len(split.labelled.units) == len(plain.labelled.units)
+    assert split.test.units == plain.test.units and split.proxy.units == plain.proxy.units
+    assert set(plain.labelled.units) - reserved <= set(split.labelled.units)
+    with pytest.raises(SplitError, match="outside the 70 reserved"):
+        make_split(recs, ("acce", "depth"), seed=101, reserved={r.unit for r in recs})
