@@ -35,7 +35,7 @@ from fedmekt.algorithms.base import (
 )
 from fedmekt.artifacts import RunInfo
 from fedmekt.config import FederationConfig
-from fedmekt.evaluation import linear_probe, paper_probe, train_classifier_round
+from fedmekt.evaluation import deployed_scores, linear_probe, paper_probe, train_classifier_round
 from fedmekt.model import LinearHead, SplitAutoencoder
 from fedmekt.streaming import StreamingMean
 from sensors.partition import Normalizer, Partition
@@ -283,12 +283,18 @@ class ServerEngine:
         _check_plan(self.cfg, plan, self.proxy)
         return self._server_update(plan, {})
 
-    def final_evaluation(self) -> dict:
-        """Linear probe trained to convergence on the frozen final encoder, plus the majority floor."""
+    def probe(self) -> dict:
+        """The tables' linear probe trained to convergence on the frozen final encoders, plus the majority floor."""
         if self.test is None:
-            raise ValueError("final_evaluation needs a test partition")
+            raise ValueError("the final evaluation needs a test partition")
         return linear_probe(self.model, self.labelled, self.test, self.cfg, len(self.label_names), self.device,
                             _seed(self.cfg, _PROBE))
+
+    def final_evaluation(self) -> dict:
+        """The probe, and the deployed model's figures (the head the packages ship, on each encoder)."""
+        probe = self.probe()
+        return {**probe, **deployed_scores(self.model, self.head, self.test, self.cfg, len(self.label_names),
+                                           self.device)}
 
     # ---- checkpoint ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -6,6 +6,8 @@ Two probes of the global encoder:
   round; each round the test set of a modality is treated as ONE sequence cut into ``eval_chunk``-step
   chunks (each from a zero LSTM state), weighted F1 is computed per chunk and averaged over chunks
   (``f1_paper``); the table value is the median of the last 10 rounds;
+* the deployed model (``deployed_scores``): the head that ships in the package, on each encoder, scored
+  like the probe — what a user's gateway predicts, beside the research metric;
 * the final linear probe (``modality_probes``, the one probe of every table row): per test modality, a fresh
   linear head trained to convergence (full-batch L-BFGS) on that modality's frozen per-step features of the
   labelled partition; weighted F1, macro F1 and accuracy over the whole test set (every segment encoded from
@@ -122,6 +124,20 @@ def linear_probe(model: SplitAutoencoder, labelled: Partition, test: Partition, 
     return modality_probes(lambda m, part, bounds: encode_rows(model, part.modalities[m], m, bounds, device),
                            lambda m: model.rep_size, labelled, test, modalities or cfg.pair, cfg, n_classes,
                            device, seed)
+
+
+def deployed_scores(model: SplitAutoencoder, head: LinearHead, test: Partition, cfg: FederationConfig,
+                    n_classes: int, device: torch.device) -> dict[str, float]:
+    """What a gateway's package predicts: the shipped head on each modality's encoder, scored like the probe
+    (``deployed_{f1_weighted,f1_macro,accuracy}_<m>`` over the whole test set, segments from a zero state)."""
+    bounds = chunk_bounds(test.segments, cfg.eval_chunk)
+    y = test.labels[np.concatenate([np.arange(a, b) for a, b in bounds])]
+    out: dict[str, float] = {}
+    for m in cfg.pair:
+        with torch.no_grad():
+            pred = to_numpy(head(encode_rows(model, test.modalities[m], m, bounds, device))).argmax(1)
+        out.update({f"deployed_{k}_{m}": v for k, v in f1_scores(y, pred, n_classes).items()})
+    return out
 
 
 def raw_probe(labelled: Partition, test: Partition, cfg: FederationConfig, n_classes: int, device: torch.device,

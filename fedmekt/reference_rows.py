@@ -22,7 +22,8 @@ fresh linear head on that modality's features), so rows differ only in the featu
 
 Local reconstruction is mmFedAvg's client step (plain split-autoencoder reconstruction, ``ClientEngine``).
 Each record's ``local_steps`` counts client-side optimizer steps, ``server_steps`` the server-side ones
-(proxy or labelled set). No I/O here.
+(proxy or labelled set). The two supervised rows train a head with their encoder, so they also carry the
+deployed model's figures (``deployed_*``), comparable with a federation's package. No I/O here.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from fedmekt.engine import (
     _CLASSIFIER, _CLIENT, _HEAD, _PROBE, ClientEngine, RoundPlan, ServerEngine, _seed, build_model, client_key,
     client_view, resolve_device, rng_for,
 )
-from fedmekt.evaluation import linear_probe, raw_probe, train_classifier_round
+from fedmekt.evaluation import deployed_scores, linear_probe, raw_probe, train_classifier_round
 from fedmekt.losses import classifier_loss
 from fedmekt.model import LinearHead, SplitAutoencoder
 from sensors.partition import FederatedSplit
@@ -79,11 +80,16 @@ def reference_finals(cfg: FederationConfig, split: FederatedSplit) -> list[dict]
     def record(name: str, start: float, model: SplitAutoencoder, steps: int, server_steps: int = 0) -> dict:
         return _record(cfg, name, start, server_probe(server, model), steps, server_steps)
 
+    def supervised_record(name: str, start: float, trained: _Supervised, steps: int, server_steps: int) -> dict:
+        """A supervised row has a head: it is a deployable model, scored as the federation's package is."""
+        rec = record(name, start, trained.model, steps, server_steps)
+        return {**rec, **deployed_scores(trained.model, trained.head, split.test, cfg, n_classes, trained.device)}
+
     start = time.perf_counter()
     supervised = _Supervised(cfg, split)
     for plan in plans:
         supervised.labelled_round(plan.round)
-    out.append(record("labelled-only", start, supervised.model, 0, supervised.steps))
+    out.append(supervised_record("labelled-only", start, supervised, 0, supervised.steps))
 
     start = time.perf_counter()
     for plan in proxy_plans:
@@ -120,8 +126,8 @@ def reference_finals(cfg: FederationConfig, split: FederatedSplit) -> list[dict]
         for cid in plan.selected:
             ceiling.client_round(plan.round, cid)
         ceiling.labelled_round(plan.round)
-    out.append(record("supervised-ceiling", start, ceiling.model, ceiling.client_steps,
-                      ceiling.steps - ceiling.client_steps))
+    out.append(supervised_record("supervised-ceiling", start, ceiling, ceiling.client_steps,
+                                 ceiling.steps - ceiling.client_steps))
     return out
 
 
@@ -190,7 +196,7 @@ class _Supervised:
 def server_probe(server: ServerEngine, model: SplitAutoencoder) -> dict:
     """The federated runs' final probe (same seed, same modalities) on ``model``'s encoders."""
     server.model.load_state_dict(model.state_dict())
-    return server.final_evaluation()
+    return server.probe()
 
 
 def _mean_over_holders(probes: dict[str, dict], engines: dict[str, ClientEngine], cfg: FederationConfig) -> dict:
