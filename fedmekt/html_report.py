@@ -195,6 +195,48 @@ def bytes_figure(folder: RunFolder) -> bytes:
     return _png(fig)
 
 
+def f1_bytes_figure(folder: RunFolder) -> bytes | None:
+    """Final F1 against the bytes of the whole run, one panel per setup and test modality (results.csv rows).
+
+    Every algorithm and profile is a point: filled = the converged probe, hollow = the deployed model.
+    Reference rows send nothing, so they are horizontal lines (dotted: probe). None without a results table.
+    """
+    rows = [r for r in folder.table if r.get("test")]
+    if not rows:
+        return None
+    plt = _pyplot()
+    panels = sorted({(f"{r['dataset']} {r['pair']}", r["test"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.6), squeeze=False)
+    for ax, (setup, m) in zip(axes[0], panels):
+        mine = [r for r in rows if (f"{r['dataset']} {r['pair']}", r["test"]) == (setup, m)]
+        for c, r in enumerate(mine):
+            color, probe = COLORS[c % len(COLORS)], _number(r.get("probe_f1_weighted_mean"))
+            mib, deployed = _number(r.get("bytes_total_run")) / 2**20, _number(r.get("deployed_f1_weighted_mean"))
+            if np.isnan(mib):
+                if not np.isnan(probe):
+                    ax.axhline(probe, color=color, ls=":", lw=1.3, label=f"{r['algorithm']} (sends nothing)")
+                continue
+            ax.plot([mib], [probe], "o", color=color, ms=8, label=r["algorithm"])
+            if not np.isnan(deployed):
+                ax.plot([mib], [deployed], "o", color=color, ms=8, mfc="none")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{setup}: tested on {m}", fontsize=12)
+        ax.set_xlabel("MiB over the whole run (log scale)")
+        ax.set_ylabel("weighted F1 (filled: probe, hollow: deployed)")
+        _legend_below(ax, ncol=2)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def participation_figure(folder: RunFolder) -> bytes | None:
     """Which client's upload was absorbed in which round (share of the runs, for several seeds/algorithms)."""
     rows = [r for r in folder.rows if "participants" in r]
@@ -295,7 +337,7 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def overview(folder: RunFolder) -> str:
-    """One line per run: rounds done, final probe F1 per test modality, floor."""
+    """One line per run: rounds done, the deployed model's and the final probe's F1 per test modality, floor."""
     done = {f["run"]: f for f in folder.finals}
     rounds: dict[str, int] = defaultdict(int)
     for r in folder.rows:
@@ -306,11 +348,13 @@ def overview(folder: RunFolder) -> str:
         if f is None:
             items.append(f"<li><b>{html.escape(run)}</b>: {rounds[run]} round(s) done, not finished</li>")
             continue
-        probes = ", ".join(f"{k[len('probe_f1_weighted_'):]} {v:.3f}" for k, v in sorted(f.items())
-                           if k.startswith("probe_f1_weighted_"))
+        probes, deployed = (", ".join(f"{k[len(prefix):]} {v:.3f}" for k, v in sorted(f.items())
+                                      if k.startswith(prefix)) for prefix in ("probe_f1_weighted_",
+                                                                              "deployed_f1_weighted_"))
         floor = f.get("majority_f1_weighted", float("nan"))
         items.append(f"<li><b>{html.escape(run)}</b>: {rounds[run]} of {f.get('rounds', rounds[run])} rounds; "
-                     f"final probe weighted F1 {probes}; majority floor {floor:.3f}</li>")
+                     + (f"deployed model weighted F1 {deployed}; " if deployed else "")
+                     + f"final probe weighted F1 {probes}; majority floor {floor:.3f}</li>")
     return "<ul>" + "".join(items) + "</ul>"
 
 
@@ -332,6 +376,10 @@ def render_html(folder: RunFolder) -> str:
          "Encoded wire messages (frame headers + tensors) summed over a round's selected clients; "
          "FedMEKT also sends the proxy set once before the first round, or (proxy_delivery \"round\") each "
          "round's proxy windows inside the down bytes."),
+        ("F1 against bytes", f1_bytes_figure(folder),
+         "Final weighted F1 of every algorithm and profile against the bytes its whole run sent (log scale): "
+         "filled dot = the converged probe, hollow dot = the deployed model (the package's head); reference rows "
+         "send nothing and are dotted lines at their probe."),
         ("Per-client participation", participation_figure(folder),
          "Dark cell: the client's upload was absorbed in that round (with several runs: in that share of them); "
          "the number at the right counts its rounds (mean over runs). Clients never absorbed are not listed."),

@@ -121,6 +121,8 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
                    "paper_value": paper_value(dataset, clients, pair, m, algo)}
             for k in ("f1_weighted", "f1_macro", "accuracy"):
                 rec[f"probe_{k}_mean"], rec[f"probe_{k}_std"] = _ms([f[f"probe_{k}_{m}"] for f in runs])
+            rec["deployed_f1_weighted_mean"], rec["deployed_f1_weighted_std"] = _ms(
+                [f.get(f"deployed_f1_weighted_{m}", float("nan")) for f in runs])   # rows with no head: "–"
             rec["majority_f1_weighted"], _ = _ms([f["majority_f1_weighted"] for f in runs])
             rec["majority_accuracy"], _ = _ms([f["majority_accuracy"] for f in runs])
             acc.append(rec)
@@ -229,6 +231,8 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         "**paper** (spec §9, one run of the authors). ",
         "**probe** = the one probe of every row: per test modality, a fresh linear head trained to convergence on "
         "that modality's frozen per-step features of the labelled set, scored over the whole test set. "
+        "**deployed** = the model a gateway's package runs (the encoder and the head trained with it), scored like "
+        "the probe; rows with no head show –. "
         "**floor** = the labelled set's majority class predicted everywhere. "
         "Reference rows on the same splits (`fedmekt.reference_rows`): **raw-features** = the probe on the "
         "unencoded per-step features; **labelled-only** = the encoder and head trained supervised on the server's "
@@ -241,8 +245,9 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         "",
         "| dataset | pair | clients A/B/AB | algorithm | test | seeds | rounds | "
         f"{paper_metric_label(r['paper_metric_rounds'] for r in acc)}, ours | paper | "
-        "probe weighted F1 | probe macro F1 | probe accuracy | floor weighted F1 | floor accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "probe weighted F1 | probe macro F1 | probe accuracy | deployed weighted F1 | floor weighted F1 | "
+        "floor accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in acc:
         lines.append(
@@ -251,7 +256,8 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
             f"{_fmt(r['paper_value']) if r['paper_value'] is not None else '–'} | "
             f"{_fmt(r['probe_f1_weighted_mean'], r['probe_f1_weighted_std'])} | "
             f"{_fmt(r['probe_f1_macro_mean'], r['probe_f1_macro_std'])} | "
-            f"{_fmt(r['probe_accuracy_mean'], r['probe_accuracy_std'])} | {_fmt(r['majority_f1_weighted'])} | "
+            f"{_fmt(r['probe_accuracy_mean'], r['probe_accuracy_std'])} | "
+            f"{_fmt(r['deployed_f1_weighted_mean'], r['deployed_f1_weighted_std'])} | {_fmt(r['majority_f1_weighted'])} | "
             f"{_fmt(r['majority_accuracy'])} |")
     for against in dict.fromkeys(d["against"] for d in paired):
         lines += [

@@ -151,6 +151,7 @@ def summary_record(sim, raw: dict | None = None) -> dict:
         "run": r.name, "algorithm": r.config.algorithm, "dataset": r.config.dataset, "rounds": len(r.rows),
         "wall_s": round(sim.wall_s, 2),
         "probe_f1_weighted": {m: r.final.get(f"probe_f1_weighted_{m}") for m in r.config.pair},
+        "deployed_f1_weighted": {m: r.final.get(f"deployed_f1_weighted_{m}") for m in r.config.pair},
         "paper_metric": {m: float(statistics.median(x[f"f1_paper_{m}"] for x in last)) if last else None
                          for m in r.config.pair},
         "paper_metric_rounds": len(last),
@@ -170,7 +171,8 @@ def summary(s: dict, discarded: list[str]) -> str:
     from fedmekt.report import paper_metric_label
 
     mods = list(s["probe_f1_weighted"])
-    rows = [("final probe weighted F1, converged head on the final encoder",
+    rows = [("deployed model, the encoder and head its packages ship", s["deployed_f1_weighted"]),
+            ("final probe weighted F1, converged head on the final encoder",
              s["probe_f1_weighted"]),
             (f"{paper_metric_label([s['paper_metric_rounds']])}, per-round probe", s["paper_metric"]),
             ("raw-feature probe, the same head on unencoded samples", s["raw_feature_probe_f1_weighted"]),

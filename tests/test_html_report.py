@@ -41,13 +41,14 @@ def test_report_html_embeds_every_plot_and_the_results_table(run_folder: Path):
     assert f"report: {path}" in done.stdout
     page = path.read_text()
     images = _images(page)
-    assert set(images) == {"F1 per round", "Bytes per round", "Per-client participation",
+    assert set(images) == {"F1 per round", "Bytes per round", "F1 against bytes", "Per-client participation",
                            "Final probe: confusion matrix"}
     for alt, png in images.items():
         assert png.startswith(PNG) and len(png) > 5000, alt   # a real, non-trivial image
     assert "src=\"http" not in page and "<script" not in page     # self-contained, nothing fetched
     assert "<table>" in page and "fedmekt-c[W8]" in page and "majority floor" in page
     assert "3 of 3 rounds" in page                                 # the overview counts rounds as the progress bar
+    assert "deployed model weighted F1 acce" in page and "deployed_f1_weighted_mean" in page
 
 
 def test_final_probe_confusion_matrix_is_in_final_jsonl(run_folder: Path):
