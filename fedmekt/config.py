@@ -146,6 +146,7 @@ class FederationConfig:
             (1 <= self.per_round, f"per_round must be >= 1, got {self.per_round}"),
             (self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}"),
             (self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+            (self.rep_size >= 0, f"rep_size must be >= 0 (0 = the paper's r), got {self.rep_size}"),
             (self.window >= 2 and self.proxy_windows >= 1 and self.proxy_batch >= 1,
              "window >= 2, proxy_windows >= 1 and proxy_batch >= 1 required"),
             (self.label_modality in ("A", "B", "AB"), f"label_modality must be A, B or AB, got {self.label_modality!r}"),

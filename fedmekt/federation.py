@@ -37,6 +37,8 @@ class RunResult:
 def variant_label(cfg: FederationConfig) -> str:
     """Algorithm name plus every measured option that differs from the defaults, e.g. ``fedmekt-c[rep,float16]``."""
     tags = []
+    if cfg.rep_size:
+        tags.append(f"r{cfg.rep_size}")
     if cfg.faithful and cfg.is_embedding:
         tags.append("faithful")
     if cfg.is_embedding and cfg.layers != FederationConfig.layers:

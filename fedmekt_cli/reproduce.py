@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--layers", choices=("rep", "rep+hidden"), default=FederationConfig.layers,
                    help=f"FedMEKT embedding layers exchanged (default {FederationConfig.layers})")
     p.add_argument("--proxy-windows", type=int, default=None, help="FedMEKT proxy windows per round (default 48)")
+    p.add_argument("--rep-size", type=int, default=None, metavar="R",
+                   help="representation size r of every algorithm and reference row (default: the paper's for the "
+                        "dataset and pair, 2 on UR Fall with acce, else 4)")
     p.add_argument("--faithful", action="store_true", help="keep the authors' O1-O3 loss choices")
     add_embedding_options(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="server-side device")
@@ -107,6 +110,8 @@ def build_configs(args) -> list:
                 faithful=args.faithful or base.get("faithful", False), device=args.device, threads=args.threads)
     if args.proxy_windows is not None:
         base["proxy_windows"] = args.proxy_windows
+    if args.rep_size is not None:
+        base["rep_size"] = args.rep_size
     apply_embedding_options(args, base)
     return [FederationConfig.from_dict({**base, "seed": seed, "algorithm": a})
             for seed in range(args.first_seed, args.first_seed + args.seeds) for a in algorithms]

@@ -59,6 +59,10 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "no-walk": {"server_proxy_walk": False},             # 2.5: the walk on this dataset
     "mmfedavg-le4": {"algorithm": "mmfedavg", "hyper": {"local_epochs": 4}},   # mmFedAvg's own settings
     "mmfedavg-w1": {"algorithm": "mmfedavg", "hyper": {"mm_weight": 1.0}},
+    # issue 19 §2a: representation size r for every algorithm ("no-kd-server" is proxy-only under the protocol:
+    # with eta = gamma = 0 the server's update is its proxy reconstruction alone, whatever the clients send)
+    **{f"r{r}": {"rep_size": r} for r in (8, 16, 32)},
+    **{f"mmfedavg-r{r}": {"algorithm": "mmfedavg", "rep_size": r} for r in (8, 16, 32)},
     "rep-fp16": {"layers": "rep", "wire_dtype": "float16"},   # §3: communication profiles
     "rep-fp32": {"layers": "rep", "wire_dtype": "float32"},
     "hidden-fp16-W12": {"layers": "rep+hidden", "wire_dtype": "float16", "proxy_windows": 12},

@@ -92,6 +92,7 @@ def test_report_rerenders_from_jsonl(reproduced, capsys):
     ["reproduce", "--clients", "10,10", "--rounds", "1"],
     ["reproduce", "--pair", "acce", "--rounds", "1"],
     ["reproduce", "--embedding-noise", "-1", "--rounds", "1"],
+    ["reproduce", "--rep-size", "-2", "--rounds", "1"],
 ])
 def test_reproduce_bad_input_is_one_line_exit_2(argv, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
@@ -102,3 +103,18 @@ def test_reproduce_bad_input_is_one_line_exit_2(argv, tmp_path, capsys):
 def test_report_on_a_folder_without_results_is_one_line_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_rep_size_flag_sets_r_for_every_algorithm_and_names_the_variant():
+    from fedmekt.federation import variant_label
+    from fedmekt_cli.main import build_parser
+    from fedmekt_cli.reproduce import build_configs
+
+    args = build_parser().parse_args(["reproduce", "--dataset", "demo", "--algorithms", "fedmekt-c,mmfedavg",
+                                      "--seeds", "1", "--rep-size", "16"])
+    configs = build_configs(args)
+    assert [c.resolved_rep_size() for c in configs] == [16, 16]
+    assert [variant_label(c) for c in configs] == ["fedmekt-c[r16]", "mmfedavg[r16]"]
+    (paper,) = build_configs(build_parser().parse_args(["reproduce", "--dataset", "demo", "--algorithms",
+                                                       "fedmekt-c", "--seeds", "1"]))
+    assert variant_label(paper) == "fedmekt-c" and paper.resolved_rep_size() == 4
