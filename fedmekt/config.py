@@ -26,7 +26,7 @@ ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
 WIRE_DTYPES = ("float32", "float16")
 WIRE_ITEMSIZE = {"float32": 4, "float16": 2}
 LAYERS = ("rep", "rep+hidden")
-KD_LOSSES = ("mse", "kl", "kl-time", "kl-std", "mse-std")
+KD_LOSSES = ("mse", "kl", "kl-time", "kl-std", "mse-std", "relational")
 ALIGNMENTS = ("none", "mse", "cosine", "infonce")
 PARTITIONS = ("paper", "subject")
 DEVICES = ("auto", "cpu", "cuda")
@@ -52,7 +52,10 @@ class Hyper:
     gamma: float = 0.04              # server KD weight, hidden layer
     temperature: float = 3.0          # softmax temperature of kd = "kl"
     kd: str = "kl"                    # distillation term: "kl" (softmax KD at T, the paper), "mse" (embeddings),
-                                      # "kl-time" (softmax over time), "kl-std"/"mse-std" (standardised targets)
+                                      # "kl-time" (softmax over time), "kl-std"/"mse-std" (standardised targets),
+                                      # "relational" (the windows' similarity structure: the server averages
+                                      # each client's, so clients' latent spaces need not be aligned)
+    relation_tau: float = 0.1         # temperature of the relational KD's row softmax over cosine similarities
     align: str = "none"               # FedMEKT-C cross-modal alignment of z_A(t), z_B(t) on aligned windows
                                       # (server: proxy; A+B clients: private): "none", "mse", "cosine", "infonce"
     align_weight: float = 1.0         # weight of the alignment term

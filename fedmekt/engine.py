@@ -243,6 +243,7 @@ class ServerEngine:
         robust.check_magnitude(upload, reference, f"upload from {client_id}")
         if self.cfg.robust_aggregation == "clip":
             upload = robust.clip(upload, reference)
+        upload = self.algorithm.teacher_view(self.party, upload)
         weight = self.algorithm.client_weight(self.cfg, tuple(modalities))
         if self.cfg.hyper.upload_weight == "rounds":
             weight *= self._absorbed_rounds.get(client_id, 0) + 1

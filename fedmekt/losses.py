@@ -31,18 +31,45 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, *,
     return temperature**2 * kl / student.shape[0]
 
 
+def relation(z: torch.Tensor) -> torch.Tensor:
+    """[N, w, C] embeddings of N windows -> [N, N] cosine similarities of their time-pooled codes.
+
+    What a latent space says about the windows, not where it puts them: unchanged by a rotation or scaling of
+    the space and defined for any width C, so clients whose spaces drifted apart (or differ in size) can be
+    averaged and matched (FedHeNN, arXiv 2202.07757; FedX, 2207.09158). Pooled over time because neighbouring
+    steps of one window are near duplicates.
+    """
+    a = F.normalize(z.mean(dim=1), dim=-1)
+    return a @ a.T
+
+
+def relational_kd(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+    """KL(row-softmax(teacher / τ) ‖ row-softmax(student / τ)) between [N, N] relations, summed over rows and
+    divided by N (``batchmean``, like ``kd_loss``). The diagonal (every window's similarity to itself, 1 in
+    both) is left out: it carries nothing and would dominate each row."""
+    n = student.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    logp = F.log_softmax(student[off].view(n, n - 1) / tau, dim=-1)
+    logq = F.log_softmax(teacher[off].view(n, n - 1) / tau, dim=-1)
+    return (logq.exp() * (logq - logp)).sum() / n
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float, *,
-                      faithful: bool = False) -> torch.Tensor:
+                      faithful: bool = False, relation_tau: float = 0.1) -> torch.Tensor:
     """The KD term ``hyper.kd`` between [N, w, C] embeddings (``faithful`` forces the authors' KL, O1).
 
     "kl": softmax over features per step (the paper); "kl-time": softmax over the w steps per channel
     (a distribution with w outcomes, so it carries signal at r = 2 where a 2-way softmax of values in
     (−1, 1) at T = 3 is near uniform), exact KL, standard direction; "mse": the embeddings themselves;
     "kl-std" / "mse-std": the same on targets standardised per channel by the teacher's batch statistics
-    (detached; the student is mapped by the same affine, so the optimum is unchanged).
+    (detached; the student is mapped by the same affine, so the optimum is unchanged); "relational": the
+    windows' similarity structure (``relational_kd`` at ``relation_tau``); ``teacher`` may then already be a
+    [N, N] relation (the server's mean of its clients' relations).
     """
     if faithful:
         return kd_loss(student, teacher, temperature, faithful=True)
+    if kind == "relational":
+        return relational_kd(relation(student), teacher if teacher.dim() == 2 else relation(teacher), relation_tau)
     if kind.endswith("-std"):
         ref = teacher.detach()
         mean, std = ref.mean(dim=(0, 1), keepdim=True), ref.std(dim=(0, 1), keepdim=True) + 1e-6

@@ -63,6 +63,8 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # with eta = gamma = 0 the server's update is its proxy reconstruction alone, whatever the clients send)
     **{f"r{r}": {"rep_size": r} for r in (8, 16, 32)},
     **{f"mmfedavg-r{r}": {"algorithm": "mmfedavg", "rep_size": r} for r in (8, 16, 32)},
+    "relational": {"hyper": {"kd": "relational"}},       # §2b: the server averages each client's structure
+    **{f"relational-r{r}": {"rep_size": r, "hyper": {"kd": "relational"}} for r in (8, 16)},
     "rep-fp16": {"layers": "rep", "wire_dtype": "float16"},   # §3: communication profiles
     "rep-fp32": {"layers": "rep", "wire_dtype": "float32"},
     "hidden-fp16-W12": {"layers": "rep+hidden", "wire_dtype": "float16", "proxy_windows": 12},

@@ -3,8 +3,11 @@ checkpoints, plan validation, split hygiene."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load, save
 
 from fedmekt.config import ALGORITHMS, FederationConfig, load_config
@@ -261,3 +264,28 @@ def test_server_proxy_walk_trains_more_on_the_proxy_set_and_sends_the_same(split
     _, w_down1, _, _ = _round(*walk, split, 1)
     _, p_down1, _, _ = _round(*plain, split, 1)
     assert any(not np.array_equal(w_down1[k], p_down1[k]) for k in p_down1)
+
+
+def test_relational_kd_server_averages_each_clients_structure_not_their_embeddings():
+    """With kd = relational the server folds every upload's [W, W] similarity structure into its mean."""
+    from fedmekt.losses import relation
+
+    split = tiny_split()
+    cfg = tiny_config("fedmekt-c", hyper=replace(tiny_config().hyper, kd="relational"))
+    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    plan = server.plan_round(0, sorted(c.client_id for c in split.clients))
+    down = server.downstream(plan)
+    server.begin_round(plan)
+    uploads = {}
+    for c in split.clients:
+        if c.client_id in plan.selected:
+            engine = ClientEngine(cfg, c.client_id, c.modalities, split.channels, split.proxy)
+            uploads[c.client_id] = engine.train_round(plan, client_view(down, c.modalities), c.data)
+            server.absorb(c.client_id, c.modalities, uploads[c.client_id])
+    means = server._mean.mean()
+    holders = [u["emb/a/z"] for u in uploads.values() if "emb/a/z" in u]
+    expected = np.mean([relation(torch.from_numpy(z)).numpy() for z in holders], axis=0)
+    assert means["emb/a/z"].shape == (len(plan.proxy_windows),) * 2
+    np.testing.assert_allclose(means["emb/a/z"], expected, atol=1e-6)
+    row = server.finish_round(plan)
+    assert np.isfinite(row["loss_server"])

@@ -116,3 +116,29 @@ def test_embedding_mse_is_batchmean_scaled_and_trains_the_student():
     assert embedding_mse(teacher, teacher).item() == 0.0
     loss.backward()
     assert student.grad.abs().sum() > 0
+
+
+def test_relation_ignores_rotation_scale_and_width_of_the_latent_space():
+    from fedmekt.losses import relation
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 5, 4, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g))          # a random rotation of the space
+    wide = torch.cat([z @ q * 3.0, torch.zeros(6, 5, 12)], dim=-1)  # rotated, scaled and 16 wide
+    assert torch.allclose(relation(z), relation(wide), atol=1e-5)
+    assert relation(z).shape == (6, 6) and torch.allclose(relation(z).diagonal(), torch.ones(6))
+
+
+def test_relational_kd_vanishes_on_equal_structures_and_trains_the_student_only():
+    from fedmekt.losses import distillation_loss, relation, relational_kd
+
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.randn(8, 4, 2, generator=g)
+    student = torch.randn(8, 4, 3, generator=g, requires_grad=True)
+    assert relational_kd(relation(teacher), relation(teacher), 0.1) == pytest.approx(0.0, abs=1e-6)
+    loss = distillation_loss(student, teacher, "relational", 3.0)
+    assert loss > 0
+    loss.backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    # a teacher given as its [N, N] relation (the server's mean of its clients') is the same target
+    assert float(distillation_loss(student, relation(teacher), "relational", 3.0)) == pytest.approx(float(loss))

@@ -254,6 +254,10 @@ class Algorithm:
         """Names and shapes of a valid upload from a client holding ``modalities``."""
         raise NotImplementedError
 
+    def teacher_view(self, server: Party, upload: Tensors) -> Tensors:
+        """What of a validated upload the server averages (default: the upload itself)."""
+        return upload
+
     def client_weight(self, cfg: FederationConfig, modalities: tuple[str, ...]) -> float:
         """Weight of a client's upload in the server's streaming mean."""
         return 1.0

@@ -28,7 +28,7 @@ from fedmekt.algorithms.base import (
     Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, epoch_steps, exchanged_layers,
     inputs_only, private_epoch, reconstruct, to_numpy,
 )
-from fedmekt.losses import alignment_loss, distillation_loss, reconstruction_loss, reversed_mse
+from fedmekt.losses import alignment_loss, distillation_loss, reconstruction_loss, relation, reversed_mse
 from sensors.partition import Partition
 
 
@@ -67,7 +67,7 @@ class FedMEKT(Algorithm):
         mods = [m for m in student if m in teacher]
         total = torch.zeros((), device=party.device)
         for i, layer in enumerate(exchanged_layers(cfg)):
-            if self.joint and len(mods) > 1:
+            if self.joint and len(mods) > 1 and not self._relational(cfg):
                 s = party.projections.joint(layer, [student[m][i] for m in mods])
                 t = party.projections.joint(layer, [teacher[m][i] for m in mods])
                 pairs = [(s, t)]
@@ -75,7 +75,8 @@ class FedMEKT(Algorithm):
                 pairs = [(student[m][i], teacher[m][i]) for m in mods]
             for s, t in pairs:
                 a, b = (t, s) if reverse else (s, t)
-                term = distillation_loss(a, b, cfg.hyper.kd, cfg.hyper.temperature, faithful=cfg.faithful)
+                term = distillation_loss(a, b, cfg.hyper.kd, cfg.hyper.temperature, faithful=cfg.faithful,
+                                         relation_tau=cfg.hyper.relation_tau)
                 total = total + weights[i] * term
         return total * (2.0 if (cfg.faithful and self.joint and len(mods) > 1) else 1.0)
 
@@ -91,9 +92,22 @@ class FedMEKT(Algorithm):
         za, zb = (z[m] if m in z else party.model.encode(x[m], m)[0] for m in list(x)[:2])
         return h.align_weight * alignment_loss(za, zb, h.align, h.align_tau)
 
+    @staticmethod
+    def _relational(cfg) -> bool:
+        """Relational KD compares each modality's structure with its own (width-free: no joint projection)."""
+        return cfg.hyper.kd == "relational" and not cfg.faithful
+
     # ---- server -------------------------------------------------------------------------------------
     def downstream(self, server: Party, proxy: ProxyWindows | None) -> Tensors:
         return self._embed(server, proxy, server.modalities)
+
+    def teacher_view(self, server: Party, upload: Tensors) -> Tensors:
+        """Relational KD averages each client's similarity structure [W, W], not its embeddings: a mean of
+        embeddings from latent spaces that drifted apart is no one's structure."""
+        if not self._relational(server.cfg):
+            return upload
+        with torch.no_grad():
+            return {k: to_numpy(relation(torch.from_numpy(v))) for k, v in upload.items()}
 
     def server_update(self, server: Party, means: Tensors, proxy: ProxyWindows | None,
                       rng: np.random.Generator) -> dict[str, float]:
@@ -102,6 +116,7 @@ class FedMEKT(Algorithm):
         # modality -> (z̄, h̄) tensors for modalities some client reported this round
         targets = {m: tuple(torch.from_numpy(means[emb_key(m, ly)]).to(server.device) for ly in layers)
                    for m in server.modalities if emb_key(m, "z") in means}
+        take = _relation_rows if self._relational(cfg) else (lambda t, idx: t[idx])
         losses = []
         walk = epoch_steps(h.server_walk_step_budget, h.global_epochs)
         source = (inputs_only([proxy.source, server.unlabelled], server.modalities)
@@ -109,7 +124,7 @@ class FedMEKT(Algorithm):
         for _ in range(h.global_epochs):
             for idx in proxy.epoch(rng, cfg.proxy_batch):
                 x = {m: proxy.x[m][idx] for m in server.modalities}
-                losses += self._server_step(server, x, {m: tuple(t[idx] for t in v) for m, v in targets.items()})
+                losses += self._server_step(server, x, {m: tuple(take(t, idx) for t in v) for m, v in targets.items()})
             if cfg.server_proxy_walk:
                 for x, _labels in private_epoch(source, server.modalities, cfg, rng, server.device, walk):
                     self._server_step(server, x, {})
@@ -164,3 +179,8 @@ class FedMEKT(Algorithm):
                                                (h.alpha, h.beta))
                         client.optim.step(loss, [enc(m)] + [dec(k) for k in mods])
         return self._embed(client, proxy, mods)
+
+
+def _relation_rows(rel: torch.Tensor, idx) -> torch.Tensor:
+    """The [n, n] block of a [W, W] mean relation for the batch's proxy windows ``idx``."""
+    return rel[idx][:, idx]
