@@ -59,8 +59,9 @@ def register(subparsers) -> None:
 
 def add_embedding_options(p) -> None:
     """FedMEKT options shared by ``reproduce`` and ``simulate``."""
-    p.add_argument("--kd", choices=("mse", "kl"), default=None,
-                   help="FedMEKT distillation term: the paper's softmax KL (default) or embedding MSE")
+    p.add_argument("--kd", choices=("mse", "kl", "relational"), default=None,
+                   help="FedMEKT distillation term: the paper's softmax KL (default), embedding MSE, or the "
+                        "windows' similarity structure (relational: the server averages each client's)")
     p.add_argument("--embedding-noise", type=float, default=None, metavar="SIGMA",
                    help="std of Gaussian noise clients add to uploaded FedMEKT embeddings (default 0 = off)")
     p.add_argument("--proxy-delivery", choices=("auto", "once", "round"), default=None,
