@@ -81,7 +81,8 @@ def open_source(spec: str, client_id: str, modalities: dict[str, int], data_dir:
             stream = open(arg, "rb")  # noqa: SIM115 - owned by the source for its lifetime
         except OSError as exc:
             raise UserError(f"cannot open {arg}: {exc.strerror}") from None
-        return OpenedSource(StdinSource(fmt, stream=stream, unit=Path(arg).stem, policy="block"), False, False)
+        return OpenedSource(StdinSource(fmt, stream=stream, unit=Path(arg).stem, name=kind, policy="block"),
+                            False, False)
     if kind == "stdin":
         return OpenedSource(StdinSource(fmt, policy="block"), False, False)
     if kind == "udp":

@@ -98,6 +98,11 @@ def run(args: argparse.Namespace) -> int:
         if link is not None:
             link.close()
     rejected = sum(source.stats.rejected.values())
+    if rejected and not source.stats.accepted:
+        raise UserError(f"no sample of {args.source} could be read: {rejected} malformed "
+                        f"({', '.join(f'{n} {why}' for why, n in source.stats.rejected.most_common())}); lines must be "
+                        f"t,<{recognizer.entry.channels} {recognizer.modality} channels>. A recording in the kit's "
+                        "generic format (docs/sensors.md) replays with --source replay:DATASET[:UNIT] --data-dir DIR")
     if rejected:
         print(f"fedmekt infer: {rejected} malformed samples skipped ({dict(source.stats.rejected)})", file=sys.stderr)
     return 0

@@ -126,3 +126,23 @@ def test_cli_runs_from_a_gateway_model_store(data_dir, tmp_path, tmp_path_factor
     (store.root / "current").write_text("../../elsewhere\n")
     assert main(["infer", "--model", str(store.root), "--source", "replay:demo"]) == 2
     assert "does not name an installed package" in capsys.readouterr().err
+
+
+def test_cli_csv_with_other_fields_is_an_error_naming_the_file_and_the_way_out(data_dir, tmp_path, tmp_path_factory,
+                                                                               capsys):
+    """A CSV in the kit's generic format (every modality's columns) is not a stream of one modality: exit 2."""
+    package = built_package("hapt", data_dir, tmp_path_factory)
+    rows = np.random.default_rng(0).normal(size=(50, 7))
+    path = tmp_path / "run1.csv"
+    path.write_text("".join(f"{i * 0.02:.2f}," + ",".join(f"{v:.4f}" for v in r) + "\n" for i, r in enumerate(rows)))
+    code = main(["infer", "--model", str(package), "--source", f"csv:{path}", "--modality", "gyro",
+                 "--public-key", str(signing_keys(tmp_path_factory)[1])])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and captured.out == ""
+    assert err[-1].startswith(f"fedmekt infer: error: no sample of csv:{path} could be read: 50 malformed")
+    assert "replay:DATASET" in err[-1]
+    from edge_client.sources import open_source
+
+    with open_source(f"csv:{path}", "infer", {"gyro": 3}, None).source as source:   # its log lines say csv:run1
+        assert (source.name, source.unit) == ("csv", "run1")

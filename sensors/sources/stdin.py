@@ -12,17 +12,20 @@ from sensors.sources.parse import LineSplitter, StreamFormat
 
 
 class StdinSource(LineSource):
-    """Reads lines from a binary stream (default ``sys.stdin.buffer``) until EOF or ``close()``."""
+    """Reads lines from a binary stream (default ``sys.stdin.buffer``) until EOF or ``close()``; ``name`` is
+    what log lines call it (``csv`` for a file read with ``--source csv:PATH``)."""
 
     name = "stdin"
 
-    def __init__(self, fmt: StreamFormat, stream: BinaryIO | None = None, unit: str = "stdin", **kw) -> None:
+    def __init__(self, fmt: StreamFormat, stream: BinaryIO | None = None, unit: str = "stdin", name: str = "stdin",
+                 **kw) -> None:
+        self.name = name
         super().__init__(fmt, unit=unit, **kw)
         self.stream = stream if stream is not None else sys.stdin.buffer
 
     def _run(self) -> None:
         fd = self.stream.fileno()
-        splitter = LineSplitter(self.stats, f"stdin:{self.unit}")
+        splitter = LineSplitter(self.stats, f"{self.name}:{self.unit}")
         while not self._stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.2)  # wake up to notice close()
             if not ready:
