@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     key = load_public_key(args.public_key) if args.public_key else None
     if key is None:
-        print("fedmekt infer: warning: no --public-key: the package signature is NOT checked (hashes are)",
-              file=sys.stderr)
+        log.warning("no --public-key: the package signature is NOT checked (hashes are)")
     try:
         recognizer = StreamingRecognizer.open(args.model, key, args.modality, stride=args.stride, threads=args.threads)
     except PackageError as exc:

@@ -146,3 +146,13 @@ def test_cli_csv_with_other_fields_is_an_error_naming_the_file_and_the_way_out(d
 
     with open_source(f"csv:{path}", "infer", {"gyro": 3}, None).source as source:   # its log lines say csv:run1
         assert (source.name, source.unit) == ("csv", "run1")
+
+
+def test_missing_public_key_warning_follows_log_json(data_dir, tmp_path_factory):
+    package = built_package("hapt", data_dir, tmp_path_factory)
+    done = subprocess.run([sys.executable, "-m", "fedmekt_cli", "--log-json", "infer", "--model", str(package),
+                           "--source", "replay:demo", "--max-windows", "1"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in done.stderr.splitlines()]   # every stderr line is a JSON record
+    assert any(r["level"] == "WARNING" and "signature is NOT checked" in r["message"] for r in records)
