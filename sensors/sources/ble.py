@@ -45,11 +45,12 @@ class BleSource(Source):
     name = "ble"
 
     def __init__(self, device: str, fmt: NotificationFormat, unit: str | None = None, scan_timeout: float = 10.0,
-                 connect_timeout: float = 20.0, max_retry_s: float = 30.0,
+                 connect_timeout: float = 20.0, max_retry_s: float = 30.0, hold_s: float = 0.5,
                  backends: tuple[type, type] | None = None, **kw) -> None:
         super().__init__(unit=unit or device, **kw)
         self.device, self.fmt = device, fmt
         self.scan_timeout, self.connect_timeout, self.max_retry_s = scan_timeout, connect_timeout, max_retry_s
+        self.hold_s = hold_s  # longest a notification waits in the reorder window when the stream pauses
         self.scanner_backend, self.client_backend = backends or (None, None)
         self.counters = BleCounters()
         self.connected = threading.Event()
@@ -91,7 +92,7 @@ class BleSource(Source):
                 if self._stop.is_set():
                     return
                 self._disconnected(f"{type(exc).__name__}: {exc}")
-                await self._flush()
+                self._flush()
             try:
                 await asyncio.wait_for(self._astop.wait(), delay)
                 return
@@ -140,12 +141,17 @@ class BleSource(Source):
             self.connected.set()
             log.info("ble:%s connected to %s, %d characteristic(s)", self.unit, device, len(self.streams))
             waits = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(self._astop.wait())]
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
+            try:
+                while not any(w.done() for w in waits):
+                    await asyncio.wait(waits, timeout=self.hold_s / 2, return_when=asyncio.FIRST_COMPLETED)
+                    for stream in self.streams.values():  # a paused stream: release what the reorder window holds
+                        self._put(stream.release_stale(self.now(), self.hold_s))
+            finally:
+                for w in waits:
+                    w.cancel()
         finally:
             self.connected.clear()
-            await self._flush()
+            self._flush()
             if client.is_connected:
                 try:
                     await client.disconnect()
@@ -153,15 +159,15 @@ class BleSource(Source):
                     log.debug("ble:%s disconnect: %s", self.unit, exc)
 
     def _on_notify(self, stream: NotificationStream, _characteristic, data: bytearray) -> None:
-        batch = stream.feed(bytes(data), self.now())
+        self._put(stream.feed(bytes(data), self.now()))
+
+    def _put(self, batch) -> None:
         if batch is not None:
             self.buffer.put(batch, timeout=1.0)
 
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
         for stream in self.streams.values():
-            batch = stream.flush()
-            if batch is not None:
-                self.buffer.put(batch, timeout=1.0)
+            self._put(stream.flush())
 
     def _close_transport(self) -> None:
         loop, astop = self._loop, self._astop

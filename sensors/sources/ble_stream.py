@@ -7,12 +7,16 @@ follows the lower envelope of ``arrival - device time`` (the least link latency 
 only as fast as a crystal drifts (``max_drift``, when the wearable's clock runs slow), and is
 re-anchored (``resyncs``) when the mapped time would lie more than ``max_lag`` before arrival (a
 rebooted or jumping wearable clock). Mapped times therefore lie in ``[arrival - max_lag, arrival]``.
+The store's order stays strict: when the offset falls (less latency seen than at the first
+notification, e.g. a backlog the wearable delivers faster than real time), the next samples are
+moved just past the last stored one rather than restamping what is stored.
 
 Without a device timestamp the wearable's sequence counter (or, lacking that, the count of samples
 received) times ``1 / rate_hz`` stands in for its clock, so every stream is mapped the same way.
 
 Order: BLE delivers a link's notifications in order, but a wearable's own buffering may not. Up
-to ``reorder`` notifications are held and released in sequence (by counter, else device time);
+to ``reorder`` notifications are held (never longer than ``hold_s`` once the stream pauses: ``release_stale``)
+and released in sequence (by counter, else device time);
 one that arrives after a newer one was released is ``late``, a repeated counter ``duplicate``
 (both counted in ``stats.rejected`` and logged, nothing stored). Counter jumps are ``lost``
 notifications (``BleCounters.lost``).
@@ -97,11 +101,17 @@ class NotificationStream:
             return None
         key = self._key(note)
         ts = self._timestamps(note, key, arrival)
-        heapq.heappush(self._held, (key, next(self._arrivals), ts, note))
+        heapq.heappush(self._held, (key, next(self._arrivals), arrival, ts, note))
         due = []
         while len(self._held) > self.fmt.reorder:
             due.append(heapq.heappop(self._held))
         return self._release(due)
+
+    def release_stale(self, now: float, hold_s: float) -> SampleBatch | None:
+        """Everything held once the oldest held notification arrived ``hold_s`` ago (a paused stream)."""
+        if self._held and min(entry[2] for entry in self._held) <= now - hold_s:
+            return self.flush()
+        return None
 
     def flush(self) -> SampleBatch | None:
         """Release everything held (the link dropped or the source closes)."""
@@ -148,7 +158,7 @@ class NotificationStream:
 
     def _release(self, due: list) -> SampleBatch | None:
         ts_parts, rows = [], []
-        for key, _, ts, note in due:
+        for key, _, _, ts, note in due:
             if self._last_key is not None and key <= self._last_key:
                 reason = "duplicate" if key == self._last_key else "late"
                 self.stats.reject(reason, f"notification {key:g} after {self._last_key:g}", self.where)
