@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ble_support import h10_frame
 from sensors.sources.ble_format import PRESETS, Decoder, NotificationFormat, format_from_dict
 from sensors.sources.ble_stream import BleCounters, ClockMap, NotificationStream
 from sensors.sources.parse import MalformedSample, SourceStats
@@ -20,10 +21,6 @@ H10 = PRESETS["polar-h10-acc"]
 # One PMD ACC data frame as the PMD specification lays it out: type 02, timestamp 0x0000_0123_4567_89AB ns of the
 # last sample, frame type 01, then two samples x, y, z int16 LE in milli-g: (1000, -2000, 3), (-1, 0, 32767).
 H10_FRAME = bytes.fromhex("02" "ab89674523010000" "01" "e803" "30f8" "0300" "ffff" "0000" "ff7f")
-
-
-def h10_frame(t_ns: int, samples) -> bytes:
-    return b"\x02" + struct.pack("<Q", t_ns) + b"\x01" + b"".join(struct.pack("<3h", *s) for s in samples)
 
 
 def test_polar_h10_frame_decodes_to_g_and_the_last_samples_timestamp():

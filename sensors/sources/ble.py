@@ -76,6 +76,7 @@ class BleSource(Source):
             return
         delay = self.retry_s
         while not self._stop.is_set():
+            found = None
             try:
                 found = await self._unless_stopped(self._find())
                 if self._stop.is_set():
@@ -91,7 +92,9 @@ class BleSource(Source):
             except (BleakError, OSError, asyncio.TimeoutError, EOFError) as exc:
                 if self._stop.is_set():
                     return
-                self._disconnected(f"{type(exc).__name__}: {exc}")
+                hint = "no Bluetooth stack to scan with (BlueZ running? an adapter?): " \
+                    if found is None and isinstance(exc, OSError) else ""
+                self._disconnected(f"{hint}{type(exc).__name__}: {exc}")
                 self._flush()
             try:
                 await asyncio.wait_for(self._astop.wait(), delay)
