@@ -173,3 +173,20 @@ def test_h10_stream_without_sequence_numbers_orders_by_device_time_across_a_reco
     batch_t = np.concatenate([b.timestamps for b in out if b is not None])
     assert stats.accepted == 32 and not stats.rejected
     assert np.all(np.diff(batch_t) > 0) and batch_t[-1] <= 400.07 + 1e-9 and batch_t[16] > 399.0
+
+
+def test_bunched_notifications_stay_in_order_and_never_after_their_arrival():
+    """A backlog (frames sampled over 0.3 s, queued while the link came up) arrives in one burst, then the
+    stream runs in real time: the offset falls frame by frame; nothing is stamped after it arrived."""
+    stats, counters = SourceStats(), BleCounters()
+    stream = NotificationStream(replace(H10, reorder=0), "h10", stats, counters)
+    arrivals = [50.3] * 7 + [50.35, 50.4, 50.45, 50.5]  # frame i is sampled until 50.0 + 0.05 i
+    out = []
+    for i, arrival in enumerate(arrivals):
+        batch = stream.feed(h10_frame(10**9 + (10 * i + 9) * 5 * 10**6, [(10 * i + k, 0, 0) for k in range(10)]),
+                            arrival)
+        assert batch.timestamps[-1] <= arrival + 1e-4  # at most 1 µs per sample moved past the last stored one
+        out.append(batch)
+    t = np.concatenate([b.timestamps for b in out])
+    assert np.all(np.diff(t) > 0) and stats.accepted == 110
+    assert out[-1].timestamps[-1] == pytest.approx(50.5)  # once the backlog is through, back on the arrival line

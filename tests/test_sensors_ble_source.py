@@ -47,6 +47,7 @@ def test_scan_retry_refused_connect_malformed_drop_and_reconnect():
     src = BleSource(wearable.name, H10, scan_timeout=0.2, retry_s=0.05, backends=(TimedScanner, client)).start()
     try:
         assert wearable.done.wait(30), f"the scripted wearable never finished: {wearable}, {src.stats}"
+        assert src.connected.is_set()  # the last session holds the link
         batch = drain(src, 250)
         now = src.now()
     finally:

@@ -7,9 +7,10 @@ follows the lower envelope of ``arrival - device time`` (the least link latency 
 only as fast as a crystal drifts (``max_drift``, when the wearable's clock runs slow), and is
 re-anchored (``resyncs``) when the mapped time would lie more than ``max_lag`` before arrival (a
 rebooted or jumping wearable clock). Mapped times therefore lie in ``[arrival - max_lag, arrival]``.
-The store's order stays strict: when the offset falls (less latency seen than at the first
-notification, e.g. a backlog the wearable delivers faster than real time), the next samples are
-moved just past the last stored one rather than restamping what is stored.
+The store's order stays strict: when the offset falls (less latency seen than before, e.g. a
+backlog of notifications that queued up arrives in one burst), the samples of the next notification
+that would land at or before the last stored one are moved just past it, 1 µs apart, rather than
+restamping what is stored (so a burst is stamped at most 1 µs per sample after its arrival).
 
 Without a device timestamp the wearable's sequence counter (or, lacking that, the count of samples
 received) times ``1 / rate_hz`` stands in for its clock, so every stream is mapped the same way.
@@ -37,6 +38,7 @@ from sensors.sources.ble_format import Decoder, Notification, NotificationFormat
 from sensors.sources.parse import MalformedSample, SourceStats
 
 log = logging.getLogger("sensors.sources")
+_NUDGE = 1e-6  # seconds between samples moved past the last stored one
 
 
 @dataclass
@@ -170,7 +172,7 @@ class NotificationStream:
                             self.counters.lost)
             self._last_key = key
             if ts[0] <= self.last_t:  # the offset fell (less latency seen): keep the store's order strict
-                ts = ts + (self.last_t - ts[0]) + 1e-6
+                ts = np.maximum(ts, self.last_t + _NUDGE * np.arange(1, len(ts) + 1))
             self.last_t = float(ts[-1])
             ts_parts.append(ts)
             rows.append(note.values)
