@@ -222,7 +222,8 @@ class VirtualAir:
         await gateway.power_on()
         adv = bytes(AdvertisingData([(AdvertisingData.COMPLETE_LOCAL_NAME, self.name.encode()),
                                      (AdvertisingData.FLAGS, bytes([0x06]))]))
-        await wearable.start_advertising(auto_restart=True, advertising_data=adv)
+        await wearable.start_advertising(auto_restart=True, advertising_data=adv, advertising_interval_min=100,
+                                         advertising_interval_max=100)  # ms; Bumble's default is 1 s
         self.timings["advertising"] = asyncio.get_running_loop().time()
 
     def _on_control(self, connection, value: bytes) -> None:
