@@ -190,3 +190,30 @@ def test_bunched_notifications_stay_in_order_and_never_after_their_arrival():
     t = np.concatenate([b.timestamps for b in out])
     assert np.all(np.diff(t) > 0) and stats.accepted == 110
     assert out[-1].timestamps[-1] == pytest.approx(50.5)  # once the backlog is through, back on the arrival line
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 255), st.floats(0, 0.5), st.booleans(), st.booleans()), max_size=60))
+def test_stream_never_raises_and_keeps_the_store_order(events):
+    """Any counters (wrapping, repeated, jumping), arrival gaps, garbage and reconnects: the samples released are
+    strictly increasing in time, never stamped before their arrival minus max_lag, and every notification is
+    accounted for (stored, rejected, or still held)."""
+    stats, counters = SourceStats(), BleCounters()
+    stream = NotificationStream(SEQ, "w", stats, counters)
+    arrival, last, released = 100.0, -np.inf, 0
+    for seq, gap, garbage, reconnect in events:
+        arrival += gap
+        if reconnect:
+            batches = [stream.flush()]
+            stream.restart()
+        else:
+            batches = [stream.feed(b"\x00" if garbage else seq_note(seq, seq), arrival)]
+        for b in batches:
+            if b is None:
+                continue
+            assert b.timestamps[0] > last and np.all(np.diff(b.timestamps) > 0)
+            assert b.timestamps[-1] <= arrival + 1e-4 and b.timestamps[0] >= arrival - 2.0 - 0.5 * len(events)
+            last, released = b.timestamps[-1], released + len(b)
+    released += sum(len(b) for b in [stream.flush()] if b is not None)
+    assert released == stats.accepted
+    assert stats.accepted // 2 + sum(stats.rejected.values()) == counters.notifications
