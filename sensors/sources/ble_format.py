@@ -22,7 +22,8 @@ Nothing a device sends can raise out of ``decode`` except ``MalformedSample`` (r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 import numpy as np
 
@@ -86,16 +87,17 @@ class NotificationFormat:
                 raise ValueError(f"{name} must be a finite number > 0")
         if self.samples < 0 or self.reorder < 0:
             raise ValueError("samples and reorder must be >= 0")
-        fields = self.fields  # validates the header
-        if sum(f.kind == "seq" for f in fields) > 1 or sum(f.kind == "t" for f in fields) > 1:
+        header = self.fields  # parses the header: ValueError for a bad token
+        if sum(f.kind == "seq" for f in header) > 1 or sum(f.kind == "t" for f in header) > 1:
             raise ValueError("header may name seq and t once each")
 
     @property
     def channels(self) -> int:
         return sum(self.modalities.values())
 
-    @property
+    @cached_property
     def fields(self) -> tuple[HeaderField, ...]:
+        """The parsed header (computed once; ValueError for a bad token)."""
         out = []
         for token in self.header:
             kind, sep, type_name = token.partition(":")
@@ -118,15 +120,11 @@ class NotificationFormat:
     def _dtype(self, type_name: str) -> str:
         return ("<" if self.byte_order == "little" else ">") + VALUE_TYPES[type_name]
 
-    @property
+    @cached_property
     def has_seq(self) -> bool:
         return any(f.kind == "seq" for f in self.fields)
 
-    @property
-    def has_time(self) -> bool:
-        return any(f.kind == "t" for f in self.fields)
-
-    @property
+    @cached_property
     def seq_modulus(self) -> int:
         return next((1 << (8 * f.size) for f in self.fields if f.kind == "seq"), 0)
 
@@ -214,7 +212,7 @@ def format_from_dict(table: dict) -> NotificationFormat:
         raise ValueError(f"unknown key {unknown[0]!r} in the BLE format (keys: {', '.join(sorted(known))})")
     if base is not None and base not in PRESETS:
         raise ValueError(f"unknown BLE preset {base!r} (presets: {', '.join(PRESETS)})")
-    kw = dict(PRESETS[base].__dict__) if base is not None else {}
+    kw = {f.name: getattr(PRESETS[base], f.name) for f in fields(NotificationFormat)} if base is not None else {}
     for key, value in table.items():
         if key == "start":
             try:
