@@ -81,12 +81,12 @@ class NotificationStream:
     """Decodes, orders and timestamps one characteristic's notifications; ``feed`` returns samples to store."""
 
     def __init__(self, fmt: NotificationFormat, unit: str, stats: SourceStats, counters: BleCounters,
-                 where: str = "ble", clock: ClockMap | None = None) -> None:
+                 where: str = "ble") -> None:
         self.fmt, self.unit, self.stats, self.counters, self.where = fmt, unit, stats, counters, where
         self.decoder = Decoder(fmt)
-        self.clock = clock or ClockMap()
+        self.clock = ClockMap()
         self.last_t = -math.inf        # last stored timestamp: the store's order is strict
-        self._held: list = []          # heap of (key, arrival order, timestamps, notification)
+        self._held: list = []          # heap of (key, arrival order, arrival, timestamps, notification)
         self._arrivals = itertools.count()
         self._last_key: float | None = None
         self._seq_raw: int | None = None   # raw counter of the newest notification of this connection
