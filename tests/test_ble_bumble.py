@@ -1,7 +1,8 @@
 """End to end over a virtual radio: a Bumble wearable (the Polar H10 PMD accelerometer service on a virtual
 controller) and the gateway's Bumble host, joined by a ``LocalLink``. The production ``BleSource`` drives the
 gateway's host through bleak's ``backend=`` hook: it scans, connects, discovers, subscribes, starts the stream,
-survives a dropped link, and its samples land in the store; the gateway then trains a round through mosquitto.
+survives a dropped link and a malformed frame, and its samples land in the store; the gateway then trains a
+round through mosquitto.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def wait(what, timeout: float, message) -> None:
 
 def test_bumble_wearable_streams_into_the_store_and_the_gateway_trains_a_round(federation, tmp_path):
     fed = federation(rounds=1, clients=(1, 0, 1), per_round=2)  # c000: the wearable's gateway (acce only)
-    air = VirtualAir(h10_frames(FRAMES, PER_FRAME), interval=PER_FRAME / 200, drop_after=FRAMES // 2)
+    frames = h10_frames(FRAMES, PER_FRAME)
+    frames.insert(40, b"\x00" + frames[40][1:])  # an ECG-typed frame where ACC belongs: refused, the stream goes on
+    air = VirtualAir(frames, interval=PER_FRAME / 200, drop_after=40)  # the bad frame opens the 2nd connection
     source = BleSource(air.name, PRESETS["polar-h10-acc"], retry_s=0.1, backends=bumble_backends(air))
     store = SampleStore(tmp_path / "c000" / "store.sqlite", max_samples=200_000)
     t0 = time.monotonic()
@@ -45,9 +48,10 @@ def test_bumble_wearable_streams_into_the_store_and_the_gateway_trains_a_round(f
              lambda: f"{FRAMES * PER_FRAME} samples in the store: {store.count()} stored, wearable sent {air.sent}, "
                      f"{source.stats}, {source.counters}")
         stored_s = time.monotonic() - t0
-        assert air.sent == FRAMES and air.drops == 1 and source.counters.connects == 2
-        # the dropped link (and any scan a busy machine let time out) was counted; nothing was malformed
-        assert source.stats.rejected["disconnected"] >= 1 and set(source.stats.rejected) == {"disconnected"}
+        assert air.sent == FRAMES + 1 and air.drops == 1 and source.counters.connects == 2
+        # the dropped link (and any scan a busy machine let time out) was counted, and the one malformed frame
+        assert source.stats.rejected["disconnected"] >= 1 and source.stats.rejected["header"] == 1
+        assert set(source.stats.rejected) == {"disconnected", "header"} and source.counters.lost == 0
 
         part = store.read_partition()
         x = part.modalities["acce"]
@@ -69,7 +73,7 @@ def test_bumble_wearable_streams_into_the_store_and_the_gateway_trains_a_round(f
         assert not agent_thread.is_alive(), "the gateway did not finish with the run"
         assert trained == [1]
         print(f"\nbumble e2e: advertising->discovered {air.timings['discovered'] - air.timings['advertising']:.2f} s, "
-              f"{FRAMES} notifications incl. one dropped link streamed "
+              f"{FRAMES + 1} notifications incl. one dropped link streamed "
               f"{air.timings['sent'] - air.timings['streaming']:.2f} s, in the store after {stored_s:.2f} s, "
               f"round done after {time.monotonic() - t0:.2f} s")
     finally:
