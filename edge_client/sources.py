@@ -8,6 +8,9 @@
     stdin | stdin:json         the same lines piped in
     udp:[HOST:]PORT            the same lines as UDP datagrams (live: ingested in the background)
     serial:DEVICE              the same lines from a serial port (live)
+    ble:WEARABLE[,FORMAT]      a Bluetooth LE wearable's GATT notifications (live; the [ble] extra): WEARABLE is
+                               its address (AA:BB:CC:DD:EE:FF) or advertised name, FORMAT a preset (default
+                               polar-h10-acc) or a TOML file describing the notification (docs/sensors.md)
 
 Raw sources need ``--modalities name:channels,…`` (except replay) and are normalised with the
 federation's statistics from the manifest before training.
@@ -25,7 +28,7 @@ from fedmekt.errors import UserError
 from sensors.partition import ClientPartition
 from sensors.recording import Recording
 
-LIVE = ("udp", "serial")
+LIVE = ("udp", "serial", "ble")
 
 
 @dataclass
@@ -70,9 +73,11 @@ def open_source(spec: str, client_id: str, modalities: dict[str, int], data_dir:
         if missing:
             raise UserError(f"dataset {name!r} has no modality {missing[0]!r}")
         return OpenedSource(ReplaySource(recs, speed=pace, modalities=mods), live=False, normalised=False)
+    if kind == "ble":
+        return OpenedSource(_ble_source(arg, spec, modalities), live=True, normalised=False)
     if kind not in ("csv", "json", "stdin", "udp", "serial"):
         raise UserError(f"unknown source {spec!r}; use split:CONFIG, replay:DATASET, csv:PATH, json:PATH, stdin, "
-                        "udp:PORT or serial:DEV")
+                        "udp:PORT, serial:DEV or ble:WEARABLE")
     if not modalities:
         raise UserError(f"source {spec!r} needs --modalities name:channels,…")
     fmt = StreamFormat(modalities, codec="json" if kind == "json" or arg == "json" else "csv")
@@ -93,7 +98,43 @@ def open_source(spec: str, client_id: str, modalities: dict[str, int], data_dir:
     if kind == "serial" and arg:
         return OpenedSource(SerialSource(arg, fmt), True, False)
     raise UserError(f"unknown source {spec!r}; use split:CONFIG, replay:DATASET, csv:PATH, json:PATH, stdin, "
-                    "udp:PORT or serial:DEV")
+                    "udp:PORT, serial:DEV or ble:WEARABLE")
+
+
+def ble_format(name: str):
+    """A BLE notification format: a preset's name or a TOML file (``preset = …`` plus overrides, or every key)."""
+    import tomllib
+
+    from sensors.sources.ble_format import PRESETS, format_from_dict
+
+    if name in PRESETS:
+        return PRESETS[name]
+    path = Path(name)
+    if not path.suffix == ".toml":
+        raise UserError(f"unknown BLE format {name!r}: use a preset ({', '.join(PRESETS)}) or a .toml file")
+    try:
+        return format_from_dict(tomllib.loads(path.read_text()))
+    except OSError as exc:
+        raise UserError(f"cannot read BLE format {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise UserError(f"BLE format {path}: {exc}") from None
+
+
+def _ble_source(arg: str, spec: str, modalities: dict[str, int]):
+    from sensors.sources.ble_format import DEFAULT_PRESET
+
+    device, _, fmt_name = arg.rpartition(",") if "," in arg else (arg, ",", DEFAULT_PRESET)
+    device = device.strip()
+    if not device:
+        raise UserError(f"ble source needs a wearable: ble:ADDRESS or ble:NAME[,FORMAT], got {spec!r}")
+    fmt = ble_format(fmt_name.strip())
+    if modalities and modalities != fmt.modalities:
+        raise UserError(f"--modalities {modalities} disagree with the BLE format's {fmt.modalities}")
+    try:
+        from sensors.sources.ble import BleSource
+    except ImportError:
+        raise UserError("the ble: source needs the [ble] extra (pip install 'fedmekt-edge[ble]')") from None
+    return BleSource(device, fmt)
 
 
 def _split_source(config: Path, client_id: str, data_dir: Path | None, pace: float | None):

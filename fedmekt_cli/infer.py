@@ -8,6 +8,7 @@ SOURCE is one of
   stdin | stdin:json      the same lines piped in (``sensor-tool | fedmekt infer --source stdin``)
   udp:[HOST:]PORT         the same lines as UDP datagrams
   serial:DEVICE           the same lines from a serial port (115200 baud)
+  ble:WEARABLE[,FORMAT]   a Bluetooth LE wearable's notifications (the [ble] extra; docs/sensors.md)
 Prints one JSON line per window: {"t": timestamp, "label": name, "confidence": p}; with --broker also
 publishes them (TLS with mqtts://, a login with --credentials or --username/--password). To receive
 and install the aggregator's packages as they come, run `fedmekt client --infer-only` instead.

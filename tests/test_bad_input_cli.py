@@ -110,6 +110,12 @@ CASES = [
     ("client: missing dataset for its source", "client",
      ["client", "--broker", "mqtt://127.0.0.1:{port}", "--client-id", "c000", "--source", "replay:hapt",
       "--data-dir", "{tmp}/nowhere", "--store", "{tmp}/c000/store.sqlite"], "not found"),
+    ("client: BLE wearable with an unknown format", "client",
+     ["client", "--broker", "mqtt://127.0.0.1:{port}", "--client-id", "c000", "--source", "ble:Polar H10 1,polar-h9",
+      "--store", "{tmp}/c000/store.sqlite"], "polar-h10-acc"),
+    ("client: BLE format file with a typo", "client",
+     ["client", "--broker", "mqtt://127.0.0.1:{port}", "--client-id", "c000", "--source", "ble:Band,{tmp}/bad.toml",
+      "--store", "{tmp}/c000/store.sqlite"], "BLE format"),
 ]
 UNREACHABLE = [
     ("aggregator: unreachable broker", "aggregator",

@@ -4,6 +4,9 @@ Back-pressure: each source owns a ``SampleBuffer`` of ``buffer_size`` samples. L
 ``drop_oldest`` (the newest data wins; ``source.dropped`` counts what was discarded); ReplaySource
 uses ``block`` (the replay waits for the consumer). Malformed input is counted in
 ``source.stats.rejected`` by reason and skipped with a rate-limited log line.
+
+``sensors.sources.ble.BleSource`` (Bluetooth LE wearables) is imported from its module: it needs the
+optional ``[ble]`` extra (bleak).
 """
 
 from sensors.sources.base import Source
