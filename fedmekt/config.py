@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmekt.errors import UserError
+from sensors.datasets import did_you_mean
 
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
 WIRE_DTYPES = ("float32", "float16")
@@ -235,7 +236,7 @@ class FederationConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise UserError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+            raise UserError(f"unknown config key(s): {_near_misses(unknown, known)}")
         data = dict(data)
         _check_types(cls, {k: v for k, v in data.items() if k != "hyper"}, "")
         if "hyper" in data:
@@ -272,11 +273,16 @@ def _check_types(cls, data: dict[str, Any], prefix: str) -> None:
             raise UserError(f"config key {prefix}{f.name} must be {kind}, got {value!r}")
 
 
+def _near_misses(unknown: set[str], known) -> str:
+    """``round (did you mean 'rounds'?), foo``: each unknown key with its near miss, if any."""
+    return ", ".join(f"{k}{did_you_mean(k, sorted(known))}" for k in sorted(unknown))
+
+
 def _hyper_from_dict(data: dict[str, Any]) -> Hyper:
     known = {f.name: f for f in fields(Hyper)}
     unknown = set(data) - set(known)
     if unknown:
-        raise UserError(f"unknown hyper key(s): {', '.join(sorted(unknown))}")
+        raise UserError(f"unknown hyper key(s): {_near_misses(unknown, known)}")
     _check_types(Hyper, data, "hyper.")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return Hyper(**values)

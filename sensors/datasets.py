@@ -152,6 +152,8 @@ def resolve_name(name: str | None, data_dir: Path | str | None, default: str | N
         from sensors.readers.generic import DOCS, find_descriptor
 
         if data_dir is None or find_descriptor(Path(data_dir).expanduser()) is None:
+            if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+                raise UserError(f"data folder {data_dir} does not exist")
             if default is None:
                 where = "" if data_dir is None else f", and {data_dir} holds no dataset.toml or dataset.json"
                 raise UserError(f"no dataset named{where}: name one ({', '.join(BUILTIN)}) or pass the --data-dir "

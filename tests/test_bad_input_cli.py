@@ -51,6 +51,7 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "wrong-types.toml").write_text('rounds = "many"\nper_round = -4\nno_such_option = 1\n')
     (tmp / "binary.toml").write_bytes(b"\x00\xff\xfe garbage \x89PNG")
     (tmp / "rounds-word.toml").write_text('rounds = "three"\n')
+    (tmp / "key-typo.toml").write_text('round = 3\n')
     (tmp / "federation-table.toml").write_text("[federation]\nname = 'x'\n")
     (tmp / "federation-slash.toml").write_text('federation = "lab/one"\n')
     (tmp / "hyper-type.toml").write_text('[hyper]\nlr_local = "fast"\n')
@@ -81,6 +82,10 @@ CASES = [
     ("config file with unknown keys / wrong types", "reproduce",
      ["reproduce", "--config", "{tmp}/wrong-types.toml", "--no-progress"], "config"),
     ("config: a word for a number", "reproduce", ["reproduce", "--config", "{tmp}/rounds-word.toml"], "rounds"),
+    ("config: a key's near miss", "reproduce", ["reproduce", "--config", "{tmp}/key-typo.toml"],
+     "round (did you mean 'rounds'?)"),
+    ("data folder that does not exist", "data", ["data", "inspect", "--data-dir", "{tmp}/nowhere"],
+     "nowhere does not exist"),
     ("config: a [federation] table", "reproduce", ["reproduce", "--config", "{tmp}/federation-table.toml"],
      "federation"),
     ("config: federation name with /", "simulate", ["simulate", "--config", "{tmp}/federation-slash.toml"],
