@@ -191,6 +191,9 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    if b"PUBLIC KEY-----" in _read_key(path):
+        raise UserError(f"{path} is a public key: signing needs the private key (the .key file of "
+                        "`fedmekt export keygen`, kept on the aggregator)")
     key = _load_key(path, serialization.load_pem_private_key, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise UserError(f"{path} is not an Ed25519 private key")
@@ -204,13 +207,19 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def _load_key(path: Path, loader, **kwargs):
+def _read_key(path: Path) -> bytes:
     try:
-        return loader(Path(path).read_bytes(), **kwargs)
+        return Path(path).read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read key {path}: {exc.strerror}") from None
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{path} is not a PEM key: {exc}") from None
+
+
+def _load_key(path: Path, loader, **kwargs):
+    data = _read_key(path)
+    try:
+        return loader(data, **kwargs)
+    except (ValueError, TypeError):
+        raise UserError(f"{path} is not a PEM Ed25519 key (`fedmekt export keygen` makes a pair)") from None
 
 
 # --- writing and verifying ------------------------------------------------------------------------

@@ -70,16 +70,10 @@ def load_server_split(cfg, data_dir: Path | None):
 
 
 def run(args) -> int:
-    from aggregator.service import Aggregator, AggregatorOptions
     from fedmekt.config import load_config
     from fedmekt.errors import UserError
-    from fedmekt.report import write_report
-    from fedmekt.wire import federation as fedwire
-    from fedmekt.wire.codec import WireLimits
-    from fedmekt.wire.topics import Topics
-    from fedmekt_cli.run_record import RunRecord, masked_url
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config)   # bad input is refused before torch loads (seconds)
     if args.package_every < 0:
         raise UserError("--package-every must be >= 0")
     signing_key = None
@@ -93,10 +87,18 @@ def run(args) -> int:
         raise UserError("--min-clients must be at least 1")
     if not 0 <= args.resend_after < float("inf"):
         raise UserError("--resend-after must be a number of seconds >= 0")
+    from fedmekt.wire.codec import WireLimits
+
     try:
         limits = WireLimits(chunk_size=args.chunk_kib * 1024)
     except ValueError as exc:
         raise UserError(f"--chunk-kib: {exc}") from None
+    from aggregator.service import Aggregator, AggregatorOptions
+    from fedmekt.report import write_report
+    from fedmekt.wire import federation as fedwire
+    from fedmekt.wire.topics import Topics
+    from fedmekt_cli.run_record import RunRecord, masked_url
+
     split, rate = load_server_split(cfg, args.data_dir)
     out = args.out or Path("runs") / f"aggregator-{cfg.federation}"
     if args.bundle:

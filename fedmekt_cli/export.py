@@ -56,14 +56,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--run DIR and --out DIR are required (or use `fedmekt export keygen --out PREFIX`)")
     if args.key is None:
         raise UserError(f"no signing key: pass --key FILE or set {KEY_ENV} (create one with `fedmekt export keygen`)")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UserError(f"{args.out} exists and is not empty: name a new folder for the package")
+    from export.package import load_private_key
+
+    key = load_private_key(args.key)   # a wrong key is refused before torch loads (seconds)
     try:
         from export.build import build_package
         from export.run_model import load_run_model
     except ModuleNotFoundError as exc:
         raise UserError(f"export needs the training extras ({exc.name} missing): pip install 'fedmekt-edge[train]'") from None
-    from export.package import load_private_key
-
-    key = load_private_key(args.key)
     built = build_package(load_run_model(args.run), args.out, key, int8=args.int8, stride=args.stride, progress=True)
     m = built.manifest
     print(f"{built.path}: round {m.round}, {m.precision}, modalities {', '.join(m.modalities)}, "

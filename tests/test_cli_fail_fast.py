@@ -32,6 +32,7 @@ TYPOS = [
     (["aggregator", "--broker", "mqtt://127.0.0.1:99999", "--config", "missing.toml"], "bad port"),
     (["client", "--broker", "mqtt://:1883", "--client-id", "c1", "--source", "replay:demo"], "names no host"),
     (["simulte"], "did you mean 'simulate'?"),
+    (["aggregator", "--broker", "mqtt://127.0.0.1:9", "--config", "nope.toml"], "nope.toml"),
     (["reproduce", "--rouns", "3"], "unrecognized arguments: --rouns 3 (did you mean '--rounds'?)"),
     (["data", "split", "demo", "--out", "x.json", "--pairs", "acce-gyro"], "(did you mean '--pair'?)"),
 ]
@@ -53,6 +54,21 @@ def test_a_typo_is_one_line_with_the_near_miss_before_torch_loads(argv, says, tm
     assert out["rc"] == 2 and len(lines) == 1, out
     assert lines[0].startswith("fedmekt") and ": error: " in lines[0] and says in lines[0], out
     assert not out["torch"], f"torch was imported before refusing {argv}"
+
+
+def test_export_refuses_a_public_key_and_a_used_out_folder_before_torch_loads(tmp_path):
+    from export.package import generate_keypair
+
+    generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "acce.onnx").write_bytes(b"an earlier package")
+    for argv, says in ((["--out", "new", "--key", "agg.pub"], "agg.pub is a public key: signing needs the private"),
+                       (["--out", "pkg", "--key", "agg.key"], "pkg exists and is not empty")):
+        out = audited(["export", "--run", "runs/lab", *argv], tmp_path)
+        lines = out["stderr"].strip().splitlines()
+        assert out["rc"] == 2 and len(lines) == 1 and says in lines[0], out
+        assert not out["torch"], f"torch was imported before refusing {argv}"
+    assert (tmp_path / "pkg" / "acce.onnx").read_bytes() == b"an earlier package"
 
 
 def test_inference_only_help_marks_the_commands_needing_torch(tmp_path):
