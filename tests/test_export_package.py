@@ -132,5 +132,5 @@ def test_key_files(tmp_path):
     assert (tmp_path / "a.key").stat().st_mode & 0o777 == 0o600
     with pytest.raises(UserError, match="refusing to overwrite"):
         generate_keypair(tmp_path / "a.key", tmp_path / "b.pub")
-    with pytest.raises(UserError, match="not an Ed25519 public key|not a PEM key"):
+    with pytest.raises(UserError, match="not an Ed25519 public key|not a PEM Ed25519 key"):
         load_public_key(tmp_path / "a.key")
