@@ -117,8 +117,8 @@ def f1_figure(folder: RunFolder) -> bytes:
                              squeeze=False)
     last = max(int(r["round"]) + 1 for r in folder.rows)
     for i, setup in enumerate(setups):
-        finals = [f for f in folder.finals if _setup(f) == setup and "majority_f1_weighted" in f]
-        floor = float(np.mean([f["majority_f1_weighted"] for f in finals])) if finals else None
+        finals = [f for f in folder.finals if _setup(f) == setup and "majority_f1_paper" in f]
+        floor = float(np.mean([f["majority_f1_paper"] for f in finals])) if finals else None   # the curve's metric
         for j, m in enumerate(mods):
             ax = axes[i][j]
             for c, variant in enumerate(folder.variants):
@@ -311,25 +311,37 @@ def confusion_figure(folder: RunFolder) -> bytes | None:
 
 # -- page ------------------------------------------------------------------------------------------
 
-def _cell(column: str, value: str) -> str:
-    try:
-        x = float(value)
-    except ValueError:
-        return html.escape(value or "–")
+# (results.csv column, heading): what a reader compares; results.csv keeps every column
+COLUMNS = (("dataset", "dataset"), ("algorithm", "row"), ("test", "test"), ("seeds", "seeds"),
+           ("deployed_f1_weighted", "deployed F1"), ("probe_f1_weighted", "probe F1"),
+           ("probe_f1_macro", "probe macro F1"), ("paper_metric", "paper metric"), ("majority_f1_weighted", "floor"),
+           ("probe_diff_mean_vs_mmfedavg", "probe − mmFedAvg"), ("probe_diff_mean_vs_proxy-only", "probe − proxy-only"),
+           ("bytes_total_run", "MiB over the run"))
+
+
+def _cell(row: dict, column: str) -> str:
+    """A readable cell: mean ± std where the table has both, MiB for bytes, – for nothing."""
+    value = row.get(column, row.get(f"{column}_mean", ""))
+    x = _number(value)
     if np.isnan(x):
-        return "–"
+        return "–" if value in ("", "nan", None) else html.escape(value)
     if "bytes" in column:
-        return f"{x / 1024:,.1f}"
-    return f"{x:.4f}" if not x.is_integer() else f"{int(x)}"
+        return f"{x / 2**20:,.2f}"
+    if column == "seeds":
+        return f"{int(x)}"
+    std = _number(row.get(f"{column}_std"))
+    return f"{x:.3f}" + ("" if np.isnan(std) else f" ± {std:.3f}")
 
 
 def table_html(table: list[dict]) -> str:
     if not table:
         return "<p>No results table (the run has not finished: no final probe yet).</p>"
-    cols = list(table[0])
-    head = "".join(f"<th>{html.escape(c)}{' (KiB)' if 'bytes' in c else ''}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(c, r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in table)
-    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+    cols = [(c, h) for c, h in COLUMNS if any(c in r or f"{c}_mean" in r for r in table)]
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r, c)}</td>" for c, _ in cols) + "</tr>" for r in table)
+    return (f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+            '<p class="note">Mean ± std over seeds; every column, intervals included, is in results.csv '
+            "and results.md.</p>")
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -371,7 +383,8 @@ def render_html(folder: RunFolder) -> str:
     sections = [
         ("F1 per round", f1_figure(folder),
          "The paper's per-round probe (weighted F1 per 2000-step test chunk, averaged) for each test modality; "
-         "the dashed line is the score of always predicting the labelled set's majority class."),
+         "the dashed line is the score, on that same metric, of always predicting the labelled set's majority "
+         "class (chunk averages score a constant predictor higher than the whole test set does)."),
         ("Bytes per round", bytes_figure(folder),
          "Encoded wire messages (frame headers + tensors) summed over a round's selected clients; "
          "FedMEKT also sends the proxy set once before the first round, or (proxy_delivery \"round\") each "

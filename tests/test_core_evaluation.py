@@ -44,6 +44,13 @@ def test_final_evaluation_reports_probe_metrics_and_majority_floor():
     # the probe is fitted: its training loss is below that of the uniform prediction, log K
     for m in cfg.pair:
         assert final[f"probe_train_loss_{m}"] < np.log(len(split.label_names))
+    # the floor on the per-round curve's own metric: the same constant, chunk-averaged like the curve
+    from fedmekt.evaluation import paper_metric
+
+    constant = np.full_like(split.test.labels, final["majority_class"])
+    assert final["majority_f1_paper"] == paper_metric(split.test.labels, constant, len(split.label_names),
+                                                      cfg.eval_chunk)
+    assert 0 <= final["majority_f1_paper"] <= 1
 
 
 def test_deployed_figures_are_the_shipped_head_on_each_encoder():

@@ -48,7 +48,8 @@ def test_report_html_embeds_every_plot_and_the_results_table(run_folder: Path):
     assert "src=\"http" not in page and "<script" not in page     # self-contained, nothing fetched
     assert "<table>" in page and "fedmekt-c[W8]" in page and "majority floor" in page
     assert "3 of 3 rounds" in page                                 # the overview counts rounds as the progress bar
-    assert "deployed model weighted F1 acce" in page and "deployed_f1_weighted_mean" in page
+    assert "deployed model weighted F1 acce" in page and "<th>deployed F1</th>" in page
+    assert page.count("<th>") <= 12 and "_mean" not in page    # readable headings, not the CSV's columns
 
 
 def test_final_probe_confusion_matrix_is_in_final_jsonl(run_folder: Path):
