@@ -56,6 +56,7 @@ class RunState:
     started: float = field(default_factory=time.time)
     ended: float | None = None
     info: dict = field(default_factory=dict)   # algorithm, dataset, rounds, federation, broker …
+    error: str | None = None                   # why a failed run failed (its error's first line)
 
     @classmethod
     def read(cls, run_dir: Path) -> "RunState | None":
@@ -119,6 +120,7 @@ class RunRecord:
             self.state.state = "interrupted"
         else:
             self.state.state = "failed"
+            self.state.error = (str(exc).strip().splitlines() or [exc_type.__name__])[0][:300]
         self.state.ended = time.time()
         if exc_type is not None and self.created and not (self.out / METRICS).exists():
             shutil.rmtree(self.out, ignore_errors=True)   # nothing done: leave no empty run folder

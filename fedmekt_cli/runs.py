@@ -1,12 +1,13 @@
 """``fedmekt runs [DIR]``: the run folders under DIR (default ``runs/``), newest first.
 
-    fedmekt runs                 # RUN, STATUS, ROUNDS, ALGORITHM, DATASET, F1 per test modality
+    fedmekt runs                 # RUN, STATUS, ROUNDS, ALGORITHM, DATASET, FINAL F1, LAST ROUND F1
     fedmekt runs --json          # the same as a JSON list, for scripts
 
 A run's id is its folder name (``fedmekt log ID``, ``fedmekt report runs/ID``). STATUS is
 ``running`` while its process lives, ``finished`` once the final probe is written, and ``interrupted``
-or ``failed`` (with the rounds it completed) otherwise. F1 is the final probe's weighted F1, or the
-last round's paper metric while no final probe exists (marked ``~``).
+or ``failed`` (with the rounds it completed, and for a failed run the reason, on the line below)
+otherwise. FINAL F1 is the final probe's weighted F1 per test modality (– until the run finishes),
+LAST ROUND F1 the paper's per-round metric of the last round done: two metrics, two columns.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ class RunSummary:
     rounds: int | None
     algorithms: list[str]
     dataset: str
-    f1: dict[str, float] = field(default_factory=dict)
-    f1_final: bool = False
+    f1: dict[str, float] = field(default_factory=dict)              # final probe, weighted F1
+    f1_last_round: dict[str, float] = field(default_factory=dict)   # paper metric of the last round done
     started: float | None = None
+    error: str | None = None                                        # why a failed run failed
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -73,19 +75,20 @@ def summarize_run(path: Path) -> RunSummary:
         status = "finished"
     else:
         status = state.state if state is not None and state.state != "running" else "interrupted"
-    f1: dict[str, float] = {}
-    if finals:
-        for k in sorted({k for f in finals for k in f if k.startswith("probe_f1_weighted_")}):
-            vals = [f[k] for f in finals if k in f]
-            f1[k[len("probe_f1_weighted_"):]] = sum(vals) / len(vals)
-    elif rows:
-        last = max(int(r.get("round", -1)) for r in rows)
-        for k in sorted({k for r in rows for k in r if k.startswith("f1_paper_")}):
-            vals = [r[k] for r in rows if int(r.get("round", -1)) == last and k in r]
-            if vals:
-                f1[k[len("f1_paper_"):]] = sum(vals) / len(vals)
-    return RunSummary(path.name, str(path), status, done, rounds, algorithms, dataset, f1, bool(finals),
-                      state.started if state else None)
+    last = max((int(r.get("round", -1)) for r in rows), default=-1)
+    return RunSummary(path.name, str(path), status, done, rounds, algorithms, dataset,
+                      _means(finals, "probe_f1_weighted_"),
+                      _means([r for r in rows if int(r.get("round", -1)) == last], "f1_paper_"),
+                      state.started if state else None, state.error if state and status == "failed" else None)
+
+
+def _means(records: list[dict], prefix: str) -> dict[str, float]:
+    """Per test modality, the mean over ``records`` of their ``<prefix><modality>`` values."""
+    out = {}
+    for k in sorted({k for r in records for k in r if k.startswith(prefix)}):
+        vals = [r[k] for r in records if k in r]
+        out[k[len(prefix):]] = sum(vals) / len(vals)
+    return out
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -108,13 +111,17 @@ def run(args) -> int:
     if not runs:
         print(f"no run folders in {args.dir}")
         return 0
-    lines = [("RUN", "STATUS", "ROUNDS", "ALGORITHM", "DATASET",
-              "WEIGHTED F1 (final probe; ~: last round's paper metric)")]
+    lines = [("RUN", "STATUS", "ROUNDS", "ALGORITHM", "DATASET", "FINAL F1 (probe)", "LAST ROUND F1 (paper metric)")]
     for r in runs:
-        f1 = ", ".join(f"{m} {v:.3f}" for m, v in r.f1.items())
         lines.append((r.id, r.status, f"{r.rounds_done}/{r.rounds if r.rounds else '?'}",
-                      ",".join(r.algorithms) or "?", r.dataset, (f1 if r.f1_final else f"~{f1}") if f1 else "–"))
+                      ",".join(r.algorithms) or "?", r.dataset, _f1(r.f1), _f1(r.f1_last_round)))
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]) - 1)]
-    for row in lines:
+    for row, summary in zip(lines, [None, *runs]):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        if summary is not None and summary.error:
+            print(f"  └ failed: {summary.error}")
     return 0
+
+
+def _f1(values: dict[str, float]) -> str:
+    return ", ".join(f"{m} {v:.3f}" for m, v in values.items()) or "–"

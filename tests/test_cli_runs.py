@@ -58,14 +58,29 @@ def test_runs_lists_status_rounds_algorithm_and_f1(runs_dir: Path):
     assert done.returncode == 0, done.stderr
     lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert set(lines) == {"finished", "partial"}
-    assert re.search(r"finished\s+finished\s+2/2\s+fedmekt-c\[W8\]\s+demo acce-gyro\s+acce 0\.\d{3}, gyro",
-                     lines["finished"])
-    assert re.search(r"partial\s+interrupted\s+2/\?.*~acce 0\.\d{3}", lines["partial"])
+    assert re.search(r"finished\s+finished\s+2/2\s+fedmekt-c\[W8\]\s+demo acce-gyro\s+acce 0\.\d{3}, gyro "
+                     r"0\.\d{3}\s+acce 0\.\d{3}, gyro 0\.\d{3}$", lines["finished"])   # final probe, then last round
+    assert re.search(r"partial\s+interrupted\s+2/\?.*\s–\s+acce 0\.\d{3}", lines["partial"])   # no final probe yet
     listed = json.loads(fedmekt("runs", str(runs_dir), "--json").stdout)
     final = [json.loads(x) for x in (runs_dir / "finished" / "final.jsonl").read_text().splitlines()][0]
     by_id = {r["id"]: r for r in listed}
     assert by_id["finished"]["f1"]["acce"] == pytest.approx(final["probe_f1_weighted_acce"])
-    assert by_id["partial"]["status"] == "interrupted" and by_id["partial"]["f1_final"] is False
+    assert by_id["partial"]["status"] == "interrupted" and by_id["partial"]["f1"] == {}
+    assert by_id["partial"]["f1_last_round"]["acce"] == by_id["finished"]["f1_last_round"]["acce"]
+
+
+def test_runs_says_why_a_run_failed(tmp_path: Path):
+    from fedmekt_cli.run_record import RunRecord
+
+    with pytest.raises(RuntimeError):
+        with RunRecord(tmp_path / "lab", "aggregator", rounds=6):
+            (tmp_path / "lab" / "metrics.jsonl").write_text("")
+            raise RuntimeError("no client came online within 300 s\nsecond line")
+    done = fedmekt("runs", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "  └ failed: no client came online within 300 s"
+    (listed,) = json.loads(fedmekt("runs", str(tmp_path), "--json").stdout)
+    assert (listed["status"], listed["error"]) == ("failed", "no client came online within 300 s")
 
 
 def test_runs_of_a_missing_folder_is_one_line_error(tmp_path: Path):
