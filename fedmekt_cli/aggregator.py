@@ -72,8 +72,14 @@ def load_server_split(cfg, data_dir: Path | None):
 def run(args) -> int:
     from fedmekt.config import load_config
     from fedmekt.errors import UserError
+    from fedmekt_cli.run_record import RunState
 
     cfg = load_config(args.config)   # bad input is refused before torch loads (seconds)
+    out = args.out or Path("runs") / f"aggregator-{cfg.federation}"
+    done = RunState.read(out)
+    if done is not None and done.state == "finished" and int(done.info.get("rounds", 0)) >= cfg.rounds:
+        raise UserError(f"{out} holds a finished run of {done.info['rounds']} rounds, nothing to resume: pass a new "
+                        "--out for a new run, or more rounds in the config to extend it")
     if args.package_every < 0:
         raise UserError("--package-every must be >= 0")
     signing_key = None
@@ -100,7 +106,6 @@ def run(args) -> int:
     from fedmekt_cli.run_record import RunRecord, masked_url
 
     split, rate = load_server_split(cfg, args.data_dir)
-    out = args.out or Path("runs") / f"aggregator-{cfg.federation}"
     if args.bundle:
         manifest, frames = fedwire.build(cfg, split, limits)
         fedwire.save_bundle(args.bundle, manifest, frames)

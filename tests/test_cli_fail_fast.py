@@ -100,3 +100,18 @@ def test_inference_only_install_refuses_a_training_command_in_one_line(argv, tmp
 def test_inference_only_install_still_makes_keys(tmp_path):
     out = audited(["export", "keygen", "--out", str(tmp_path / "k")], tmp_path, NO_TORCH)
     assert out["rc"] == 0 and (tmp_path / "k.pub").is_file(), out
+
+
+def test_aggregator_never_reopens_a_finished_run(tmp_path):
+    """Rerunning the aggregator on a finished run folder is refused at once, the folder left as it was."""
+    from fedmekt_cli.run_record import RunRecord
+
+    with RunRecord(tmp_path / "lab3", "aggregator", rounds=6):
+        (tmp_path / "lab3" / "metrics.jsonl").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "lab3").iterdir()}
+    (tmp_path / "fed.toml").write_text('federation = "lab"\ndataset = "demo"\nrounds = 6\n')
+    out = audited(["aggregator", "--broker", "mqtt://127.0.0.1:9", "--config", "fed.toml", "--out", "lab3"], tmp_path)
+    lines = out["stderr"].strip().splitlines()
+    assert out["rc"] == 2 and len(lines) == 1, out
+    assert "lab3 holds a finished run of 6 rounds, nothing to resume" in lines[0] and not out["torch"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "lab3").iterdir()} == before
