@@ -100,10 +100,13 @@ def run(args) -> int:
     except ValueError as exc:
         raise UserError(f"--chunk-kib: {exc}") from None
     from aggregator.service import Aggregator, AggregatorOptions
+    from fedmekt.html_report import write_html_report
+    from fedmekt.reference_rows import raw_features_final
     from fedmekt.report import write_report
     from fedmekt.wire import federation as fedwire
     from fedmekt.wire.topics import Topics
     from fedmekt_cli.run_record import RunRecord, masked_url
+    from fedmekt_cli.summary import f1_figures, f1_table
 
     split, rate = load_server_split(cfg, args.data_dir)
     if args.bundle:
@@ -124,5 +127,7 @@ def run(args) -> int:
                    federation=cfg.federation, broker=masked_url(args.broker)) as record:
         result = agg.run()
         write_report(out, [result])
-        record.note(f"{len(result.rows)} rounds; results in {out}")
+        figures = f1_figures(result, raw_features_final(cfg, split))
+        record.note("\n".join([f"{result.name}: {len(result.rows)} rounds", *f1_table(figures)]))
+        record.note(f"results in {out}\nreport: {write_html_report(out)}")
     return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 
@@ -139,25 +138,15 @@ def _log_round(rnd: int, cfg) -> None:
 
 
 def summary_record(sim, raw: dict | None = None) -> dict:
-    """The summary's figures per test modality: the final probe beside the paper metric, the raw-feature probe
-    (``raw``: the reference row) and the majority floor; bytes per round (accounted and seen)."""
-    from fedmekt.report import LAST_ROUNDS
+    """The summary's figures: the run's F1 per test modality (``f1_figures``) and bytes per round (accounted
+    and seen on the wire)."""
+    from fedmekt_cli.summary import f1_figures
 
     r = sim.result
     n = max(1, len(r.rows))
     packets = sim.wire.get("packet_bytes", {})
-    last = r.rows[-LAST_ROUNDS:]
     return {
-        "run": r.name, "algorithm": r.config.algorithm, "dataset": r.config.dataset, "rounds": len(r.rows),
-        "wall_s": round(sim.wall_s, 2),
-        "probe_f1_weighted": {m: r.final.get(f"probe_f1_weighted_{m}") for m in r.config.pair},
-        "deployed_f1_weighted": {m: r.final.get(f"deployed_f1_weighted_{m}") for m in r.config.pair},
-        "paper_metric": {m: float(statistics.median(x[f"f1_paper_{m}"] for x in last)) if last else None
-                         for m in r.config.pair},
-        "paper_metric_rounds": len(last),
-        "last_round_paper_f1": {m: r.rows[-1].get(f"f1_paper_{m}") if r.rows else None for m in r.config.pair},
-        "raw_feature_probe_f1_weighted": {m: (raw or {}).get(f"probe_f1_weighted_{m}") for m in r.config.pair},
-        "majority_f1_weighted": r.final.get("majority_f1_weighted"),
+        **f1_figures(r, raw), "wall_s": round(sim.wall_s, 2),
         "upload_message_bytes_per_round": sum(x["bytes_up"] for x in r.rows) / n,
         "upload_packet_bytes_per_round": packets.get("upload", 0) / n,
         "global_packet_bytes_per_round": packets.get("global", 0) / n,
@@ -168,20 +157,9 @@ def summary_record(sim, raw: dict | None = None) -> dict:
 def summary(s: dict, discarded: list[str]) -> str:
     """The result beside what needs no federation (raw-feature probe, majority floor), which F1 is which named;
     bytes per round accounted vs seen on the wire."""
-    from fedmekt.report import paper_metric_label
+    from fedmekt_cli.summary import f1_table
 
-    mods = list(s["probe_f1_weighted"])
-    rows = [("deployed model, the encoder and head its packages ship", s["deployed_f1_weighted"]),
-            ("final probe weighted F1, converged head on the final encoder",
-             s["probe_f1_weighted"]),
-            (f"{paper_metric_label([s['paper_metric_rounds']])}, per-round probe", s["paper_metric"]),
-            ("raw-feature probe, the same head on unencoded samples", s["raw_feature_probe_f1_weighted"]),
-            ("majority-class floor", {m: s["majority_f1_weighted"] for m in mods})]
-    width = max(len(label) for label, _ in rows)
-    lines = [f"{s['run']}: {s['rounds']} rounds in {s['wall_s']:.1f} s",
-             f"  {'weighted F1 on the test subjects':<{width}}" + "".join(f"{m:>8}" for m in mods)]
-    lines += [f"  {label:<{width}}" + "".join(f"{v[m]:8.3f}" if v.get(m) is not None else f"{'–':>8}" for m in mods)
-              for label, v in rows]
+    lines = [f"{s['run']}: {s['rounds']} rounds in {s['wall_s']:.1f} s", *f1_table(s)]
     up_acc, up_wire = s["upload_message_bytes_per_round"], s["upload_packet_bytes_per_round"]
     lines.append(f"  per round: uploads {up_acc / 1024:.1f} KiB of messages, {up_wire / 1024:.1f} KiB as MQTT packets "
                  f"(+{100 * (up_wire / up_acc - 1) if up_acc else 0:.2f} % framing); "

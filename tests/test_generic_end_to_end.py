@@ -134,6 +134,11 @@ def test_aggregator_and_split_clients_as_processes(wristband, tmp_path):
         fed.close()
     info = _run_info(fed.out)
     assert (info["dataset"], info["rate_hz"]) == (NAME, RATE)
+    # the aggregator ends as simulate does: its F1 figures named, and the report
+    log = fed.log("aggregator")
+    for label in ("deployed model, the encoder and head its packages ship", "majority-class floor"):
+        assert label in log, log[-3000:]
+    assert f"report: {fed.out / 'report.html'}" in log and (fed.out / "report.html").stat().st_size > 10_000
 
 
 def test_string_labels_are_one_clear_error(tmp_path):
