@@ -33,7 +33,8 @@ def run_infer_only(args) -> int:
     models = ModelService(state_dir / "models", key, args.federation, next(iter(modalities), None))
     link = link_options(args, args.client_id, username=args.client_id,
                         session_topic=Topics(args.federation).session(args.client_id))
-    gateway = InferenceGateway(args.broker, FollowerOptions(args.client_id, args.federation, models, key, link))
+    gateway = InferenceGateway(args.broker, FollowerOptions(args.client_id, args.federation, models, key, link,
+                                                            state_dir=state_dir))
     published = gateway.run(opened.source)
     print(f"{args.client_id}: source ended; published {published} prediction(s)")
     return 0

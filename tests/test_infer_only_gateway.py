@@ -54,7 +54,7 @@ def test_infer_only_gateway_installs_a_pushed_package_over_tls_and_publishes_pre
         data_dir, tmp_path, tmp_path_factory):
     private, public = signing_keys(tmp_path_factory)
     key = load_private_key(private)
-    run_id = new_run_id()
+    run_id = new_run_id(1)
     package = bound_copy(built_package("hapt", data_dir, tmp_path_factory), tmp_path / "pkg", key, run_id, 3)
     rec = trained_run("hapt", data_dir, tmp_path_factory).test[2]
     x, t = rec.modalities["acce"][:400], rec.timestamps[:400]
@@ -169,7 +169,7 @@ def test_follower_trusts_only_signed_manifests_of_newer_runs(mosquitto, data_dir
 
     private, public = signing_keys(tmp_path_factory)
     key, pub = load_private_key(private), load_public_key(public)
-    old_run, run_id, newer = new_run_id(now=time.time() - 60), new_run_id(), new_run_id(now=time.time() + 60)
+    old_run, run_id, newer = new_run_id(1), new_run_id(2), new_run_id(3)
     package = bound_copy(built_package("hapt", data_dir, tmp_path_factory), tmp_path / "pkg", key, run_id, 1)
     topics = Topics(FED)
     agg = MqttLink(mosquitto.url, LinkOptions(client_id="aggregator")).connect()
