@@ -40,7 +40,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aggregator.checkpoint import CheckpointWriter, load_checkpoint
-from aggregator.epoch import epoch_file, next_epoch
+from fedmekt.run_counter import epoch_file, next_epoch
 from aggregator.sync import SyncLimiter
 from fedmekt.accounting import message_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
@@ -84,7 +84,7 @@ class AggregatorOptions:
     sync_interval: float = 3.0  # a client's sync requests are answered at most this often
     sync_bulk_interval: float = 30.0  # the proxy set or a package goes to one client at most this often
     resend_after: float = 10.0  # s without an upload frame before owed clients are asked again (doubling; 0 = never)
-    state_dir: Path | None = None  # where the run counter survives runs (aggregator/epoch.py); None = out's parent
+    state_dir: Path | None = None  # where the run counter survives runs (fedmekt/run_counter.py); None = out's parent
     min_epoch: int = 1  # a fresh run's epoch is at least this (after losing the state folder)
 
 
@@ -423,13 +423,40 @@ class Aggregator:
                   self.run_id, epoch_file(self.state_dir, self.cfg.federation))
 
     def _after_reconnect(self) -> None:
-        """Uploads published while we were away from the broker reached nobody: once subscribed again, ask
-        every selected client we lack an upload from to send it again."""
+        """Back on the broker after any disconnect (a network cut, or another connection that took over our
+        session): whatever replaced our retained messages meanwhile (a replayed older run's manifest or
+        package, say) came back flagged retained, which we never take for a forgery; so put all of ours back.
+        Uploads published while we were away reached nobody: ask every selected client we lack one from."""
         births, self._births = self._births, self.link.births
-        r = self._round
-        if births in (0, self._births) or r is None:
+        if births in (0, self._births):
             return
-        self._ask_resend([c for c in r.plan.selected if c not in self._absorbed], "reconnected to the broker")
+        self._reassert_retained()
+        r = self._round
+        if r is not None:
+            self._ask_resend([c for c in r.plan.selected if c not in self._absorbed], "reconnected to the broker")
+
+    def _reassert_retained(self) -> None:
+        """Publish again, retained, every control message and proxy chunk we hold and the newest package."""
+        now, lasting, expiring = time.monotonic(), [], []
+        for topic, (payload, expires) in self._control.items():
+            if topic == self.topics.rounds and self._round is None and expires is not None:
+                continue  # a closed round's announcement: stale between rounds
+            if expires is None:
+                lasting.append((topic, payload))
+            elif expires - now >= 1:
+                expiring.append((topic, payload, int(expires - now)))
+        if self._package is not None:
+            from export.package import verify_package
+            from export.push import package_messages
+
+            lasting += package_messages(self.cfg.federation, verify_package(self._package.path, None))[1]
+        log.info("reconnected to the broker: re-asserting %d retained messages", len(lasting) + len(expiring))
+        try:
+            self.link.publish_all(lasting, retain=True)
+            for topic, payload, left in expiring:
+                self.link.publish_all([(topic, payload)], retain=True, expiry=left)
+        except TimeoutError:
+            log.warning("re-asserted retained messages not acknowledged in time")
 
     def _ask_if_quiet(self) -> None:
         """A round with no upload frame for ``resend_after`` s (doubling) asks its online owed clients again:

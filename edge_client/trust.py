@@ -46,8 +46,8 @@ class RunTrust:
     def __init__(self, state_dir: Path | None, federation: str, min_epoch: int = 0):
         self.path = None if state_dir is None else Path(state_dir) / TRUST_FILE
         self.federation = federation
-        stored = _read(self.path).get(federation, 0) if self.path is not None else 0
-        self.floor = max(stored, min_epoch)
+        self._stored = _read(self.path).get(federation, 0) if self.path is not None else 0
+        self.floor = max(self._stored, min_epoch)
 
     def check(self, run: str) -> None:
         """WireError when ``run`` is ordered before the floor (a replayed older run, or one of an aggregator
@@ -59,11 +59,10 @@ class RunTrust:
     def follow(self, run: str) -> None:
         """A signed manifest of ``run`` is followed: raise the floor to its epoch, on disk first."""
         epoch = run_epoch(run)
-        if epoch <= self.floor:
-            return
-        self.floor = epoch
-        if self.path is not None:
+        self.floor = max(self.floor, epoch)
+        if self.path is not None and epoch > self._stored:  # also the provisioned floor, once a run confirms it
             floors = _read(self.path)
             floors[self.federation] = epoch
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.path, json.dumps({"min_epoch": floors}, sort_keys=True).encode())
+            self._stored = epoch

@@ -195,9 +195,11 @@ class ProcessFederation:
         topic = f"fedmekt/{self.federation}/metrics"
         return [json.loads(p) for _, t, p in self.recorder.snapshot() if t == topic]
 
-    def announcements(self) -> list[dict]:
+    def announcements(self, timed: bool = False) -> list:
+        """Every round announcement published (``timed``: as (arrival unix time, announcement))."""
         topic = f"fedmekt/{self.federation}/rounds"
-        return [json.loads(unwrap(p)) for _, t, p in self.recorder.snapshot() if t == topic and p]
+        got = [(at, json.loads(unwrap(p))) for at, t, p in self.recorder.snapshot() if t == topic and p]
+        return got if timed else [a for _, a in got]
 
     def final_probe(self) -> dict[str, float]:
         """The converged probe's weighted F1 per modality of the run's last final record."""

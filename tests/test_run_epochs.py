@@ -1,5 +1,5 @@
 """The run counter that orders federation runs without clocks: issued and persisted by the aggregator
-(aggregator/epoch.py), kept as a floor by each gateway (edge_client/trust.py), and round deadlines
+(fedmekt/run_counter.py), kept as a floor by each gateway (edge_client/trust.py), and round deadlines
 counted from receipt (fedmekt/wire/federation.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.epoch import epoch_file, next_epoch, read_epoch
+from fedmekt.run_counter import epoch_file, next_epoch, read_epoch
 from aggregator.service import Aggregator, AggregatorOptions
 from edge_client.trust import TRUST_FILE, RunTrust
 from fedmekt.errors import UserError

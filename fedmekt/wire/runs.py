@@ -4,7 +4,7 @@ The id travels in the signed federation manifest and in every signed model packa
 is a signed run order: a client follows a manifest only if its run is not older than the one it
 trusts, and a gateway never replaces a newer run's model with an older run's, whatever their
 round numbers. The epoch is a counter the aggregator persists and raises for every fresh run
-(aggregator/epoch.py), so the order holds whatever any party's wall clock says (a Raspberry Pi has
+(fedmekt/run_counter.py), so the order holds whatever any party's wall clock says (a Raspberry Pi has
 no real-time clock). Ids of the earlier form ``<start time in ms>-<hex>`` order before every epoch
 id, by their time among themselves; ids of any other form (hand-exported packages: "") before both.
 """

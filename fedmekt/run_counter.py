@@ -1,4 +1,4 @@
-"""The aggregator's run counter: the epoch in every fresh run's id (fedmekt/wire/runs.py).
+"""The run counter: the epoch in every fresh run's id (fedmekt/wire/runs.py), issued by the aggregator.
 
 Runs must be ordered without trusting a clock: a lab server whose clock is a day behind must still
 start a run that gateways take for newer than the last one. So the aggregator keeps one counter
@@ -7,7 +7,8 @@ before it starts a fresh run; a resumed run keeps its id. The new value is on di
 any message names it, so a crash never reuses an epoch. The first run of a federation gets 1 (or
 ``at_least``): the state folder is what must survive, like the signing key; after losing it, start
 with ``--min-epoch`` above the newest epoch the gateways follow (the aggregator logs it when a
-gateway's sync request names a newer run than its own).
+gateway's sync request names a newer run than its own). Provisioning reads the same file to hand a
+new device the federation's current epoch as its floor (``fedmekt provision add --aggregator-state``).
 """
 
 from __future__ import annotations
