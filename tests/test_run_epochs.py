@@ -109,3 +109,48 @@ def test_no_module_reads_the_wall_clock_for_rounds_or_runs():
     root = Path(__file__).resolve().parents[1]
     for path in ("aggregator/service.py", "edge_client/agent.py", "edge_client/follower.py", "fedmekt/wire/runs.py"):
         assert "time.time()" not in (root / path).read_text(), path
+
+
+def test_provisioning_hands_a_device_the_federations_epoch(tmp_path):
+    import argparse
+
+    from fedmekt.provisioning import registry
+    from fedmekt_cli.broker_args import min_epoch
+
+    state = tmp_path / "state"
+    for _ in range(4):
+        next_epoch(state, "ward")
+    registry.init(tmp_path / "op", ("localhost",))
+    floors = registry.run_floors(("ward", "lab"), state, None)
+    assert floors == {"ward": 4, "lab": 0}  # a federation that never ran: no floor yet
+    creds = registry.add(tmp_path / "op", "c000", "device", ("ward", "lab"), min_epoch=floors) / "credentials.json"
+    assert json.loads(creds.read_text())["min_epoch"] == {"ward": 4, "lab": 0}
+    assert "min_epoch" not in json.loads((registry.add(tmp_path / "op", "ops", "monitor") / "credentials.json")
+                                         .read_text())
+
+    def floor(fed: str, given: int | None = None, path: Path | None = creds) -> int:
+        return min_epoch(argparse.Namespace(min_epoch=given, credentials=path, federation=fed))
+
+    assert (floor("ward"), floor("lab"), floor("other"), floor("ward", 9), floor("ward", path=None)) == (4, 0, 0, 9, 0)
+    assert registry.run_floors(("ward",), None, 7) == {"ward": 7}
+    for bad in (lambda: registry.run_floors(("ward",), state, 3), lambda: registry.run_floors(("ward",), None, -1),
+                lambda: registry.run_floors(("ward",), tmp_path / "nowhere", None), lambda: floor("ward", -1)):
+        with pytest.raises(UserError):
+            bad()
+
+
+def test_the_aggregator_says_how_to_get_past_a_lost_run_counter(tmp_path, caplog):
+    import logging
+
+    from core_support import tiny_config, tiny_split
+    from fedmekt.wire.sync import SyncRequest
+
+    agg = Aggregator(tiny_config("mmfedavg", federation="f"), tiny_split(), "mqtt://127.0.0.1:1",
+                     AggregatorOptions(out=tmp_path / "a"))
+    agg.run_id, newer = new_run_id(1), new_run_id(6)
+    with caplog.at_level(logging.ERROR, logger="aggregator"):
+        agg._note_newer_run("c000", SyncRequest(run=newer))
+        agg._note_newer_run("c001", SyncRequest(run=newer))  # said once per run
+        agg._note_newer_run("c002", SyncRequest(run=new_run_id(1), model=(new_run_id(1), 3)))  # not newer
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and f"c000 follows run {newer}" in said[0] and "--min-epoch" in said[0], said
