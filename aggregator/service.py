@@ -15,7 +15,11 @@ also publishes a signed model package every ``package_every`` rounds and at the 
 announcement (with the round's nonce and the hash of its global knowledge) and "done"; an upload
 whose header does not echo the round's nonce is discarded. It watches its retained manifest,
 proxy chunks and announcement and puts its own back when another publisher replaces them (clients refuse the
-forgery, but one that starts later would find nothing else).
+forgery, but one that starts later would find nothing else), and after every reconnect it publishes all of
+them and its newest package again (what was put there while it was away arrives flagged retained, like its
+own). No wall clock is read: a fresh run's id carries the next epoch of the run counter in the state folder
+(fedmekt/run_counter.py), the announcement carries the round's timeout as a duration, and the round closes
+on this process's monotonic clock.
 Retained messages are an optimisation: a client's sync request (``clients/<id>/sync``, sent on
 every (re)connect) is answered on its ``reply/`` topics with what it lacks — the manifest, the proxy
 set, the open round's announcement (and global knowledge when it owes an upload), the newest
@@ -40,7 +44,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aggregator.checkpoint import CheckpointWriter, load_checkpoint
-from fedmekt.run_counter import epoch_file, next_epoch
 from aggregator.sync import SyncLimiter
 from fedmekt.accounting import message_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
@@ -48,6 +51,7 @@ from fedmekt.config import FederationConfig
 from fedmekt.engine import RoundPlan, ServerEngine, client_view
 from fedmekt.federation import RunResult, final_record, run_name, run_record
 from fedmekt.mqtt import LinkOptions, Message, MqttLink
+from fedmekt.run_counter import epoch_file, next_epoch
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireError, WireLimits, check_spec, decode_body, encode, parse_frame

@@ -16,7 +16,8 @@ Protocol seen from a client (topics under ``fedmekt/<federation>/``):
    batch is classified by the model in service and the predictions go to ``clients/<id>/inference``.
 
 With the aggregator's public key the manifest and every announcement (and "done") must carry its
-signature (fedmekt/wire/signing.py); a manifest of an older run than the one served is refused too,
+signature (fedmekt/wire/signing.py); a manifest of an older run than the one served, or than the newest
+epoch this gateway trusts (edge_client/trust.py: provisioned, then raised and kept on disk), is refused too,
 the global knowledge used is the one whose hash the signed announcement names, and each upload
 echoes the announcement's nonce. A rejected message is one log line; the trusted run goes on.
 
