@@ -9,7 +9,9 @@ close on the quorum, not the deadline) and both runs' final packages must instal
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 import time
 
 import pytest
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.skipif(faketime_lib() is None, reason="libfaketime not 
 
 @pytest.fixture
 def fed(tmp_path):
-    federation = ProcessFederation(tmp_path, rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
+    federation = ProcessFederation(tmp_path, rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=120.0,
                                    federation="clock")
     yield federation
     federation.close()
@@ -62,6 +64,11 @@ def test_gateways_an_hour_ahead_follow_an_aggregator_restarted_a_day_behind(fed,
 
     started = json.loads((tmp_path / "run2" / "run-state.json").read_text())["started"]
     assert started < time.time() - 23 * 3600  # the second aggregator really ran a day behind
+    for cid in ahead:  # and these gateways an hour ahead: their log lines are stamped with their clock
+        stamp = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", fed.log(cid), re.M)
+        assert stamp, fed.log(cid)[:500]
+        ahead_by = datetime.datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S") - datetime.datetime.now()
+        assert ahead_by > datetime.timedelta(minutes=50), (cid, ahead_by)
     rows = fed.metrics()
     assert sum(r["round"] == 0 for r in rows) >= 2 and sum(r["round"] == 1 for r in rows) >= 2, rows
     assert all(r["absorbed"] == r["selected"] == 3 for r in rows), [(r["round"], r["absorbed"]) for r in rows]
