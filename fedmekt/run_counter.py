@@ -44,12 +44,15 @@ def next_epoch(state_dir: Path, federation: str, at_least: int = 1) -> int:
     """Issue the next epoch of ``federation``: one above the last issued, and at least ``at_least``; persisted
     before it is returned (two aggregators sharing the folder never get the same one)."""
     state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = epoch_file(state_dir, federation)
-    with open(state_dir / f".{federation}.epoch.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        epoch = max(read_epoch(path) + 1, at_least)
-        if epoch > MAX_EPOCH:
-            raise UserError(f"run counter {path} is exhausted")
-        atomic_write_bytes(path, f"{epoch}\n".encode())
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with open(state_dir / f".{federation}.epoch.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            epoch = max(read_epoch(path) + 1, at_least)
+            if epoch > MAX_EPOCH:
+                raise UserError(f"run counter {path} is exhausted")
+            atomic_write_bytes(path, f"{epoch}\n".encode())
+    except OSError as exc:
+        raise UserError(f"cannot write the run counter {path} ({exc.strerror}): give a writable --state-dir") from None
     return epoch

@@ -83,6 +83,7 @@ def run(args) -> int:
     from fedmekt.report import write_report
     from fedmekt.wire import federation as fedwire
     from fedmekt.wire.codec import WireLimits
+    from fedmekt.wire.federation import MAX_ROUND_TIMEOUT
     from fedmekt.wire.runs import MAX_EPOCH
     from fedmekt.wire.topics import Topics
     from fedmekt_cli.run_record import RunRecord, masked_url
@@ -99,6 +100,8 @@ def run(args) -> int:
         raise UserError("--quorum must be in (0, 1]")
     if args.min_clients < 1:
         raise UserError("--min-clients must be at least 1")
+    if not 0 < args.round_timeout <= MAX_ROUND_TIMEOUT:  # announcements carry it: gateways refuse longer ones
+        raise UserError(f"--round-timeout must be in (0, {MAX_ROUND_TIMEOUT:.0f}] seconds")
     if not 1 <= args.min_epoch <= MAX_EPOCH:
         raise UserError(f"--min-epoch must be 1..{MAX_EPOCH}")
     if not 0 <= args.resend_after < float("inf"):

@@ -43,6 +43,12 @@ def test_epochs_are_never_issued_twice_by_concurrent_aggregators(tmp_path):
     assert sorted(got) == list(range(1, 31))
 
 
+def test_an_unwritable_state_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="writable --state-dir"):
+        next_epoch(tmp_path / "file" / "state", "f")
+
+
 def test_a_damaged_counter_is_an_error_not_a_restart_at_one(tmp_path):
     epoch_file(tmp_path, "f").write_text("seven\n")
     with pytest.raises(UserError, match="not a number.*--min-epoch"):
