@@ -8,6 +8,7 @@ mosquitto or the shipped TLS + password + ACL configuration. A recorder subscrib
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -25,13 +26,10 @@ from fedmekt.wire.signing import unwrap
 from security_support import SecureBroker, start_secure_broker
 
 SCRIPT = Path(sys.executable).with_name("fedmekt")
-FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-                 "/usr/lib/faketime/libfaketime.so.1")
-
-
 def faketime_lib() -> str | None:
-    """libfaketime (Debian ``libfaketime``; ``make test`` installs it) or None."""
-    return next((lib for lib in FAKETIME_LIBS if Path(lib).exists()), None)
+    """libfaketime (Debian ``libfaketime``, multiarch path; ``make test`` installs it) or None."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")) + glob.glob("/usr/lib/faketime/libfaketime.so.1")
+    return found[0] if found else None
 
 
 def shifted_clock(offset: str) -> dict[str, str]:
