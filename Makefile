@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 4
 XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
-.PHONY: setup demo test test-fast mosquitto chromium bench
+.PHONY: setup demo test test-fast mosquitto faketime chromium bench
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,15 @@ mosquitto:
 		echo "mosquitto is missing: install it as root (apt-get install -y mosquitto)"; exit 1; fi; \
 	$$SUDO apt-get update -q && $$SUDO apt-get install -y -q mosquitto
 
+# libfaketime shifts a test process's wall clock (the clock-skew test); installed only when missing, like mosquitto
+faketime:
+	@for lib in /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1; do \
+		if [ -e "$$lib" ]; then exit 0; fi; done; \
+	echo "==> installing libfaketime (apt-get)"; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+		echo "libfaketime is missing: install it as root (apt-get install -y faketime libfaketime)"; exit 1; fi; \
+	$$SUDO apt-get update -q && $$SUDO apt-get install -y -q faketime libfaketime
+
 # chromium drives the dashboard's browser test (slow); installed when missing and we may, else that test skips
 chromium:
 	@if command -v chromium >/dev/null; then exit 0; fi; \
@@ -43,7 +52,7 @@ chromium:
 	echo "==> installing chromium (apt-get)"; \
 	$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium
 
-test: setup mosquitto chromium
+test: setup mosquitto faketime chromium
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 

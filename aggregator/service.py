@@ -15,7 +15,11 @@ also publishes a signed model package every ``package_every`` rounds and at the 
 announcement (with the round's nonce and the hash of its global knowledge) and "done"; an upload
 whose header does not echo the round's nonce is discarded. It watches its retained manifest,
 proxy chunks and announcement and puts its own back when another publisher replaces them (clients refuse the
-forgery, but one that starts later would find nothing else).
+forgery, but one that starts later would find nothing else), and after every reconnect it publishes all of
+them and its newest package again (what was put there while it was away arrives flagged retained, like its
+own). No wall clock is read: a fresh run's id carries the next epoch of the run counter in the state folder
+(fedmekt/run_counter.py), the announcement carries the round's timeout as a duration, and the round closes
+on this process's monotonic clock.
 Retained messages are an optimisation: a client's sync request (``clients/<id>/sync``, sent on
 every (re)connect) is answered on its ``reply/`` topics with what it lacks — the manifest, the proxy
 set, the open round's announcement (and global knowledge when it owes an upload), the newest
@@ -47,10 +51,11 @@ from fedmekt.config import FederationConfig
 from fedmekt.engine import RoundPlan, ServerEngine, client_view
 from fedmekt.federation import RunResult, final_record, run_name, run_record
 from fedmekt.mqtt import LinkOptions, Message, MqttLink
+from fedmekt.run_counter import epoch_file, next_epoch
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireError, WireLimits, check_spec, decode_body, encode, parse_frame
-from fedmekt.wire.runs import new_run_id
+from fedmekt.wire.runs import new_run_id, run_order
 from fedmekt.wire.signing import sign
 from fedmekt.wire.sync import SyncRequest
 from fedmekt.wire.topics import Topics
@@ -83,12 +88,14 @@ class AggregatorOptions:
     sync_interval: float = 3.0  # a client's sync requests are answered at most this often
     sync_bulk_interval: float = 30.0  # the proxy set or a package goes to one client at most this often
     resend_after: float = 10.0  # s without an upload frame before owed clients are asked again (doubling; 0 = never)
+    state_dir: Path | None = None  # where the run counter survives runs (fedmekt/run_counter.py); None = out's parent
+    min_epoch: int = 1  # a fresh run's epoch is at least this (after losing the state folder)
 
 
 @dataclass
 class _Round:
     plan: RoundPlan
-    deadline: float
+    deadline: float  # time.monotonic() when the round closes, quorum or not
     need: int
     reassembler: Reassembler
     bytes_up: int = 0
@@ -121,13 +128,14 @@ class Aggregator:
         self.published = threading.Event()  # set once the manifest and proxy set are on the broker
         self.before_round = None  # optional callable(round, aggregator) run before planning each round (tests)
         self._packages = None  # export.publisher.PackagePublisher when a signing key is given
-        self._control: dict[str, tuple[bytes, float | None]] = {}  # topic -> (our retained payload, expires at)
+        self._control: dict[str, tuple[bytes, float | None]] = {}  # topic -> (our payload, monotonic expiry)
         self._sent: dict[str, deque[bytes]] = {}  # our recent payloads per control topic (their echoes are ours)
         self._restored: dict[str, float] = {}  # topic -> monotonic time we last put our message back
         self._sync = SyncLimiter(options.sync_interval, options.sync_bulk_interval)
         self._bad_sync: set[str] = set()  # clients whose malformed sync request was logged (once each)
         self._package = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
         self._births = 0  # the link's connects already handled (a reconnect mid-round asks for lost uploads)
+        self._newer_runs: set[str] = set()  # newer runs clients named in sync requests (logged once each)
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -139,12 +147,13 @@ class Aggregator:
                                                 self.split.labelled, self.split.test,
                                                 normalizer=self.split.normalizer, rate_hz=self.rate_hz)
         rows: list[dict] = []
-        self.run_id = new_run_id()
         resumed = load_checkpoint(opts.out, cfg.to_dict())
         if resumed is not None:
             server.load_state_dict(resumed[0])
-            rows, self.run_id = resumed[1], resumed[2] or self.run_id
+            rows, self.run_id = resumed[1], resumed[2]
             log.info("resuming from checkpoint: %d of %d rounds done", server.rounds_completed, cfg.rounds)
+        if not self.run_id:  # a fresh run (or a checkpoint from before run ids): the next epoch
+            self.run_id = new_run_id(next_epoch(self.state_dir, cfg.federation, opts.min_epoch))
         name = opts.name or run_name(cfg)
         base = run_record(cfg, name)
         with MqttLink(self.url, self.link_options, subscriptions=[
@@ -172,11 +181,16 @@ class Aggregator:
             checkpoints.flush()
             self._publish_package(final=True)
             self._publish_control(self.topics.rounds, fedwire.Announcement(
-                cfg.federation, None, time.time(), done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
+                cfg.federation, None, 0.0, done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
         final = final_record(cfg, base, server.proxy_delivery, self._proxy_bytes * len(self.online),
                              self._final_evaluation(), time.perf_counter() - start)
         state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
         return RunResult(name, cfg, rows, final, state, server.run_info())
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the run counter lives: it must outlive run folders (a fresh run often gets a fresh --out)."""
+        return self.opts.state_dir if self.opts.state_dir is not None else self.opts.out.resolve().parent
 
     def _final_evaluation(self) -> dict:
         with TORCH_RNG_LOCK:
@@ -214,7 +228,7 @@ class Aggregator:
     def _remember(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
         """Our retained message on ``topic``, restored if someone replaces it (:meth:`_guard_control`)."""
         self._sent.setdefault(topic, deque(maxlen=8)).append(payload)
-        self._control[topic] = (payload, None if expiry is None else time.time() + expiry)
+        self._control[topic] = (payload, None if expiry is None else time.monotonic() + expiry)
 
     def _guard_control(self, topic: str, payload: bytes) -> None:
         """Another publisher replaced one of our retained control messages or proxy chunks: put ours back, at
@@ -223,7 +237,7 @@ class Aggregator:
         if payload in self._sent[topic] or time.monotonic() - self._restored.get(topic, -math.inf) < 2.0 \
                 or (topic == self.topics.rounds and self._round is None):  # between rounds ours is stale too
             return
-        left = None if expires is None else int(expires - time.time())
+        left = None if expires is None else int(expires - time.monotonic())
         if left is not None and left < 1:
             return
         log.warning("retained %s was replaced by another publisher; restoring ours", topic)
@@ -295,19 +309,19 @@ class Aggregator:
         frames = encode(down, cfg.wire_dtype, federation=cfg.federation, round_=rnd, sender=fedwire.AGGREGATOR_ID,
                         kind="global", limits=self.opts.limits)
         self.link.publish_all((self.topics.global_chunk(rnd, i), f) for i, f in enumerate(frames))
-        deadline = time.time() + self.opts.round_timeout
         server.begin_round(plan)
         self._absorbed = set()
         need = max(1, math.ceil(self.opts.quorum * len(plan.selected)))
         nonce = secrets.token_hex(8)
+        deadline = time.monotonic() + self.opts.round_timeout  # our own clock; clients count the timeout on theirs
         self._round = _Round(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending), nonce=nonce,
                              global_frames=frames, resend_wait=self.opts.resend_after)
         self._publish_control(self.topics.rounds, fedwire.Announcement(
-            cfg.federation, plan.to_json(), deadline, run=self.run_id, nonce=nonce,
+            cfg.federation, plan.to_json(), self.opts.round_timeout, run=self.run_id, nonce=nonce,
             global_sha256=parse_frame(frames[0], self.opts.limits)[0].sha256).to_bytes(),
             expiry=int(self.opts.round_timeout) + 1)
-        while not self._round_complete() and time.time() < deadline:
-            self._pump(min(time.monotonic() + 0.5, time.monotonic() + deadline - time.time()))
+        while not self._round_complete() and time.monotonic() < deadline:
+            self._pump(min(time.monotonic() + 0.5, deadline))
             self._ask_if_quiet()
         if len(self._absorbed) < len(plan.selected):
             log.warning("round %d of %d closes with %d of %d uploads", rnd + 1, cfg.rounds, len(self._absorbed),
@@ -398,16 +412,55 @@ class Aggregator:
                 self._bad_sync.add(client_id)
                 log.warning("ignoring sync request of %s: %s", client_id, exc.reason)
             return
+        self._note_newer_run(client_id, request)
         self._sync.add(client_id, request)
 
-    def _after_reconnect(self) -> None:
-        """Uploads published while we were away from the broker reached nobody: once subscribed again, ask
-        every selected client we lack an upload from to send it again."""
-        births, self._births = self._births, self.link.births
-        r = self._round
-        if births in (0, self._births) or r is None:
+    def _note_newer_run(self, client_id: str, request: SyncRequest) -> None:
+        """A client follows a run ordered after ours: it will refuse this run. That happens when the run counter
+        was lost (a new state folder): say once per run how to get past it."""
+        newer = request.run if request.model is None else max(request.run, request.model[0], key=run_order)
+        if run_order(newer) <= run_order(self.run_id) or newer in self._newer_runs or len(self._newer_runs) >= 64:
             return
-        self._ask_resend([c for c in r.plan.selected if c not in self._absorbed], "reconnected to the broker")
+        self._newer_runs.add(newer)
+        log.error("%s follows run %s, newer than this run %s: it refuses this run. The run counter %s was lost or "
+                  "belongs to another aggregator; restart with --min-epoch above that run's epoch", client_id, newer,
+                  self.run_id, epoch_file(self.state_dir, self.cfg.federation))
+
+    def _after_reconnect(self) -> None:
+        """Back on the broker after any disconnect (a network cut, or another connection that took over our
+        session): whatever replaced our retained messages meanwhile (a replayed older run's manifest or
+        package, say) came back flagged retained, which we never take for a forgery; so put all of ours back.
+        Uploads published while we were away reached nobody: ask every selected client we lack one from."""
+        births, self._births = self._births, self.link.births
+        if births in (0, self._births):
+            return
+        self._reassert_retained()
+        r = self._round
+        if r is not None:
+            self._ask_resend([c for c in r.plan.selected if c not in self._absorbed], "reconnected to the broker")
+
+    def _reassert_retained(self) -> None:
+        """Publish again, retained, every control message and proxy chunk we hold and the newest package."""
+        now, lasting, expiring = time.monotonic(), [], []
+        for topic, (payload, expires) in self._control.items():
+            if topic == self.topics.rounds and self._round is None and expires is not None:
+                continue  # a closed round's announcement: stale between rounds
+            if expires is None:
+                lasting.append((topic, payload))
+            elif expires - now >= 1:
+                expiring.append((topic, payload, int(expires - now)))
+        if self._package is not None:
+            from export.package import verify_package
+            from export.push import package_messages
+
+            lasting += package_messages(self.cfg.federation, verify_package(self._package.path, None))[1]
+        log.info("reconnected to the broker: re-asserting %d retained messages", len(lasting) + len(expiring))
+        try:
+            self.link.publish_all(lasting, retain=True)
+            for topic, payload, left in expiring:
+                self.link.publish_all([(topic, payload)], retain=True, expiry=left)
+        except TimeoutError:
+            log.warning("re-asserted retained messages not acknowledged in time")
 
     def _ask_if_quiet(self) -> None:
         """A round with no upload frame for ``resend_after`` s (doubling) asks its online owed clients again:

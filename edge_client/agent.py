@@ -16,7 +16,8 @@ Protocol seen from a client (topics under ``fedmekt/<federation>/``):
    batch is classified by the model in service and the predictions go to ``clients/<id>/inference``.
 
 With the aggregator's public key the manifest and every announcement (and "done") must carry its
-signature (fedmekt/wire/signing.py); a manifest of an older run than the one served is refused too,
+signature (fedmekt/wire/signing.py); a manifest of an older run than the one served, or than the newest
+epoch this gateway trusts (edge_client/trust.py: provisioned, then raised and kept on disk), is refused too,
 the global knowledge used is the one whose hash the signed announcement names, and each upload
 echoes the announcement's nonce. A rejected message is one log line; the trusted run goes on.
 
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_client.sync import RETRY, SyncClient, model_held
+from edge_client.trust import RunTrust
 from fedmekt.errors import UserError
 from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
 from fedmekt.wire import federation as fedwire
@@ -69,6 +71,7 @@ class AgentOptions:
     models: object | None = None  # edge_client.inference.ModelService: receive, verify and swap model packages
     public_key: object | None = None  # Ed25519PublicKey: act only on control messages the aggregator signed
     heartbeat: float = 20.0  # seconds between live (non-retained) "online" statuses: the aggregator's liveness
+    min_epoch: int = 0  # runs of an older epoch are refused (provisioned; edge_client/trust.py raises it as runs come)
 
 
 class EdgeAgent:
@@ -95,6 +98,7 @@ class EdgeAgent:
         self._plan_at = 0.0  # time.monotonic() when _plan came
         self._early: list[bytes] = []
         self._announcement: fedwire.Announcement | None = None  # latest, applied once its run's manifest is known
+        self._announcement_deadline = 0.0  # its round's deadline on our time.monotonic(), counted from receipt
         self._served: set[str] = set()  # runs this process saw rounds of: only their "done" ends --exit-when-done
         self._next_heartbeat = 0.0
         self._seen_round = -1  # latest round announced in the run followed
@@ -102,6 +106,7 @@ class EdgeAgent:
         self._uploaded = -1  # latest round uploaded for in the run followed
         self._answered = ""  # nonce of the announcement last uploaded for (a copy of it is not a new round)
         self._answered_at = 0.0  # time.monotonic() of that upload
+        self.trust = RunTrust(options.state_dir, options.federation, options.min_epoch)
         self.sync = SyncClient(self.topics, options.client_id, self._sync_request, self._lacking,
                                lambda: self.manifest is None)
         self.rounds_trained = 0
@@ -169,9 +174,9 @@ class EdgeAgent:
             elif msg.topic.startswith(t.prefix + "/proxy/"):
                 self._on_proxy_frame(msg.payload)
             elif msg.topic == t.rounds:
-                self._on_announcement(open_signed(self.opts.public_key, msg.topic, msg.payload))
+                self._on_announcement(open_signed(self.opts.public_key, msg.topic, msg.payload), msg)
             elif msg.topic == t.reply(self.opts.client_id, t.resend):
-                self._on_announcement(open_signed(self.opts.public_key, t.rounds, msg.payload), asked_at=msg.received)
+                self._on_announcement(open_signed(self.opts.public_key, t.rounds, msg.payload), msg, asked=True)
             elif msg.topic.startswith(t.prefix + "/global/"):
                 self._on_global(msg.payload)
             elif msg.topic.startswith(t.prefix + "/models/") and self.opts.models is not None:
@@ -197,6 +202,9 @@ class EdgeAgent:
         manifest = fedwire.FederationManifest.from_bytes(payload)
         if self.manifest is not None and run_order(manifest.run) < run_order(self.manifest.run):
             raise WireError(f"manifest of run {manifest.run} is older than the run {self.manifest.run} served")
+        self.trust.check(manifest.run)
+        if self.opts.public_key is not None:  # signed: the floor may rise (persisted before anything acts on it)
+            self.trust.follow(manifest.run)
         if self.opts.models is not None:
             self.opts.models.trust_run(manifest.run)
         if self.manifest is not None and manifest.to_bytes() == self.manifest.to_bytes():
@@ -236,20 +244,22 @@ class EdgeAgent:
         self.trainer = LocalTrainer(cfg, self.opts.client_id, held, m.channels, proxy, self.store,
                                     self.opts.state_dir, m.normalizer if self.opts.normalise else None, run=m.run)
 
-    def _on_announcement(self, payload: bytes, asked_at: float | None = None) -> None:
-        """``asked_at``: when a request to re-send arrived (the aggregator lacks our upload for this
-        announcement: lost in a broker outage, say). Asked after our upload went, the answer is forgotten
-        and the stored upload goes again; asked while we were still training, the upload answers it."""
+    def _on_announcement(self, payload: bytes, msg: Message, asked: bool = False) -> None:
+        """``asked``: a request to re-send (the aggregator lacks our upload for this announcement: lost in a
+        broker outage, say). Asked after our upload went, the answer is forgotten and the stored upload goes
+        again; asked while we were still training, the upload answers it. The round's deadline is counted on
+        our monotonic clock from ``msg``'s arrival: no wall clock, ours or the aggregator's, is trusted."""
         if not payload:
             return
         ann = fedwire.Announcement.from_bytes(payload)
         if ann.federation != self.opts.federation:
             raise WireError("announcement for another federation")
-        if asked_at is not None and ann.nonce and ann.nonce == self._answered and asked_at > self._answered_at:
+        if asked and ann.nonce and ann.nonce == self._answered and msg.received > self._answered_at:
             self._answered = ""
         self._announcement = ann
+        self._announcement_deadline = ann.deadline_from(msg.received, msg.expiry)
         self._apply_announcement()
-        if asked_at is not None and self._lacks_knowledge():
+        if asked and self._lacks_knowledge():
             self.sync.ask_now()  # its knowledge went by while we could not hear it: not on the way any more
 
     def _apply_announcement(self) -> None:
@@ -272,7 +282,7 @@ class EdgeAgent:
         self._served.add(m.run)
         self._seen_round = max(self._seen_round, plan.round)
         again = ann.nonce and ann.nonce == self._answered
-        if self.opts.client_id in plan.selected and ann.deadline > time.time() and not again:
+        if self.opts.client_id in plan.selected and self._announcement_deadline > time.monotonic() and not again:
             if self._plan is None or self._plan_ann.nonce != ann.nonce:
                 self._plan_at = time.monotonic()
             self._plan, self._plan_ann = plan, ann

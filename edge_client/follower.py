@@ -4,8 +4,9 @@ An inference-only install (``pip install '.[infer]'``: onnxruntime, no torch) ru
 the federation over MQTT with the same trust rules as the training agent (edge_client/agent.py):
 
 * the signed federation manifest (``proxy/manifest``) is read only for the run it names: signed
-  with the aggregator's key, of this federation, never older than the run already followed; that
-  run is the one whose packages are installed (:meth:`ModelService.trust_run`);
+  with the aggregator's key, of this federation, never older than the run already followed nor
+  than the newest epoch kept on disk (edge_client/trust.py); that run is the one whose packages
+  are installed (:meth:`ModelService.trust_run`);
 * model packages (``models/#``) are received, verified and installed atomically by the
   :class:`~edge_client.inference.ModelService` (federation, trusted run, monotonic; a refused one
   leaves the model in service);
@@ -25,9 +26,11 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from edge_client.inference import ModelService
 from edge_client.sync import SyncClient, model_held
+from edge_client.trust import RunTrust
 from fedmekt.errors import UserError
 from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
 from fedmekt.wire import federation as fedwire
@@ -47,6 +50,8 @@ class FollowerOptions:
     models: ModelService
     public_key: object  # Ed25519PublicKey: the manifest must carry the aggregator's signature
     link: LinkOptions | None = None
+    state_dir: Path | None = None  # where the newest trusted run epoch persists (edge_client/trust.py)
+    min_epoch: int = 0  # runs of an older epoch are refused (provisioned)
 
 
 class InferenceGateway:
@@ -58,6 +63,7 @@ class InferenceGateway:
         self.url, self.opts = url, options
         self.topics = Topics(options.federation)
         self.run_followed: str | None = None  # the run of the last verified federation manifest
+        self.trust = RunTrust(options.state_dir, options.federation, options.min_epoch)
         self.published = 0
         self.link: MqttLink | None = None
         self.model_ready = threading.Event()  # a model is in service: the source may be read
@@ -124,6 +130,8 @@ class InferenceGateway:
         manifest = fedwire.FederationManifest.from_bytes(payload)
         if self.run_followed is not None and run_order(manifest.run) < run_order(self.run_followed):
             raise WireError(f"manifest of run {manifest.run} is older than the run {self.run_followed} followed")
+        self.trust.check(manifest.run)
+        self.trust.follow(manifest.run)  # verified (the public key is mandatory here)
         self.run_followed = manifest.run
         self.opts.models.trust_run(manifest.run)
 

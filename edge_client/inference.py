@@ -170,13 +170,14 @@ class ModelService:
     """
 
     def __init__(self, store_dir: Path, public_key: Ed25519PublicKey, federation: str, modality: str | None = None,
-                 *, stride: int | None = None, threads: int = 1) -> None:
+                 *, stride: int | None = None, threads: int = 1, accept_hand_exported: bool = False) -> None:
         from export.install import ModelStore
         from export.push import PackageReceiver
 
         self.modality, self.stride, self.threads = modality, stride, threads
         self.store = ModelStore(store_dir, public_key)
-        self.receiver = PackageReceiver(self.store, federation, on_installed=lambda m: self._swap(m.package))
+        self.receiver = PackageReceiver(self.store, federation, on_installed=lambda m: self._swap(m.package),
+                                        accept_hand_exported=accept_hand_exported)
         self._lock = threading.Lock()
         self.recognizer: StreamingRecognizer | None = None
         current = self._verified_current()

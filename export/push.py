@@ -9,7 +9,10 @@ trusted: the receiver installs only what verifies against its public key
 (:class:`export.install.ModelStore`), so forged or corrupted packages are refused and the
 model in service stays. It also installs only packages of its federation and of the run the
 signed federation manifest names (:meth:`PackageReceiver.trust_run`): a package of a run it has
-not been told of yet waits for that run's manifest, an older run's is refused.
+not been told of yet waits for that run's manifest, an older run's is refused. A package exported by
+hand (``fedmekt export``: no run) is bound to no run, so nothing tells whether it is older than what
+the federation publishes: it is refused unless the gateway was told to accept such packages
+(``accept_hand_exported``, ``fedmekt client --accept-hand-exported``).
 """
 
 from __future__ import annotations
@@ -114,9 +117,10 @@ class PackageReceiver:
     """
 
     def __init__(self, store: ModelStore, federation: str,
-                 on_installed: Callable[[InstalledModel], None] | None = None) -> None:
+                 on_installed: Callable[[InstalledModel], None] | None = None, accept_hand_exported: bool = False) -> None:
         self.store = store
         self.federation = federation
+        self.accept_hand_exported = accept_hand_exported  # install packages bound to no run (``fedmekt export``)
         self.topics = Topics(federation)
         self.trusted_run: str | None = None  # the run of the signed federation manifest (None: none seen yet)
         self._held: dict[str, bytes] | None = None  # a complete package waiting for its run's manifest
@@ -200,7 +204,12 @@ class PackageReceiver:
     def _install(self, files: dict[str, bytes]) -> InstalledModel | None:
         run = verify_package(files, self.store.public_key).manifest.run
         trusted = self.trusted_run
-        if run and run != trusted and (trusted is None or run_order(run) > run_order(trusted)):
+        if not run:
+            if not self.accept_hand_exported:
+                raise PackageError("hand-exported package (bound to no run): installed only by a gateway started "
+                                   "with --accept-hand-exported")
+            trusted = None  # it names no run to match
+        elif run != trusted and (trusted is None or run_order(run) > run_order(trusted)):
             self._held = files  # a run whose manifest has not reached us yet (retained messages come in any order)
             log.info("model package of run %s waits for that run's signed federation manifest", run)
             return None

@@ -44,6 +44,7 @@ class FederationView:
     clients: dict[str, ClientSeen] = field(default_factory=dict)
     uploads: dict[int, dict[str, int]] = field(default_factory=dict)  # round -> client -> payload bytes
     announcement: fedwire.Announcement | None = None
+    deadline: float | None = None  # the announced round's deadline on our clock (``now`` of its arrival + timeout)
     metrics: dict | None = None
     history: dict[int, dict] = field(default_factory=dict)  # round -> metrics of the run in ``metrics``
     unreadable: deque = field(default_factory=lambda: deque(maxlen=MAX_UNREADABLE))
@@ -66,6 +67,7 @@ class FederationView:
         try:
             if msg.topic == self.topics.rounds:
                 self.announcement = fedwire.Announcement.from_bytes(unwrap(msg.payload))
+                self.deadline = self.announcement.deadline_from(now, msg.expiry)
             elif msg.topic == self.topics.metrics:
                 self._take_metrics(msg.payload)
             elif len(parts) == 5 and parts[0] == "clients" and parts[2] == "upload":
@@ -130,7 +132,7 @@ class FederationView:
             rnd = rnd if type(rnd) is int else -1
             selected = [s for s in selected if isinstance(s, str) and WIRE_ID.match(s)] \
                 if isinstance(selected, list) else []
-            out.update(round_index=rnd, selected=selected, deadline_s=round(a.deadline - now, 1),
+            out.update(round_index=rnd, selected=selected, deadline_s=round(self.deadline - now, 1),
                        uploads_seen=sorted(self.uploads.get(rnd, ())))
         return out
 

@@ -137,6 +137,7 @@ class Message:
     payload: bytes
     retain: bool
     received: float = 0.0  # time.monotonic() when it arrived (a busy reader handles it later)
+    expiry: int | None = None  # MQTT 5: seconds left of its message expiry when it arrived (None: none, or 3.1.1)
 
 
 def _acknowledged(info: paho.MQTTMessageInfo, timeout: float) -> bool:
@@ -433,7 +434,8 @@ class MqttLink:
             elif msg.payload and self._seen_token:
                 self._lose_session(client)
             return
-        item = Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic())
+        expiry = getattr(msg.properties, "MessageExpiryInterval", None) if msg.properties is not None else None
+        item = Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic(), expiry)
         while not self._closing.is_set() and not self._inbox.put(item, len(item.payload), timeout=0.5):
             continue
 

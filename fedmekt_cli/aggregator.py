@@ -5,7 +5,9 @@
 Loads the server's data (proxy, labelled and test sets of the config's dataset split), publishes
 the federation manifest and the proxy set once (retained), waits for clients, then runs the
 configured rounds: announce, collect uploads until the quorum or the deadline, update, evaluate,
-checkpoint. Restarted with the same --out it resumes after the last completed round.
+checkpoint. Restarted with the same --out it resumes after the last completed round; a fresh run
+gets the next epoch of the run counter kept in --state-dir (default: the folder holding --out), which
+orders runs for the gateways whatever the server's clock says: keep that folder like the signing key.
 With --signing-key it signs the manifest and every announcement, and also publishes the global
 model as a signed ONNX package (retained, ``models/``, bound to this run) every --package-every
 rounds and after the last one; gateways started with the matching --public-key verify the control
@@ -55,6 +57,11 @@ def register(subparsers) -> None:
     p.add_argument("--client-ids", default=None,
                    help="the federation's provisioned client ids, comma-separated: any other id's status is ignored "
                         "(default: any id)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="where the federation's run counter lives, across runs (default: the folder holding --out)")
+    p.add_argument("--min-epoch", type=int, default=1,
+                   help="a fresh run's epoch is at least this: after losing --state-dir, one above the newest epoch "
+                        "the gateways follow (default 1)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -72,6 +79,8 @@ def load_server_split(cfg, data_dir: Path | None):
 def run(args) -> int:
     from fedmekt.config import load_config
     from fedmekt.errors import UserError
+    from fedmekt.wire.federation import MAX_ROUND_TIMEOUT
+    from fedmekt.wire.runs import MAX_EPOCH
     from fedmekt_cli.run_record import RunState
 
     cfg = load_config(args.config)   # bad input is refused before torch loads (seconds)
@@ -91,6 +100,10 @@ def run(args) -> int:
         raise UserError("--quorum must be in (0, 1]")
     if args.min_clients < 1:
         raise UserError("--min-clients must be at least 1")
+    if not 0 < args.round_timeout <= MAX_ROUND_TIMEOUT:  # announcements carry it: gateways refuse longer ones
+        raise UserError(f"--round-timeout must be in (0, {MAX_ROUND_TIMEOUT:.0f}] seconds")
+    if not 1 <= args.min_epoch <= MAX_EPOCH:
+        raise UserError(f"--min-epoch must be 1..{MAX_EPOCH}")
     if not 0 <= args.resend_after < float("inf"):
         raise UserError("--resend-after must be a number of seconds >= 0")
     from fedmekt.wire.codec import WireLimits
@@ -117,7 +130,7 @@ def run(args) -> int:
                                 min_clients=args.min_clients, resend_after=args.resend_after,
                                 round_timeout=args.round_timeout, quorum=args.quorum, limits=limits,
                                 progress=not args.no_progress, signing_key=signing_key,
-                                package_every=args.package_every,
+                                package_every=args.package_every, state_dir=args.state_dir, min_epoch=args.min_epoch,
                                 known_clients=frozenset(filter(None, args.client_ids.split(",")))
                                 if args.client_ids else None)
     link = link_options(args, f"{cfg.federation}-aggregator", session_topic=Topics(cfg.federation).aggregator_session,

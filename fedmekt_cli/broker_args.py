@@ -70,6 +70,25 @@ def read_credentials(path: Path) -> tuple[str, str, Path | None]:
     return raw["username"], raw["password"], (Path(path).parent / ca) if ca else None
 
 
+def min_epoch(args: argparse.Namespace) -> int:
+    """The floor of run epochs a gateway of ``args.federation`` accepts: ``--min-epoch``, else the one provisioned
+    in ``--credentials`` (``fedmekt provision add``: the federation's epoch when the device was added), else 0."""
+    from fedmekt.errors import UserError
+    from fedmekt.wire.runs import MAX_EPOCH
+
+    if args.min_epoch is not None:
+        if not 0 <= args.min_epoch <= MAX_EPOCH:
+            raise UserError(f"--min-epoch must be 0..{MAX_EPOCH}, got {args.min_epoch}")
+        return args.min_epoch
+    if args.credentials is None:
+        return 0
+    floors = json.loads(Path(args.credentials).read_text()).get("min_epoch", {})  # read_credentials checked it
+    value = floors.get(args.federation, 0) if isinstance(floors, dict) else None
+    if type(value) is not int or not 0 <= value <= MAX_EPOCH:
+        raise UserError(f"--credentials {args.credentials}: 'min_epoch' must map federations to epochs")
+    return value
+
+
 def link_options(args: argparse.Namespace, client_id: str, username: str | None = None,
                  session_topic: str | None = None, kick_limit: int = 0):
     """LinkOptions from the flags; explicit flags win over the credentials file."""

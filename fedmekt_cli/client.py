@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_client.sources import __doc__ as SOURCES_DOC
-from fedmekt_cli.broker_args import add_broker_args, check_broker, link_options
+from fedmekt_cli.broker_args import add_broker_args, check_broker, link_options, min_epoch
 from fedmekt_cli.config_file import add_config_arg, apply_config, require
 
 log = logging.getLogger("edge_client")
@@ -67,6 +67,12 @@ def register(subparsers) -> None:
     p.add_argument("--infer-only", action="store_true",
                    help="with --public-key and --source: receive-only gateway, no store and no training (runs on an "
                         "inference-only install, without torch): install verified packages, publish predictions")
+    p.add_argument("--min-epoch", type=int, default=None,
+                   help="refuse federation runs older than this epoch (default: the provisioned one in --credentials, "
+                        "else none); the newest epoch followed is kept beside the store either way")
+    p.add_argument("--accept-hand-exported", action="store_true",
+                   help="with --public-key: also install packages exported by hand (fedmekt export: bound to no run, "
+                        "so nothing proves they are not older than what the federation publishes)")
     add_config_arg(p)
     p.set_defaults(func=run)
 
@@ -173,12 +179,13 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
         from edge_client.inference import ModelService
 
         models = ModelService(store_path.parent / "models", public_key, args.federation,
-                              sorted(store.channels)[0])
+                              sorted(store.channels)[0], accept_hand_exported=args.accept_hand_exported)
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
         bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id,
                                               session_topic=Topics(args.federation).session(args.client_id)),
-        normalise=not normalised, exit_when_done=args.exit_when_done, models=models, public_key=public_key))
+        normalise=not normalised, exit_when_done=args.exit_when_done, models=models, public_key=public_key,
+        min_epoch=min_epoch(args)))
     if args.infer:
         sink.agent = agent
     return agent

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmekt_cli.broker_args import link_options
+from fedmekt_cli.broker_args import link_options, min_epoch
 from fedmekt.errors import UserError
 
 
@@ -30,10 +30,12 @@ def run_infer_only(args) -> int:
     modalities = parse_modalities(args.modalities)
     opened = open_source(args.source, args.client_id, modalities, args.data_dir, args.speed)
     state_dir = args.store.parent if args.store is not None else Path(f"fedmekt-{args.client_id}")
-    models = ModelService(state_dir / "models", key, args.federation, next(iter(modalities), None))
+    models = ModelService(state_dir / "models", key, args.federation, next(iter(modalities), None),
+                          accept_hand_exported=args.accept_hand_exported)
     link = link_options(args, args.client_id, username=args.client_id,
                         session_topic=Topics(args.federation).session(args.client_id))
-    gateway = InferenceGateway(args.broker, FollowerOptions(args.client_id, args.federation, models, key, link))
+    gateway = InferenceGateway(args.broker, FollowerOptions(args.client_id, args.federation, models, key, link,
+                                                            state_dir=state_dir, min_epoch=min_epoch(args)))
     published = gateway.run(opened.source)
     print(f"{args.client_id}: source ended; published {published} prediction(s)")
     return 0

@@ -2,14 +2,17 @@
 
     fedmekt provision init ~/fedmekt-operator --host broker.example.org --broker-dir /etc/mosquitto/fedmekt
     fedmekt provision add ~/fedmekt-operator aggregator --role aggregator
-    fedmekt provision add ~/fedmekt-operator c000 --federation demo      # a device
+    fedmekt provision add ~/fedmekt-operator c000 --federation demo --aggregator-state /var/lib/fedmekt  # a device
     fedmekt provision add ~/fedmekt-operator dashboard --role monitor   # read-only, for `fedmekt status`
     fedmekt provision remove ~/fedmekt-operator c000                    # revoke
     fedmekt provision bridge ~/fedmekt-operator ward-3 --federation demo --device c000 --device c001
                                                                          # a site broker's bridge to the lab
 
 The operator folder keeps the CA key and every login's credentials; the broker folder gets
-only what mosquitto serves. Reload mosquitto (SIGHUP) after ``add`` / ``remove``.
+only what mosquitto serves. Reload mosquitto (SIGHUP) after ``add`` / ``remove``. A device's
+credentials also carry the run epoch its federation has reached (``--aggregator-state``: the
+aggregator's state folder, or ``--min-epoch``): the new gateway never follows an older run, so a
+replayed old manifest or package cannot give it an old model.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ def register(subparsers) -> None:
     q.add_argument("--federation", action="append", default=[],
                    help="federation the login may use (repeatable; required for devices, default all otherwise)")
     q.add_argument("--password-stdin", action="store_true", help="read the password from stdin (default random)")
+    q.add_argument("--aggregator-state", type=Path, default=None,
+                   help="a device: the aggregator's --state-dir, whose run counter of each --federation becomes the "
+                        "device's floor (it refuses runs older than the federation's current one)")
+    q.add_argument("--min-epoch", type=int, default=None,
+                   help="a device: refuse runs older than this epoch (instead of reading --aggregator-state)")
     q = sub.add_parser("remove", help="revoke a login")
     q.add_argument("operator", type=Path)
     q.add_argument("name")
@@ -68,8 +76,13 @@ def run(args) -> int:
         print(f"CA in {args.operator}; broker files in {dep.broker_dir}: "
               f"include {dep.broker_dir / 'fedmekt.conf'} in mosquitto's configuration")
     elif args.action == "add":
-        bundle = registry.add(args.operator, args.name, args.role, tuple(args.federation), _password(args))
+        floors = registry.run_floors(tuple(args.federation), args.aggregator_state, args.min_epoch)
+        bundle = registry.add(args.operator, args.name, args.role, tuple(args.federation), _password(args),
+                              min_epoch=floors)
         print(f"{args.role} {args.name}: copy {bundle}/ to where it runs; reload mosquitto (SIGHUP)")
+        if args.role == "device" and not any(floors.values()):
+            print(f"note: {args.name} trusts any signed run until it follows one: give --aggregator-state (or "
+                  f"--min-epoch) once the federation has run, so a replayed older run cannot give it an old model")
     elif args.action == "bridge":
         from fedmekt.provisioning.bridge import BRIDGE_CONF, provision_bridge
 

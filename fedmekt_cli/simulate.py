@@ -61,6 +61,7 @@ def build_config(args):
     from fedmekt_cli.spelling import parse_ints, parse_pair
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
+    from fedmekt.wire.federation import MAX_ROUND_TIMEOUT
     from sensors.datasets import dataset_info, resolve_name
 
     base = load_config(args.config).to_dict() if args.config else {}
@@ -74,6 +75,8 @@ def build_config(args):
                 wire_dtype=args.wire_dtype, threads=args.threads,
                 per_round=args.per_round or base.get("per_round") or (DEMO["per_round"] if demo else 9),
                 rounds=args.rounds or base.get("rounds") or (DEMO["rounds"] if demo else 100))
+    if not 0 < args.round_timeout <= MAX_ROUND_TIMEOUT:  # announcements carry it: gateways refuse longer ones
+        raise UserError(f"--round-timeout must be in (0, {MAX_ROUND_TIMEOUT:.0f}] seconds")
     if args.proxy_windows or demo:
         base["proxy_windows"] = args.proxy_windows or DEMO["proxy_windows"]
     apply_embedding_options(args, base)

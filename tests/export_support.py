@@ -152,3 +152,15 @@ def built_package(dataset: str, data_dir: Path, tmp_path_factory, *, int8: bool 
         _RUNS[name] = build_package(run.model, tmp_path_factory.mktemp(name) / "package", load_private_key(key),
                                     int8=int8).path
     return _RUNS[name]
+
+
+def bound_copy(src: Path, dst: Path, key, run: str, round_: int, federation: str = "test-hapt") -> Path:
+    """A copy of package ``src`` re-signed for (federation, run, round), as the aggregator binds what it publishes."""
+    import shutil
+
+    from export.package import MANIFEST, Manifest, sign_package
+
+    pkg = Path(shutil.copytree(src, dst))
+    manifest = Manifest.from_bytes((pkg / MANIFEST).read_bytes())
+    sign_package(pkg, Manifest(**{**manifest.__dict__, "round": round_, "run": run, "federation": federation}), key)
+    return pkg

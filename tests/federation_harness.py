@@ -8,6 +8,7 @@ mosquitto or the shipped TLS + password + ACL configuration. A recorder subscrib
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -25,6 +26,18 @@ from fedmekt.wire.signing import unwrap
 from security_support import SecureBroker, start_secure_broker
 
 SCRIPT = Path(sys.executable).with_name("fedmekt")
+def faketime_lib() -> str | None:
+    """libfaketime (Debian ``libfaketime``, multiarch path; ``make test`` installs it) or None."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")) + glob.glob("/usr/lib/faketime/libfaketime.so.1")
+    return found[0] if found else None
+
+
+def shifted_clock(offset: str) -> dict[str, str]:
+    """Environment that runs a process with its wall clock shifted by ``offset`` (libfaketime syntax: "+1h",
+    "-1d"). Its monotonic clock stays true, as on a device whose wall clock is simply wrong."""
+    lib = faketime_lib()
+    assert lib is not None, "libfaketime is not installed (apt-get install -y faketime libfaketime)"
+    return {"LD_PRELOAD": lib, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
 def _cmd() -> list[str]:
@@ -99,7 +112,11 @@ class ProcessFederation:
         return rec
 
     # -- parties -----------------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str],
+               clock: str | None = None) -> subprocess.Popen:
+        """``clock``: run it with its wall clock shifted (:func:`shifted_clock`)."""
+        if clock is not None:
+            env = {**env, **shifted_clock(clock)}
         n = self.starts.get(name, 0)
         self.starts[name] = n + 1
         log = open(self.tmp / "logs" / f"{name}-{n}.log", "w")
@@ -113,16 +130,16 @@ class ProcessFederation:
         return self.tmp / cid / "store.sqlite"
 
     def start_client(self, cid: str, fill_store: bool = True, *extra: str,
-                     exit_when_done: bool = True) -> subprocess.Popen:
+                     exit_when_done: bool = True, clock: str | None = None) -> subprocess.Popen:
         """A gateway that exits when the run ends (``exit_when_done=False``: the daemon that follows the next runs);
-        ``fill_store=False`` restarts it on the store it already has."""
+        ``fill_store=False`` restarts it on the store it already has; ``clock``: its wall clock shifted ("+1h")."""
         broker, env = self._broker_args(cid)
         args = ["client", *broker, "--client-id", cid, "--federation", self.federation, "--store", str(self.store(cid))]
         if exit_when_done:
             args.append("--exit-when-done")
         if fill_store:
             args += ["--source", f"split:{self.config}"]
-        return self._spawn(cid, args + list(extra), env)
+        return self._spawn(cid, args + list(extra), env, clock)
 
     def start_all(self, *aggregator_args: str) -> None:
         """Every client (its store filled from the split), then the aggregator with ``aggregator_args``."""
@@ -130,14 +147,16 @@ class ProcessFederation:
             self.start_client(cid)
         self.start_aggregator(*aggregator_args)
 
-    def start_aggregator(self, *extra: str) -> subprocess.Popen:
+    def start_aggregator(self, *extra: str, out: Path | None = None, clock: str | None = None) -> subprocess.Popen:
+        """``out``: another run folder (a fresh run; the run counter stays in the folder above it);
+        ``clock``: its wall clock shifted ("-1d")."""
         broker, env = self._broker_args("aggregator")
         if self.secure:
             broker += ["--username", "aggregator"]
-        args = ["aggregator", *broker, "--config", str(self.config), "--out", str(self.out),
+        args = ["aggregator", *broker, "--config", str(self.config), "--out", str(out or self.out),
                 "--round-timeout", str(self.round_timeout), "--wait-clients", str(len(self.client_ids)),
                 "--wait-timeout", "180", "--no-progress", *extra]
-        return self._spawn("aggregator", args, env)
+        return self._spawn("aggregator", args, env, clock)
 
     @property
     def out(self) -> Path:
@@ -174,9 +193,11 @@ class ProcessFederation:
         topic = f"fedmekt/{self.federation}/metrics"
         return [json.loads(p) for _, t, p in self.recorder.snapshot() if t == topic]
 
-    def announcements(self) -> list[dict]:
+    def announcements(self, timed: bool = False) -> list:
+        """Every round announcement published (``timed``: as (arrival unix time, announcement))."""
         topic = f"fedmekt/{self.federation}/rounds"
-        return [json.loads(unwrap(p)) for _, t, p in self.recorder.snapshot() if t == topic and p]
+        got = [(at, json.loads(unwrap(p))) for at, t, p in self.recorder.snapshot() if t == topic and p]
+        return got if timed else [a for _, a in got]
 
     def final_probe(self) -> dict[str, float]:
         """The converged probe's weighted F1 per modality of the run's last final record."""

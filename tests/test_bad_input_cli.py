@@ -57,6 +57,8 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "hyper-type.toml").write_text('[hyper]\nlr_local = "fast"\n')
     (tmp / "fed.toml").write_text('federation = "ft"\ndataset = "demo"\nclients = [1, 1, 1]\nper_round = 3\n'
                                   'rounds = 1\nproxy_windows = 8\n')
+    (tmp / "state").mkdir(exist_ok=True)
+    (tmp / "state" / "ft.epoch").write_text("seven\n")
     return {"empty": tmp / "empty", "hapt": hapt, "generic": gen}
 
 
@@ -112,6 +114,21 @@ CASES = [
     ("aggregator: missing CA file", "aggregator",
      ["aggregator", "--broker", "mqtts://127.0.0.1:{port}", "--ca-file", "{tmp}/none.crt", "--config", "{tmp}/fed.toml",
       "--out", "{tmp}/agg"], "not found"),
+    ("aggregator: run epoch out of range", "aggregator",
+     ["aggregator", "--broker", "mqtt://127.0.0.1:{port}", "--config", "{tmp}/fed.toml", "--min-epoch", "0"],
+     "--min-epoch"),
+    ("aggregator: round timeout longer than announcements may carry", "aggregator",
+     ["aggregator", "--broker", "mqtt://127.0.0.1:{port}", "--config", "{tmp}/fed.toml", "--round-timeout", "1e9"],
+     "--round-timeout"),
+    ("aggregator: damaged run counter", "aggregator",
+     ["aggregator", "--broker", "mqtt://127.0.0.1:{port}", "--config", "{tmp}/fed.toml", "--out", "{tmp}/agg",
+      "--state-dir", "{tmp}/state", "--no-progress"], "run counter"),
+    ("provision: two sources of a device's run floor", "provision",
+     ["provision", "add", "{tmp}/op", "c000", "--federation", "ft", "--min-epoch", "2", "--aggregator-state", "{tmp}"],
+     "not both"),
+    ("client: run floor out of range", "client",
+     ["client", "--broker", "mqtt://127.0.0.1:{port}", "--client-id", "c000", "--federation", "ft", "--min-epoch", "-1",
+      "--source", "split:{tmp}/fed.toml", "--store", "{tmp}/c000/store.sqlite"], "--min-epoch"),
     ("client: missing dataset for its source", "client",
      ["client", "--broker", "mqtt://127.0.0.1:{port}", "--client-id", "c000", "--source", "replay:hapt",
       "--data-dir", "{tmp}/nowhere", "--store", "{tmp}/c000/store.sqlite"], "not found"),

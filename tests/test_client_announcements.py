@@ -10,6 +10,7 @@ import pytest
 
 from edge_client.agent import AgentOptions, EdgeAgent
 from fedmekt.engine import RoundPlan
+from fedmekt.mqtt import Message
 from fedmekt.wire import federation as fedwire
 from sensors.store import SampleStore
 from tests.core_support import tiny_config, tiny_split
@@ -29,8 +30,9 @@ def agent(tmp_path):
 
 def _announce(agent: EdgeAgent, round_: int, nonce: str, asked_at: float | None = None) -> None:
     plan = RoundPlan(round_, ("c000",), (), 8, "mmfedavg")
-    ann = fedwire.Announcement("t", plan.to_json(), time.time() + 60, run=RUN, nonce=nonce, global_sha256="0" * 64)
-    agent._on_announcement(ann.to_bytes(), asked_at=asked_at)
+    ann = fedwire.Announcement("t", plan.to_json(), 60.0, run=RUN, nonce=nonce, global_sha256="0" * 64).to_bytes()
+    received = time.monotonic() if asked_at is None else asked_at
+    agent._on_announcement(ann, Message("fedmekt/t/rounds", ann, False, received), asked=asked_at is not None)
 
 
 def test_a_late_copy_of_an_older_round_is_ignored_a_restart_is_not(agent):

@@ -100,7 +100,7 @@ def test_api_state_shows_validated_broker_messages(mosquitto):
         send(f"{base}/clients/<img src=x onerror=alert(1)>/status", fedwire.Status("online").to_bytes())
         send(f"{base}/clients/c002/status", b'{"state": "<b>pwned</b>"}')
         send(f"{base}/rounds", fedwire.Announcement(FED, {"round": 1, "selected": ["c000", "c001", "<x>"]},
-                                                    time.time() + 60, run="r", nonce="ab").to_bytes(), retain=True)
+                                                    60.0, run="r", nonce="ab").to_bytes(), retain=True)
         send(f"{base}/clients/c001/upload/1/0", b"\0" * 2048)
         send(f"{base}/clients/c001/upload/1/1", b"\0" * 1024)
         send(f"{base}/metrics", b'{"run": "r", "round": 0, "bytes_up": 3072, "f1_paper_acce": 0.5, '

@@ -114,7 +114,7 @@ def test_rollback_to_an_older_runs_package_is_refused_whatever_its_round(package
         sign_package(pkg, Manifest(**{**manifest.__dict__, **changes}), keys[0])
         return pkg
 
-    old, new = new_run_id(now=1_700_000_000.0), new_run_id()
+    old, new = new_run_id(1), new_run_id(2)
     store = ModelStore(tmp_path / "store", keys[1])
     assert store.install(resigned("new1", run=new, round=1), federation="test-hapt", run=new).package.manifest.run == new
     with pytest.raises(PackageError, match="stale package: run .* round 9 is older"):

@@ -50,7 +50,8 @@ def test_push_install_swap_and_refuse(mosquitto, data_dir, tmp_path, tmp_path_fa
         ann3 = publish_package(agg, FED, v3)
         installed = []
         store = ModelStore(tmp_path / "gateway", load_public_key(public))
-        receiver = PackageReceiver(store, FED, on_installed=installed.append)
+        receiver = PackageReceiver(store, FED, on_installed=installed.append,
+                                   accept_hand_exported=True)  # these packages are bound to no run
         # the gateway connects after the publication: retained messages deliver the package
         with MqttLink(mosquitto.url, LinkOptions(client_id="c000"), subscriptions=[receiver.subscription]).connect() as gw:
             pump(gw, receiver, lambda: installed)
@@ -112,7 +113,8 @@ def test_publisher_every_n_rounds_and_at_the_end(mosquitto, data_dir, tmp_path, 
         assert pub.maybe_publish(run.model, 5, final=True) is None  # the final round was already published
         assert sorted(p.name for p in (tmp_path / "packages").iterdir()) == ["r000005"]
     store = ModelStore(tmp_path / "gw", load_public_key(signing_keys(tmp_path_factory)[1]))
-    receiver = PackageReceiver(store, run.model.info.federation)  # gateways refuse other federations
+    receiver = PackageReceiver(store, run.model.info.federation,  # gateways refuse other federations
+                               accept_hand_exported=True)  # a publisher without a run binds none
     with MqttLink(mosquitto.url, LinkOptions(client_id="c001"), subscriptions=[receiver.subscription]).connect() as gw:
         pump(gw, receiver, lambda: store.current() is not None)
     assert store.current().package.manifest.round == 5

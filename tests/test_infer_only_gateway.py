@@ -8,7 +8,6 @@ Also: a command that needs torch, run without it, says so in one line.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -20,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from core_support import tiny_config, tiny_split
 from edge_client.inference import StreamingRecognizer
 from export.install import ModelStore
-from export.package import MANIFEST, Manifest, load_private_key, load_public_key, sign_package
+from export.package import load_private_key, load_public_key
 from export.push import publish_package
-from export_support import built_package, signing_keys, trained_run
+from export_support import bound_copy, built_package, signing_keys, trained_run
 from fedmekt.mqtt import LinkOptions, MqttLink
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.runs import new_run_id
@@ -42,19 +41,11 @@ def fedmekt_without_torch(*args: str) -> list[str]:
     return [sys.executable, "-c", NO_TORCH, *args]
 
 
-def bound_copy(src: Path, dst: Path, key, run: str, round_: int) -> Path:
-    """The package re-signed for (FED, run, round), as the aggregator binds what it publishes."""
-    pkg = Path(shutil.copytree(src, dst))
-    manifest = Manifest.from_bytes((pkg / MANIFEST).read_bytes())
-    sign_package(pkg, Manifest(**{**manifest.__dict__, "round": round_, "run": run, "federation": FED}), key)
-    return pkg
-
-
 def test_infer_only_gateway_installs_a_pushed_package_over_tls_and_publishes_predictions(
         data_dir, tmp_path, tmp_path_factory):
     private, public = signing_keys(tmp_path_factory)
     key = load_private_key(private)
-    run_id = new_run_id()
+    run_id = new_run_id(1)
     package = bound_copy(built_package("hapt", data_dir, tmp_path_factory), tmp_path / "pkg", key, run_id, 3)
     rec = trained_run("hapt", data_dir, tmp_path_factory).test[2]
     x, t = rec.modalities["acce"][:400], rec.timestamps[:400]
@@ -169,7 +160,7 @@ def test_follower_trusts_only_signed_manifests_of_newer_runs(mosquitto, data_dir
 
     private, public = signing_keys(tmp_path_factory)
     key, pub = load_private_key(private), load_public_key(public)
-    old_run, run_id, newer = new_run_id(now=time.time() - 60), new_run_id(), new_run_id(now=time.time() + 60)
+    old_run, run_id, newer = new_run_id(1), new_run_id(2), new_run_id(3)
     package = bound_copy(built_package("hapt", data_dir, tmp_path_factory), tmp_path / "pkg", key, run_id, 1)
     topics = Topics(FED)
     agg = MqttLink(mosquitto.url, LinkOptions(client_id="aggregator")).connect()

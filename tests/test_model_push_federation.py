@@ -98,7 +98,8 @@ def test_client_with_infer_publishes_predictions_of_the_installed_package(mosqui
                                  "--client-id", "c000", "--federation", federation, "--store",
                                  str(tmp_path / "gw" / "store.sqlite"), "--source", "replay:hapt",
                                  "--data-dir", str(data_dir), "--speed", "20", "--public-key", str(public),
-                                 "--infer"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 "--infer", "--accept-hand-exported"],  # the package is bound to no run
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             got, deadline = [], time.monotonic() + 120
             while len(got) < 20 and time.monotonic() < deadline and proc.poll() is None:

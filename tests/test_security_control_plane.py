@@ -72,10 +72,15 @@ def test_forged_control_envelope_verifies_only_the_signed_payload_on_its_topic()
                                                 .to_bytes())).done  # observers read signed messages too
 
 
-def test_run_ids_order_runs_by_start_time():
-    older, newer = new_run_id(now=1_700_000_000.0), new_run_id()
-    assert run_order(older) == 1_700_000_000_000 < run_order(newer)
-    assert run_order("") == run_order("a1b2c3d4e5f6") == 0  # ids of another form order before every timed one
+def test_run_ids_order_runs_by_epoch_then_the_earlier_timed_ids_then_any_other():
+    assert run_order(new_run_id(2)) > run_order(new_run_id(1)) > run_order("9999999999999-0a0b0c0d")
+    assert run_order(new_run_id(10)) > run_order(new_run_id(9))  # numerically, not as text
+    assert run_order("1800000000000-0a0b0c0d") > run_order("1700000000000-0a0b0c0d") > run_order("")
+    assert run_order("") == run_order("a1b2c3d4e5f6") == run_order("e0-0a0b0c0d") == run_order("e01-0a0b0c0d")
+    assert new_run_id(3) != new_run_id(3)  # two runs of one epoch (a shared counter lost) still differ
+    for bad in (0, -1, 10**18):
+        with pytest.raises(ValueError):
+            new_run_id(bad)
 
 
 def test_nonce_is_carried_and_validated_by_the_upload_header():
@@ -115,7 +120,7 @@ def test_forged_control_manifest_with_a_new_run_id_is_rejected_and_rounds_keep_t
             msg = forger.get(timeout=5)
             assert msg is not None, "the retained manifest never arrived"
             genuine = msg.payload if msg.topic == topic and msg.payload else None
-        forged = dataclasses.replace(agg.manifest, run=new_run_id()).to_bytes()
+        forged = dataclasses.replace(agg.manifest, run=new_run_id(10**6)).to_bytes()
         forger.publish_all([(topic, genuine[:len(MAGIC) + SIGNATURE_BYTES] + forged)], retain=True)
         time.sleep(1.0)  # every client has it before round 1 is announced
 
@@ -149,9 +154,9 @@ def test_forged_control_done_and_announcement_are_ignored(mosquitto, tmp_path, c
     def forge(rnd, agg):
         if rnd != 1:
             return
-        done = fedwire.Announcement(cfg.federation, None, time.time(), done=True, rounds=1, run=agg.run_id)
+        done = fedwire.Announcement(cfg.federation, None, 0.0, done=True, rounds=1, run=agg.run_id)
         plan = fedwire.Announcement(cfg.federation, {"round": 1, "selected": ["c000"], "proxy_windows": [0]},
-                                    time.time() + 60, run=agg.run_id)
+                                    60.0, run=agg.run_id)
         for forged in (plan, done):
             forger.publish_all([(topic, forged.to_bytes())], retain=True)
         forger.publish_all((topics.reply(c.client_id, topics.resend), plan.to_bytes()) for c in split.clients)

@@ -33,7 +33,7 @@ from fedmekt.wire.topics import Topics
 
 pytestmark = pytest.mark.broker
 FED = "test-hapt"  # the federation of export_support's packages
-OLD_RUN, NEW_RUN = new_run_id(now=time.time() - 3600), new_run_id()
+OLD_RUN, NEW_RUN = new_run_id(1), new_run_id(2)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -72,10 +73,12 @@ def test_manifest_with_an_unrunnable_config_is_rejected():
 
 def test_announcements_and_status_validate():
     plan = {"round": 2, "selected": ["c000"], "proxy_windows": [0, 5], "window": 8, "algorithm": "fedmekt-c"}
-    ann = fedwire.Announcement.from_bytes(fedwire.Announcement("t", plan, 1e9, run="r1").to_bytes())
+    ann = fedwire.Announcement.from_bytes(fedwire.Announcement("t", plan, 60.0, run="r1").to_bytes())
     assert ann.round_plan().round == 2 and ann.run == "r1"
     for bad in (b"", b"[]", b"{", json.dumps({"federation": "t"}).encode(),
-                fedwire.Announcement("t", {**plan, "round": -1}, 1e9).to_bytes()):
+                fedwire.Announcement("t", {**plan, "round": -1}, 60.0).to_bytes(),
+                fedwire.Announcement("t", plan, -1.0).to_bytes(), fedwire.Announcement("t", plan, math.nan).to_bytes(),
+                fedwire.Announcement("t", plan, 60.0).to_bytes().replace(b'"v":2', b'"v":1')):
         with pytest.raises(WireError):
             fedwire.Announcement.from_bytes(bad).round_plan()
     assert fedwire.Status.from_bytes(fedwire.Status("online", ("a",)).to_bytes()).modalities == ("a",)

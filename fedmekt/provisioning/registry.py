@@ -29,7 +29,9 @@ from fedmekt.errors import UserError
 from fedmekt.provisioning import pki
 from fedmekt.provisioning.acl import ALL_FEDERATIONS, ROLES, Login, render_acl
 from fedmekt.provisioning.passwords import hash_line
+from fedmekt.run_counter import epoch_file, read_epoch
 from fedmekt.wire.federation import AGGREGATOR_ID
+from fedmekt.wire.runs import MAX_EPOCH
 
 SHIPPED_DIR = "/etc/mosquitto/fedmekt"  # the paths in the shipped template
 SHIPPED_PORT = 8883
@@ -175,10 +177,27 @@ def _check_relayed(logins: dict[str, Login], site: str, federations: tuple[str, 
             raise UserError(f"device {device} of {federations[0]} is already behind site {other}")
 
 
+def run_floors(federations: tuple[str, ...], aggregator_state: Path | None, min_epoch: int | None) -> dict[str, int]:
+    """A new device's floor of run epochs per federation: ``min_epoch``, else the aggregator's run counter in
+    ``aggregator_state`` (the federation's current run: the device follows it and newer ones), else 0."""
+    if min_epoch is not None and aggregator_state is not None:
+        raise UserError("give --min-epoch or --aggregator-state, not both")
+    if min_epoch is not None:
+        if not 0 <= min_epoch <= MAX_EPOCH:
+            raise UserError(f"--min-epoch must be 0..{MAX_EPOCH}, got {min_epoch}")
+        return {fed: min_epoch for fed in federations}
+    if aggregator_state is None:
+        return {fed: 0 for fed in federations}
+    if not Path(aggregator_state).is_dir():
+        raise UserError(f"--aggregator-state {aggregator_state} is not a folder")
+    return {fed: read_epoch(epoch_file(aggregator_state, fed)) for fed in federations}
+
+
 def add(operator: Path, name: str, role: str = "device", federations: tuple[str, ...] = (),
-        password: str | None = None, devices: tuple[str, ...] = ()) -> Path:
+        password: str | None = None, devices: tuple[str, ...] = (), min_epoch: dict[str, int] | None = None) -> Path:
     """Add (or re-key) a login; returns its folder of ``ca.crt`` and ``credentials.json`` for the device.
-    A ``bridge`` login is a site broker's, relaying ``devices`` (``fedmekt.provisioning.bridge``)."""
+    A ``bridge`` login is a site broker's, relaying ``devices`` (``fedmekt.provisioning.bridge``). A device's
+    ``min_epoch`` ({federation: epoch}) goes into its credentials: the floor of runs it follows (edge_client/trust.py)."""
     dep = Deployment.open(operator)
     check_name(name, "login name")
     if role not in ROLES:
@@ -210,6 +229,8 @@ def add(operator: Path, name: str, role: str = "device", federations: tuple[str,
     _write(bundle / "ca.crt", (operator / "ca.crt").read_bytes())
     creds = {"username": name, "password": password, "role": role, "federations": list(logins[name].federations),
              "broker": dep.url, "ca": "ca.crt"}
+    if role == "device":
+        creds["min_epoch"] = {fed: (min_epoch or {}).get(fed, 0) for fed in federations}
     _write(bundle / CREDENTIALS, (json.dumps(creds, indent=2) + "\n").encode(), 0o600)
     return bundle
 

@@ -199,13 +199,22 @@ def _json(raw: bytes, what: str) -> dict:
     return d
 
 
+ANNOUNCEMENT_VERSION = 2  # 2: a round's time is a duration ("timeout"), never an absolute time
+MAX_ROUND_TIMEOUT = 7 * 24 * 3600.0
+
+
 @dataclass(frozen=True)
 class Announcement:
-    """Retained on ``rounds``: the current plan and its deadline, or the end of the federation."""
+    """Retained on ``rounds``: the current plan and how long it is open, or the end of the federation.
+
+    ``timeout`` is a duration, not a time of day: each receiver counts it on its own monotonic clock
+    from the moment the announcement reached it (:meth:`deadline_from`), so a gateway whose wall
+    clock is off (a Raspberry Pi has no real-time clock) still takes part.
+    """
 
     federation: str
     plan: dict | None  # RoundPlan.to_json(); None when done
-    deadline: float  # unix time after which uploads for this round are late
+    timeout: float  # seconds the round stays open after the announcement (0 when done)
     done: bool = False
     rounds: int = 0  # rounds completed (when done)
     run: str = ""  # the manifest's run id: announcements of another run are ignored
@@ -213,23 +222,34 @@ class Announcement:
     global_sha256: str = ""  # sha256 of the round's global knowledge message: its chunks need no signature
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"federation": self.federation, "plan": self.plan, "deadline": self.deadline,
-                           "done": self.done, "rounds": self.rounds, "run": self.run, "nonce": self.nonce,
-                           "global_sha256": self.global_sha256}, separators=(",", ":")).encode()
+        return json.dumps({"v": ANNOUNCEMENT_VERSION, "federation": self.federation, "plan": self.plan,
+                           "timeout": self.timeout, "done": self.done, "rounds": self.rounds, "run": self.run,
+                           "nonce": self.nonce, "global_sha256": self.global_sha256}, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Announcement":
         d = _json(raw, "announcement")
+        if d.get("v") != ANNOUNCEMENT_VERSION:
+            raise WireError("announcement has an unknown version (an aggregator of another release?)")
         try:
-            a = cls(d["federation"], d["plan"], float(d["deadline"]), bool(d["done"]), int(d["rounds"]), str(d["run"]),
+            a = cls(d["federation"], d["plan"], float(d["timeout"]), bool(d["done"]), int(d["rounds"]), str(d["run"]),
                     str(d.get("nonce", "")), str(d.get("global_sha256", "")))
         except (KeyError, TypeError, ValueError):
             raise WireError("announcement lacks fields") from None
         if not (_HEX.match(a.nonce) and len(a.nonce) <= 32 and _HEX.match(a.global_sha256)):
             raise WireError("announcement has a bad nonce or global hash")
+        if not 0 <= a.timeout <= MAX_ROUND_TIMEOUT:  # also refuses NaN
+            raise WireError("announcement has a bad timeout")
         if not a.done and not isinstance(a.plan, dict):
             raise WireError("announcement has no plan")
         return a
+
+    def deadline_from(self, received: float, expiry: float | None = None) -> float:
+        """The round's deadline on this receiver's ``time.monotonic()``: ``timeout`` after ``received`` (when
+        the message arrived), or sooner when the broker says the retained copy expires sooner (MQTT 5 gives a
+        retained message's remaining expiry: a late joiner learns how much of the round is left, clock-free)."""
+        left = self.timeout if expiry is None else min(self.timeout, float(expiry))
+        return received + left
 
     def round_plan(self):
         """The validated RoundPlan (WireError on anything malformed)."""
