@@ -48,9 +48,25 @@ def save_run_model(run_dir: Path, info: RunInfo, autoencoder: SplitAutoencoder, 
     write_run_info(run_dir, info)
 
 
+def resolve_run_dir(path: Path) -> Path:
+    """The run whose model ``path`` names: a run (``run.json``), or a run folder of ``fedmekt runs`` that holds
+    exactly one (``runs/<variant>-seedK/``); with several, UserError naming them."""
+    path = Path(path)
+    if (path / RUN_INFO).is_file():
+        return path
+    inner = sorted(p.parent for p in path.glob(f"runs/*/{RUN_INFO}"))
+    if len(inner) == 1:
+        return inner[0]
+    if inner:
+        raise UserError(f"{path} holds {len(inner)} runs; export one of them: "
+                        + ", ".join(str(p) for p in inner[:6]) + (" …" if len(inner) > 6 else ""))
+    return path
+
+
 def load_run_model(run_dir: Path) -> RunModel:
-    """Rebuild the split autoencoder and head of a run folder; one-line UserError if it is not one."""
-    run_dir = Path(run_dir)
+    """Rebuild the split autoencoder and head of a run (or of the one run in a run folder, ``resolve_run_dir``);
+    one-line UserError if it is not one."""
+    run_dir = resolve_run_dir(run_dir)
     for name in (RUN_INFO, FINAL_MODEL):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} is not a finished run folder: {name} is missing")

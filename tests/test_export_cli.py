@@ -57,6 +57,10 @@ def test_reproduced_run_exports_and_infers(tmp_path, capsys):
     (run,) = (tmp_path / "repro" / "runs").iterdir()
     assert main(["export", "keygen", "--out", str(tmp_path / "agg")]) == 0
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "pkg"), "--key", str(tmp_path / "agg.key")]) == 0
+    # the run folder that `fedmekt runs`, `log` and `report` name exports its one run too
+    assert main(["export", "--run", str(tmp_path / "repro"), "--out", str(tmp_path / "pkg2"),
+                 "--key", str(tmp_path / "agg.key")]) == 0
+    assert (tmp_path / "pkg2" / "manifest.json").read_bytes() == (tmp_path / "pkg" / "manifest.json").read_bytes()
     capsys.readouterr()
     assert main(["infer", "--model", str(tmp_path / "pkg"), "--source", "replay:demo", "--modality", "gyro",
                  "--public-key", str(tmp_path / "agg.pub"), "--max-windows", "4"]) == 0
