@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     q.add_argument("operator", type=Path, help="operator folder (CA key, credentials); keep it off the broker")
     q.add_argument("--host", action="append", required=True, help="DNS name or IP devices connect to (repeatable)")
     q.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    q.add_argument("--bind", default=None,
+                   help="IP address the listener binds, or 'all' for every interface (default: the first --host "
+                        "when it is an IP address, else all)")
     q.add_argument("--broker-dir", type=Path, default=None,
                    help="folder mosquitto reads (default OPERATOR/broker), e.g. /etc/mosquitto/fedmekt")
     q.add_argument("--days", type=int, default=825, help="server certificate lifetime in days (default 825)")
@@ -64,9 +67,11 @@ def run(args) -> int:
     from fedmekt.provisioning import registry
 
     if args.action == "init":
-        dep = registry.init(args.operator, tuple(args.host), args.port, args.broker_dir, args.days)
+        dep = registry.init(args.operator, tuple(args.host), args.port, args.broker_dir, args.days, args.bind)
+        where = "every interface" if dep.bind == registry.ALL_INTERFACES else dep.bind
         print(f"CA in {args.operator}; broker files in {dep.broker_dir}: "
-              f"include {dep.broker_dir / 'fedmekt.conf'} in mosquitto's configuration")
+              f"include {dep.broker_dir / 'fedmekt.conf'} in mosquitto's configuration; it listens on {where} "
+              f"port {dep.port}")
     elif args.action == "add":
         bundle = registry.add(args.operator, args.name, args.role, tuple(args.federation), _password(args))
         print(f"{args.role} {args.name}: copy {bundle}/ to where it runs; reload mosquitto (SIGHUP)")

@@ -15,6 +15,7 @@ password file that locks every device out.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -43,10 +44,33 @@ def shipped_conf() -> str:
     return resources.files("fedmekt.provisioning").joinpath("fedmekt.conf").read_text()
 
 
-def render_conf(broker_dir: Path, port: int) -> str:
-    """The shipped drop-in with its paths pointing into ``broker_dir`` and its listener on ``port``."""
+ALL_INTERFACES = "all"
+
+
+def render_conf(broker_dir: Path, port: int, bind: str = ALL_INTERFACES) -> str:
+    """The shipped drop-in with its paths pointing into ``broker_dir`` and its listener on ``port``,
+    bound to the address ``bind`` (``all``: every interface)."""
     text = shipped_conf().replace(SHIPPED_DIR, str(broker_dir.resolve()))
-    return text.replace(f"listener {SHIPPED_PORT}\n", f"listener {port}\n")
+    address = "" if bind == ALL_INTERFACES else f" {bind}"
+    return text.replace(f"listener {SHIPPED_PORT}\n", f"listener {port}{address}\n")
+
+
+def default_bind(hosts: tuple[str, ...]) -> str:
+    """Where the listener binds unless told: the first ``--host`` when it is an IP address (the address every
+    login's credentials name), else every interface (a DNS name may resolve to any of them)."""
+    try:
+        return str(ipaddress.ip_address(hosts[0]))
+    except ValueError:
+        return ALL_INTERFACES
+
+
+def check_bind(bind: str) -> str:
+    if bind == ALL_INTERFACES:
+        return bind
+    try:
+        return str(ipaddress.ip_address(bind))
+    except ValueError:
+        raise UserError(f"invalid --bind {bind!r}: an IP address of the broker, or '{ALL_INTERFACES}'") from None
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -92,6 +116,7 @@ class Deployment:
     broker_dir: Path
     hosts: tuple[str, ...]
     port: int
+    bind: str = ALL_INTERFACES  # the listener's address (folders made before --bind existed bound every one)
 
     @classmethod
     def open(cls, operator: Path) -> "Deployment":
@@ -99,7 +124,7 @@ class Deployment:
         if not path.is_file():
             raise UserError(f"{operator} is not an operator folder (no {BROKER_JSON}): run `fedmekt provision init` first")
         d = json.loads(path.read_text())
-        return cls(operator, Path(d["broker_dir"]), tuple(d["hosts"]), int(d["port"]))
+        return cls(operator, Path(d["broker_dir"]), tuple(d["hosts"]), int(d["port"]), d.get("bind", ALL_INTERFACES))
 
     @property
     def url(self) -> str:
@@ -125,13 +150,15 @@ class Deployment:
 
 
 def init(operator: Path, hosts: tuple[str, ...], port: int = SHIPPED_PORT, broker_dir: Path | None = None,
-         days: int = 825) -> Deployment:
-    """Create the CA (operator folder) and the broker's certificate, empty password file, ACL and config."""
+         days: int = 825, bind: str | None = None) -> Deployment:
+    """Create the CA (operator folder) and the broker's certificate, empty password file, ACL and config;
+    the listener binds ``bind`` (default :func:`default_bind`)."""
     if not hosts:
         raise UserError("give at least one --host (the name or IP address devices connect to)")
     for host in hosts:
         if not host or any(c in host for c in "/ \t\n"):
             raise UserError(f"invalid --host {host!r}")
+    bind = check_bind(bind) if bind is not None else default_bind(hosts)
     if not 0 < port < 65536:
         raise UserError(f"--port must be 1-65535, got {port}")
     if (operator / "ca.key").exists():
@@ -150,10 +177,10 @@ def init(operator: Path, hosts: tuple[str, ...], port: int = SHIPPED_PORT, broke
     _write(broker_dir / "ca.crt", pki.cert_pem(ca_cert))
     _write(broker_dir / "server.key", pki.key_pem(server_key), 0o600, broker_secret=True)
     _write(broker_dir / "server.crt", pki.cert_pem(server_cert))
-    _write(broker_dir / "fedmekt.conf", render_conf(broker_dir, port).encode())
-    info = {"hosts": list(hosts), "port": port, "broker_dir": str(broker_dir)}
+    _write(broker_dir / "fedmekt.conf", render_conf(broker_dir, port, bind).encode())
+    info = {"hosts": list(hosts), "port": port, "bind": bind, "broker_dir": str(broker_dir)}
     _write(operator / BROKER_JSON, (json.dumps(info, indent=2) + "\n").encode())
-    dep = Deployment(operator, broker_dir, tuple(hosts), port)
+    dep = Deployment(operator, broker_dir, tuple(hosts), port, bind)
     dep._save({}, {})
     return dep
 
