@@ -32,7 +32,8 @@ def run_infer_only(args) -> int:
     state_dir = args.store.parent if args.store is not None else Path(f"fedmekt-{args.client_id}")
     models = ModelService(state_dir / "models", key, args.federation, next(iter(modalities), None))
     link = link_options(args, args.client_id, username=args.client_id,
-                        session_topic=Topics(args.federation).session(args.client_id))
+                        session_topic=Topics(args.federation).session(args.client_id),
+                        takeover="alert")  # a stolen login must not switch the gateway off
     gateway = InferenceGateway(args.broker, FollowerOptions(args.client_id, args.federation, models, key, link))
     published = gateway.run(opened.source)
     print(f"{args.client_id}: source ended; published {published} prediction(s)")

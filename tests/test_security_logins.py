@@ -275,3 +275,55 @@ def test_retained_flood_device_cannot_park_big_or_stray_retained_messages(secure
     fresh.close()
     record("attack", "retained flood on sub-topics of a device's upload topic", tried=3 + len(stray),
            handled=3 + len(stray))
+
+
+def test_takeover_token_from_a_stolen_device_login_does_not_stop_the_gateway(secure, tmp_path, tmp_path_factory):
+    """The real gateway process (receive-only install, waiting for a model) survives a stolen login: the
+    attacker connects with the device's password (kicking it) and publishes a session token; the gateway
+    reconnects, logs an alert, reclaims its session with a fresh token and keeps running."""
+    from export_support import signing_keys
+
+    _, public = signing_keys(tmp_path_factory)
+    session, status = T.session("c002"), T.status("c002")
+    watch = login(secure, "monitor")
+    watch.subscribe(session)
+    watch.subscribe(status)
+    cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli"]
+    gateway = subprocess.Popen(cmd + [
+        "client", "--infer-only", "--broker", f"mqtts://localhost:{secure.port}", "--client-id", "c002",
+        "--credentials", str(secure.folder / "logins/c002/credentials.json"), "--federation", "demo",
+        "--public-key", str(public), "--source", "stdin", "--modalities", "acce:3",
+        "--store", str(tmp_path / "gw" / "store.sqlite")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        def tokens(timeout: float, what: str, ok) -> list[bytes]:
+            """The session tokens seen so far, once ``ok`` of them (woken by each message; bounded)."""
+            deadline = time.monotonic() + timeout
+            while True:
+                got = [p for t, p in watch.drain() if t == session and p]
+                if ok(got):
+                    return got
+                assert time.monotonic() < deadline and gateway.poll() is None, \
+                    f"{what} within {timeout:.0f} s; tokens {got}; gateway exit {gateway.poll()}"
+                watch.wait_for(session + "/never", timeout=0.5)   # blocks on the next message, keeps it in seen
+
+        tokens(90, "the gateway's own session token", lambda got: len(got) >= 1)
+        stolen = b"f" * 32
+        attacker = login(secure, "c002")              # the same login: the broker kicks the gateway
+        attacker.publish(session, stolen, retain=True)
+        attacker.close()
+        got = tokens(60, "a fresh gateway token after the stolen one",
+                     lambda got: stolen in got and got[-1] != stolen and len(set(got)) >= 3)
+        assert gateway.poll() is None, "the gateway obeyed the stolen token and stopped"
+        gateway.send_signal(signal.SIGTERM)            # still serving: stop it as systemd would
+        _, err = gateway.communicate(timeout=60)
+        assert "error" not in err.strip().splitlines()[-1], err[-3000:]
+        assert "ALERT: another connection logged in as 'c002' took over this session" in err, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert got.index(stolen) < len(got) - 1
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.communicate()
+        watch.close()
+    record("attack", "session token with a stolen device login", tried=1, handled=1)
