@@ -32,6 +32,12 @@ def register(subparsers) -> None:
     q.add_argument("--bind", default=None,
                    help="IP address the listener binds, or 'all' for every interface (default: the first --host "
                         "when it is an IP address, else all)")
+    q.add_argument("--control-port", type=int, default=None,
+                   help="port of the control listener for the aggregator and monitors (default --port + 1): "
+                        "idle sockets on the devices' listener cannot take its slots")
+    q.add_argument("--control-bind", default="127.0.0.1",
+                   help="IP address of the control listener (default 127.0.0.1: the aggregator runs on the broker's "
+                        "machine), or 'all'")
     q.add_argument("--broker-dir", type=Path, default=None,
                    help="folder mosquitto reads (default OPERATOR/broker), e.g. /etc/mosquitto/fedmekt")
     q.add_argument("--days", type=int, default=825, help="server certificate lifetime in days (default 825)")
@@ -67,11 +73,12 @@ def run(args) -> int:
     from fedmekt.provisioning import registry
 
     if args.action == "init":
-        dep = registry.init(args.operator, tuple(args.host), args.port, args.broker_dir, args.days, args.bind)
+        dep = registry.init(args.operator, tuple(args.host), args.port, args.broker_dir, args.days, args.bind,
+                            args.control_port, args.control_bind)
         where = "every interface" if dep.bind == registry.ALL_INTERFACES else dep.bind
         print(f"CA in {args.operator}; broker files in {dep.broker_dir}: "
               f"include {dep.broker_dir / 'fedmekt.conf'} in mosquitto's configuration; it listens on {where} "
-              f"port {dep.port}")
+              f"port {dep.port} for devices, and on {dep.control_url} for the aggregator and monitors")
     elif args.action == "add":
         bundle = registry.add(args.operator, args.name, args.role, tuple(args.federation), _password(args))
         print(f"{args.role} {args.name}: copy {bundle}/ to where it runs; reload mosquitto (SIGHUP)")

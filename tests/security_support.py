@@ -50,7 +50,8 @@ def start_secure_broker(tmp: Path, users: tuple[str, ...] = DEVICES, federation:
     ``federation``; start mosquitto."""
     folder = tmp / "fedmekt-operator"
     port = free_port()
-    dep = provision.init(folder, ("localhost", "127.0.0.1"), port=port, bind="127.0.0.1")
+    dep = provision.init(folder, ("localhost", "127.0.0.1"), port=port, bind="127.0.0.1",
+                         control_port=free_port(avoid=port))
     passwords = {}
     for name, role in [("aggregator", "aggregator"), ("monitor", "monitor")] + [(u, "device") for u in users]:
         bundle = provision.add(folder, name, role, (federation,) if role == "device" else ())

@@ -233,7 +233,8 @@ def test_provision_init_binds_the_listener_where_told(tmp_path, init_args, every
     """127.0.0.2 is loopback too: a listener on every interface answers there, one bound to 127.0.0.1 does not."""
     cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli"]
     port = free_port()
-    done = subprocess.run(cmd + ["provision", "init", str(tmp_path / "op"), "--port", str(port)] + init_args,
+    done = subprocess.run(cmd + ["provision", "init", str(tmp_path / "op"), "--port", str(port),
+                                 "--control-port", str(free_port(avoid=port))] + init_args,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert ("every interface" in done.stdout) == everywhere, done.stdout

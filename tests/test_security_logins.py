@@ -327,3 +327,67 @@ def test_takeover_token_from_a_stolen_device_login_does_not_stop_the_gateway(sec
             gateway.communicate()
         watch.close()
     record("attack", "session token with a stolen device login", tried=1, handled=1)
+
+
+IDLE_SOCKETS = """
+import resource, selectors, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 4096, hard))
+idle = [socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) for _ in range(int(sys.argv[2]))]
+closed, deadline = 0, time.monotonic() + 60     # the broker closes those beyond its slots: count them (bounded)
+with selectors.DefaultSelector() as sel:
+    for s in idle:
+        sel.register(s, selectors.EVENT_READ)
+    while closed < int(sys.argv[3]) and time.monotonic() < deadline:
+        for key, _ in sel.select(0.5):
+            if key.fileobj.recv(1) == b"":
+                closed += 1
+                sel.unregister(key.fileobj)
+print(closed, flush=True)
+sys.stdin.read()                                  # hold the rest until told
+"""
+
+
+def test_idle_unauthenticated_sockets_cannot_lock_the_aggregator_out(tmp_path):
+    """1,200 idle TCP sockets (no TLS, no login; held by another process) against the shipped config, with
+    mosquitto under systemd's default 1024 file descriptors: they fill the devices' listener, the aggregator and
+    a monitor still log in on the control listener, and devices log in again once the sockets go."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the test needs 1,200 sockets in one process and the hard file limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))   # what systemd gives mosquitto
+    try:
+        sb = start_secure_broker(tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    dep = provision.Deployment.open(sb.folder)
+    attacker = subprocess.Popen([sys.executable, "-c", IDLE_SOCKETS, str(sb.port), "1200", "200"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        refused = int(attacker.stdout.readline() or 0)   # proof the listener is full: sockets beyond it closed
+        assert refused >= 200, f"only {refused} of 1,200 idle sockets refused: is max_connections set?"
+        device = connect(sb.port, "c000", sb.passwords["c000"], ca=sb.ca, client_id="c000")
+        device.close()
+        assert not device.connected.is_set(), "the devices' listener should be full"   # what 2.0.11 allows
+        assert dep.control_url == f"mqtts://localhost:{dep.control_port}"
+        for user in ("aggregator", "monitor"):
+            link = MqttLink(dep.control_url, LinkOptions(client_id=user, username=user, password=sb.passwords[user],
+                                                         ca_file=str(sb.ca))).connect(20)
+            assert link.connected, f"{user} locked out"
+            link.close()
+        attacker.communicate(timeout=30)               # the attacker lets go: its sockets close
+        deadline = time.monotonic() + 30
+        while True:                                    # the device gets its slot back
+            device = connect(sb.port, "c000", sb.passwords["c000"], ca=sb.ca, client_id="c000")
+            device.close()
+            if device.connected.is_set():
+                break
+            assert time.monotonic() < deadline, f"device still refused after the sockets closed: {device.connack}"
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+            attacker.communicate()
+        sb.broker.stop()
+    record("attack", "idle unauthenticated sockets", tried=1, handled=1)
