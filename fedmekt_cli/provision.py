@@ -1,7 +1,7 @@
 """``fedmekt provision``: the secured broker's CA, certificate, logins and ACL.
 
     fedmekt provision init ~/fedmekt-operator --host broker.example.org --broker-dir /etc/mosquitto/fedmekt
-    fedmekt provision add ~/fedmekt-operator aggregator --role aggregator
+    fedmekt provision add ~/fedmekt-operator aggregator --role aggregator --federation demo
     fedmekt provision add ~/fedmekt-operator c000 --federation demo      # a device
     fedmekt provision add ~/fedmekt-operator dashboard --role monitor   # read-only, for `fedmekt status`
     fedmekt provision remove ~/fedmekt-operator c000                    # revoke
@@ -46,7 +46,8 @@ def register(subparsers) -> None:
     q.add_argument("name", help="login name == MQTT client id; a device's fedmekt client id, e.g. c000")
     q.add_argument("--role", default="device", help=ROLE_HELP)
     q.add_argument("--federation", action="append", default=[],
-                   help="federation the login may use (repeatable; required for devices, default all otherwise)")
+                   help="federation the login serves (exactly one for a device or an aggregator; a monitor: "
+                        "repeatable, default all)")
     q.add_argument("--password-stdin", action="store_true", help="read the password from stdin (default random)")
     q = sub.add_parser("remove", help="revoke a login")
     q.add_argument("operator", type=Path)

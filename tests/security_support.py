@@ -45,16 +45,17 @@ class SecureBroker:
         return self.folder / "ca.crt"
 
 
-def start_secure_broker(tmp: Path, users: tuple[str, ...] = DEVICES, federation: str = "demo") -> SecureBroker:
+def start_secure_broker(tmp: Path, users: tuple[str, ...] = DEVICES, federation: str = "demo",
+                        bind: str = "127.0.0.1") -> SecureBroker:
     """Provision CA, server cert for 127.0.0.1/localhost, aggregator, monitor and devices of
-    ``federation``; start mosquitto."""
+    ``federation``; start mosquitto with its devices' listener on ``bind``."""
     folder = tmp / "fedmekt-operator"
     port = free_port()
-    dep = provision.init(folder, ("localhost", "127.0.0.1"), port=port, bind="127.0.0.1",
+    dep = provision.init(folder, ("localhost", "127.0.0.1"), port=port, bind=bind,
                          control_port=free_port(avoid=port))
     passwords = {}
     for name, role in [("aggregator", "aggregator"), ("monitor", "monitor")] + [(u, "device") for u in users]:
-        bundle = provision.add(folder, name, role, (federation,) if role == "device" else ())
+        bundle = provision.add(folder, name, role, (federation,) if role != "monitor" else ())
         passwords[name] = json.loads((bundle / "credentials.json").read_text())["password"]
     return SecureBroker(start_rendered_broker(dep.broker_dir, port, tmp / "mosquitto"), folder, passwords)
 

@@ -132,7 +132,16 @@ def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_p
     config = tmp_path / "federation.toml"
     config.write_text('federation = "takeover"\ndataset = "demo"\nclients = [1, 1, 1]\nper_round = 3\nrounds = 2\n'
                       'proxy_windows = 8\nseed = 0\ndevice = "cpu"\n')
-    creds = secure.folder / "logins/aggregator/credentials.json"
+    # a federation of its own (no token retained yet), with its own aggregator login: one federation per login
+    bundle = provision.add(secure.folder, "agg-takeover", "aggregator", ("takeover",))
+    secure.passwords["agg-takeover"] = json.loads((bundle / "credentials.json").read_text())["password"]
+    secure.broker.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while not (probe := connect(secure.port, "agg-takeover", secure.passwords["agg-takeover"], ca=secure.ca,
+                                client_id="agg-takeover")).connected.is_set():
+        assert time.monotonic() < deadline, f"the new login was never accepted: {probe.connack}"
+    probe.close()
+    creds = bundle / "credentials.json"
     cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli"]
     proc = subprocess.Popen(cmd + ["aggregator", "--broker", f"mqtts://localhost:{secure.port}", "--credentials",
                                    str(creds), "--config", str(config), "--out", str(tmp_path / "agg"),
@@ -140,11 +149,11 @@ def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_p
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         watch = login(secure, "monitor")
-        session = Topics("takeover").aggregator_session  # a federation of its own: no token retained yet
+        session = Topics("takeover").aggregator_session
         watch.subscribe(session)
         assert watch.wait_for(session, timeout=90), "the aggregator never connected"
         intruder = MqttLink(f"mqtts://localhost:{secure.port}",
-                            link_options(secure, "aggregator", session_topic=session)).connect(10)
+                            link_options(secure, "agg-takeover", session_topic=session)).connect(10)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, err
         last = err.strip().splitlines()[-1]

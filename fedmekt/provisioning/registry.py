@@ -250,8 +250,9 @@ def add(operator: Path, name: str, role: str = "device", federations: tuple[str,
         check_name(fed, "federation")
     if name == AGGREGATOR_ID and role != "aggregator":
         raise UserError(f"{name!r} is the aggregator's protocol id: give this {role} login another name")
-    if role == "device" and not federations:
-        raise UserError("a device belongs to a federation: give --federation NAME (repeatable)")
+    if role in ("device", "aggregator") and len(federations) != 1:
+        raise UserError(f"a {role} login serves one federation (its saved session and session token belong to it): "
+                        f"give --federation NAME once; for another federation add another login")
     logins = dep.logins()
     if name in logins and logins[name].role != role:
         raise UserError(f"{name!r} is already a {logins[name].role} login; remove it first")
