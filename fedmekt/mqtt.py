@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 V5_PROBE_S = 3.0
 KICK_WINDOW_S = 60.0  # kick_limit counts the established connections lost within this window
 TAKEOVER_ALERT_EVERY_S = 60.0  # a gateway under a ping-pong of takeovers logs one alert line per minute
-TAKEOVER_MODES = ("stop", "alert")
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code
 RETAIN_NOT_SUPPORTED = 154  # MQTT 5 CONNACK / DISCONNECT reason code
 SUBSCRIBE_RETRIES = 8  # refused subscriptions retried with backoff (reconnect_min doubling, capped at reconnect_max)
