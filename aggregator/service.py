@@ -136,6 +136,7 @@ class Aggregator:
         self._package = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
         self._births = 0  # the link's connects already handled (a reconnect mid-round asks for lost uploads)
         self._newer_runs: set[str] = set()  # newer runs clients named in sync requests (logged once each)
+        self._foreign_seen: set[str] = set()  # other federations whose messages reached us (warned once each)
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -363,6 +364,9 @@ class Aggregator:
         if msg.topic in self._control and not msg.retain:  # live: published while we run (retained = older)
             self._guard_control(msg.topic, msg.payload)
             return
+        if not msg.topic.startswith(self.topics.prefix + "/"):
+            self._foreign(msg.topic)
+            return
         parts = msg.topic.split("/")
         prefix = len(self.topics.prefix.split("/"))
         if len(parts) == prefix + 3 and parts[prefix] == "clients" and parts[-1] == "status":
@@ -371,6 +375,15 @@ class Aggregator:
             self._on_sync(parts[prefix + 1], msg.payload)
         elif len(parts) == prefix + 5 and parts[prefix] == "clients" and parts[prefix + 2] == "upload":
             self._on_upload(parts[prefix + 1], parts[prefix + 3], msg.payload)
+
+    def _foreign(self, topic: str) -> None:
+        """A message of another federation: a saved session of this login still subscribes to its topics (one
+        aggregator login served several federations). Never taken as ours; said once per federation."""
+        other = topic.split("/")[1] if topic.count("/") >= 1 else topic
+        if other not in self._foreign_seen and len(self._foreign_seen) < 64:
+            self._foreign_seen.add(other)
+            log.warning("ignoring messages of federation %r on this login's session: give each federation its own "
+                        "aggregator login (fedmekt provision add … --role aggregator --federation F)", other[:64])
 
     def _on_status(self, client_id: str, payload: bytes, retained: bool = False) -> None:
         if not payload:  # a cleared retained status

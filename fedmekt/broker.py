@@ -17,11 +17,14 @@ from pathlib import Path
 from fedmekt.errors import UserError
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(avoid: int | None = None) -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now (and not ``avoid``, one already handed out)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != avoid:
+            return port
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:

@@ -121,8 +121,9 @@ class FederationConfig:
     label_modality: str = "AB"        # which encoders feed the generalized classifier: "A", "B" or "AB"
     eval_chunk: int = 2000            # EVAL_WIN of the paper's per-round probe
     embedding_noise: float = 0.0      # σ of Gaussian noise clients add to uploaded embeddings (privacy), 0 = off
-    robust_aggregation: str = "clip"  # server: "none" (plain mean), "clip" (per-key RMS bound, a no-op for
-                                      # honest uploads) or "trimmed" (coordinate-wise trimmed mean); fedmekt/robust.py
+    robust_aggregation: str = "clip"  # server: "none" (plain mean), "clip" (uploads pulled to within 3x the round's
+                                      # median distance from the coordinate-wise median, then the mean) or "trimmed"
+                                      # (coordinate-wise trimmed mean, "clip" when too few to trim); fedmekt/robust.py
     hyper: Hyper = field(default_factory=Hyper)
 
     def __post_init__(self) -> None:

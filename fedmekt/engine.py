@@ -170,7 +170,7 @@ class ServerEngine:
         if cfg.is_embedding and self._starts.size == 0:
             raise ValueError(f"the proxy set has no segment of {cfg.window} rows")
         self.rounds_completed = 0
-        self._mean: StreamingMean | robust.TrimmedMean | None = None
+        self._mean: StreamingMean | robust.RoundUploads | None = None
         self._absorbed: set[str] = set()
         self._absorbed_rounds: dict[str, int] = {}  # client -> rounds absorbed so far (hyper.upload_weight)
         self._reference: tuple[int, dict[str, float]] | None = None  # (round, per-key upload scale)
@@ -227,7 +227,8 @@ class ServerEngine:
     def absorb(self, client_id: str, modalities: tuple[str, ...], upload: Tensors) -> None:
         """Validate one client's upload (shapes, magnitudes) and fold it into the round's mean.
 
-        The streaming mean is O(1) in #clients; ``robust_aggregation = "trimmed"`` holds every upload.
+        The streaming mean (``robust_aggregation = "none"``) is O(1) in #clients; "clip" and "trimmed" hold
+        every upload of the round (fedmekt/robust.py).
         """
         if self._mean is None:
             raise RuntimeError("absorb() before begin_round()")
@@ -241,9 +242,7 @@ class ServerEngine:
         check_tensors(upload, spec, f"upload from {client_id}")
         reference = self._reference[1]
         robust.check_magnitude(upload, reference, f"upload from {client_id}")
-        if self.cfg.robust_aggregation == "clip":
-            upload = robust.clip(upload, reference)
-        upload = self.algorithm.teacher_view(self.party, upload)
+        upload = self.algorithm.teacher_view(self.party, upload)   # after the magnitude check, before the mean
         weight = self.algorithm.client_weight(self.cfg, tuple(modalities))
         if self.cfg.hyper.upload_weight == "rounds":
             weight *= self._absorbed_rounds.get(client_id, 0) + 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,8 @@ from fedmekt.config import FederationConfig
 from fedmekt.client_pool import LocalClients, WorkerClients, client_pool
 from fedmekt.engine import ServerEngine, client_view, wire_cast
 from sensors.partition import ClientPartition, FederatedSplit
+
+Tamper = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -76,10 +79,12 @@ def final_record(cfg: FederationConfig, base: dict, proxy_delivery: str, proxy_b
 
 
 def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool = True, name: str | None = None,
-                  rate_hz: float | None = None, client_workers: int = 1) -> RunResult:
+                  rate_hz: float | None = None, client_workers: int = 1, tamper: Tamper | None = None) -> RunResult:
     """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` on ``split``; rows carry F1 and bytes per round.
     ``rate_hz`` (recorded in run.json) defaults to the split's; ``client_workers`` > 1 trains the clients in
-    that many processes (same results, :mod:`fedmekt.client_pool`)."""
+    that many processes (same results, :mod:`fedmekt.client_pool`). ``tamper(client_id, its downstream view,
+    its upload)`` replaces uploads before the server sees them: an attacker, for measurements
+    (bench/bench_robust_aggregation.py)."""
     name = name or run_name(cfg)
     start = time.perf_counter()
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test,
@@ -91,7 +96,7 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
     base = run_record(cfg, name)
     pool = client_pool(cfg, split.clients, split.channels, held, client_workers)
     try:
-        rows = _rounds(cfg, server, pool, private, base, progress, name)
+        rows = _rounds(cfg, server, pool, private, base, progress, name, tamper)
     finally:
         pool.close()
     final = final_record(cfg, base, server.proxy_delivery, once, server.final_evaluation(),
@@ -102,7 +107,7 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
 
 def _rounds(cfg: FederationConfig, server: ServerEngine, pool: LocalClients | WorkerClients,
             private: dict[str, ClientPartition], base: dict, progress: bool,
-            name: str) -> list[dict]:
+            name: str, tamper: Tamper | None = None) -> list[dict]:
     """The rounds, in the order the MQTT deployment makes the same engine calls."""
     rows = []
     bar = tqdm(range(cfg.rounds), desc=name, disable=not progress, leave=False, unit="round")
@@ -116,6 +121,8 @@ def _rounds(cfg: FederationConfig, server: ServerEngine, pool: LocalClients | Wo
         uploads = pool.train(plan, {cid: wire_cast(view, cfg.wire_dtype) for cid, view in views.items()})
         bytes_up = 0
         for cid, upload in uploads.items():
+            if tamper is not None:
+                upload = tamper(cid, views[cid], upload)
             bytes_up += message_bytes(upload, cfg.wire_dtype)
             server.absorb(cid, private[cid].modalities, wire_cast(upload, cfg.wire_dtype))
         row = {**base, **server.finish_round(plan), "bytes_down": bytes_down, "bytes_up": bytes_up,

@@ -20,7 +20,10 @@
   different token arriving after its own (live, or retained on a reconnect) is a newer
   session of the same login. Tokens before its own are stale (a resumed session's queue).
   A session that publishes no token (a foreign tool on our password) is caught by ``kick_limit``:
-  that many established connections lost within a minute (a broker restart costs one);
+  that many established connections lost within a minute (a broker restart costs one).
+  Gateways (``takeover="alert"``) do not obey a takeover: anyone holding a stolen device login could
+  otherwise switch the device off for good by publishing one token. They log an alert, publish a fresh
+  token and carry on (reconnecting after a kick as after any lost connection);
 * TLS failures (unknown CA, host-name mismatch, plain-TCP port) reported as such;
 * failover: a comma-separated list of broker URLs (nodes of one cluster, or brokers that
   share the federation's topics) is tried in order, on the first connect and after every
@@ -56,6 +59,7 @@ from fedmekt.inbox import Inbox
 log = logging.getLogger(__name__)
 V5_PROBE_S = 3.0
 KICK_WINDOW_S = 60.0  # kick_limit counts the established connections lost within this window
+TAKEOVER_ALERT_EVERY_S = 60.0  # a gateway under a ping-pong of takeovers logs one alert line per minute
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code
 RETAIN_NOT_SUPPORTED = 154  # MQTT 5 CONNACK / DISCONNECT reason code
 SUBSCRIBE_RETRIES = 8  # refused subscriptions retried with backoff (reconnect_min doubling, capped at reconnect_max)
@@ -120,6 +124,8 @@ class LinkOptions:
     retain: bool = True  # False: the broker has retained messages off (MQTT 5 brokers also say so themselves)
     kick_limit: int = 0  # > 0: that many established connections lost within KICK_WINDOW_S are a takeover by a
     # session that publishes no token (each of its reconnects kicks us); 0: keep reconnecting (gateways' flaky links)
+    takeover: str = "stop"  # a second session of this login: "stop" ends the link with an error (aggregator,
+    # tools: two of them on one login is a mistake to fix); "alert" logs it and reclaims the session (gateways)
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,8 @@ class MqttLink:
         self._unsupported = False
         self._connect_failed = threading.Event()  # a TCP/TLS attempt failed before any CONNACK
         self._taken_over = False
+        self.takeovers = 0  # second sessions of this login seen (with takeover="alert": survived)
+        self._alerted_at = -TAKEOVER_ALERT_EVERY_S
         self._drops: deque[float] = deque()  # when established connections were lost (kick_limit)
         self._token = secrets.token_hex(16).encode()
         self._seen_token = False  # our own token came back: any other one after it is a newer session
@@ -366,11 +374,10 @@ class MqttLink:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         established = self._connected.is_set()
         self._connected.clear()
-        if self.protocol == "5" and reason_code == SESSION_TAKEN_OVER and not self._closing.is_set():
-            self._lose_session(client)
+        if self.protocol == "5" and reason_code == SESSION_TAKEN_OVER and not self._closing.is_set() \
+                and self._lose_session(client):
             return
-        if established and self._kicked_repeatedly():
-            self._lose_session(client)
+        if established and self._kicked_repeatedly() and self._lose_session(client):
             return
         if self.protocol == "5" and self.connects == 0 and not self._closing.is_set() and not self._retain_refused:
             self._unsupported = True  # closed before any CONNACK: a 3.1.1-only broker (amqtt) does this
@@ -450,11 +457,26 @@ class MqttLink:
             self._drops.popleft()
         return len(self._drops) >= self.options.kick_limit
 
-    def _lose_session(self, client: paho.Client) -> None:
+    def _lose_session(self, client: paho.Client) -> bool:
+        """Another session of our login: end the link (True), or, with ``takeover="alert"``, alert and go on."""
+        self.takeovers += 1
+        if self.options.takeover == "alert":
+            now = time.monotonic()
+            if now - self._alerted_at >= TAKEOVER_ALERT_EVERY_S:
+                self._alerted_at = now
+                user = self.options.username or self.address.username or self.options.client_id
+                log.error("ALERT: another connection logged in as %r took over this session (%d time(s) so far); "
+                          "carrying on. If this device runs only once, its password is known to someone else: "
+                          "re-key it (fedmekt provision add) and reload the broker", user, self.takeovers)
+            self._token, self._seen_token = secrets.token_hex(16).encode(), False  # reclaim: ours is the newest
+            if self.connected and self.options.session_topic:
+                client.publish(self.options.session_topic, self._token, qos=1, retain=self._retain_ok)
+            return False
         if not self._taken_over:
             self._taken_over = True
             log.error("%s", self._taken_over_message())
         client.disconnect()  # and stop the reconnect loop: reconnecting would kick the other session
+        return True
 
     def _taken_over_message(self) -> str:
         user = self.options.username or self.address.username or self.options.client_id

@@ -1,22 +1,30 @@
 """Bounds on upload magnitudes and the robust aggregation options of the server.
 
-The reference scale of every upload key is the RMS of the server's OWN downstream tensor of that key
-in the same round (global embeddings of the same proxy windows for FedMEKT, global parameters for the
-baselines), floored at ``RMS_FLOOR``. It is known before any upload arrives, so neither the arrival
-order nor a first malicious upload can move it (a running median of the round's uploads could be
-poisoned by whoever uploads first), and the result stays bit-identical between the in-process
-reproduction and the MQTT deployment.
+Two different bounds:
 
-Measured on the demo federation (2+2+2 clients, seed 0, 10 rounds), honest uploads stay below 0.7 x the
-reference in every round for FedMEKT-C and mmFedAvg, so:
-
-* an upload with a non-finite value, or a key whose RMS exceeds ``REJECT_FACTOR`` x the reference, is
-  rejected whole (the aggregator logs and counts it);
-* ``clip`` scales each key down to at most ``CLIP_FACTOR`` x the reference (a no-op for honest uploads,
-  bounds what a moderate outlier below the reject bound can do to the mean);
+* **Reject** (every mode): an upload with a non-finite value, or a key whose RMS exceeds ``REJECT_FACTOR``
+  x the reference, is rejected whole (the aggregator logs and counts it). The reference of every upload key
+  is the RMS of the server's OWN downstream tensor of that key in the same round (global embeddings of the
+  same proxy windows for FedMEKT, global parameters for the baselines), floored at ``REJECT_FLOOR``: known
+  before any upload arrives, it only keeps absurd values (overflow, a stuck sensor times 1e6) out. It is
+  far too loose to bound what one device does to a mean: 100 x the round's scale is allowed through.
+* **Clip** (``clip``, the default, and ``trimmed`` when a round has too few uploads to trim): bounded by
+  the round's honest spread, with no absolute floor. Per key, the centre is the coordinate-wise median of
+  the round's uploads and the spread the median of the uploads' RMS distances to it; each upload is pulled
+  towards the centre until its distance is at most ``CLIP_FACTOR`` x that spread, then the weighted mean
+  is taken. With one device of n >= 3 (a minority), the median and the median distance are set by the
+  honest uploads, so that device moves the result by at most about ``CLIP_FACTOR`` / n of the honest
+  spread from what the honest uploads alone give, whatever it sends (``tests/test_core_robust.py``).
+  Two uploads cannot outvote each other: with n = 2 nothing is clipped (only the reject bound holds).
+  Honest uploads within ``CLIP_FACTOR`` x the median distance are untouched.
 * ``trimmed`` is the coordinate-wise trimmed mean: per value, the ``TRIM`` fraction of the lowest and of
-  the highest uploads is dropped before the weighted mean. It holds every upload of the round
-  (memory O(uploads), unlike the streaming mean) and costs F1 even without an attacker.
+  the highest uploads is dropped before the weighted mean; with fewer than 1 / ``TRIM`` uploads (nothing to
+  drop) it is the clipped mean above. It costs F1 even without an attacker.
+
+Both robust modes hold every upload of the round (memory O(uploads of a round), a round's ``per_round``
+uploads), unlike ``none``'s streaming mean. Their results do not depend on the order uploads arrive
+(medians; sums taken over values sorted per coordinate), so the in-process reproduction and the MQTT
+deployment stay bit-identical.
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ import numpy as np
 from fedmekt.streaming import StreamingMean
 
 REJECT_FACTOR = 100.0
+REJECT_FLOOR = 1.0
 CLIP_FACTOR = 3.0
-RMS_FLOOR = 1.0
 TRIM = 0.2
 
 Tensors = dict[str, np.ndarray]
@@ -42,8 +50,8 @@ def rms(x: np.ndarray) -> float:
 
 
 def reference(downstream: Tensors) -> dict[str, float]:
-    """Per-key reference scale: the RMS of the server's downstream tensor, floored."""
-    return {k: max(rms(v), RMS_FLOOR) for k, v in downstream.items()}
+    """Per-key reference scale of the reject bound: the RMS of the server's downstream tensor, floored."""
+    return {k: max(rms(v), REJECT_FLOOR) for k, v in downstream.items()}
 
 
 def check_magnitude(upload: Tensors, ref: dict[str, float], who: str) -> None:
@@ -52,26 +60,34 @@ def check_magnitude(upload: Tensors, ref: dict[str, float], who: str) -> None:
         v = upload[k]
         if not np.isfinite(v).all():
             raise ValueError(f"{who}: {k} has non-finite values")
-        size, bound = rms(v), REJECT_FACTOR * ref.get(k, RMS_FLOOR)
+        size, bound = rms(v), REJECT_FACTOR * ref.get(k, REJECT_FLOOR)
         if not size <= bound:
             raise ValueError(f"{who}: {k} RMS {size:.3g} is beyond {REJECT_FACTOR:g}x the round's scale "
                              f"({bound:.3g})")
 
 
-def clip(upload: Tensors, ref: dict[str, float]) -> Tensors:
-    """Each key scaled down to RMS <= ``CLIP_FACTOR`` x its reference (unchanged when within)."""
-    out = {}
-    for k, v in upload.items():
-        bound, size = CLIP_FACTOR * ref.get(k, RMS_FLOOR), rms(v)
-        out[k] = v if size <= bound else (v * (bound / size)).astype(np.float32)
-    return out
+def _weighted_sum(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 of values x weights, in an order that does not depend on the uploads' order."""
+    return np.sort(values * weights, axis=0).sum(0)
 
 
-class TrimmedMean:
-    """Coordinate-wise weighted trimmed mean with the interface of StreamingMean (add/count/keys/mean)."""
+def clipped_mean(x: np.ndarray, w: np.ndarray, factor: float = CLIP_FACTOR) -> np.ndarray:
+    """Weighted mean of the uploads ``x`` (axis 0) after pulling each to within ``factor`` x the median RMS
+    distance of the uploads from their coordinate-wise median."""
+    centre = np.median(x, axis=0)
+    dist = np.sqrt(np.mean(np.square(x - centre).reshape(len(x), -1), axis=1))
+    bound = factor * float(np.median(dist))
+    scale = np.where(dist > bound, bound / np.where(dist > 0, dist, 1.0), 1.0)
+    scale = scale.reshape((-1,) + (1,) * (x.ndim - 1))
+    pulled = np.where(scale < 1.0, centre + (x - centre) * scale, x)  # an upload within the bound: as sent
+    return _weighted_sum(pulled, w) / float(np.sort(w.reshape(-1)).sum())
 
-    def __init__(self, trim: float = TRIM) -> None:
-        self.trim = trim
+
+class RoundUploads:
+    """Every upload of a round per key (float64) with its weight; the interface of StreamingMean
+    (add/count/keys/mean), ``mean`` being the clipped mean."""
+
+    def __init__(self) -> None:
         self._values: dict[str, list[np.ndarray]] = {}
         self._weights: dict[str, list[float]] = {}
 
@@ -89,19 +105,36 @@ class TrimmedMean:
     def keys(self) -> list[str]:
         return sorted(self._values)
 
+    def stacked(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """The uploads of ``key`` on axis 0, and their weights shaped to broadcast against them."""
+        x = np.stack(self._values[key])
+        return x, np.asarray(self._weights[key], np.float64).reshape((-1,) + (1,) * (x.ndim - 1))
+
+    def estimate(self, key: str) -> np.ndarray:
+        return clipped_mean(*self.stacked(key))
+
     def mean(self) -> dict[str, np.ndarray]:
-        out = {}
-        for k in self.keys():
-            x = np.stack(self._values[k])
-            w = np.asarray(self._weights[k], np.float64).reshape((-1,) + (1,) * (x.ndim - 1))
-            cut = math.floor(self.trim * len(x))
-            order = np.argsort(x, axis=0, kind="stable")[cut:len(x) - cut]
-            kept = np.take_along_axis(x, order, 0)
-            kept_w = np.take_along_axis(np.broadcast_to(w, x.shape), order, 0)
-            out[k] = ((kept * kept_w).sum(0) / kept_w.sum(0)).astype(np.float32)
-        return out
+        return {k: self.estimate(k).astype(np.float32) for k in self.keys()}
 
 
-def make_mean(mode: str) -> StreamingMean | TrimmedMean:
+class TrimmedMean(RoundUploads):
+    """Coordinate-wise weighted trimmed mean; the clipped mean when there are too few uploads to trim."""
+
+    def __init__(self, trim: float = TRIM) -> None:
+        super().__init__()
+        self.trim = trim
+
+    def estimate(self, key: str) -> np.ndarray:
+        x, w = self.stacked(key)
+        cut = math.floor(self.trim * len(x))
+        if cut == 0:
+            return clipped_mean(x, w)
+        order = np.argsort(x, axis=0, kind="stable")[cut:len(x) - cut]
+        kept = np.take_along_axis(x, order, 0)
+        kept_w = np.take_along_axis(np.broadcast_to(w, x.shape), order, 0)
+        return (kept * kept_w).sum(0) / kept_w.sum(0)
+
+
+def make_mean(mode: str) -> StreamingMean | RoundUploads:
     """The accumulator of one round for ``robust_aggregation`` = none | clip | trimmed."""
-    return TrimmedMean() if mode == "trimmed" else StreamingMean()
+    return {"clip": RoundUploads, "trimmed": TrimmedMean}.get(mode, StreamingMean)()

@@ -90,7 +90,7 @@ def min_epoch(args: argparse.Namespace) -> int:
 
 
 def link_options(args: argparse.Namespace, client_id: str, username: str | None = None,
-                 session_topic: str | None = None, kick_limit: int = 0):
+                 session_topic: str | None = None, kick_limit: int = 0, takeover: str = "stop"):
     """LinkOptions from the flags; explicit flags win over the credentials file."""
     from fedmekt.errors import UserError
     from fedmekt.mqtt import LinkOptions
@@ -112,5 +112,6 @@ def link_options(args: argparse.Namespace, client_id: str, username: str | None 
                        ca_file=str(ca_file) if ca_file else None,
                        cert_file=str(args.cert_file) if args.cert_file else None,
                        key_file=str(args.key_file) if args.key_file else None, protocol=args.mqtt_protocol,
-                       session_topic=session_topic, kick_limit=kick_limit, retain=not args.no_retain,
+                       session_topic=session_topic, kick_limit=kick_limit, takeover=takeover,
+                       retain=not args.no_retain,
                        inbox_bytes=max(1, int(args.inbox_mib * 2**20)))

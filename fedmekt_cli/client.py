@@ -183,7 +183,8 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
         bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id,
-                                              session_topic=Topics(args.federation).session(args.client_id)),
+                                              session_topic=Topics(args.federation).session(args.client_id),
+                                              takeover="alert"),  # a stolen login must not switch it off
         normalise=not normalised, exit_when_done=args.exit_when_done, models=models, public_key=public_key,
         min_epoch=min_epoch(args)))
     if args.infer:

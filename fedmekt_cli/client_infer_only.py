@@ -33,7 +33,8 @@ def run_infer_only(args) -> int:
     models = ModelService(state_dir / "models", key, args.federation, next(iter(modalities), None),
                           accept_hand_exported=args.accept_hand_exported)
     link = link_options(args, args.client_id, username=args.client_id,
-                        session_topic=Topics(args.federation).session(args.client_id))
+                        session_topic=Topics(args.federation).session(args.client_id),
+                        takeover="alert")  # a stolen login must not switch the gateway off
     gateway = InferenceGateway(args.broker, FollowerOptions(args.client_id, args.federation, models, key, link,
                                                             state_dir=state_dir, min_epoch=min_epoch(args)))
     published = gateway.run(opened.source)

@@ -39,6 +39,14 @@ def resolve_run(text: str, root: Path) -> Path:
     raise UserError(f"no run {text!r} (not a folder, nor a run id under {root}/; see `fedmekt runs`)")
 
 
+def _inert(line: str) -> str:
+    """A log line with its terminal controls shown, not obeyed (logs written before they were escaped)."""
+    from fedmekt.printable import printable
+
+    body = line.rstrip("\n")
+    return printable(body) + line[len(body):]
+
+
 def run(args) -> int:
     from fedmekt_cli.run_record import LOG, RunState
     from fedmekt.errors import UserError
@@ -51,11 +59,11 @@ def run(args) -> int:
         raise UserError(f"{folder} has no {LOG} (simulate and reproduce write one)")
     with open(path, errors="replace") as fh:
         tail = deque(fh, maxlen=args.lines or None)
-        print("".join(tail), end="", flush=True)
+        print("".join(map(_inert, tail)), end="", flush=True)
         while args.follow:
             line = fh.readline()
             if line:
-                print(line, end="", flush=True)
+                print(_inert(line), end="", flush=True)
                 continue
             state = RunState.read(folder)
             if state is None or not state.alive():

@@ -16,6 +16,7 @@ import signal
 import sys
 
 from fedmekt.errors import UserError
+from fedmekt.printable import PrintableFormatter
 from fedmekt_cli.broker_args import check_broker
 from sensors.datasets import did_you_mean
 
@@ -170,7 +171,7 @@ def setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else getattr(logging, (args.log_level or "info").upper())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if args.log_json else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                         PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if args.verbose >= 2 else logging.WARNING)

@@ -1,7 +1,7 @@
 """``fedmekt provision``: the secured broker's CA, certificate, logins and ACL.
 
     fedmekt provision init ~/fedmekt-operator --host broker.example.org --broker-dir /etc/mosquitto/fedmekt
-    fedmekt provision add ~/fedmekt-operator aggregator --role aggregator
+    fedmekt provision add ~/fedmekt-operator aggregator --role aggregator --federation demo
     fedmekt provision add ~/fedmekt-operator c000 --federation demo --aggregator-state /var/lib/fedmekt  # a device
     fedmekt provision add ~/fedmekt-operator dashboard --role monitor   # read-only, for `fedmekt status`
     fedmekt provision remove ~/fedmekt-operator c000                    # revoke
@@ -32,6 +32,15 @@ def register(subparsers) -> None:
     q.add_argument("operator", type=Path, help="operator folder (CA key, credentials); keep it off the broker")
     q.add_argument("--host", action="append", required=True, help="DNS name or IP devices connect to (repeatable)")
     q.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    q.add_argument("--bind", default=None,
+                   help="IP address the listener binds, or 'all' for every interface (default: the first --host "
+                        "when it is an IP address, else all)")
+    q.add_argument("--control-port", type=int, default=None,
+                   help="port of the control listener for the aggregator and monitors (default --port + 1): "
+                        "idle sockets on the devices' listener cannot take its slots")
+    q.add_argument("--control-bind", default="127.0.0.1",
+                   help="IP address of the control listener (default 127.0.0.1: the aggregator runs on the broker's "
+                        "machine), or 'all'")
     q.add_argument("--broker-dir", type=Path, default=None,
                    help="folder mosquitto reads (default OPERATOR/broker), e.g. /etc/mosquitto/fedmekt")
     q.add_argument("--days", type=int, default=825, help="server certificate lifetime in days (default 825)")
@@ -40,7 +49,8 @@ def register(subparsers) -> None:
     q.add_argument("name", help="login name == MQTT client id; a device's fedmekt client id, e.g. c000")
     q.add_argument("--role", default="device", help=ROLE_HELP)
     q.add_argument("--federation", action="append", default=[],
-                   help="federation the login may use (repeatable; required for devices, default all otherwise)")
+                   help="federation the login serves (exactly one for a device or an aggregator; a monitor: "
+                        "repeatable, default all)")
     q.add_argument("--password-stdin", action="store_true", help="read the password from stdin (default random)")
     q.add_argument("--aggregator-state", type=Path, default=None,
                    help="a device: the aggregator's --state-dir, whose run counter of each --federation becomes the "
@@ -72,9 +82,12 @@ def run(args) -> int:
     from fedmekt.provisioning import registry
 
     if args.action == "init":
-        dep = registry.init(args.operator, tuple(args.host), args.port, args.broker_dir, args.days)
+        dep = registry.init(args.operator, tuple(args.host), args.port, args.broker_dir, args.days, args.bind,
+                            args.control_port, args.control_bind)
+        where = "every interface" if dep.bind == registry.ALL_INTERFACES else dep.bind
         print(f"CA in {args.operator}; broker files in {dep.broker_dir}: "
-              f"include {dep.broker_dir / 'fedmekt.conf'} in mosquitto's configuration")
+              f"include {dep.broker_dir / 'fedmekt.conf'} in mosquitto's configuration; it listens on {where} "
+              f"port {dep.port} for devices, and on {dep.control_url} for the aggregator and monitors")
     elif args.action == "add":
         floors = registry.run_floors(tuple(args.federation), args.aggregator_state, args.min_epoch)
         bundle = registry.add(args.operator, args.name, args.role, tuple(args.federation), _password(args),

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fedmekt.artifacts import METRICS, atomic_write_bytes
+from fedmekt.printable import PrintableFormatter
 
 STATE = "run-state.json"
 LOG = "run.log"
@@ -94,7 +95,7 @@ class RunRecord:
         self.out.mkdir(parents=True, exist_ok=True)
         self._write()
         self._handler = logging.FileHandler(self.out / LOG)
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(self._handler)
         return self
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 
+from fedmekt.printable import printable
 from fedmekt_cli.broker_args import add_broker_args
 
 
@@ -67,7 +68,7 @@ def render(s: dict) -> str:
     for cid, c in s["clients"].items():
         lines.append(f"  {cid}: {c['state']}" + (f" ({', '.join(c['modalities'])})" if c["modalities"] else ""))
     lines += [f"unreadable message on {u}" for u in s["unreadable"]]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # device text never acts on the terminal
 
 
 def run(args) -> int:

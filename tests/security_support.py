@@ -45,22 +45,28 @@ class SecureBroker:
         return self.folder / "ca.crt"
 
 
-def start_secure_broker(tmp: Path, users: tuple[str, ...] = DEVICES, federation: str = "demo") -> SecureBroker:
+def start_secure_broker(tmp: Path, users: tuple[str, ...] = DEVICES, federation: str = "demo",
+                        bind: str = "127.0.0.1") -> SecureBroker:
     """Provision CA, server cert for 127.0.0.1/localhost, aggregator, monitor and devices of
-    ``federation``; start mosquitto."""
+    ``federation``; start mosquitto with its devices' listener on ``bind``."""
     folder = tmp / "fedmekt-operator"
     port = free_port()
-    dep = provision.init(folder, ("localhost", "127.0.0.1"), port=port)
+    dep = provision.init(folder, ("localhost", "127.0.0.1"), port=port, bind=bind,
+                         control_port=free_port(avoid=port))
     passwords = {}
     for name, role in [("aggregator", "aggregator"), ("monitor", "monitor")] + [(u, "device") for u in users]:
-        bundle = provision.add(folder, name, role, (federation,) if role == "device" else ())
+        bundle = provision.add(folder, name, role, (federation,) if role != "monitor" else ())
         passwords[name] = json.loads((bundle / "credentials.json").read_text())["password"]
-    conf = (dep.broker_dir / "fedmekt.conf").read_text()
+    return SecureBroker(start_rendered_broker(dep.broker_dir, port, tmp / "mosquitto"), folder, passwords)
+
+
+def start_rendered_broker(broker_dir: Path, port: int, workdir: Path) -> MosquittoProcess:
+    """mosquitto with the ``fedmekt.conf`` that ``provision init`` rendered into ``broker_dir``."""
+    conf = (broker_dir / "fedmekt.conf").read_text()
     # Run as root (CI), mosquitto would drop to the `mosquitto` user, which cannot enter
     # pytest's 0700 temporary folders; in production the files live in /etc/mosquitto/fedmekt.
     stay = "user root\n" if os.geteuid() == 0 else ""
-    broker = start_mosquitto(port=port, listener=conf, workdir=tmp / "mosquitto", extra_config=stay)
-    return SecureBroker(broker, folder, passwords)
+    return start_mosquitto(port=port, listener=conf, workdir=workdir, extra_config=stay)
 
 
 @dataclass

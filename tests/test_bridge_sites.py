@@ -158,7 +158,7 @@ def test_bridge_from_a_secured_site_broker(tmp_path):
         folder = provision_bridge(lab.folder, "site-a", "demo", ("c000",), f"mqtts://localhost:{lab.port}")
         lab.broker.process.send_signal(signal.SIGHUP)
         site_op, port = tmp_path / "site-operator", free_port()
-        dep = provision.init(site_op, ("localhost",), port=port)
+        dep = provision.init(site_op, ("localhost",), port=port, control_port=free_port(avoid=port))
         bundle = provision.add(site_op, "c000", "device", ("demo",))
         password = json.loads((bundle / "credentials.json").read_text())["password"]
         stay = "user root\n" if os.geteuid() == 0 else ""

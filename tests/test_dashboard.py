@@ -192,3 +192,34 @@ def test_dashboard_in_chromium_shows_the_running_federation(mosquitto, tmp_path:
     shown = re.search(r'id="round">(\d+)<', dom)
     assert shown and int(shown.group(1)) >= 1, dom[-3000:]
     assert f'id="federation">{FED}<' in dom and "<polyline" in dom   # the F1 curve is drawn
+
+
+def test_half_open_requests_are_cut_and_bounded(mosquitto):
+    """300 sockets that send half a request: at most max_connections served at once, all closed by the deadline."""
+    live = LiveView(mosquitto.url, LinkOptions(client_id="dash-view"), FED).start()
+    server = DashboardServer("127.0.0.1", 0, live.state, request_timeout=2.0, max_connections=16).serve_in_thread()
+    threads_before = threading.active_count()
+    socks: list[socket.socket] = []
+    peak_threads = 0
+    try:
+        for _ in range(300):
+            s = socket.create_connection(server.server_address[:2], timeout=30)
+            s.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n")   # never the blank line that ends it
+            socks.append(s)
+            peak_threads = max(peak_threads, threading.active_count())
+        opened = time.monotonic()
+        for s in socks:                           # the server closes each: EOF (or a reset), within the deadline
+            try:
+                assert s.recv(1) == b"", "the server answered a request that never ended"
+            except ConnectionResetError:
+                pass
+        closed_after = time.monotonic() - opened
+        code, body, _ = _get(server.url + "api/state")
+    finally:
+        for s in socks:
+            s.close()
+        server.close()
+        live.close()
+    assert peak_threads <= threads_before + 16, f"{peak_threads} threads for 300 half-open sockets"
+    assert closed_after < 2.0 + 10, f"half-open sockets held {closed_after:.1f} s after the last opened (timeout 2 s)"
+    assert code == 200 and json.loads(body)["federation"] == FED

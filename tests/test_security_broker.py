@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ import pytest
 
 from fedmekt.wire.topics import Topics
 from fault_ledger import record
-from security_support import Probe, SecureBroker, connect, provision, start_secure_broker
+from fedmekt.broker import free_port
+from security_support import Probe, SecureBroker, connect, provision, start_rendered_broker, start_secure_broker
 
 pytestmark = pytest.mark.broker
 FEDMEKT = Path(sys.executable).with_name("fedmekt")
@@ -212,3 +214,42 @@ def test_fedmekt_mqtt_link_uses_tls_credentials_and_presence(secure):
     with pytest.raises(UserError, match="refused"):
         MqttLink(url, bad).connect(timeout=10)
     record("attack", "wrong password through fedmekt.mqtt")
+
+
+def _accepts(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=10).close()
+        return True
+    except ConnectionRefusedError:
+        return False
+
+
+@pytest.mark.parametrize("init_args, everywhere", [
+    (["--host", "127.0.0.1", "--host", "localhost"], False),   # default: the first --host, an IP address
+    (["--host", "localhost", "--bind", "127.0.0.1"], False),   # told
+    (["--host", "localhost"], True),                          # a DNS name first: every interface
+])
+def test_provision_init_binds_the_listener_where_told(tmp_path, init_args, everywhere):
+    """127.0.0.2 is loopback too: a listener on every interface answers there, one bound to 127.0.0.1 does not."""
+    cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli"]
+    port = free_port()
+    done = subprocess.run(cmd + ["provision", "init", str(tmp_path / "op"), "--port", str(port),
+                                 "--control-port", str(free_port(avoid=port))] + init_args,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("every interface" in done.stdout) == everywhere, done.stdout
+    broker = start_rendered_broker(tmp_path / "op" / "broker", port, tmp_path / "mosquitto")
+    try:
+        assert _accepts("127.0.0.1", port)
+        assert _accepts("127.0.0.2", port) == everywhere
+    finally:
+        broker.stop()
+
+
+def test_provision_init_refuses_a_bind_that_is_not_an_address(tmp_path):
+    cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli"]
+    done = subprocess.run(cmd + ["provision", "init", str(tmp_path / "op"), "--host", "x", "--bind", "eth0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("fedmekt provision: error: invalid --bind 'eth0'"), \
+        done.stderr
+    assert not (tmp_path / "op").exists()

@@ -132,7 +132,16 @@ def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_p
     config = tmp_path / "federation.toml"
     config.write_text('federation = "takeover"\ndataset = "demo"\nclients = [1, 1, 1]\nper_round = 3\nrounds = 2\n'
                       'proxy_windows = 8\nseed = 0\ndevice = "cpu"\n')
-    creds = secure.folder / "logins/aggregator/credentials.json"
+    # a federation of its own (no token retained yet), with its own aggregator login: one federation per login
+    bundle = provision.add(secure.folder, "agg-takeover", "aggregator", ("takeover",))
+    secure.passwords["agg-takeover"] = json.loads((bundle / "credentials.json").read_text())["password"]
+    secure.broker.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while not (probe := connect(secure.port, "agg-takeover", secure.passwords["agg-takeover"], ca=secure.ca,
+                                client_id="agg-takeover")).connected.is_set():
+        assert time.monotonic() < deadline, f"the new login was never accepted: {probe.connack}"
+    probe.close()
+    creds = bundle / "credentials.json"
     cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli"]
     proc = subprocess.Popen(cmd + ["aggregator", "--broker", f"mqtts://localhost:{secure.port}", "--credentials",
                                    str(creds), "--config", str(config), "--out", str(tmp_path / "agg"),
@@ -140,11 +149,11 @@ def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_p
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         watch = login(secure, "monitor")
-        session = Topics("takeover").aggregator_session  # a federation of its own: no token retained yet
+        session = Topics("takeover").aggregator_session
         watch.subscribe(session)
         assert watch.wait_for(session, timeout=90), "the aggregator never connected"
         intruder = MqttLink(f"mqtts://localhost:{secure.port}",
-                            link_options(secure, "aggregator", session_topic=session)).connect(10)
+                            link_options(secure, "agg-takeover", session_topic=session)).connect(10)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, err
         last = err.strip().splitlines()[-1]
@@ -275,3 +284,119 @@ def test_retained_flood_device_cannot_park_big_or_stray_retained_messages(secure
     fresh.close()
     record("attack", "retained flood on sub-topics of a device's upload topic", tried=3 + len(stray),
            handled=3 + len(stray))
+
+
+def test_takeover_token_from_a_stolen_device_login_does_not_stop_the_gateway(secure, tmp_path, tmp_path_factory):
+    """The real gateway process (receive-only install, waiting for a model) survives a stolen login: the
+    attacker connects with the device's password (kicking it) and publishes a session token; the gateway
+    reconnects, logs an alert, reclaims its session with a fresh token and keeps running."""
+    from export_support import signing_keys
+
+    _, public = signing_keys(tmp_path_factory)
+    session, status = T.session("c002"), T.status("c002")
+    watch = login(secure, "monitor")
+    watch.subscribe(session)
+    watch.subscribe(status)
+    cmd = [str(FEDMEKT)] if FEDMEKT.exists() else [sys.executable, "-m", "fedmekt_cli"]
+    gateway = subprocess.Popen(cmd + [
+        "client", "--infer-only", "--broker", f"mqtts://localhost:{secure.port}", "--client-id", "c002",
+        "--credentials", str(secure.folder / "logins/c002/credentials.json"), "--federation", "demo",
+        "--public-key", str(public), "--source", "stdin", "--modalities", "acce:3",
+        "--store", str(tmp_path / "gw" / "store.sqlite")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        def tokens(timeout: float, what: str, ok) -> list[bytes]:
+            """The session tokens seen so far, once ``ok`` of them (woken by each message; bounded)."""
+            deadline = time.monotonic() + timeout
+            while True:
+                got = [p for t, p in watch.drain() if t == session and p]
+                if ok(got):
+                    return got
+                assert time.monotonic() < deadline and gateway.poll() is None, \
+                    f"{what} within {timeout:.0f} s; tokens {got}; gateway exit {gateway.poll()}"
+                watch.wait_for(session + "/never", timeout=0.5)   # blocks on the next message, keeps it in seen
+
+        tokens(90, "the gateway's own session token", lambda got: len(got) >= 1)
+        stolen = b"f" * 32
+        attacker = login(secure, "c002")              # the same login: the broker kicks the gateway
+        attacker.publish(session, stolen, retain=True)
+        attacker.close()
+        got = tokens(60, "a fresh gateway token after the stolen one",
+                     lambda got: stolen in got and got[-1] != stolen and len(set(got)) >= 3)
+        assert gateway.poll() is None, "the gateway obeyed the stolen token and stopped"
+        gateway.send_signal(signal.SIGTERM)            # still serving: stop it as systemd would
+        _, err = gateway.communicate(timeout=60)
+        assert "error" not in err.strip().splitlines()[-1], err[-3000:]
+        assert "ALERT: another connection logged in as 'c002' took over this session" in err, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert got.index(stolen) < len(got) - 1
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.communicate()
+        watch.close()
+    record("attack", "session token with a stolen device login", tried=1, handled=1)
+
+
+IDLE_SOCKETS = """
+import resource, selectors, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 4096, hard))
+idle = [socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) for _ in range(int(sys.argv[2]))]
+closed, deadline = 0, time.monotonic() + 60     # the broker closes those beyond its slots: count them (bounded)
+with selectors.DefaultSelector() as sel:
+    for s in idle:
+        sel.register(s, selectors.EVENT_READ)
+    while closed < int(sys.argv[3]) and time.monotonic() < deadline:
+        for key, _ in sel.select(0.5):
+            if key.fileobj.recv(1) == b"":
+                closed += 1
+                sel.unregister(key.fileobj)
+print(closed, flush=True)
+sys.stdin.read()                                  # hold the rest until told
+"""
+
+
+def test_idle_unauthenticated_sockets_cannot_lock_the_aggregator_out(tmp_path):
+    """1,200 idle TCP sockets (no TLS, no login; held by another process) against the shipped config, with
+    mosquitto under systemd's default 1024 file descriptors: they fill the devices' listener, the aggregator and
+    a monitor still log in on the control listener, and devices log in again once the sockets go."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the test needs 1,200 sockets in one process and the hard file limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))   # what systemd gives mosquitto
+    try:
+        sb = start_secure_broker(tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    dep = provision.Deployment.open(sb.folder)
+    attacker = subprocess.Popen([sys.executable, "-c", IDLE_SOCKETS, str(sb.port), "1200", "200"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        refused = int(attacker.stdout.readline() or 0)   # proof the listener is full: sockets beyond it closed
+        assert refused >= 200, f"only {refused} of 1,200 idle sockets refused: is max_connections set?"
+        device = connect(sb.port, "c000", sb.passwords["c000"], ca=sb.ca, client_id="c000")
+        device.close()
+        assert not device.connected.is_set(), "the devices' listener should be full"   # what 2.0.11 allows
+        assert dep.control_url == f"mqtts://localhost:{dep.control_port}"
+        for user in ("aggregator", "monitor"):
+            link = MqttLink(dep.control_url, LinkOptions(client_id=user, username=user, password=sb.passwords[user],
+                                                         ca_file=str(sb.ca))).connect(20)
+            assert link.connected, f"{user} locked out"
+            link.close()
+        attacker.communicate(timeout=30)               # the attacker lets go: its sockets close
+        deadline = time.monotonic() + 30
+        while True:                                    # the device gets its slot back
+            device = connect(sb.port, "c000", sb.passwords["c000"], ca=sb.ca, client_id="c000")
+            device.close()
+            if device.connected.is_set():
+                break
+            assert time.monotonic() < deadline, f"device still refused after the sockets closed: {device.connack}"
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+            attacker.communicate()
+        sb.broker.stop()
+    record("attack", "idle unauthenticated sockets", tried=1, handled=1)

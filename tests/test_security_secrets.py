@@ -44,7 +44,8 @@ def mode(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory) -> SecureBroker:
-    sb = start_secure_broker(tmp_path_factory.mktemp("secrets"), ("c000",))
+    # every interface: 127.0.0.2 (loopback, not in the certificate) must reach it for the host-name test
+    sb = start_secure_broker(tmp_path_factory.mktemp("secrets"), ("c000",), bind="all")
     yield sb
     sb.broker.stop()
 
@@ -123,7 +124,7 @@ def test_secrets_shipped_acl_example_is_what_provisioning_renders():
     from fedmekt.provisioning.acl import Login, render_acl
 
     shipped = (Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "acl").read_text()
-    example = [Login("aggregator", "aggregator"), Login("monitor", "monitor"), Login("c000", "device", ("demo",))]
+    example = [Login("aggregator", "aggregator", ("demo",)), Login("monitor", "monitor"), Login("c000", "device", ("demo",))]
     assert shipped == render_acl(example)
 
 

@@ -15,6 +15,7 @@ password file that locks every device out.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -35,6 +36,8 @@ from fedmekt.wire.runs import MAX_EPOCH
 
 SHIPPED_DIR = "/etc/mosquitto/fedmekt"  # the paths in the shipped template
 SHIPPED_PORT = 8883
+SHIPPED_CONTROL = "8884 127.0.0.1"  # the control listener's port and address in the shipped template
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
 # A login or federation name ends up as one MQTT topic level and as a file name: keep it boring.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BROKER_JSON, LOGINS_JSON, CREDENTIALS = "broker.json", "logins.json", "credentials.json"
@@ -45,10 +48,39 @@ def shipped_conf() -> str:
     return resources.files("fedmekt.provisioning").joinpath("fedmekt.conf").read_text()
 
 
-def render_conf(broker_dir: Path, port: int) -> str:
-    """The shipped drop-in with its paths pointing into ``broker_dir`` and its listener on ``port``."""
+ALL_INTERFACES = "all"
+
+
+def _listener(port: int, bind: str) -> str:
+    return f"listener {port}" + ("" if bind == ALL_INTERFACES else f" {bind}") + "\n"
+
+
+def render_conf(broker_dir: Path, port: int, bind: str = ALL_INTERFACES, control_port: int | None = None,
+                control_bind: str = "127.0.0.1") -> str:
+    """The shipped drop-in with its paths pointing into ``broker_dir``, the devices' listener on ``port`` bound
+    to ``bind`` (``all``: every interface) and the control listener on ``control_port`` (default port + 1)
+    bound to ``control_bind``."""
     text = shipped_conf().replace(SHIPPED_DIR, str(broker_dir.resolve()))
-    return text.replace(f"listener {SHIPPED_PORT}\n", f"listener {port}\n")
+    text = text.replace(f"listener {SHIPPED_PORT}\n", _listener(port, bind))
+    return text.replace(f"listener {SHIPPED_CONTROL}\n", _listener(control_port or port + 1, control_bind))
+
+
+def default_bind(hosts: tuple[str, ...]) -> str:
+    """Where the listener binds unless told: the first ``--host`` when it is an IP address (the address every
+    login's credentials name), else every interface (a DNS name may resolve to any of them)."""
+    try:
+        return str(ipaddress.ip_address(hosts[0]))
+    except ValueError:
+        return ALL_INTERFACES
+
+
+def check_bind(bind: str, what: str = "--bind") -> str:
+    if bind == ALL_INTERFACES:
+        return bind
+    try:
+        return str(ipaddress.ip_address(bind))
+    except ValueError:
+        raise UserError(f"invalid {what} {bind!r}: an IP address of the broker, or '{ALL_INTERFACES}'") from None
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -94,6 +126,9 @@ class Deployment:
     broker_dir: Path
     hosts: tuple[str, ...]
     port: int
+    bind: str = ALL_INTERFACES  # the listener's address (folders made before --bind existed bound every one)
+    control_port: int = 0  # the aggregator's and monitors' listener (0: none, a folder made before it existed)
+    control_bind: str = "127.0.0.1"
 
     @classmethod
     def open(cls, operator: Path) -> "Deployment":
@@ -101,11 +136,21 @@ class Deployment:
         if not path.is_file():
             raise UserError(f"{operator} is not an operator folder (no {BROKER_JSON}): run `fedmekt provision init` first")
         d = json.loads(path.read_text())
-        return cls(operator, Path(d["broker_dir"]), tuple(d["hosts"]), int(d["port"]))
+        return cls(operator, Path(d["broker_dir"]), tuple(d["hosts"]), int(d["port"]), d.get("bind", ALL_INTERFACES),
+                   int(d.get("control_port", 0)), d.get("control_bind", "127.0.0.1"))
 
     @property
     def url(self) -> str:
         return f"mqtts://{self.hosts[0]}:{self.port}"
+
+    @property
+    def control_url(self) -> str | None:
+        """Where the aggregator and monitors connect: the control listener (None in a folder without one)."""
+        if not self.control_port:
+            return None
+        host = "localhost" if is_loopback(self.control_bind) or self.control_bind == ALL_INTERFACES \
+            else self.control_bind
+        return f"mqtts://{host if ':' not in host else '[' + host + ']'}:{self.control_port}"
 
     def logins(self) -> dict[str, Login]:
         path = self.operator / LOGINS_JSON
@@ -126,14 +171,31 @@ class Deployment:
         _write(self.operator / LOGINS_JSON, (json.dumps(registry, indent=2) + "\n").encode(), 0o600)
 
 
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def init(operator: Path, hosts: tuple[str, ...], port: int = SHIPPED_PORT, broker_dir: Path | None = None,
-         days: int = 825) -> Deployment:
-    """Create the CA (operator folder) and the broker's certificate, empty password file, ACL and config."""
+         days: int = 825, bind: str | None = None, control_port: int | None = None,
+         control_bind: str = "127.0.0.1") -> Deployment:
+    """Create the CA (operator folder) and the broker's certificate, empty password file, ACL and config;
+    the devices' listener binds ``bind`` (default :func:`default_bind`), the control listener (aggregator,
+    monitors) ``control_bind``:``control_port`` (default port + 1); the certificate also names localhost
+    when the control listener is on loopback, so the aggregator there verifies it."""
     if not hosts:
         raise UserError("give at least one --host (the name or IP address devices connect to)")
     for host in hosts:
         if not host or any(c in host for c in "/ \t\n"):
             raise UserError(f"invalid --host {host!r}")
+    bind = check_bind(bind) if bind is not None else default_bind(hosts)
+    control_bind = check_bind(control_bind, "--control-bind")
+    control_port = port + 1 if control_port is None else control_port
+    if not 0 < control_port < 65536 or control_port == port:
+        raise UserError(f"--control-port must be 1-65535 and not --port {port}, got {control_port}")
+    cert_hosts = tuple(dict.fromkeys(hosts + (LOOPBACK_HOSTS if is_loopback(control_bind) else ())))
     if not 0 < port < 65536:
         raise UserError(f"--port must be 1-65535, got {port}")
     if (operator / "ca.key").exists():
@@ -146,16 +208,17 @@ def init(operator: Path, hosts: tuple[str, ...], port: int = SHIPPED_PORT, broke
     broker_dir.mkdir(parents=True, exist_ok=True)
     ca_key, server_key = pki.new_key(), pki.new_key()
     ca_cert = pki.ca_certificate(ca_key, days * 4)
-    server_cert = pki.server_certificate(server_key, hosts, ca_cert, ca_key, days)
+    server_cert = pki.server_certificate(server_key, cert_hosts, ca_cert, ca_key, days)
     _write(operator / "ca.key", pki.key_pem(ca_key), 0o600)
     _write(operator / "ca.crt", pki.cert_pem(ca_cert))
     _write(broker_dir / "ca.crt", pki.cert_pem(ca_cert))
     _write(broker_dir / "server.key", pki.key_pem(server_key), 0o600, broker_secret=True)
     _write(broker_dir / "server.crt", pki.cert_pem(server_cert))
-    _write(broker_dir / "fedmekt.conf", render_conf(broker_dir, port).encode())
-    info = {"hosts": list(hosts), "port": port, "broker_dir": str(broker_dir)}
+    _write(broker_dir / "fedmekt.conf", render_conf(broker_dir, port, bind, control_port, control_bind).encode())
+    info = {"hosts": list(hosts), "port": port, "bind": bind, "control_port": control_port,
+            "control_bind": control_bind, "broker_dir": str(broker_dir)}
     _write(operator / BROKER_JSON, (json.dumps(info, indent=2) + "\n").encode())
-    dep = Deployment(operator, broker_dir, tuple(hosts), port)
+    dep = Deployment(operator, broker_dir, tuple(hosts), port, bind, control_port, control_bind)
     dep._save({}, {})
     return dep
 
@@ -206,8 +269,9 @@ def add(operator: Path, name: str, role: str = "device", federations: tuple[str,
         check_name(fed, "federation")
     if name == AGGREGATOR_ID and role != "aggregator":
         raise UserError(f"{name!r} is the aggregator's protocol id: give this {role} login another name")
-    if role == "device" and not federations:
-        raise UserError("a device belongs to a federation: give --federation NAME (repeatable)")
+    if role in ("device", "aggregator") and len(federations) != 1:
+        raise UserError(f"a {role} login serves one federation (its saved session and session token belong to it): "
+                        f"give --federation NAME once; for another federation add another login")
     logins = dep.logins()
     if name in logins and logins[name].role != role:
         raise UserError(f"{name!r} is already a {logins[name].role} login; remove it first")

@@ -41,7 +41,7 @@ WIRE_DTYPES = {"float32": ("F32", np.float32), "float16": ("F16", np.float16)}
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_HEADER = 4096  # a frame header (JSON) never exceeds this; frames reserve it
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-/]{1,128}$")
-_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")  # \Z: "$" would let a trailing newline through
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NONCE = re.compile(r"^[0-9a-f]{1,32}$")
 

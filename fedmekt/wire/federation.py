@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmekt.wire.codec import WireError, WireLimits, decode_body, encode, parse_frame
+from fedmekt.wire.codec import _ID, WireError, WireLimits, decode_body, encode, parse_frame
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.signing import unwrap
 from sensors.partition import FederatedSplit, Normalizer, Partition
@@ -276,6 +276,6 @@ class Status:
         d = _json(raw, "status")
         state, mods = d.get("state"), d.get("modalities", [])
         if state not in ("online", "offline") or not isinstance(mods, list) \
-                or not all(isinstance(m, str) for m in mods) or len(mods) > 16:
+                or not all(isinstance(m, str) and _ID.match(m) for m in mods) or len(mods) > 16:
             raise WireError("bad status message")
         return cls(state, tuple(mods))
