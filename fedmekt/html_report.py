@@ -205,6 +205,8 @@ def f1_bytes_figure(folder: RunFolder) -> bytes | None:
     if not rows:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
     panels = sorted({(f"{r['dataset']} {r['pair']}", r["test"]) for r in rows})
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.6), squeeze=False)
     for ax, (setup, m) in zip(axes[0], panels):
@@ -220,6 +222,8 @@ def f1_bytes_figure(folder: RunFolder) -> bytes | None:
             if not np.isnan(deployed):
                 ax.plot([mib], [deployed], "o", color=color, ms=8, mfc="none")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.set_title(f"{setup}: tested on {m}", fontsize=12)
@@ -329,6 +333,8 @@ def _cell(row: dict, column: str) -> str:
         return f"{x / 2**20:,.2f}"
     if column == "seeds":
         return f"{int(x)}"
+    if "diff" in column:
+        return f"{x:+.3f}"
     std = _number(row.get(f"{column}_std"))
     return f"{x:.3f}" + ("" if np.isnan(std) else f" ± {std:.3f}")
 
