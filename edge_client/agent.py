@@ -130,6 +130,9 @@ class EdgeAgent:
         link_options = self.opts.link or LinkOptions(client_id=cid, username=cid)
         with MqttLink(self.url, link_options, presence, subs).connect() as link:
             self.link, self.connected_once = link, True
+            if self.manifest is None:   # a mistyped federation waits here: say for what
+                log.info("%s: waiting for the manifest of federation %s (fedmekt status --federation %s shows "
+                         "whether it runs)", cid, self.opts.federation, self.opts.federation)
             while not self.done.is_set() and not (stop and stop.is_set()):
                 msg = link.get(timeout=0.2)
                 if msg is not None:

@@ -91,3 +91,13 @@ def test_crash_loop_without_an_earlier_version_runs_without_a_model(mosquitto, d
         pump(gw, service, lambda: service.recognizer is not None)  # a valid package still goes into service
     assert service.recognizer.package.manifest.round == 4
     record("fault", "crash_loop: altered only model, runs without one", tried=1, handled=1)
+
+
+@pytest.mark.broker
+def test_a_training_client_says_what_it_waits_for(federation):
+    """No aggregator serves the client's federation (a typo, or not started yet): its log names what it awaits."""
+    fed = federation(rounds=1, clients=(1, 0, 0), per_round=1)
+    fed.start_client(fed.client_ids[0])
+    fed.wait_until(lambda: "waiting for the manifest of federation" in fed.log(fed.client_ids[0]), 120,
+                   "the client to log what it waits for")
+    assert fed.procs[fed.client_ids[0]].poll() is None   # it keeps waiting, it does not exit
