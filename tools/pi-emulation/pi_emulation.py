@@ -455,6 +455,7 @@ def run_round(root: EmulatedRoot, plan: Plan) -> dict:
                 if first is None:
                     raise StepFailed(f"{cpu} ({cid}) published no prediction", work / f"gateway-{cpu}.log")
                 steps["package to first prediction"] = _span(package, first)
+                steps["first to last prediction"] = _span(first, rec.last(topic))
                 steps["predictions"] = rec.count(topic)
             out[cpu] = steps
         return out
