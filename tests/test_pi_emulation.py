@@ -67,6 +67,7 @@ def test_defaults_run_infer_only_on_the_a53_and_training_on_the_a72_and_a76(tmp_
     (["--train-cpus", ""], "the round needs a training gateway"),
     (["--infer-cpus", "", "--train-cpus", "", "--only", "install"], "nothing to run"),
     (["--round-timeout", "0"], "--round-timeout must be positive"),
+    (["--ca-bundle", "/nonexistent/ca.crt"], "--ca-bundle /nonexistent/ca.crt: no such file"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(argv, message):
     proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=60)
@@ -94,11 +95,12 @@ def test_the_emulated_cpuinfo_names_each_pi_core():
 
 
 def test_the_emulated_command_mounts_the_fake_cpuinfo_in_a_private_namespace(tmp_path):
-    root = pi.EmulatedRoot(tmp_path / "root", tmp_path / "work", tmp_path / "pip")
+    root = pi.EmulatedRoot(tmp_path / "root", tmp_path / "work", tmp_path / "pip", tmp_path / "ca.crt")
     (tmp_path / "work").mkdir()
     root.prepare("cortex-a72")
     argv = root.argv("cortex-a72", ["python3", "-c", "print(1)"])
     assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
     assert f"mount --bind {tmp_path / 'work' / 'cpuinfo-cortex-a72'} {tmp_path / 'root'}/proc/cpuinfo" in argv[7]
+    assert f"mount --bind {tmp_path / 'ca.crt'} {tmp_path / 'root'}/etc/ssl/certs/ca-certificates.crt" in argv[7]
     assert "QEMU_CPU=cortex-a72" in argv[7] and argv[-3:] == ["python3", "-c", "print(1)"]
     assert "CPU part\t: 0xd08" in (tmp_path / "work" / "cpuinfo-cortex-a72").read_text()

@@ -41,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 FEDERATION = "pi"
 INFER_UNIT = "user22-exp44"  # the bundled demo recording the infer-only gateway classifies
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Plan:
     rebuild_root: bool = False
     round_timeout: float = 3600.0
     steps: tuple[str, ...] = ("install", "round")
+    ca_bundle: Path | None = None
 
     @property
     def root(self) -> Path:
@@ -125,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     p.add_argument("--rebuild-root", action="store_true", help="build the arm64 root again even when cached")
     p.add_argument("--round-timeout", type=float, default=3600.0,
                    help="seconds the emulated round may take (default 3600)")
+    p.add_argument("--ca-bundle", type=Path, default=Path(HOST_CA) if Path(HOST_CA).exists() else None,
+                   help="CA certificates pip in the root trusts (default: this host's, " + HOST_CA +
+                        ", so a TLS-inspecting proxy the host trusts works there too)")
     p.add_argument("--only", choices=("root", "install", "round"),
                    help="stop after this step (root: build the root; install: venvs and import checks)")
     args = p.parse_args(argv)
@@ -135,11 +140,14 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         p.error(f"{both[0]} is in both --infer-cpus and --train-cpus: one gateway per CPU model")
     if args.only in (None, "round") and not args.train_cpus:
         p.error("the round needs a training gateway: give --train-cpus (or --only install)")
+    if args.ca_bundle is not None and not args.ca_bundle.is_file():
+        p.error(f"--ca-bundle {args.ca_bundle}: no such file")
     if args.round_timeout <= 0:
         p.error(f"--round-timeout must be positive, got {args.round_timeout:g}")
     steps = {"root": (), "install": ("install",), "round": ("install", "round"), None: ("install", "round")}
     return Plan(args.infer_cpus, args.train_cpus, args.cache.resolve(), args.work.resolve(), args.suite,
-                args.mirror, args.rebuild_root, args.round_timeout, steps[args.only])
+                args.mirror, args.rebuild_root, args.round_timeout, steps[args.only],
+                args.ca_bundle.resolve() if args.ca_bundle else None)
 
 
 # -- the packaging rule this run checks ------------------------------------------------------------------
@@ -169,13 +177,15 @@ class EmulatedRoot:
     path: Path
     work: Path
     pip_cache: Path
+    ca_bundle: Path | None = None  # bound over the root's CA bundle, which pip then uses (PIP_CERT)
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def prepare(self, cpu: str) -> None:
         """The Pi-like cpuinfo and the mount points the command's mounts need."""
         (self.work / f"cpuinfo-{cpu}").write_text(CPUS[cpu].cpuinfo())
-        for d in ("proc", "dev", "etc", str(self.work).lstrip("/"), "root/.cache/pip"):
+        for d in ("proc", "dev", "etc/ssl/certs", str(self.work).lstrip("/"), "root/.cache/pip"):
             (self.path / d).mkdir(parents=True, exist_ok=True)
+        (self.path / HOST_CA.lstrip("/")).touch()
         resolv = self.path / "etc/resolv.conf"
         if resolv.is_symlink() or not resolv.exists():
             resolv.unlink(missing_ok=True)
@@ -192,9 +202,9 @@ class EmulatedRoot:
             f"mount --bind /etc/resolv.conf {r}/etc/resolv.conf",
             f"mount --bind {shlex.quote(str(self.work))} {r}{shlex.quote(str(self.work))}",
             f"mount --bind {shlex.quote(str(self.pip_cache))} {r}/root/.cache/pip",
-        ])
+        ] + ([f"mount --bind {shlex.quote(str(self.ca_bundle))} {r}{HOST_CA}"] if self.ca_bundle else []))
         env = [f"QEMU_CPU={cpu}", "HOME=/root", "LANG=C.UTF-8", "PYTHONUNBUFFERED=1",
-               "PIP_DISABLE_PIP_VERSION_CHECK=1", "PIP_PROGRESS_BAR=off",
+               "PIP_DISABLE_PIP_VERSION_CHECK=1", "PIP_PROGRESS_BAR=off", f"PIP_CERT={HOST_CA}",
                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
         script = f"set -e; {mounts}; exec chroot {r} /usr/bin/env -i {' '.join(env)} \"$@\""
         return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh", *command]
@@ -526,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         built = build_root(plan)
         results["root_build_s"] = built
         print("  root: cached" if built is None else f"  root: built in {built:.0f} s", flush=True)
-        root = EmulatedRoot(plan.root, plan.work, plan.cache / "pip")
+        root = EmulatedRoot(plan.root, plan.work, plan.cache / "pip", plan.ca_bundle)
         if "install" in plan.steps:
             wheel = build_wheel(plan)
             for cpu, kind in plan.gateways():
