@@ -56,6 +56,7 @@ def test_defaults_run_infer_only_on_the_a53_and_training_on_the_a72_and_a76(tmp_
     assert plan.gateways() == [("cortex-a53", "infer"), ("cortex-a72", "train"), ("cortex-a76", "train")]
     assert plan.steps == ("install", "round")
     assert plan.root == tmp_path / "c" / "bookworm-arm64"
+    assert not plan.reuse_venvs and pi.parse_args(["--reuse-venvs"]).reuse_venvs
     assert pi.parse_args(["--only", "root"]).steps == ()
     assert pi.parse_args(["--only", "install", "--train-cpus", ""]).gateways() == [("cortex-a53", "infer")]
 
@@ -100,6 +101,7 @@ def test_the_emulated_command_mounts_the_fake_cpuinfo_in_a_private_namespace(tmp
     root.prepare("cortex-a72")
     argv = root.argv("cortex-a72", ["python3", "-c", "print(1)"])
     assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
+    assert f"mount --rbind /sys {tmp_path / 'root'}/sys" in argv[7]
     assert f"mount --bind {tmp_path / 'work' / 'cpuinfo-cortex-a72'} {tmp_path / 'root'}/proc/cpuinfo" in argv[7]
     assert f"mount --bind {tmp_path / 'ca.crt'} {tmp_path / 'root'}/etc/ssl/certs/ca-certificates.crt" in argv[7]
     assert "QEMU_CPU=cortex-a72" in argv[7] and argv[-3:] == ["python3", "-c", "print(1)"]

@@ -84,6 +84,7 @@ class Plan:
     round_timeout: float = 3600.0
     steps: tuple[str, ...] = ("install", "round")
     ca_bundle: Path | None = None
+    reuse_venvs: bool = False
 
     @property
     def root(self) -> Path:
@@ -130,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     p.add_argument("--ca-bundle", type=Path, default=Path(HOST_CA) if Path(HOST_CA).exists() else None,
                    help="CA certificates pip in the root trusts (default: this host's, " + HOST_CA +
                         ", so a TLS-inspecting proxy the host trusts works there too)")
+    p.add_argument("--reuse-venvs", action="store_true",
+                   help="keep the gateways' venvs of an earlier run (times only the import check and the round)")
     p.add_argument("--only", choices=("root", "install", "round"),
                    help="stop after this step (root: build the root; install: venvs and import checks)")
     args = p.parse_args(argv)
@@ -147,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     steps = {"root": (), "install": ("install",), "round": ("install", "round"), None: ("install", "round")}
     return Plan(args.infer_cpus, args.train_cpus, args.cache.resolve(), args.work.resolve(), args.suite,
                 args.mirror, args.rebuild_root, args.round_timeout, steps[args.only],
-                args.ca_bundle.resolve() if args.ca_bundle else None)
+                args.ca_bundle.resolve() if args.ca_bundle else None, args.reuse_venvs)
 
 
 # -- the packaging rule this run checks ------------------------------------------------------------------
@@ -183,7 +186,7 @@ class EmulatedRoot:
     def prepare(self, cpu: str) -> None:
         """The Pi-like cpuinfo and the mount points the command's mounts need."""
         (self.work / f"cpuinfo-{cpu}").write_text(CPUS[cpu].cpuinfo())
-        for d in ("proc", "dev", "etc/ssl/certs", str(self.work).lstrip("/"), "root/.cache/pip"):
+        for d in ("proc", "sys", "dev", "etc/ssl/certs", str(self.work).lstrip("/"), "root/.cache/pip"):
             (self.path / d).mkdir(parents=True, exist_ok=True)
         (self.path / HOST_CA.lstrip("/")).touch()
         resolv = self.path / "etc/resolv.conf"
@@ -197,6 +200,7 @@ class EmulatedRoot:
         r = shlex.quote(str(self.path))
         mounts = "; ".join([
             f"mount -t proc proc {r}/proc",
+            f"mount --rbind /sys {r}/sys",  # onnxruntime's cpuinfo reads the CPU lists there
             f"mount --bind {shlex.quote(str(cpuinfo))} {r}/proc/cpuinfo",
             f"mount --rbind /dev {r}/dev",
             f"mount --bind /etc/resolv.conf {r}/etc/resolv.conf",
@@ -321,10 +325,12 @@ def venv(cpu: str) -> Path:
 def install(root: EmulatedRoot, plan: Plan, cpu: str, kind: str, wheel: Path) -> dict:
     """A fresh venv with the gateway's extra from PyPI, then the import check; the step times and facts."""
     env_dir = venv(cpu)
-    shutil.rmtree(root.path / str(env_dir).lstrip("/"), ignore_errors=True)
     log = plan.work / f"install-{cpu}.log"
-    took = {"venv": root.run(cpu, ["python3", "-m", "venv", str(env_dir)], log, 900)}
-    took["pip install"] = root.run(cpu, [f"{env_dir}/bin/pip", "install", f"{wheel}[{kind}]"], log, 7200)
+    took: dict[str, float] = {}
+    if not (plan.reuse_venvs and (root.path / str(env_dir).lstrip("/") / "bin/fedmekt").exists()):
+        shutil.rmtree(root.path / str(env_dir).lstrip("/"), ignore_errors=True)
+        took["venv"] = root.run(cpu, ["python3", "-m", "venv", str(env_dir)], log, 900)
+        took["pip install"] = root.run(cpu, [f"{env_dir}/bin/pip", "install", f"{wheel}[{kind}]"], log, 7200)
     probe = plan.work / f"check-{cpu}.json"
     start = time.monotonic()
     root.run(cpu, ["/bin/sh", "-c", f"{env_dir}/bin/python -c {shlex.quote(CHECK_TRAIN if kind == 'train' else CHECK_INFER)}"
@@ -351,6 +357,7 @@ class Recorder:
     """Arrival time of the federation's messages on the host broker (topic -> [monotonic times])."""
 
     seen: dict[str, list[float]] = field(default_factory=dict)
+    announcements: list[tuple[float, bytes]] = field(default_factory=list)  # (time, signed payload)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_message(self, client, userdata, msg) -> None:
@@ -358,6 +365,20 @@ class Recorder:
         online = msg.topic.endswith("/status") and b'"online"' in msg.payload
         with self.lock:
             self.seen.setdefault(msg.topic + ("#online" if online else ""), []).append(now)
+            if msg.topic.endswith("/rounds"):
+                self.announcements.append((now, bytes(msg.payload)))
+
+    def opened(self, round_: int) -> float | None:
+        """When the announcement that opens ``round_`` (counted from 0) arrived; the topic carries others too."""
+        from fedmekt.wire.signing import unwrap
+
+        with self.lock:
+            seen = list(self.announcements)
+        for t, payload in seen:
+            plan = json.loads(unwrap(payload)).get("plan") if payload else None
+            if plan and plan.get("round") == round_:
+                return t
+        return None
 
     def first(self, topic: str) -> float | None:
         with self.lock:
@@ -446,7 +467,7 @@ def run_round(root: EmulatedRoot, plan: Plan) -> dict:
                                  f"{', '.join(waiting)}", work / "aggregator.log")
             time.sleep(1)
         prefix = f"fedmekt/{FEDERATION}"
-        announced = rec.first(f"{prefix}/rounds")
+        announced = rec.opened(0)
         package = rec.first(f"{prefix}/models/manifest")
         out = {}
         for cpu, kind in plan.gateways():
@@ -548,9 +569,11 @@ def main(argv: list[str] | None = None) -> int:
             print("  the round: aggregator and mosquitto on the host, the gateways emulated …", flush=True)
             for cpu, steps in run_round(root, plan).items():
                 results["gateways"][cpu]["round"] = steps
+        results["host"] = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
         (plan.work / "results.json").write_text(json.dumps(results, indent=2))
         print("\n" + report(results))
-        print(f"\npi-emulation: done; logs and results.json in {plan.work}")
+        print(f"\npi-emulation: done on {os.cpu_count()} host CPUs (load average "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}); logs and results.json in {plan.work}")
         return 0
     except StepFailed as exc:
         print(f"pi-emulation: error: {exc}", file=sys.stderr)
