@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 FEDERATION = "pi"
 INFER_UNIT = "user22-exp44"  # the bundled demo recording the infer-only gateway classifies
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+ROOT_PACKAGES = "python3,python3-venv,ca-certificates"  # Debian packages of the root: what a Pi OS Lite has
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ def check_host(plan: Plan) -> None:
 
 def build_root(plan: Plan) -> float | None:
     """The cached arm64 root (None: it was there already); built into a temporary folder, then renamed."""
-    recipe = f"{plan.suite} arm64 minbase python3,python3-venv,ca-certificates\n"
+    recipe = f"{plan.suite} arm64 minbase {ROOT_PACKAGES}\n"
     stamp = plan.root / ".fedmekt-root"
     if not plan.rebuild_root and stamp.exists() and stamp.read_text() == recipe:
         return None
@@ -288,7 +289,7 @@ def build_root(plan: Plan) -> float | None:
     log = plan.work / "mmdebstrap.log"
     with open(log, "wb") as out:
         rc = subprocess.call(["mmdebstrap", "--arch=arm64", "--variant=minbase",
-                              "--include=python3,python3-venv,ca-certificates", plan.suite, str(tmp), plan.mirror],
+                              f"--include={ROOT_PACKAGES}", plan.suite, str(tmp), plan.mirror],
                              stdout=out, stderr=subprocess.STDOUT)
     if rc != 0:
         raise StepFailed(f"mmdebstrap exited with {rc}", log)
@@ -404,6 +405,7 @@ def run_round(root: EmulatedRoot, plan: Plan) -> dict:
     import paho.mqtt.client as mqtt
 
     from fedmekt.broker import start_mosquitto
+    from fedmekt.errors import UserError
 
     work = plan.work
     config = work / "federation.toml"
@@ -411,9 +413,11 @@ def run_round(root: EmulatedRoot, plan: Plan) -> dict:
     config.write_text(f'federation = "{FEDERATION}"\ndataset = "demo"\nclients = [0, 0, {n}]\nper_round = {n}\n'
                       f'rounds = 1\nseed = 0\ndevice = "cpu"\nthreads = 1\n')
     host_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    subprocess.run(_host_fedmekt("export", "keygen", "--out", str(work / "aggregator")), check=True, env=host_env,
-                   capture_output=True)
-    broker = start_mosquitto(workdir=work / "mosquitto")
+    _host_step(_host_fedmekt("export", "keygen", "--out", str(work / "aggregator")), host_env)
+    try:
+        broker = start_mosquitto(workdir=work / "mosquitto")
+    except UserError as exc:
+        raise StepFailed(str(exc)) from None
     url = f"mqtt://127.0.0.1:{broker.port}"
     rec = Recorder()
     monitor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pi-emulation-monitor")
@@ -529,9 +533,17 @@ def prepare_work(work: Path) -> None:
 
 def build_wheel(plan: Plan) -> Path:
     dist = plan.work / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO),
-                    "-w", str(dist)], check=True, capture_output=True)
+    _host_step([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO),
+                "-w", str(dist)], os.environ)
     return next(dist.glob("fedmekt_edge-*.whl"))
+
+
+def _host_step(command: list[str], env) -> None:
+    """A quick command on the host; its failure is one StepFailed with the end of its output."""
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise StepFailed(f"{shlex.join(command)} exited with {proc.returncode}\n{tail}")
 
 
 def report(results: dict) -> str:
