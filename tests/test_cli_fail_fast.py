@@ -115,3 +115,13 @@ def test_aggregator_never_reopens_a_finished_run(tmp_path):
     assert out["rc"] == 2 and len(lines) == 1, out
     assert "lab3 holds a finished run of 6 rounds, nothing to resume" in lines[0] and not out["torch"]
     assert {p.name: p.read_bytes() for p in (tmp_path / "lab3").iterdir()} == before
+
+
+def test_docs_quote_the_train_extra_message_as_printed():
+    from pathlib import Path
+
+    from fedmekt_cli.main import TRAIN_HINT
+
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/raspberry-pi.md"):
+        assert f"fedmekt reproduce: {TRAIN_HINT}" in " ".join((root / doc).read_text().split()), doc
