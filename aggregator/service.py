@@ -246,7 +246,8 @@ class Aggregator:
         self.link.publish_all([(topic, ours)], retain=True, expiry=left)
 
     def _publish_package(self, final: bool) -> None:
-        """Publish the global model as a signed package when due; a failed export never stops the rounds."""
+        """Publish the global model as a signed package when due. A failed export never stops the rounds, but a
+        run whose final package cannot be published ends with that error: its gateways would keep an old model."""
         if self._packages is None:
             return
         from export.run_model import RunModel
@@ -258,7 +259,12 @@ class Aggregator:
                                                      server.rounds_completed, final=final)
             self._package = built or self._package
         except Exception as exc:  # noqa: BLE001 - the federation goes on; clients keep the model in service
-            log.error("model package after round %d not published: %s", server.rounds_completed - 1, exc)
+            log.error("model package after round %d not published: %s", server.rounds_completed, exc)
+            if final:
+                from fedmekt.errors import UserError
+
+                raise UserError(f"the run's final model package was not published: {exc} (the checkpoint in "
+                                f"{self.opts.out} holds the model: `fedmekt export` builds it by hand)") from None
 
     def wait_for_clients(self, want: int, timeout: float) -> None:
         """Process presence messages until ``want`` clients are online or ``timeout`` seconds passed."""
