@@ -20,6 +20,7 @@ import pytest
 from federation_harness import _cmd
 from fedmekt_cli.main import build_parser, setup_logging
 from run_folder_support import make_run_folder
+from wait_support import wait_for
 
 
 def fedmekt(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -174,9 +175,9 @@ def test_sigterm_of_simulate_stops_its_broker_and_leaves_a_partial_run(tmp_path:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143 and "fedmekt simulate: terminated" in err and "Traceback" not in err, err[-2000:]
-    time.sleep(0.5)
-    assert not _mosquitto_pids(port) and not _port_open(port)
-    assert all(not Path(f"/proc/{p}").exists() for p in pids)
+    wait_for(lambda: not _mosquitto_pids(port) and not _port_open(port) and not any(
+        Path(f"/proc/{p}").exists() for p in pids), 30, "the embedded broker and the clients to be gone",
+        detail=lambda: f"mosquitto {_mosquitto_pids(port)}, port open {_port_open(port)}")
     state = json.loads((out / "run-state.json").read_text())
     assert state["state"] == "interrupted" and state["info"]["federation"] == "demo"
     assert (out / "report.html").stat().st_size > 10_000        # the finished rounds, rendered
