@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -159,13 +158,13 @@ def test_sigterm_of_simulate_stops_its_broker_and_leaves_a_partial_run(tmp_path:
             url, port = (match.group(1), int(match.group(2))) if match else (None, 0)
         pids = _mosquitto_pids(port)
         assert len(pids) == 1
-        deadline, s = time.monotonic() + 180, {}
-        # round 1 announced: round 0 is done and logged (the log line comes before the announcement)
-        while time.monotonic() < deadline and not (s.get("running") and s.get("last_metrics")
-                                                   and (s.get("round_index") or 0) >= 1):
+        def round_1_announced() -> dict | None:  # round 0 is done and logged (the line comes before the announcement)
             done = fedmekt("status", "--broker", url, "--json")   # default federation = simulate's
             s = json.loads(done.stdout)
-        assert s["running"] and done.returncode == 0, s
+            return s if done.returncode == 0 and s.get("running") and s.get("last_metrics") \
+                and (s.get("round_index") or 0) >= 1 else None
+
+        s = wait_for(round_1_announced, 180, "`fedmekt status` to show round 1 announced", every=0)
         assert s["federation"] == "demo" and s["round_index"] >= 1 and s["last_metrics"]["round"] >= 0
         assert sorted(s["clients"]) == ["c000", "c001", "c002"]
         assert all(c["state"] == "online" for c in s["clients"].values())

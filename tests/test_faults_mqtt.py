@@ -139,14 +139,24 @@ def _deafen(fed: ProcessFederation, client_id: str) -> None:
     acl.write_text("\n".join(lines) + "\n")
     fed.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads its ACL
 
-    def reloaded() -> bool:  # its login may no longer subscribe to the live rounds (it has not started yet)
-        probe = connect(fed.broker.port, client_id, fed.secure.passwords[client_id], ca=fed.secure.ca,
-                        client_id=client_id)
+    def reloaded() -> bool:
+        """A live plan, then a reply, from the aggregator's login to the deafened one's (neither runs yet): the
+        reply arriving alone proves the broker applies the new ACL (it delivers in order, and grants any
+        subscription)."""
+        sb, rounds = fed.secure, f"fedmekt/{fed.federation}/rounds"
+        reply = f"fedmekt/{fed.federation}/clients/{client_id}/reply/probe"
+        deaf = connect(sb.port, client_id, sb.passwords[client_id], ca=sb.ca, client_id=client_id)
+        agg = connect(sb.port, "aggregator", sb.passwords["aggregator"], ca=sb.ca, client_id="aggregator")
         try:
-            return probe.connected.is_set() and all(
-                rc.is_failure for rc in probe.subscribe(f"fedmekt/{fed.federation}/rounds"))
+            deaf.subscribe(rounds)
+            deaf.subscribe(reply)
+            agg.publish(rounds, b"probe")
+            agg.publish(reply, b"probe")
+            assert deaf.wait_for(reply, timeout=10), "the probe's reply never arrived"
+            return all(t != rounds for t, _ in deaf.drain())
         finally:
-            probe.close()
+            deaf.close()
+            agg.close()
 
     wait_for(reloaded, 30, f"mosquitto to reload the ACL that deafens {client_id}", every=0.2)
 

@@ -141,16 +141,16 @@ def test_takeover_by_a_second_session_of_one_client_id_ends_the_first(mosquitto,
         return MqttLink(mosquitto.url, LinkOptions(client_id="agg-takeover", reconnect_min=1, reconnect_max=1,
                                                    protocol=protocol, session_topic=T.aggregator_session)).connect()
 
+    def reconnected() -> bool:
+        first.get(timeout=0.1)
+        return first.connects >= 2
+
     first = link()
     mosquitto.restart()  # the first reconnects to an empty broker: still its own session
-    deadline = time.monotonic() + 15
-    while first.connects < 2 and time.monotonic() < deadline:
-        first.get(timeout=0.1)
-    assert first.connects >= 2
+    wait_for(reconnected, 30, "the first session to reconnect to the restarted broker", every=0)
     second = link()
     with pytest.raises(UserError, match="took over"):
-        while time.monotonic() < deadline + 10:
-            first.get(timeout=0.1)
+        wait_for(lambda: first.get(timeout=0.1) and False, 30, "the first session to see the takeover", every=0)
     assert second.wait_connected(5)
     assert second.get(timeout=1.5) is None and second.connected  # the second is left alone
     first.close()
