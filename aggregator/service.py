@@ -124,7 +124,7 @@ class Aggregator:
         self._control: dict[str, tuple[bytes, float | None]] = {}  # topic -> (our retained payload, expires at)
         self._sent: dict[str, deque[bytes]] = {}  # our recent payloads per control topic (their echoes are ours)
         self._restored: dict[str, float] = {}  # topic -> monotonic time we last put our message back
-        self.sync_limiter = SyncLimiter(options.sync_interval, options.sync_bulk_interval)  # counts them, too
+        self.sync_limiter = SyncLimiter(options.sync_interval, options.sync_bulk_interval)  # also counts requests
         self._bad_sync: set[str] = set()  # clients whose malformed sync request was logged (once each)
         self._package = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
         self._births = 0  # the link's connects already handled (a reconnect mid-round asks for lost uploads)

@@ -28,7 +28,7 @@ class SyncLimiter:
     interval: float = 3.0
     bulk_interval: float = 30.0
     max_clients: int = 4096
-    requests: int = 0  # requests taken; far above ``answers``, a client floods (the run's log says both)
+    requests: int = 0  # requests taken: many more than ``answers`` means a client floods (both logged at the end)
     answers: int = 0  # requests answered; the others were replaced by a later one of the same client
     _waiting: OrderedDict = field(default_factory=OrderedDict)  # client -> latest unanswered request
     _answered: OrderedDict = field(default_factory=OrderedDict)  # client -> when it was last answered

@@ -94,6 +94,20 @@ def test_retention_off_late_client_gets_everything_and_uploads(no_retain, tmp_pa
     assert [(r["selected"], r["absorbed"]) for r in rows] == [(3, 3), (4, 4), (4, 4)]
 
 
+def test_sync_limiter_answers_a_flood_once_per_interval_and_counts_it():
+    """The rule the flood test below bounds through a real broker, on a given clock: 30 requests over 1.45 s
+    at one answer per second are answered at 0 s, 1 s and (the latest one kept) 2 s."""
+    from aggregator.sync import SyncLimiter
+
+    limiter, answered = SyncLimiter(interval=1.0), []
+    for i in range(30):
+        limiter.add("c000", SyncRequest())
+        answered += [i * 0.05 for _ in limiter.due(i * 0.05)]
+    assert limiter.waiting == 1 and limiter.next_due() == 2.0
+    answered += [2.0 for _ in limiter.due(2.0)]
+    assert answered == [0.0, 1.0, 2.0] and (limiter.requests, limiter.answers, limiter.waiting) == (30, 3, 0)
+
+
 def test_retention_off_sync_flood_gets_the_proxy_set_once(no_retain, tmp_path):
     """A client asking 30 times in a row is answered at most once per interval, the proxy set once."""
     import threading
