@@ -44,6 +44,7 @@ def secure(tmp_path_factory) -> SecureBroker:
     bundle = provision.add(sb.folder, "dashboard", "monitor")  # a second read-only tool with its own login
     sb.passwords["dashboard"] = json.loads((bundle / "credentials.json").read_text())["password"]
     sb.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads the password file and the ACL
+
     def accepted() -> bool:
         probe = connect(sb.port, "dashboard", sb.passwords["dashboard"], ca=sb.ca, client_id="dashboard")
         probe.close()
