@@ -131,7 +131,7 @@ class Aggregator:
         self._control: dict[str, tuple[bytes, float | None]] = {}  # topic -> (our payload, monotonic expiry)
         self._sent: dict[str, deque[bytes]] = {}  # our recent payloads per control topic (their echoes are ours)
         self._restored: dict[str, float] = {}  # topic -> monotonic time we last put our message back
-        self._sync = SyncLimiter(options.sync_interval, options.sync_bulk_interval)
+        self.sync_limiter = SyncLimiter(options.sync_interval, options.sync_bulk_interval)  # also counts requests
         self._bad_sync: set[str] = set()  # clients whose malformed sync request was logged (once each)
         self._package = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
         self._births = 0  # the link's connects already handled (a reconnect mid-round asks for lost uploads)
@@ -180,6 +180,8 @@ class Aggregator:
                 self._publish_package(final=False)
                 bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
             checkpoints.flush()
+            if self.sync_limiter.requests:
+                log.info("sync requests: %d taken, %d answered", self.sync_limiter.requests, self.sync_limiter.answers)
             self._publish_package(final=True)
             self._publish_control(self.topics.rounds, fedwire.Announcement(
                 cfg.federation, None, 0.0, done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
@@ -283,26 +285,30 @@ class Aggregator:
         return sorted(c for c in self.online if now - self._live.get(c, -math.inf) <= self.opts.liveness)
 
     def _await_clients(self, rnd: int) -> None:
-        """Every client gone mid-run (e.g. all gateways restarting at once): wait for them, never fail. Fewer
-        than ``min_clients`` online (a broker node lost, its clients failing over): wait for them up to
-        ``wait_timeout``, then go on with those there."""
+        """Every client gone mid-run (a site power cut: all gateways restarting at once): wait, as before
+        round 0, for ``wait_clients`` of them up to ``wait_timeout`` (again while none is back; never fail),
+        not just for the first one back, or a gateway slower to restart (``import torch`` alone takes seconds
+        on a Pi) would sit out the next rounds. Fewer than ``min_clients`` online (a broker node lost, its
+        clients failing over): wait for them up to ``wait_timeout``, then go on with those there."""
+        want = self.opts.wait_clients or self.cfg.per_round
+        while not self.selectable():
+            log.warning("no client is online before round %d: waiting up to %.0f s for %d clients", rnd + 1,
+                        self.opts.wait_timeout, want)
+            self._wait_selectable(want, time.monotonic() + self.opts.wait_timeout)
         least = self.opts.min_clients
         if len(self.selectable()) < least:
             log.info("%d of %d clients online before round %d: waiting up to %.0f s for the rest",
                      len(self.selectable()), least, rnd + 1, self.opts.wait_timeout)
             self._wait_selectable(least, time.monotonic() + self.opts.wait_timeout)
-        want = self.opts.wait_clients or self.cfg.per_round
-        while not self.selectable():
-            log.warning("no client is online before round %d: waiting for %d clients", rnd + 1, want)
-            self._wait_selectable(want, time.monotonic() + self.opts.wait_timeout)
 
     def _wait_selectable(self, want: int, deadline: float) -> None:
-        """Process messages until ``want`` clients are selectable or ``deadline``; says so every few seconds."""
-        said = -math.inf
+        """Process messages until ``want`` clients are selectable or ``deadline``; says so whenever the count
+        changes, and every few seconds."""
+        said, told = -math.inf, -1
         while (have := len(self.selectable())) < want and time.monotonic() < deadline:
-            if time.monotonic() - said >= WAIT_LOG_S:
+            if have != told or time.monotonic() - said >= WAIT_LOG_S:
                 log.info("waiting for %d clients (%d online)", want, have)
-                said = time.monotonic()
+                said, told = time.monotonic(), have
             self._pump(min(deadline, time.monotonic() + 0.2))
 
     def _one_round(self, rnd: int) -> dict:
@@ -351,7 +357,7 @@ class Aggregator:
     # -- message handling ---------------------------------------------------------------------
     def _pump(self, until: float) -> None:
         while True:
-            left = min(until, self._sync.next_due()) - time.monotonic()
+            left = min(until, self.sync_limiter.next_due()) - time.monotonic()
             msg = self.link.get(timeout=max(0.0, left))
             if msg is not None:
                 self._dispatch(msg)
@@ -432,7 +438,7 @@ class Aggregator:
                 log.warning("ignoring sync request of %s: %s", client_id, exc.reason)
             return
         self._note_newer_run(client_id, request)
-        self._sync.add(client_id, request)
+        self.sync_limiter.add(client_id, request)
 
     def _note_newer_run(self, client_id: str, request: SyncRequest) -> None:
         """A client follows a run ordered after ours: it will refuse this run. That happens when the run counter
@@ -506,7 +512,7 @@ class Aggregator:
             log.warning("request for the uploads of round %d not acknowledged in time", rnd + 1)
 
     def _answer_syncs(self) -> None:
-        for client_id, request in self._sync.due(time.monotonic()):
+        for client_id, request in self.sync_limiter.due(time.monotonic()):
             answer = self._sync_answer(client_id, request)
             if not answer:
                 continue
@@ -523,7 +529,8 @@ class Aggregator:
         if not this_run:
             out.append((t.proxy_manifest, self._control[t.proxy_manifest][0]))
         sha = self.manifest.proxy_sha256
-        if req.trains and sha and req.proxy != sha and self.opts.publish_proxy and self._sync.bulk(client_id, sha, now):
+        if req.trains and sha and req.proxy != sha and self.opts.publish_proxy \
+                and self.sync_limiter.bulk(client_id, sha, now):
             out += [(t.proxy_chunk(i), f) for i, f in enumerate(self.proxy_frames)]
         r = self._round
         if req.trains and r is not None:
@@ -538,7 +545,7 @@ class Aggregator:
                     out += [(t.global_chunk(rnd, i), f) for i, f in enumerate(r.global_frames)]
         built = self._package
         if req.model is not None and built is not None and req.model != (built.manifest.run, built.manifest.round) \
-                and self._sync.bulk(client_id, f"model-{built.manifest.round}", now):
+                and self.sync_limiter.bulk(client_id, f"model-{built.manifest.round}", now):
             from export.package import verify_package
             from export.push import package_messages
 

@@ -28,12 +28,20 @@ class SyncLimiter:
     interval: float = 3.0
     bulk_interval: float = 30.0
     max_clients: int = 4096
+    requests: int = 0  # requests taken: many more than ``answers`` means a client floods (both logged at the end)
+    answers: int = 0  # requests answered; the others were replaced by a later one of the same client
     _waiting: OrderedDict = field(default_factory=OrderedDict)  # client -> latest unanswered request
     _answered: OrderedDict = field(default_factory=OrderedDict)  # client -> when it was last answered
     _bulk: OrderedDict = field(default_factory=OrderedDict)  # (client, part) -> when it was last sent
 
     def add(self, client: str, request: SyncRequest) -> None:
+        self.requests += 1
         _bounded_set(self._waiting, client, request, self.max_clients)
+
+    @property
+    def waiting(self) -> int:
+        """Clients whose latest request is not answered yet."""
+        return len(self._waiting)
 
     def due(self, now: float) -> list[tuple[str, SyncRequest]]:
         """Requests to answer now (marked answered)."""
@@ -41,6 +49,7 @@ class SyncLimiter:
         for client, _ in out:
             del self._waiting[client]
             _bounded_set(self._answered, client, now, self.max_clients)
+        self.answers += len(out)
         return out
 
     def next_due(self) -> float:

@@ -297,6 +297,8 @@ class EdgeAgent:
             raise WireError("global frame with a wrong header")
         done = self._global_rx.add_parsed(header, body)
         if done is not None:
+            log.debug("%s: global knowledge of round %d received (sha256 %s)", self.opts.client_id, header.round + 1,
+                      header.sha256)
             self._globals[(header.round, header.sha256)] = done
             for old in [k for k in self._globals if k[0] < header.round - 1] + list(self._globals)[:-4]:
                 self._globals.pop(old, None)  # bounded: a forged copy cannot crowd out memory

@@ -24,6 +24,7 @@ class Inbox(Generic[T]):
         self._items: deque[tuple[T, int]] = deque()
         self._bytes = 0
         self._cond = threading.Condition()
+        self.waited = 0  # puts that found no room and had to wait (backpressure on the producer)
 
     def _fits(self, size: int) -> bool:
         if not self._items:
@@ -34,6 +35,7 @@ class Inbox(Generic[T]):
         """Append ``item`` of ``size`` bytes, waiting up to ``timeout`` s for room; False if none came."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            self.waited += not self._fits(size)
             while not self._fits(size):
                 left = deadline - time.monotonic()
                 if left <= 0:

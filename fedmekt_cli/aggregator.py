@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/aggregator-<federation>)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default FEDMEKT_DATA_DIR or ../shared/data)")
     p.add_argument("--wait-clients", type=int, default=0,
-                   help="clients that must be online before round 0 (default: per_round)")
+                   help="clients that must be online before round 0, and before the next round when every "
+                        "client went offline at once (default: per_round)")
     p.add_argument("--wait-timeout", type=float, default=600.0, help="seconds to wait for them (default 600)")
     p.add_argument("--min-clients", type=int, default=1,
                    help="a later round opens once this many clients are online, or after --wait-timeout s with "

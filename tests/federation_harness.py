@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from fedmekt.broker import MosquittoProcess, start_mosquitto
 from fedmekt.wire.signing import unwrap
 from security_support import SecureBroker, start_secure_broker
+from wait_support import wait_for
 
 SCRIPT = Path(sys.executable).with_name("fedmekt")
 def faketime_lib() -> str | None:
@@ -218,17 +219,18 @@ class ProcessFederation:
         return {m: final[f"probe_f1_weighted_{m}"] for m in cfg.pair}
 
     def wait_until(self, what, timeout: float, message: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """:func:`wait_support.wait_for`, failing at once when a party exits with an error meanwhile."""
+        def done():
             if what():
-                return
+                return True
             dead = [n for n, p in self.procs.items() if p.poll() not in (None, 0) and p not in self.killed]
             if dead:
                 raise AssertionError(f"{dead[0]} exited with {self.procs[dead[0]].poll()} while waiting for "
                                      f"{message}:\n{self.log(dead[0])[-3000:]}")
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}; "
-                             f"aggregator log:\n{self.log('aggregator')[-3000:] if 'aggregator' in self.starts else ''}")
+            return False
+
+        wait_for(done, timeout, message, detail=lambda: "aggregator log:\n" + (
+            self.log("aggregator")[-3000:] if "aggregator" in self.starts else ""))
 
     def wait_round_done(self, round_: int, timeout: float = 180) -> None:
         self.wait_until(lambda: any(r["round"] == round_ for r in self.metrics()), timeout,

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from federation_harness import _cmd
 from fedmekt_cli.main import build_parser, setup_logging
 from run_folder_support import make_run_folder
+from wait_support import wait_for
 
 
 def fedmekt(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -173,13 +173,13 @@ def test_sigterm_of_simulate_stops_its_broker_and_leaves_a_partial_run(tmp_path:
             url, port = (match.group(1), int(match.group(2))) if match else (None, 0)
         pids = _mosquitto_pids(port)
         assert len(pids) == 1
-        deadline, s = time.monotonic() + 180, {}
-        # round 1 announced: round 0 is done and logged (the log line comes before the announcement)
-        while time.monotonic() < deadline and not (s.get("running") and s.get("last_metrics")
-                                                   and (s.get("round_index") or 0) >= 1):
+        def round_1_announced() -> dict | None:  # round 0 is done and logged (the line comes before the announcement)
             done = fedmekt("status", "--broker", url, "--json")   # default federation = simulate's
             s = json.loads(done.stdout)
-        assert s["running"] and done.returncode == 0, s
+            return s if done.returncode == 0 and s.get("running") and s.get("last_metrics") \
+                and (s.get("round_index") or 0) >= 1 else None
+
+        s = wait_for(round_1_announced, 180, "`fedmekt status` to show round 1 announced", every=0)
         assert s["federation"] == "demo" and s["round_index"] >= 1 and s["last_metrics"]["round"] >= 0
         assert sorted(s["clients"]) == ["c000", "c001", "c002"]
         assert all(c["state"] == "online" for c in s["clients"].values())
@@ -189,9 +189,9 @@ def test_sigterm_of_simulate_stops_its_broker_and_leaves_a_partial_run(tmp_path:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143 and "fedmekt simulate: terminated" in err and "Traceback" not in err, err[-2000:]
-    time.sleep(0.5)
-    assert not _mosquitto_pids(port) and not _port_open(port)
-    assert all(not Path(f"/proc/{p}").exists() for p in pids)
+    wait_for(lambda: not _mosquitto_pids(port) and not _port_open(port) and not any(
+        Path(f"/proc/{p}").exists() for p in pids), 30, "the embedded broker and the clients to be gone",
+        detail=lambda: f"mosquitto {_mosquitto_pids(port)}, port open {_port_open(port)}")
     state = json.loads((out / "run-state.json").read_text())
     assert state["state"] == "interrupted" and state["info"]["federation"] == "demo"
     assert (out / "report.html").stat().st_size > 10_000        # the finished rounds, rendered

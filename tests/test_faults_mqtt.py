@@ -28,6 +28,8 @@ import pytest
 
 from fault_ledger import record
 from federation_harness import ProcessFederation
+from security_support import connect
+from wait_support import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -106,8 +108,13 @@ def test_broker_killed_and_restarted_mid_run(federation):
     fed.start_all()
     fed.wait_round_done(1)
     fed.wait_announced(2)
+    lost = "disconnected from broker"
+    parties = ["aggregator", *fed.client_ids]
+    before = {p: fed.log(p).count(lost) for p in parties}
     fed.broker.kill()
-    time.sleep(3.0)  # everybody notices the broker is gone and starts backing off; uploads go into the void
+    # everybody notices the broker is gone and starts backing off; uploads go into the void
+    fed.wait_until(lambda: all(fed.log(p).count(lost) > before[p] for p in parties), 60,
+                   "every party to notice the broker is gone")
     fed.broker.restart()
     fed.run_to_end(timeout=400)
     rows = assert_every_round_once(fed)
@@ -133,7 +140,27 @@ def _deafen(fed: ProcessFederation, client_id: str) -> None:
         lines.append(line)
     acl.write_text("\n".join(lines) + "\n")
     fed.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads its ACL
-    time.sleep(0.5)
+
+    def reloaded() -> bool:
+        """A live plan, then a reply, from the aggregator's login to the deafened one's (neither runs yet): the
+        reply arriving alone proves the broker applies the new ACL (it delivers in order, and grants any
+        subscription)."""
+        sb, rounds = fed.secure, f"fedmekt/{fed.federation}/rounds"
+        reply = f"fedmekt/{fed.federation}/clients/{client_id}/reply/probe"
+        deaf = connect(sb.port, client_id, sb.passwords[client_id], ca=sb.ca, client_id=client_id)
+        agg = connect(sb.port, "aggregator", sb.passwords["aggregator"], ca=sb.ca, client_id="aggregator")
+        try:
+            deaf.subscribe(rounds)
+            deaf.subscribe(reply)
+            agg.publish(rounds, b"probe")
+            agg.publish(reply, b"probe")
+            assert deaf.wait_for(reply, timeout=10), "the probe's reply never arrived"
+            return all(t != rounds for t, _ in deaf.drain())
+        finally:
+            deaf.close()
+            agg.close()
+
+    wait_for(reloaded, 30, f"mosquitto to reload the ACL that deafens {client_id}", every=0.2)
 
 
 def test_client_that_never_hears_the_live_rounds_still_trains_every_round(federation):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from fedmekt.inbox import Inbox
 from fedmekt.mqtt import LinkOptions, MqttLink
+from wait_support import wait_for
 
 
 def test_inbox_is_bounded_in_bytes_and_in_messages_and_keeps_order():
@@ -29,7 +29,7 @@ def test_a_waiting_put_goes_in_once_a_get_makes_room():
     done = []
     t = threading.Thread(target=lambda: done.append(box.put("second", 10, timeout=5)))
     t.start()
-    time.sleep(0.2)
+    wait_for(lambda: box.waited == 1, 10, "the second put to wait for room")
     assert not done and box.get(0) == "first"
     t.join(5)
     assert done == [True] and box.get(0) == "second"
@@ -44,10 +44,14 @@ def test_a_slow_reader_holds_at_most_its_byte_budget_and_gets_every_message(mosq
         sender = threading.Thread(target=lambda: pub.publish_all(
             [("t/data", i.to_bytes(4, "big") * (size // 4)) for i in range(count)], timeout=60))
         sender.start()
-        peak, deadline = 0, time.monotonic() + 3
-        while time.monotonic() < deadline:  # nobody reads: the inbox fills to its budget and stops there
+        peak = 0
+
+        def full() -> bool:  # nobody reads: the inbox fills to its budget and stops there
+            nonlocal peak
             peak = max(peak, reader._inbox.bytes)
-            time.sleep(0.02)
+            return peak > budget - size and reader._inbox.waited  # and the next message waits for room
+
+        wait_for(full, 30, "the unread inbox to fill to its byte budget", every=0.02, detail=lambda: f"peak {peak}")
         assert budget - size < peak <= budget
         got = []
         while len(got) < count:

@@ -28,6 +28,7 @@ from fedmekt.wire.runs import new_run_id
 from fedmekt.wire.signing import sign
 from fedmekt.wire.topics import Topics
 from security_support import connect, start_secure_broker
+from wait_support import wait_for
 
 pytestmark = pytest.mark.broker
 FED = "test-hapt"  # the federation of export_support's packages
@@ -81,12 +82,11 @@ def test_infer_only_gateway_installs_a_pushed_package_over_tls_and_publishes_pre
 
         # what reached the broker: the birth (no modalities: never selected for training), then every prediction
         assert monitor.wait_for(topics.status("gw01"), fedwire.Status("online", ()).to_bytes(), timeout=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            got = [json.loads(p) for tp, p in monitor.drain() if tp == topics.inference("gw01")]
-            if len(got) >= len(want):
-                break
-            time.sleep(0.1)
+
+        def predictions() -> list[dict]:
+            return [json.loads(p) for tp, p in monitor.drain() if tp == topics.inference("gw01")]
+
+        got = wait_for(lambda: len(p := predictions()) >= len(want) and p, 30, f"{len(want)} predictions")
         assert len(got) == len(want) > 0
         assert [d["label"] for d in got] == [p.label for p in want]
         assert [d["t"] for d in got] == pytest.approx([p.t for p in want])
@@ -102,10 +102,8 @@ def test_infer_only_gateway_installs_a_pushed_package_over_tls_and_publishes_pre
             "--credentials", str(secure.folder / "logins" / "gw01" / "credentials.json")),
             capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert infer.returncode == 0, infer.stderr[-3000:]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(got) < 2 * len(want):
-            got = [json.loads(p) for tp, p in monitor.drain() if tp == topics.inference("gw01")]
-            time.sleep(0.1)
+        got = wait_for(lambda: len(p := predictions()) >= 2 * len(want) and p, 30,
+                       f"{len(want)} more predictions from `fedmekt infer`")
         assert [d["label"] for d in got[len(want):]] == [p.label for p in want]
     finally:
         if aggregator is not None:
@@ -150,7 +148,8 @@ def test_an_installed_package_has_no_default_data_folder(monkeypatch, tmp_path):
     assert datasets.default_data_root() == REPO.parent / "shared" / "data"
 
 
-def test_follower_trusts_only_signed_manifests_of_newer_runs(mosquitto, data_dir, tmp_path, tmp_path_factory):
+def test_follower_trusts_only_signed_manifests_of_newer_runs(mosquitto, data_dir, tmp_path, tmp_path_factory,
+                                                             caplog):
     import threading
 
     from edge_client.follower import FollowerOptions, InferenceGateway
@@ -175,23 +174,23 @@ def test_follower_trusts_only_signed_manifests_of_newer_runs(mosquitto, data_dir
     live = open_source(f"udp:127.0.0.1:{free_port()}", "gw01", {"acce": 3}, None).source  # never ends
     thread = threading.Thread(target=gateway.run, args=(live, stop), daemon=True)
 
-    def wait(what, message: str) -> None:
-        deadline = time.monotonic() + 20
-        while not what():
-            assert time.monotonic() < deadline, f"timed out waiting for {message}"
-            time.sleep(0.05)
+    def refusals() -> list[str]:
+        return [m for m in caplog.messages if m.startswith(f"gw01: ignored message on {topics.proxy_manifest}: ")]
 
     try:
         publish_package(agg, FED, package)  # before any manifest: held until its run is trusted
         thread.start()
-        wait(lambda: gateway.link is not None, "the connection")
+        wait_for(lambda: gateway.link is not None, 20, "the connection")
         assert service.recognizer is None
         manifest(run_id)
-        wait(lambda: service.recognizer is not None, "the package of the trusted run")
+        wait_for(lambda: service.recognizer is not None, 20, "the package of the trusted run")
         manifest(old_run)  # an older run's genuine manifest: refused
         manifest(newer, signer=Ed25519PrivateKey.generate())  # a newer run signed with another key: refused
         manifest(newer, signer=None)  # unsigned: refused
-        time.sleep(1.0)
+        wait_for(lambda: len(refusals()) >= 3, 20, "the gateway to handle the three manifests",
+                 detail=lambda: "\n".join(refusals()))
+        for reason in ("is older than the run", "bad signature", "unsigned control message"):
+            assert any(reason in m for m in refusals()), (reason, refusals())
         assert gateway.run_followed == run_id and service.receiver.trusted_run == run_id
         assert service.recognizer.package.manifest.run == run_id
     finally:

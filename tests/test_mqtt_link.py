@@ -14,6 +14,7 @@ from fedmekt.mqtt import BrokerAddress, LinkOptions, MqttLink, Presence
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireLimits, decode_body, encode
 from fedmekt.wire.topics import Topics
+from wait_support import wait_for
 
 pytestmark = pytest.mark.broker
 T = Topics("t")
@@ -80,8 +81,7 @@ def test_chunked_message_reassembles_and_duplicates_are_dropped(broker):
     limits = WireLimits(chunk_size=64 * 1024)
     frames = encode(tensors, federation="t", round_=1, sender="c001", kind="upload", limits=limits)
     assert len(frames) > 10
-    with _link(broker.url, "agg", subs=[T.uploads_all]) as agg, _link(broker.url, "c001") as dev:
-        time.sleep(0.2)  # let the subscription settle
+    with _link(broker.url, "agg", subs=[T.uploads_all]) as agg, _link(broker.url, "c001") as dev:  # subscribed
         items = [(T.upload_chunk("c001", 1, i), f) for i, f in enumerate(frames)]
         dev.publish_all(items + items[:3])  # a re-send of the first chunks, as after a reconnect
         got = _collect(agg, len(items) + 3)
@@ -97,10 +97,7 @@ def test_birth_is_republished_after_broker_restart(mosquitto):
                    _presence("dev3")).connect()
     try:
         mosquitto.restart()  # persistence off: the retained status is gone until the device re-announces
-        deadline = time.monotonic() + 15
-        while dev.connects < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert dev.connects >= 2
+        wait_for(lambda: dev.connects >= 2, 30, "the device to reconnect to the restarted broker")
         with _link(mosquitto.url, "watch4", subs=[T.status("dev3")]) as watch:
             [m] = _collect(watch, 1)
             assert json.loads(m.payload)["state"] == "online"
@@ -109,11 +106,23 @@ def test_birth_is_republished_after_broker_restart(mosquitto):
 
 
 def test_message_expiry_drops_stale_retained_plans_on_v5(mosquitto):
+    kept = T.status("marker")  # retained without expiry, published with the plan: it stays
     with _link(mosquitto.url, "agg2") as agg:
         agg.publish_all([(T.rounds, b"stale")], retain=True, expiry=1)
-    time.sleep(2.1)
-    with _link(mosquitto.url, "late", subs=[T.rounds]) as late:
-        assert _collect(late, 1, timeout=1.0) == []
+        agg.publish_all([(kept, b"kept")], retain=True)
+
+    def late_subscriber_sees() -> list[bytes]:
+        """What a new subscriber gets retained: the plan's filter first, so the marker's arrival proves that
+        whatever the broker still held for the plan came before it."""
+        with _link(mosquitto.url, "late", subs=[T.rounds, kept]) as late:
+            got = []
+            while not got or got[-1] != b"kept":
+                msg = late.get(timeout=10)
+                assert msg is not None, f"the retained marker never came (got {got})"
+                got.append(msg.payload)
+            return got
+
+    wait_for(lambda: late_subscriber_sees() == [b"kept"], 30, "the retained plan to expire", every=0.5)
 
 
 def test_bad_urls_and_unreachable_brokers_are_user_errors():
@@ -132,16 +141,16 @@ def test_takeover_by_a_second_session_of_one_client_id_ends_the_first(mosquitto,
         return MqttLink(mosquitto.url, LinkOptions(client_id="agg-takeover", reconnect_min=1, reconnect_max=1,
                                                    protocol=protocol, session_topic=T.aggregator_session)).connect()
 
+    def reconnected() -> bool:
+        first.get(timeout=0.1)
+        return first.connects >= 2
+
     first = link()
     mosquitto.restart()  # the first reconnects to an empty broker: still its own session
-    deadline = time.monotonic() + 15
-    while first.connects < 2 and time.monotonic() < deadline:
-        first.get(timeout=0.1)
-    assert first.connects >= 2
+    wait_for(reconnected, 30, "the first session to reconnect to the restarted broker", every=0)
     second = link()
     with pytest.raises(UserError, match="took over"):
-        while time.monotonic() < deadline + 10:
-            first.get(timeout=0.1)
+        wait_for(lambda: first.get(timeout=0.1) and False, 30, "the first session to see the takeover", every=0)
     assert second.wait_connected(5)
     assert second.get(timeout=1.5) is None and second.connected  # the second is left alone
     first.close()
@@ -169,10 +178,8 @@ def test_failover_to_the_next_broker_keeps_subscriptions_and_presence(tmp_path):
                 pub.publish_all([(T.rounds, b"before")])
             assert [m.payload for m in _collect(link, 1)] == [b"before"]
             first.kill()
-            deadline = time.monotonic() + 20
-            while not (link.connected and link.address.port == second.port) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert link.connected and link.address.port == second.port and link.connects == 2
+            wait_for(lambda: link.connected and link.address.port == second.port, 30, "failover to the second broker")
+            assert link.connects == 2
             with _link(second.url, "watch-fo", subs=[T.status("dev-fo")]) as watch:
                 [m] = _collect(watch, 1)  # the birth message was published on the second broker too
                 assert json.loads(m.payload)["state"] == "online"

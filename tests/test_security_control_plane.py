@@ -26,10 +26,11 @@ from fedmekt.mqtt import LinkOptions, MqttLink
 from fedmekt_cli.simulation import run_simulation
 from fedmekt.wire import federation as fedwire
 from fedmekt.wire.chunks import Reassembler
-from fedmekt.wire.codec import WireError, decode_body, decode_single, encode, frame_body
+from fedmekt.wire.codec import WireError, decode_body, decode_single, encode, frame_body, parse_frame
 from fedmekt.wire.runs import new_run_id, run_order
 from fedmekt.wire.signing import MAGIC, SIGNATURE_BYTES, open_signed, sign
 from fedmekt.wire.topics import Topics
+from wait_support import wait_for
 
 TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late"}
 
@@ -48,8 +49,10 @@ def _every_round_complete(sim) -> None:
         assert row["absorbed"] == row["selected"], (row["round"], sim.discarded)
 
 
-def _ignored(caplog, topic: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "edge_client" and f"on {topic}:" in r.getMessage()]
+def _ignored(caplog, topic: str, client_id: str = "") -> list[str]:
+    """Lines in which clients (``client_id`` alone if given) refused a message on ``topic``."""
+    return [m for m in (r.getMessage() for r in list(caplog.records) if r.name == "edge_client")
+            if f"on {topic}:" in m and m.startswith(f"{client_id}: ignored" if client_id else "")]
 
 
 # -- the envelope -----------------------------------------------------------------------------
@@ -122,7 +125,8 @@ def test_forged_control_manifest_with_a_new_run_id_is_rejected_and_rounds_keep_t
             genuine = msg.payload if msg.topic == topic and msg.payload else None
         forged = dataclasses.replace(agg.manifest, run=new_run_id(10**6)).to_bytes()
         forger.publish_all([(topic, genuine[:len(MAGIC) + SIGNATURE_BYTES] + forged)], retain=True)
-        time.sleep(1.0)  # every client has it before round 1 is announced
+        wait_for(lambda: all(_ignored(caplog, topic, c.client_id) for c in split.clients), 60,
+                 "every client to refuse the forged manifest before round 1 is announced")
 
     try:
         sim = _simulate(cfg, split, mosquitto.url, tmp_path, before_round=forge)
@@ -160,9 +164,11 @@ def test_forged_control_done_and_announcement_are_ignored(mosquitto, tmp_path, c
         for forged in (plan, done):
             forger.publish_all([(topic, forged.to_bytes())], retain=True)
         forger.publish_all((topics.reply(c.client_id, topics.resend), plan.to_bytes()) for c in split.clients)
-        time.sleep(1.0)
-        gone = [c.client_id for c in split.clients if c.client_id not in agg.online]
-        assert not gone, f"clients {gone} left the run on a forged done"
+        # proof every client handled all three, refused (one that quit on the done would not log its refusal)
+        ids = [c.client_id for c in split.clients]
+        resend = {c: topics.reply(c, topics.resend) for c in ids}
+        wait_for(lambda: all(len(_ignored(caplog, topic, c)) >= 2 and _ignored(caplog, resend[c], c) for c in ids), 60,
+                 "every client to refuse the forged plan, done and re-send request")
 
     try:
         sim = _simulate(cfg, split, mosquitto.url, tmp_path, before_round=forge)
@@ -226,14 +232,20 @@ def test_nonce_replayed_upload_reframed_for_a_later_round_is_refused(mosquitto, 
 
 @pytest.mark.broker
 @pytest.mark.timeout(240)
-def test_forged_control_global_knowledge_is_not_trained_on(mosquitto, tmp_path):
+def test_forged_control_global_knowledge_is_not_trained_on(mosquitto, tmp_path, caplog):
     """Forged global knowledge of round 1 (same tensors, other values, sender "aggregator") reaches every client
     after the genuine one and before the announcement: unsigned clients would train on the last one received;
     signed ones use the message whose hash the signed announcement names, so the run equals the in-process one."""
+    caplog.set_level(logging.DEBUG, logger="edge_client")
     cfg, split = tiny_config("fedmekt-c", rounds=2), tiny_split()
     topics = Topics(cfg.federation)
     forger = MqttLink(mosquitto.url, LinkOptions(client_id="forger")).connect()
     forged_rounds = []
+
+    def holding(sha: str) -> list[str]:
+        return [c.client_id for c in split.clients if any(
+            r.getMessage() == f"{c.client_id}: global knowledge of round 2 received (sha256 {sha})"
+            for r in list(caplog.records))]
 
     def forge(rnd, agg):
         if rnd != 1:
@@ -251,7 +263,10 @@ def test_forged_control_global_knowledge_is_not_trained_on(mosquitto, tmp_path):
                                 kind="global")
                 forger.publish_all([(topics.global_chunk(1, i), f) for i, f in enumerate(frames)])
                 forged_rounds.append(rnd)
-                time.sleep(1.0)  # every client holds the forged copy before the announcement
+                sha = parse_frame(frames[0])[0].sha256
+                wait_for(lambda: len(holding(sha)) == len(split.clients), 60,
+                         "every client to hold the forged copy before the announcement",
+                         detail=lambda: f"held by {holding(sha)}")
             return sent
 
         agg.link.publish_all = then_forge
@@ -269,7 +284,7 @@ def test_forged_control_global_knowledge_is_not_trained_on(mosquitto, tmp_path):
 
 @pytest.mark.broker
 @pytest.mark.timeout(240)
-def test_forged_control_proxy_chunk_is_restored_for_clients_that_start_later(mosquitto, tmp_path):
+def test_forged_control_proxy_chunk_is_restored_for_clients_that_start_later(mosquitto, tmp_path, caplog):
     """A retained proxy chunk overwritten mid-run (any login on a plain broker, the aggregator's on the secured
     one): running clients already hold the proxy set, and the aggregator puts its chunk back, so a gateway that
     starts after the forgery still assembles the proxy set the signed manifest names."""
@@ -282,13 +297,14 @@ def test_forged_control_proxy_chunk_is_restored_for_clients_that_start_later(mos
         if rnd == 1:
             genuine.append((agg.manifest, agg.proxy_frames))
             forger.publish_all([(topics.proxy_chunk(0), b"FMK\x01garbage")], retain=True)
-            time.sleep(1.0)
 
     try:
         sim = _simulate(cfg, split, mosquitto.url, tmp_path, before_round=forge)
     finally:
         forger.close()
     _every_round_complete(sim)
+    # the aggregator saw the forgery land (live, before the rounds that followed) and put its chunk back
+    assert f"retained {topics.proxy_chunk(0)} was replaced by another publisher; restoring ours" in caplog.messages
     manifest, frames = genuine[0]
     with MqttLink(mosquitto.url, LinkOptions(client_id="late-gateway"), subscriptions=[topics.proxy_all]).connect() \
             as late:

@@ -31,6 +31,7 @@ from fedmekt.wire.codec import DEFAULT_CHUNK_SIZE
 from fedmekt.wire.federation import MAX_CONTROL
 from fedmekt.wire.topics import Topics
 from security_support import SecureBroker, connect, provision, start_secure_broker
+from wait_support import wait_for
 
 pytestmark = pytest.mark.broker
 T = Topics("demo")
@@ -43,12 +44,13 @@ def secure(tmp_path_factory) -> SecureBroker:
     bundle = provision.add(sb.folder, "dashboard", "monitor")  # a second read-only tool with its own login
     sb.passwords["dashboard"] = json.loads((bundle / "credentials.json").read_text())["password"]
     sb.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads the password file and the ACL
-    for _ in range(50):
+
+    def accepted() -> bool:
         probe = connect(sb.port, "dashboard", sb.passwords["dashboard"], ca=sb.ca, client_id="dashboard")
         probe.close()
-        if probe.connected.is_set():
-            break
-        time.sleep(0.1)
+        return probe.connected.is_set()
+
+    wait_for(accepted, 30, "mosquitto to accept the new login after SIGHUP", every=0.1)
     yield sb
     sb.broker.stop()
 
@@ -277,8 +279,9 @@ def test_retained_flood_device_cannot_park_big_or_stray_retained_messages(secure
     device.close()
     fresh = login(secure, "monitor")
     fresh.subscribe(f"{mine}/#")
-    assert fresh.wait_for(T.status("c002"), b"online")
-    time.sleep(0.3)
+    fresh.subscribe(T.status("c002"))  # its retained copy comes after every one of the first filter's
+    wait_for(lambda: [t for t, _ in fresh.drain()].count(T.status("c002")) >= 2, 10,
+             "the retained messages of both subscriptions")
     retained = {t for t, _ in fresh.drain()}
     assert retained == {T.status("c002")}, retained
     fresh.close()

@@ -30,6 +30,7 @@ from fedmekt.wire import federation as fedwire
 from fedmekt.wire.runs import new_run_id
 from fedmekt.wire.signing import sign
 from fedmekt.wire.topics import Topics
+from wait_support import wait_for
 
 pytestmark = pytest.mark.broker
 FED = "test-hapt"  # the federation of export_support's packages
@@ -88,12 +89,13 @@ class Gateway:
         self.store = ModelStore(tmp / "gw" / "models", public_key)
 
     def wait(self, what, message: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not what():
+        def done() -> bool:
+            if what():
+                return True
             assert self.thread.is_alive(), "the gateway stopped"
-            assert time.monotonic() < deadline, f"timed out waiting for {message}; last error: " \
-                                                f"{self.service.receiver.last_error}"
-            time.sleep(0.05)
+            return False
+
+        wait_for(done, timeout, message, detail=lambda: f"last error: {self.service.receiver.last_error}")
 
     def serving(self) -> tuple[str, int] | None:
         current = self.store.current()

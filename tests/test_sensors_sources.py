@@ -28,6 +28,7 @@ from sensors.sources import (
     StreamFormat,
     UdpSource,
 )
+from wait_support import wait_for
 
 FMT = StreamFormat({"acce": 3, "gyro": 2}, label=True)
 GOOD = [b"0.00,1,2,3,4,5,0", b"0.02,1.5,2,3,4,5,1", b"0.04,-1,2e-3,3,4,5,-1"]
@@ -53,11 +54,6 @@ def _collect(source, n: int, timeout: float = 10.0) -> SampleBatch:
     return SampleBatch.concat(got)
 
 
-def _wait_until(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert cond()
 
 
 def _check_good(batch: SampleBatch) -> None:
@@ -156,16 +152,17 @@ def test_serial_source_over_a_pty_with_garbage_and_unplug():
     master, slave = pty.openpty()
     src = SerialSource(os.ttyname(slave), FMT, retry_s=0.1).start()
     try:
-        _wait_until(lambda: src.port is not None)  # bytes sent before the gateway opens the port are lost anyway
+        # bytes sent before the gateway opens the port are lost anyway
+        wait_for(lambda: src.port is not None, 30, "the source to open its port")
         payload = b"\r\n".join(GOOD[:2]) + b"\r\n\x00\x9f\xff garbage\n" + GOOD[2] + b"\n" + b"\n".join(BAD) + b"\n"
         for i in range(0, len(payload), 7):  # arrives in arbitrary pieces, like a real UART
             os.write(master, payload[i : i + 7])
         batch = _collect(src, 3)
         _check_good(batch)
-        _wait_until(lambda: sum(src.stats.rejected.values()) >= len(BAD) + 1)
+        wait_for(lambda: sum(src.stats.rejected.values()) >= len(BAD) + 1, 30, "every bad line to be rejected")
         os.close(master)  # unplug
         os.close(slave)
-        _wait_until(lambda: src.stats.rejected["disconnected"] >= 1)
+        wait_for(lambda: src.stats.rejected["disconnected"] >= 1, 30, "the disconnect to be counted")
         assert src._thread.is_alive()  # keeps retrying instead of crashing
     finally:
         src.close()
@@ -175,7 +172,7 @@ def test_serial_source_over_a_pty_with_garbage_and_unplug():
 def test_serial_source_accepts_pyserial_urls():
     src = SerialSource("loop://", FMT).start()  # pyserial's loopback: what is written is read back
     try:
-        _wait_until(lambda: src.port is not None)
+        wait_for(lambda: src.port is not None, 30, "the source to open its port")
         src.port.write(b"\n".join(GOOD) + b"\n")
         _check_good(_collect(src, 3))
     finally:
@@ -184,7 +181,7 @@ def test_serial_source_accepts_pyserial_urls():
 
 def test_serial_source_missing_port_is_counted_not_raised():
     src = SerialSource("/dev/fedmekt-no-such-port", FMT, retry_s=0.05).start()
-    _wait_until(lambda: src.stats.rejected["disconnected"] >= 2)
+    wait_for(lambda: src.stats.rejected["disconnected"] >= 2, 30, "the second disconnect to be counted")
     src.close()
 
 
@@ -197,7 +194,7 @@ def test_udp_source_csv_datagrams():
         tx.sendto(bytes(range(128, 256)) * 2, ("127.0.0.1", src.port))  # invalid UTF-8, no newline
         batch = _collect(src, 3)
         _check_good(batch)
-        _wait_until(lambda: sum(src.stats.rejected.values()) >= len(BAD) + 1)
+        wait_for(lambda: sum(src.stats.rejected.values()) >= len(BAD) + 1, 30, "every bad line to be rejected")
         assert src.stats.accepted == 3 and sum(src.stats.rejected.values()) == len(BAD) + 1
 
 
@@ -207,7 +204,7 @@ def test_mqtt_source_wildcard_topics_and_broker_restart(mosquitto):
     src = MqttSource(fmt, "sensors/+/raw", port=mosquitto.port, retry_s=0.1).start()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     try:
-        _wait_until(lambda: src.connected)
+        wait_for(lambda: src.connected, 30, "the source to connect")
         pub.connect("127.0.0.1", mosquitto.port)
         pub.loop_start()
 
@@ -223,18 +220,19 @@ def test_mqtt_source_wildcard_topics_and_broker_restart(mosquitto):
         pub.publish("sensors/wrist/raw", stale, qos=1).wait_for_publish(5)
         got = _collect(src, 6)
         assert {got.unit} <= {"sensors/wrist/raw", "sensors/ankle/raw"}
-        _wait_until(lambda: src.stats.accepted == 6 and sum(src.stats.rejected.values()) == 2)
+        wait_for(lambda: src.stats.accepted == 6 and sum(src.stats.rejected.values()) == 2, 30,
+                 "6 samples accepted and 2 rejected")
         assert src.stats.rejected["non_monotonic"] == 1 and src.stats.rejected["decode"] == 1
 
         mosquitto.kill()  # broker crash: counted, then paho reconnects by itself
-        _wait_until(lambda: src.stats.rejected["disconnected"] >= 1)
+        wait_for(lambda: src.stats.rejected["disconnected"] >= 1, 30, "the disconnect to be counted")
         mosquitto.restart()
-        _wait_until(lambda: src.connected, timeout=15)
+        wait_for(lambda: src.connected, 30, "the source to reconnect")
         pub.loop_stop()
         pub.reconnect()
         pub.loop_start()
         send("wrist", 0.3)
-        _wait_until(lambda: src.stats.accepted == 7)
+        wait_for(lambda: src.stats.accepted == 7, 30, "the 7th sample to be accepted")
     finally:
         pub.loop_stop()
         src.close()
