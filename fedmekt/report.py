@@ -34,6 +34,9 @@ FINAL = "final.jsonl"
 LAST_ROUNDS = 10   # the paper's table value: median of the last 10 rounds (box:15-17)
 BASELINES = ("mmfedavg", "proxy-only")   # paired differences are taken against each: the parameter-averaging
                                          # baseline and what the server gets without clients
+HEADROOM = (("supervised-ceiling", "labelled-only"),)   # what labels could add over the labelled set alone
+                                                        # (pooled − proxy-only, what clients' data could add,
+                                                        # is in proxy-only's table)
 PAIRED_ON = ("rounds", "per_round", "partition")   # besides dataset, pair and clients: runs differing here
                                                    # do not share their splits' schedule and never pair
 
@@ -174,8 +177,8 @@ def _baselines(members: list[tuple[str, list[dict]]]) -> list[tuple[str, list[di
 
 
 def paired_differences(rows: list[dict], finals: list[dict]) -> list[dict]:
-    """Per variant, test modality and baseline (``BASELINES`` present in the folder): mean over seeds of
-    (variant − baseline) with a 95 % t-interval.
+    """Per variant, test modality and baseline (``BASELINES`` present in the folder), and for the ``HEADROOM``
+    pairs: mean over seeds of (variant − baseline) with a 95 % t-interval.
 
     Seeds pair the runs (each seed is one split shared by every algorithm of the folder); the converged probe's
     weighted F1 is the primary figure, the paper's metric stands beside it. Runs that cannot pair (a seed twice,
@@ -186,10 +189,12 @@ def paired_differences(rows: list[dict], finals: list[dict]) -> list[dict]:
     out = []
     for setup in sorted({key[:3] for key, _ in groups}):
         members = [(key[3], runs) for key, runs in groups if key[:3] == setup]
-        for base_name, base_runs in _baselines(members):
-            for variant, runs in members:
-                if variant == base_name:
-                    continue
+        by_name = dict(members)
+        comparisons = [(b, runs, [(v, r) for v, r in members if v != b]) for b, runs in _baselines(members)]
+        comparisons += [(base, by_name[base], [(row, by_name[row])]) for row, base in HEADROOM
+                        if row in by_name and base in by_name]
+        for base_name, base_runs, compared in comparisons:
+            for variant, runs in compared:
                 _check_pairable(variant, runs, base_name, base_runs)
                 for m in setup[1].split("-"):
                     (probe, paper), (base_probe, base_paper) = (_per_seed(variant, runs, by_run, m),
@@ -309,14 +314,14 @@ _CSV_PAIRED = ("probe_diff_mean", "probe_diff_low", "probe_diff_high", "paper_di
 def _csv(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:
     """One row per table row; reference rows leave the bytes empty, a baseline its own paired difference.
 
-    The paired columns are ``<figure>_vs_<baseline>`` for each baseline of ``BASELINES``.
+    The paired columns are ``<figure>_vs_<baseline>`` for each baseline of ``BASELINES`` and ``HEADROOM``.
     """
     by_key = {(c["dataset"], c["pair"], c["clients"], c["algorithm"]): c for c in comm}
     diffs: dict[tuple, dict] = defaultdict(dict)
     for d in paired:
         key = (d["dataset"], d["pair"], d["clients"], d["algorithm"], d["test"])
         diffs[key].update({f"{k}_vs_{d['baseline']}": d[k] for k in _CSV_PAIRED})
-    columns = [f"{k}_vs_{b}" for b in BASELINES for k in _CSV_PAIRED]
+    columns = [f"{k}_vs_{b}" for b in (*BASELINES, *(base for _, base in HEADROOM)) for k in _CSV_PAIRED]
     records = []
     for r in acc:
         c = by_key.get((r["dataset"], r["pair"], r["clients"], r["algorithm"]), {})

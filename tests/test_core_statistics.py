@@ -105,3 +105,11 @@ def test_rows_pair_with_proxy_only_too():
                             ("mmfedavg", "proxy-only")}
     assert against[("fedmekt-c", "proxy-only")]["probe_diff_mean"] == pytest.approx(0.21)
     assert against[("fedmekt-c", "proxy-only")]["probe_diff_low"] > 0
+
+
+def test_headroom_pairs_the_ceiling_with_labelled_only():
+    finals = ([_final("labelled-only", s, 0.6, reference=True) for s in range(3)]
+              + [_final("supervised-ceiling", s, 0.8 + s / 100, reference=True) for s in range(3)])
+    (acce,) = [d for d in _paired(finals) if d["test"] == "acce"]
+    assert (acce["algorithm"], acce["against"]) == ("supervised-ceiling", "labelled-only")
+    assert acce["probe_diff_mean"] == pytest.approx(0.21) and acce["probe_diff_low"] > 0
