@@ -146,8 +146,9 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
     return acc, comm
 
 
-def _per_seed(variant: str, runs: list[dict], by_run: dict[str, list[dict]], m: str) -> tuple[dict, dict]:
-    """({seed: probe weighted F1}, {seed: paper metric}) of ``runs`` on test modality ``m``.
+def _per_seed(variant: str, runs: list[dict], by_run: dict[str, list[dict]], m: str) -> tuple[dict, dict, dict]:
+    """({seed: probe weighted F1}, {seed: paper metric}, {seed: deployed weighted F1}) of ``runs`` on test
+    modality ``m`` (NaN where a row has no such figure: nothing pairs).
 
     UserError when a seed occurs twice (a folder with a run concatenated twice): it would pair arbitrarily.
     """
@@ -156,7 +157,8 @@ def _per_seed(variant: str, runs: list[dict], by_run: dict[str, list[dict]], m: 
     if twice:
         raise UserError(f"cannot pair {variant}: seed(s) {twice} occur more than once in final.jsonl")
     return ({f["seed"]: f[f"probe_f1_weighted_{m}"] for f in runs},
-            {f["seed"]: _paper_metric(by_run.get(f["run"], []), m) for f in runs})
+            {f["seed"]: _paper_metric(by_run.get(f["run"], []), m) for f in runs},
+            {f["seed"]: f.get(f"deployed_f1_weighted_{m}", float("nan")) for f in runs})
 
 
 def _check_pairable(variant: str, runs: list[dict], base_name: str, base_runs: list[dict]) -> None:
@@ -197,15 +199,16 @@ def paired_differences(rows: list[dict], finals: list[dict]) -> list[dict]:
             for variant, runs in compared:
                 _check_pairable(variant, runs, base_name, base_runs)
                 for m in setup[1].split("-"):
-                    (probe, paper), (base_probe, base_paper) = (_per_seed(variant, runs, by_run, m),
-                                                                _per_seed(base_name, base_runs, by_run, m))
-                    dp, dq = paired_difference(probe, base_probe), paired_difference(paper, base_paper)
+                    mine, theirs = _per_seed(variant, runs, by_run, m), _per_seed(base_name, base_runs, by_run, m)
+                    dp, dq, dd = (paired_difference(a, b) for a, b in zip(mine, theirs))
                     out.append({"dataset": setup[0], "pair": setup[1], "clients": "/".join(map(str, setup[2])),
                                 "algorithm": variant, "test": m, "against": base_name,
                                 "baseline": base_runs[0]["algorithm"], "pairs": dp.n,
                             "probe_diff_mean": dp.mean, "probe_diff_low": dp.low, "probe_diff_high": dp.high,
                                 "probe_diff": dp.text(), "paper_diff_mean": dq.mean, "paper_diff_low": dq.low,
-                                "paper_diff_high": dq.high, "paper_diff": dq.text()})
+                                "paper_diff_high": dq.high, "paper_diff": dq.text(), "deployed_diff_mean": dd.mean,
+                                "deployed_diff_low": dd.low, "deployed_diff_high": dd.high,
+                                "deployed_diff": dd.text()})
     return out
 
 
@@ -274,11 +277,12 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
             "zero is no evidence either way.",
             "",
             f"| dataset | pair | algorithm | test | seeds paired | probe weighted F1 − {against} (primary) | "
-            f"paper metric − {against} |",
-            "|---|---|---|---|---|---|---|",
+            f"paper metric − {against} | deployed weighted F1 − {against} |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [f"| {d['dataset']} | {d['pair']} | {d['algorithm']} | {d['test']} | {d['pairs']} | "
-                  f"{d['probe_diff']} | {d['paper_diff']} |" for d in paired if d["against"] == against]
+                  f"{d['probe_diff']} | {d['paper_diff']} | {d['deployed_diff']} |" for d in paired
+                  if d["against"] == against]
     lines += [
         "",
         "## Communication",
@@ -308,7 +312,7 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
 _CSV_COMM = ("wire_dtype", "exchanged", "bytes_up_per_round", "bytes_down_per_round", "bytes_proxy_once",
              "bytes_total_run")
 _CSV_PAIRED = ("probe_diff_mean", "probe_diff_low", "probe_diff_high", "paper_diff_mean", "paper_diff_low",
-               "paper_diff_high")
+               "paper_diff_high", "deployed_diff_mean", "deployed_diff_low", "deployed_diff_high")
 
 
 def _csv(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:

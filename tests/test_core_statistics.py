@@ -113,3 +113,12 @@ def test_headroom_pairs_the_ceiling_with_labelled_only():
     (acce,) = [d for d in _paired(finals) if d["test"] == "acce"]
     assert (acce["algorithm"], acce["against"]) == ("supervised-ceiling", "labelled-only")
     assert acce["probe_diff_mean"] == pytest.approx(0.21) and acce["probe_diff_low"] > 0
+
+
+def test_deployed_figures_pair_only_where_both_rows_have_a_head():
+    finals = ([{**_final("labelled-only", s, 0.6, reference=True), "deployed_f1_weighted_acce": 0.5} for s in range(3)]
+              + [{**_final("mmfedavg", s, 0.6), "deployed_f1_weighted_acce": 0.55 + s / 100} for s in range(3)]
+              + [_final("proxy-only", s, 0.6, reference=True) for s in range(3)])
+    pairs = {(d["algorithm"], d["against"]): d for d in _paired(finals) if d["test"] == "acce"}
+    assert pairs[("labelled-only", "mmfedavg")]["deployed_diff_mean"] == pytest.approx(-0.06)
+    assert pairs[("proxy-only", "mmfedavg")]["deployed_diff"] == "–"   # proxy-only ships no head
