@@ -6,7 +6,7 @@ Folder layout (written by ``fedmekt reproduce``; ``fedmekt simulate`` reuses it)
     OUT/final.jsonl          one JSON object per run: final linear probe, majority floor, settings, wall time
     OUT/results.md|csv       mean ± std over seeds per algorithm and test modality (+ the paper's value), the
                              reference rows (``fedmekt.reference_rows``) and the paired per-seed differences
-                             against mmFedAvg and against proxy-only with 95 % t-intervals
+                             against mmFedAvg, proxy-only and labelled-only with 95 % t-intervals
     OUT/f1_per_round.png     paper metric per round, mean over seeds, one panel per test modality
     OUT/bytes_per_round.png  bytes sent + received per round (all parties), per algorithm
     OUT/runs/<run>/          run.json, final_model.safetensors ("autoencoder.*", "head.*"), metrics.jsonl
@@ -32,11 +32,10 @@ from fedmekt.statistics import paired_difference
 
 FINAL = "final.jsonl"
 LAST_ROUNDS = 10   # the paper's table value: median of the last 10 rounds (box:15-17)
-BASELINES = ("mmfedavg", "proxy-only")   # paired differences are taken against each: the parameter-averaging
-                                         # baseline and what the server gets without clients
-HEADROOM = (("supervised-ceiling", "labelled-only"),)   # what labels could add over the labelled set alone
-                                                        # (pooled − proxy-only, what clients' data could add,
-                                                        # is in proxy-only's table)
+BASELINES = ("mmfedavg", "proxy-only", "labelled-only")   # paired differences are taken against each: the
+    # parameter-averaging baseline, what the server gets without clients, and what the labelled set alone gives
+    # (supervised-ceiling − labelled-only is the headroom labels leave; pooled − proxy-only, in proxy-only's
+    # table, the headroom the clients' data leaves)
 PAIRED_ON = ("rounds", "per_round", "partition")   # besides dataset, pair and clients: runs differing here
                                                    # do not share their splits' schedule and never pair
 
@@ -179,8 +178,8 @@ def _baselines(members: list[tuple[str, list[dict]]]) -> list[tuple[str, list[di
 
 
 def paired_differences(rows: list[dict], finals: list[dict]) -> list[dict]:
-    """Per variant, test modality and baseline (``BASELINES`` present in the folder), and for the ``HEADROOM``
-    pairs: mean over seeds of (variant − baseline) with a 95 % t-interval.
+    """Per variant, test modality and baseline (``BASELINES`` present in the folder): mean over seeds of
+    (variant − baseline) with a 95 % t-interval.
 
     Seeds pair the runs (each seed is one split shared by every algorithm of the folder); the converged probe's
     weighted F1 is the primary figure, the paper's metric stands beside it. Runs that cannot pair (a seed twice,
@@ -191,12 +190,10 @@ def paired_differences(rows: list[dict], finals: list[dict]) -> list[dict]:
     out = []
     for setup in sorted({key[:3] for key, _ in groups}):
         members = [(key[3], runs) for key, runs in groups if key[:3] == setup]
-        by_name = dict(members)
-        comparisons = [(b, runs, [(v, r) for v, r in members if v != b]) for b, runs in _baselines(members)]
-        comparisons += [(base, by_name[base], [(row, by_name[row])]) for row, base in HEADROOM
-                        if row in by_name and base in by_name]
-        for base_name, base_runs, compared in comparisons:
-            for variant, runs in compared:
+        for base_name, base_runs in _baselines(members):
+            for variant, runs in members:
+                if variant == base_name:
+                    continue
                 _check_pairable(variant, runs, base_name, base_runs)
                 for m in setup[1].split("-"):
                     mine, theirs = _per_seed(variant, runs, by_run, m), _per_seed(base_name, base_runs, by_run, m)
@@ -318,14 +315,14 @@ _CSV_PAIRED = ("probe_diff_mean", "probe_diff_low", "probe_diff_high", "paper_di
 def _csv(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:
     """One row per table row; reference rows leave the bytes empty, a baseline its own paired difference.
 
-    The paired columns are ``<figure>_vs_<baseline>`` for each baseline of ``BASELINES`` and ``HEADROOM``.
+    The paired columns are ``<figure>_vs_<baseline>`` for each baseline of ``BASELINES``.
     """
     by_key = {(c["dataset"], c["pair"], c["clients"], c["algorithm"]): c for c in comm}
     diffs: dict[tuple, dict] = defaultdict(dict)
     for d in paired:
         key = (d["dataset"], d["pair"], d["clients"], d["algorithm"], d["test"])
         diffs[key].update({f"{k}_vs_{d['baseline']}": d[k] for k in _CSV_PAIRED})
-    columns = [f"{k}_vs_{b}" for b in (*BASELINES, *(base for _, base in HEADROOM)) for k in _CSV_PAIRED]
+    columns = [f"{k}_vs_{b}" for b in BASELINES for k in _CSV_PAIRED]
     records = []
     for r in acc:
         c = by_key.get((r["dataset"], r["pair"], r["clients"], r["algorithm"]), {})

@@ -4,7 +4,7 @@ Every seed draws its own split (test/proxy/labelled/client units) and runs every
 go to ``--out`` in the layout of ``fedmekt.report`` (tables and plots are refreshed after every run, so an
 interrupted reproduction keeps what it finished). Each seed also gets the reference rows (``fedmekt.reference_rows``:
 raw features, labelled-only, proxy-only, local-only, pooled, supervised-ceiling) on its split, and the tables
-carry every row's paired per-seed difference against mmFedAvg and against proxy-only.
+carry every row's paired per-seed difference against mmFedAvg, proxy-only and labelled-only.
 """
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ def test_reproduce_writes_tables_plots_metrics_and_artifacts(reproduced):
     assert info.pair == ("acce", "gyro") and info.rounds_completed == 2 and info.hidden == 8
 
 
-@pytest.mark.parametrize("against", ["mmfedavg[float16]", "proxy-only"])
-def test_paired_differences_against_mmfedavg_and_proxy_only_in_table_and_csv(reproduced, against):
+@pytest.mark.parametrize("against", ["mmfedavg[float16]", "proxy-only", "labelled-only"])
+def test_paired_differences_against_each_baseline_in_table_and_csv(reproduced, against):
     """One seed pairs each row with each baseline once: a difference, and no interval, said in words."""
     table = {(t["algorithm"], t["test"]): t for t in csv.DictReader((reproduced / "results.csv").open())}
     finals = {f["variant"]: f for f in map(json.loads, (reproduced / "final.jsonl").read_text().splitlines())}

@@ -121,4 +121,5 @@ def test_deployed_figures_pair_only_where_both_rows_have_a_head():
               + [_final("proxy-only", s, 0.6, reference=True) for s in range(3)])
     pairs = {(d["algorithm"], d["against"]): d for d in _paired(finals) if d["test"] == "acce"}
     assert pairs[("labelled-only", "mmfedavg")]["deployed_diff_mean"] == pytest.approx(-0.06)
+    assert pairs[("mmfedavg", "labelled-only")]["deployed_diff_mean"] == pytest.approx(0.06)
     assert pairs[("proxy-only", "mmfedavg")]["deployed_diff"] == "–"   # proxy-only ships no head
