@@ -136,15 +136,20 @@ def f1_figure(folder: RunFolder) -> bytes:
                     ax.fill_between(x, [min(v) for v in vals], [max(v) for v in vals], color=color, alpha=0.18, lw=0)
             if floor is not None:
                 ax.axhline(floor, color="0.35", ls="--", lw=1.5, label=f"majority-class floor {floor:.2f}")
-            ax.set_ylim(0, 1)
             _integer_rounds(ax, last)
-            ax.grid(alpha=0.3)
-            ax.set_title(f"{setup}: tested on {m} alone", fontsize=12)
-            ax.set_xlabel("round")
-            ax.set_ylabel("weighted F1 (paper's per-round probe)")
-            _legend_below(ax, ncol=1)
+            _f1_axes(ax, f"{setup}: tested on {m} alone", "round", "weighted F1 (paper's per-round probe)", ncol=1)
     fig.tight_layout()
     return _png(fig)
+
+
+def _f1_axes(ax, title: str, xlabel: str, ylabel: str, ncol: int) -> None:
+    """An F1 panel's frame: F1 from 0 to 1, a light grid, its title and labels, the legend below."""
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    _legend_below(ax, ncol=ncol)
 
 
 def _legend_below(ax, ncol: int = 2) -> None:
@@ -224,12 +229,8 @@ def f1_bytes_figure(folder: RunFolder) -> bytes | None:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"{setup}: tested on {m}", fontsize=12)
-        ax.set_xlabel("MiB over the whole run (log scale)")
-        ax.set_ylabel("weighted F1 (filled: probe, hollow: deployed)")
-        _legend_below(ax, ncol=2)
+        _f1_axes(ax, f"{setup}: tested on {m}", "MiB over the whole run (log scale)",
+                 "weighted F1 (filled: probe, hollow: deployed)", ncol=2)
     fig.tight_layout()
     return _png(fig)
 
