@@ -129,8 +129,8 @@ def test_provisioning_hands_a_device_the_federations_epoch(tmp_path):
     registry.init(tmp_path / "op", ("localhost",))
     floors = registry.run_floors(("ward", "lab"), state, None)
     assert floors == {"ward": 4, "lab": 0}  # a federation that never ran: no floor yet
-    creds = registry.add(tmp_path / "op", "c000", "device", ("ward", "lab"), min_epoch=floors) / "credentials.json"
-    assert json.loads(creds.read_text())["min_epoch"] == {"ward": 4, "lab": 0}
+    creds = registry.add(tmp_path / "op", "c000", "device", ("ward",), min_epoch=floors) / "credentials.json"
+    assert json.loads(creds.read_text())["min_epoch"] == {"ward": 4}   # a device login serves one federation
     assert "min_epoch" not in json.loads((registry.add(tmp_path / "op", "ops", "monitor") / "credentials.json")
                                          .read_text())
 
