@@ -19,16 +19,10 @@ from edge_client.sources import ingest
 from sensors.sources.ble import BleSource
 from sensors.sources.ble_format import PRESETS
 from sensors.store import SampleStore
+from wait_support import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 FRAMES, PER_FRAME = 60, 10  # 60 notifications of 10 samples at 200 Hz: 3 s of accelerometer data
-
-
-def wait(what, timeout: float, message) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {message()}"
-        time.sleep(0.05)
 
 
 def test_bumble_wearable_streams_into_the_store_and_the_gateway_trains_a_round(federation, tmp_path):
@@ -44,9 +38,8 @@ def test_bumble_wearable_streams_into_the_store_and_the_gateway_trains_a_round(f
     stop = threading.Event()
     agent_thread = None
     try:
-        wait(lambda: store.count() >= FRAMES * PER_FRAME, 60,
-             lambda: f"{FRAMES * PER_FRAME} samples in the store: {store.count()} stored, wearable sent {air.sent}, "
-                     f"{source.stats}, {source.counters}")
+        wait_for(lambda: store.count() >= FRAMES * PER_FRAME, 60, f"{FRAMES * PER_FRAME} samples in the store",
+                 detail=lambda: f"{store.count()} stored, wearable sent {air.sent}, {source.stats}, {source.counters}")
         stored_s = time.monotonic() - t0
         assert air.sent == FRAMES + 1 and air.drops == 1 and source.counters.connects == 2
         # the dropped link (and any scan a busy machine let time out) was counted, and the one malformed frame

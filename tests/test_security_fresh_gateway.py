@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import logging
 import threading
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -38,16 +37,10 @@ from fedmekt.wire.signing import sign, unwrap
 from fedmekt.wire.topics import Topics
 from fedmekt_cli.broker_args import min_epoch
 from fedmekt_cli.simulation import run_simulation
+from wait_support import wait_for
 
 pytestmark = pytest.mark.broker
 FED = "test-hapt"  # the federation of export_support's packages
-
-
-def _wait(what, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {message}"
-        time.sleep(0.05)
 
 
 class _Gateway:
@@ -63,7 +56,7 @@ class _Gateway:
 
     def __enter__(self) -> "_Gateway":
         self.thread.start()
-        _wait(lambda: self.gateway.link is not None, 20, "the gateway's connection")
+        wait_for(lambda: self.gateway.link is not None, 20, "the gateway's connection")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -97,14 +90,14 @@ def test_fresh_gateway_provisioned_at_epoch_2_refuses_a_replayed_older_run(mosqu
         publish_package(replayer, FED, bound_copy(package, tmp_path / "old", key, old_run, 40))
         _signed_manifest(replayer, key, old_run)  # round 40 of the old run: genuine, signed, retained
         with caplog.at_level(logging.INFO), _Gateway(mosquitto.url, tmp_path / "gw01", pub, floor) as gw:
-            _wait(lambda: f"manifest of run {old_run} is older than epoch 2" in caplog.text, 20,
+            wait_for(lambda: f"manifest of run {old_run} is older than epoch 2" in caplog.text, 20,
                   "the replayed manifest to be refused")
-            _wait(lambda: "waits for that run's signed federation manifest" in caplog.text, 20,
+            wait_for(lambda: "waits for that run's signed federation manifest" in caplog.text, 20,
                   "the replayed package to be held back")
             assert gw.installed() is None
             publish_package(replayer, FED, bound_copy(package, tmp_path / "new", key, current, 1))
             _signed_manifest(replayer, key, current)
-            _wait(lambda: gw.installed() == (current, 1), 20, "the current run's package to be installed")
+            wait_for(lambda: gw.installed() == (current, 1), 20, "the current run's package to be installed")
     assert (tmp_path / "gw01" / "run-trust.json").is_file()  # the floor now persists beside the models
 
 
@@ -116,12 +109,12 @@ def test_hand_exported_package_installs_only_on_a_gateway_told_to_accept_it(mosq
     with MqttLink(mosquitto.url, LinkOptions(client_id="replayer")).connect() as replayer:
         publish_package(replayer, FED, package)
         with _Gateway(mosquitto.url, tmp_path / "gw01", pub) as gw:
-            _wait(lambda: gw.service.receiver.last_error is not None or gw.installed() is not None, 20,
+            wait_for(lambda: gw.service.receiver.last_error is not None or gw.installed() is not None, 20,
                   "the hand-exported package to be handled")
             assert gw.installed() is None, "a gateway not told to accept it installed a hand-exported package"
             assert "hand-exported package" in gw.service.receiver.last_error
         with _Gateway(mosquitto.url, tmp_path / "gw02", pub, accept_hand_exported=True) as gw:
-            _wait(lambda: gw.installed() is not None, 20, "the hand-exported package on the gateway that accepts it")
+            wait_for(lambda: gw.installed() is not None, 20, "the hand-exported package on the gateway that accepts it")
             assert gw.installed()[0] == ""
 
 
@@ -149,7 +142,7 @@ def _take_over_and_replay(agg, url: str, payload: bytes) -> None:
             taker.loop_stop()
     else:
         raise AssertionError("the replayed manifest was never acknowledged")
-    _wait(lambda: agg.link.births > births, 30, "the aggregator to reconnect after the takeover")
+    wait_for(lambda: agg.link.births > births, 30, "the aggregator to reconnect after the takeover")
 
 
 def test_aggregator_reasserts_its_retained_manifest_after_a_session_takeover(mosquitto, tmp_path):
