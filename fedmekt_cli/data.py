@@ -1,7 +1,7 @@
 """``fedmekt data``: look at a dataset before training on it, and write a split manifest.
 
     fedmekt data inspect [DATASET] [--data-dir DIR] [--json]
-    fedmekt data split [DATASET] --out split.json [--pair A-B] [--clients 10,10,10] [--scheme paper|subject] [--seed N]
+    fedmekt data split [DATASET] --out split.json [--pair A-B] [--clients 10,10,10] [--partition paper|subject] [--seed N]
 
 DATASET may be left out when --data-dir holds a dataset of your own (its dataset.toml names it).
 """
@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from fedmekt.errors import UserError
+from fedmekt_cli.output_format import add_format_args
 
 
 def register(subparsers) -> None:
@@ -24,13 +25,13 @@ def register(subparsers) -> None:
                          help="ur_fall | hapt | hapt_uci | mhealth | opportunity | demo | generic | the name in "
                               "your dataset.toml (default: the dataset in --data-dir)")
     inspect.add_argument("--data-dir", type=Path, default=None, help="dataset folder (or a root holding it)")
-    inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_format_args(inspect, "one JSON object")
     inspect.set_defaults(func=run)
     split = sub.add_parser("split", help="draw a seeded split and write its manifest (JSON)")
     split.add_argument("dataset", nargs="?", default=None, help="as for inspect")
     split.add_argument("--data-dir", type=Path, default=None, help="dataset folder (or a root holding it)")
     split.add_argument("--pair", default=None, help="two modalities A-B, as in reproduce (default: the dataset's pair)")
-    split.add_argument("--scheme", choices=("paper", "subject"), default="paper",
+    split.add_argument("--partition", "--scheme", dest="scheme", choices=("paper", "subject"), default="paper",
                        help="paper: overlapping segments of the pool as the authors deal them (default); "
                             "subject: one client per pool subject (non-IID)")
     split.add_argument("--seed", type=int, default=0, help="split seed (default 0)")

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, help="run folder (run.json + final_model.safetensors)")
     p.add_argument("--out", type=Path, help="package directory to create (must be absent or empty)")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (smaller files)")
-    p.add_argument("--key", type=Path, default=os.environ.get(KEY_ENV),
+    p.add_argument("--key", "--signing-key", dest="key", type=Path, default=os.environ.get(KEY_ENV),
                    help=f"Ed25519 private key (PEM) of the aggregator [env {KEY_ENV}]")
     p.add_argument("--stride", type=int, help="sliding-window stride recorded for gateways (default: window/2)")
     p.set_defaults(func=run)

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="dataset root for replay: sources")
     p.add_argument("--max-windows", type=int, help="stop after this many predictions")
     add_broker_args(p, required=False)
-    p.add_argument("--mqtt", dest="broker", metavar="URL", help="the same as --broker: also publish the predictions")
+    p.add_argument("--mqtt", dest="broker", metavar="URL", help=argparse.SUPPRESS)   # older spelling of --broker
     p.add_argument("--topic", help="MQTT topic (default: fedmekt/<federation>/clients/<--client-id>/inference)")
     p.add_argument("--client-id", default="infer", help="MQTT client id, the login's name (default: infer)")
     p.set_defaults(func=run)

@@ -17,14 +17,18 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fedmekt_cli.output_format import add_format_args
+
 FILES = ("metrics.jsonl", "final.jsonl", "run-state.json")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("runs", help="list run folders: status, rounds done, algorithm, dataset, F1",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", nargs="?", type=Path, default=Path("runs"), help="folder of run folders (default runs/)")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("dir", nargs="?", type=Path, default=None, help="folder of run folders (default runs/)")
+    p.add_argument("--dir", dest="dir_flag", type=Path, default=None, metavar="DIR",
+                   help="the same, spelled as in fedmekt log")
+    add_format_args(p, "a JSON list")
     p.set_defaults(func=run)
 
 
@@ -102,14 +106,17 @@ def find_runs(root: Path) -> list[Path]:
 def run(args) -> int:
     from fedmekt.errors import UserError
 
-    if not args.dir.is_dir():
-        raise UserError(f"{args.dir} is not a folder (run folders are written under runs/ by default)")
-    runs = [summarize_run(p) for p in find_runs(args.dir)]
+    if args.dir is not None and args.dir_flag is not None and args.dir != args.dir_flag:
+        raise UserError(f"two folders given: {args.dir} and --dir {args.dir_flag}")
+    root = args.dir or args.dir_flag or Path("runs")
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder (run folders are written under runs/ by default)")
+    runs = [summarize_run(p) for p in find_runs(root)]
     if args.json:
         print(json.dumps([asdict(r) for r in runs], indent=1))
         return 0
     if not runs:
-        print(f"no run folders in {args.dir}")
+        print(f"no run folders in {root}")
         return 0
     lines = [("RUN", "STATUS", "ROUNDS", "ALGORITHM", "DATASET", "FINAL F1 (probe)", "LAST ROUND F1 (paper metric)")]
     for r in runs:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from fedmekt_cli.broker_args import add_broker_args
+from fedmekt_cli.output_format import add_format_args
 from fedmekt_cli.reproduce import add_embedding_options
 
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
@@ -33,7 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default=None,
                    help="dataset (default: the dataset of your own in --data-dir, else the bundled demo)")
     p.add_argument("--pair", default=None, help="two modalities A-B (default: the dataset's pair)")
-    p.add_argument("--algorithm", choices=ALGORITHMS, default="fedmekt-c")
+    p.add_argument("--algorithm", "--algorithms", dest="algorithm", choices=ALGORITHMS, default="fedmekt-c",
+                   help="the one algorithm this federation runs (default fedmekt-c)")
     p.add_argument("--clients", default=None, help="A-only,B-only,A+B client counts (default 10,10,10; demo 3,3,3)")
     p.add_argument("--per-round", type=int, default=None, help="clients per round (default 9; demo 6)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 100; demo 20)")
@@ -52,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--round-timeout", type=float, default=600.0, help="deadline per round in seconds")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>-simulate-<dataset>)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    add_format_args(p, "the summary as one JSON object on stdout")
     p.set_defaults(func=run)
 
 

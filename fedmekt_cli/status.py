@@ -16,6 +16,7 @@ import time
 
 from fedmekt.printable import printable
 from fedmekt_cli.broker_args import add_broker_args
+from fedmekt_cli.output_format import add_format_args
 
 
 def register(subparsers) -> None:
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
     add_broker_args(p, required=True)
     p.add_argument("--federation", default="demo", help="federation name (default demo, as simulate and client)")
     p.add_argument("--wait", type=float, default=1.5, help="seconds to collect retained messages (default 1.5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_format_args(p, "one JSON object")
     p.set_defaults(func=run)
 
 

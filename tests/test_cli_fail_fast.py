@@ -125,3 +125,30 @@ def test_docs_quote_the_train_extra_message_as_printed():
     root = Path(__file__).resolve().parents[1]
     for doc in ("README.md", "docs/raspberry-pi.md"):
         assert f"fedmekt reproduce: {TRAIN_HINT}" in " ".join((root / doc).read_text().split()), doc
+
+
+@pytest.mark.parametrize("argv,key,value", [
+    (["data", "split", "demo", "--out", "s.json", "--partition", "subject"], "scheme", "subject"),
+    (["data", "split", "demo", "--out", "s.json", "--scheme", "subject"], "scheme", "subject"),
+    (["simulate", "--algorithms", "mmfedavg"], "algorithm", "mmfedavg"),
+    (["reproduce", "--algorithm", "mmfedavg"], "algorithms", "mmfedavg"),
+    (["export", "--signing-key", "agg.key"], "key", "agg.key"),
+    (["runs", "--dir", "elsewhere"], "dir_flag", "elsewhere"),
+    (["runs", "--format", "json"], "json", True),
+    (["status", "--broker", "mqtt://h:1883", "--format", "json"], "json", True),
+    (["status", "--broker", "mqtt://h:1883", "--format", "text"], "json", False),
+    (["data", "inspect", "demo", "--json"], "json", True),
+])
+def test_one_concept_one_spelling_older_ones_still_work(argv, key, value):
+    from pathlib import Path
+
+    from fedmekt_cli.main import build_parser
+
+    got = getattr(build_parser().parse_args(argv), key)
+    assert (str(got) if isinstance(got, Path) else got) == value
+
+
+def test_runs_takes_its_folder_either_way(tmp_path):
+    out = audited(["runs", "--dir", str(tmp_path), "--format", "json"], tmp_path)
+    assert out["rc"] == 0 and out["stdout"].strip() == "[]", out
+    assert "--mqtt URL" not in audited(["infer", "--help"], tmp_path)["stdout"]   # the older spelling works, unlisted
