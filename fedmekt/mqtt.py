@@ -62,7 +62,11 @@ KICK_WINDOW_S = 60.0  # kick_limit counts the established connections lost withi
 TAKEOVER_ALERT_EVERY_S = 60.0  # a gateway under a ping-pong of takeovers logs one alert line per minute
 SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code
 RETAIN_NOT_SUPPORTED = 154  # MQTT 5 CONNACK / DISCONNECT reason code
-SUBSCRIBE_RETRIES = 8  # refused subscriptions retried with backoff (reconnect_min doubling, capped at reconnect_max)
+# A refused subscription is retried with backoff: reconnect_min doubling, capped at SUBSCRIBE_RETRY_MAX_S (about
+# 2 min in all). A cluster's leaders are back within seconds; a link waiting 16-60 s for its next SUBSCRIBE hears
+# nothing meanwhile (seen: a late joiner that missed a retained plan for 30 s).
+SUBSCRIBE_RETRIES = 30
+SUBSCRIBE_RETRY_MAX_S = 4.0
 _V311_ONLY: set[tuple[str, int]] = set()  # brokers that failed the v5 probe in this process: skip it next time
 
 
@@ -430,7 +434,8 @@ class MqttLink:
             if self.connected and self._client is client and not self._closing.is_set():
                 self._subscribe(client, topic, attempt + 1)
 
-        timer = threading.Timer(min(self.options.reconnect_max, self.options.reconnect_min * 2 ** attempt), retry)
+        delay = min(self.options.reconnect_max, SUBSCRIBE_RETRY_MAX_S, self.options.reconnect_min * 2 ** attempt)
+        timer = threading.Timer(delay, retry)
         timer.daemon = True
         timer.start()
 

@@ -74,7 +74,7 @@ def test_nats_cluster_retained_message_reaches_other_nodes_and_outlives_its_node
         cluster.kill(0)
         with MqttLink(cluster.nodes[2].url, LinkOptions(client_id="late"), subscriptions=["fedmekt/r/#"]).connect() \
                 as late:
-            msg = late.get(timeout=30)  # JetStream re-elects its leaders first: the link retries its subscription
+            msg = late.get(timeout=60)  # JetStream re-elects its leaders first: the link retries its subscription
             assert msg is not None and (msg.topic, msg.payload, msg.retain) == ("fedmekt/r/rounds", b"plan", True)
     finally:
         cluster.stop()
