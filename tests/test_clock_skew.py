@@ -25,11 +25,8 @@ pytestmark = pytest.mark.skipif(faketime_lib() is None, reason="libfaketime not 
 
 
 @pytest.fixture
-def fed(tmp_path):
-    federation = ProcessFederation(tmp_path, rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=120.0,
-                                   federation="clock")
-    yield federation
-    federation.close()
+def fed(federation) -> ProcessFederation:
+    return federation(rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=120.0, federation="clock")
 
 
 def _installed(fed: ProcessFederation, cid: str, key) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ from fedmekt.errors import UserError
 from sensors.recording import SampleBatch
 from sensors.sources.ble import BleSource
 from sensors.sources.ble_format import PMD_CONTROL, PMD_DATA, PMD_START_ACC_200HZ, PRESETS
+from wait_support import wait_for
 
 H10 = PRESETS["polar-h10-acc"]
 
@@ -76,10 +77,7 @@ def test_scan_by_address_and_close_during_a_long_scan():
         src.close()
     hidden = ScriptedWearable(hidden_scans=10**6)
     src = BleSource(hidden.name, H10, scan_timeout=3600, backends=scripted_backends(hidden)).start()
-    deadline = time.monotonic() + 10
-    while hidden.scans == 0:
-        assert time.monotonic() < deadline, "the source never scanned"
-        time.sleep(0.01)
+    wait_for(lambda: hidden.scans, 10, "the source to scan", every=0.01)
     src.close()  # cancels the hour-long scan
     assert not src._thread.is_alive() and src.stats.accepted == 0
 
