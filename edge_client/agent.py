@@ -107,8 +107,7 @@ class EdgeAgent:
         self._answered = ""  # nonce of the announcement last uploaded for (a copy of it is not a new round)
         self._answered_at = 0.0  # time.monotonic() of that upload
         self.trust = RunTrust(options.state_dir, options.federation, options.min_epoch)
-        self.sync = SyncClient(self.topics, options.client_id, self._sync_request, self._lacking,
-                               lambda: self.manifest is None)
+        self.sync = SyncClient(self.topics, options.client_id, self._sync_request, self._lacking, self._unserved)
         self.rounds_trained = 0
         self.done = threading.Event()
         self.link: MqttLink | None = None
@@ -150,6 +149,12 @@ class EdgeAgent:
             return False
         waited = time.monotonic() - self._plan_at >= RETRY  # its frames are not just late
         return self.trainer is None or (waited and self._lacks_knowledge())
+
+    def _unserved(self) -> bool:
+        """Nothing is on its way to us: we follow no run, or we uploaded its last round and its end ("done") has
+        not come (a cluster may lose it; the retained copy comes again when we subscribe afresh)."""
+        m = self.manifest
+        return m is None or self._uploaded + 1 >= int(m.config.get("rounds", 0) or 0) > 0
 
     def _lacks_knowledge(self) -> bool:
         """Selected for a round whose global knowledge we do not hold."""

@@ -5,7 +5,8 @@ retained messages it first lets their copies arrive (it asks once no manifest, p
 frame has come for ``GRACE`` seconds), so the request names what they brought and the answer is
 usually empty; on a broker without them (its CONNACK says so) it asks at once. A client that still
 lacks its proxy set, or the global knowledge of a round it is selected for (an answer or a message lost
-on the way), asks again every ``RETRY`` seconds while nothing arrives. One that has heard nothing at all and still follows no run asks again after ``DEAF`` seconds
+on the way), asks again every ``RETRY`` seconds while nothing arrives. One that has heard nothing at all and still follows no run (or finished its run's last round
+and its end has not come) asks again after ``DEAF`` seconds
 (doubling up to ``DEAF_MAX``) and subscribes afresh first: a cluster node can acknowledge a
 subscription and then deliver nothing on it (NATS 2.9 under load, deploy/nats/README.md), and where the
 aggregator has simply not started yet the cost is one request now and then. Answers come on
@@ -47,7 +48,7 @@ class SyncClient:
     def __init__(self, topics: Topics, client_id: str, request: Callable[[], SyncRequest],
                  lacking: Callable[[], bool] = lambda: False, unserved: Callable[[], bool] = lambda: False):
         """``lacking``: it follows a run but lacks its proxy set or a selected round's knowledge;
-        ``unserved``: it follows no run yet."""
+        ``unserved``: nothing is on its way to it (it follows no run yet, or awaits the end of one it finished)."""
         self.topics, self.client_id, self.request = topics, client_id, request
         self.lacking, self.unserved = lacking, unserved
         self._births = 0  # the link's births already answered with a request
