@@ -20,7 +20,7 @@ from safetensors.numpy import load_file
 
 from fedmekt.artifacts import METRICS, atomic_write_bytes, tensor_bytes
 from fedmekt.errors import UserError
-from fedmekt.wire.federation import config_key
+from fedmekt.wire.manifest import config_key
 
 CHECKPOINT = "checkpoint.safetensors"
 

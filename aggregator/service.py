@@ -45,14 +45,14 @@ from tqdm import tqdm
 
 from aggregator.checkpoint import CheckpointWriter, load_checkpoint
 from aggregator.sync import SyncLimiter
-from fedmekt.accounting import message_bytes
+from fedmekt.experiment.accounting import message_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
-from fedmekt.engine import RoundPlan, ServerEngine, client_view
-from fedmekt.federation import RunResult, final_record, run_name, run_record
-from fedmekt.mqtt import LinkOptions, Message, MqttLink
+from fedmekt.learn.engine import RoundPlan, ServerEngine, client_view
+from fedmekt.experiment.in_process import RunResult, final_record, run_name, run_record
+from fedmekt.transport.mqtt import LinkOptions, Message, MqttLink
 from fedmekt.run_counter import epoch_file, next_epoch
-from fedmekt.wire import federation as fedwire
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireError, WireLimits, check_spec, decode_body, encode, parse_frame
 from fedmekt.wire.runs import new_run_id, run_order

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from fedmekt.broker import free_port, start_mosquitto
+from fedmekt.transport.broker import free_port, start_mosquitto
 from fedmekt.provisioning import registry
 from fedmekt.provisioning.passwords import ITERATIONS, hash_line
 

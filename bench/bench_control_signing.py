@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from fedmekt.config import FederationConfig  # noqa: E402
-from fedmekt.engine import ServerEngine  # noqa: E402
-from fedmekt.wire import federation as fedwire  # noqa: E402
+from fedmekt.learn.engine import ServerEngine  # noqa: E402
+from fedmekt.wire import manifest as fedwire  # noqa: E402
 from fedmekt.wire.chunks import Reassembler  # noqa: E402
 from fedmekt.wire.codec import decode_body, encode  # noqa: E402
 from fedmekt.wire.runs import new_run_id  # noqa: E402

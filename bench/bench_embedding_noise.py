@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from fedmekt.config import FederationConfig
-from fedmekt.engine import build_model
-from fedmekt.federation import RunResult, run_inprocess
+from fedmekt.learn.engine import build_model
+from fedmekt.experiment.in_process import RunResult, run_inprocess
 from sensors.datasets import load_dataset
 from sensors.splits import make_split
 

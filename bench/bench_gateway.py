@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from export.package import generate_keypair  # noqa: E402
-from fedmekt.broker import start_mosquitto  # noqa: E402
-from fedmekt.mqtt import LinkOptions, MqttLink  # noqa: E402
+from fedmekt.transport.broker import start_mosquitto  # noqa: E402
+from fedmekt.transport.mqtt import LinkOptions, MqttLink  # noqa: E402
 from fedmekt.wire.topics import Topics  # noqa: E402
 
 FED = "bench-gateway"

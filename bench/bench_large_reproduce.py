@@ -6,7 +6,7 @@ Writes a 14-subject, 100 Hz acce+gyro dataset in the documented generic format (
 folder of CSV runs per subject and a ``dataset.toml``; the same generator as the test suite's,
 ``tests/generic_support.py``), then times ``fedmekt reproduce --data-dir DIR --algorithms fedmekt-c
 --seeds 1 --no-reference-rows`` with every other setting at its default (local and server-walk step
-budgets on, 1 torch thread, 10+10+10 clients, 9 a round). The reference rows (``fedmekt.reference_rows``)
+budgets on, 1 torch thread, 10+10+10 clients, 9 a round). The reference rows (``fedmekt.experiment.reference_rows``)
 are left out: the figure is the federated reproduction's. Prints the data generation and
 the reproduction's wall time beside the goal, its CPU time (what a quiet machine's wall time would be
 near), the mean and slowest round, and the load average seen

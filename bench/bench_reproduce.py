@@ -11,7 +11,7 @@
 3. Sub-windows (= optimizer steps) per local epoch of the UR Fall clients (seed 0 split, 200 draws each)
    when the crop's partial last sub-window is clipped and trained on (the reference, ``private_epoch``)
    against dropping it (the rule before issue 10): same crop lengths and window draws.
-4. Wall time of one seed's reference rows (``fedmekt.reference_rows``: raw-features, labelled-only,
+4. Wall time of one seed's reference rows (``fedmekt.experiment.reference_rows``: raw-features, labelled-only,
    proxy-only, local-only, pooled, supervised-ceiling), which ``fedmekt reproduce`` adds once per seed, and
    the client and server steps each takes.
 
@@ -30,12 +30,12 @@ import time
 import numpy as np
 import torch
 
-from fedmekt.algorithms.base import ModuleOptimizers, Projections
+from fedmekt.learn.algorithms.base import ModuleOptimizers, Projections
 from fedmekt.config import FederationConfig
-from fedmekt.engine import build_model
-from fedmekt.federation import run_inprocess
-from fedmekt.losses import kd_loss, reconstruction_loss
-from fedmekt.reference_rows import reference_finals
+from fedmekt.learn.engine import build_model
+from fedmekt.experiment.in_process import run_inprocess
+from fedmekt.learn.losses import kd_loss, reconstruction_loss
+from fedmekt.experiment.reference_rows import reference_finals
 from sensors.datasets import load_dataset
 from sensors.splits import make_split
 from sensors.windowing import paper_crop_length

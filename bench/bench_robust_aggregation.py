@@ -33,7 +33,7 @@ ATTACKER = "c003"
 
 def attack(strategy: str):
     """The tamper hook of ``run_inprocess``: ``ATTACKER``'s upload replaced by ``strategy``."""
-    from fedmekt import robust
+    from fedmekt.learn import robust
 
     def tamper(cid: str, view: dict[str, np.ndarray], upload: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if cid != ATTACKER:
@@ -58,7 +58,7 @@ def attack(strategy: str):
 
 def main() -> int:
     from fedmekt.config import FederationConfig
-    from fedmekt.federation import run_inprocess
+    from fedmekt.experiment.in_process import run_inprocess
     from sensors.datasets import load_dataset
     from sensors.splits import make_split
 

@@ -87,7 +87,7 @@ def measure(store_path: Path, budget: int, read: str) -> dict:
     lean_process()  # as `fedmekt client` runs
     from edge_client.training import LocalTrainer
     from fedmekt.config import FederationConfig, Hyper
-    from fedmekt.engine import ServerEngine, client_view
+    from fedmekt.learn.engine import ServerEngine, client_view
     from sensors.store import SampleStore
 
     cfg = FederationConfig(federation="bench", dataset="bench", pair=("acce", "gyro"), algorithm="fedmekt-c",
@@ -129,7 +129,7 @@ def store_rows(path: Path) -> int:
 def hapt_rounds(rounds: int) -> None:
     """Mean wall time of a whole in-process FedMEKT-C round on recorded HAPT (9 clients + server), budgets on/off."""
     from fedmekt.config import FederationConfig, Hyper
-    from fedmekt.federation import run_inprocess
+    from fedmekt.experiment.in_process import run_inprocess
     from sensors.datasets import load_dataset
     from sensors.splits import make_split
 

@@ -44,10 +44,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the process federation the tests start (federation_harness)
-from fedmekt.broker import start_mosquitto  # noqa: E402
+from fedmekt.transport.broker import start_mosquitto  # noqa: E402
 from fedmekt.config import FederationConfig  # noqa: E402
-from fedmekt.federation import run_inprocess  # noqa: E402
-from fedmekt.mqtt import LinkOptions, MqttLink  # noqa: E402
+from fedmekt.experiment.in_process import run_inprocess  # noqa: E402
+from fedmekt.transport.mqtt import LinkOptions, MqttLink  # noqa: E402
 from fedmekt.wire.topics import Topics  # noqa: E402
 from fedmekt_cli.simulation import run_simulation  # noqa: E402
 from transport_many import cpu_seconds  # noqa: E402
@@ -151,11 +151,11 @@ def time_inprocess(cfg, split) -> tuple[Timed, list[dict]]:
     """The runner alone; its CPU clock is read where each round starts and where the final evaluation does."""
     from unittest import mock
 
-    import fedmekt.federation
+    import fedmekt.experiment.in_process
 
     marks: list[float] = []
 
-    class ClockedServer(fedmekt.federation.ServerEngine):
+    class ClockedServer(fedmekt.experiment.in_process.ServerEngine):
         def plan_round(self, *args, **kwargs):
             marks.append(time.process_time())
             return super().plan_round(*args, **kwargs)
@@ -165,7 +165,7 @@ def time_inprocess(cfg, split) -> tuple[Timed, list[dict]]:
             return super().final_evaluation(*args, **kwargs)
 
     t0 = time.perf_counter()
-    with mock.patch.object(fedmekt.federation, "ServerEngine", ClockedServer):
+    with mock.patch.object(fedmekt.experiment.in_process, "ServerEngine", ClockedServer):
         ref = run_inprocess(cfg, split, progress=False)
     cpu_per_round = (marks[cfg.rounds] - marks[LATER]) / (cfg.rounds - LATER)
     return Timed(_later(ref.rows), time.perf_counter() - t0, cpu_per_round), ref.rows
@@ -305,7 +305,7 @@ def bench_bytes(url: str, rounds: int, algorithms: tuple[str, ...] = ALGORITHMS)
 
 def _raw_upload_bytes(cfg, split) -> float:
     """Mean raw tensor bytes (numel x 4) of the selected clients' uploads, from the engine's upload spec."""
-    from fedmekt.engine import ServerEngine
+    from fedmekt.learn.engine import ServerEngine
 
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled)
     mods = {c.client_id: c.modalities for c in split.clients}

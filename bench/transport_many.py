@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as paho
 
-from fedmekt.broker import free_port, start_mosquitto
+from fedmekt.transport.broker import free_port, start_mosquitto
 from fedmekt.config import FederationConfig
-from fedmekt.mqtt import LinkOptions, MqttLink
-from fedmekt.wire import federation as fedwire
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import encode
 from fedmekt.wire.topics import Topics
 from sensors.datasets import load_dataset
@@ -248,7 +248,7 @@ def _announced_plan(payload: bytes):
 
 def _upload_spec(cfg: FederationConfig, plan) -> dict:
     """Shapes and dtypes the aggregator expects from an A+B client in this round."""
-    from fedmekt.engine import ServerEngine
+    from fedmekt.learn.engine import ServerEngine
 
     split = token_split(cfg)
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled)

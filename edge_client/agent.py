@@ -44,8 +44,8 @@ from pathlib import Path
 from edge_client.sync import RETRY, SyncClient, model_held
 from edge_client.trust import RunTrust
 from fedmekt.errors import UserError
-from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
-from fedmekt.wire import federation as fedwire
+from fedmekt.transport.mqtt import LinkOptions, Message, MqttLink, Presence
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.chunks import Complete, Reassembler
 from fedmekt.wire.codec import WireError, WireLimits, decode_body, encode, parse_frame
 from fedmekt.wire.runs import run_order

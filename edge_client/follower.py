@@ -32,8 +32,8 @@ from edge_client.inference import ModelService
 from edge_client.sync import SyncClient, model_held
 from edge_client.trust import RunTrust
 from fedmekt.errors import UserError
-from fedmekt.mqtt import LinkOptions, Message, MqttLink, Presence
-from fedmekt.wire import federation as fedwire
+from fedmekt.transport.mqtt import LinkOptions, Message, MqttLink, Presence
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import WireError
 from fedmekt.wire.runs import run_order
 from fedmekt.wire.signing import open_signed

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 
-from fedmekt.mqtt import Message, MqttLink
+from fedmekt.transport.mqtt import Message, MqttLink
 from fedmekt.wire.sync import SyncRequest
 from fedmekt.wire.topics import Topics
 

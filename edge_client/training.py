@@ -18,8 +18,8 @@ from safetensors.numpy import load_file
 from fedmekt.artifacts import atomic_write_bytes, tensor_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
-from fedmekt.engine import ClientEngine, RoundPlan, client_view
-from fedmekt.wire.federation import config_key
+from fedmekt.learn.engine import ClientEngine, RoundPlan, client_view
+from fedmekt.wire.manifest import config_key
 from sensors.partition import Normalizer, Partition
 from sensors.store import SampleStore
 

@@ -17,7 +17,7 @@ import onnx
 import torch
 
 from fedmekt.artifacts import atomic_write_bytes
-from fedmekt.model import EncoderClassifier
+from fedmekt.learn.model import EncoderClassifier
 
 OPSET = 17
 INPUT = "x"

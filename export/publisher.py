@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class PackagePublisher:
     """Builds ``out_root/r<round>/`` from the live global model and publishes it (retained) over ``link``.
 
-    ``link`` is a connected :class:`fedmekt.mqtt.MqttLink`; ``every`` = 0 publishes only at the end.
+    ``link`` is a connected :class:`fedmekt.transport.mqtt.MqttLink`; ``every`` = 0 publishes only at the end.
     Every package is bound to ``run`` (the federation run id) in its signed manifest.
     Older package directories are removed once a newer one is published.
     """

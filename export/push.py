@@ -95,7 +95,7 @@ def clear_messages(federation: str, old: Announcement) -> list[tuple[str, bytes]
 
 
 def publish_package(link, federation: str, package_dir: Path, previous: Announcement | None = None) -> Announcement:
-    """Publish a built package through a connected :class:`fedmekt.mqtt.MqttLink` (QoS 1, retained).
+    """Publish a built package through a connected :class:`fedmekt.transport.mqtt.MqttLink` (QoS 1, retained).
 
     Waits for every PUBACK; then clears ``previous``'s chunks if it was another version.
     Returns the announcement to pass as ``previous`` next time.

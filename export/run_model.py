@@ -17,7 +17,7 @@ import torch
 
 from fedmekt.artifacts import FINAL_MODEL, RUN_INFO, RunInfo, atomic_write_bytes, read_run_info, write_run_info
 from fedmekt.errors import UserError
-from fedmekt.model import EncoderClassifier, LinearHead, SplitAutoencoder
+from fedmekt.learn.model import EncoderClassifier, LinearHead, SplitAutoencoder
 
 
 @dataclass

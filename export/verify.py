@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from edge_client.inference import session_options
 from export.run_model import torch_classify
-from fedmekt.model import EncoderClassifier
+from fedmekt.learn.model import EncoderClassifier
 
 LENGTHS = (1, 24, 128, 2000)
 TOLERANCE = 1e-4        # up to WINDOW_LENGTHS steps

@@ -123,7 +123,7 @@ class FederationConfig:
     embedding_noise: float = 0.0      # σ of Gaussian noise clients add to uploaded embeddings (privacy), 0 = off
     robust_aggregation: str = "clip"  # server: "none" (plain mean), "clip" (uploads pulled to within 3x the round's
                                       # median distance from the coordinate-wise median, then the mean) or "trimmed"
-                                      # (coordinate-wise trimmed mean, "clip" when too few to trim); fedmekt/robust.py
+                                      # (coordinate-wise trimmed mean, "clip" when too few to trim); fedmekt/learn/robust.py
     hyper: Hyper = field(default_factory=Hyper)
 
     def __post_init__(self) -> None:
@@ -207,7 +207,7 @@ class FederationConfig:
     def proxy_delivery_for(self, proxy_rows: int) -> str:
         """"once" or "round" for a proxy set of ``proxy_rows`` rows ("none" for the parameter baselines).
 
-        "auto" compares the bytes the run's reports count (fedmekt.accounting: a round's knowledge goes to its
+        "auto" compares the bytes the run's reports count (fedmekt.experiment.accounting: a round's knowledge goes to its
         selected clients): every client gets the set once (float32, as fedmekt.wire sends it), against
         ``proxy_windows`` x ``window`` rows in the wire dtype for each of the ``rounds`` x ``per_round``
         selections. Over MQTT every online client receives each round's knowledge, selected or not, so a

@@ -80,7 +80,7 @@ def load_server_split(cfg, data_dir: Path | None):
 def run(args) -> int:
     from fedmekt.config import load_config
     from fedmekt.errors import UserError
-    from fedmekt.wire.federation import MAX_ROUND_TIMEOUT
+    from fedmekt.wire.manifest import MAX_ROUND_TIMEOUT
     from fedmekt.wire.runs import MAX_EPOCH
     from fedmekt_cli.run_record import RunState
 
@@ -114,10 +114,10 @@ def run(args) -> int:
     except ValueError as exc:
         raise UserError(f"--chunk-kib: {exc}") from None
     from aggregator.service import Aggregator, AggregatorOptions
-    from fedmekt.html_report import write_html_report
-    from fedmekt.reference_rows import raw_features_final
-    from fedmekt.report import write_report
-    from fedmekt.wire import federation as fedwire
+    from fedmekt.observe.html_report import write_html_report
+    from fedmekt.experiment.reference_rows import raw_features_final
+    from fedmekt.observe.report import write_report
+    from fedmekt.wire import manifest as fedwire
     from fedmekt.wire.topics import Topics
     from fedmekt_cli.run_record import RunRecord, masked_url
     from fedmekt_cli.summary import f1_figures, f1_table

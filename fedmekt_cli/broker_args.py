@@ -38,7 +38,7 @@ def add_broker_args(p: argparse.ArgumentParser, required: bool) -> None:
 def check_broker(urls: str) -> None:
     """Refuse a malformed ``--broker`` before anything is imported or connected; a scheme typo gets the URL meant."""
     from fedmekt.errors import UserError
-    from fedmekt.mqtt import BrokerAddress
+    from fedmekt.transport.mqtt import BrokerAddress
     from sensors.datasets import did_you_mean
 
     for url in urls.split(","):
@@ -93,7 +93,7 @@ def link_options(args: argparse.Namespace, client_id: str, username: str | None 
                  session_topic: str | None = None, kick_limit: int = 0, takeover: str = "stop"):
     """LinkOptions from the flags; explicit flags win over the credentials file."""
     from fedmekt.errors import UserError
-    from fedmekt.mqtt import LinkOptions
+    from fedmekt.transport.mqtt import LinkOptions
 
     password, ca_file = args.password, args.ca_file
     if args.credentials is not None:

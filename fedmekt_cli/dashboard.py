@@ -41,8 +41,8 @@ def run(args) -> int:
     if not 0 <= args.http_port <= 65535:
         raise UserError(f"--http-port {args.http_port}: must be 0-65535")
     from fedmekt_cli.broker_args import link_options
-    from fedmekt.dashboard.live import LiveView
-    from fedmekt.dashboard.server import DashboardServer, is_loopback
+    from fedmekt.observe.dashboard.live import LiveView
+    from fedmekt.observe.dashboard.server import DashboardServer, is_loopback
 
     # parses the broker URL: a typo fails before anything binds or connects
     live = LiveView(args.broker, link_options(args, f"dashboard-{time.monotonic_ns()}"), args.federation)

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _mqtt_link(args: argparse.Namespace, federation: str) -> tuple:
     """A connected MqttLink and the topic predictions go to."""
-    from fedmekt.mqtt import MqttLink
+    from fedmekt.transport.mqtt import MqttLink
     from fedmekt.wire.topics import Topics
 
     link = MqttLink(args.broker, link_options(args, args.client_id, username=args.client_id)).connect()

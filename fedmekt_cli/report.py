@@ -19,8 +19,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from fedmekt.errors import UserError
-    from fedmekt.html_report import write_html_report
-    from fedmekt.report import FINAL, render_report
+    from fedmekt.observe.html_report import write_html_report
+    from fedmekt.observe.report import FINAL, render_report
 
     if not (args.run_dir / "metrics.jsonl").is_file():
         raise UserError(f"{args.run_dir / 'metrics.jsonl'} not found "

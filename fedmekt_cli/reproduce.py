@@ -1,8 +1,8 @@
 """``fedmekt reproduce``: the paper's experiments in one process (no broker), with tables and plots.
 
 Every seed draws its own split (test/proxy/labelled/client units) and runs every algorithm on it; results
-go to ``--out`` in the layout of ``fedmekt.report`` (tables and plots are refreshed after every run, so an
-interrupted reproduction keeps what it finished). Each seed also gets the reference rows (``fedmekt.reference_rows``:
+go to ``--out`` in the layout of ``fedmekt.observe.report`` (tables and plots are refreshed after every run, so an
+interrupted reproduction keeps what it finished). Each seed also gets the reference rows (``fedmekt.experiment.reference_rows``:
 raw features, labelled-only, proxy-only, local-only, pooled, supervised-ceiling) on its split, and the tables
 carry every row's paired per-seed difference against mmFedAvg, proxy-only and labelled-only.
 """
@@ -126,10 +126,10 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from fedmekt_cli.run_record import RunRecord
-    from fedmekt.federation import run_inprocess
-    from fedmekt.html_report import write_html_report
-    from fedmekt.reference_rows import reference_finals
-    from fedmekt.report import write_report
+    from fedmekt.experiment.in_process import run_inprocess
+    from fedmekt.observe.html_report import write_html_report
+    from fedmekt.experiment.reference_rows import reference_finals
+    from fedmekt.observe.report import write_report
     from sensors.datasets import load_dataset
     from sensors.splits import make_split, write_manifest
 

@@ -63,7 +63,7 @@ def build_config(args):
     from fedmekt_cli.spelling import parse_ints, parse_pair
     from fedmekt.config import FederationConfig, load_config
     from fedmekt.errors import UserError
-    from fedmekt.wire.federation import MAX_ROUND_TIMEOUT
+    from fedmekt.wire.manifest import MAX_ROUND_TIMEOUT
     from sensors.datasets import dataset_info, resolve_name
 
     base = load_config(args.config).to_dict() if args.config else {}
@@ -90,10 +90,10 @@ def run(args) -> int:
 
     import torch
 
-    from fedmekt.broker import embedded_broker
+    from fedmekt.transport.broker import embedded_broker
     from fedmekt_cli.run_record import RunRecord
-    from fedmekt.html_report import write_html_report
-    from fedmekt.reference_rows import raw_features_final
+    from fedmekt.observe.html_report import write_html_report
+    from fedmekt.experiment.reference_rows import raw_features_final
     from fedmekt_cli.simulation import run_simulation, write_outputs
     from sensors.datasets import load_dataset
     from sensors.splits import make_split, write_manifest

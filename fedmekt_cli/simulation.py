@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from edge_client.sources import fill_store, partition_recordings
 from sensors.store import SampleStore
 from sensors.partition import ClientPartition, FederatedSplit
@@ -99,7 +99,7 @@ def client_store(path: Path, client: ClientPartition, dataset: str, rate_hz: flo
 class Simulation:
     """Everything ``simulate`` produced."""
 
-    result: object  # fedmekt.federation.RunResult
+    result: object  # fedmekt.experiment.in_process.RunResult
     wire: dict
     wall_s: float
     discarded: list[str]
@@ -119,7 +119,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
 
     from aggregator.service import Aggregator, AggregatorOptions
     from edge_client.agent import AgentOptions, EdgeAgent
-    from fedmekt.broker import embedded_broker
+    from fedmekt.transport.broker import embedded_broker
 
     start = time.perf_counter()
     rate_hz = split.manifest["rate_hz"] if rate_hz is None else rate_hz
@@ -181,7 +181,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
 def write_outputs(out: Path, sim: Simulation) -> Path:
     """The reproduce report (tables, plots, JSONL) plus ``wire.json`` with the bytes counted on the wire."""
     from fedmekt.artifacts import atomic_write_bytes
-    from fedmekt.report import write_report
+    from fedmekt.observe.report import write_report
 
     report = write_report(out, [sim.result])
     rows = sim.result.rows

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
 def collect(args) -> dict:
     """Watch the federation's topics for ``args.wait`` seconds; what they say as a plain dict."""
     from fedmekt_cli.broker_args import link_options
-    from fedmekt.federation_view import FederationView
-    from fedmekt.mqtt import MqttLink
+    from fedmekt.observe.live_view import FederationView
+    from fedmekt.transport.mqtt import MqttLink
 
     view = FederationView(args.federation)
     opts = link_options(args, f"status-{time.monotonic_ns()}")

@@ -9,7 +9,7 @@ import statistics
 def f1_figures(result, raw: dict | None = None) -> dict:
     """Per test modality of a ``RunResult``: the deployed model, the final probe, the paper metric (median of the
     last rounds) and the last round's, the raw-feature probe (``raw``: that reference row) and the floor."""
-    from fedmekt.report import LAST_ROUNDS
+    from fedmekt.observe.report import LAST_ROUNDS
 
     pair, final, rows = result.config.pair, result.final, result.rows
     last = rows[-LAST_ROUNDS:]
@@ -29,7 +29,7 @@ def f1_figures(result, raw: dict | None = None) -> dict:
 
 def f1_table(s: dict) -> list[str]:
     """The figures of ``f1_figures`` as aligned lines, one per figure, one column per test modality."""
-    from fedmekt.report import paper_metric_label
+    from fedmekt.observe.report import paper_metric_label
 
     mods = list(s["probe_f1_weighted"])
     rows = [("deployed model, the encoder and head its packages ship", s["deployed_f1_weighted"]),

@@ -1,7 +1,7 @@
 """Total bytes over a run for communication profiles, from the message shapes alone (no training).
 
 Every round's plan (the seeded client selection) is drawn exactly as the run draws it, and each selected
-client's downstream view and upload are sized by the real encoder (``fedmekt.accounting``) from zeros of
+client's downstream view and upload are sized by the real encoder (``fedmekt.experiment.accounting``) from zeros of
 the right shapes; FedMEKT adds the one-off proxy distribution. The totals equal the runner's
 ``bytes_up + bytes_down`` summed over rounds plus ``bytes_proxy_once`` (what ``fedmekt reproduce`` reports),
 so profiles can be compared with mmFedAvg before a run is spent on them (docs/fedmekt-c-selection.md).
@@ -32,10 +32,10 @@ def run_bytes(cfg, split) -> int:
     """Bytes of ``cfg``'s run on ``split``: every round's selected clients' views and uploads, plus the proxy once."""
     import torch
 
-    from fedmekt.accounting import message_bytes, proxy_once_bytes
-    from fedmekt.algorithms import get_algorithm
-    from fedmekt.algorithms.base import Party
-    from fedmekt.engine import ServerEngine, build_model, window_key
+    from fedmekt.experiment.accounting import message_bytes, proxy_once_bytes
+    from fedmekt.learn.algorithms import get_algorithm
+    from fedmekt.learn.algorithms.base import Party
+    from fedmekt.learn.engine import ServerEngine, build_model, window_key
 
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled)
     algorithm = get_algorithm(cfg.algorithm)

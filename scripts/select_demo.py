@@ -66,8 +66,8 @@ def validation_split(split):
 def one(job: tuple[str, int]) -> dict:
     import torch
 
-    from fedmekt.federation import run_inprocess
-    from fedmekt.reference_rows import raw_features_final
+    from fedmekt.experiment.in_process import run_inprocess
+    from fedmekt.experiment.reference_rows import raw_features_final
     from sensors.datasets import load_dataset
     from sensors.splits import make_split
 
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
     args = parser.parse_args()
-    from fedmekt.validation import check_selection_seeds
+    from fedmekt.experiment.validation import check_selection_seeds
 
     seeds = check_selection_seeds(int(s) for s in args.seeds.split(","))
     names = args.candidates.split(",")

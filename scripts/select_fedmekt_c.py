@@ -1,4 +1,4 @@
-"""Choose options on VALIDATION data only, by the protocol of ``fedmekt.validation`` (docs/fedmekt-c-selection.md).
+"""Choose options on VALIDATION data only, by the protocol of ``fedmekt.experiment.validation`` (docs/fedmekt-c-selection.md).
 
 For each selection seed (100 and up, disjoint from the reported seeds 0..4) the split (UR Fall acce-depth,
 or HAPT acce-gyro with ``--dataset hapt``) is drawn as usual and two labelled units (UR Fall: one fall, one
@@ -89,7 +89,7 @@ def load_model(res, labelled):
     """The run's frozen final autoencoder."""
     import torch
 
-    from fedmekt.engine import build_model
+    from fedmekt.learn.engine import build_model
 
     model = build_model(res.config, {m: labelled.modalities[m].shape[1] for m in res.config.pair})
     model.load_state_dict({k[len("autoencoder."):]: torch.from_numpy(v) for k, v in res.model_state.items()
@@ -101,7 +101,7 @@ def cv_score(res, labelled, label_names, folds: list[list[int]]) -> dict[str, fl
     """Cross-validated probe by unit over ALL labelled units (the given folds) on the run's frozen final encoder."""
     import torch
 
-    from fedmekt.validation import cv_probe
+    from fedmekt.experiment.validation import cv_probe
 
     cv = cv_probe(load_model(res, labelled), labelled, res.config, len(label_names), folds, torch.device("cpu"))
     return {f"cv_probe_{m}": v for m, v in cv.items()}
@@ -112,7 +112,7 @@ def validation_split(split, seed: int):
 
     UR Fall: one fall and one ADL recording (so both kinds are validated); other datasets: two subjects.
     """
-    from fedmekt.validation import units_subset
+    from fedmekt.experiment.validation import units_subset
 
     lab = split.labelled
     rng = np.random.default_rng([seed, 77])
@@ -148,8 +148,8 @@ def one(job: tuple) -> dict:
     """One federated run on the validation split, scored by CV over all labelled units and on the validation units."""
     import torch
 
-    from fedmekt.federation import run_inprocess
-    from fedmekt.validation import reported_test_groups, unit_folds
+    from fedmekt.experiment.in_process import run_inprocess
+    from fedmekt.experiment.validation import reported_test_groups, unit_folds
     from sensors.datasets import load_dataset
     from sensors.splits import make_split
 
@@ -186,7 +186,7 @@ def summary(results: list[dict], candidates: list[str], against: str) -> list[st
     The score is the CV probe over all labelled units, or the validation units' probe for a candidate whose
     encoders see labelled inputs (``sees_labelled_inputs``; its reference is then scored the same way).
     """
-    from fedmekt.validation import decide, smallest_detectable
+    from fedmekt.experiment.validation import decide, smallest_detectable
 
     mods = results[0]["modalities"]
 
@@ -217,7 +217,7 @@ def summary(results: list[dict], candidates: list[str], against: str) -> list[st
 
 def main() -> None:
     from fedmekt.errors import UserError
-    from fedmekt.validation import check_selection_seeds
+    from fedmekt.experiment.validation import check_selection_seeds
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ur_fall", help="ur_fall (acce-depth) or hapt (acce-gyro)")

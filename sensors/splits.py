@@ -236,7 +236,7 @@ def make_split(
     ``holdout`` maps "test"/"proxy"/"labelled" to explicit runs or subjects; ``n_div`` overrides the
     dataset's paper division count (UR Fall 10, others 100). ``reserved`` groups are never labelled: a
     validation split keeps the units it scores off every reported seed's test units
-    (``fedmekt.validation.reported_test_groups``).
+    (``fedmekt.experiment.validation.reported_test_groups``).
     """
     if scheme not in SCHEMES:
         raise SplitError(f"scheme must be one of {SCHEMES}, got {scheme!r}")

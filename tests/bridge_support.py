@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmekt.broker import MosquittoProcess, free_port, start_mosquitto
+from fedmekt.transport.broker import MosquittoProcess, free_port, start_mosquitto
 from fedmekt.provisioning.acl import bridge_state_topic
 from fedmekt.provisioning.bridge import BRIDGE_CONF, provision_bridge
 from federation_harness import ProcessFederation

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmekt.broker import MosquittoProcess, start_mosquitto
+from fedmekt.transport.broker import MosquittoProcess, start_mosquitto
 from federation_harness import ProcessFederation
 
 REPO = Path(__file__).resolve().parents[1]

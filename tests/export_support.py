@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from export.run_model import RunModel, load_run_model, one_torch_thread, save_run_model
-from fedmekt.artifacts import RunInfo
-from fedmekt.model import EncoderClassifier, LinearHead, SplitAutoencoder
+from fedmekt.run_info import RunInfo
+from fedmekt.learn.model import EncoderClassifier, LinearHead, SplitAutoencoder
 from sensors.datasets import dataset_info, load_dataset
 from sensors.recording import Recording
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from fedmekt.broker import MosquittoProcess, start_mosquitto
+from fedmekt.transport.broker import MosquittoProcess, start_mosquitto
 from fedmekt.wire.signing import unwrap
 from security_support import SecureBroker, start_secure_broker
 from wait_support import wait_for
@@ -208,7 +208,7 @@ class ProcessFederation:
     def inprocess_probe(self) -> dict[str, float]:
         """The same federation in one process: what an undisturbed run must end with, bit for bit."""
         from fedmekt.config import load_config
-        from fedmekt.federation import run_inprocess
+        from fedmekt.experiment.in_process import run_inprocess
         from sensors.datasets import load_dataset
         from sensors.splits import make_split
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmekt.broker import free_port, wait_for_port
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.broker import free_port, wait_for_port
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from federation_harness import ProcessFederation
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmekt.config import FederationConfig
-from fedmekt.federation import run_inprocess
-from fedmekt.report import write_report
+from fedmekt.experiment.in_process import run_inprocess
+from fedmekt.observe.report import write_report
 from sensors.datasets import load_dataset
 from sensors.splits import make_split
 

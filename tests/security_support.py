@@ -18,7 +18,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from fedmekt.broker import MosquittoProcess, free_port, start_mosquitto
+from fedmekt.transport.broker import MosquittoProcess, free_port, start_mosquitto
 from fedmekt.provisioning import registry as provision
 
 DEVICES = ("c000", "c001", "c002")

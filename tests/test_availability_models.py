@@ -19,7 +19,7 @@ from export.push import publish_package
 from export_support import built_package, signing_keys
 from fault_ledger import record
 from federation_harness import ProcessFederation
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from test_infer_service import pump
 
 pytestmark = pytest.mark.broker

@@ -21,7 +21,7 @@ import pytest
 
 from fault_ledger import record
 from federation_harness import ProcessFederation
-from fedmekt.wire import federation as fedwire
+from fedmekt.wire import manifest as fedwire
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 

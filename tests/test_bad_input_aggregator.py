@@ -31,7 +31,7 @@ from safetensors.numpy import save as st_save
 
 from fault_ledger import record
 from fedmekt.config import FederationConfig
-from fedmekt.mqtt import Message
+from fedmekt.transport.mqtt import Message
 from fedmekt.wire.codec import PREFIX, WireError, WireLimits, encode, frame_body, parse_frame
 
 LIMITS = WireLimits(chunk_size=16 * 1024)  # several frames per upload: room for missing / duplicate chunks
@@ -53,7 +53,7 @@ def _split_and_cfg():
 def new_aggregator(tmp: Path, round_: int = 1):
     """An Aggregator with its engine, every client online and the plan of round ``round_`` (not opened yet)."""
     from aggregator.service import Aggregator, AggregatorOptions
-    from fedmekt.engine import ServerEngine
+    from fedmekt.learn.engine import ServerEngine
 
     split, cfg = _split_and_cfg()
     agg = Aggregator(cfg, split, "mqtt://127.0.0.1:1", AggregatorOptions(out=tmp, limits=LIMITS, progress=False))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fault_ledger import record
-from fedmekt.broker import free_port
+from fedmekt.transport.broker import free_port
 from fedmekt_cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[1]

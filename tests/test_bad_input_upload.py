@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from fault_ledger import record
 from fedmekt.config import FederationConfig
-from fedmekt.engine import RoundPlan, ServerEngine
+from fedmekt.learn.engine import RoundPlan, ServerEngine
 
 MODS = [("acce",), ("gyro",), ("acce", "gyro")]
 CASES = settings(deadline=None, max_examples=1500, suppress_health_check=[HealthCheck.too_slow])

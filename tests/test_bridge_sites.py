@@ -26,9 +26,9 @@ import pytest
 
 from bridge_support import BridgedFederation
 from fault_ledger import record
-from fedmekt.broker import free_port, start_mosquitto
+from fedmekt.transport.broker import free_port, start_mosquitto
 from fedmekt.errors import UserError
-from fedmekt.mqtt import BrokerAddress
+from fedmekt.transport.mqtt import BrokerAddress
 from fedmekt.provisioning.acl import Login, render_acl
 from fedmekt.provisioning.bridge import BRIDGE_CONF, LAB_CA, provision_bridge, render_bridge
 from fedmekt.wire.signing import unwrap

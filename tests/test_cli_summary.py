@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmekt.report import paper_metric_label
+from fedmekt.observe.report import paper_metric_label
 
 pytestmark = pytest.mark.broker
 SCRIPT = Path(sys.executable).with_name("fedmekt")

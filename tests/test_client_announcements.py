@@ -9,9 +9,9 @@ import time
 import pytest
 
 from edge_client.agent import AgentOptions, EdgeAgent
-from fedmekt.engine import RoundPlan
-from fedmekt.mqtt import Message
-from fedmekt.wire import federation as fedwire
+from fedmekt.learn.engine import RoundPlan
+from fedmekt.transport.mqtt import Message
+from fedmekt.wire import manifest as fedwire
 from sensors.store import SampleStore
 from tests.core_support import tiny_config, tiny_split
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmekt.client_pool import WorkerClients
+from fedmekt.experiment.client_pool import WorkerClients
 from fedmekt.config import FederationConfig, Hyper
-from fedmekt.engine import RoundPlan
-from fedmekt.federation import run_inprocess
+from fedmekt.learn.engine import RoundPlan
+from fedmekt.experiment.in_process import run_inprocess
 from sensors.datasets import load_dataset
 from sensors.splits import make_split
 

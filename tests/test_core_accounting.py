@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmekt.accounting import client_message_bytes, message_bytes
-from fedmekt.engine import ServerEngine
-from fedmekt.federation import run_inprocess
+from fedmekt.experiment.accounting import client_message_bytes, message_bytes
+from fedmekt.learn.engine import ServerEngine
+from fedmekt.experiment.in_process import run_inprocess
 from fedmekt.wire.codec import encode
 from tests.core_support import tiny_config, tiny_split
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedmekt.algorithms.base import epoch_steps, private_epoch
+from fedmekt.learn.algorithms.base import epoch_steps, private_epoch
 from fedmekt.config import FederationConfig
-from fedmekt.engine import ClientEngine, ServerEngine, client_view
+from fedmekt.learn.engine import ClientEngine, ServerEngine, client_view
 from fedmekt.errors import UserError
-from fedmekt.federation import run_inprocess
+from fedmekt.experiment.in_process import run_inprocess
 from sensors.datasets import load_dataset
 from sensors.partition import Partition
 from sensors.splits import make_split
@@ -185,8 +185,8 @@ def test_the_default_classifier_budget_never_binds_on_the_datasets_we_ship_or_re
 
 
 def test_the_classifier_walk_takes_at_most_its_budget(split):
-    from fedmekt.evaluation import train_classifier_round
-    from fedmekt.model import LinearHead
+    from fedmekt.learn.evaluation import train_classifier_round
+    from fedmekt.learn.model import LinearHead
 
     def steps(budget: int) -> int:
         cfg = _with_hyper(tiny_config("fedmekt-c"), classifier_epochs=1, classifier_step_budget=budget,

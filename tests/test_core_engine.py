@@ -11,9 +11,9 @@ import torch
 from safetensors.numpy import load, save
 
 from fedmekt.config import ALGORITHMS, FederationConfig, load_config
-from fedmekt.engine import ClientEngine, RoundPlan, ServerEngine, client_view, wire_cast
+from fedmekt.learn.engine import ClientEngine, RoundPlan, ServerEngine, client_view, wire_cast
 from fedmekt.errors import UserError
-from fedmekt.federation import run_inprocess
+from fedmekt.experiment.in_process import run_inprocess
 from tests.core_support import tiny_config, tiny_split
 
 
@@ -268,7 +268,7 @@ def test_server_proxy_walk_trains_more_on_the_proxy_set_and_sends_the_same(split
 
 def test_relational_kd_server_averages_each_clients_structure_not_their_embeddings():
     """With kd = relational the server folds every upload's [W, W] similarity structure into its mean."""
-    from fedmekt.losses import relation
+    from fedmekt.learn.losses import relation
 
     split = tiny_split()
     cfg = tiny_config("fedmekt-c", hyper=replace(tiny_config().hyper, kd="relational"))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedmekt.engine import ServerEngine
-from fedmekt.evaluation import chunk_bounds, encode_rows
-from fedmekt.model import SplitAutoencoder
+from fedmekt.learn.engine import ServerEngine
+from fedmekt.learn.evaluation import chunk_bounds, encode_rows
+from fedmekt.learn.model import SplitAutoencoder
 from tests.core_support import tiny_config, tiny_split
 
 
@@ -45,7 +45,7 @@ def test_final_evaluation_reports_probe_metrics_and_majority_floor():
     for m in cfg.pair:
         assert final[f"probe_train_loss_{m}"] < np.log(len(split.label_names))
     # the floor on the per-round curve's own metric: the same constant, chunk-averaged like the curve
-    from fedmekt.evaluation import paper_metric
+    from fedmekt.learn.evaluation import paper_metric
 
     constant = np.full_like(split.test.labels, final["majority_class"])
     assert final["majority_f1_paper"] == paper_metric(split.test.labels, constant, len(split.label_names),
@@ -57,7 +57,7 @@ def test_deployed_figures_are_the_shipped_head_on_each_encoder():
     """final_evaluation scores the head the packages ship, per modality, on the same test rows as the probe."""
     import torch
 
-    from fedmekt.evaluation import chunk_bounds, encode_rows, f1_scores
+    from fedmekt.learn.evaluation import chunk_bounds, encode_rows, f1_scores
 
     split = tiny_split()
     cfg = tiny_config("mmfedavg")

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedmekt.algorithms.base import inputs_only
+from fedmekt.learn.algorithms.base import inputs_only
 from fedmekt.config import FederationConfig
 from fedmekt.errors import UserError
-from fedmekt.federation import run_inprocess
-from fedmekt.losses import alignment_loss, distillation_loss, embedding_mse, kd_loss
+from fedmekt.experiment.in_process import run_inprocess
+from fedmekt.learn.losses import alignment_loss, distillation_loss, embedding_mse, kd_loss
 from tests.core_support import tiny_config, tiny_split
 
 
@@ -100,7 +100,7 @@ def test_bad_learner_options_are_one_line_errors(bad):
 
 
 def test_upload_weight_by_rounds_counts_each_clients_past_and_survives_a_checkpoint(split):
-    from fedmekt.engine import ServerEngine
+    from fedmekt.learn.engine import ServerEngine
 
     uniform, weighted = _run(split, rounds=3), _run(split, rounds=3, hyper={"upload_weight": "rounds"})
     learning = lambda r: {k: v for k, v in r.items() if k != "wall_s"}  # noqa: E731

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedmekt.evaluation import f1_scores
-from fedmekt.losses import (
+from fedmekt.learn.evaluation import f1_scores
+from fedmekt.learn.losses import (
     classifier_loss, embedding_mse, kd_loss, moon_loss, prox_term, reconstruction_loss, reversed_mse,
 )
-from fedmekt.streaming import StreamingMean
+from fedmekt.learn.streaming import StreamingMean
 
 
 def _t(*shape, seed=0, grad=False):
@@ -119,7 +119,7 @@ def test_embedding_mse_is_batchmean_scaled_and_trains_the_student():
 
 
 def test_relation_ignores_rotation_scale_and_width_of_the_latent_space():
-    from fedmekt.losses import relation
+    from fedmekt.learn.losses import relation
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(6, 5, 4, generator=g)
@@ -130,7 +130,7 @@ def test_relation_ignores_rotation_scale_and_width_of_the_latent_space():
 
 
 def test_relational_kd_vanishes_on_equal_structures_and_trains_the_student_only():
-    from fedmekt.losses import distillation_loss, relation, relational_kd
+    from fedmekt.learn.losses import distillation_loss, relation, relational_kd
 
     g = torch.Generator().manual_seed(1)
     teacher = torch.randn(8, 4, 2, generator=g)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from core_support import tiny_config, tiny_split
-from fedmekt.engine import ClientEngine, ServerEngine, client_view, window_key
-from fedmekt.federation import run_inprocess
-from fedmekt.wire import federation as fedwire
+from fedmekt.learn.engine import ClientEngine, ServerEngine, client_view, window_key
+from fedmekt.experiment.in_process import run_inprocess
+from fedmekt.wire import manifest as fedwire
 
 
 def _run(delivery: str, **kw):

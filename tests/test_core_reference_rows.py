@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedmekt.engine import ClientEngine, ServerEngine, client_view
-from fedmekt.reference_rows import REFERENCES, optimizer_steps, reference_finals, server_optimizer_steps
+from fedmekt.learn.engine import ClientEngine, ServerEngine, client_view
+from fedmekt.experiment.reference_rows import REFERENCES, optimizer_steps, reference_finals, server_optimizer_steps
 from tests.core_support import tiny_config, tiny_split
 
 

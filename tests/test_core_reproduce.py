@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 from fedmekt.artifacts import read_run_info
 from fedmekt_cli.main import main
-from fedmekt.reference_rows import REFERENCES
+from fedmekt.experiment.reference_rows import REFERENCES
 
 TINY = """
 hidden = 8
@@ -106,7 +106,7 @@ def test_report_on_a_folder_without_results_is_one_line_exit_2(tmp_path, capsys)
 
 
 def test_rep_size_flag_sets_r_for_every_algorithm_and_names_the_variant():
-    from fedmekt.federation import variant_label
+    from fedmekt.experiment.in_process import variant_label
     from fedmekt_cli.main import build_parser
     from fedmekt_cli.reproduce import build_configs
 

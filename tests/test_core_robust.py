@@ -1,12 +1,12 @@
-"""Upload magnitude bounds and the robust means (fedmekt/robust.py) on hand-made uploads."""
+"""Upload magnitude bounds and the robust means (fedmekt/learn/robust.py) on hand-made uploads."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fedmekt import robust
-from fedmekt.streaming import StreamingMean
+from fedmekt.learn import robust
+from fedmekt.learn.streaming import StreamingMean
 
 
 def test_magnitude_rejects_huge_and_nonfinite_uploads_and_accepts_honest_ones():

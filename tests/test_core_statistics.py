@@ -7,7 +7,7 @@ import math
 import pytest
 
 from fedmekt.errors import UserError
-from fedmekt.statistics import paired_difference
+from fedmekt.experiment.statistics import paired_difference
 
 T_975_DF2 = 4.302652729911275   # Student t quantile 0.975, 2 degrees of freedom (tables)
 
@@ -55,7 +55,7 @@ def _final(variant, seed, acce, reference=False):
 
 
 def test_report_pairs_every_row_with_mmfedavg_by_seed():
-    from fedmekt.report import paired_differences, render_markdown, summarize
+    from fedmekt.observe.report import paired_differences, render_markdown, summarize
 
     base, algo, raw = [0.60, 0.70, 0.65], [0.64, 0.72, 0.70], [0.50, 0.55, 0.52]
     finals = ([_final("mmfedavg", s, v) for s, v in enumerate(base)] + [_final("fedmekt-c", s, v) for s, v in
@@ -77,7 +77,7 @@ def test_report_pairs_every_row_with_mmfedavg_by_seed():
 
 
 def _paired(finals):
-    from fedmekt.report import paired_differences
+    from fedmekt.observe.report import paired_differences
 
     return paired_differences([], finals)
 

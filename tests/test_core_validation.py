@@ -1,4 +1,4 @@
-"""The selection protocol (fedmekt.validation): disjoint seeds, folds by unit, the paired adoption rule."""
+"""The selection protocol (fedmekt.experiment.validation): disjoint seeds, folds by unit, the paired adoption rule."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedmekt.engine import build_model
+from fedmekt.learn.engine import build_model
 from fedmekt.errors import UserError
-from fedmekt.validation import check_selection_seeds, cv_probe, decide, smallest_detectable, unit_folds, units_subset
+from fedmekt.experiment.validation import check_selection_seeds, cv_probe, decide, smallest_detectable, unit_folds, units_subset
 from sensors.partition import Partition
 from tests.core_support import synthetic_recordings, tiny_config
 
@@ -60,7 +60,7 @@ def test_cv_probe_scores_every_held_out_unit_with_a_head_fitted_on_the_others():
 
 
 def test_selection_splits_score_no_reported_test_unit(data_dir):
-    from fedmekt.validation import reported_test_groups
+    from fedmekt.experiment.validation import reported_test_groups
     from sensors.datasets import load_dataset
     from sensors.splits import make_split
 

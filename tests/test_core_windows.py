@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmekt.algorithms.base import private_epoch
+from fedmekt.learn.algorithms.base import private_epoch
 from fedmekt.errors import UserError
 from sensors.partition import Partition
 from tests.core_support import tiny_config

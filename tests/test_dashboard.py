@@ -23,10 +23,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from fedmekt.dashboard.live import LiveView
-from fedmekt.dashboard.server import DashboardServer
-from fedmekt.mqtt import LinkOptions
-from fedmekt.wire import federation as fedwire
+from fedmekt.observe.dashboard.live import LiveView
+from fedmekt.observe.dashboard.server import DashboardServer
+from fedmekt.transport.mqtt import LinkOptions
+from fedmekt.wire import manifest as fedwire
 from federation_harness import _cmd
 
 pytestmark = pytest.mark.broker

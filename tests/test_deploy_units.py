@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from export_support import signing_keys
-from fedmekt.broker import free_port
-from fedmekt.wire import federation as fedwire
+from fedmekt.transport.broker import free_port
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.topics import Topics
 from security_support import connect
 

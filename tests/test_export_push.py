@@ -14,7 +14,7 @@ from export.package import (MANIFEST, Manifest, generate_keypair, load_private_k
 from export.push import CHUNK_BYTES, Announcement, PackageReceiver, package_messages, publish_package
 from export.package import verify_package
 from export_support import built_package, signing_keys, trained_run
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.wire.topics import Topics
 
 FED = "test-hapt"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedmekt.config import load_config
-from fedmekt.federation import run_inprocess
+from fedmekt.experiment.in_process import run_inprocess
 from sensors.datasets import load_dataset
 from sensors.splits import make_split
 

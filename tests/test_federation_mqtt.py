@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from core_support import tiny_config, tiny_split
-from fedmekt.broker import AmqttBroker
-from fedmekt.federation import run_inprocess
-from fedmekt.mqtt import LinkOptions, MqttLink, Presence
+from fedmekt.transport.broker import AmqttBroker
+from fedmekt.experiment.in_process import run_inprocess
+from fedmekt.transport.mqtt import LinkOptions, MqttLink, Presence
 from fedmekt_cli.simulation import run_simulation, write_outputs
-from fedmekt.wire import federation as fedwire
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import encode
 from fedmekt.wire.topics import Topics
 

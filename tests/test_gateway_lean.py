@@ -16,7 +16,7 @@ if sys.argv[1] == "lean":
     applied = lean_process()
 else:
     applied = {}
-from fedmekt.engine import ClientEngine, ServerEngine, client_view
+from fedmekt.learn.engine import ClientEngine, ServerEngine, client_view
 from tests.core_support import tiny_config, tiny_split
 split, cfg = tiny_split(), tiny_config()
 server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled)

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from fedmekt.inbox import Inbox
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.inbox import Inbox
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from wait_support import wait_for
 
 

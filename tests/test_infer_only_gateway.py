@@ -21,8 +21,8 @@ from export.install import ModelStore
 from export.package import load_private_key, load_public_key
 from export.push import publish_package
 from export_support import bound_copy, built_package, signing_keys, trained_run
-from fedmekt.mqtt import LinkOptions, MqttLink
-from fedmekt.wire import federation as fedwire
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.runs import new_run_id
 from fedmekt.wire.signing import sign
 from fedmekt.wire.topics import Topics
@@ -154,7 +154,7 @@ def test_follower_trusts_only_signed_manifests_of_newer_runs(mosquitto, data_dir
     from edge_client.follower import FollowerOptions, InferenceGateway
     from edge_client.inference import ModelService
     from edge_client.sources import open_source
-    from fedmekt.broker import free_port
+    from fedmekt.transport.broker import free_port
 
     private, public = signing_keys(tmp_path_factory)
     key, pub = load_private_key(private), load_public_key(public)

@@ -12,7 +12,7 @@ from edge_client.inference import ModelService
 from export.package import MANIFEST, Manifest, generate_keypair, load_private_key, load_public_key, sign_package
 from export.push import publish_package
 from export_support import built_package, signing_keys, trained_run
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from sensors.recording import SampleBatch
 
 

@@ -17,7 +17,7 @@ from export.package import load_public_key
 from export.run_model import torch_classify
 from export_support import REPO, WINDOW, built_package, signing_keys, trained_run
 from fedmekt_cli.main import main
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from sensors.sources import ReplaySource
 
 

@@ -23,7 +23,7 @@ from export.package import MANIFEST, Manifest, generate_keypair, load_public_key
 from export.push import publish_package
 from export_support import built_package, signing_keys
 from federation_harness import ProcessFederation
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.wire.topics import Topics
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import MAX_HEADER, WireLimits, encode

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from fedmekt.broker import AmqttBroker, free_port, start_mosquitto
+from fedmekt.transport.broker import AmqttBroker, free_port, start_mosquitto
 from fedmekt.errors import UserError
-from fedmekt.mqtt import BrokerAddress, LinkOptions, MqttLink, Presence
+from fedmekt.transport.mqtt import BrokerAddress, LinkOptions, MqttLink, Presence
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireLimits, decode_body, encode
 from fedmekt.wire.topics import Topics

@@ -64,7 +64,7 @@ def test_nats_cluster_node_killed_mid_run_clients_fail_over(nats_federation):
 def test_nats_cluster_retained_message_reaches_other_nodes_and_outlives_its_node(tmp_path):
     """What the protocol's late joiners rely on: a retained message published on one node is served by
     the others (JetStream replicates it), also after the node it was published on is gone."""
-    from fedmekt.mqtt import LinkOptions, MqttLink
+    from fedmekt.transport.mqtt import LinkOptions, MqttLink
 
     cluster = NatsCluster(tmp_path / "nats").start()
     try:

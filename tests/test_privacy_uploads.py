@@ -26,7 +26,7 @@ from federation_harness import ProcessFederation
 from fedmekt.config import load_config
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireLimits, decode_body, encode, parse_frame
-from fedmekt.wire.federation import Status
+from fedmekt.wire.manifest import Status
 from fedmekt.wire.sync import SyncRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]

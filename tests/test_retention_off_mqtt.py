@@ -12,10 +12,10 @@ import time
 import pytest
 
 from core_support import tiny_config, tiny_split
-from fedmekt.broker import start_mosquitto
+from fedmekt.transport.broker import start_mosquitto
 from fedmekt.errors import UserError
-from fedmekt.federation import run_inprocess
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.experiment.in_process import run_inprocess
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.wire.sync import SyncRequest
 from fedmekt.wire.topics import Topics
 from fedmekt_cli.simulation import run_simulation

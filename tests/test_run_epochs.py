@@ -1,6 +1,6 @@
 """The run counter that orders federation runs without clocks: issued and persisted by the aggregator
 (fedmekt/run_counter.py), kept as a floor by each gateway (edge_client/trust.py), and round deadlines
-counted from receipt (fedmekt/wire/federation.py)."""
+counted from receipt (fedmekt/wire/manifest.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fedmekt.run_counter import epoch_file, next_epoch, read_epoch
 from aggregator.service import Aggregator, AggregatorOptions
 from edge_client.trust import TRUST_FILE, RunTrust
 from fedmekt.errors import UserError
-from fedmekt.wire import federation as fedwire
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import WireError
 from fedmekt.wire.runs import new_run_id, run_epoch, run_order
 

@@ -20,7 +20,7 @@ import pytest
 
 from fedmekt.wire.topics import Topics
 from fault_ledger import record
-from fedmekt.broker import free_port
+from fedmekt.transport.broker import free_port
 from security_support import Probe, SecureBroker, connect, provision, start_rendered_broker, start_secure_broker
 
 pytestmark = pytest.mark.broker
@@ -198,7 +198,7 @@ def test_provision_cli_revokes_a_device(secure):
 def test_fedmekt_mqtt_link_uses_tls_credentials_and_presence(secure):
     """The project's own MqttLink (what aggregator and clients use) works with the provisioned bundle."""
     from fedmekt.errors import UserError
-    from fedmekt.mqtt import LinkOptions, MqttLink, Presence
+    from fedmekt.transport.mqtt import LinkOptions, MqttLink, Presence
 
     monitor = login(secure, "monitor")
     monitor.subscribe(T.status_all)
@@ -213,7 +213,7 @@ def test_fedmekt_mqtt_link_uses_tls_credentials_and_presence(secure):
     bad = LinkOptions(client_id="c002", username="c002", password="guess", ca_file=str(secure.ca))
     with pytest.raises(UserError, match="refused"):
         MqttLink(url, bad).connect(timeout=10)
-    record("attack", "wrong password through fedmekt.mqtt")
+    record("attack", "wrong password through fedmekt.transport.mqtt")
 
 
 def _accepts(address: str, port: int) -> bool:

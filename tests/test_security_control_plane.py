@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core_support import tiny_config, tiny_split
 from fault_ledger import record
-from fedmekt.federation import run_inprocess
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.experiment.in_process import run_inprocess
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt_cli.simulation import run_simulation
-from fedmekt.wire import federation as fedwire
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import WireError, decode_body, decode_single, encode, frame_body, parse_frame
 from fedmekt.wire.runs import new_run_id, run_order

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmekt.mqtt import LinkOptions, MqttLink
-from fedmekt.wire import federation as fedwire
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.topics import Topics
 from test_bad_input_aggregator import open_round, snapshot, upload_frames
 

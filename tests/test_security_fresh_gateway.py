@@ -27,11 +27,11 @@ from edge_client.sources import open_source
 from export.package import load_private_key, load_public_key
 from export.push import publish_package
 from export_support import bound_copy, built_package, signing_keys
-from fedmekt.broker import free_port
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.broker import free_port
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.provisioning import registry
 from fedmekt.run_counter import next_epoch
-from fedmekt.wire import federation as fedwire
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.runs import new_run_id, run_epoch
 from fedmekt.wire.signing import sign, unwrap
 from fedmekt.wire.topics import Topics

@@ -25,10 +25,10 @@ import pytest
 from export.push import CHUNK_BYTES
 from fault_ledger import record
 from fedmekt.errors import UserError
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.provisioning.registry import render_conf
 from fedmekt.wire.codec import DEFAULT_CHUNK_SIZE
-from fedmekt.wire.federation import MAX_CONTROL
+from fedmekt.wire.manifest import MAX_CONTROL
 from fedmekt.wire.topics import Topics
 from security_support import SecureBroker, connect, provision, start_secure_broker
 from wait_support import wait_for

@@ -23,9 +23,9 @@ from export.package import MANIFEST, Manifest, load_private_key, load_public_key
 from export.push import publish_package
 from export_support import built_package, signing_keys
 from fault_ledger import record
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt_cli.simulation import client_store
-from fedmekt.wire import federation as fedwire
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.runs import new_run_id
 from fedmekt.wire.signing import sign
 from fedmekt.wire.topics import Topics

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from fedmekt.errors import UserError
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.provisioning.passwords import ITERATIONS
 from fedmekt.wire.topics import Topics
 from security_support import SecureBroker, provision, start_secure_broker

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_client.training import LocalTrainer
-from fedmekt.engine import ClientEngine, ServerEngine, client_view
+from fedmekt.learn.engine import ClientEngine, ServerEngine, client_view
 from fedmekt.config import Hyper
 from sensors.partition import Normalizer, Partition
 from sensors.recording import SampleBatch

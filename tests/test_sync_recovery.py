@@ -9,7 +9,7 @@ import pytest
 
 import edge_client.sync as sync_module
 from edge_client.sync import SyncClient
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.wire.sync import SyncRequest
 from fedmekt.wire.topics import Topics
 from wait_support import wait_for

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core_support import tiny_config, tiny_split
-from fedmekt.wire import federation as fedwire
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import WireError, WireLimits
 
 

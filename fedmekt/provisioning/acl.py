@@ -40,7 +40,7 @@ def _device_rules(fed: str, me: str) -> list[str]:
     return [f"topic write {mine}/status",
             f"topic write {mine}/upload/+/+",  # upload/<round>/<chunk>, nothing deeper
             f"topic write {mine}/inference",
-            f"topic readwrite {mine}/session",  # the session token (fedmekt.mqtt): a second session is seen
+            f"topic readwrite {mine}/session",  # the session token (fedmekt.transport.mqtt): a second session is seen
             f"topic write {mine}/sync",  # what it holds, on every (re)connect (fedmekt/wire/sync.py)
             f"topic read {mine}/status",
             f"topic read {mine}/reply/#",  # the aggregator's answer

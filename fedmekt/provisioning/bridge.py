@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from fedmekt.errors import UserError
-from fedmekt.mqtt import BrokerAddress
+from fedmekt.transport.mqtt import BrokerAddress
 from fedmekt.provisioning.acl import Login, bridge_state_topic, rules
 from fedmekt.provisioning.registry import CREDENTIALS, Deployment, _write, add, shipped_conf
 

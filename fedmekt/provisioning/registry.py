@@ -31,7 +31,7 @@ from fedmekt.provisioning import pki
 from fedmekt.provisioning.acl import ALL_FEDERATIONS, ROLES, Login, render_acl
 from fedmekt.provisioning.passwords import hash_line
 from fedmekt.run_counter import epoch_file, read_epoch
-from fedmekt.wire.federation import AGGREGATOR_ID
+from fedmekt.wire.manifest import AGGREGATOR_ID
 from fedmekt.wire.runs import MAX_EPOCH
 
 SHIPPED_DIR = "/etc/mosquitto/fedmekt"  # the paths in the shipped template

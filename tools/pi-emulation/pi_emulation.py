@@ -404,7 +404,7 @@ def run_round(root: EmulatedRoot, plan: Plan) -> dict:
     """Aggregator and mosquitto on the host, the gateways in the root; per CPU model the round's times."""
     import paho.mqtt.client as mqtt
 
-    from fedmekt.broker import start_mosquitto
+    from fedmekt.transport.broker import start_mosquitto
     from fedmekt.errors import UserError
 
     work = plan.work

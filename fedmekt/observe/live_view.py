@@ -15,8 +15,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from fedmekt.mqtt import Message
-from fedmekt.wire import federation as fedwire
+from fedmekt.transport.mqtt import Message
+from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import _ID as WIRE_ID
 from fedmekt.wire.codec import WireError
 from fedmekt.wire.signing import unwrap

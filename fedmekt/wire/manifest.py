@@ -253,7 +253,7 @@ class Announcement:
 
     def round_plan(self):
         """The validated RoundPlan (WireError on anything malformed)."""
-        from fedmekt.engine import RoundPlan
+        from fedmekt.learn.engine import RoundPlan
 
         try:
             return RoundPlan.from_json(self.plan)

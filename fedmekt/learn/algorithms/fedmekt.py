@@ -24,11 +24,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedmekt.algorithms.base import (
+from fedmekt.learn.algorithms.base import (
     Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, epoch_steps, exchanged_layers,
     inputs_only, private_epoch, reconstruct, to_numpy,
 )
-from fedmekt.losses import alignment_loss, distillation_loss, reconstruction_loss, relation, reversed_mse
+from fedmekt.learn.losses import alignment_loss, distillation_loss, reconstruction_loss, relation, reversed_mse
 from sensors.partition import Partition
 
 

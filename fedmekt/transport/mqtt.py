@@ -54,7 +54,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fedmekt.errors import UserError
-from fedmekt.inbox import Inbox
+from fedmekt.transport.inbox import Inbox
 
 log = logging.getLogger(__name__)
 V5_PROBE_S = 3.0
@@ -123,7 +123,7 @@ class LinkOptions:
     reconnect_max: float = 60.0
     max_queued: int = 1000  # outgoing messages paho may hold
     inbox: int = 2000  # incoming messages waiting for the application
-    inbox_bytes: int = 64 * 2**20  # and their payload bytes (fedmekt.inbox: a full inbox pushes back on the broker)
+    inbox_bytes: int = 64 * 2**20  # and their payload bytes (fedmekt.transport.inbox: a full inbox pushes back on the broker)
     session_topic: str | None = None  # retained token topic that detects a second session of this login
     retain: bool = True  # False: the broker has retained messages off (MQTT 5 brokers also say so themselves)
     kick_limit: int = 0  # > 0: that many established connections lost within KICK_WINDOW_S are a takeover by a

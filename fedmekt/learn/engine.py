@@ -27,17 +27,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedmekt import robust
-from fedmekt.algorithms import get_algorithm
-from fedmekt.algorithms.base import (
+from fedmekt.learn import robust
+from fedmekt.learn.algorithms import get_algorithm
+from fedmekt.learn.algorithms.base import (
     ModuleOptimizers, Party, Projections, ProxyWindows, Tensors, check_tensors, load_optimizer_arrays,
     optimizer_arrays, to_numpy,
 )
-from fedmekt.artifacts import RunInfo
+from fedmekt.run_info import RunInfo
 from fedmekt.config import FederationConfig
-from fedmekt.evaluation import deployed_scores, linear_probe, paper_probe, train_classifier_round
-from fedmekt.model import LinearHead, SplitAutoencoder
-from fedmekt.streaming import StreamingMean
+from fedmekt.learn.evaluation import deployed_scores, linear_probe, paper_probe, train_classifier_round
+from fedmekt.learn.model import LinearHead, SplitAutoencoder
+from fedmekt.learn.streaming import StreamingMean
 from sensors.partition import Normalizer, Partition
 from sensors.windowing import window_starts
 
@@ -228,7 +228,7 @@ class ServerEngine:
         """Validate one client's upload (shapes, magnitudes) and fold it into the round's mean.
 
         The streaming mean (``robust_aggregation = "none"``) is O(1) in #clients; "clip" and "trimmed" hold
-        every upload of the round (fedmekt/robust.py).
+        every upload of the round (fedmekt/learn/robust.py).
         """
         if self._mean is None:
             raise RuntimeError("absorb() before begin_round()")

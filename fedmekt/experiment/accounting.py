@@ -50,9 +50,9 @@ def client_message_bytes(cfg, channels: dict[str, int], modalities: tuple[str, .
     """
     import torch
 
-    from fedmekt.algorithms import get_algorithm
-    from fedmekt.algorithms.base import Party
-    from fedmekt.engine import build_model
+    from fedmekt.learn.algorithms import get_algorithm
+    from fedmekt.learn.algorithms.base import Party
+    from fedmekt.learn.engine import build_model
 
     party = Party(cfg, build_model(cfg, channels), None, None, torch.device("cpu"), tuple(modalities))
     spec = get_algorithm(cfg.algorithm).upload_spec(party, tuple(modalities), cfg.proxy_windows)

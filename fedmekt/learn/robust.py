@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from fedmekt.streaming import StreamingMean
+from fedmekt.learn.streaming import StreamingMean
 
 REJECT_FACTOR = 100.0
 REJECT_FLOOR = 1.0

@@ -15,9 +15,9 @@ import multiprocessing as mp
 import traceback
 from multiprocessing.connection import Connection
 
-from fedmekt.algorithms.base import Tensors
+from fedmekt.learn.algorithms.base import Tensors
 from fedmekt.config import FederationConfig
-from fedmekt.engine import ClientEngine, RoundPlan
+from fedmekt.learn.engine import ClientEngine, RoundPlan
 from sensors.partition import ClientPartition, Partition
 
 

@@ -6,8 +6,8 @@ import logging
 import threading
 import time
 
-from fedmekt.federation_view import FederationView
-from fedmekt.mqtt import LinkOptions, MqttLink
+from fedmekt.observe.live_view import FederationView
+from fedmekt.transport.mqtt import LinkOptions, MqttLink
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What every algorithm step works on: a party (model + per-module optimizers), data batches, key names.
 
-Algorithms are written as client-side and server-side steps with no I/O (``fedmekt.engine`` owns the
+Algorithms are written as client-side and server-side steps with no I/O (``fedmekt.learn.engine`` owns the
 state and the wire). Shared decisions documented here once:
 
 * Freezing (O5/O6): one Adam per sub-module (``encoders.<m>``, ``decoders.<m>``); every step clears all
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fedmekt.config import FederationConfig
-from fedmekt.model import SplitAutoencoder
+from fedmekt.learn.model import SplitAutoencoder
 from sensors.partition import Partition
 from sensors.windowing import gather_windows, paper_crop_length, random_crops
 

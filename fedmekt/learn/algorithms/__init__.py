@@ -5,7 +5,7 @@ Fixed (always):
 * B1 one split per seed (``sensors.splits.make_split``) shared by every party; test/proxy/labelled/clients
   are disjoint by unit. B5: the labelled set is held out from the client pool. B6: z-scores use client-pool
   statistics. B7/B8: handled by the sensors readers.
-* B2 client embeddings are averaged per modality over the clients holding it (``fedmekt.streaming``).
+* B2 client embeddings are averaged per modality over the clients holding it (``fedmekt.learn.streaming``).
 * B3 per round one set of proxy windows Π_t (start rows in the plan, fixed length ``window``) is used for the
   downstream knowledge, the client's KD, the upload and the server's distillation.
 * B4 a fresh seeded client draw every round (``ServerEngine.plan_round``).
@@ -25,9 +25,9 @@ distillation epoch (``server_proxy_walk``, default on; docs/fedmekt-c-selection.
 
 from __future__ import annotations
 
-from fedmekt.algorithms.base import Algorithm
-from fedmekt.algorithms.fedmekt import FedMEKT
-from fedmekt.algorithms.mmfl import MultimodalFedAvg
+from fedmekt.learn.algorithms.base import Algorithm
+from fedmekt.learn.algorithms.fedmekt import FedMEKT
+from fedmekt.learn.algorithms.mmfl import MultimodalFedAvg
 
 _FACTORIES = {
     "fedmekt-c": lambda: FedMEKT(joint=True),

@@ -20,11 +20,11 @@ import copy
 import numpy as np
 import torch
 
-from fedmekt.algorithms.base import (
+from fedmekt.learn.algorithms.base import (
     Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, enc, epoch_steps, param_key, private_epoch,
     reconstruct, to_numpy,
 )
-from fedmekt.losses import moon_loss, prox_term, reconstruction_loss
+from fedmekt.learn.losses import moon_loss, prox_term, reconstruction_loss
 from sensors.partition import Partition
 
 

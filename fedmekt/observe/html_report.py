@@ -2,7 +2,7 @@
 
 It reads only the folder's files — ``metrics.jsonl``, ``final.jsonl`` (absent for a partial run),
 ``results.csv`` and ``runs/<run>/run.json`` — so ``fedmekt report`` renders finished and partial runs alike
-and picks up whatever columns ``fedmekt.report`` writes into the results table.
+and picks up whatever columns ``fedmekt.observe.report`` writes into the results table.
 Rounds are numbered from 1, as the progress bar counts them; bytes are in KiB / MiB (binary units).
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 from fedmekt.artifacts import METRICS, RUN_INFO, atomic_write_bytes
 
 REPORT = "report.html"
-FINAL = "final.jsonl"   # = fedmekt.report.FINAL, without importing the table code
+FINAL = "final.jsonl"   # = fedmekt.observe.report.FINAL, without importing the table code
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedmekt.algorithms.base import epoch_steps, private_epoch, to_numpy
+from fedmekt.learn.algorithms.base import epoch_steps, private_epoch, to_numpy
 from fedmekt.config import FederationConfig
-from fedmekt.losses import classifier_loss
-from fedmekt.model import LinearHead, SplitAutoencoder
+from fedmekt.learn.losses import classifier_loss
+from fedmekt.learn.model import LinearHead, SplitAutoencoder
 from sensors.partition import Partition
 
 
@@ -83,7 +83,7 @@ def train_classifier_round(model: SplitAutoencoder, head: LinearHead, opt: torch
     each walk bounded by its share of ``hyper.classifier_step_budget``.
 
     The encoder is frozen, as in the federation; ``tune_encoder`` lets the loss train it too (``opt`` then
-    holds its parameters): the supervised reference rows (``fedmekt.reference_rows``).
+    holds its parameters): the supervised reference rows (``fedmekt.experiment.reference_rows``).
     """
     losses = []
     steps = epoch_steps(cfg.hyper.classifier_step_budget, cfg.hyper.classifier_epochs)

@@ -2,7 +2,7 @@
 
 It drives exactly the engine calls the MQTT deployment makes, in the same order, and passes every message
 through ``wire_cast`` so a float16 wire is simulated bit for bit; bytes are counted from the real encoded
-message sizes (``fedmekt.accounting``).
+message sizes (``fedmekt.experiment.accounting``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from fedmekt.accounting import message_bytes, proxy_once_bytes
-from fedmekt.artifacts import RunInfo
+from fedmekt.experiment.accounting import message_bytes, proxy_once_bytes
+from fedmekt.run_info import RunInfo
 from fedmekt.config import FederationConfig
-from fedmekt.client_pool import LocalClients, WorkerClients, client_pool
-from fedmekt.engine import ServerEngine, client_view, wire_cast
+from fedmekt.experiment.client_pool import LocalClients, WorkerClients, client_pool
+from fedmekt.learn.engine import ServerEngine, client_view, wire_cast
 from sensors.partition import ClientPartition, FederatedSplit
 
 Tamper = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -82,7 +82,7 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
                   rate_hz: float | None = None, client_workers: int = 1, tamper: Tamper | None = None) -> RunResult:
     """Run ``cfg.rounds`` rounds of ``cfg.algorithm`` on ``split``; rows carry F1 and bytes per round.
     ``rate_hz`` (recorded in run.json) defaults to the split's; ``client_workers`` > 1 trains the clients in
-    that many processes (same results, :mod:`fedmekt.client_pool`). ``tamper(client_id, its downstream view,
+    that many processes (same results, :mod:`fedmekt.experiment.client_pool`). ``tamper(client_id, its downstream view,
     its upload)`` replaces uploads before the server sees them: an attacker, for measurements
     (bench/bench_robust_aggregation.py)."""
     name = name or run_name(cfg)

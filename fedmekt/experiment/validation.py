@@ -22,9 +22,9 @@ import torch
 
 from fedmekt.config import FederationConfig
 from fedmekt.errors import UserError
-from fedmekt.evaluation import linear_probe
-from fedmekt.model import SplitAutoencoder
-from fedmekt.statistics import PairedDifference, paired_difference
+from fedmekt.learn.evaluation import linear_probe
+from fedmekt.learn.model import SplitAutoencoder
+from fedmekt.experiment.statistics import PairedDifference, paired_difference
 from sensors.partition import Partition
 from sensors.recording import Recording
 from sensors.splits import holdout_groups

@@ -1,7 +1,7 @@
 """Reference rows of a reproduction, on the same split, test set and probe as the federated runs.
 
 They answer "does federation help?": each is what some party gets without (part of) the federation.
-Every row is scored by THE probe of the tables (``fedmekt.evaluation.modality_probes``: per test modality a
+Every row is scored by THE probe of the tables (``fedmekt.learn.evaluation.modality_probes``: per test modality a
 fresh linear head on that modality's features), so rows differ only in the features they offer.
 
 * ``raw-features``: the unencoded per-step features (no training);
@@ -34,15 +34,15 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from fedmekt.algorithms.base import ModuleOptimizers, Party, dec, enc, epoch_steps, private_epoch
+from fedmekt.learn.algorithms.base import ModuleOptimizers, Party, dec, enc, epoch_steps, private_epoch
 from fedmekt.config import FederationConfig
-from fedmekt.engine import (
+from fedmekt.learn.engine import (
     _CLASSIFIER, _CLIENT, _HEAD, _PROBE, ClientEngine, RoundPlan, ServerEngine, _seed, build_model, client_key,
     client_view, resolve_device, rng_for,
 )
-from fedmekt.evaluation import deployed_scores, linear_probe, raw_probe, train_classifier_round
-from fedmekt.losses import classifier_loss
-from fedmekt.model import LinearHead, SplitAutoencoder
+from fedmekt.learn.evaluation import deployed_scores, linear_probe, raw_probe, train_classifier_round
+from fedmekt.learn.losses import classifier_loss
+from fedmekt.learn.model import LinearHead, SplitAutoencoder
 from sensors.partition import FederatedSplit
 
 REFERENCES = ("raw-features", "labelled-only", "proxy-only", "local-only", "pooled", "supervised-ceiling")

@@ -5,7 +5,7 @@ Folder layout (written by ``fedmekt reproduce``; ``fedmekt simulate`` reuses it)
     OUT/metrics.jsonl        one JSON object per round per run (run, algorithm, seed, round, f1_*, bytes_*, …)
     OUT/final.jsonl          one JSON object per run: final linear probe, majority floor, settings, wall time
     OUT/results.md|csv       mean ± std over seeds per algorithm and test modality (+ the paper's value), the
-                             reference rows (``fedmekt.reference_rows``) and the paired per-seed differences
+                             reference rows (``fedmekt.experiment.reference_rows``) and the paired per-seed differences
                              against mmFedAvg, proxy-only and labelled-only with 95 % t-intervals
     OUT/f1_per_round.png     paper metric per round, mean over seeds, one panel per test modality
     OUT/bytes_per_round.png  bytes sent + received per round (all parties), per algorithm
@@ -27,8 +27,8 @@ import numpy as np
 
 from fedmekt.artifacts import FINAL_MODEL, METRICS, atomic_write_bytes, tensor_bytes, write_run_info
 from fedmekt.errors import UserError
-from fedmekt.paper_results import paper_value
-from fedmekt.statistics import paired_difference
+from fedmekt.experiment.paper_results import paper_value
+from fedmekt.experiment.statistics import paired_difference
 
 FINAL = "final.jsonl"
 LAST_ROUNDS = 10   # the paper's table value: median of the last 10 rounds (box:15-17)
@@ -66,7 +66,7 @@ def save_run(out_dir: Path, result) -> None:
 def write_report(out_dir: Path, results: Sequence, references: Sequence[dict] = ()) -> Path:
     """Write the JSONL of ``results`` (RunResult list) and every run's artifacts, then render tables and plots.
 
-    ``references`` are the final records of the reference rows (``fedmekt.reference_rows``): no rounds, no model.
+    ``references`` are the final records of the reference rows (``fedmekt.experiment.reference_rows``): no rounds, no model.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +239,7 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         "**deployed** = the model a gateway's package runs (the encoder and the head trained with it), scored like "
         "the probe; rows with no head show –. "
         "**floor** = the labelled set's majority class predicted everywhere. "
-        "Reference rows on the same splits (`fedmekt.reference_rows`): **raw-features** = the probe on the "
+        "Reference rows on the same splits (`fedmekt.experiment.reference_rows`): **raw-features** = the probe on the "
         "unencoded per-step features; **labelled-only** = the encoder and head trained supervised on the server's "
         "labelled set alone; **proxy-only** = the server's autoencoder trained on its proxy set alone with "
         "FedMEKT-C's server steps (the server without clients); **local-only** = every client trains its own "

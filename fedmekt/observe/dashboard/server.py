@@ -34,7 +34,7 @@ MAX_CONNECTIONS = 32  # served at once; the page polls one request at a time per
 
 def load_page() -> tuple[bytes, str]:
     """The page and its Content-Security-Policy (the inline script's sha256)."""
-    page = files("fedmekt.dashboard").joinpath("page.html").read_text(encoding="utf-8")
+    page = files("fedmekt.observe.dashboard").joinpath("page.html").read_text(encoding="utf-8")
     scripts = re.findall(r"<script>(.*?)</script>", page, flags=re.S)
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
     csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "

@@ -1,0 +1,2 @@
+"""Experiment tooling: the in-process federation, reference rows, validation splits, statistics,
+byte accounting and the paper's published figures."""

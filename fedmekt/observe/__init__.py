@@ -1,0 +1,1 @@
+"""Observation: run reports (text, HTML), the live view of a federation over MQTT, the dashboard."""

@@ -1,0 +1,1 @@
+"""Transport: the MQTT link (paho-mqtt), the bounded inbox, and the embedded broker."""
