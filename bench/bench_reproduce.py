@@ -14,9 +14,12 @@
 4. Wall time of one seed's reference rows (``fedmekt.experiment.reference_rows``: raw-features, labelled-only,
    proxy-only, local-only, pooled, supervised-ceiling), which ``fedmekt reproduce`` adds once per seed, and
    the client and server steps each takes.
+5. Wall time of the whole UR Fall reproduction as a user runs it: ``fedmekt reproduce --dataset ur_fall --pair
+   acce-depth --seeds 5`` (all five algorithms and every reference row, defaults; goal < 30 min on 2 cores),
+   in a child process so its threads and memory are its own.
 
 Run: ``.venv/bin/python bench/bench_reproduce.py [--rounds 100] [--steps 200] [--skip-run]
-[--skip-references]``. The machine is shared:
+[--skip-references] [--reproduce-seeds 5]`` (``--reproduce-seeds 0`` skips 5). The machine is shared:
 the load average is printed beside the figures.
 """
 
@@ -25,6 +28,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -78,6 +84,16 @@ def reference_run(rounds: int) -> tuple[float, list[dict]]:
     t0 = time.perf_counter()
     finals = reference_finals(cfg, split)
     return time.perf_counter() - t0, finals
+
+
+def whole_reproduction(seeds: int) -> float:
+    """Seconds of ``fedmekt reproduce`` on UR Fall acce-depth with ``seeds`` seeds and every default."""
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "fedmekt_cli", "reproduce", "--dataset", "ur_fall", "--pair",
+                        "acce-depth", "--seeds", str(seeds), "--no-progress", "--out", out], check=True,
+                       stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t0
 
 
 def step_timings(steps: int) -> dict[str, float]:
@@ -156,6 +172,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--skip-run", action="store_true", help="no full FedMEKT-C run")
     ap.add_argument("--skip-references", action="store_true", help="no reference rows")
+    ap.add_argument("--reproduce-seeds", type=int, default=5, help="seeds of the whole reproduction (0: skip it)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, load average {os.getloadavg()}")
     t = step_timings(args.steps)
@@ -176,6 +193,10 @@ def main() -> None:
         print(f"reference rows of one seed ({args.rounds} rounds' local steps): wall {wall:.1f} s; "
               + "; ".join(f"{f['variant']} {f['wall_s']:.1f} s, {f['local_steps']} client + {f['server_steps']} "
                           f"server steps, probe weighted F1 acce {f['probe_f1_weighted_acce']:.4f}" for f in finals))
+    if args.reproduce_seeds:
+        wall = whole_reproduction(args.reproduce_seeds)
+        print(f"fedmekt reproduce --dataset ur_fall --pair acce-depth --seeds {args.reproduce_seeds} (all algorithms "
+              f"and reference rows): wall {wall / 60:.1f} min (goal < 30 min on 2 cores)")
     print(f"load average after: {os.getloadavg()}")
 
 
