@@ -128,6 +128,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmekt-sim-"))
     stop = threading.Event()
     threads, errors = [], []
+    counter = None
     try:
         # every device's store is filled before anyone waits: a data problem fails here, not as a hang
         stores = {c.client_id: client_store(workdir / c.client_id / "store.sqlite", c, cfg.dataset, rate_hz,
@@ -137,7 +138,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
         key = Ed25519PrivateKey.generate()  # ephemeral: the signed control plane is what a simulation runs
         options = AggregatorOptions(out=Path(out), wait_clients=len(split.clients) - len(late_clients),
                                     round_timeout=round_timeout, quorum=quorum, progress=progress,
-                                    signing_key=key, packages=False)
+                                    signing_key=key, packages=False, name=Path(out).resolve().name)
         aggregator = Aggregator(cfg, split, url, options, rate_hz=rate_hz)
 
         def client_main(c: ClientPartition, delay_until: threading.Event | None) -> None:
@@ -166,9 +167,14 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
         result = aggregator.run()
         for t in threads:
             t.join(timeout=30)
-        wire = counter.stop()
-    finally:
+        wire, counter = counter.stop(), None
+    finally:   # on Ctrl-C too: every device and the counter leave the broker before it stops (no "disconnected")
         stop.set()
+        leave_by = time.monotonic() + 10   # a device in the middle of its training step stops after it
+        for t in threads:
+            t.join(timeout=max(0.0, leave_by - time.monotonic()))
+        if counter is not None:
+            counter.stop(settle=0)
         if broker is not None:
             broker.stop()
     if errors:
