@@ -82,10 +82,11 @@ def run(args) -> int:
     from fedmekt.errors import UserError
     from fedmekt.wire.manifest import MAX_ROUND_TIMEOUT
     from fedmekt.wire.runs import MAX_EPOCH
-    from fedmekt_cli.run_record import RunState
+    from fedmekt_cli.run_record import RunState, refuse_used_folder
 
     cfg = load_config(args.config)   # bad input is refused before torch loads (seconds)
     out = args.out or Path("runs") / f"aggregator-{cfg.federation}"
+    refuse_used_folder(out, resumes=True)
     done = RunState.read(out)
     if done is not None and done.state == "finished" and int(done.info.get("rounds", 0)) >= cfg.rounds:
         raise UserError(f"{out} holds a finished run of {done.info['rounds']} rounds, nothing to resume: pass a new "

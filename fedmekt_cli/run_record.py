@@ -106,6 +106,22 @@ def resolve_run(text: str, root: Path) -> Path:
     raise UserError(f"no run {text!r} (not a folder, nor a run id under {root}/; see `fedmekt runs`)")
 
 
+def refuse_used_folder(out: Path, resumes: bool = False) -> None:
+    """UserError when ``out`` holds a run that this command must not write into: one that is running (always),
+    or any earlier run for a command that starts afresh (``simulate``, ``reproduce``: it would mix the old
+    run's files with the new). The aggregator (``resumes``) checks a finished run itself: it resumes the rest."""
+    from fedmekt.errors import UserError
+
+    state = RunState.read(out)
+    if state is not None and state.alive():
+        where = f"process {state.pid} on {state.host}" if state.host != socket.gethostname() else f"process {state.pid}"
+        raise UserError(f"{out} is the folder of a running {state.command} ({where}): wait for it, or "
+                        f"`fedmekt stop {out}`")
+    if not resumes and (state is not None or (Path(out) / METRICS).is_file()):
+        how = f"a {state.state} {state.command} run" if state is not None else "a run"
+        raise UserError(f"{out} already holds {how}: pass a new --out (or leave it out for a fresh folder)")
+
+
 @dataclass
 class RunState:
     """Contents of ``run-state.json``."""

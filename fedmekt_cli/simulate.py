@@ -87,6 +87,10 @@ def build_config(args):
 
 def run(args) -> int:
     cfg = build_config(args)  # every typo refused before torch is imported (seconds)
+    from fedmekt_cli.run_record import refuse_used_folder
+
+    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-simulate-{cfg.dataset}"
+    refuse_used_folder(out)
 
     import torch
 

@@ -44,11 +44,11 @@ def test_stop_ends_a_waiting_aggregator_by_its_run_id(federation, tmp_path: Path
     assert "terminated" in fed.log("aggregator") and "Traceback" not in fed.log("aggregator")
 
 
-def _write_state(folder: Path, **fields) -> None:
+def _write_state(folder: Path, command: str = "aggregator", **fields) -> None:
     from fedmekt_cli.run_record import RunState
 
     folder.mkdir(parents=True)
-    (folder / "run-state.json").write_text(json.dumps(asdict(RunState("aggregator", **fields))))
+    (folder / "run-state.json").write_text(json.dumps(asdict(RunState(command, **fields))))
 
 
 def test_stop_refuses_a_run_that_is_not_running(tmp_path: Path):
@@ -71,3 +71,25 @@ def test_stop_refuses_a_run_that_is_not_running(tmp_path: Path):
         assert done.stderr.count("\n") == 1 and done.stdout == ""
     missing = fedmekt("stop", "nope", "--dir", str(tmp_path))
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+def test_a_used_run_folder_is_never_reopened(tmp_path: Path):
+    """simulate and reproduce start afresh: an --out holding any run is refused (it would mix two runs' files);
+    no command writes into the folder of a running run (issue 23: a finished run is never reopened by accident)."""
+    from fedmekt_cli.run_record import process_start
+
+    _write_state(tmp_path / "done", state="finished", command="simulate")
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "metrics.jsonl").write_text('{"run": "rows", "round": 0}\n')
+    _write_state(tmp_path / "live", pid=os.getpid(), pid_start=process_start(os.getpid()))   # this test "runs" it
+    (tmp_path / "fed.toml").write_text('federation = "lab"\ndataset = "demo"\nclients = [1, 1, 1]\nper_round = 3\n'
+                                       'rounds = 2\n')
+    cases = [(["simulate", "--out", "done"], "done already holds a finished simulate run: pass a new --out"),
+             (["reproduce", "--dataset", "demo", "--out", "rows"], "rows already holds a run: pass a new --out"),
+             (["simulate", "--out", "live"], f"live is the folder of a running aggregator (process {os.getpid()})"),
+             (["aggregator", "--broker", "mqtt://127.0.0.1:1", "--config", "fed.toml", "--out", "live"],
+              "live is the folder of a running aggregator")]
+    for argv, message in cases:
+        done = fedmekt(*argv, cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, (argv, done.stderr)
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["run-state.json"]   # untouched
