@@ -161,8 +161,8 @@ class Aggregator:
                 self.topics.status_all, self.topics.uploads_all, self.topics.proxy_all,
                 self.topics.rounds, self.topics.sync_all]).connect() as link:
             self.link = link
-            log.info("federation %s on broker %s (run %s)", cfg.federation, ", ".join(map(str, link.addresses)),
-                     self.run_id)
+            log.info("federation %s on broker %s (run %s, federation run %s)", cfg.federation,
+                     ", ".join(map(str, link.addresses)), name, self.run_id)
             self._publish_federation()
             self._packages = self._package_publisher()
             self.wait_for_clients(opts.wait_clients or cfg.per_round, opts.wait_timeout)
