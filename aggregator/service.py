@@ -78,7 +78,7 @@ class AggregatorOptions:
     limits: WireLimits = field(default_factory=WireLimits)
     max_pending: int = 64  # incomplete upload messages held at once
     progress: bool = True
-    name: str | None = None  # the run's id in its rows and report: the CLI gives the folder's name (default <variant>-seed<seed>)
+    name: str | None = None  # the run's id in rows and report (CLI: its folder's name; default <variant>-seed<seed>)
     publish_proxy: bool = True  # False when every client is provisioned with the bundle
     signing_key: object | None = None  # Ed25519PrivateKey: sign the control plane and model packages (None = never)
     packages: bool = True  # with a signing key, also publish model packages (simulate signs the control plane only)
@@ -181,7 +181,7 @@ class Aggregator:
                 bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
             checkpoints.flush()
             if self.sync_limiter.requests:
-                log.info("sync requests: %d taken, %d answered", self.sync_limiter.requests, self.sync_limiter.answers)
+                log.debug("sync requests: %d taken, %d answered", self.sync_limiter.requests, self.sync_limiter.answers)
             self._publish_package(final=True)
             self._publish_control(self.topics.rounds, fedwire.Announcement(
                 cfg.federation, None, 0.0, done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())

@@ -82,6 +82,8 @@ def test_aggregator_and_clients_as_processes_equal_inprocess(mosquitto, tmp_path
     assert export.returncode == 0 and "signed" in export.stdout, export.stderr[-2000:]
     assert export.stdout.count("\n") == 1 and " INFO " not in export.stderr, export.stderr   # said once
     assert f"(run agg, federation run {fed_run})" in agg_out   # the aggregator's first line names both
+    report = subprocess.run(_fedmekt("report", "agg"), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert report.returncode == 0 and f"report: {Path('runs') / 'agg' / 'report.html'}" in report.stdout, report.stderr
 
     cfg = load_config(config)
     split = make_split(load_dataset("demo"), cfg.pair, seed=cfg.seed, clients=cfg.clients)

@@ -93,7 +93,7 @@ def _groups(finals: list[dict]) -> list[tuple[tuple, list[dict]]]:
     return sorted(groups.items(), key=lambda kv: (kv[0][:3], bool(kv[1][0].get("reference")), kv[0][3]))
 
 
-def _paper_metric(run_rows: list[RoundRow], m: str) -> float:
+def paper_metric(run_rows: list[RoundRow], m: str) -> float:
     """The paper's table value of one run: median of the moving probe over the last rounds (NaN without rounds)."""
     return float(np.median([r.f1_paper.get(m, np.nan) for r in run_rows[-LAST_ROUNDS:]])) if run_rows \
         else float("nan")
@@ -118,7 +118,7 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
         algo = runs[0]["algorithm"]
         run_rows = [by_run.get(f["run"], []) for f in runs]
         for m in pair.split("-"):
-            pm, ps = _ms([_paper_metric(rr, m) for rr in run_rows])
+            pm, ps = _ms([paper_metric(rr, m) for rr in run_rows])
             rec = {"dataset": dataset, "pair": pair, "clients": "/".join(map(str, clients)), "algorithm": variant,
                    "test": m, "seeds": len(runs), "rounds": runs[0]["rounds"],
                    "paper_metric_mean": pm, "paper_metric_std": ps,
@@ -159,7 +159,7 @@ def _per_seed(variant: str, runs: list[dict], by_run: dict[str, list[RoundRow]],
     if twice:
         raise UserError(f"cannot pair {variant}: seed(s) {twice} occur more than once in final.jsonl")
     return ({f["seed"]: f[f"probe_f1_weighted_{m}"] for f in runs},
-            {f["seed"]: _paper_metric(by_run.get(f["run"], []), m) for f in runs},
+            {f["seed"]: paper_metric(by_run.get(f["run"], []), m) for f in runs},
             {f["seed"]: f.get(f"deployed_f1_weighted_{m}", float("nan")) for f in runs})
 
 
