@@ -142,6 +142,7 @@ class RunState:
         """The folder's state, or None when it has none or it is unreadable."""
         try:
             data = json.loads((Path(run_dir) / STATE).read_text())
+            data.setdefault("pid_start", None)   # written before it was recorded: not this reader's process
             state = cls(**data)
         except (OSError, ValueError, TypeError):
             return None

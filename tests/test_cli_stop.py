@@ -93,3 +93,19 @@ def test_a_used_run_folder_is_never_reopened(tmp_path: Path):
         done = fedmekt(*argv, cwd=tmp_path)
         assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1, (argv, done.stderr)
     assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["run-state.json"]   # untouched
+
+
+def test_a_state_written_before_pid_start_was_recorded_still_names_its_live_process(tmp_path: Path):
+    from fedmekt_cli.run_record import RunState
+
+    run = subprocess.Popen(["sleep", "60"])   # the run's process: another one than this reader
+    try:
+        (tmp_path / "old").mkdir()
+        state = {"command": "aggregator", "state": "running", "pid": run.pid, "host": socket.gethostname(),
+                 "argv": [], "started": 0.0, "ended": None, "info": {}, "error": None}
+        (tmp_path / "old" / "run-state.json").write_text(json.dumps(state))
+        read = RunState.read(tmp_path / "old")
+        assert read is not None and read.pid_start is None and read.alive()
+    finally:
+        run.kill()
+        run.wait()
