@@ -95,7 +95,7 @@ def run(args) -> int:
     import torch
 
     from fedmekt.transport.broker import embedded_broker
-    from fedmekt_cli.run_record import RunRecord
+    from fedmekt_cli.run_record import RunRecord, run_id
     from fedmekt.observe.html_report import write_html_report
     from fedmekt.experiment.reference_rows import raw_features_final
     from fedmekt_cli.simulation import run_simulation, write_outputs
@@ -123,7 +123,7 @@ def run(args) -> int:
                 + f"; watch it with: fedmekt status --broker {url} --federation {cfg.federation}", echo=not args.json)
             sim = run_simulation(cfg, split, url=url, out=out, progress=not args.no_progress,
                                  rate_hz=split.manifest["rate_hz"], round_timeout=args.round_timeout,
-                                 workdir=out / "devices")
+                                 workdir=out / "devices", name=run_id(out))
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what the finished rounds show
             if (out / "metrics.jsonl").is_file():
                 record.note(f"stopped; partial report of the finished rounds: {write_html_report(out)}",

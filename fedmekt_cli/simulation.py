@@ -108,12 +108,13 @@ class Simulation:
 def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: Path, progress: bool = True,
                    rate_hz: float | None = None, round_timeout: float = 600.0, quorum: float = 1.0,
                    workdir: Path | None = None, late_clients: tuple[str, ...] = (),
-                   before_round=None) -> Simulation:
+                   before_round=None, name: str | None = None) -> Simulation:
     """Run ``cfg`` on ``split`` with an aggregator and one agent per client, all through ``url``.
 
     Without ``url`` an embedded broker is started (mosquitto when installed, else amqtt).
     ``late_clients`` join only after round 0 has started (tests of late joining). ``rate_hz`` (the devices'
-    sample clock and run.json's rate) defaults to the split's.
+    sample clock and run.json's rate) defaults to the split's. ``name``: the run's id in its rows (``simulate``
+    gives its folder's name; default ``<variant>-seed<seed>``, as the in-process runner names it).
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -138,7 +139,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
         key = Ed25519PrivateKey.generate()  # ephemeral: the signed control plane is what a simulation runs
         options = AggregatorOptions(out=Path(out), wait_clients=len(split.clients) - len(late_clients),
                                     round_timeout=round_timeout, quorum=quorum, progress=progress,
-                                    signing_key=key, packages=False, name=Path(out).resolve().name)
+                                    signing_key=key, packages=False, name=name)
         aggregator = Aggregator(cfg, split, url, options, rate_hz=rate_hz)
 
         def client_main(c: ClientPartition, delay_until: threading.Event | None) -> None:
