@@ -1,7 +1,7 @@
 """A run folder's own record: ``run-state.json`` (who runs it, how far, how it ended) and ``run.log``.
 
-``fedmekt runs`` and ``fedmekt log`` read them. A run that ends before its first round leaves nothing
-behind when this invocation created the folder: no empty run folders after a typo or a Ctrl-C.
+``fedmekt runs``, ``fedmekt log`` and ``fedmekt stop`` read them. A run that ends before its first round leaves
+nothing behind when this invocation created the folder: no empty run folders after a typo or a Ctrl-C.
 """
 
 from __future__ import annotations
