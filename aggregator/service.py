@@ -78,7 +78,7 @@ class AggregatorOptions:
     limits: WireLimits = field(default_factory=WireLimits)
     max_pending: int = 64  # incomplete upload messages held at once
     progress: bool = True
-    name: str | None = None  # run name in the report (default <algorithm>-seed<seed>)
+    name: str | None = None  # the run's id in rows and report (CLI: its folder's name; default <variant>-seed<seed>)
     publish_proxy: bool = True  # False when every client is provisioned with the bundle
     signing_key: object | None = None  # Ed25519PrivateKey: sign the control plane and model packages (None = never)
     packages: bool = True  # with a signing key, also publish model packages (simulate signs the control plane only)
@@ -156,13 +156,13 @@ class Aggregator:
         if not self.run_id:  # a fresh run (or a checkpoint from before run ids): the next epoch
             self.run_id = new_run_id(next_epoch(self.state_dir, cfg.federation, opts.min_epoch))
         name = opts.name or run_name(cfg)
-        base = run_record(cfg, name)
+        base = {**run_record(cfg, name), "federation_run": self.run_id}   # the run as the folder and the wire name it
         with MqttLink(self.url, self.link_options, subscriptions=[
                 self.topics.status_all, self.topics.uploads_all, self.topics.proxy_all,
                 self.topics.rounds, self.topics.sync_all]).connect() as link:
             self.link = link
-            log.info("federation %s on broker %s (run %s)", cfg.federation, ", ".join(map(str, link.addresses)),
-                     self.run_id)
+            log.info("federation %s on broker %s (run %s, federation run %s)", cfg.federation,
+                     ", ".join(map(str, link.addresses)), name, self.run_id)
             self._publish_federation()
             self._packages = self._package_publisher()
             self.wait_for_clients(opts.wait_clients or cfg.per_round, opts.wait_timeout)
@@ -181,7 +181,7 @@ class Aggregator:
                 bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
             checkpoints.flush()
             if self.sync_limiter.requests:
-                log.info("sync requests: %d taken, %d answered", self.sync_limiter.requests, self.sync_limiter.answers)
+                log.debug("sync requests: %d taken, %d answered", self.sync_limiter.requests, self.sync_limiter.answers)
             self._publish_package(final=True)
             self._publish_control(self.topics.rounds, fedwire.Announcement(
                 cfg.federation, None, 0.0, done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
@@ -317,7 +317,7 @@ class Aggregator:
         self._await_clients(rnd)
         plan = server.plan_round(rnd, self.selectable())
         shown = ", ".join(plan.selected[:6]) + (", …" if len(plan.selected) > 6 else "")
-        log.info("round %d of %d opens: %d clients selected (%s)", rnd + 1, cfg.rounds, len(plan.selected), shown)
+        log.debug("round %d of %d opens: %d clients selected (%s)", rnd + 1, cfg.rounds, len(plan.selected), shown)
         down = server.downstream(plan)
         frames = encode(down, cfg.wire_dtype, federation=cfg.federation, round_=rnd, sender=fedwire.AGGREGATOR_ID,
                         kind="global", limits=self.opts.limits)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from export.install import CURRENT, VERSIONS
 from export.package import MANIFEST, PackageError, VerifiedPackage, verify_package
+from export.runtime import session_options
 from fedmekt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,6 @@ def resolve_package_dir(path: Path) -> Path:
             raise UserError(f"{path / CURRENT} does not name an installed package")
         return path / VERSIONS / name
     raise UserError(f"{path} is neither a model package ({MANIFEST}) nor a model store ({CURRENT})")
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """CPU options for batch-1 streaming: ``threads`` intra-op threads (1 wins at batch 1 on small devices)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return opts
 
 
 class StreamingRecognizer:

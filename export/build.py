@@ -60,7 +60,7 @@ def build_package(run: RunModel, out_dir: Path, key: Ed25519PrivateKey, *, int8:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         entries: list[ModelFile] = []
-        for modality in tqdm(list(info.channels), desc="export", unit="modality", disable=not progress):
+        for modality in tqdm(list(info.channels), desc="export", unit="modality", disable=not progress, leave=False):
             channels = int(info.channels[modality])
             classifier = run.classifier(modality)
             fp32 = export_classifier(classifier, channels, tmp / f"{modality}.onnx",
@@ -84,5 +84,5 @@ def build_package(run: RunModel, out_dir: Path, key: Ed25519PrivateKey, *, int8:
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("package round %d (%s) written to %s", manifest.round, manifest.precision, out_dir / MANIFEST)
+    log.debug("package round %d (%s) written to %s", manifest.round, manifest.precision, out_dir / MANIFEST)
     return BuiltPackage(out_dir, manifest)

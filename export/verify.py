@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_client.inference import session_options
 from export.run_model import torch_classify
+from export.runtime import session_options
 from fedmekt.learn.model import EncoderClassifier
 
 LENGTHS = (1, 24, 128, 2000)

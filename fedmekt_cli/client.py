@@ -138,6 +138,17 @@ def run(args) -> int:
     return 0
 
 
+def _finite_source_key(args) -> str:
+    """What names a finite source's samples: its spec and data root, and for a file of samples its size and time
+    (a file written anew is read again; a split's config may change its rounds without changing its data)."""
+    kind, _, rest = args.source.partition(":")
+    path, stamp = Path(rest), ""
+    if kind in ("csv", "json") and path.is_file():
+        st = path.stat()
+        stamp = f" {st.st_size} {st.st_mtime_ns}"
+    return f"{args.source} {args.data_dir or ''}{stamp}"
+
+
 def _prepare(args, store, store_path: Path, public_key, background: list[threading.Thread]):
     """Read the source into the store (live ones, and every source with --infer, in ``background``); the agent."""
     from edge_client.agent import AgentOptions, EdgeAgent
@@ -145,8 +156,9 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
     from fedmekt.errors import UserError
     from fedmekt.wire.topics import Topics
 
-    info_path = store_path.with_suffix(".json")  # remembers whether the stored samples are normalised
-    normalised = json.loads(info_path.read_text()).get("normalised", False) if info_path.exists() else None
+    info_path = store_path.with_suffix(".json")  # whether the stored samples are normalised; finite sources read
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    normalised = info.get("normalised", False) if info_path.exists() else None
     sink = _RecognisingStore(store) if args.infer else store
     if args.source:
         opened = open_source(args.source, args.client_id, parse_modalities(args.modalities), args.data_dir, args.speed)
@@ -157,7 +169,8 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
             raise UserError(f"--infer needs raw samples; {args.source} delivers normalised ones (use replay:, "
                             "csv:, udp:, serial:, …)")
         normalised = opened.normalised
-        info_path.write_text(json.dumps({"normalised": normalised}))
+        info["normalised"] = normalised
+        info_path.write_text(json.dumps(info))
         if opened.live or args.infer:  # --infer: samples flow while the agent runs, even from a finite source
             live = threading.Thread(target=ingest, args=(opened.source, sink), daemon=True, name="ingest")
             live.start()
@@ -166,9 +179,14 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
                 live.join(0.5)
                 if not live.is_alive() and not store.count():  # a fast finite source may be done already
                     raise UserError(f"source {args.source} ended before delivering any sample")
+        elif (key := _finite_source_key(args)) in info.get("read", []):   # a restarted gateway: read it once
+            log.info("%s: %s was read into %s before (%d stored); not read again", args.client_id, args.source,
+                     store_path, store.count())
         else:
             n = ingest(opened.source, store)
             log.info("%s: %d samples read into %s (%d stored)", args.client_id, n, store_path, store.count())
+            info["read"] = [*info.get("read", []), key]
+            info_path.write_text(json.dumps(info))
     if not store.count():
         raise UserError(f"store {store_path} is empty: give a --source")
     from edge_client.lean import lean_process

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(checked, parity-tested against PyTorch), optionally int8-quantized, and sign the package "
                     "manifest with the aggregator's Ed25519 key. `fedmekt export keygen` makes a key pair.",
     )
-    p.add_argument("--run", type=Path, help="run folder (run.json + final_model.safetensors)")
+    p.add_argument("--run", type=Path, help="run folder, or a run id of `fedmekt runs` (looked up under runs/)")
     p.add_argument("--out", type=Path, help="package directory to create (must be absent or empty)")
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantization (smaller files)")
     p.add_argument("--key", "--signing-key", dest="key", type=Path, default=os.environ.get(KEY_ENV),
@@ -59,14 +59,16 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise UserError(f"{args.out} exists and is not empty: name a new folder for the package")
     from export.package import load_private_key
+    from fedmekt_cli.run_record import resolve_run
 
     key = load_private_key(args.key)   # a wrong key is refused before torch loads (seconds)
+    run_dir = resolve_run(str(args.run), Path("runs"))
     try:
         from export.build import build_package
         from export.run_model import load_run_model
     except ModuleNotFoundError as exc:
         raise UserError(f"export needs the training extras ({exc.name} missing): pip install 'fedmekt-edge[train]'") from None
-    built = build_package(load_run_model(args.run), args.out, key, int8=args.int8, stride=args.stride, progress=True)
+    built = build_package(load_run_model(run_dir), args.out, key, int8=args.int8, stride=args.stride, progress=True)
     m = built.manifest
     print(f"{built.path}: round {m.round}, {m.precision}, modalities {', '.join(m.modalities)}, "
           f"window {m.window}, stride {m.stride}, {built.size_bytes} bytes, signed")

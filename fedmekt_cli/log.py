@@ -2,6 +2,7 @@
 
     fedmekt log 20261202-101500-simulate-demo      # a run id from `fedmekt runs` (looked up under runs/)
     fedmekt log runs/20261202-101500-simulate-demo -f
+    fedmekt log e3-9f2c41d0                          # an aggregator run by its federation run id
 """
 
 from __future__ import annotations
@@ -22,23 +23,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_run(text: str, root: Path) -> Path:
-    """A run folder from a path or an id (an unambiguous prefix of a folder name under ``root``)."""
-    from fedmekt.errors import UserError
-
-    path = Path(text)
-    if path.is_dir():
-        return path
-    if root.is_dir():
-        matches = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(text))
-        exact = [p for p in matches if p.name == text]
-        if exact or len(matches) == 1:
-            return (exact or matches)[0]
-        if matches:
-            raise UserError(f"run id {text!r} is ambiguous: {', '.join(p.name for p in matches[:5])}")
-    raise UserError(f"no run {text!r} (not a folder, nor a run id under {root}/; see `fedmekt runs`)")
-
-
 def _inert(line: str) -> str:
     """A log line with its terminal controls shown, not obeyed (logs written before they were escaped)."""
     from fedmekt.printable import printable
@@ -48,7 +32,7 @@ def _inert(line: str) -> str:
 
 
 def run(args) -> int:
-    from fedmekt_cli.run_record import LOG, RunState
+    from fedmekt_cli.run_record import LOG, RunState, resolve_run
     from fedmekt.errors import UserError
 
     if args.lines < 0:

@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from fedmekt.errors import UserError
 from fedmekt.printable import PrintableFormatter
 from fedmekt_cli.broker_args import check_broker
@@ -34,6 +36,7 @@ COMMANDS = (
     ("dashboard", "dashboard"),
     ("runs", "runs"),
     ("log", "log"),
+    ("stop", "stop"),
     ("provision", "provision"),
 )
 # our packages log at the chosen level; everything else (matplotlib, paho, amqtt …) only warnings unless -vv
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if getattr(args, "broker", None):
             check_broker(args.broker)
-        return int(args.func(args) or 0)
+        with logging_redirect_tqdm([logging.getLogger()]):   # a log line clears the progress bar, then redraws it
+            return int(args.func(args) or 0)
     except UserError as exc:
         print(f"fedmekt {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -121,6 +121,10 @@ def build_configs(args) -> list:
 
 def run(args) -> int:
     configs = build_configs(args)  # every typo refused before torch is imported (seconds)
+    from fedmekt_cli.run_record import refuse_used_folder
+
+    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{configs[0].dataset}"
+    refuse_used_folder(out)
 
     import torch
     from tqdm import tqdm
@@ -135,7 +139,6 @@ def run(args) -> int:
 
     dataset = configs[0].dataset
     torch.set_num_threads(args.threads)
-    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}"
     recordings = load_dataset(dataset, args.data_dir)
     results, splits, references = [], {}, []
     with RunRecord(out, "reproduce", algorithm=",".join(sorted({c.algorithm for c in configs})), dataset=dataset,

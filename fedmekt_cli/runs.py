@@ -3,7 +3,10 @@
     fedmekt runs                 # RUN, STATUS, ROUNDS, ALGORITHM, DATASET, FINAL F1, LAST ROUND F1
     fedmekt runs --json          # the same as a JSON list, for scripts
 
-A run's id is its folder name (``fedmekt log ID``, ``fedmekt report runs/ID``). STATUS is
+A run's id is its folder name: ``fedmekt log ID``, ``fedmekt stop ID``, ``fedmekt export --run ID``,
+``fedmekt report runs/ID``, and the run the dashboard and ``status`` name. An aggregator's run also has the
+federation run id its gateways log (``e<epoch>-<hex>``, ``federation_run`` in the JSON): those commands take it
+too. STATUS is
 ``running`` while its process lives, ``finished`` once the final probe is written, and ``interrupted``
 or ``failed`` (with the rounds it completed, and for a failed run the reason, on the line below)
 otherwise. FINAL F1 is the final probe's weighted F1 per test modality (– until the run finishes),
@@ -47,6 +50,7 @@ class RunSummary:
     f1_last_round: dict[str, float] = field(default_factory=dict)   # paper metric of the last round done
     started: float | None = None
     error: str | None = None                                        # why a failed run failed
+    federation_run: str | None = None   # the federation's run id on the wire (aggregator and simulate runs)
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -58,19 +62,21 @@ def _jsonl(path: Path) -> list[dict]:
 
 def summarize_run(path: Path) -> RunSummary:
     """Read what a run folder says about itself (tolerates missing and half-written files)."""
-    from fedmekt_cli.run_record import RunState
+    from fedmekt.observe.round_row import parse_rows
+    from fedmekt_cli.run_record import RunState, federation_run
 
-    rows, state = _jsonl(path / "metrics.jsonl"), RunState.read(path)
+    records, state = _jsonl(path / "metrics.jsonl"), RunState.read(path)
+    rows = parse_rows(records)
     finals = [f for f in _jsonl(path / "final.jsonl") if not f.get("reference")]   # federated runs only
     info = state.info if state else {}
     by_run: dict[str, int] = {}
     for r in rows:
-        by_run[r.get("run", "")] = max(by_run.get(r.get("run", ""), 0), int(r.get("round", -1)) + 1)
+        by_run[r.run] = max(by_run.get(r.run, 0), r.number)
     done = min(by_run.values()) if by_run else 0
-    records = finals or rows
-    algorithms = sorted({r.get("variant", r.get("algorithm", "?")) for r in records}) or \
+    described = finals or records
+    algorithms = sorted({r.get("variant", r.get("algorithm", "?")) for r in described}) or \
         ([info["algorithm"]] if "algorithm" in info else [])
-    dataset = (records[0].get("dataset", "?") + " " + records[0].get("pair", "")).strip() if records \
+    dataset = (described[0].get("dataset", "?") + " " + described[0].get("pair", "")).strip() if described \
         else info.get("dataset", "?")
     rounds = finals[0].get("rounds") if finals else info.get("rounds")
     if state is not None and state.alive():
@@ -79,19 +85,21 @@ def summarize_run(path: Path) -> RunSummary:
         status = "finished"
     else:
         status = state.state if state is not None and state.state != "running" else "interrupted"
-    last = max((int(r.get("round", -1)) for r in rows), default=-1)
+    last = max((r.round for r in rows), default=-1)
     return RunSummary(path.name, str(path), status, done, rounds, algorithms, dataset,
-                      _means(finals, "probe_f1_weighted_"),
-                      _means([r for r in rows if int(r.get("round", -1)) == last], "f1_paper_"),
-                      state.started if state else None, state.error if state and status == "failed" else None)
+                      _means([{m: f[f"probe_f1_weighted_{m}"] for m in f.get("pair", "").split("-")
+                               if isinstance(f.get(f"probe_f1_weighted_{m}"), (int, float))} for f in finals]),
+                      _means([r.f1_paper for r in rows if r.round == last]),
+                      state.started if state else None, state.error if state and status == "failed" else None,
+                      federation_run(path))
 
 
-def _means(records: list[dict], prefix: str) -> dict[str, float]:
-    """Per test modality, the mean over ``records`` of their ``<prefix><modality>`` values."""
+def _means(values: list[dict[str, float]]) -> dict[str, float]:
+    """Per test modality, the mean of its values over ``values`` (one {modality: F1} per run)."""
     out = {}
-    for k in sorted({k for r in records for k in r if k.startswith(prefix)}):
-        vals = [r[k] for r in records if k in r]
-        out[k[len(prefix):]] = sum(vals) / len(vals)
+    for m in sorted({m for v in values for m in v}):
+        vals = [v[m] for v in values if m in v]
+        out[m] = sum(vals) / len(vals)
     return out
 
 

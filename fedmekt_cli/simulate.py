@@ -87,11 +87,15 @@ def build_config(args):
 
 def run(args) -> int:
     cfg = build_config(args)  # every typo refused before torch is imported (seconds)
+    from fedmekt_cli.run_record import refuse_used_folder
+
+    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-simulate-{cfg.dataset}"
+    refuse_used_folder(out)
 
     import torch
 
     from fedmekt.transport.broker import embedded_broker
-    from fedmekt_cli.run_record import RunRecord
+    from fedmekt_cli.run_record import RunRecord, run_id
     from fedmekt.observe.html_report import write_html_report
     from fedmekt.experiment.reference_rows import raw_features_final
     from fedmekt_cli.simulation import run_simulation, write_outputs
@@ -99,6 +103,9 @@ def run(args) -> int:
     from sensors.splits import make_split, write_manifest
 
     torch.set_num_threads(cfg.threads)
+    devices = logging.getLogger("edge_client")
+    if devices.getEffectiveLevel() == logging.INFO:   # every gateway of the federation logs in this one terminal:
+        devices.setLevel(logging.WARNING)             # their per-round lines are -v's; the aggregator's one stays
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-simulate-{cfg.dataset}"
     recordings = load_dataset(cfg.dataset, args.data_dir)
     with RunRecord(out, "simulate", algorithm=cfg.algorithm, dataset=cfg.dataset, rounds=cfg.rounds,
@@ -116,7 +123,7 @@ def run(args) -> int:
                 + f"; watch it with: fedmekt status --broker {url} --federation {cfg.federation}", echo=not args.json)
             sim = run_simulation(cfg, split, url=url, out=out, progress=not args.no_progress,
                                  rate_hz=split.manifest["rate_hz"], round_timeout=args.round_timeout,
-                                 workdir=out / "devices", before_round=lambda rnd, agg: _log_round(rnd, cfg))
+                                 workdir=out / "devices", name=run_id(out))
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what the finished rounds show
             if (out / "metrics.jsonl").is_file():
                 record.note(f"stopped; partial report of the finished rounds: {write_html_report(out)}",
@@ -135,11 +142,6 @@ def run(args) -> int:
             record.note(summary(figures, sim.discarded))
             record.note(f"results in {out}\nreport: {html}")
     return 0
-
-
-def _log_round(rnd: int, cfg) -> None:
-    """One log line per round start (what `fedmekt log -f` follows); the aggregator logs each round closing."""
-    logging.getLogger("fedmekt.simulate").info("round %d of %d starts", rnd + 1, cfg.rounds)
 
 
 def summary_record(sim, raw: dict | None = None) -> dict:

@@ -108,12 +108,13 @@ class Simulation:
 def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: Path, progress: bool = True,
                    rate_hz: float | None = None, round_timeout: float = 600.0, quorum: float = 1.0,
                    workdir: Path | None = None, late_clients: tuple[str, ...] = (),
-                   before_round=None) -> Simulation:
+                   before_round=None, name: str | None = None) -> Simulation:
     """Run ``cfg`` on ``split`` with an aggregator and one agent per client, all through ``url``.
 
     Without ``url`` an embedded broker is started (mosquitto when installed, else amqtt).
     ``late_clients`` join only after round 0 has started (tests of late joining). ``rate_hz`` (the devices'
-    sample clock and run.json's rate) defaults to the split's.
+    sample clock and run.json's rate) defaults to the split's. ``name``: the run's id in its rows (``simulate``
+    gives its folder's name; default ``<variant>-seed<seed>``, as the in-process runner names it).
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -128,6 +129,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmekt-sim-"))
     stop = threading.Event()
     threads, errors = [], []
+    counter = None
     try:
         # every device's store is filled before anyone waits: a data problem fails here, not as a hang
         stores = {c.client_id: client_store(workdir / c.client_id / "store.sqlite", c, cfg.dataset, rate_hz,
@@ -137,7 +139,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
         key = Ed25519PrivateKey.generate()  # ephemeral: the signed control plane is what a simulation runs
         options = AggregatorOptions(out=Path(out), wait_clients=len(split.clients) - len(late_clients),
                                     round_timeout=round_timeout, quorum=quorum, progress=progress,
-                                    signing_key=key, packages=False)
+                                    signing_key=key, packages=False, name=name)
         aggregator = Aggregator(cfg, split, url, options, rate_hz=rate_hz)
 
         def client_main(c: ClientPartition, delay_until: threading.Event | None) -> None:
@@ -166,9 +168,14 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
         result = aggregator.run()
         for t in threads:
             t.join(timeout=30)
-        wire = counter.stop()
-    finally:
+        wire, counter = counter.stop(), None
+    finally:   # on Ctrl-C too: every device and the counter leave the broker before it stops (no "disconnected")
         stop.set()
+        leave_by = time.monotonic() + 10   # a device in the middle of its training step stops after it
+        for t in threads:
+            t.join(timeout=max(0.0, leave_by - time.monotonic()))
+        if counter is not None:
+            counter.stop(settle=0)
         if broker is not None:
             broker.stop()
     if errors:

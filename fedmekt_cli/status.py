@@ -58,18 +58,22 @@ def render(s: dict) -> str:
                  + (f" ({', '.join(s['uploads_seen'])})" if s["uploads_seen"] else "")]
     else:
         lines = [f"federation {fed}: nothing running (no round announced on this broker)"]
-    m = s["last_metrics"]
-    if m and isinstance(m.get("round"), int):
-        f1 = ", ".join(f"{k[len('f1_paper_'):]} {v:.3f}" for k, v in sorted(m.items())
-                       if k.startswith("f1_paper_") and isinstance(v, (int, float)))
-        lines.append(f"  last round done: {m['round'] + 1} of run {m.get('run', '?')}: {m.get('absorbed', '?')} of "
-                     f"{m.get('selected', '?')} uploads, paper F1 {f1 or '–'}")
+    m = s["last_metrics"]   # RoundRow.view(): numbered from 1
+    if m:
+        f1 = ", ".join(f"{k} {v:.3f}" for k, v in m["f1"].items())
+        run = (m["run"] or "?") + (f" (federation run {m['federation_run']})" if m["federation_run"] else "")
+        lines.append(f"  last round done: {m['round']} of run {run}: {_or_q(m['absorbed'])} of "
+                     f"{_or_q(m['selected'])} uploads, paper F1 {f1 or '–'}")
     online = sum(1 for c in s["clients"].values() if c["state"] == "online")
     lines.append(f"{len(s['clients'])} clients known, {online} online")
     for cid, c in s["clients"].items():
         lines.append(f"  {cid}: {c['state']}" + (f" ({', '.join(c['modalities'])})" if c["modalities"] else ""))
     lines += [f"unreadable message on {u}" for u in s["unreadable"]]
     return "\n".join(printable(line) for line in lines)  # device text never acts on the terminal
+
+
+def _or_q(value) -> str:
+    return "?" if value is None else str(value)
 
 
 def run(args) -> int:

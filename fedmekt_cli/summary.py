@@ -3,25 +3,23 @@ what needs no federation (the raw-feature probe, the majority floor). ``simulate
 
 from __future__ import annotations
 
-import statistics
-
 
 def f1_figures(result, raw: dict | None = None) -> dict:
     """Per test modality of a ``RunResult``: the deployed model, the final probe, the paper metric (median of the
     last rounds) and the last round's, the raw-feature probe (``raw``: that reference row) and the floor."""
-    from fedmekt.observe.report import LAST_ROUNDS
+    from fedmekt.observe.report import LAST_ROUNDS, paper_metric
+    from fedmekt.observe.round_row import parse_rows
 
-    pair, final, rows = result.config.pair, result.final, result.rows
+    pair, final, rows = result.config.pair, result.final, parse_rows(result.rows)
     last = rows[-LAST_ROUNDS:]
     return {
         "run": result.name, "algorithm": result.config.algorithm, "dataset": result.config.dataset,
         "rounds": len(rows),
         "probe_f1_weighted": {m: final.get(f"probe_f1_weighted_{m}") for m in pair},
         "deployed_f1_weighted": {m: final.get(f"deployed_f1_weighted_{m}") for m in pair},
-        "paper_metric": {m: float(statistics.median(x[f"f1_paper_{m}"] for x in last)) if last else None
-                         for m in pair},
+        "paper_metric": {m: paper_metric(rows, m) if rows else None for m in pair},   # as report.py computes it
         "paper_metric_rounds": len(last),
-        "last_round_paper_f1": {m: rows[-1].get(f"f1_paper_{m}") if rows else None for m in pair},
+        "last_round_paper_f1": {m: rows[-1].f1_paper.get(m) if rows else None for m in pair},
         "raw_feature_probe_f1_weighted": {m: (raw or {}).get(f"probe_f1_weighted_{m}") for m in pair},
         "majority_f1_weighted": final.get("majority_f1_weighted"),
     }

@@ -343,14 +343,3 @@ def _unit_coordinates(pool: Partition, segs: np.ndarray) -> list[list]:
 def write_manifest(split: FederatedSplit, path: Path | str) -> None:
     """Write ``split.manifest`` as JSON (atomically, so a crash never leaves half a manifest)."""
     atomic_write_bytes(Path(path), json.dumps(split.manifest, indent=1, sort_keys=True).encode())
-
-
-def normalizer_from_manifest(manifest: dict) -> Normalizer | None:
-    """Rebuild the pool statistics on a gateway that only received the manifest."""
-    stats = manifest.get("normalizer")
-    if not stats:
-        return None
-    return Normalizer(
-        {m: np.asarray(v, dtype=np.float32) for m, v in stats["mean"].items()},
-        {m: np.asarray(v, dtype=np.float32) for m, v in stats["std"].items()},
-    )

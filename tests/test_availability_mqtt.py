@@ -41,7 +41,7 @@ def test_no_client_online_aggregator_waits_for_restarted_gateways(federation):
     (on a Pi, ``import torch`` alone takes seconds): the next round waits for all of them, as round 0 did,
     instead of opening for the first one back and leaving the slow one out of the rounds that follow."""
     fed = federation(rounds=4, clients=(1, 1, 1), per_round=3, round_timeout=60.0)
-    fed.start_all()
+    fed.start_all("-v")   # "round N opens" is a debug line
     fed.wait_round_done(0)
     fed.wait_announced(1)
     for cid in fed.client_ids:

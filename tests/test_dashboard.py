@@ -120,10 +120,36 @@ def test_api_state_shows_validated_broker_messages(mosquitto):
     assert isinstance(state["clients"]["c001"]["last_seen"], float)
     assert state["running"] and state["round_index"] == 1 and state["selected"] == ["c000", "c001"]
     assert state["uploads_seen"] == ["c001"] and state["round_uploads"] == {"c001": 3072}
-    assert state["history"] == [{"round": 1, "bytes_up": 3072, "bytes_down": None, "f1": {"acce": 0.5}}]
-    assert "absorbed" not in state["last_metrics"]            # a count that is not a number is dropped
+    assert state["history"] == [{"run": "r", "federation_run": None, "round": 1, "selected": None,
+                                 "absorbed": None,      # a count that is not a number is dropped
+                                 "bytes_up": 3072, "bytes_down": None, "f1": {"acce": 0.5}}]   # NaN dropped
+    assert state["last_metrics"] == state["history"][-1]
     assert len(state["unreadable"]) == 3 and any("wire id" in u for u in state["unreadable"])
     assert set(seen) <= set(published)                         # the dashboard published nothing
+
+
+def test_two_runs_of_one_folder_name_are_two_curves_numbered_as_the_last_round(mosquitto):
+    """The aggregator's rows name the run (its folder) and the federation run: two consecutive runs of one setup
+    used to share a name and were drawn as one curve, and ``last_metrics`` counted rounds from 0 where the curve
+    counted from 1 (issue 23 #11)."""
+    pub, _ = _publisher(mosquitto.port)
+    live = LiveView(mosquitto.url, LinkOptions(client_id="dash-view"), FED).start()
+    try:
+        def send(run: str, fed_run: str, rnd: int) -> None:
+            row = {"run": run, "federation_run": fed_run, "round": rnd, "f1_paper_acce": 0.1 * rnd}
+            pub.publish(f"fedmekt/{FED}/metrics", json.dumps(row), qos=1, retain=True).wait_for_publish(10)
+
+        for rnd in range(3):
+            send("lab", "e1-0a0b0c0d", rnd)
+        _poll(live.state, lambda s: len(s["history"]) == 3, 30, "the first run's three rounds")
+        send("lab", "e2-1a1b1c1d", 0)   # a fresh run in a folder of the same name (the first one removed)
+        state = _poll(live.state, lambda s: (s["last_metrics"] or {}).get("federation_run") == "e2-1a1b1c1d", 30,
+                      "the second run's first round")
+    finally:
+        live.close()
+        pub.loop_stop()
+    assert [p["round"] for p in state["history"]] == [1]
+    assert state["last_metrics"] == state["history"][-1] and state["last_metrics"]["round"] == 1
 
 
 def test_page_headers_and_host_check(mosquitto):

@@ -6,6 +6,7 @@ Separate processes share nothing but the broker; the final metrics must still eq
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def _fedmekt(*args: str) -> list[str]:
 def test_aggregator_and_clients_as_processes_equal_inprocess(mosquitto, tmp_path: Path):
     config = tmp_path / "federation.toml"
     config.write_text(CONFIG)
-    out = tmp_path / "agg"
+    out = tmp_path / "runs" / "agg"   # the run's id is "agg" (commands below run where `runs/` is)
     agg = subprocess.Popen(_fedmekt("aggregator", "--broker", mosquitto.url, "--config", str(config), "--out",
                                     str(out), "--wait-clients", "3", "--wait-timeout", "120", "--no-progress"),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -61,10 +62,28 @@ def test_aggregator_and_clients_as_processes_equal_inprocess(mosquitto, tmp_path
     status = subprocess.run(_fedmekt("status", "--broker", mosquitto.url, "--federation", "clitest"),
                             capture_output=True, text=True, timeout=60)
     assert "finished after 2 rounds" in status.stdout and "3 clients known, 0 online" in status.stdout
-    listing = subprocess.run(_fedmekt("runs", str(tmp_path), "--json"), capture_output=True, text=True, timeout=60)
+    listing = subprocess.run(_fedmekt("runs", "--json"), capture_output=True, text=True, timeout=60, cwd=tmp_path)
     runs = {r["id"]: r for r in json.loads(listing.stdout)}
     assert runs["agg"]["status"] == "finished" and runs["agg"]["rounds_done"] == 2, runs
     assert "round 2 of 2 closed" in (out / "run.log").read_text()
+
+    # one run identity (issue 23 #11): the folder's name in every row and in status; the federation run id
+    # (the aggregator logs it) is recorded beside it, and names the same run
+    fed_run = runs["agg"]["federation_run"]
+    assert re.fullmatch(r"e\d+-[0-9a-f]{8}", fed_run or ""), runs["agg"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {(r["run"], r["federation_run"]) for r in rows} == {("agg", fed_run)}
+    assert f"of run agg (federation run {fed_run})" in status.stdout, status.stdout
+    log = subprocess.run(_fedmekt("log", fed_run, "-n", "0"), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert log.returncode == 0 and "round 2 of 2 closed" in log.stdout, log.stderr
+    subprocess.run(_fedmekt("export", "keygen", "--out", "agg"), check=True, capture_output=True, cwd=tmp_path)
+    export = subprocess.run(_fedmekt("export", "--run", "agg", "--out", "pkg", "--key", "agg.key"),
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert export.returncode == 0 and "signed" in export.stdout, export.stderr[-2000:]
+    assert export.stdout.count("\n") == 1 and " INFO " not in export.stderr, export.stderr   # said once
+    assert f"(run agg, federation run {fed_run})" in agg_out   # the aggregator's first line names both
+    report = subprocess.run(_fedmekt("report", "agg"), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert report.returncode == 0 and f"report: {Path('runs') / 'agg' / 'report.html'}" in report.stdout, report.stderr
 
     cfg = load_config(config)
     split = make_split(load_dataset("demo"), cfg.pair, seed=cfg.seed, clients=cfg.clients)
@@ -95,7 +114,7 @@ def test_simulate_command_runs_the_demo_path_and_writes_the_report(tmp_path: Pat
     assert (out / "results.md").exists() and (out / "final.jsonl").exists()
     wire = json.loads((out / "wire.json").read_text())
     assert wire["messages"]["upload"] >= 2 * 3 and wire["payload_bytes"]["proxy"] > 0
-    assert "round 2 of 2 starts" in (out / "run.log").read_text()
+    assert "round 2 of 2 closed" in (out / "run.log").read_text()
 
 
 def test_simulate_json_summary(tmp_path: Path):

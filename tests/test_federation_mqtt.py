@@ -24,7 +24,8 @@ from fedmekt.wire.topics import Topics
 
 pytestmark = pytest.mark.broker
 # keys that legitimately differ between the two transports (timing, header bytes, transport counters)
-TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late"}
+TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late",
+                  "federation_run"}   # the deployment's run id on the wire: an in-process run has none
 
 
 FRAMING_PER_UPLOAD = 100  # bytes: topic, frame header and MQTT fixed header of one upload message

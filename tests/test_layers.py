@@ -39,3 +39,32 @@ def test_imports_point_down(package: str) -> None:
 def test_sensors_imports_nothing_of_ours() -> None:
     ours = {name for path in (ROOT / "sensors").rglob("*.py") for name in imported_packages(path)}
     assert ours <= {"sensors"}, ours
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` (package -> packages it imports) as a path, or [] when it has none."""
+    state: dict[str, int] = {}   # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt]
+            if nxt not in state and (found := visit(nxt, path + [node])):
+                return found
+        state[node] = 2
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [])):
+            return found
+    return []
+
+
+def test_middle_layer_has_no_import_cycle() -> None:
+    """edge_client, aggregator and export may use one another, but one way only: a cycle (export/verify.py once
+    imported edge_client.inference, which imports export) means neither can be read or shipped without the other."""
+    middle = [p for p, level in LAYER.items() if level == 2]
+    graph = {p: {n for path in (ROOT / p).rglob("*.py") for n in imported_packages(path)} & set(middle) - {p}
+             for p in middle}
+    assert not _cycle(graph), "import cycle between packages: " + " -> ".join(_cycle(graph))

@@ -7,8 +7,6 @@ bytes the deployment publishes (MQTT's own ~50 B per-packet framing excluded).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from fedmekt.wire.codec import encoded_size
@@ -28,18 +26,6 @@ def proxy_once_bytes(cfg, proxy: Partition, n_clients: int) -> int:
     if cfg.proxy_delivery_for(len(proxy)) != "once":
         return 0
     return n_clients * message_bytes({m: proxy.modalities[m] for m in cfg.pair}, "float32", kind="proxy")
-
-
-@dataclass
-class Ledger:
-    """Bytes per round: sent by the server (down) and by clients (up)."""
-
-    down: list[int] = field(default_factory=list)
-    up: list[int] = field(default_factory=list)
-
-    def record(self, down: int, up: int) -> None:
-        self.down.append(down)
-        self.up.append(up)
 
 
 def client_message_bytes(cfg, channels: dict[str, int], modalities: tuple[str, ...]) -> int:

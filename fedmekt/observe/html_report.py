@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmekt.artifacts import METRICS, RUN_INFO, atomic_write_bytes
+from fedmekt.observe.round_row import parse_rows
 
 REPORT = "report.html"
 FINAL = "final.jsonl"   # = fedmekt.observe.report.FINAL, without importing the table code
@@ -99,23 +100,23 @@ def _integer_rounds(ax, last: int, first: int = 1) -> None:
 
 
 def _by_round(rows: list[dict], key) -> dict[int, list[float]]:
-    """Round (1-based) -> values of ``key(row)`` over the runs (seeds) that have it."""
+    """Round (1-based) -> values of ``key(row)`` (a :class:`RoundRow`) over the runs (seeds) that have it."""
     out: dict[int, list[float]] = defaultdict(list)
-    for r in rows:
+    for r in parse_rows(rows):
         v = key(r)
         if v is not None:
-            out[int(r["round"]) + 1].append(float(v))
+            out[r.number].append(float(v))
     return dict(sorted(out.items()))
 
 
 def f1_figure(folder: RunFolder) -> bytes:
     """Paper-metric F1 per round: mean over seeds, min–max band, the majority floor as a dashed line."""
     plt = _pyplot()
-    mods = sorted({k[len("f1_paper_"):] for r in folder.rows for k in r if k.startswith("f1_paper_")})
+    mods = sorted({m for r in parse_rows(folder.rows) for m in r.f1_paper})
     setups = folder.setups
     fig, axes = plt.subplots(len(setups), max(1, len(mods)), figsize=(6 * max(1, len(mods)), 4 * len(setups)),
                              squeeze=False)
-    last = max(int(r["round"]) + 1 for r in folder.rows)
+    last = max(r.number for r in parse_rows(folder.rows))
     for i, setup in enumerate(setups):
         finals = [f for f in folder.finals if _setup(f) == setup and "majority_f1_paper" in f]
         floor = float(np.mean([f["majority_f1_paper"] for f in finals])) if finals else None   # the curve's metric
@@ -123,7 +124,7 @@ def f1_figure(folder: RunFolder) -> bytes:
             ax = axes[i][j]
             for c, variant in enumerate(folder.variants):
                 rows = [r for r in folder.rows if _setup(r) == setup and _variant(r) == variant]
-                series = _by_round(rows, lambda r: r.get(f"f1_paper_{m}"))
+                series = _by_round(rows, lambda r: r.f1_paper.get(m))
                 if not series:
                     continue
                 x = np.array(list(series))
@@ -161,7 +162,7 @@ def bytes_figure(folder: RunFolder) -> bytes:
     plt = _pyplot()
     setups = folder.setups
     fig, axes = plt.subplots(len(setups), 2, figsize=(13, 4 * len(setups)), squeeze=False)
-    last = max(int(r["round"]) + 1 for r in folder.rows)
+    last = max(r.number for r in parse_rows(folder.rows))
     for i, setup in enumerate(setups):
         left, right = axes[i]
         for c, variant in enumerate(folder.variants):
@@ -169,8 +170,8 @@ def bytes_figure(folder: RunFolder) -> bytes:
             if not rows:
                 continue
             color = COLORS[c % len(COLORS)]
-            up = _by_round(rows, lambda r: r.get("bytes_up"))
-            down = _by_round(rows, lambda r: r.get("bytes_down"))
+            up = _by_round(rows, lambda r: r.bytes_up)
+            down = _by_round(rows, lambda r: r.bytes_down)
             left.plot(list(up), [np.mean(v) / 1024 for v in up.values()], color=color, lw=4, alpha=0.45,
                       label=f"{variant} up (clients → server)")
             left.plot(list(down), [np.mean(v) / 1024 for v in down.values()], color=color, lw=1.5, ls="--",

@@ -10,11 +10,11 @@ Signed control messages are unwrapped without checking (an observer acts on noth
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from fedmekt.observe.round_row import RoundRow
 from fedmekt.transport.mqtt import Message
 from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import _ID as WIRE_ID
@@ -26,7 +26,6 @@ MAX_CLIENTS = 4096
 MAX_ROUNDS_KEPT = 8  # rounds whose uploads are remembered (the current one is what people look at)
 MAX_HISTORY = 10_000  # metric rows kept for the curves
 MAX_UNREADABLE = 20
-METRIC_COUNTS = ("selected", "absorbed", "bytes_up", "bytes_down")
 
 
 @dataclass
@@ -45,8 +44,8 @@ class FederationView:
     uploads: dict[int, dict[str, int]] = field(default_factory=dict)  # round -> client -> payload bytes
     announcement: fedwire.Announcement | None = None
     deadline: float | None = None  # the announced round's deadline on our clock (``now`` of its arrival + timeout)
-    metrics: dict | None = None
-    history: dict[int, dict] = field(default_factory=dict)  # round -> metrics of the run in ``metrics``
+    metrics: RoundRow | None = None  # the last round done
+    history: dict[int, RoundRow] = field(default_factory=dict)  # round -> rounds of the run of ``metrics``
     unreadable: deque = field(default_factory=lambda: deque(maxlen=MAX_UNREADABLE))
 
     def __post_init__(self) -> None:
@@ -106,22 +105,26 @@ class FederationView:
         self.uploads[rnd][cid] = self.uploads[rnd].get(cid, 0) + size
 
     def _take_metrics(self, payload: bytes) -> None:
-        row = metrics_row(payload)
+        try:
+            row = RoundRow.parse(json.loads(payload))
+        except (ValueError, UnicodeDecodeError):
+            row = None
         if row is None:
             raise WireError("metrics are not a JSON object with a round number")
-        if self.metrics is not None and row.get("run") != self.metrics.get("run"):
-            self.history.clear()  # another run: its curves start over
+        if not row.same_run(self.metrics):
+            self.history.clear()  # another run (a new folder, or a fresh run in the same one): its curves start over
         self.metrics = row
-        if row["round"] in self.history or len(self.history) < MAX_HISTORY:
-            self.history[row["round"]] = row
+        if row.round in self.history or len(self.history) < MAX_HISTORY:
+            self.history[row.round] = row
 
     def summary(self, now: float | None = None) -> dict:
-        """What is running, as a plain JSON-ready dict (rounds numbered from 0, as on the wire)."""
+        """What is running, as a plain JSON-ready dict: ``round_index`` (the round in progress) counted from 0 as
+        on the wire, ``last_metrics`` (the last round done, :meth:`RoundRow.view`) numbered from 1."""
         now = time.time() if now is None else now
         a = self.announcement
         out = {"federation": self.federation, "running": bool(a and not a.done), "finished": bool(a and a.done),
                "rounds_completed": None, "round_index": None, "selected": [], "deadline_s": None,
-               "uploads_seen": [], "last_metrics": self.metrics,
+               "uploads_seen": [], "last_metrics": self.metrics.view() if self.metrics else None,
                "clients": {cid: {"state": c.state, "modalities": c.modalities, "last_seen": c.last_seen}
                            for cid, c in sorted(self.clients.items())},
                "unreadable": list(self.unreadable)}
@@ -139,27 +142,3 @@ class FederationView:
     def round_uploads(self, rnd: int | None) -> dict[str, int]:
         """Payload bytes per client seen for round ``rnd`` (empty when none or unknown)."""
         return dict(sorted(self.uploads.get(rnd, {}).items())) if rnd is not None else {}
-
-
-def metrics_row(payload: bytes) -> dict | None:
-    """The aggregator's round row reduced to what a person reads: run, round, counts, paper F1 per modality.
-
-    None when it is not a JSON object with an integer round; values of the wrong type are dropped.
-    """
-    try:
-        row = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(row, dict) or type(row.get("round")) is not int or not 0 <= row["round"] < 10**9:
-        return None
-    out: dict = {"round": row["round"]}
-    if isinstance(row.get("run"), str) and len(row["run"]) <= 200:
-        out["run"] = row["run"]
-    for k in METRIC_COUNTS:
-        if type(row.get(k)) is int and row[k] >= 0:
-            out[k] = row[k]
-    for k, v in row.items():
-        if isinstance(k, str) and k.startswith("f1_paper_") and WIRE_ID.match(k[len("f1_paper_"):]) \
-                and type(v) in (int, float) and math.isfinite(v):
-            out[k] = float(v)
-    return out

@@ -29,6 +29,7 @@ from fedmekt.artifacts import FINAL_MODEL, METRICS, atomic_write_bytes, tensor_b
 from fedmekt.errors import UserError
 from fedmekt.experiment.paper_results import paper_value
 from fedmekt.experiment.statistics import paired_difference
+from fedmekt.observe.round_row import RoundRow, parse_rows
 
 FINAL = "final.jsonl"
 LAST_ROUNDS = 10   # the paper's table value: median of the last 10 rounds (box:15-17)
@@ -92,16 +93,18 @@ def _groups(finals: list[dict]) -> list[tuple[tuple, list[dict]]]:
     return sorted(groups.items(), key=lambda kv: (kv[0][:3], bool(kv[1][0].get("reference")), kv[0][3]))
 
 
-def _paper_metric(run_rows: list[dict], m: str) -> float:
+def paper_metric(run_rows: list[RoundRow], m: str) -> float:
     """The paper's table value of one run: median of the moving probe over the last rounds (NaN without rounds)."""
-    return float(np.median([r[f"f1_paper_{m}"] for r in run_rows[-LAST_ROUNDS:]])) if run_rows else float("nan")
+    return float(np.median([r.f1_paper.get(m, np.nan) for r in run_rows[-LAST_ROUNDS:]])) if run_rows \
+        else float("nan")
 
 
-def _rounds_by_run(rows: list[dict]) -> dict[str, list[dict]]:
-    by_run: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_run[row["run"]].append(row)
-    return {k: sorted(v, key=lambda r: r["round"]) for k, v in by_run.items()}
+def _rounds_by_run(rows: list[dict]) -> dict[str, list[RoundRow]]:
+    """Each run's rounds in order, read as ``fedmekt runs`` and the dashboard read them."""
+    by_run: dict[str, list[RoundRow]] = defaultdict(list)
+    for row in parse_rows(rows):
+        by_run[row.run].append(row)
+    return {k: sorted(v, key=lambda r: r.round) for k, v in by_run.items()}
 
 
 def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -115,7 +118,7 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
         algo = runs[0]["algorithm"]
         run_rows = [by_run.get(f["run"], []) for f in runs]
         for m in pair.split("-"):
-            pm, ps = _ms([_paper_metric(rr, m) for rr in run_rows])
+            pm, ps = _ms([paper_metric(rr, m) for rr in run_rows])
             rec = {"dataset": dataset, "pair": pair, "clients": "/".join(map(str, clients)), "algorithm": variant,
                    "test": m, "seeds": len(runs), "rounds": runs[0]["rounds"],
                    "paper_metric_mean": pm, "paper_metric_std": ps,
@@ -130,9 +133,9 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
             acc.append(rec)
         if runs[0].get("reference"):
             continue
-        up = [float(np.mean([r["bytes_up"] for r in rr])) for rr in run_rows]
-        down = [float(np.mean([r["bytes_down"] for r in rr])) for rr in run_rows]
-        total = [sum(r["bytes_up"] + r["bytes_down"] for r in rr) + f["bytes_proxy_once"]
+        up = [float(np.mean([r.bytes_up or 0 for r in rr])) for rr in run_rows]
+        down = [float(np.mean([r.bytes_down or 0 for r in rr])) for rr in run_rows]
+        total = [sum((r.bytes_up or 0) + (r.bytes_down or 0) for r in rr) + f["bytes_proxy_once"]
                  for rr, f in zip(run_rows, runs)]
         comm.append({"dataset": dataset, "pair": pair, "clients": "/".join(map(str, clients)), "algorithm": variant,
                      "wire_dtype": runs[0]["wire_dtype"],
@@ -145,7 +148,7 @@ def summarize(rows: list[dict], finals: list[dict]) -> tuple[list[dict], list[di
     return acc, comm
 
 
-def _per_seed(variant: str, runs: list[dict], by_run: dict[str, list[dict]], m: str) -> tuple[dict, dict, dict]:
+def _per_seed(variant: str, runs: list[dict], by_run: dict[str, list[RoundRow]], m: str) -> tuple[dict, dict, dict]:
     """({seed: probe weighted F1}, {seed: paper metric}, {seed: deployed weighted F1}) of ``runs`` on test
     modality ``m`` (NaN where a row has no such figure: nothing pairs).
 
@@ -156,7 +159,7 @@ def _per_seed(variant: str, runs: list[dict], by_run: dict[str, list[dict]], m: 
     if twice:
         raise UserError(f"cannot pair {variant}: seed(s) {twice} occur more than once in final.jsonl")
     return ({f["seed"]: f[f"probe_f1_weighted_{m}"] for f in runs},
-            {f["seed"]: _paper_metric(by_run.get(f["run"], []), m) for f in runs},
+            {f["seed"]: paper_metric(by_run.get(f["run"], []), m) for f in runs},
             {f["seed"]: f.get(f"deployed_f1_weighted_{m}", float("nan")) for f in runs})
 
 

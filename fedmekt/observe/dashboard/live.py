@@ -37,7 +37,8 @@ class LiveView:
                     self.view.absorb(msg)
 
     def state(self) -> dict:
-        """The status summary plus what the page draws: per-round curves and this round's uploads."""
+        """The status summary plus what the page draws: per-round curves (the rows of ``last_metrics``' run, numbered
+        alike) and this round's uploads."""
         now = time.time()
         with self._lock:
             out = self.view.summary(now)
@@ -45,7 +46,7 @@ class LiveView:
             uploads = self.view.round_uploads(out["round_index"])
         a = self.link.address
         out.update(broker=f"{a.host}:{a.port}", connected=self.link.connected, now=now,
-                   round_uploads=uploads, history=[_curve_point(row) for row in history])
+                   round_uploads=uploads, history=[row.view() for row in history])
         return out
 
     def close(self) -> None:
@@ -54,8 +55,3 @@ class LiveView:
             self._thread.join(timeout=2)
         self.link.close()
 
-
-def _curve_point(row: dict) -> dict:
-    """One round of the curves, numbered from 1 as the progress bars and the report number rounds."""
-    return {"round": row["round"] + 1, "bytes_up": row.get("bytes_up"), "bytes_down": row.get("bytes_down"),
-            "f1": {k[len("f1_paper_"):]: v for k, v in row.items() if k.startswith("f1_paper_")}}
