@@ -143,6 +143,7 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
     from edge_client.agent import AgentOptions, EdgeAgent
     from edge_client.sources import ingest, open_source, parse_modalities
     from fedmekt.errors import UserError
+    from fedmekt.transport.mqtt import check_reachable
     from fedmekt.wire.topics import Topics
 
     info_path = store_path.with_suffix(".json")  # remembers whether the stored samples are normalised
@@ -157,6 +158,7 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
             raise UserError(f"--infer needs raw samples; {args.source} delivers normalised ones (use replay:, "
                             "csv:, udp:, serial:, …)")
         normalised = opened.normalised
+        check_reachable(args.broker)  # before a store fill that may take minutes (a replay reads 147k samples)
         info_path.write_text(json.dumps({"normalised": normalised}))
         if opened.live or args.infer:  # --infer: samples flow while the agent runs, even from a finite source
             live = threading.Thread(target=ingest, args=(opened.source, sink), daemon=True, name="ingest")

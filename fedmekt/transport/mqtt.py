@@ -118,6 +118,41 @@ class BrokerAddress:
         return f"{self.host}:{self.port}"
 
 
+def _where(addresses: Sequence[BrokerAddress]) -> str:
+    return ", ".join(str(a) for a in addresses)
+
+
+def _all_refuse(addresses: Sequence[BrokerAddress]) -> bool:
+    """Whether every broker's port actively refuses TCP (ECONNREFUSED: nothing listens), as opposed to not
+    answering (a firewall, a host that is down or far away), which is worth waiting for."""
+    for address in addresses:
+        try:
+            with socket.create_connection((address.host, address.port), timeout=1.0):
+                return False
+        except ConnectionRefusedError:
+            continue
+        except OSError:
+            return False
+    return True
+
+
+def refused_message(addresses: Sequence[BrokerAddress]) -> str:
+    return (f"cannot reach MQTT broker at {_where(addresses)}: connection refused (nothing listens there: is the "
+            f"broker running, and is the port right?)")
+
+
+def check_reachable(urls: str | Sequence[str]) -> None:
+    """Refuse at once a broker whose every address refuses TCP for REFUSED_FOR_S (nothing listens), before long
+    work that would need it (a gateway filling its store first). Only a cheap TCP check: a broker that does not
+    answer at all is left to the link's connect, which waits for it."""
+    addresses = BrokerAddress.parse_list(urls)
+    deadline = time.monotonic() + REFUSED_FOR_S
+    while _all_refuse(addresses):
+        if time.monotonic() >= deadline:
+            raise UserError(refused_message(addresses))
+        time.sleep(0.1)  # a broker starting up opens its port within moments
+
+
 @dataclass
 class LinkOptions:
     """Connection settings; the defaults suit a gateway on a flaky link."""
@@ -315,14 +350,13 @@ class MqttLink:
                     if problem:
                         self._stop_client()
                         raise UserError(problem)
-                    if not self._all_refuse():
+                    if not _all_refuse(self.addresses):
                         refused_since = None  # a broker starting up opened its port: paho's next attempt gets in
                     elif refused_since is None:
                         refused_since = time.monotonic()
                     elif time.monotonic() - refused_since >= REFUSED_FOR_S:
                         self._stop_client(join=False)
-                        raise UserError(f"cannot reach MQTT broker at {self._where()}: connection refused (nothing "
-                                        f"listens there: is the broker running, and is the port right?)")
+                        raise UserError(refused_message(self.addresses))
             if self._connected.is_set():
                 if self.protocol == "3.1.1" and len(order) > 1:
                     _V311_ONLY.add(where)
@@ -337,25 +371,10 @@ class MqttLink:
                 raise UserError(f"broker {self._failed_at or self.address} refused the connection: {self._connack}")
             if not (probe or self._unsupported):
                 break
-        raise UserError(f"cannot reach MQTT broker at {self._where()} within {timeout:.0f} s: waited for a TCP "
+        raise UserError(f"cannot reach MQTT broker at {_where(self.addresses)} within {timeout:.0f} s: waited for a TCP "
                         f"connection and the broker's CONNACK (a firewall dropping packets, a wrong host, or a broker "
                         f"too busy to answer)")
 
-    def _where(self) -> str:
-        return ", ".join(str(a) for a in self.addresses)
-
-    def _all_refuse(self) -> bool:
-        """Whether every broker's port actively refuses TCP (ECONNREFUSED: nothing listens), as opposed to not
-        answering (a firewall, a host that is down or far away), which is worth waiting for."""
-        for address in self.addresses:
-            try:
-                with socket.create_connection((address.host, address.port), timeout=1.0):
-                    return False
-            except ConnectionRefusedError:
-                continue
-            except OSError:
-                return False
-        return True
 
     def _tls_problem(self, address: BrokerAddress) -> str | None:
         """Repeat the TLS handshake to say why it failed; paho reports only that the connection did.
