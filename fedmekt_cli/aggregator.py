@@ -113,9 +113,6 @@ def run(args) -> int:
         limits = WireLimits(chunk_size=args.chunk_kib * 1024)
     except ValueError as exc:
         raise UserError(f"--chunk-kib: {exc}") from None
-    from fedmekt.transport.mqtt import check_reachable
-
-    check_reachable(args.broker)  # a broker that refuses is said now, not after torch and the split load
     from aggregator.service import Aggregator, AggregatorOptions
     from fedmekt.observe.html_report import write_html_report
     from fedmekt.experiment.reference_rows import raw_features_final

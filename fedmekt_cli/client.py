@@ -146,6 +146,10 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
     from fedmekt.transport.mqtt import check_reachable
     from fedmekt.wire.topics import Topics
 
+    link = link_options(args, args.client_id, username=args.client_id,  # bad options refused before the store fill
+                        session_topic=Topics(args.federation).session(args.client_id),
+                        takeover="alert")  # a stolen login must not switch it off
+    floor = min_epoch(args)
     info_path = store_path.with_suffix(".json")  # remembers whether the stored samples are normalised
     normalised = json.loads(info_path.read_text()).get("normalised", False) if info_path.exists() else None
     sink = _RecognisingStore(store) if args.infer else store
@@ -184,11 +188,8 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
                               sorted(store.channels)[0], accept_hand_exported=args.accept_hand_exported)
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
-        bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id,
-                                              session_topic=Topics(args.federation).session(args.client_id),
-                                              takeover="alert"),  # a stolen login must not switch it off
-        normalise=not normalised, exit_when_done=args.exit_when_done, models=models, public_key=public_key,
-        min_epoch=min_epoch(args)))
+        bundle=args.bundle, link=link, normalise=not normalised, exit_when_done=args.exit_when_done, models=models,
+        public_key=public_key, min_epoch=floor))
     if args.infer:
         sink.agent = agent
     return agent

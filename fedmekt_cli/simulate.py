@@ -87,10 +87,6 @@ def build_config(args):
 
 def run(args) -> int:
     cfg = build_config(args)  # every typo refused before torch is imported (seconds)
-    if args.broker is not None:
-        from fedmekt.transport.mqtt import check_reachable
-
-        check_reachable(args.broker)  # and a broker that refuses, before the dataset and the split load
 
     import torch
 

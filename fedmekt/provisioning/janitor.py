@@ -29,6 +29,7 @@ JANITOR = "janitor"  # the login name (and MQTT client id) of the operator's jan
 # subscriber ever sees it, and it matches the janitor's ACL (fedmekt/+/clients/#) and its own filter.
 SENTINEL_FEDERATION = "_janitor"
 MAX_PASSES = 20
+QUIET_S = 2.0  # nothing came for this long and no sentinel yet: the broker dropped it with the overflow, send another
 
 
 @dataclass
@@ -36,9 +37,10 @@ class _Pass:
     """What one subscription brought: retained topics, and whether the sentinel (published after the
     subscription was acknowledged, so queued behind every retained copy) came back."""
 
-    sentinel: str
+    sentinel: str  # the prefix of this pass's sentinel topics
     retained: set[str] = field(default_factory=set)
     done: threading.Event = field(default_factory=threading.Event)
+    last: float = field(default_factory=time.monotonic)  # when the last message came
 
 
 @dataclass
@@ -54,7 +56,8 @@ class _Janitor:
         now = self.current
         if now is None:
             return
-        if msg.topic == now.sentinel:
+        now.last = time.monotonic()
+        if msg.topic.startswith(now.sentinel):
             now.done.set()
         elif msg.retain and msg.payload:
             now.retained.add(msg.topic)
@@ -79,7 +82,13 @@ class _Janitor:
             raise UserError(f"the broker refused the janitor's subscription to {topic_filter} ({self.granted[0]}): "
                             f"reload mosquitto after `fedmekt provision remove`, which adds the janitor login")
         self.client.publish(now.sentinel, b"", qos=1).wait_for_publish(self.timeout)
-        complete = now.done.wait(self.timeout)
+        deadline, resent = time.monotonic() + self.timeout, 0
+        while not now.done.wait(0.2) and time.monotonic() < deadline:
+            if time.monotonic() - now.last > QUIET_S:  # the broker's queue for us overflowed and took the sentinel
+                resent += 1
+                now.last = time.monotonic()
+                self.client.publish(f"{now.sentinel}/{resent}", b"", qos=1).wait_for_publish(self.timeout)
+        complete = now.done.is_set() and not (resent and now.retained)  # a dropped sentinel: drops, look again
         self._request(lambda: self.client.unsubscribe(topic_filter), f"unsubscription from {topic_filter}")
         self.current = None
         for topic in sorted(now.retained):

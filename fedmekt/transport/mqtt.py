@@ -171,7 +171,7 @@ class LinkOptions:
     reconnect_max: float = 60.0
     max_queued: int = 1000  # outgoing messages paho may hold
     inbox: int = 2000  # incoming messages waiting for the application
-    inbox_bytes: int = 64 * 2**20  # and their payload bytes (fedmekt.transport.inbox: a full inbox pushes back on the broker)
+    inbox_bytes: int = 64 * 2**20  # and their payload bytes (the MQTT 5 Receive Maximum follows from both)
     session_topic: str | None = None  # retained token topic that detects a second session of this login
     retain: bool = True  # False: the broker has retained messages off (MQTT 5 brokers also say so themselves)
     kick_limit: int = 0  # > 0: that many established connections lost within KICK_WINDOW_S are a takeover by a
@@ -371,10 +371,9 @@ class MqttLink:
                 raise UserError(f"broker {self._failed_at or self.address} refused the connection: {self._connack}")
             if not (probe or self._unsupported):
                 break
-        raise UserError(f"cannot reach MQTT broker at {_where(self.addresses)} within {timeout:.0f} s: waited for a TCP "
-                        f"connection and the broker's CONNACK (a firewall dropping packets, a wrong host, or a broker "
-                        f"too busy to answer)")
-
+        raise UserError(f"cannot reach MQTT broker at {_where(self.addresses)} within {timeout:.0f} s: waited for a "
+                        f"TCP connection and the broker's CONNACK (a firewall dropping packets, a wrong host, or a "
+                        f"broker too busy to answer)")
 
     def _tls_problem(self, address: BrokerAddress) -> str | None:
         """Repeat the TLS handshake to say why it failed; paho reports only that the connection did.
@@ -538,10 +537,11 @@ class MqttLink:
 
     def _subscribe(self, client: paho.Client, topic: str, attempt: int = 0, initial: bool = False) -> None:
         with self._sub_lock:  # held across the call: the SUBACK may arrive before subscribe() returns
-            live = topic in self._live and self.v5
-            rc, mid = client.subscribe(topic, options=SubscribeOptions(
-                qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND) if live else None,
-                qos=0 if live else 1)
+            if topic in self._live and self.v5:  # the broker sends no retained copies (3.1.1: see _on_message)
+                live = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+                rc, mid = client.subscribe(topic, options=live)
+            else:
+                rc, mid = client.subscribe(topic, qos=1)
             if rc == paho.MQTT_ERR_SUCCESS:
                 self._sub_mids[mid] = (topic, attempt, initial)
                 if initial:
