@@ -12,9 +12,10 @@
   subscriptions renewed on every reconnect; reconnect with exponential backoff;
 * QoS 1 everywhere; bounded outgoing queue and an inbox bounded in messages and bytes. Flow control never
   blocks paho's network thread (keepalive pings must go on while the application is busy): a message is
-  acknowledged when the application takes it (paho's manual ack), and the MQTT 5 Receive Maximum keeps the
-  broker's unacknowledged window within the inbox, so the broker holds the rest. What still overflows the
-  inbox (QoS 0, a 3.1.1 broker's wider window) is dropped, counted (``dropped``) and logged;
+  acknowledged when the application takes it (paho's manual ack), and the MQTT 5 Receive Maximum asks the
+  broker to keep its unacknowledged window within the inbox and hold the rest. What still overflows the inbox
+  (QoS 0, a 3.1.1 broker's wider window, mosquitto 2.0.11 sending a whole window more after a PUBACK while it
+  holds queued messages: measured) is dropped, counted (``dropped``) and logged;
 * ``live`` subscriptions take no retained messages (MQTT 5 retain handling "do not send", and, for a 3.1.1
   broker, retained copies are discarded on arrival): a device login parking retained messages on its data
   topics cannot flood a subscriber that starts later;
@@ -472,7 +473,8 @@ class MqttLink:
     @property
     def receive_maximum(self) -> int:
         """The MQTT 5 window of unacknowledged messages the broker may send: what the inbox holds of the
-        protocol's largest messages, so an inbox nobody reads fills and the broker waits (and keeps the rest)."""
+        protocol's largest messages, so an inbox nobody reads fills and the broker waits (and keeps the rest;
+        mosquitto 2.0.11 does not always: see the module docstring)."""
         o = self.options
         return max(1, min(o.inbox, o.inbox_bytes // LARGEST_MESSAGE, RECEIVE_MAXIMUM_CAP))
 
