@@ -87,6 +87,10 @@ def build_config(args):
 
 def run(args) -> int:
     cfg = build_config(args)  # every typo refused before torch is imported (seconds)
+    if args.broker is not None:
+        from fedmekt.transport.mqtt import check_reachable
+
+        check_reachable(args.broker)  # and a broker that refuses
 
     import torch
 
