@@ -51,16 +51,18 @@ class _Janitor:
     acked: threading.Event = field(default_factory=threading.Event)
     granted: list = field(default_factory=list)
     current: _Pass | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the network thread adds while a pass ends
 
     def on_message(self, client, userdata, msg) -> None:
-        now = self.current
-        if now is None:
-            return
-        now.last = time.monotonic()
-        if msg.topic.startswith(now.sentinel):
-            now.done.set()
-        elif msg.retain and msg.payload:
-            now.retained.add(msg.topic)
+        with self.lock:
+            now = self.current
+            if now is None:
+                return
+            now.last = time.monotonic()
+            if msg.topic.startswith(now.sentinel):
+                now.done.set()
+            elif msg.retain and msg.payload:
+                now.retained.add(msg.topic)
 
     def on_ack(self, client, userdata, mid, reason_codes, properties) -> None:
         self.granted[:] = list(reason_codes)
@@ -88,15 +90,17 @@ class _Janitor:
                 resent += 1
                 now.last = time.monotonic()
                 self.client.publish(f"{now.sentinel}/{resent}", b"", qos=1).wait_for_publish(self.timeout)
-        complete = now.done.is_set() and not (resent and now.retained)  # a dropped sentinel: drops, look again
         self._request(lambda: self.client.unsubscribe(topic_filter), f"unsubscription from {topic_filter}")
-        self.current = None
-        for topic in sorted(now.retained):
+        with self.lock:  # late copies after this are left to the next pass
+            self.current = None
+            found = sorted(now.retained)
+        complete = now.done.is_set() and not (resent and found)  # a dropped sentinel: drops, look again
+        for topic in found:
             info = self.client.publish(topic, b"", qos=1, retain=True)  # an empty retained message deletes it
             info.wait_for_publish(self.timeout)
             if not info.is_published():
                 raise UserError(f"the broker did not acknowledge clearing {topic} within {self.timeout:.0f} s")
-        return len(now.retained), complete
+        return len(found), complete
 
 
 def clear_retained(host: str, port: int, password: str, ca_file: str, name: str, timeout: float = 30.0) -> int:
