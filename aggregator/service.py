@@ -158,8 +158,9 @@ class Aggregator:
         name = opts.name or run_name(cfg)
         base = {**run_record(cfg, name), "federation_run": self.run_id}   # the run as the folder and the wire name it
         with MqttLink(self.url, self.link_options, subscriptions=[
-                self.topics.status_all, self.topics.uploads_all, self.topics.proxy_all,
-                self.topics.rounds, self.topics.sync_all]).connect() as link:
+                self.topics.status_all, self.topics.proxy_all, self.topics.rounds],
+                live=[self.topics.uploads_all, self.topics.sync_all]).connect() as link:  # a device's retained
+            # messages there never reach us (a login parking many of them flooded the inbox)
             self.link = link
             log.info("federation %s on broker %s (run %s, federation run %s)", cfg.federation,
                      ", ".join(map(str, link.addresses)), name, self.run_id)

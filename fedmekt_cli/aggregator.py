@@ -114,12 +114,19 @@ def run(args) -> int:
         limits = WireLimits(chunk_size=args.chunk_kib * 1024)
     except ValueError as exc:
         raise UserError(f"--chunk-kib: {exc}") from None
+    from fedmekt.run_counter import epoch_file, read_epoch
+    from fedmekt.transport.mqtt import check_reachable
+    from fedmekt.wire.topics import Topics
+
+    link = link_options(args, f"{cfg.federation}-aggregator", session_topic=Topics(cfg.federation).aggregator_session,
+                        kick_limit=5)  # a foreign tool on our login (no token) ends the run instead of fighting it
+    read_epoch(epoch_file(args.state_dir or out.resolve().parent, cfg.federation))  # a damaged run counter is said
+    check_reachable(args.broker)  # as a broker that refuses: before torch and the split load (seconds)
     from aggregator.service import Aggregator, AggregatorOptions
     from fedmekt.observe.html_report import write_html_report
     from fedmekt.experiment.reference_rows import raw_features_final
     from fedmekt.observe.report import write_report
     from fedmekt.wire import manifest as fedwire
-    from fedmekt.wire.topics import Topics
     from fedmekt_cli.run_record import RunRecord, masked_url, run_id
     from fedmekt_cli.summary import f1_figures, f1_table
 
@@ -135,8 +142,6 @@ def run(args) -> int:
                                 package_every=args.package_every, state_dir=args.state_dir, min_epoch=args.min_epoch,
                                 known_clients=frozenset(filter(None, args.client_ids.split(",")))
                                 if args.client_ids else None)
-    link = link_options(args, f"{cfg.federation}-aggregator", session_topic=Topics(cfg.federation).aggregator_session,
-                        kick_limit=5)  # a foreign tool on our login (no token) ends the run instead of fighting it
     agg = Aggregator(cfg, split, args.broker, options, link, rate_hz=rate)
     with RunRecord(out, "aggregator", algorithm=cfg.algorithm, dataset=cfg.dataset, rounds=cfg.rounds,
                    federation=cfg.federation, broker=masked_url(args.broker)) as record:

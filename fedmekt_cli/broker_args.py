@@ -31,8 +31,8 @@ def add_broker_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="the broker keeps no retained messages (an MQTT 5 broker says so itself; a 3.1.1 one cannot): "
                         "publish without the retain flag, state then comes from sync answers")
     g.add_argument("--inbox-mib", type=float, default=64.0, metavar="MIB",
-                   help="most payload MiB received and not yet processed; a full inbox makes the broker wait "
-                        "(default 64)")
+                   help="most payload MiB received and not yet processed; the broker is asked to wait while it is "
+                        "full (MQTT 5 Receive Maximum), and what overflows anyway is dropped and logged (default 64)")
 
 
 def check_broker(urls: str) -> None:

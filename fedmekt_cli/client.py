@@ -154,8 +154,13 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
     from edge_client.agent import AgentOptions, EdgeAgent
     from edge_client.sources import ingest, open_source, parse_modalities
     from fedmekt.errors import UserError
+    from fedmekt.transport.mqtt import check_reachable
     from fedmekt.wire.topics import Topics
 
+    link = link_options(args, args.client_id, username=args.client_id,  # bad options refused before the store fill
+                        session_topic=Topics(args.federation).session(args.client_id),
+                        takeover="alert")  # a stolen login must not switch it off
+    floor = min_epoch(args)
     info_path = store_path.with_suffix(".json")  # whether the stored samples are normalised; finite sources read
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     normalised = info.get("normalised", False) if info_path.exists() else None
@@ -169,6 +174,7 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
             raise UserError(f"--infer needs raw samples; {args.source} delivers normalised ones (use replay:, "
                             "csv:, udp:, serial:, …)")
         normalised = opened.normalised
+        check_reachable(args.broker)  # before a store fill that may take minutes (a replay reads 147k samples)
         info["normalised"] = normalised
         info_path.write_text(json.dumps(info))
         if opened.live or args.infer:  # --infer: samples flow while the agent runs, even from a finite source
@@ -200,11 +206,8 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
                               sorted(store.channels)[0], accept_hand_exported=args.accept_hand_exported)
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
-        bundle=args.bundle, link=link_options(args, args.client_id, username=args.client_id,
-                                              session_topic=Topics(args.federation).session(args.client_id),
-                                              takeover="alert"),  # a stolen login must not switch it off
-        normalise=not normalised, exit_when_done=args.exit_when_done, models=models, public_key=public_key,
-        min_epoch=min_epoch(args)))
+        bundle=args.bundle, link=link, normalise=not normalised, exit_when_done=args.exit_when_done, models=models,
+        public_key=public_key, min_epoch=floor))
     if args.infer:
         sink.agent = agent
     return agent

@@ -4,7 +4,8 @@
     fedmekt provision add ~/fedmekt-operator aggregator --role aggregator --federation demo
     fedmekt provision add ~/fedmekt-operator c000 --federation demo --aggregator-state /var/lib/fedmekt  # a device
     fedmekt provision add ~/fedmekt-operator dashboard --role monitor   # read-only, for `fedmekt status`
-    fedmekt provision remove ~/fedmekt-operator c000                    # revoke
+    fedmekt provision remove ~/fedmekt-operator c000                    # revoke, then reload mosquitto
+    fedmekt provision clear ~/fedmekt-operator c000                     # after the reload: delete what it left
     fedmekt provision bridge ~/fedmekt-operator ward-3 --federation demo --device c000 --device c001
                                                                          # a site broker's bridge to the lab
 
@@ -60,6 +61,11 @@ def register(subparsers) -> None:
     q = sub.add_parser("remove", help="revoke a login")
     q.add_argument("operator", type=Path)
     q.add_argument("name")
+    q = sub.add_parser("clear", help="after `remove` and a reload: delete the retained messages the login left")
+    q.add_argument("operator", type=Path)
+    q.add_argument("name")
+    q.add_argument("--broker", default=None,
+                   help="mqtts://HOST:PORT of the broker (default the control listener of `init`)")
     q = sub.add_parser("bridge", help="a site broker's login and its mosquitto bridge config to the lab broker")
     q.add_argument("operator", type=Path)
     q.add_argument("site", help="the site broker's login name on the lab broker, e.g. ward-3")
@@ -103,7 +109,11 @@ def run(args) -> int:
                                   args.site_dir, _password(args))
         print(f"bridge {args.site}: reload the lab's mosquitto (SIGHUP); copy {folder}/ to the site broker "
               f"and include its {BRIDGE_CONF} (restart the site's mosquitto: bridges are not reloaded)")
+    elif args.action == "clear":
+        cleared = registry.clear(args.operator, args.name, args.broker)
+        print(f"cleared {cleared} retained message(s) {args.name} left on the broker")
     else:
         registry.remove(args.operator, args.name)
-        print(f"removed {args.name}; reload mosquitto (SIGHUP)")
+        print(f"removed {args.name}; reload mosquitto (SIGHUP), then delete the retained messages it left: "
+              f"fedmekt provision clear {args.operator} {args.name}")
     return 0

@@ -91,6 +91,10 @@ def run(args) -> int:
 
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-simulate-{cfg.dataset}"
     refuse_used_folder(out)
+    if args.broker is not None:
+        from fedmekt.transport.mqtt import check_reachable
+
+        check_reachable(args.broker)  # and a broker that refuses
 
     import torch
 

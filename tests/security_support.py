@@ -53,7 +53,7 @@ def start_secure_broker(tmp: Path, users: tuple[str, ...] = DEVICES, federation:
     port = free_port()
     dep = provision.init(folder, ("localhost", "127.0.0.1"), port=port, bind=bind,
                          control_port=free_port(avoid=port))
-    passwords = {}
+    passwords = {"janitor": json.loads((folder / "logins" / "janitor" / "credentials.json").read_text())["password"]}
     for name, role in [("aggregator", "aggregator"), ("monitor", "monitor")] + [(u, "device") for u in users]:
         bundle = provision.add(folder, name, role, (federation,) if role != "monitor" else ())
         passwords[name] = json.loads((bundle / "credentials.json").read_text())["password"]

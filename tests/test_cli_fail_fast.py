@@ -152,3 +152,31 @@ def test_runs_takes_its_folder_either_way(tmp_path):
     out = audited(["runs", "--dir", str(tmp_path), "--format", "json"], tmp_path)
     assert out["rc"] == 0 and out["stdout"].strip() == "[]", out
     assert "--mqtt URL" not in audited(["infer", "--help"], tmp_path)["stdout"]   # the older spelling works, unlisted
+
+
+REFUSING = [  # {port}: a free port nobody listens on
+    ["status", "--broker", "mqtt://127.0.0.1:{port}", "--federation", "lab"],
+    ["client", "--broker", "mqtt://127.0.0.1:{port}", "--client-id", "c000", "--federation", "lab",
+     "--source", "replay:demo", "--store", "gw/store.sqlite"],
+    ["aggregator", "--broker", "mqtt://127.0.0.1:{port}", "--config", "fed.toml", "--out", "agg"],
+    ["simulate", "--broker", "mqtt://127.0.0.1:{port}", "--rounds", "1", "--out", "sim"],
+]
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("argv", REFUSING, ids=[a[0] for a in REFUSING])
+def test_a_broker_that_refuses_is_said_at_once_before_any_long_work(argv, tmp_path):
+    """The port refuses TCP: one line that says so (not 'within 15 s' after 15 s of retries), before torch, the
+    dataset or a store fill (the client used to read 147,104 replay samples first); nothing left behind."""
+    from fedmekt.transport.broker import free_port
+
+    (tmp_path / "fed.toml").write_text('federation = "lab"\ndataset = "demo"\nrounds = 2\n')
+    port = free_port()
+    out = audited([a.format(port=port) for a in argv], tmp_path)
+    lines = out["stderr"].strip().splitlines()
+    assert out["rc"] == 2 and len(lines) == 1, out
+    assert f"cannot reach MQTT broker at 127.0.0.1:{port}: connection refused" in lines[0], out
+    assert "within" not in lines[0], out
+    assert not (tmp_path / "gw").exists() and not (tmp_path / "sim").exists() and not (tmp_path / "agg").exists()
+    if argv[0] != "client":  # its agent module imports torch; the store fill is what took long
+        assert not out["torch"], f"torch was imported before refusing {argv[0]}"

@@ -124,7 +124,8 @@ def test_secrets_shipped_acl_example_is_what_provisioning_renders():
     from fedmekt.provisioning.acl import Login, render_acl
 
     shipped = (Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "acl").read_text()
-    example = [Login("aggregator", "aggregator", ("demo",)), Login("monitor", "monitor"), Login("c000", "device", ("demo",))]
+    example = [Login("aggregator", "aggregator", ("demo",)), Login("monitor", "monitor"), Login("c000", "device", ("demo",)),
+               Login("janitor", "janitor")]
     assert shipped == render_acl(example)
 
 

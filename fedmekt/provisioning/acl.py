@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fedmekt.wire.topics import ROOT
 
-ROLES = ("device", "aggregator", "monitor", "bridge")
+ROLES = ("device", "aggregator", "monitor", "bridge", "janitor")
 ALL_FEDERATIONS = "+"
 
 
@@ -74,6 +74,8 @@ def rules(login: Login) -> list[str]:
             out += _bridge_rules(fed, login)
         elif login.role == "aggregator":
             out += _aggregator_rules(fed)
+        elif login.role == "janitor":  # clears what a revoked login left (fedmekt.provisioning.janitor)
+            out.append(f"topic readwrite {ROOT}/{fed}/clients/#")
         else:  # monitor: reads everything of its federations, publishes nothing
             out.append(f"topic read {ROOT}/{fed}/#")
     return out

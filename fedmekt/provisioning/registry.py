@@ -29,6 +29,7 @@ from pathlib import Path
 from fedmekt.errors import UserError
 from fedmekt.provisioning import pki
 from fedmekt.provisioning.acl import ALL_FEDERATIONS, ROLES, Login, render_acl
+from fedmekt.provisioning.janitor import JANITOR
 from fedmekt.provisioning.passwords import hash_line
 from fedmekt.run_counter import epoch_file, read_epoch
 from fedmekt.wire.manifest import AGGREGATOR_ID
@@ -220,6 +221,7 @@ def init(operator: Path, hosts: tuple[str, ...], port: int = SHIPPED_PORT, broke
     _write(operator / BROKER_JSON, (json.dumps(info, indent=2) + "\n").encode())
     dep = Deployment(operator, broker_dir, tuple(hosts), port, bind, control_port, control_bind)
     dep._save({}, {})
+    add(operator, JANITOR, "janitor")
     return dep
 
 
@@ -269,6 +271,10 @@ def add(operator: Path, name: str, role: str = "device", federations: tuple[str,
         check_name(fed, "federation")
     if name == AGGREGATOR_ID and role != "aggregator":
         raise UserError(f"{name!r} is the aggregator's protocol id: give this {role} login another name")
+    if (name == JANITOR) != (role == "janitor"):
+        raise UserError(f"{JANITOR!r} is the operator's janitor login (provision init and remove create it): "
+                        f"give this {role} login another name" if name == JANITOR else
+                        "the janitor login is created by provision init and remove, not added by hand")
     if role in ("device", "aggregator") and len(federations) != 1:
         raise UserError(f"a {role} login serves one federation (its saved session and session token belong to it): "
                         f"give --federation NAME once; for another federation add another login")
@@ -300,14 +306,48 @@ def add(operator: Path, name: str, role: str = "device", federations: tuple[str,
 
 
 def remove(operator: Path, name: str) -> None:
-    """Revoke a login: no password, no ACL block, no bundle."""
+    """Revoke a login: no password, no ACL block, no bundle. What it left on the broker (retained messages) stays
+    until :func:`clear` after the reload; a folder made before the janitor login existed gets it here, so the
+    reload that follows activates it."""
     dep = Deployment.open(operator)
     logins, passwd = dep.logins(), dep._passwd()
     if name not in logins and name not in passwd:
         raise UserError(f"no login {name!r} in {operator / LOGINS_JSON}")
+    if name == JANITOR:
+        raise UserError(f"{JANITOR!r} is the operator's janitor login: it clears what revoked logins left; "
+                        f"re-key it with `provision add {operator} {JANITOR} --role janitor` instead")
+    if JANITOR not in logins:
+        add(operator, JANITOR, "janitor")
+        logins, passwd = dep.logins(), dep._passwd()
     logins.pop(name, None)
     passwd.pop(name, None)
     dep._save(logins, passwd)
     shutil.rmtree(operator / "logins" / name, ignore_errors=True)
     shutil.rmtree(operator / "sites" / name, ignore_errors=True)  # a bridge's config holds its password
 
+
+
+def clear(operator: Path, name: str, broker: str | None = None, timeout: float = 30.0) -> int:
+    """Delete the retained messages a revoked login left on the broker (run it after reloading mosquitto);
+    returns how many. ``broker``: mqtts://HOST:PORT (default the control listener, else the devices')."""
+    from urllib.parse import urlparse
+
+    from fedmekt.provisioning.janitor import clear_retained
+
+    dep = Deployment.open(operator)
+    check_name(name, "login name")
+    if name in dep.logins():
+        raise UserError(f"{name!r} is still a login: revoke it first (`fedmekt provision remove {operator} {name}`, "
+                        f"then reload mosquitto)")
+    creds = operator / "logins" / JANITOR / CREDENTIALS
+    if not creds.is_file():
+        raise UserError(f"no janitor login in {operator}: `fedmekt provision remove` adds it; reload mosquitto")
+    url = urlparse(broker or dep.control_url or dep.url)
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if url.scheme != "mqtts" or not url.hostname or not port:
+        raise UserError(f"--broker must look like mqtts://HOST:PORT, got {broker!r}")
+    password = json.loads(creds.read_text())["password"]
+    return clear_retained(url.hostname, port, password, str(operator / "ca.crt"), name, timeout)

@@ -1,15 +1,16 @@
 """The MQTT link's inbox: a FIFO bounded in messages and in payload bytes.
 
 A count alone bounds memory only by count x the largest message (2,000 x 256 KiB chunks = 500 MiB);
-a byte budget keeps a small gateway's inbox at a known size. A full inbox makes ``put`` wait, so paho's
-network thread stops reading and TCP pushes back on the broker instead of memory growing. One message
+a byte budget keeps a small gateway's inbox at a known size. ``offer`` never waits: paho's network thread
+fills the inbox and must go on sending keepalive pings (a thread waiting for room stalled the whole link
+until the broker dropped it). Flow control is the link's (fedmekt.transport.mqtt: acknowledge on take, MQTT
+5 Receive Maximum); what finds the inbox full anyway is refused here and counted by the caller. One message
 larger than the whole budget is still let in when the inbox is empty, or it could never be delivered.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -24,23 +25,17 @@ class Inbox(Generic[T]):
         self._items: deque[tuple[T, int]] = deque()
         self._bytes = 0
         self._cond = threading.Condition()
-        self.waited = 0  # puts that found no room and had to wait (backpressure on the producer)
 
     def _fits(self, size: int) -> bool:
         if not self._items:
             return True
         return len(self._items) < self.max_items and self._bytes + size <= self.max_bytes
 
-    def put(self, item: T, size: int, timeout: float) -> bool:
-        """Append ``item`` of ``size`` bytes, waiting up to ``timeout`` s for room; False if none came."""
-        deadline = time.monotonic() + timeout
+    def offer(self, item: T, size: int) -> bool:
+        """Append ``item`` of ``size`` bytes if there is room now; False (nothing appended) if not."""
         with self._cond:
-            self.waited += not self._fits(size)
-            while not self._fits(size):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
+            if not self._fits(size):
+                return False
             self._items.append((item, size))
             self._bytes += size
             self._cond.notify_all()

@@ -10,8 +10,15 @@
   Last Will carried by every CONNECT packet;
 * persistent sessions (v5 session expiry / 3.1.1 ``clean_session=False``) and
   subscriptions renewed on every reconnect; reconnect with exponential backoff;
-* QoS 1 everywhere; bounded outgoing queue and an inbox bounded in messages and bytes (a full inbox makes the
-  network thread wait, which pushes back on the broker instead of growing memory);
+* QoS 1 everywhere; bounded outgoing queue and an inbox bounded in messages and bytes. Flow control never
+  blocks paho's network thread (keepalive pings must go on while the application is busy): a message is
+  acknowledged when the application takes it (paho's manual ack), and the MQTT 5 Receive Maximum asks the
+  broker to keep its unacknowledged window within the inbox and hold the rest. What still overflows the inbox
+  (QoS 0, a 3.1.1 broker's wider window, mosquitto 2.0.11 sending a whole window more after a PUBACK while it
+  holds queued messages: measured) is dropped, counted (``dropped``) and logged;
+* ``live`` subscriptions take no retained messages (MQTT 5 retain handling "do not send", and, for a 3.1.1
+  broker, retained copies are discarded on arrival): a device login parking retained messages on its data
+  topics cannot flood a subscriber that starts later;
 * a session taken over by a second connection with the same login (the broker forces
   client id = username) ends the link with an error instead of reconnecting, which would
   kick the other session in turn, and so on. Seen as MQTT 5 reason 142 where the broker
@@ -52,6 +59,7 @@ from urllib.parse import unquote, urlparse
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fedmekt.errors import UserError
 from fedmekt.transport.inbox import Inbox
@@ -67,6 +75,12 @@ RETAIN_NOT_SUPPORTED = 154  # MQTT 5 CONNACK / DISCONNECT reason code
 # nothing meanwhile (seen: a late joiner that missed a retained plan for 30 s).
 SUBSCRIBE_RETRIES = 30
 SUBSCRIBE_RETRY_MAX_S = 4.0
+# The protocol's largest message (fedmekt.conf's message_size_limit): the MQTT 5 Receive Maximum is the inbox's
+# byte budget in messages this large, so whatever the broker may have in flight fits the inbox.
+LARGEST_MESSAGE = 260 * 1024
+RECEIVE_MAXIMUM_CAP = 65535  # the protocol's limit
+REFUSED_FOR_S = 1.0  # every broker refusing TCP this long ends connect(): nothing listens, retrying is pointless
+DROP_LOG_EVERY_S = 10.0  # an inbox overflowing for a while logs one line per this many seconds
 _V311_ONLY: set[tuple[str, int]] = set()  # brokers that failed the v5 probe in this process: skip it next time
 
 
@@ -105,6 +119,41 @@ class BrokerAddress:
         return f"{self.host}:{self.port}"
 
 
+def _where(addresses: Sequence[BrokerAddress]) -> str:
+    return ", ".join(str(a) for a in addresses)
+
+
+def _all_refuse(addresses: Sequence[BrokerAddress]) -> bool:
+    """Whether every broker's port actively refuses TCP (ECONNREFUSED: nothing listens), as opposed to not
+    answering (a firewall, a host that is down or far away), which is worth waiting for."""
+    for address in addresses:
+        try:
+            with socket.create_connection((address.host, address.port), timeout=1.0):
+                return False
+        except ConnectionRefusedError:
+            continue
+        except OSError:
+            return False
+    return True
+
+
+def refused_message(addresses: Sequence[BrokerAddress]) -> str:
+    return (f"cannot reach MQTT broker at {_where(addresses)}: connection refused (nothing listens there: is the "
+            f"broker running, and is the port right?)")
+
+
+def check_reachable(urls: str | Sequence[str]) -> None:
+    """Refuse at once a broker whose every address refuses TCP for REFUSED_FOR_S (nothing listens), before long
+    work that would need it (a gateway filling its store first). Only a cheap TCP check: a broker that does not
+    answer at all is left to the link's connect, which waits for it."""
+    addresses = BrokerAddress.parse_list(urls)
+    deadline = time.monotonic() + REFUSED_FOR_S
+    while _all_refuse(addresses):
+        if time.monotonic() >= deadline:
+            raise UserError(refused_message(addresses))
+        time.sleep(0.1)  # a broker starting up opens its port within moments
+
+
 @dataclass
 class LinkOptions:
     """Connection settings; the defaults suit a gateway on a flaky link."""
@@ -123,7 +172,7 @@ class LinkOptions:
     reconnect_max: float = 60.0
     max_queued: int = 1000  # outgoing messages paho may hold
     inbox: int = 2000  # incoming messages waiting for the application
-    inbox_bytes: int = 64 * 2**20  # and their payload bytes (fedmekt.transport.inbox: a full inbox pushes back on the broker)
+    inbox_bytes: int = 64 * 2**20  # and their payload bytes (the MQTT 5 Receive Maximum follows from both)
     session_topic: str | None = None  # retained token topic that detects a second session of this login
     retain: bool = True  # False: the broker has retained messages off (MQTT 5 brokers also say so themselves)
     kick_limit: int = 0  # > 0: that many established connections lost within KICK_WINDOW_S are a takeover by a
@@ -150,28 +199,85 @@ class Message:
     expiry: int | None = None  # MQTT 5: seconds left of its message expiry when it arrived (None: none, or 3.1.1)
 
 
-def _acknowledged(info: paho.MQTTMessageInfo, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for the broker's PUBACK, woken by it (no polling). paho's ``wait_for_publish``
-    raises for messages queued while disconnected even though it sends them after reconnecting, so wait on
-    its condition directly."""
-    with info._condition:
-        if not info._published:
-            info._condition.wait(timeout)
-        return info._published
+class _Acks:
+    """PUBACKs by packet id, from paho's public ``on_publish`` callback. paho's ``wait_for_publish`` raises for a
+    message queued while disconnected although paho sends it after reconnecting; these waits hold for it alike.
+
+    The PUBACK may come before ``sent`` registers the id (the network thread is quick): it is kept as early.
+    Every publication of the link is registered, so an early ack always finds its registration.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: set[int] = set()  # registered, not acknowledged yet
+        self._early: set[int] = set()  # acknowledged before it was registered
+        self._done: set[int] = set()  # registered and acknowledged (until the id is reused)
+
+    def sent(self, mid: int) -> None:
+        with self._cond:
+            if mid in self._early:
+                self._early.discard(mid)
+                self._done.add(mid)
+                self._cond.notify_all()
+            else:
+                self._done.discard(mid)  # an older publication's ack with this (reused) id
+                self._pending.add(mid)
+
+    def acked(self, mid: int) -> None:
+        with self._cond:
+            if mid in self._pending:
+                self._pending.discard(mid)
+                self._done.add(mid)
+                self._cond.notify_all()
+            else:
+                self._early.add(mid)
+
+    def wait(self, mid: int, timeout: float) -> bool:
+        """Whether the publication with packet id ``mid`` is acknowledged, waiting up to ``timeout`` s for it."""
+        with self._cond:
+            return self._cond.wait_for(lambda: mid in self._done, max(0.0, timeout))
+
+    def reset(self) -> None:
+        """A new paho client numbers its packets afresh."""
+        with self._cond:
+            self._pending.clear()
+            self._early.clear()
+            self._done.clear()
+
+
+@dataclass(frozen=True)
+class _Received:
+    """An inbox entry: the message and what acknowledging it needs (the connection it came on)."""
+
+    message: Message
+    client: paho.Client
+    generation: int
+    mid: int
+    qos: int
 
 
 class MqttLink:
     """A connected, self-healing MQTT client. Use as a context manager or call ``close``."""
 
     def __init__(self, url: str | Sequence[str], options: LinkOptions, presence: Presence | None = None,
-                 subscriptions: Sequence[str] = ()):
+                 subscriptions: Sequence[str] = (), live: Sequence[str] = ()):
+        """``live``: those of ``subscriptions`` that take no retained messages (data topics that anyone with a
+        device login may publish to: a retained copy there is stale at best, a flood at worst)."""
         self.addresses = BrokerAddress.parse_list(url)
         self._current = 0  # index into addresses: where the next (re)connect goes
         self._failed_at: BrokerAddress | None = None  # the address of the last failed TCP/TLS attempt
         self.options = options
         self.presence = presence
-        self._subs: list[str] = list(subscriptions)
-        self._inbox: Inbox[Message] = Inbox(options.inbox, options.inbox_bytes)
+        self._subs: list[str] = list(dict.fromkeys([*subscriptions, *live]))
+        self._live = frozenset(live)
+        self._inbox: Inbox[_Received] = Inbox(options.inbox, options.inbox_bytes)
+        self._acks = _Acks()
+        self._generation = 0  # counts connections: an ack goes only over the connection its message came on
+        self.dropped = 0  # messages that found the inbox full (counted, logged, acknowledged, lost)
+        self.retained_refused = 0  # retained copies that arrived on a live subscription anyway (a 3.1.1 broker)
+        self._drop_logged_at = -DROP_LOG_EVERY_S
+        self._connect_props: Properties | None = None
+        self._clean_start: bool | int = False
         self._connected = threading.Event()
         self._closing = threading.Event()
         self._unsupported = False
@@ -201,11 +307,13 @@ class MqttLink:
         return self.addresses[self._current]
 
     def _fail_over(self, client: paho.Client) -> None:
-        """Point the next reconnect at the next address (paho's public setters refuse while a lost
-        connection is being torn down, and paho reads these two fields only when it reconnects)."""
+        """Point the next reconnect at the next address. paho's ``host``/``port`` setters refuse while a lost
+        connection is being torn down; ``connect_async`` (public) resets the connection state and takes the
+        new address, and paho's reconnect loop uses it on its next attempt."""
         if len(self.addresses) > 1 and not self._closing.is_set():
             self._current = (self._current + 1) % len(self.addresses)
-            client._host, client._port = self.address.host, self.address.port
+            client.connect_async(self.address.host, self.address.port, keepalive=self.options.keepalive,
+                                 clean_start=self._clean_start, properties=self._connect_props)
             log.info("failing over to broker %s", self.address)
 
     def _on_connect_fail(self, client, userdata) -> None:
@@ -228,18 +336,28 @@ class MqttLink:
             # probe in auto mode gets a short wait before falling back to 3.1.1.
             probe = len(order) > 1 and proto == "5"
             deadline = time.monotonic() + (min(timeout, V5_PROBE_S) if probe else timeout)
+            refused_since: float | None = None  # every broker has refused TCP since then
             while time.monotonic() < deadline and not self._connected.is_set() and not self._unsupported \
                     and not self._refused():
                 if self._retain_refused:  # an MQTT 5 broker without retained messages: same protocol, plain Will
                     self._stop_client()
                     self._start(proto)
                 self._connected.wait(0.05)
-                if self._connect_failed.is_set() and self.address.tls:
+                if self._connect_failed.is_set() or refused_since is not None:
+                    failed = self._connect_failed.is_set()
                     self._connect_failed.clear()
-                    problem = self._tls_problem(self._failed_at or self.address)
+                    problem = self._tls_problem(self._failed_at or self.address) if failed and self.address.tls \
+                        else None
                     if problem:
                         self._stop_client()
                         raise UserError(problem)
+                    if not _all_refuse(self.addresses):
+                        refused_since = None  # a broker starting up opened its port: paho's next attempt gets in
+                    elif refused_since is None:
+                        refused_since = time.monotonic()
+                    elif time.monotonic() - refused_since >= REFUSED_FOR_S:
+                        self._stop_client(join=False)
+                        raise UserError(refused_message(self.addresses))
             if self._connected.is_set():
                 if self.protocol == "3.1.1" and len(order) > 1:
                     _V311_ONLY.add(where)
@@ -254,8 +372,9 @@ class MqttLink:
                 raise UserError(f"broker {self._failed_at or self.address} refused the connection: {self._connack}")
             if not (probe or self._unsupported):
                 break
-        where = ", ".join(str(a) for a in self.addresses)
-        raise UserError(f"cannot reach MQTT broker at {where} within {timeout:.0f} s")
+        raise UserError(f"cannot reach MQTT broker at {_where(self.addresses)} within {timeout:.0f} s: waited for a "
+                        f"TCP connection and the broker's CONNACK (a firewall dropping packets, a wrong host, or a "
+                        f"broker too busy to answer)")
 
     def _tls_problem(self, address: BrokerAddress) -> str | None:
         """Repeat the TLS handshake to say why it failed; paho reports only that the connection did.
@@ -308,7 +427,8 @@ class MqttLink:
         v5 = proto == "5"
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=o.client_id,
                         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-                        clean_session=None if v5 else False)
+                        clean_session=None if v5 else False, manual_ack=True)  # acked when the application takes it
+        self._acks.reset()
         c.max_queued_messages_set(o.max_queued)
         c.reconnect_delay_set(min_delay=max(1, int(o.reconnect_min)), max_delay=max(1, int(o.reconnect_max)))
         user = o.username or self.address.username
@@ -325,23 +445,50 @@ class MqttLink:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
         props = None
         if v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = o.session_expiry
+            props.ReceiveMaximum = self.receive_maximum
+        self._connect_props = props
+        self._clean_start = False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
         try:
             c.connect_async(self.address.host, self.address.port, keepalive=o.keepalive,
-                            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
+                            clean_start=self._clean_start, properties=props)
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot connect to {self.address.host}:{self.address.port}: {exc}") from None
         self._client = c
         c.loop_start()
 
-    def _stop_client(self) -> None:
+    def _stop_client(self, join: bool = True) -> None:
+        """``join=False``: do not wait for paho's thread, which may sleep up to 1 s between reconnect attempts;
+        disconnect() alone makes it end there."""
         if self._client is not None:
             self._client.disconnect()
-            self._client.loop_stop()
+            if join:
+                self._client.loop_stop()
             self._client = None
+
+    @property
+    def receive_maximum(self) -> int:
+        """The MQTT 5 window of unacknowledged messages the broker may send: what the inbox holds of the
+        protocol's largest messages, so an inbox nobody reads fills and the broker waits (and keeps the rest;
+        mosquitto 2.0.11 does not always: see the module docstring)."""
+        o = self.options
+        return max(1, min(o.inbox, o.inbox_bytes // LARGEST_MESSAGE, RECEIVE_MAXIMUM_CAP))
+
+    def _send(self, client: paho.Client, topic: str, payload: bytes, retain: bool,
+              properties: Properties | None = None) -> paho.MQTTMessageInfo:
+        """Every QoS 1 publication goes through here, so its PUBACK can be waited for (``_Acks``)."""
+        info = client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        if info.rc != paho.MQTT_ERR_QUEUE_SIZE:
+            self._acks.sent(info.mid)
+        return info
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if client is self._client:
+            self._acks.acked(mid)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connack = reason_code
@@ -362,9 +509,10 @@ class MqttLink:
         session = self.options.session_topic
         if session:
             if not self._seen_token:  # after that, the retained token says whether another session came
-                client.publish(session, self._token, qos=1, retain=self._retain_ok)
+                self._send(client, session, self._token, self._retain_ok)
             self._subscribe(client, session)
         self.connects += 1
+        self._generation += 1
         with self._sub_lock:
             self._awaiting.clear()
             self._born = False
@@ -391,7 +539,11 @@ class MqttLink:
 
     def _subscribe(self, client: paho.Client, topic: str, attempt: int = 0, initial: bool = False) -> None:
         with self._sub_lock:  # held across the call: the SUBACK may arrive before subscribe() returns
-            rc, mid = client.subscribe(topic, qos=1)
+            if topic in self._live and self.v5:  # the broker sends no retained copies (3.1.1: see _on_message)
+                live = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+                rc, mid = client.subscribe(topic, options=live)
+            else:
+                rc, mid = client.subscribe(topic, qos=1)
             if rc == paho.MQTT_ERR_SUCCESS:
                 self._sub_mids[mid] = (topic, attempt, initial)
                 if initial:
@@ -406,7 +558,7 @@ class MqttLink:
                 return
             self._born = True
         if self.presence:
-            client.publish(self.presence.topic, self.presence.online, qos=1, retain=self._retain_ok)
+            self._send(client, self.presence.topic, self.presence.online, self._retain_ok)
         self.births += 1
         self._subscribed.set()
 
@@ -440,16 +592,32 @@ class MqttLink:
         timer.start()
 
     def _on_message(self, client, userdata, msg: paho.MQTTMessage) -> None:
+        """Runs on paho's network thread, which must never wait: it also sends the keepalive pings."""
         if msg.topic == self.options.session_topic:
+            client.ack(msg.mid, msg.qos)
             if bytes(msg.payload) == self._token:
                 self._seen_token = True
             elif msg.payload and self._seen_token:
                 self._lose_session(client)
             return
+        if msg.retain and any(paho.topic_matches_sub(live, msg.topic) for live in self._live):
+            client.ack(msg.mid, msg.qos)  # a broker without retain handling (3.1.1) sent a retained copy anyway
+            self.retained_refused += 1
+            return
         expiry = getattr(msg.properties, "MessageExpiryInterval", None) if msg.properties is not None else None
         item = Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic(), expiry)
-        while not self._closing.is_set() and not self._inbox.put(item, len(item.payload), timeout=0.5):
-            continue
+        if not self._inbox.offer(_Received(item, client, self._generation, msg.mid, msg.qos), len(item.payload)):
+            client.ack(msg.mid, msg.qos)
+            self._dropped(item)
+
+    def _dropped(self, item: Message) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_EVERY_S:
+            log.warning("inbox full (%d messages, %d bytes): dropped %d message(s) so far, the latest on %s; "
+                        "the application is not keeping up", len(self._inbox), self._inbox.bytes,
+                        self.dropped, item.topic)
+            self._drop_logged_at = now
 
     def _kicked_repeatedly(self) -> bool:
         """A broker that restarts drops us once; a second session of our login that publishes no token
@@ -475,7 +643,7 @@ class MqttLink:
                           "re-key it (fedmekt provision add) and reload the broker", user, self.takeovers)
             self._token, self._seen_token = secrets.token_hex(16).encode(), False  # reclaim: ours is the newest
             if self.connected and self.options.session_topic:
-                client.publish(self.options.session_topic, self._token, qos=1, retain=self._retain_ok)
+                self._send(client, self.options.session_topic, self._token, self._retain_ok)
             return False
         if not self._taken_over:
             self._taken_over = True
@@ -530,13 +698,15 @@ class MqttLink:
                 expiry: int | None = None) -> paho.MQTTMessageInfo:
         """QoS 1 publish; ``expiry`` (seconds) becomes the v5 MessageExpiryInterval, ignored on 3.1.1;
         ``retain`` is dropped on a broker without retained messages."""
-        assert self._client is not None, "connect() first"
+        client = self._client
+        if client is None:
+            raise RuntimeError("MqttLink.publish before connect() (or after close())")
         self._check_session()
         props = None
         if expiry is not None and self.v5:
             props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = int(expiry)
-        info = self._client.publish(topic, payload, qos=1, retain=retain and self._retain_ok, properties=props)
+        info = self._send(client, topic, payload, retain and self._retain_ok, props)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             raise UserError(f"outgoing MQTT queue full ({self.options.max_queued} messages)")
         return info
@@ -562,7 +732,7 @@ class MqttLink:
 
     def _wait_one(self, pending: deque, deadline: float) -> None:
         info = pending[0]
-        while not _acknowledged(info, min(0.1, max(0.0, deadline - time.monotonic()))):
+        while not self._acks.wait(info.mid, min(0.1, deadline - time.monotonic())):
             self._check_session()
             if time.monotonic() > deadline or self._closing.is_set():
                 raise TimeoutError("MQTT publish not acknowledged in time")
@@ -576,7 +746,12 @@ class MqttLink:
     def get(self, timeout: float | None = None) -> Message | None:
         """The next message, None after ``timeout``; raises UserError once the session was taken over."""
         self._check_session()
-        return self._inbox.get(timeout=timeout)
+        got = self._inbox.get(timeout=timeout)
+        if got is None:
+            return None
+        if got.qos and got.client is self._client and got.generation == self._generation:
+            got.client.ack(got.mid, got.qos)  # opens the broker's window for the next one
+        return got.message
 
     def close(self, announce_offline: bool = True) -> None:
         """Clean disconnect; the Will does not fire on a clean disconnect, so publish offline ourselves."""
