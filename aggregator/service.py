@@ -1,8 +1,10 @@
 """The aggregator: drives ServerEngine rounds over MQTT.
 
-Per round: plan among the selectable clients (seeded): online, with a live birth, heartbeat or upload
-within ``liveness`` seconds (a retained "online" alone proves nothing) and, when the federation has a
-client list, provisioned; with none left (every gateway restarting) it waits for them. Then publish
+Per round: plan among the selectable clients (seeded): online, with a fresh proof of life bound to a
+liveness challenge this process issued (aggregator/presence.py: a retained "online", a status queued
+while it was down or a replayed one proves nothing) and, when the federation has a client list,
+provisioned, less those sitting out a backoff for having sent no upload when selected
+(aggregator/backoff.py); with none left (every gateway restarting) it waits for them. Then publish
 the global knowledge (``global/<round>/<chunk>``) and then the retained announcement (``rounds``, with a
 message expiry = the round deadline), fold each valid upload into the engine's
 streaming mean the moment its last chunk arrives, close the round at the quorum or
@@ -47,6 +49,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from aggregator.backoff import Backoff
 from aggregator.checkpoint import CheckpointWriter, load_checkpoint
 from aggregator.control import ControlPlane
 from aggregator.open_round import OpenRound
@@ -91,7 +94,7 @@ class AggregatorOptions:
     packages: bool = True  # with a signing key, also publish model packages (simulate signs the control plane only)
     package_every: int = 10  # rounds between packages (0 = only at the end); the end always publishes
     known_clients: frozenset[str] | None = None  # the federation's provisioned client ids (None = any id)
-    liveness: float = 120.0  # seconds a live birth, heartbeat or upload keeps a client selectable
+    liveness: float = 120.0  # seconds a proof of life lasts at most (aggregator/presence.py)
     sync_interval: float = 3.0  # a client's sync requests are answered at most this often
     sync_bulk_interval: float = 30.0  # the proxy set or a package goes to one client at most this often
     resend_after: float = 10.0  # s without an upload frame before owed clients are asked again (doubling; 0 = never)
@@ -113,6 +116,7 @@ class Aggregator:
         self.control = ControlPlane(options.signing_key, self.topics.rounds)
         self.packages = Packages(cfg.federation, options.signing_key, options.packages, options.package_every,
                                  options.out)
+        self.backoff = Backoff()  # who sits out rounds for having sent no upload (restored on resume)
         self._round: OpenRound | None = None
         self._absorbed: set[str] = set()
         self.server: ServerEngine | None = None
@@ -137,6 +141,7 @@ class Aggregator:
         if resumed is not None:
             server.load_state_dict(resumed[0])
             rows, self.run_id = resumed[1], resumed[2]
+            self.backoff = Backoff.from_row(rows[-1] if rows else None)
             log.info("resuming from checkpoint: %d of %d rounds done", server.rounds_completed, cfg.rounds)
         if not self.run_id:  # a fresh run (or a checkpoint from before run ids): the next epoch
             self.run_id = new_run_id(next_epoch(self.state_dir, cfg.federation, opts.min_epoch))
@@ -144,11 +149,12 @@ class Aggregator:
         base = run_record(cfg, name)
         with MqttLink(self.url, self.link_options, subscriptions=[
                 self.topics.status_all, self.topics.uploads_all, self.topics.proxy_all,
-                self.topics.rounds, self.topics.sync_all]).connect() as link:
+                self.topics.rounds, self.topics.liveness, self.topics.sync_all]).connect() as link:
             self.link = self.control.link = link
             log.info("federation %s on broker %s (run %s)", cfg.federation, ", ".join(map(str, link.addresses)),
                      self.run_id)
             self._publish_federation()
+            self._new_challenge(keep_previous=False)  # nothing sent before this process started proves liveness
             self.packages.start(link, self.run_id)
             self.wait_for_clients(opts.wait_clients or cfg.per_round, opts.wait_timeout)
             bar = tqdm(range(server.rounds_completed, cfg.rounds), desc=name, disable=not opts.progress,
@@ -216,6 +222,11 @@ class Aggregator:
         self.manifest, self.proxy_frames = manifest, frames
         self.published.set()
 
+    def _new_challenge(self, keep_previous: bool) -> None:
+        """Issue the next liveness challenge (aggregator/presence.py), retained, signed and guarded."""
+        challenge = fedwire.LivenessChallenge(self.cfg.federation, self.presence.new_challenge(keep_previous))
+        self.control.publish(self.topics.liveness, challenge.to_bytes())
+
     def wait_for_clients(self, want: int, timeout: float) -> None:
         """Process presence messages until ``want`` clients are online or ``timeout`` seconds passed."""
         self._wait_selectable(want, time.monotonic() + timeout)
@@ -227,8 +238,15 @@ class Aggregator:
             log.warning("going on with %d of %d expected clients online", len(self.selectable()), want)
 
     def selectable(self) -> list[str]:
-        """Online clients whose liveness is current (aggregator/presence.py)."""
+        """Online clients with a fresh proof of life (aggregator/presence.py)."""
         return self.presence.selectable()
+
+    def _eligible(self) -> list[str]:
+        """Selectable clients not sitting out the next round (aggregator/backoff.py): what ``min_clients`` and
+        the waits count."""
+        selectable = self.selectable()
+        benched = self.backoff.sitting_out(self.server.rounds_completed, selectable)
+        return [c for c in selectable if c not in benched]
 
     def _await_clients(self, rnd: int) -> None:
         """Every client gone mid-run (a site power cut: all gateways restarting at once): wait, as before
@@ -242,16 +260,16 @@ class Aggregator:
                         self.opts.wait_timeout, want)
             self._wait_selectable(want, time.monotonic() + self.opts.wait_timeout)
         least = self.opts.min_clients
-        if len(self.selectable()) < least:
+        if len(self._eligible()) < least:
             log.info("%d of %d clients online before round %d: waiting up to %.0f s for the rest",
-                     len(self.selectable()), least, rnd + 1, self.opts.wait_timeout)
+                     len(self._eligible()), least, rnd + 1, self.opts.wait_timeout)
             self._wait_selectable(least, time.monotonic() + self.opts.wait_timeout)
 
     def _wait_selectable(self, want: int, deadline: float) -> None:
         """Process messages until ``want`` clients are selectable or ``deadline``; says so whenever the count
         changes, and every few seconds."""
         said, told = -math.inf, -1
-        while (have := len(self.selectable())) < want and time.monotonic() < deadline:
+        while (have := len(self._eligible())) < want and time.monotonic() < deadline:
             if have != told or time.monotonic() - said >= WAIT_LOG_S:
                 log.info("waiting for %d clients (%d online)", want, have)
                 said, told = time.monotonic(), have
@@ -261,7 +279,12 @@ class Aggregator:
         cfg, server = self.cfg, self.server
         t0 = time.perf_counter()
         self._await_clients(rnd)
-        plan = server.plan_round(rnd, self.selectable())
+        selectable = self.selectable()
+        candidates = self.backoff.candidates(rnd, selectable)
+        benched = {c: why for c, why in self.backoff.sitting_out(rnd, selectable).items() if c not in candidates}
+        for c, why in benched.items():
+            log.info("round %d of %d: %s sits out (%s)", rnd + 1, cfg.rounds, c, why)
+        plan = server.plan_round(rnd, candidates)
         shown = ", ".join(plan.selected[:6]) + (", …" if len(plan.selected) > 6 else "")
         log.info("round %d of %d opens: %d clients selected (%s)", rnd + 1, cfg.rounds, len(plan.selected), shown)
         down = server.downstream(plan)
@@ -273,12 +296,13 @@ class Aggregator:
         need = max(1, math.ceil(self.opts.quorum * len(plan.selected)))
         nonce = secrets.token_hex(8)
         deadline = time.monotonic() + self.opts.round_timeout  # our own clock; clients count the timeout on theirs
-        self._round = OpenRound(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending), nonce=nonce,
-                             global_frames=frames, resend_wait=self.opts.resend_after)
+        self._round = OpenRound(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending),
+                                nonce=nonce, global_frames=frames, resend_wait=self.opts.resend_after)
         self.control.publish(self.topics.rounds, fedwire.Announcement(
             cfg.federation, plan.to_json(), self.opts.round_timeout, run=self.run_id, nonce=nonce,
             global_sha256=parse_frame(frames[0], self.opts.limits)[0].sha256).to_bytes(),
             expiry=int(self.opts.round_timeout) + 1)
+        self._new_challenge(keep_previous=True)  # proofs last at most two rounds
         while not self._round_complete() and time.monotonic() < deadline:
             self._pump(min(time.monotonic() + 0.5, deadline))
             self._ask_if_quiet()
@@ -288,6 +312,9 @@ class Aggregator:
         r = self._round
         for sender, have, count in r.reassembler.forget_round(rnd):
             self.uploads.discard(f"{sender} round {rnd + 1}: incomplete upload ({have} of {count} chunks) when the round closed")
+        missed = self.backoff.close(rnd, plan.selected, self._absorbed, self.online)
+        for c, why in missed.items():
+            log.warning("round %d of %d: %s %s", rnd + 1, cfg.rounds, c, why)
         row = server.finish_round(plan)
         bytes_down = sum(message_bytes(client_view(down, self.online.get(c, ())), cfg.wire_dtype, kind="global")
                          for c in plan.selected)
@@ -298,7 +325,8 @@ class Aggregator:
                  time.perf_counter() - t0, f", {f1}" if f1 else "")
         return {**row, "bytes_down": bytes_down, "bytes_up": r.bytes_up, "bytes_global": sum(len(f) for f in frames),
                 "proxy_windows": len(plan.proxy_windows), "wall_s": round(time.perf_counter() - t0, 4),
-                "rejected": r.rejected, "late": r.late}
+                "rejected": r.rejected, "late": r.late, "missed": missed, "benched": benched,
+                "backoff": self.backoff.to_row()}
 
     # -- message handling ---------------------------------------------------------------------
     def _pump(self, until: float) -> None:
@@ -352,6 +380,7 @@ class Aggregator:
         if births in (0, self._births):
             return
         self.control.reassert(self._round is not None, self.packages.messages())
+        self._new_challenge(keep_previous=True)  # what was queued for us while away proves at most the old one
         r = self._round
         if r is not None:
             self._ask_resend([c for c in r.plan.selected if c not in self._absorbed], "reconnected to the broker")

@@ -79,6 +79,8 @@ class SyncAnswers:
         this_run = req.run == host.run_id
         if not this_run:
             out.append((t.proxy_manifest, control.payload(t.proxy_manifest)))
+        if req.liveness != host.presence.challenge:
+            out.append((t.liveness, control.payload(t.liveness)))
         sha = host.manifest.proxy_sha256
         if req.trains and sha and req.proxy != sha and host.opts.publish_proxy \
                 and self.limiter.bulk(client_id, sha, now):

@@ -32,7 +32,8 @@ from fedmekt.wire.signing import MAGIC, SIGNATURE_BYTES, open_signed, sign
 from fedmekt.wire.topics import Topics
 from wait_support import wait_for
 
-TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late"}
+TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late",
+                  "missed", "benched", "backoff"}
 
 
 def _learning(d: dict) -> dict:
