@@ -90,8 +90,8 @@ class Presence:
             return
         if proof:
             self._unproven.add(client_id)
-            log.info("a live status of %s echoes no liveness challenge of this aggregator (queued while it was away, "
-                     "or replayed): not taken as proof that it is alive", client_id)
+            log.info("a live status of %s echoes no liveness challenge that this aggregator honours (queued while it "
+                     "was away, replayed, or older than the last two): not taken as proof that it is alive", client_id)
         elif client_id not in self._live and len(self._unproved_since) < 4096:
             since = self._unproved_since.setdefault(client_id, now)
             if now - since > self.liveness:

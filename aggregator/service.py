@@ -311,7 +311,8 @@ class Aggregator:
                         len(plan.selected))
         r = self._round
         for sender, have, count in r.reassembler.forget_round(rnd):
-            self.uploads.discard(f"{sender} round {rnd + 1}: incomplete upload ({have} of {count} chunks) when the round closed")
+            self.uploads.discard(f"{sender} round {rnd + 1}: incomplete upload ({have} of {count} chunks) when the "
+                                 "round closed")
         missed = self.backoff.close(rnd, plan.selected, self._absorbed, self.online)
         for c, why in missed.items():
             log.warning("round %d of %d: %s %s", rnd + 1, cfg.rounds, c, why)

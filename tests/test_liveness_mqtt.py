@@ -113,7 +113,7 @@ def test_min_clients_counts_only_fresh_proof(federation):
     assert all(thief not in sel for sel in plans(fed).values()), plans(fed)
     assert [(r["selected"], r["absorbed"]) for r in rows_of(fed)] == [(2, 2), (2, 2)]
     assert "2 of 3 clients online before round 1" in log, log[-3000:]
-    assert f"a live status of {thief} echoes no liveness challenge of this aggregator" in log  # it was handled
+    assert f"a live status of {thief} echoes no liveness challenge that this aggregator honours" in log  # handled
     record("attack", "min-clients: a status with a never-issued nonce", tried=1, handled=1)
 
 

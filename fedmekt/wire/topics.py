@@ -9,7 +9,7 @@
 | ``metrics`` | aggregator | no | per-round metrics (JSON) |
 | ``liveness`` | aggregator | yes | the nonce a live status must echo (new per aggregator start, round and reconnect) |
 | ``aggregator/session`` | aggregator | yes | random token of the running aggregator session (detects a second one) |
-| ``clients/<id>/status`` | client (and its Last Will) | yes | online with modalities / offline; live ones echo ``liveness`` |
+| ``clients/<id>/status`` | client (and its Last Will) | yes | online + modalities (live: echo ``liveness``); offline |
 | ``clients/<id>/upload/<round>/<chunk>`` | client | no | upstream embeddings or parameters |
 | ``clients/<id>/inference`` | client | no | on-device predictions (JSON lines) |
 | ``clients/<id>/session`` | client | yes | random token of the running gateway session (detects a second one) |
