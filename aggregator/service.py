@@ -1,8 +1,10 @@
 """The aggregator: drives ServerEngine rounds over MQTT.
 
-Per round: plan among the selectable clients (seeded): online, with a live birth, heartbeat or upload
-within ``liveness`` seconds (a retained "online" alone proves nothing) and, when the federation has a
-client list, provisioned; with none left (every gateway restarting) it waits for them. Then publish
+Per round: plan among the selectable clients (seeded): online, with a fresh proof of life bound to a
+liveness challenge this process issued (aggregator/presence.py: a retained "online", a status queued
+while it was down or a replayed one proves nothing) and, when the federation has a client list,
+provisioned, less those sitting out a backoff for having sent no upload when selected
+(aggregator/backoff.py); with none left (every gateway restarting) it waits for them. Then publish
 the global knowledge (``global/<round>/<chunk>``) and then the retained announcement (``rounds``, with a
 message expiry = the round deadline), fold each valid upload into the engine's
 streaming mean the moment its last chunk arrives, close the round at the quorum or
@@ -27,13 +29,17 @@ package — rate-limited per client (aggregator/sync.py), so a broker without re
 loses nothing.
 Memory: one reassembly buffer bounded by ``max_pending`` messages plus the engine's
 per-key running sums, independent of the number of clients.
+
+The Aggregator is the round driver; it composes one module per other job: aggregator/presence.py (who is
+selectable), aggregator/control.py (the signed retained control plane and its guard),
+aggregator/sync_answers.py (sync answers), aggregator/uploads.py (upload validation) and
+aggregator/packages.py (model packages).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 import math
 import threading
 import secrets
@@ -43,21 +49,25 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from aggregator.backoff import Backoff
 from aggregator.checkpoint import CheckpointWriter, load_checkpoint
-from aggregator.sync import SyncLimiter
+from aggregator.control import ControlPlane
+from aggregator.open_round import OpenRound
+from aggregator.packages import Packages
+from aggregator.presence import Presence
+from aggregator.sync_answers import SyncAnswers
+from aggregator.uploads import UploadDesk
 from fedmekt.experiment.accounting import message_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
-from fedmekt.learn.engine import RoundPlan, ServerEngine, client_view
+from fedmekt.learn.engine import ServerEngine, client_view
 from fedmekt.experiment.in_process import RunResult, final_record, run_name, run_record
 from fedmekt.transport.mqtt import LinkOptions, Message, MqttLink
-from fedmekt.run_counter import epoch_file, next_epoch
+from fedmekt.run_counter import next_epoch
 from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.chunks import Reassembler
-from fedmekt.wire.codec import WireError, WireLimits, check_spec, decode_body, encode, parse_frame
-from fedmekt.wire.runs import new_run_id, run_order
-from fedmekt.wire.signing import sign
-from fedmekt.wire.sync import SyncRequest
+from fedmekt.wire.codec import WireLimits, encode, parse_frame
+from fedmekt.wire.runs import new_run_id
 from fedmekt.wire.topics import Topics
 from sensors.partition import FederatedSplit
 
@@ -84,28 +94,12 @@ class AggregatorOptions:
     packages: bool = True  # with a signing key, also publish model packages (simulate signs the control plane only)
     package_every: int = 10  # rounds between packages (0 = only at the end); the end always publishes
     known_clients: frozenset[str] | None = None  # the federation's provisioned client ids (None = any id)
-    liveness: float = 120.0  # seconds a live birth, heartbeat or upload keeps a client selectable
+    liveness: float = 120.0  # seconds a proof of life lasts at most (aggregator/presence.py)
     sync_interval: float = 3.0  # a client's sync requests are answered at most this often
     sync_bulk_interval: float = 30.0  # the proxy set or a package goes to one client at most this often
     resend_after: float = 10.0  # s without an upload frame before owed clients are asked again (doubling; 0 = never)
     state_dir: Path | None = None  # where the run counter survives runs (fedmekt/run_counter.py); None = out's parent
     min_epoch: int = 1  # a fresh run's epoch is at least this (after losing the state folder)
-
-
-@dataclass
-class _Round:
-    plan: RoundPlan
-    deadline: float  # time.monotonic() when the round closes, quorum or not
-    need: int
-    reassembler: Reassembler
-    bytes_up: int = 0
-    rejected: int = 0
-    late: int = 0
-    nonce: str = ""  # the announcement's nonce every upload header must echo
-    global_frames: list = field(default_factory=list)  # the round's global knowledge (sync answers resend it)
-    frame_bytes: dict = field(default_factory=dict)  # payload bytes per message key, counted when absorbed
-    quiet_since: float = field(default_factory=time.monotonic)  # the last upload frame (or request to re-send)
-    resend_wait: float = 0.0  # quiet seconds before the next request to re-send
 
 
 class Aggregator:
@@ -117,25 +111,20 @@ class Aggregator:
         self.topics = Topics(cfg.federation)
         self.link_options = link_options or LinkOptions(client_id=f"{cfg.federation}-aggregator")
         self.rate_hz = split.manifest.get("rate_hz", 0.0) if rate_hz is None else rate_hz  # for run.json
-        self.online: dict[str, tuple[str, ...]] = {}
-        self._live: dict[str, float] = {}  # monotonic time a client last proved it is alive (not a retained status)
-        self.discarded: list[str] = []  # one line per discarded upload (also logged)
-        self._unknown: set[str] = set()  # status ids outside known_clients, warned about once
-        self._round: _Round | None = None
+        self.presence = Presence(cfg.federation, cfg.pair, options.known_clients, options.liveness)
+        self.uploads = UploadDesk(cfg.federation, options.limits)
+        self.control = ControlPlane(options.signing_key, self.topics.rounds)
+        self.packages = Packages(cfg.federation, options.signing_key, options.packages, options.package_every,
+                                 options.out)
+        self.backoff = Backoff()  # who sits out rounds for having sent no upload (restored on resume)
+        self._round: OpenRound | None = None
         self._absorbed: set[str] = set()
         self.server: ServerEngine | None = None
         self.run_id = ""  # set by run(): new for a fresh start, kept from the checkpoint on resume
         self.published = threading.Event()  # set once the manifest and proxy set are on the broker
         self.before_round = None  # optional callable(round, aggregator) run before planning each round (tests)
-        self._packages = None  # export.publisher.PackagePublisher when a signing key is given
-        self._control: dict[str, tuple[bytes, float | None]] = {}  # topic -> (our payload, monotonic expiry)
-        self._sent: dict[str, deque[bytes]] = {}  # our recent payloads per control topic (their echoes are ours)
-        self._restored: dict[str, float] = {}  # topic -> monotonic time we last put our message back
-        self.sync_limiter = SyncLimiter(options.sync_interval, options.sync_bulk_interval)  # also counts requests
-        self._bad_sync: set[str] = set()  # clients whose malformed sync request was logged (once each)
-        self._package = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
+        self.sync = SyncAnswers(self)
         self._births = 0  # the link's connects already handled (a reconnect mid-round asks for lost uploads)
-        self._newer_runs: set[str] = set()  # newer runs clients named in sync requests (logged once each)
         self._foreign_seen: set[str] = set()  # other federations whose messages reached us (warned once each)
 
     # -- main loop ----------------------------------------------------------------------------
@@ -152,20 +141,22 @@ class Aggregator:
         if resumed is not None:
             server.load_state_dict(resumed[0])
             rows, self.run_id = resumed[1], resumed[2]
+            self.backoff = Backoff.from_row(rows[-1] if rows else None)
             log.info("resuming from checkpoint: %d of %d rounds done", server.rounds_completed, cfg.rounds)
         if not self.run_id:  # a fresh run (or a checkpoint from before run ids): the next epoch
             self.run_id = new_run_id(next_epoch(self.state_dir, cfg.federation, opts.min_epoch))
         name = opts.name or run_name(cfg)
         base = {**run_record(cfg, name), "federation_run": self.run_id}   # the run as the folder and the wire name it
         with MqttLink(self.url, self.link_options, subscriptions=[
-                self.topics.status_all, self.topics.proxy_all, self.topics.rounds],
+                self.topics.status_all, self.topics.proxy_all, self.topics.rounds, self.topics.liveness],
                 live=[self.topics.uploads_all, self.topics.sync_all]).connect() as link:  # a device's retained
             # messages there never reach us (a login parking many of them flooded the inbox)
-            self.link = link
+            self.link = self.control.link = link
             log.info("federation %s on broker %s (run %s, federation run %s)", cfg.federation,
                      ", ".join(map(str, link.addresses)), name, self.run_id)
             self._publish_federation()
-            self._packages = self._package_publisher()
+            self._new_challenge(keep_previous=False)  # nothing sent before this process started proves liveness
+            self.packages.start(link, self.run_id)
             self.wait_for_clients(opts.wait_clients or cfg.per_round, opts.wait_timeout)
             bar = tqdm(range(server.rounds_completed, cfg.rounds), desc=name, disable=not opts.progress,
                        unit="round", leave=False)
@@ -178,18 +169,36 @@ class Aggregator:
                 payload = json.dumps(rows[-1], default=float).encode()
                 checkpoints.submit(server.state_dict(), cfg.to_dict(), list(rows), self.run_id,
                                    lambda payload=payload: link.publish(self.topics.metrics, payload, retain=True))
-                self._publish_package(final=False)
+                self.packages.publish(server, final=False)
                 bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
             checkpoints.flush()
-            if self.sync_limiter.requests:
-                log.debug("sync requests: %d taken, %d answered", self.sync_limiter.requests, self.sync_limiter.answers)
-            self._publish_package(final=True)
-            self._publish_control(self.topics.rounds, fedwire.Announcement(
+            if self.sync.limiter.requests:
+                log.debug("sync requests: %d taken, %d answered", self.sync.limiter.requests, self.sync.limiter.answers)
+            self.packages.publish(server, final=True)
+            self.control.publish(self.topics.rounds, fedwire.Announcement(
                 cfg.federation, None, 0.0, done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
         final = final_record(cfg, base, server.proxy_delivery, self._proxy_bytes * len(self.online),
                              self._final_evaluation(), time.perf_counter() - start)
         state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
         return RunResult(name, cfg, rows, final, state, server.run_info())
+
+    @property
+    def online(self) -> dict[str, tuple[str, ...]]:
+        """Online clients and the pair's modalities each holds (aggregator/presence.py)."""
+        return self.presence.online
+
+    @online.setter
+    def online(self, value: dict[str, tuple[str, ...]]) -> None:
+        self.presence.online = value
+
+    @property
+    def discarded(self) -> list[str]:
+        """One line per discarded upload (also logged)."""
+        return self.uploads.discarded
+
+    @property
+    def sync_limiter(self):
+        return self.sync.limiter
 
     @property
     def state_dir(self) -> Path:
@@ -209,65 +218,15 @@ class Aggregator:
         self.link.publish_all([(self.topics.rounds, b"")], retain=True)
         self.link.publish_all(items, retain=True)
         for topic, frame in items:  # bound to the signed manifest by its hash: guarded, not signed
-            self._remember(topic, frame)
-        self._publish_control(self.topics.proxy_manifest, manifest.to_bytes())
+            self.control.remember(topic, frame)
+        self.control.publish(self.topics.proxy_manifest, manifest.to_bytes())
         self.manifest, self.proxy_frames = manifest, frames
         self.published.set()
 
-    def _package_publisher(self):
-        if self.opts.signing_key is None or not self.opts.packages:
-            return None
-        from export.publisher import PackagePublisher
-
-        return PackagePublisher(self.link, self.cfg.federation, self.opts.signing_key,
-                                out_root=self.opts.out / "packages", every=self.opts.package_every, int8=False,
-                                run=self.run_id)
-
-    def _publish_control(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
-        """A retained control message, signed when a signing key is configured."""
-        signed = sign(self.opts.signing_key, topic, payload)
-        self._remember(topic, signed, expiry)
-        self.link.publish_all([(topic, signed)], retain=True, expiry=expiry)
-
-    def _remember(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
-        """Our retained message on ``topic``, restored if someone replaces it (:meth:`_guard_control`)."""
-        self._sent.setdefault(topic, deque(maxlen=8)).append(payload)
-        self._control[topic] = (payload, None if expiry is None else time.monotonic() + expiry)
-
-    def _guard_control(self, topic: str, payload: bytes) -> None:
-        """Another publisher replaced one of our retained control messages or proxy chunks: put ours back, at
-        most every 2 s per topic (clients refuse the forgery, but one that starts later would find nothing else)."""
-        ours, expires = self._control[topic]
-        if payload in self._sent[topic] or time.monotonic() - self._restored.get(topic, -math.inf) < 2.0 \
-                or (topic == self.topics.rounds and self._round is None):  # between rounds ours is stale too
-            return
-        left = None if expires is None else int(expires - time.monotonic())
-        if left is not None and left < 1:
-            return
-        log.warning("retained %s was replaced by another publisher; restoring ours", topic)
-        self._restored[topic] = time.monotonic()
-        self.link.publish_all([(topic, ours)], retain=True, expiry=left)
-
-    def _publish_package(self, final: bool) -> None:
-        """Publish the global model as a signed package when due. A failed export never stops the rounds, but a
-        run whose final package cannot be published ends with that error: its gateways would keep an old model."""
-        if self._packages is None:
-            return
-        from export.run_model import RunModel
-
-        server = self.server
-        try:
-            with TORCH_RNG_LOCK:
-                built = self._packages.maybe_publish(RunModel(server.run_info(), server.model, server.head),
-                                                     server.rounds_completed, final=final)
-            self._package = built or self._package
-        except Exception as exc:  # noqa: BLE001 - the federation goes on; clients keep the model in service
-            log.error("model package after round %d not published: %s", server.rounds_completed, exc)
-            if final:
-                from fedmekt.errors import UserError
-
-                raise UserError(f"the run's final model package was not published: {exc} (the checkpoint in "
-                                f"{self.opts.out} holds the model: `fedmekt export` builds it by hand)") from None
+    def _new_challenge(self, keep_previous: bool) -> None:
+        """Issue the next liveness challenge (aggregator/presence.py), retained, signed and guarded."""
+        challenge = fedwire.LivenessChallenge(self.cfg.federation, self.presence.new_challenge(keep_previous))
+        self.control.publish(self.topics.liveness, challenge.to_bytes())
 
     def wait_for_clients(self, want: int, timeout: float) -> None:
         """Process presence messages until ``want`` clients are online or ``timeout`` seconds passed."""
@@ -280,10 +239,15 @@ class Aggregator:
             log.warning("going on with %d of %d expected clients online", len(self.selectable()), want)
 
     def selectable(self) -> list[str]:
-        """Online clients whose liveness is current: a retained "online" alone (a phantom, or a client
-        that died without its Will reaching us) is not enough; it takes a live birth, heartbeat or upload."""
-        now = time.monotonic()
-        return sorted(c for c in self.online if now - self._live.get(c, -math.inf) <= self.opts.liveness)
+        """Online clients with a fresh proof of life (aggregator/presence.py)."""
+        return self.presence.selectable()
+
+    def _eligible(self) -> list[str]:
+        """Selectable clients not sitting out the next round (aggregator/backoff.py): what ``min_clients`` and
+        the waits count."""
+        selectable = self.selectable()
+        benched = self.backoff.sitting_out(self.server.rounds_completed, selectable)
+        return [c for c in selectable if c not in benched]
 
     def _await_clients(self, rnd: int) -> None:
         """Every client gone mid-run (a site power cut: all gateways restarting at once): wait, as before
@@ -297,16 +261,16 @@ class Aggregator:
                         self.opts.wait_timeout, want)
             self._wait_selectable(want, time.monotonic() + self.opts.wait_timeout)
         least = self.opts.min_clients
-        if len(self.selectable()) < least:
+        if len(self._eligible()) < least:
             log.info("%d of %d clients online before round %d: waiting up to %.0f s for the rest",
-                     len(self.selectable()), least, rnd + 1, self.opts.wait_timeout)
+                     len(self._eligible()), least, rnd + 1, self.opts.wait_timeout)
             self._wait_selectable(least, time.monotonic() + self.opts.wait_timeout)
 
     def _wait_selectable(self, want: int, deadline: float) -> None:
         """Process messages until ``want`` clients are selectable or ``deadline``; says so whenever the count
         changes, and every few seconds."""
         said, told = -math.inf, -1
-        while (have := len(self.selectable())) < want and time.monotonic() < deadline:
+        while (have := len(self._eligible())) < want and time.monotonic() < deadline:
             if have != told or time.monotonic() - said >= WAIT_LOG_S:
                 log.info("waiting for %d clients (%d online)", want, have)
                 said, told = time.monotonic(), have
@@ -316,7 +280,12 @@ class Aggregator:
         cfg, server = self.cfg, self.server
         t0 = time.perf_counter()
         self._await_clients(rnd)
-        plan = server.plan_round(rnd, self.selectable())
+        selectable = self.selectable()
+        candidates = self.backoff.candidates(rnd, selectable)
+        benched = {c: why for c, why in self.backoff.sitting_out(rnd, selectable).items() if c not in candidates}
+        for c, why in benched.items():
+            log.info("round %d of %d: %s sits out (%s)", rnd + 1, cfg.rounds, c, why)
+        plan = server.plan_round(rnd, candidates)
         shown = ", ".join(plan.selected[:6]) + (", …" if len(plan.selected) > 6 else "")
         log.debug("round %d of %d opens: %d clients selected (%s)", rnd + 1, cfg.rounds, len(plan.selected), shown)
         down = server.downstream(plan)
@@ -328,12 +297,13 @@ class Aggregator:
         need = max(1, math.ceil(self.opts.quorum * len(plan.selected)))
         nonce = secrets.token_hex(8)
         deadline = time.monotonic() + self.opts.round_timeout  # our own clock; clients count the timeout on theirs
-        self._round = _Round(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending), nonce=nonce,
-                             global_frames=frames, resend_wait=self.opts.resend_after)
-        self._publish_control(self.topics.rounds, fedwire.Announcement(
+        self._round = OpenRound(plan, deadline, need, Reassembler(self.opts.limits, self.opts.max_pending),
+                                nonce=nonce, global_frames=frames, resend_wait=self.opts.resend_after)
+        self.control.publish(self.topics.rounds, fedwire.Announcement(
             cfg.federation, plan.to_json(), self.opts.round_timeout, run=self.run_id, nonce=nonce,
             global_sha256=parse_frame(frames[0], self.opts.limits)[0].sha256).to_bytes(),
             expiry=int(self.opts.round_timeout) + 1)
+        self._new_challenge(keep_previous=True)  # proofs last at most two rounds
         while not self._round_complete() and time.monotonic() < deadline:
             self._pump(min(time.monotonic() + 0.5, deadline))
             self._ask_if_quiet()
@@ -342,7 +312,11 @@ class Aggregator:
                         len(plan.selected))
         r = self._round
         for sender, have, count in r.reassembler.forget_round(rnd):
-            self._discard(f"{sender} round {rnd + 1}: incomplete upload ({have} of {count} chunks) when the round closed")
+            self.uploads.discard(f"{sender} round {rnd + 1}: incomplete upload ({have} of {count} chunks) when the "
+                                 "round closed")
+        missed = self.backoff.close(rnd, plan.selected, self._absorbed, self.online)
+        for c, why in missed.items():
+            log.warning("round %d of %d: %s %s", rnd + 1, cfg.rounds, c, why)
         row = server.finish_round(plan)
         bytes_down = sum(message_bytes(client_view(down, self.online.get(c, ())), cfg.wire_dtype, kind="global")
                          for c in plan.selected)
@@ -353,7 +327,8 @@ class Aggregator:
                  time.perf_counter() - t0, f", {f1}" if f1 else "")
         return {**row, "bytes_down": bytes_down, "bytes_up": r.bytes_up, "bytes_global": sum(len(f) for f in frames),
                 "proxy_windows": len(plan.proxy_windows), "wall_s": round(time.perf_counter() - t0, 4),
-                "rejected": r.rejected, "late": r.late}
+                "rejected": r.rejected, "late": r.late, "missed": missed, "benched": benched,
+                "backoff": self.backoff.to_row()}
 
     # -- message handling ---------------------------------------------------------------------
     def _pump(self, until: float) -> None:
@@ -363,7 +338,7 @@ class Aggregator:
             if msg is not None:
                 self._dispatch(msg)
             self._after_reconnect()
-            self._answer_syncs()
+            self.sync.answer_due()
             if time.monotonic() >= until or (self._round and self._round_complete()):
                 return
 
@@ -374,8 +349,8 @@ class Aggregator:
         return len(self._absorbed) >= min(r.need, could)
 
     def _dispatch(self, msg: Message) -> None:
-        if msg.topic in self._control and not msg.retain:  # live: published while we run (retained = older)
-            self._guard_control(msg.topic, msg.payload)
+        if msg.topic in self.control and not msg.retain:  # live: published while we run (retained = older)
+            self.control.guard(msg.topic, msg.payload, round_open=self._round is not None)
             return
         if not msg.topic.startswith(self.topics.prefix + "/"):
             self._foreign(msg.topic)
@@ -383,9 +358,9 @@ class Aggregator:
         parts = msg.topic.split("/")
         prefix = len(self.topics.prefix.split("/"))
         if len(parts) == prefix + 3 and parts[prefix] == "clients" and parts[-1] == "status":
-            self._on_status(parts[prefix + 1], msg.payload, msg.retain)
+            self.presence.on_status(parts[prefix + 1], msg.payload, msg.retain)
         elif len(parts) == prefix + 3 and parts[prefix] == "clients" and parts[-1] == "sync":
-            self._on_sync(parts[prefix + 1], msg.payload)
+            self.sync.on_sync(parts[prefix + 1], msg.payload)
         elif len(parts) == prefix + 5 and parts[prefix] == "clients" and parts[prefix + 2] == "upload":
             self._on_upload(parts[prefix + 1], parts[prefix + 3], msg.payload)
 
@@ -398,60 +373,6 @@ class Aggregator:
             log.warning("ignoring messages of federation %r on this login's session: give each federation its own "
                         "aggregator login (fedmekt provision add … --role aggregator --federation F)", other[:64])
 
-    def _on_status(self, client_id: str, payload: bytes, retained: bool = False) -> None:
-        if not payload:  # a cleared retained status
-            self.online.pop(client_id, None)
-            return
-        known = self.opts.known_clients
-        if known is not None and client_id not in known:
-            if client_id not in self._unknown:
-                self._unknown.add(client_id)
-                log.warning("ignoring status of %s: not a provisioned client of %s", client_id, self.cfg.federation)
-            return
-        try:
-            status = fedwire.Status.from_bytes(payload)
-        except WireError as exc:
-            log.warning("ignoring status of %s: %s", client_id, exc.reason)
-            return
-        mods = tuple(m for m in self.cfg.pair if m in status.modalities)
-        if status.state == "online" and mods and set(status.modalities) <= set(self.cfg.pair):
-            if client_id not in self.online:
-                log.debug("%s online with %s", client_id, mods)
-            self.online[client_id] = mods
-            if not retained:
-                self._live[client_id] = time.monotonic()
-        else:
-            if status.state == "online" and status.modalities:  # none: an inference-only gateway, never trained
-                log.warning("ignoring %s: modalities %s do not fit the pair %s", client_id, status.modalities,
-                            self.cfg.pair)
-            self.online.pop(client_id, None)
-
-    # -- sync requests: the protocol's state without retained messages ---------------------------
-    def _on_sync(self, client_id: str, payload: bytes) -> None:
-        known = self.opts.known_clients
-        if known is not None and client_id not in known:
-            return  # its status was warned about already
-        try:
-            request = SyncRequest.from_bytes(payload)
-        except WireError as exc:
-            if client_id not in self._bad_sync and len(self._bad_sync) < 4096:
-                self._bad_sync.add(client_id)
-                log.warning("ignoring sync request of %s: %s", client_id, exc.reason)
-            return
-        self._note_newer_run(client_id, request)
-        self.sync_limiter.add(client_id, request)
-
-    def _note_newer_run(self, client_id: str, request: SyncRequest) -> None:
-        """A client follows a run ordered after ours: it will refuse this run. That happens when the run counter
-        was lost (a new state folder): say once per run how to get past it."""
-        newer = request.run if request.model is None else max(request.run, request.model[0], key=run_order)
-        if run_order(newer) <= run_order(self.run_id) or newer in self._newer_runs or len(self._newer_runs) >= 64:
-            return
-        self._newer_runs.add(newer)
-        log.error("%s follows run %s, newer than this run %s: it refuses this run. The run counter %s was lost or "
-                  "belongs to another aggregator; restart with --min-epoch above that run's epoch", client_id, newer,
-                  self.run_id, epoch_file(self.state_dir, self.cfg.federation))
-
     def _after_reconnect(self) -> None:
         """Back on the broker after any disconnect (a network cut, or another connection that took over our
         session): whatever replaced our retained messages meanwhile (a replayed older run's manifest or
@@ -460,33 +381,11 @@ class Aggregator:
         births, self._births = self._births, self.link.births
         if births in (0, self._births):
             return
-        self._reassert_retained()
+        self.control.reassert(self._round is not None, self.packages.messages())
+        self._new_challenge(keep_previous=True)  # what was queued for us while away proves at most the old one
         r = self._round
         if r is not None:
             self._ask_resend([c for c in r.plan.selected if c not in self._absorbed], "reconnected to the broker")
-
-    def _reassert_retained(self) -> None:
-        """Publish again, retained, every control message and proxy chunk we hold and the newest package."""
-        now, lasting, expiring = time.monotonic(), [], []
-        for topic, (payload, expires) in self._control.items():
-            if topic == self.topics.rounds and self._round is None and expires is not None:
-                continue  # a closed round's announcement: stale between rounds
-            if expires is None:
-                lasting.append((topic, payload))
-            elif expires - now >= 1:
-                expiring.append((topic, payload, int(expires - now)))
-        if self._package is not None:
-            from export.package import verify_package
-            from export.push import package_messages
-
-            lasting += package_messages(self.cfg.federation, verify_package(self._package.path, None))[1]
-        log.info("reconnected to the broker: re-asserting %d retained messages", len(lasting) + len(expiring))
-        try:
-            self.link.publish_all(lasting, retain=True)
-            for topic, payload, left in expiring:
-                self.link.publish_all([(topic, payload)], retain=True, expiry=left)
-        except TimeoutError:
-            log.warning("re-asserted retained messages not acknowledged in time")
 
     def _ask_if_quiet(self) -> None:
         """A round with no upload frame for ``resend_after`` s (doubling) asks its online owed clients again:
@@ -506,108 +405,14 @@ class Aggregator:
         sends its stored upload again, one still training goes on (edge_client/agent.py)."""
         rnd = self._round.plan.round
         log.info("round %d of %d: %s; asking %d clients for their uploads", rnd + 1, self.cfg.rounds, why, len(owed))
-        announcement = self._control[self.topics.rounds][0]
+        announcement = self.control.payload(self.topics.rounds)
         try:
             self.link.publish_all((self.topics.reply(c, self.topics.resend), announcement) for c in owed)
         except TimeoutError:
             log.warning("request for the uploads of round %d not acknowledged in time", rnd + 1)
 
-    def _answer_syncs(self) -> None:
-        for client_id, request in self.sync_limiter.due(time.monotonic()):
-            answer = self._sync_answer(client_id, request)
-            if not answer:
-                continue
-            log.debug("sync answer to %s: %d messages", client_id, len(answer))
-            try:
-                self.link.publish_all((self.topics.reply(client_id, topic), payload) for topic, payload in answer)
-            except TimeoutError:
-                log.warning("sync answer to %s not acknowledged in time", client_id)
-
-    def _sync_answer(self, client_id: str, req: SyncRequest) -> list[tuple[str, bytes]]:
-        """What ``client_id`` lacks, as (federation topic, the payload published there); bulky parts rate-limited."""
-        t, now, out = self.topics, time.monotonic(), []
-        this_run = req.run == self.run_id
-        if not this_run:
-            out.append((t.proxy_manifest, self._control[t.proxy_manifest][0]))
-        sha = self.manifest.proxy_sha256
-        if req.trains and sha and req.proxy != sha and self.opts.publish_proxy \
-                and self.sync_limiter.bulk(client_id, sha, now):
-            out += [(t.proxy_chunk(i), f) for i, f in enumerate(self.proxy_frames)]
-        r = self._round
-        if req.trains and r is not None:
-            rnd = r.plan.round
-            owed = client_id in r.plan.selected and client_id not in self._absorbed
-            if owed and this_run and req.uploaded >= rnd:  # it uploaded, nothing arrived: the upload was lost
-                out.append((t.resend, self._control[t.rounds][0]))
-            else:
-                if owed or (req.round if this_run else -1) < rnd:
-                    out.append((t.rounds, self._control[t.rounds][0]))
-                if owed:
-                    out += [(t.global_chunk(rnd, i), f) for i, f in enumerate(r.global_frames)]
-        built = self._package
-        if req.model is not None and built is not None and req.model != (built.manifest.run, built.manifest.round) \
-                and self.sync_limiter.bulk(client_id, f"model-{built.manifest.round}", now):
-            from export.package import verify_package
-            from export.push import package_messages
-
-            out += package_messages(self.cfg.federation, verify_package(built.path, None))[1]
-        return out
-
-    def _discard(self, why: str) -> None:
-        log.warning("discarded upload: %s", why)
-        self.discarded.append(why)
-
     def _on_upload(self, client_id: str, topic_round: str, payload: bytes) -> None:
-        r = self._round
-        try:
-            header, body = parse_frame(payload, self.opts.limits)
-        except WireError as exc:
-            if r:
-                r.rejected += 1
-            self._discard(f"{client_id}: {exc.reason}")
-            return
-        if header.sender != client_id or str(header.round) != topic_round or header.kind != "upload" \
-                or header.federation != self.cfg.federation:
-            if r:
-                r.rejected += 1
-            self._discard(f"{client_id}: header does not match its topic")
-            return
-        if r is None or header.round < r.plan.round:
-            if header.index == 0:
-                if r:
-                    r.late += 1
-                self._discard(f"{client_id}: late upload for round {header.round + 1}")
-            return
-        if header.round > r.plan.round or client_id not in r.plan.selected:
-            if header.index == 0:
-                self._discard(f"{client_id}: not selected for round {header.round + 1}")
-            return
-        if client_id in self._absorbed or r.reassembler.is_done(header):
-            if header.index == 0:
-                self._discard(f"{client_id}: duplicate upload for round {header.round + 1}")
-            return
-        mods = self.online.get(client_id, ())
-        expected = self.server.expected_upload(mods, r.plan)
-        try:
-            if header.index == 0:
-                if tuple(sorted(header.modalities)) != tuple(sorted(mods)):
-                    raise WireError(f"modalities {header.modalities} differ from announced {mods}")
-                check_spec(header.tensors, expected)
-            if header.nonce != r.nonce:  # later frames are bound to frame 0 by the body's sha256
-                if header.index == 0:
-                    raise WireError("nonce does not match the round's announcement (a replayed or re-framed upload)")
-                return
-            done = r.reassembler.add_parsed(header, body)
-            r.frame_bytes[header.key] = r.frame_bytes.get(header.key, 0) + len(payload)
-            r.quiet_since = time.monotonic()
-            if done is None:
-                return
-            tensors = decode_body(done.header, done.body, expected)
-            self.server.absorb(client_id, mods, tensors)
-        except (WireError, ValueError) as exc:
-            r.rejected += 1
-            self._discard(f"{client_id} round {header.round + 1}: {getattr(exc, 'reason', exc)}")
-            return
-        self._absorbed.add(client_id)
-        self._live[client_id] = time.monotonic()
-        r.bytes_up += r.frame_bytes.pop(header.key, 0)
+        if self.uploads.take(client_id, topic_round, payload, self._round, self._absorbed, self.server,
+                             self.online.get(client_id, ())):
+            self._absorbed.add(client_id)
+            self.presence.mark_live(client_id)

@@ -291,16 +291,18 @@ def _drive(url: str, n: int, ids: list[str], conn_ids: list[str]) -> tuple[float
     cfg = many_config(n)
     topics = Topics(cfg.federation)
     monitor = MqttLink(url, LinkOptions(client_id="many-monitor"),
-                       subscriptions=[topics.proxy_manifest, topics.rounds]).connect()
+                       subscriptions=[topics.liveness, topics.rounds]).connect()
     address = monitor.address
     swarm = Swarm(address.host, address.port, conn_ids)
     try:
         t0 = time.perf_counter()
         swarm.connect()
         connect_s = time.perf_counter() - t0
-        # its manifest on the broker means the aggregator is subscribed: our presence reaches it live
-        _wait_for(monitor, topics.proxy_manifest, lambda p: p, 300, "manifest from the aggregator")
-        online = fedwire.Status("online", cfg.pair).to_bytes()
+        # its liveness challenge (published after its manifest) means the aggregator is subscribed: our presence,
+        # echoing the challenge, reaches it live
+        challenge = _wait_for(monitor, topics.liveness, fedwire.LivenessChallenge.from_bytes, 300,
+                              "liveness challenge from the aggregator")
+        online = fedwire.Status("online", cfg.pair, proof=challenge.nonce).to_bytes()
         share = [ids[k::len(conn_ids)] for k in range(len(conn_ids))]
         t0 = time.perf_counter()
         swarm.send([iter([(topics.status(cid), online, True) for cid in mine]) for mine in share])

@@ -4,14 +4,16 @@ Protocol seen from a client (topics under ``fedmekt/<federation>/``):
 
 1. connect with a retained Last Will ``offline`` on ``clients/<id>/status``; the birth message
    ``online`` + modalities is re-published on every reconnect;
-2. read the retained ``proxy/manifest`` (config, channels, proxy hash) and ``proxy/<chunk>`` (the
+2. echo the aggregator's newest liveness challenge (retained on ``liveness``) in a live "online" status at
+   once and every ``heartbeat`` s: the aggregator's proof that this client is alive now;
+3. read the retained ``proxy/manifest`` (config, channels, proxy hash) and ``proxy/<chunk>`` (the
    proxy set, once) — or use a provisioned bundle;
-3. keep the latest global knowledge (``global/<round>/<chunk>``) and, when the retained ``rounds``
+4. keep the latest global knowledge (``global/<round>/<chunk>``) and, when the retained ``rounds``
    announcement selects this client, train on the whole local store and upload
    ``clients/<id>/upload/<round>/<chunk>``;
-4. when the aggregator asks again for an upload it never received (``clients/<id>/reply/resend``:
+5. when the aggregator asks again for an upload it never received (``clients/<id>/reply/resend``:
    the round's signed announcement, after a broker outage or a lost message), send the kept upload;
-5. with a model service (``--public-key``), receive the signed packages on ``models/#``, verify and
+6. with a model service (``--public-key``), receive the signed packages on ``models/#``, verify and
    install them (a refused one leaves the model in service); with ``--infer`` each live sensor
    batch is classified by the model in service and the predictions go to ``clients/<id>/inference``.
 
@@ -70,7 +72,7 @@ class AgentOptions:
     exit_when_done: bool = True  # stop at the end of the run (False: a daemon that follows the next runs)
     models: object | None = None  # edge_client.inference.ModelService: receive, verify and swap model packages
     public_key: object | None = None  # Ed25519PublicKey: act only on control messages the aggregator signed
-    heartbeat: float = 20.0  # seconds between live (non-retained) "online" statuses: the aggregator's liveness
+    heartbeat: float = 20.0  # seconds between live "online" statuses echoing the liveness challenge
     min_epoch: int = 0  # runs of an older epoch are refused (provisioned; edge_client/trust.py raises it as runs come)
 
 
@@ -101,6 +103,7 @@ class EdgeAgent:
         self._announcement_deadline = 0.0  # its round's deadline on our time.monotonic(), counted from receipt
         self._served: set[str] = set()  # runs this process saw rounds of: only their "done" ends --exit-when-done
         self._next_heartbeat = 0.0
+        self._challenge = ""  # the aggregator's newest liveness challenge (its nonce): what our heartbeats echo
         self._seen_round = -1  # latest round announced in the run followed
         self._nonces: deque[str] = deque(maxlen=16)  # of the run's recent announcements (a restart brings new ones)
         self._uploaded = -1  # latest round uploaded for in the run followed
@@ -123,7 +126,8 @@ class EdgeAgent:
         cid = self.opts.client_id
         presence = Presence(self.topics.status(cid), fedwire.Status("online", self.modalities).to_bytes(),
                             fedwire.Status("offline", self.modalities).to_bytes())
-        subs = [self.topics.proxy_all, self.topics.rounds, self.topics.global_all, self.sync.subscription]
+        subs = [self.topics.proxy_all, self.topics.rounds, self.topics.global_all, self.topics.liveness,
+                self.sync.subscription]
         if self.opts.models is not None:
             subs.append(self.opts.models.subscription)
         link_options = self.opts.link or LinkOptions(client_id=cid, username=cid)
@@ -138,7 +142,7 @@ class EdgeAgent:
                     self._dispatch(self.sync.unwrap(msg))
                 self.sync.step(link)
                 self._maybe_train()
-                self._maybe_heartbeat(presence)
+                self._maybe_heartbeat(presence.topic)
         self.link = None
         return self.rounds_trained
 
@@ -169,7 +173,7 @@ class EdgeAgent:
         elif self._bundle is not None:
             proxy = self._bundle[0]
         return SyncRequest(run=m.run if m else "", proxy=proxy, round=self._seen_round, uploaded=self._uploaded,
-                           model=model_held(self.opts.models))
+                           model=model_held(self.opts.models), liveness=self._challenge)
 
     # -- messages -----------------------------------------------------------------------------
     def _dispatch(self, msg: Message) -> None:
@@ -181,6 +185,8 @@ class EdgeAgent:
                 self._on_manifest(open_signed(self.opts.public_key, msg.topic, msg.payload))
             elif msg.topic.startswith(t.prefix + "/proxy/"):
                 self._on_proxy_frame(msg.payload)
+            elif msg.topic == t.liveness:
+                self._on_challenge(open_signed(self.opts.public_key, msg.topic, msg.payload))
             elif msg.topic == t.rounds:
                 self._on_announcement(open_signed(self.opts.public_key, msg.topic, msg.payload), msg)
             elif msg.topic == t.reply(self.opts.client_id, t.resend):
@@ -308,11 +314,23 @@ class EdgeAgent:
             for old in [k for k in self._globals if k[0] < header.round - 1] + list(self._globals)[:-4]:
                 self._globals.pop(old, None)  # bounded: a forged copy cannot crowd out memory
 
-    def _maybe_heartbeat(self, presence: Presence) -> None:
-        """Re-publish "online" live (not retained) every ``heartbeat`` s: a retained status proves nothing."""
+    def _on_challenge(self, payload: bytes) -> None:
+        """A new liveness challenge: echo it at once (the aggregator draws one as each round opens, and counts
+        only statuses that echo one of its last two)."""
+        if not payload:
+            return
+        challenge = fedwire.LivenessChallenge.from_bytes(payload)
+        if challenge.federation != self.opts.federation:
+            raise WireError(f"liveness challenge of federation {challenge.federation!r}")
+        if challenge.nonce != self._challenge:
+            self._challenge, self._next_heartbeat = challenge.nonce, 0.0
+
+    def _maybe_heartbeat(self, topic: str) -> None:
+        """Publish "online" live (not retained), echoing the liveness challenge, every ``heartbeat`` s and at once
+        when a new challenge came. None before the first challenge: a status without proof proves nothing."""
         now = time.monotonic()
-        if now >= self._next_heartbeat and self.link is not None and self.link.connected:
-            self.link.publish(presence.topic, presence.online)
+        if self._challenge and now >= self._next_heartbeat and self.link is not None and self.link.connected:
+            self.link.publish(topic, fedwire.Status("online", self.modalities, proof=self._challenge).to_bytes())
             self._next_heartbeat = now + self.opts.heartbeat
 
     # -- inference ----------------------------------------------------------------------------

@@ -39,8 +39,8 @@ def register(subparsers) -> None:
                         "client went offline at once (default: per_round)")
     p.add_argument("--wait-timeout", type=float, default=600.0, help="seconds to wait for them (default 600)")
     p.add_argument("--min-clients", type=int, default=1,
-                   help="a later round opens once this many clients are online, or after --wait-timeout s with "
-                        "those there (default 1)")
+                   help="a later round opens once this many clients are online with fresh proof and not "
+                        "sitting out a backoff, or after --wait-timeout s with those there (default 1)")
     p.add_argument("--round-timeout", type=float, default=600.0, help="deadline per round in seconds (default 600)")
     p.add_argument("--resend-after", type=float, default=10.0,
                    help="seconds without an upload before the clients still owing one are asked again "

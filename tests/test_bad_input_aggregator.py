@@ -64,13 +64,13 @@ def new_aggregator(tmp: Path, round_: int = 1):
 
 def reopen(agg, plan) -> None:
     """Open ``plan``'s round afresh, as ``_one_round`` leaves it while waiting for uploads (cheap: no model work)."""
-    from aggregator.service import _Round
+    from aggregator.open_round import OpenRound
     from fedmekt.wire.chunks import Reassembler
 
     agg.server.begin_round(plan)
     agg._absorbed = set()
     agg.discarded.clear()
-    agg._round = _Round(plan, time.time() + 3600, len(plan.selected), Reassembler(LIMITS, agg.opts.max_pending))
+    agg._round = OpenRound(plan, time.time() + 3600, len(plan.selected), Reassembler(LIMITS, agg.opts.max_pending))
 
 
 def open_round(tmp: Path, round_: int = 1):

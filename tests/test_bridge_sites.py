@@ -247,11 +247,13 @@ def _announced_after(fed: BridgedFederation, since: float) -> set[int]:
 def test_bridge_dropped_and_restored_mid_run(tmp_path):
     """Site A's WAN line is cut as round 1 starts and restored once that round has closed without it:
     every round closes, and site A's gateways upload again in a round announced after the restore
-    (the lab queued its messages for the bridge's persistent session meanwhile)."""
+    (the lab queued its messages for the bridge's persistent session meanwhile). A gateway is selectable only with
+    fresh proof of life, which site A's can send only once the line is back: with ``--min-clients 4`` a round
+    waits (up to ``--wait-timeout``) for them rather than racing the bridge's reconnect."""
     fed = BridgedFederation(tmp_path, SITES, rounds=5, round_timeout=8.0, **CLIENTS)
     site = fed.sites["site-a"]
     try:
-        fed.start_all()
+        fed.start_all("--min-clients", "4", "--wait-timeout", "20")
         fed.wait_announced(1, timeout=240)
         site.link.cut()
         fed.wait_bridge("site-a", b"0", 30)  # the lab published the bridge's Will

@@ -25,6 +25,7 @@ from fedmekt.wire.topics import Topics
 pytestmark = pytest.mark.broker
 # keys that legitimately differ between the two transports (timing, header bytes, transport counters)
 TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late",
+                  "missed", "benched", "backoff",   # backoff: the deployment's selection record
                   "federation_run"}   # the deployment's run id on the wire: an in-process run has none
 
 
@@ -149,14 +150,18 @@ def test_round_closes_early_when_a_selected_client_goes_offline(mosquitto, tmp_p
     topics = Topics(cfg.federation)
     presence = Presence(topics.status("c099"), fedwire.Status("online", ("a",)).to_bytes(),
                         fedwire.Status("offline", ("a",)).to_bytes())
-    ghost = MqttLink(mosquitto.url, LinkOptions(client_id="c099"), presence, [topics.rounds]).connect()
+    ghost = MqttLink(mosquitto.url, LinkOptions(client_id="c099"), presence,
+                     [topics.rounds, topics.liveness]).connect()
 
     def crash_when_selected():
-        deadline = time.monotonic() + 60
+        deadline, proof = time.monotonic() + 60, ""
         while time.monotonic() < deadline:
-            ghost.publish(presence.topic, presence.online)  # live heartbeat: a retained birth alone is not selected
+            if proof:  # live heartbeat echoing the liveness challenge: a retained birth alone is not selected
+                ghost.publish(presence.topic, fedwire.Status("online", ("a",), proof=proof).to_bytes())
             msg = ghost.get(timeout=0.1)
-            if msg is not None and msg.payload:
+            if msg is not None and msg.topic == topics.liveness and msg.payload:
+                proof = fedwire.LivenessChallenge.from_bytes(msg.payload).nonce
+            elif msg is not None and msg.payload:
                 ann = fedwire.Announcement.from_bytes(msg.payload)
                 if not ann.done and "c099" in ann.plan["selected"]:
                     ghost.abort()  # no DISCONNECT: the broker publishes the retained Will "offline"

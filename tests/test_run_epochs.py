@@ -155,8 +155,8 @@ def test_the_aggregator_says_how_to_get_past_a_lost_run_counter(tmp_path, caplog
                      AggregatorOptions(out=tmp_path / "a"))
     agg.run_id, newer = new_run_id(1), new_run_id(6)
     with caplog.at_level(logging.ERROR, logger="aggregator"):
-        agg._note_newer_run("c000", SyncRequest(run=newer))
-        agg._note_newer_run("c001", SyncRequest(run=newer))  # said once per run
-        agg._note_newer_run("c002", SyncRequest(run=new_run_id(1), model=(new_run_id(1), 3)))  # not newer
+        agg.sync.note_newer_run("c000", SyncRequest(run=newer))
+        agg.sync.note_newer_run("c001", SyncRequest(run=newer))  # said once per run
+        agg.sync.note_newer_run("c002", SyncRequest(run=new_run_id(1), model=(new_run_id(1), 3)))  # not newer
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and f"c000 follows run {newer}" in said[0] and "--min-epoch" in said[0], said

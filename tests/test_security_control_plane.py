@@ -33,6 +33,7 @@ from fedmekt.wire.topics import Topics
 from wait_support import wait_for
 
 TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late",
+                  "missed", "benched", "backoff",   # backoff: the deployment's selection record
                   "federation_run"}   # the deployment's run id on the wire: an in-process run has none
 
 

@@ -85,3 +85,13 @@ def test_announcements_and_status_validate():
     for bad in (b'{"state": "hacked"}', b'{"state": "online", "modalities": "a"}', b"\xff"):
         with pytest.raises(WireError):
             fedwire.Status.from_bytes(bad)
+    nonce = "ab" * 16
+    assert fedwire.Status.from_bytes(fedwire.Status("online", ("a",), proof=nonce).to_bytes()).proof == nonce
+    for proof in ("x" * 8, "a" * 33, 5):  # not hex, too long, not a string
+        with pytest.raises(WireError):
+            fedwire.Status.from_bytes(json.dumps({"state": "online", "modalities": [], "proof": proof}).encode())
+    assert fedwire.LivenessChallenge.from_bytes(fedwire.LivenessChallenge("t", nonce).to_bytes()).nonce == nonce
+    for bad in (fedwire.LivenessChallenge("t", "ab").to_bytes(), fedwire.LivenessChallenge("t/x", nonce).to_bytes(),
+                fedwire.LivenessChallenge("t", nonce).to_bytes().replace(b'"v":1', b'"v":2'), b"[]"):
+        with pytest.raises(WireError):
+            fedwire.LivenessChallenge.from_bytes(bad)

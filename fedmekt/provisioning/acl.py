@@ -44,11 +44,12 @@ def _device_rules(fed: str, me: str) -> list[str]:
             f"topic write {mine}/sync",  # what it holds, on every (re)connect (fedmekt/wire/sync.py)
             f"topic read {mine}/status",
             f"topic read {mine}/reply/#",  # the aggregator's answer
-            *(f"topic read {ROOT}/{fed}/{t}" for t in ("rounds", "global/#", "proxy/#", "models/#", "metrics"))]
+            *(f"topic read {ROOT}/{fed}/{t}" for t in ("rounds", "global/#", "proxy/#", "models/#", "metrics",
+                                                           "liveness"))]
 
 
 def _aggregator_rules(fed: str) -> list[str]:
-    own = ("rounds", "global/#", "proxy/#", "models/#", "metrics", "aggregator/session")
+    own = ("rounds", "global/#", "proxy/#", "models/#", "metrics", "liveness", "aggregator/session")
     return [*(f"topic readwrite {ROOT}/{fed}/{t}" for t in own), f"topic read {ROOT}/{fed}/clients/#",
             f"topic write {ROOT}/{fed}/clients/+/reply/#"]  # sync answers
 

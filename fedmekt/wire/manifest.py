@@ -183,6 +183,8 @@ def load_bundle(path: Path) -> tuple[FederationManifest, Partition | None]:
 
 # ---- small JSON control messages ---------------------------------------------------------------
 MAX_CONTROL = 256 * 1024
+NONCE_MAX = 32  # hex digits of a liveness nonce
+LIVENESS_VERSION = 1
 _HEX = re.compile(r"^[0-9a-f]{0,64}$")
 
 
@@ -263,19 +265,49 @@ class Announcement:
 
 @dataclass(frozen=True)
 class Status:
-    """Retained on ``clients/<id>/status``: presence and the modalities a client holds."""
+    """Retained on ``clients/<id>/status``: presence and the modalities a client holds. A live (not retained)
+    "online" also carries ``proof``: the newest :class:`LivenessChallenge` nonce the client heard."""
 
     state: str  # "online" | "offline"
     modalities: tuple[str, ...] = ()
+    proof: str = ""  # the liveness challenge's nonce it echoes ("" = none: the retained birth and Will)
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"state": self.state, "modalities": list(self.modalities)}).encode()
+        d = {"state": self.state, "modalities": list(self.modalities)}
+        return json.dumps({**d, "proof": self.proof} if self.proof else d).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Status":
         d = _json(raw, "status")
-        state, mods = d.get("state"), d.get("modalities", [])
+        state, mods, proof = d.get("state"), d.get("modalities", []), d.get("proof", "")
         if state not in ("online", "offline") or not isinstance(mods, list) \
-                or not all(isinstance(m, str) and _ID.match(m) for m in mods) or len(mods) > 16:
+                or not all(isinstance(m, str) and _ID.match(m) for m in mods) or len(mods) > 16 \
+                or not isinstance(proof, str) or not _HEX.match(proof) or len(proof) > NONCE_MAX:
             raise WireError("bad status message")
-        return cls(state, tuple(mods))
+        return cls(state, tuple(mods), proof)
+
+
+@dataclass(frozen=True)
+class LivenessChallenge:
+    """Retained (and signed) on ``liveness``: the nonce a client's live status must echo to count as alive now.
+
+    The aggregator draws a new one when it starts, as each round opens and after a reconnect, so a status is
+    proof only of the time since the nonce it echoes was issued: one queued in the aggregator's saved session
+    while it was down, or replayed, echoes a nonce this aggregator never issued (aggregator/presence.py).
+    """
+
+    federation: str
+    nonce: str
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"v": LIVENESS_VERSION, "federation": self.federation, "nonce": self.nonce},
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "LivenessChallenge":
+        d = _json(raw, "liveness challenge")
+        fed, nonce = d.get("federation"), d.get("nonce")
+        if d.get("v") != LIVENESS_VERSION or not isinstance(fed, str) or not _ID.match(fed) \
+                or not isinstance(nonce, str) or not _HEX.match(nonce) or not 16 <= len(nonce) <= NONCE_MAX:
+            raise WireError("bad liveness challenge")
+        return cls(fed, nonce)

@@ -41,6 +41,7 @@ class SyncRequest:
     round: int = -1  # latest round announcement seen (-1 = none)
     uploaded: int = -1  # latest round it uploaded for
     model: tuple[str, int] | None = None  # (run, round) of the installed package; None = it takes no packages
+    liveness: str = ""  # the liveness challenge's nonce it holds ("" = none: the answer carries the current one)
 
     @property
     def trains(self) -> bool:
@@ -48,7 +49,8 @@ class SyncRequest:
 
     def to_bytes(self) -> bytes:
         return json.dumps({"v": SYNC_VERSION, "run": self.run, "proxy": self.proxy, "round": self.round,
-                           "uploaded": self.uploaded, "model": list(self.model) if self.model else None},
+                           "uploaded": self.uploaded, "model": list(self.model) if self.model else None,
+                          "liveness": self.liveness},
                           separators=(",", ":")).encode()
 
     @classmethod
@@ -62,12 +64,13 @@ class SyncRequest:
             raise WireError("sync request is not JSON") from None
         if not isinstance(d, dict) or d.get("v") != SYNC_VERSION:
             raise WireError("sync request has an unknown version")
-        run, proxy, model = d.get("run"), d.get("proxy"), d.get("model")
+        run, proxy, model, liveness = d.get("run"), d.get("proxy"), d.get("model"), d.get("liveness", "")
         ok = (isinstance(run, str) and _RUN.match(run)
               and (proxy is None or isinstance(proxy, str) and _HEX.match(proxy))
               and _round(d.get("round")) and _round(d.get("uploaded"))
               and (model is None or isinstance(model, list) and len(model) == 2 and isinstance(model[0], str)
-                   and _RUN.match(model[0]) and _round(model[1])))
+                   and _RUN.match(model[0]) and _round(model[1]))
+              and isinstance(liveness, str) and _HEX.match(liveness) and len(liveness) <= 32)
         if not ok:
             raise WireError("sync request fields have wrong types or ranges")
-        return cls(run, proxy, d["round"], d["uploaded"], (model[0], model[1]) if model else None)
+        return cls(run, proxy, d["round"], d["uploaded"], (model[0], model[1]) if model else None, liveness)

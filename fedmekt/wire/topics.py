@@ -7,8 +7,9 @@
 | ``proxy/manifest`` and ``proxy/<chunk>`` | aggregator | yes | the versioned, hashed proxy set (sent once) |
 | ``models/manifest`` and ``models/<version>/<chunk>`` | aggregator | yes | signed ONNX model packages |
 | ``metrics`` | aggregator | no | per-round metrics (JSON) |
+| ``liveness`` | aggregator | yes | the nonce a live status must echo (new per aggregator start, round and reconnect) |
 | ``aggregator/session`` | aggregator | yes | random token of the running aggregator session (detects a second one) |
-| ``clients/<id>/status`` | client (and its Last Will) | yes | presence: online with modalities / offline |
+| ``clients/<id>/status`` | client (and its Last Will) | yes | online + modalities (live: echo ``liveness``); offline |
 | ``clients/<id>/upload/<round>/<chunk>`` | client | no | upstream embeddings or parameters |
 | ``clients/<id>/inference`` | client | no | on-device predictions (JSON lines) |
 | ``clients/<id>/session`` | client | yes | random token of the running gateway session (detects a second one) |
@@ -83,6 +84,10 @@ class Topics:
         return f"{self.prefix}/metrics"
 
     @property
+    def liveness(self) -> str:
+        return f"{self.prefix}/liveness"
+
+    @property
     def aggregator_session(self) -> str:
         return f"{self.prefix}/aggregator/session"
 
@@ -124,6 +129,6 @@ class Topics:
         """The federation topic a reply on ``topic`` stands for; None unless it is one a sync answers."""
         head = f"{self.prefix}/clients/{client_id}/reply/"
         rest = topic[len(head):] if topic.startswith(head) else ""
-        if rest == "rounds" or rest.startswith(REPLIED):
+        if rest in ("rounds", "liveness") or rest.startswith(REPLIED):
             return f"{self.prefix}/{rest}"
         return None

@@ -1,0 +1,58 @@
+"""Signed model packages of the run (export/publisher.py): published every ``package_every`` rounds and at the
+end, bound to this run; the newest is kept so sync answers and a reconnect can send it again."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fedmekt.concurrency import TORCH_RNG_LOCK
+
+log = logging.getLogger("aggregator")
+
+
+class Packages:
+    """The run's package publisher (None without a signing key) and the newest package published."""
+
+    def __init__(self, federation: str, signing_key, enabled: bool, every: int, out: Path):
+        self.federation, self.signing_key, self.enabled, self.every, self.out = \
+            federation, signing_key, enabled, every, out
+        self._publisher = None  # export.publisher.PackagePublisher when a signing key is given
+        self.built = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
+
+    def start(self, link, run_id: str) -> None:
+        if self.signing_key is None or not self.enabled:
+            return
+        from export.publisher import PackagePublisher
+
+        self._publisher = PackagePublisher(link, self.federation, self.signing_key, out_root=self.out / "packages",
+                                           every=self.every, int8=False, run=run_id)
+
+    def publish(self, server, final: bool) -> None:
+        """Publish the global model as a signed package when due. A failed export never stops the rounds, but a
+        run whose final package cannot be published ends with that error: its gateways would keep an old model."""
+        if self._publisher is None:
+            return
+        from export.run_model import RunModel
+
+        try:
+            with TORCH_RNG_LOCK:
+                built = self._publisher.maybe_publish(RunModel(server.run_info(), server.model, server.head),
+                                                      server.rounds_completed, final=final)
+            self.built = built or self.built
+        except Exception as exc:  # noqa: BLE001 - the federation goes on; clients keep the model in service
+            log.error("model package after round %d not published: %s", server.rounds_completed, exc)
+            if final:
+                from fedmekt.errors import UserError
+
+                raise UserError(f"the run's final model package was not published: {exc} (the checkpoint in "
+                                f"{self.out} holds the model: `fedmekt export` builds it by hand)") from None
+
+    def messages(self) -> list[tuple[str, bytes]]:
+        """The newest package's retained messages (empty when none was published)."""
+        if self.built is None:
+            return []
+        from export.package import verify_package
+        from export.push import package_messages
+
+        return package_messages(self.federation, verify_package(self.built.path, None))[1]
