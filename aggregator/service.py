@@ -187,7 +187,8 @@ class Aggregator:
                 cfg.federation, None, 0.0, done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
         final = final_record(cfg, base, server.proxy_delivery, self._proxy_bytes * len(self.online),
                              self._final_evaluation(), time.perf_counter() - start)
-        state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
+        with TORCH_RNG_LOCK:
+            state = server.final_state()   # the deployed model is the final evaluation's (computed once)
         return RunResult(name, cfg, rows, final, state, server.run_info())
 
     @property
@@ -257,7 +258,9 @@ class Aggregator:
         server = self.server
         try:
             with TORCH_RNG_LOCK:
-                built = self._packages.maybe_publish(RunModel(server.run_info(), server.model, server.head),
+                if not self._packages.due(server.rounds_completed, final):
+                    return   # the deployed model is fine-tuned only for a package that goes out
+                built = self._packages.maybe_publish(RunModel.of(server.run_info(), server.deployed()),
                                                      server.rounds_completed, final=final)
             self._package = built or self._package
         except Exception as exc:  # noqa: BLE001 - the federation goes on; clients keep the model in service

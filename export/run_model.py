@@ -1,6 +1,8 @@
 """Read and write the model of a run folder (``final_model.safetensors`` + ``run.json``).
 
-Keys are ``autoencoder.<state-dict key>`` and ``head.<state-dict key>`` (fedmekt/artifacts.py).
+Keys are ``autoencoder.<state-dict key>`` and ``head.<state-dict key>`` (the federation's model, fedmekt/artifacts.py)
+and ``deployed.encoders.*`` / ``deployed.head.*`` (the deployed model, fedmekt/learn/deploy.py): a package ships
+the deployed model when the folder holds one, else (a folder written before issue 19 §3) the federation's.
 Loading goes through safetensors only: no pickle on files that may come from elsewhere.
 """
 
@@ -14,19 +16,26 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from torch import nn
 
 from fedmekt.artifacts import FINAL_MODEL, RUN_INFO, RunInfo, atomic_write_bytes, read_run_info, write_run_info
 from fedmekt.errors import UserError
+from fedmekt.learn.deploy import DeployedModel, load_deployed
 from fedmekt.learn.model import EncoderClassifier, LinearHead, SplitAutoencoder
 
 
 @dataclass
 class RunModel:
-    """A finished run's global model, rebuilt without the training data."""
+    """The model a run's packages ship (its encoders and head), rebuilt without the training data."""
 
     info: RunInfo
     autoencoder: SplitAutoencoder
-    head: LinearHead
+    head: nn.Module
+
+    @classmethod
+    def of(cls, info: RunInfo, deployed: DeployedModel) -> RunModel:
+        """The deployed model of a live server (``ServerEngine.deployed``)."""
+        return cls(info, deployed.model, deployed.head)
 
     def classifier(self, modality: str) -> EncoderClassifier:
         """A CPU copy of ``modality``'s encoder followed by the generalized head (what gateways run).
@@ -86,6 +95,14 @@ def load_run_model(run_dir: Path) -> RunModel:
             raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json ({prefix[:-1]}): {first}") from exc
     autoencoder.eval()
     head.eval()
+    kind = info.extra.get("config", {}).get("hyper", {}).get("deploy_head", "linear")
+    try:
+        deployed = load_deployed(tensors, autoencoder, len(info.label_names), kind)
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json (deployed model): {first}") from exc
+    if deployed is not None:
+        return RunModel.of(info, deployed)
     return RunModel(info, autoencoder, head)
 
 
