@@ -47,12 +47,16 @@ class RunModel:
         return EncoderClassifier(encoder, head).eval()
 
 
-def save_run_model(run_dir: Path, info: RunInfo, autoencoder: SplitAutoencoder, head: LinearHead) -> None:
-    """Write ``run.json`` and ``final_model.safetensors`` atomically (each file is old or new after a crash)."""
+def save_run_model(run_dir: Path, info: RunInfo, autoencoder: SplitAutoencoder, head: LinearHead,
+                   deployed: DeployedModel | None = None) -> None:
+    """Write ``run.json`` and ``final_model.safetensors`` atomically (each file is old or new after a crash);
+    with ``deployed``, the model its packages ship beside the federation's."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"autoencoder.{k}": v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}
     tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
+    if deployed is not None:
+        tensors.update({k: torch.from_numpy(v).contiguous() for k, v in deployed.state().items()})
     atomic_write_bytes(run_dir / FINAL_MODEL, safetensors.torch.save(tensors))
     write_run_info(run_dir, info)
 
@@ -95,12 +99,10 @@ def load_run_model(run_dir: Path) -> RunModel:
             raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json ({prefix[:-1]}): {first}") from exc
     autoencoder.eval()
     head.eval()
-    kind = info.extra.get("config", {}).get("hyper", {}).get("deploy_head", "linear")
     try:
-        deployed = load_deployed(tensors, autoencoder, len(info.label_names), kind)
-    except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json (deployed model): {first}") from exc
+        deployed = load_deployed(tensors, autoencoder, len(info.label_names))
+    except ValueError as exc:
+        raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json (deployed model): {exc}") from None
     if deployed is not None:
         return RunModel.of(info, deployed)
     return RunModel(info, autoencoder, head)

@@ -26,7 +26,7 @@ from torch import nn
 
 from fedmekt.config import FederationConfig
 from fedmekt.learn.evaluation import train_classifier_round
-from fedmekt.learn.model import LinearHead, SplitAutoencoder, build_head
+from fedmekt.learn.model import HEADS, LinearHead, SplitAutoencoder, build_head
 from sensors.partition import Partition
 
 ENCODERS, HEAD = "deployed.encoders.", "deployed.head."   # keys of the deployed model in a run's model state
@@ -71,15 +71,22 @@ def deploy(model: SplitAutoencoder, head: LinearHead, labelled: Partition, cfg: 
     return DeployedModel(model.eval(), head.eval(), int(torch.as_tensor(state.get("step", 0)).item()))
 
 
-def load_deployed(state: dict, model: SplitAutoencoder, n_classes: int, kind: str) -> DeployedModel | None:
-    """The deployed model kept in a run's model ``state`` (``DeployedModel.state``) on a copy of ``model``;
-    None when the state has none (a run folder written before issue 19 §3)."""
+def load_deployed(state: dict, model: SplitAutoencoder, n_classes: int) -> DeployedModel | None:
+    """The deployed model kept in a run's model ``state`` (``DeployedModel.state``) on a copy of ``model``, its
+    head's kind read from its parameter names; None when the state has none (written before issue 19 §3).
+    ValueError when the state is not one (unknown head, wrong shapes)."""
     enc = {k[len(ENCODERS):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(ENCODERS)}
     if not enc:
         return None
+    head_state = {k[len(HEAD):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(HEAD)}
+    kinds = [k for k, cls in HEADS.items() if set(cls(1, 1).state_dict()) == set(head_state)]
+    if not kinds:
+        raise ValueError(f"the deployed head's parameters {sorted(head_state)} are no known head ({', '.join(HEADS)})")
     model = copy.deepcopy(model)
-    model.encoders.load_state_dict(enc, strict=True)
-    head = build_head(kind, model.rep_size, n_classes)
-    head.load_state_dict({k[len(HEAD):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(HEAD)},
-                         strict=True)
+    head = build_head(kinds[0], model.rep_size, n_classes)
+    try:
+        model.encoders.load_state_dict(enc, strict=True)
+        head.load_state_dict(head_state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(str(exc).strip().splitlines()[0]) from None
     return DeployedModel(model.eval(), head.eval(), 0)
