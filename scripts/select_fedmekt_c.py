@@ -245,8 +245,9 @@ def deploy_one(job: tuple) -> list[dict]:
     return out
 
 
-def deploy_summary(results: list[dict], recipes: list[str], against: str) -> list[str]:
-    """Deployed weighted F1 on the validation units per recipe, paired with ``against`` (per seed)."""
+def deploy_summary(results: list[dict], recipes: list[str], against: str, default: str = "frozen") -> list[str]:
+    """Deployed weighted F1 on the validation units per recipe, paired per seed with ``against`` (per modality
+    too) and with the current ``default`` recipe (the protocol's adoption rule: interval above zero)."""
     from fedmekt.experiment.validation import decide
 
     mods = results[0]["modalities"]
@@ -255,16 +256,21 @@ def deploy_summary(results: list[dict], recipes: list[str], against: str) -> lis
         return {r["seed"]: r[key] for r in results if r["candidate"] == c}
 
     lines = ["deploy recipe | fine-tuning steps | " + " | ".join(f"deployed F1 {m} (validation units)" for m in mods)
-             + f" | score − {against} [95 % CI] (mean of modalities) | " + " | ".join(f"{m} − {against}" for m in mods)]
+             + f" | score − {against} [95 % CI] (mean of modalities) | " + " | ".join(f"{m} − {against}" for m in mods)
+             + f" | score − {default} | decision"]
     for c in recipes:
         steps = np.mean([r["deploy_steps"] for r in results if r["candidate"] == c])
         cells = [f"{steps:.0f}"] + [_mean_std(list(by_seed(c, f"val_probe_{m}").values())) for m in mods]
-        if c == against:
-            lines.append(f"{c} | " + " | ".join(cells) + " | (reference) |" + " |" * len(mods))
-            continue
         d = decide(by_seed(c, "score_val"), by_seed(against, "score_val"))
         per = [decide(by_seed(c, f"val_probe_{m}"), by_seed(against, f"val_probe_{m}")).difference.text() for m in mods]
-        lines.append(f"{c} | " + " | ".join(cells) + f" | {d.difference.text()} | " + " | ".join(per))
+        vs = decide(by_seed(c, "score_val"), by_seed(default, "score_val"))
+        if c == against:
+            cells += ["(reference)"] + [""] * len(mods)
+        else:
+            cells += [d.difference.text()] + per
+        cells += (["(reference)", "–"] if c == default else
+                  ["–", "–"] if c == LABELLED_ONLY else [vs.difference.text(), "ADOPT" if vs.adopt else "keep"])
+        lines.append(f"{c} | " + " | ".join(cells))
     return lines
 
 
