@@ -79,10 +79,10 @@ class Hyper:
     classifier_step_budget: int = 320  # the same for the classifier's walk of the labelled set (all
                                        # classifier epochs, per label modality); 320 leaves UR Fall, HAPT
                                        # and the demo unchanged, caps large labelled sets
-    deploy_head: str = "linear"      # the deployed model's head (fedmekt/learn/deploy.py): "linear" or "mlp"
-    deploy_rounds: int = 0           # rounds of the classifier's schedule that fine-tune a copy of the federation's
+    deploy_head: str = "mlp"         # the deployed model's head (fedmekt/learn/deploy.py): "linear" or "mlp"
+    deploy_rounds: int = 50          # rounds of the classifier's schedule that fine-tune a copy of the federation's
                                      # encoders and the head on the labelled set; 0 = the federation's head on its
-                                     # frozen encoders
+                                     # frozen encoders (mlp + 50: docs/fedmekt-c-selection.md, issue 19 §3)
     lr_deploy: float = 0.006         # Adam learning rate of that fine-tuning
     deploy_tune_encoder: bool = True  # False: the fine-tuning trains the head alone on the frozen encoders
 

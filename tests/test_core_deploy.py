@@ -31,7 +31,7 @@ def split():
 
 
 def test_zero_rounds_ships_the_federations_head_on_its_frozen_encoders(split):
-    server = _server(split, deploy_rounds=0)
+    server = _server(split, deploy_rounds=0, deploy_head="linear")
     dep = server.deployed()
     assert dep.steps == 0 and isinstance(dep.head, LinearHead)
     assert _states_equal({k: v.numpy() for k, v in dep.model.encoders.state_dict().items()},
@@ -88,7 +88,7 @@ def test_final_evaluation_scores_the_deployed_model_and_the_run_state_keeps_it(s
 def test_a_bad_recipe_is_one_line_user_error():
     from fedmekt.errors import UserError
 
-    for hyper, words in (({"deploy_head": "cnn"}, "deploy_head"), ({"deploy_head": "mlp"}, "deploy_rounds >= 1"),
+    for hyper, words in (({"deploy_head": "cnn"}, "deploy_head"), ({"deploy_head": "mlp", "deploy_rounds": 0}, "deploy_rounds >= 1"),
                          ({"deploy_rounds": -1}, "deploy_rounds"), ({"deploy_rounds": 1, "lr_deploy": 0.0},
                                                                     "lr_deploy")):
         cfg = tiny_config()
