@@ -78,14 +78,14 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
 
 
 # issue 19 §3: recipes of the deployed model (Hyper deploy_* fields), scored on the validation units
-DEPLOY_RECIPES = {
-    "frozen": {"deploy_rounds": 0},   # the federation's head on its frozen encoders (before issue 19 §3)
+DEPLOY_RECIPES = {   # every recipe names its head and rounds, so a changed default never changes a recipe
+    "frozen": {"deploy_head": "linear", "deploy_rounds": 0},   # the federation's head, frozen encoders (before §3)
     "head-mlp-50": {"deploy_head": "mlp", "deploy_rounds": 50, "deploy_tune_encoder": False},
-    "ft-linear-25": {"deploy_rounds": 25},
-    "ft-linear-50": {"deploy_rounds": 50},
-    "ft-linear-100": {"deploy_rounds": 100},
-    "ft-linear-100-lr2e-3": {"deploy_rounds": 100, "lr_deploy": 0.002},
-    "ft-mlp-50": {"deploy_head": "mlp", "deploy_rounds": 50},
+    "ft-linear-25": {"deploy_head": "linear", "deploy_rounds": 25},
+    "ft-linear-50": {"deploy_head": "linear", "deploy_rounds": 50},
+    "ft-linear-100": {"deploy_head": "linear", "deploy_rounds": 100},
+    "ft-linear-100-lr2e-3": {"deploy_head": "linear", "deploy_rounds": 100, "lr_deploy": 0.002},
+    "ft-mlp-50": {"deploy_head": "mlp", "deploy_rounds": 50},   # the default since issue 19 §3
     "ft-mlp-100": {"deploy_head": "mlp", "deploy_rounds": 100},
 }
 LABELLED_ONLY = "labelled-only"   # the reference every recipe must beat: no federation, the same labels
@@ -193,9 +193,8 @@ def one(job: tuple) -> dict:
 
 def deploy_key(recipe: str, seed: int, rounds: int, dataset: str) -> str:
     """Cache key of one deployed-model score: the resolved config with the recipe (labelled-only: the default's)."""
-    cfg = make_config("default", seed, rounds, dataset)
-    if recipe != LABELLED_ONLY:
-        cfg = replace(cfg, hyper=replace(cfg.hyper, **DEPLOY_RECIPES[recipe]))
+    cfg = make_config("default", seed, rounds, dataset)   # labelled-only ignores the recipe: keyed as "frozen"
+    cfg = replace(cfg, hyper=replace(cfg.hyper, **DEPLOY_RECIPES.get(recipe, DEPLOY_RECIPES["frozen"])))
     return json.dumps([cfg.to_dict(), recipe, "deploy-validation-units"], sort_keys=True)
 
 
