@@ -54,8 +54,10 @@ def test_fine_tuning_is_seeded_bounded_and_leaves_the_federation_untouched(split
     # same seed and global model -> the same deployed model (another process, the MQTT aggregator, rebuilds it)
     again = _server(split, deploy_rounds=3, deploy_head=head).deployed()
     assert _states_equal(dep.state(), again.state())
-    # computed once per completed round
+    # computed once per completed round; a loaded checkpoint (a resumed aggregator) derives it afresh, identically
     assert server.deployed() is dep
+    server.load_state_dict(server.state_dict())
+    assert server.deployed() is not dep and _states_equal(server.deployed().state(), dep.state())
 
 
 def test_frozen_encoder_recipe_trains_the_head_alone(split):

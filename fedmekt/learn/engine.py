@@ -326,6 +326,7 @@ class ServerEngine:
         def sub(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
 
+        self._deployed = None   # derived from the model: recomputed on demand
         self.model.load_state_dict(sub("autoencoder."))
         self.head.load_state_dict(sub("head."))
         self.party.optim.load_state_arrays(state, "optim/")
