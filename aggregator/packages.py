@@ -37,7 +37,9 @@ class Packages:
 
         try:
             with TORCH_RNG_LOCK:
-                built = self._publisher.maybe_publish(RunModel(server.run_info(), server.model, server.head),
+                if not self._publisher.due(server.rounds_completed, final):
+                    return   # the deployed model is fine-tuned only for a package that goes out
+                built = self._publisher.maybe_publish(RunModel.of(server.run_info(), server.deployed()),
                                                       server.rounds_completed, final=final)
             self.built = built or self.built
         except Exception as exc:  # noqa: BLE001 - the federation goes on; clients keep the model in service

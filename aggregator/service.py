@@ -179,7 +179,8 @@ class Aggregator:
                 cfg.federation, None, 0.0, done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
         final = final_record(cfg, base, server.proxy_delivery, self._proxy_bytes * len(self.online),
                              self._final_evaluation(), time.perf_counter() - start)
-        state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
+        with TORCH_RNG_LOCK:
+            state = server.final_state()   # the deployed model is the final evaluation's (computed once)
         return RunResult(name, cfg, rows, final, state, server.run_info())
 
     @property

@@ -1,6 +1,8 @@
 """Read and write the model of a run folder (``final_model.safetensors`` + ``run.json``).
 
-Keys are ``autoencoder.<state-dict key>`` and ``head.<state-dict key>`` (fedmekt/artifacts.py).
+Keys are ``autoencoder.<state-dict key>`` and ``head.<state-dict key>`` (the federation's model, fedmekt/artifacts.py)
+and ``deployed.encoders.*`` / ``deployed.head.*`` (the deployed model, fedmekt/learn/deploy.py): a package ships
+the deployed model when the folder holds one, else (a folder written before issue 19 §3) the federation's.
 Loading goes through safetensors only: no pickle on files that may come from elsewhere.
 """
 
@@ -14,19 +16,26 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from torch import nn
 
 from fedmekt.artifacts import FINAL_MODEL, RUN_INFO, RunInfo, atomic_write_bytes, read_run_info, write_run_info
 from fedmekt.errors import UserError
+from fedmekt.learn.deploy import DeployedModel, load_deployed
 from fedmekt.learn.model import EncoderClassifier, LinearHead, SplitAutoencoder
 
 
 @dataclass
 class RunModel:
-    """A finished run's global model, rebuilt without the training data."""
+    """The model a run's packages ship (its encoders and head), rebuilt without the training data."""
 
     info: RunInfo
     autoencoder: SplitAutoencoder
-    head: LinearHead
+    head: nn.Module
+
+    @classmethod
+    def of(cls, info: RunInfo, deployed: DeployedModel) -> RunModel:
+        """The deployed model of a live server (``ServerEngine.deployed``)."""
+        return cls(info, deployed.model, deployed.head)
 
     def classifier(self, modality: str) -> EncoderClassifier:
         """A CPU copy of ``modality``'s encoder followed by the generalized head (what gateways run).
@@ -38,12 +47,16 @@ class RunModel:
         return EncoderClassifier(encoder, head).eval()
 
 
-def save_run_model(run_dir: Path, info: RunInfo, autoencoder: SplitAutoencoder, head: LinearHead) -> None:
-    """Write ``run.json`` and ``final_model.safetensors`` atomically (each file is old or new after a crash)."""
+def save_run_model(run_dir: Path, info: RunInfo, autoencoder: SplitAutoencoder, head: LinearHead,
+                   deployed: DeployedModel | None = None) -> None:
+    """Write ``run.json`` and ``final_model.safetensors`` atomically (each file is old or new after a crash);
+    with ``deployed``, the model its packages ship beside the federation's."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"autoencoder.{k}": v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}
     tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
+    if deployed is not None:
+        tensors.update({k: torch.from_numpy(v).contiguous() for k, v in deployed.state().items()})
     atomic_write_bytes(run_dir / FINAL_MODEL, safetensors.torch.save(tensors))
     write_run_info(run_dir, info)
 
@@ -86,6 +99,12 @@ def load_run_model(run_dir: Path) -> RunModel:
             raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json ({prefix[:-1]}): {first}") from exc
     autoencoder.eval()
     head.eval()
+    try:
+        deployed = load_deployed(tensors, autoencoder, len(info.label_names))
+    except ValueError as exc:
+        raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json (deployed model): {exc}") from None
+    if deployed is not None:
+        return RunModel.of(info, deployed)
     return RunModel(info, autoencoder, head)
 
 

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--reference-rows", action=argparse.BooleanOptionalAction, default=True,
                    help="also compute the reference rows per seed: raw-features, labelled-only, proxy-only, "
                         "local-only, pooled, supervised-ceiling (default on)")
+    p.add_argument("--references", default="", metavar="ROWS",
+                   help="comma-separated subset of the reference rows to compute (default: all of them)")
     p.add_argument("--clients", default="10,10,10", help="A-only,B-only,A+B client counts (default 10,10,10)")
     p.add_argument("--per-round", type=int, default=9, help="clients sampled per round (default 9)")
     p.add_argument("--partition", choices=("paper", "subject"), default="paper")
@@ -119,12 +121,21 @@ def build_configs(args) -> list:
             for seed in range(args.first_seed, args.first_seed + args.seeds) for a in algorithms]
 
 
+def reference_names(text: str) -> tuple[str, ...]:
+    """The reference rows ``--references`` names (all of them when empty); UserError for an unknown name."""
+    from fedmekt_cli.spelling import parse_choices
+
+    names = ("raw-features", "labelled-only", "proxy-only", "local-only", "pooled", "supervised-ceiling")
+    return tuple(parse_choices(text, names, "--references")) if text else names
+
+
 def run(args) -> int:
     configs = build_configs(args)  # every typo refused before torch is imported (seconds)
     from fedmekt_cli.run_record import refuse_used_folder
 
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{configs[0].dataset}"
     refuse_used_folder(out)
+    names = reference_names(args.references)
 
     import torch
     from tqdm import tqdm
@@ -149,7 +160,7 @@ def run(args) -> int:
                                               clients=cfg.clients, normalize=args.normalize)
                 write_manifest(splits[cfg.seed], out / f"split-seed{cfg.seed}.json")
                 if args.reference_rows:
-                    references += reference_finals(cfg, splits[cfg.seed])
+                    references += reference_finals(cfg, splits[cfg.seed], names)
             results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress,
                                          client_workers=args.client_workers))
             report = write_report(out, results, references)

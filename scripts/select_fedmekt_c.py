@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,20 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "walk-labelled-hidden": {"layers": "rep+hidden", "server_walk_labelled": True},
     "budget-off": {"hyper": {"local_step_budget": 0, "server_walk_step_budget": 0}},   # issue 11 §2: whole walks
 }
+
+
+# issue 19 §3: recipes of the deployed model (Hyper deploy_* fields), scored on the validation units
+DEPLOY_RECIPES = {   # every recipe names its head and rounds, so a changed default never changes a recipe
+    "frozen": {"deploy_head": "linear", "deploy_rounds": 0},   # the federation's head, frozen encoders (before §3)
+    "head-mlp-50": {"deploy_head": "mlp", "deploy_rounds": 50, "deploy_tune_encoder": False},
+    "ft-linear-25": {"deploy_head": "linear", "deploy_rounds": 25},
+    "ft-linear-50": {"deploy_head": "linear", "deploy_rounds": 50},
+    "ft-linear-100": {"deploy_head": "linear", "deploy_rounds": 100},
+    "ft-linear-100-lr2e-3": {"deploy_head": "linear", "deploy_rounds": 100, "lr_deploy": 0.002},
+    "ft-mlp-50": {"deploy_head": "mlp", "deploy_rounds": 50},   # the default since issue 19 §3
+    "ft-mlp-100": {"deploy_head": "mlp", "deploy_rounds": 100},
+}
+LABELLED_ONLY = "labelled-only"   # the reference every recipe must beat: no federation, the same labels
 
 
 def sees_labelled_inputs(name: str) -> bool:
@@ -176,6 +191,88 @@ def one(job: tuple) -> dict:
     return out
 
 
+def deploy_key(recipe: str, seed: int, rounds: int, dataset: str) -> str:
+    """Cache key of one deployed-model score: the resolved config with the recipe (labelled-only: the default's)."""
+    cfg = make_config("default", seed, rounds, dataset)   # labelled-only ignores the recipe: keyed as "frozen"
+    cfg = replace(cfg, hyper=replace(cfg.hyper, **DEPLOY_RECIPES.get(recipe, DEPLOY_RECIPES["frozen"])))
+    return json.dumps([cfg.to_dict(), recipe, "deploy-validation-units"], sort_keys=True)
+
+
+def deploy_one(job: tuple) -> list[dict]:
+    """One default federation on the validation split; every deploy recipe and labelled-only trained on the
+    split's labelled units and scored (the deployed weighted F1) on the two validation units."""
+    import torch
+
+    from fedmekt.experiment.in_process import run_inprocess
+    from fedmekt.experiment.reference_rows import labelled_only
+    from fedmekt.experiment.validation import reported_test_groups
+    from fedmekt.learn.deploy import deploy
+    from fedmekt.learn.engine import _DEPLOY, _seed, resolve_device
+    from fedmekt.learn.evaluation import deployed_scores
+    from fedmekt.learn.model import LinearHead
+    from sensors.datasets import load_dataset
+    from sensors.splits import make_split
+
+    seed, rounds, dataset, recipes = job
+    torch.set_num_threads(1)
+    cfg = make_config("default", seed, rounds, dataset)
+    recordings = load_dataset(dataset)
+    split = validation_split(make_split(recordings, cfg.pair, seed=seed, reserved=reported_test_groups(recordings)),
+                             seed)
+    n_classes, device = len(split.label_names), resolve_device(cfg.device)
+    res = run_inprocess(cfg, split, progress=False) if set(recipes) - {LABELLED_ONLY} else None
+    out = []
+    for recipe in recipes:
+        if recipe == LABELLED_ONLY:
+            sup = labelled_only(cfg, split)
+            model, head, steps = sup.model, sup.head, sup.steps
+        else:
+            rcfg = replace(cfg, hyper=replace(cfg.hyper, **DEPLOY_RECIPES[recipe]))
+            fed = load_model(res, split.labelled)
+            fed_head = LinearHead(fed.rep_size, n_classes)
+            fed_head.load_state_dict({k[len("head."):]: torch.from_numpy(v) for k, v in res.model_state.items()
+                                      if k.startswith("head.")})
+            dep = deploy(fed, fed_head, split.labelled, rcfg, n_classes, device, _seed(rcfg, _DEPLOY))
+            model, head, steps = dep.model, dep.head, dep.steps
+        scores = deployed_scores(model, head, split.test, cfg, n_classes, device)
+        rec = {"candidate": recipe, "seed": seed, "val_units": list(split.test.units), "modalities": list(cfg.pair),
+               "deploy_steps": steps, **{f"val_probe_{m}": scores[f"deployed_f1_weighted_{m}"] for m in cfg.pair}}
+        rec["score_val"] = float(np.mean([rec[f"val_probe_{m}"] for m in cfg.pair]))
+        rec["key"] = deploy_key(recipe, seed, rounds, dataset)
+        print(json.dumps(rec), flush=True)
+        out.append(rec)
+    return out
+
+
+def deploy_summary(results: list[dict], recipes: list[str], against: str, default: str = "frozen") -> list[str]:
+    """Deployed weighted F1 on the validation units per recipe, paired per seed with ``against`` (per modality
+    too) and with the current ``default`` recipe (the protocol's adoption rule: interval above zero)."""
+    from fedmekt.experiment.validation import decide
+
+    mods = results[0]["modalities"]
+
+    def by_seed(c: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in results if r["candidate"] == c}
+
+    lines = ["deploy recipe | fine-tuning steps | " + " | ".join(f"deployed F1 {m} (validation units)" for m in mods)
+             + f" | score − {against} [95 % CI] (mean of modalities) | " + " | ".join(f"{m} − {against}" for m in mods)
+             + f" | score − {default} | decision"]
+    for c in recipes:
+        steps = np.mean([r["deploy_steps"] for r in results if r["candidate"] == c])
+        cells = [f"{steps:.0f}"] + [_mean_std(list(by_seed(c, f"val_probe_{m}").values())) for m in mods]
+        d = decide(by_seed(c, "score_val"), by_seed(against, "score_val"))
+        per = [decide(by_seed(c, f"val_probe_{m}"), by_seed(against, f"val_probe_{m}")).difference.text() for m in mods]
+        vs = decide(by_seed(c, "score_val"), by_seed(default, "score_val"))
+        if c == against:
+            cells += ["(reference)"] + [""] * len(mods)
+        else:
+            cells += [d.difference.text()] + per
+        cells += (["(reference)", "–"] if c == default else
+                  ["–", "–"] if c == LABELLED_ONLY else [vs.difference.text(), "ADOPT" if vs.adopt else "keep"])
+        lines.append(f"{c} | " + " | ".join(cells))
+    return lines
+
+
 def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
 
@@ -230,7 +327,12 @@ def main() -> None:
     parser.add_argument("--results", default="", help="JSONL cache of runs: reused when the resolved config, "
                         "folds match, new runs appended")
     parser.add_argument("--cached-only", action="store_true", help="run nothing: the table from --results alone")
+    parser.add_argument("--deploy", default="", help="instead of federation candidates: deployed-model recipes "
+                        f"({', '.join(DEPLOY_RECIPES)}) on one default federation per seed, each paired with "
+                        f"--against (default here: {LABELLED_ONLY}) on the validation units")
     args = parser.parse_args()
+    if args.deploy:
+        return deploy_main(args)
     try:
         seeds = check_selection_seeds(int(s) for s in args.seeds.split(","))
         candidates = list(dict.fromkeys([args.against, *args.candidates.split(",")]))
@@ -256,6 +358,43 @@ def main() -> None:
                     fh.write(json.dumps(rec) + "\n")
     results = [dict(cached[job_key(j)], candidate=j[0]) for j in jobs]
     print("\n" + "\n".join(summary(results, candidates, args.against)))
+
+
+def deploy_main(args) -> None:
+    """``--deploy``: every recipe and labelled-only per selection seed (one federation per seed), then the table."""
+    from fedmekt.errors import UserError
+    from fedmekt.experiment.validation import check_selection_seeds
+
+    against = LABELLED_ONLY if args.against == "default" else args.against
+    try:
+        seeds = check_selection_seeds(int(s) for s in args.seeds.split(","))
+        recipes = list(dict.fromkeys([against, *args.deploy.split(",")]))
+        unknown = [r for r in recipes if r not in DEPLOY_RECIPES and r != LABELLED_ONLY]
+        if unknown:
+            raise UserError(f"unknown deploy recipe(s) {unknown}; choose from {', '.join(DEPLOY_RECIPES)}, "
+                            f"{LABELLED_ONLY}")
+    except (UserError, ValueError) as exc:
+        sys.exit(f"select_fedmekt_c: error: {exc}")
+    cached: dict[str, dict] = {}
+    if args.results and Path(args.results).exists():
+        for line in Path(args.results).read_text().splitlines():
+            rec = json.loads(line)
+            cached[rec["key"]] = rec
+    todo = [] if args.cached_only else [
+        (s, args.rounds, args.dataset, tuple(r for r in recipes if deploy_key(r, s, args.rounds, args.dataset)
+                                             not in cached)) for s in seeds]
+    todo = [j for j in todo if j[3]]
+    print(f"{len(seeds) * len(recipes)} scores, {len(todo)} seeds to run", flush=True)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for recs in pool.map(deploy_one, todo):
+            for rec in recs:
+                cached[rec["key"]] = rec
+                if args.results:
+                    with open(args.results, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+    results = [dict(cached[k], candidate=r) for s in seeds for r in recipes
+               if (k := deploy_key(r, s, args.rounds, args.dataset)) in cached]
+    print("\n" + "\n".join(deploy_summary(results, recipes, against)))
 
 
 if __name__ == "__main__":

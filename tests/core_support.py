@@ -34,7 +34,7 @@ def tiny_split(seed: int = 0, clients=(2, 2, 2)):
 
 def tiny_config(algorithm: str = "fedmekt-c", **kw) -> FederationConfig:
     hyper = Hyper(batch=(4, 6), sub_window=(4, 8), classifier_epochs=1, local_epochs=1, global_epochs=1,
-                  probe_max_iter=20)
+                  probe_max_iter=20, deploy_rounds=2)   # the deployed model's fine-tuning, kept short
     base = dict(federation="t", dataset="synthetic", pair=("a", "b"), algorithm=algorithm, clients=(2, 2, 2),
                 per_round=4, rounds=2, rep_size=2, hidden=8, window=8, proxy_windows=6, proxy_batch=3,
                 eval_chunk=100, device="cpu", hyper=hyper,

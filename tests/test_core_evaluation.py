@@ -54,7 +54,8 @@ def test_final_evaluation_reports_probe_metrics_and_majority_floor():
 
 
 def test_deployed_figures_are_the_shipped_head_on_each_encoder():
-    """final_evaluation scores the head the packages ship, per modality, on the same test rows as the probe."""
+    """final_evaluation scores the model the packages ship (encoders and head), per modality, on the same test rows
+    as the probe."""
     import torch
 
     from fedmekt.learn.evaluation import chunk_bounds, encode_rows, f1_scores
@@ -63,10 +64,11 @@ def test_deployed_figures_are_the_shipped_head_on_each_encoder():
     cfg = tiny_config("mmfedavg")
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
     final = server.final_evaluation()
+    dep = server.deployed()
     bounds = chunk_bounds(split.test.segments, cfg.eval_chunk)
     y = split.test.labels[np.concatenate([np.arange(a, b) for a, b in bounds])]
     for m in cfg.pair:
         with torch.no_grad():
-            pred = server.head(encode_rows(server.model, split.test.modalities[m], m, bounds, server.device)).argmax(1)
+            pred = dep.head(encode_rows(dep.model, split.test.modalities[m], m, bounds, server.device)).argmax(1)
         assert final[f"deployed_f1_weighted_{m}"] == f1_scores(y, pred.numpy(), len(split.label_names))["f1_weighted"]
     assert not any(k.startswith("deployed_") for k in server.probe())

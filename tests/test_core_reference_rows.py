@@ -95,3 +95,16 @@ def test_reference_rows_are_deterministic(split, finals):
     strip = lambda f: {k: v for k, v in f.items() if k != "wall_s"}  # noqa: E731
     for name in REFERENCES:
         assert strip(again[name]) == strip(finals[name]), name
+
+
+def test_a_subset_of_rows_is_the_same_rows_alone(split, finals):
+    """``reproduce --references labelled-only`` computes that row alone, with the figures of the full set."""
+    from fedmekt_cli.reproduce import reference_names
+
+    assert reference_names("") == REFERENCES
+    (alone,) = reference_finals(tiny_config("fedmekt-c", rounds=3), split, reference_names("labelled-only"))
+    full = finals["labelled-only"]
+    assert alone["variant"] == "labelled-only"
+    assert {k: v for k, v in alone.items() if k != "wall_s"} == {k: v for k, v in full.items() if k != "wall_s"}
+    with pytest.raises(ValueError, match="unknown reference rows"):
+        reference_finals(tiny_config("fedmekt-c", rounds=3), split, ("labeled-only",))

@@ -13,6 +13,7 @@ from export.onnx_export import export_classifier
 from export.build import parity_inputs
 from export.verify import LENGTHS, TOLERANCE, ParityError, ParityRow, check_parity, parity, session, tolerance
 from export_support import trained_run
+from fedmekt.learn.model import EncoderClassifier
 
 ENCODERS = [("ur_fall", "acce"), ("ur_fall", "depth"), ("hapt", "acce"), ("hapt", "gyro")]
 
@@ -100,3 +101,37 @@ def test_parity_detects_a_perturbed_model(data_dir, tmp_path, tmp_path_factory):
     assert rows[0].max_abs_embedding > TOLERANCE and not rows[0].ok
     with pytest.raises(ParityError, match="T=128"):
         check_parity(run.model.classifier("acce"), path, real_inputs(run, "acce"), lengths=(128,))
+
+
+def test_a_run_folder_ships_its_deployed_model_with_parity(data_dir, tmp_path, tmp_path_factory):
+    """A run folder holding a deployed model (fine-tuned encoders, an MLP head) packages THAT model, not the
+    federation's: the package's ONNX files reproduce the deployed model (parity checked by build_package) and
+    differ from the federation's encoder + head."""
+    from export.build import build_package
+    from export.package import generate_keypair, load_private_key
+    from export.run_model import load_run_model, save_run_model
+    from fedmekt.learn.deploy import DeployedModel
+    from fedmekt.learn.model import MLPHead
+
+    run = trained_run("ur_fall", data_dir, tmp_path_factory)
+    info, federation = run.model.info, run.model
+    tuned = copy.deepcopy(federation.autoencoder)
+    with torch.no_grad():
+        for m in info.channels:
+            tuned.encoders[m].first.weight_ih_l0.mul_(1.1)   # stands for fine-tuning: the encoders moved
+    torch.manual_seed(1)
+    deployed = DeployedModel(tuned, MLPHead(info.rep_size, len(info.label_names)).eval(), 7)
+    save_run_model(tmp_path / "run", info, federation.autoencoder, federation.head, deployed)
+    shipped = load_run_model(tmp_path / "run")
+    assert isinstance(shipped.head, MLPHead)
+    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
+    built = build_package(shipped, tmp_path / "pkg", load_private_key(tmp_path / "k.key"))
+    for m, channels in info.channels.items():
+        x = real_inputs(run, m)[:, :128]
+        z, logits = session(built.path / f"{m}.onnx").run(None, {"x": x})
+        z_dep, logits_dep = (t.detach().numpy() for t in EncoderClassifier(tuned.encoders[m], deployed.head)(
+            torch.from_numpy(x)))
+        np.testing.assert_allclose(z, z_dep, atol=TOLERANCE)
+        np.testing.assert_allclose(logits, logits_dep, atol=1e-3)
+        z_fed, _ = federation.classifier(m)(torch.from_numpy(x))
+        assert np.abs(z - z_fed.detach().numpy()).max() > 100 * TOLERANCE   # not the federation's encoder

@@ -33,7 +33,7 @@ class RunResult:
     config: FederationConfig
     rows: list[dict]
     final: dict
-    model_state: dict[str, np.ndarray] = field(repr=False)   # "autoencoder.*" and "head.*"
+    model_state: dict[str, np.ndarray] = field(repr=False)   # "autoencoder.*", "head.*" and "deployed.*"
     run_info: RunInfo | None = None
 
 
@@ -101,8 +101,7 @@ def run_inprocess(cfg: FederationConfig, split: FederatedSplit, progress: bool =
         pool.close()
     final = final_record(cfg, base, server.proxy_delivery, once, server.final_evaluation(),
                          time.perf_counter() - start)
-    state = {k: v for k, v in server.state_dict().items() if k.startswith(("autoencoder.", "head."))}
-    return RunResult(name, cfg, rows, final, state, server.run_info())
+    return RunResult(name, cfg, rows, final, server.final_state(), server.run_info())
 
 
 def _rounds(cfg: FederationConfig, server: ServerEngine, pool: LocalClients | WorkerClients,

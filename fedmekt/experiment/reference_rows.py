@@ -66,9 +66,13 @@ def raw_features_final(cfg: FederationConfig, split: FederatedSplit) -> dict:
     return _record(cfg, "raw-features", start, probe, 0)
 
 
-def reference_finals(cfg: FederationConfig, split: FederatedSplit) -> list[dict]:
-    """``final.jsonl`` records of every reference row for ``cfg``'s seed, rounds and client sampling."""
-    out = [raw_features_final(cfg, split)]
+def reference_finals(cfg: FederationConfig, split: FederatedSplit, names: tuple[str, ...] = REFERENCES) -> list[dict]:
+    """``final.jsonl`` records of the reference rows ``names`` (default every one) for ``cfg``'s seed, rounds and
+    client sampling."""
+    unknown = sorted(set(names) - set(REFERENCES))
+    if unknown:
+        raise ValueError(f"unknown reference rows {unknown}; choose from {', '.join(REFERENCES)}")
+    out = [raw_features_final(cfg, split)] if "raw-features" in names else []
     cfg = replace(cfg, algorithm=LOCAL_TRAINER)
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
     ids = sorted(c.client_id for c in split.clients)
@@ -85,50 +89,62 @@ def reference_finals(cfg: FederationConfig, split: FederatedSplit) -> list[dict]
         rec = record(name, start, trained.model, steps, server_steps)
         return {**rec, **deployed_scores(trained.model, trained.head, split.test, cfg, n_classes, trained.device)}
 
-    start = time.perf_counter()
-    supervised = _Supervised(cfg, split)
-    for plan in plans:
-        supervised.labelled_round(plan.round)
-    out.append(supervised_record("labelled-only", start, supervised, 0, supervised.steps))
+    if "labelled-only" in names:
+        start = time.perf_counter()
+        supervised = labelled_only(cfg, split)
+        out.append(supervised_record("labelled-only", start, supervised, 0, supervised.steps))
 
-    start = time.perf_counter()
-    for plan in proxy_plans:
-        proxy_server.update_without_uploads(plan)
-    out.append(record("proxy-only", start, proxy_server.model, 0, server_optimizer_steps(proxy_server.party)))
+    if "proxy-only" in names:
+        start = time.perf_counter()
+        for plan in proxy_plans:
+            proxy_server.update_without_uploads(plan)
+        out.append(record("proxy-only", start, proxy_server.model, 0, server_optimizer_steps(proxy_server.party)))
 
-    start = time.perf_counter()
-    locals_ = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, None) for c in split.clients}
-    for plan in plans:
-        _train_round(locals_, plan, split)
-    probes = {cid: linear_probe(e.model, split.labelled, split.test, cfg, n_classes, e.device, seed,
-                                modalities=e.modalities)
-              for cid, e in locals_.items()}
-    out.append(_record(cfg, "local-only", start, _mean_over_holders(probes, locals_, cfg),
-                       sum(optimizer_steps(e.party) for e in locals_.values())))
+    if "local-only" in names:
+        start = time.perf_counter()
+        locals_ = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, None) for c in split.clients}
+        for plan in plans:
+            _train_round(locals_, plan, split)
+        probes = {cid: linear_probe(e.model, split.labelled, split.test, cfg, n_classes, e.device, seed,
+                                    modalities=e.modalities)
+                  for cid, e in locals_.items()}
+        out.append(_record(cfg, "local-only", start, _mean_over_holders(probes, locals_, cfg),
+                           sum(optimizer_steps(e.party) for e in locals_.values())))
 
-    start = time.perf_counter()
-    pooled = _proxy_server(cfg, split)
-    central = ClientEngine(cfg, "pooled", cfg.pair, split.channels, None)
-    central.model = pooled.model   # the same initialisation (build_model): one model, client and server optimizers
-    central.party = replace(central.party, model=pooled.model, optim=ModuleOptimizers(pooled.model, cfg.hyper.lr_local))
-    views = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, None) for c in split.clients}
-    for view in views.values():   # each client's draws and modalities, the one shared model and optimizers
-        view.model, view.party = central.model, replace(central.party, modalities=view.modalities)
-    for plan, proxy_plan in zip(plans, proxy_plans):
-        _train_round(views, plan, split)
-        pooled.update_without_uploads(proxy_plan)
-    out.append(record("pooled", start, pooled.model, optimizer_steps(central.party),
-                      server_optimizer_steps(pooled.party)))
+    if "pooled" in names:
+        start = time.perf_counter()
+        pooled = _proxy_server(cfg, split)
+        central = ClientEngine(cfg, "pooled", cfg.pair, split.channels, None)
+        central.model = pooled.model   # the same initialisation (build_model): one model, client and server optimizers
+        central.party = replace(central.party, model=pooled.model, optim=ModuleOptimizers(pooled.model, cfg.hyper.lr_local))
+        views = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, None) for c in split.clients}
+        for view in views.values():   # each client's draws and modalities, the one shared model and optimizers
+            view.model, view.party = central.model, replace(central.party, modalities=view.modalities)
+        for plan, proxy_plan in zip(plans, proxy_plans):
+            _train_round(views, plan, split)
+            pooled.update_without_uploads(proxy_plan)
+        out.append(record("pooled", start, pooled.model, optimizer_steps(central.party),
+                          server_optimizer_steps(pooled.party)))
 
-    start = time.perf_counter()
-    ceiling = _Supervised(cfg, split)
-    for plan in plans:
-        for cid in plan.selected:
-            ceiling.client_round(plan.round, cid)
-        ceiling.labelled_round(plan.round)
-    out.append(supervised_record("supervised-ceiling", start, ceiling, ceiling.client_steps,
-                                 ceiling.steps - ceiling.client_steps))
+    if "supervised-ceiling" in names:
+        start = time.perf_counter()
+        ceiling = _Supervised(cfg, split)
+        for plan in plans:
+            for cid in plan.selected:
+                ceiling.client_round(plan.round, cid)
+            ceiling.labelled_round(plan.round)
+        out.append(supervised_record("supervised-ceiling", start, ceiling, ceiling.client_steps,
+                                     ceiling.steps - ceiling.client_steps))
     return out
+
+
+def labelled_only(cfg: FederationConfig, split: FederatedSplit) -> _Supervised:
+    """The ``labelled-only`` model: the federation's initial encoders and head trained end to end on the labelled
+    set alone, every round's classifier walks of the run (the same seeded draws)."""
+    supervised = _Supervised(cfg, split)
+    for round_ in range(cfg.rounds):
+        supervised.labelled_round(round_)
+    return supervised
 
 
 def _proxy_server(cfg: FederationConfig, split: FederatedSplit) -> ServerEngine:

@@ -35,6 +35,7 @@ from fedmekt.learn.algorithms.base import (
 )
 from fedmekt.run_info import RunInfo
 from fedmekt.config import FederationConfig
+from fedmekt.learn.deploy import DeployedModel, deploy
 from fedmekt.learn.evaluation import deployed_scores, linear_probe, paper_probe, train_classifier_round
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
 from fedmekt.learn.streaming import StreamingMean
@@ -42,7 +43,7 @@ from sensors.partition import Normalizer, Partition
 from sensors.windowing import window_starts
 
 # purposes of the seeded generators (first words of every SeedSequence after the seed)
-_MODEL, _HEAD, _PROJ, _PROBE = 11, 12, 13, 14
+_MODEL, _HEAD, _PROJ, _PROBE, _DEPLOY = 11, 12, 13, 14, 15
 _SELECT, _PROXY, _SERVER, _CLASSIFIER, _CLIENT, _NOISE = 21, 22, 23, 24, 25, 26
 
 
@@ -175,6 +176,7 @@ class ServerEngine:
         self._absorbed_rounds: dict[str, int] = {}  # client -> rounds absorbed so far (hyper.upload_weight)
         self._reference: tuple[int, dict[str, float]] | None = None  # (round, per-key upload scale)
         self._proxy_cache: tuple[int, ProxyWindows] | None = None
+        self._deployed: tuple[int, DeployedModel] | None = None
 
     # ---- planning -----------------------------------------------------------------------------------
     def plan_round(self, round_: int, online: Sequence[str]) -> RoundPlan:
@@ -290,11 +292,25 @@ class ServerEngine:
         return linear_probe(self.model, self.labelled, self.test, self.cfg, len(self.label_names), self.device,
                             _seed(self.cfg, _PROBE))
 
+    def deployed(self) -> DeployedModel:
+        """What the packages ship after the rounds completed so far: the federation's encoders and head fine-tuned
+        on the labelled set by ``hyper``'s deploy recipe (fedmekt/learn/deploy.py); computed once per round."""
+        if self._deployed is None or self._deployed[0] != self.rounds_completed:
+            self._deployed = (self.rounds_completed, deploy(self.model, self.head, self.labelled, self.cfg,
+                                                            len(self.label_names), self.device,
+                                                            _seed(self.cfg, _DEPLOY)))
+        return self._deployed[1]
+
     def final_evaluation(self) -> dict:
-        """The probe, and the deployed model's figures (the head the packages ship, on each encoder)."""
-        probe = self.probe()
-        return {**probe, **deployed_scores(self.model, self.head, self.test, self.cfg, len(self.label_names),
-                                           self.device)}
+        """The probe, and the deployed model's figures (what the packages ship), with its fine-tuning steps."""
+        probe, dep = self.probe(), self.deployed()
+        return {**probe, **deployed_scores(dep.model, dep.head, self.test, self.cfg, len(self.label_names),
+                                           self.device), "deploy_steps": dep.steps}
+
+    def final_state(self) -> dict[str, np.ndarray]:
+        """What a run folder keeps: the global model, the federation's head and the deployed model."""
+        state = {k: v for k, v in self.state_dict().items() if k.startswith(("autoencoder.", "head."))}
+        return {**state, **self.deployed().state()}
 
     # ---- checkpoint ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -310,6 +326,7 @@ class ServerEngine:
         def sub(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
 
+        self._deployed = None   # derived from the model: recomputed on demand
         self.model.load_state_dict(sub("autoencoder."))
         self.head.load_state_dict(sub("head."))
         self.party.optim.load_state_arrays(state, "optim/")

@@ -6,8 +6,9 @@ Two probes of the global encoder:
   round; each round the test set of a modality is treated as ONE sequence cut into ``eval_chunk``-step
   chunks (each from a zero LSTM state), weighted F1 is computed per chunk and averaged over chunks
   (``f1_paper``); the table value is the median of the last 10 rounds;
-* the deployed model (``deployed_scores``): the head that ships in the package, on each encoder, scored
-  like the probe — what a user's gateway predicts, beside the research metric;
+* the deployed model (``deployed_scores``): what ships in the package (``fedmekt.learn.deploy``: the encoders
+  and head fine-tuned on the labelled set), scored like the probe — what a user's gateway predicts, beside the
+  research metric;
 * the final linear probe (``modality_probes``, the one probe of every table row): per test modality, a fresh
   linear head trained to convergence (full-batch L-BFGS) on that modality's frozen per-step features of the
   labelled partition; weighted F1, macro F1 and accuracy over the whole test set (every segment encoded from
@@ -76,7 +77,7 @@ def encode_rows(model: SplitAutoencoder, x: np.ndarray, modality: str, bounds: l
     return torch.cat([z[i, : b - a] for i, (a, b) in enumerate(bounds)])
 
 
-def train_classifier_round(model: SplitAutoencoder, head: LinearHead, opt: torch.optim.Optimizer,
+def train_classifier_round(model: SplitAutoencoder, head: torch.nn.Module, opt: torch.optim.Optimizer,
                            labelled: Partition, cfg: FederationConfig, rng: np.random.Generator,
                            device: torch.device, tune_encoder: bool = False) -> float:
     """One round of generalized classifier learning: ``classifier_epochs`` × each label modality (spec §4.9),
@@ -134,7 +135,7 @@ def linear_probe(model: SplitAutoencoder, labelled: Partition, test: Partition, 
                            device, seed)
 
 
-def deployed_scores(model: SplitAutoencoder, head: LinearHead, test: Partition, cfg: FederationConfig,
+def deployed_scores(model: SplitAutoencoder, head: torch.nn.Module, test: Partition, cfg: FederationConfig,
                     n_classes: int, device: torch.device) -> dict[str, float]:
     """What a gateway's package predicts: the shipped head on each modality's encoder, scored like the probe
     (``deployed_{f1_weighted,f1_macro,accuracy}_<m>`` over the whole test set, segments from a zero state)."""

@@ -74,10 +74,31 @@ class LinearHead(nn.Module):
         return self.linear(z)
 
 
+class MLPHead(nn.Module):
+    """A small per-time-step MLP head (r → ``width`` → K): a deployable head with more capacity than the probe's
+    linear map on a tiny r, still exported as plain MatMul/Relu ops."""
+
+    def __init__(self, rep_size: int, n_classes: int, width: int = HIDDEN) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(rep_size, width)
+        self.out = nn.Linear(width, n_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(z)))
+
+
+HEADS = {"linear": LinearHead, "mlp": MLPHead}
+
+
+def build_head(kind: str, rep_size: int, n_classes: int) -> nn.Module:
+    """The head named ``kind`` (``HEADS``)."""
+    return HEADS[kind](rep_size, n_classes)
+
+
 class EncoderClassifier(nn.Module):
     """Encoder of one modality followed by the head: what gateways run for inference."""
 
-    def __init__(self, encoder: StackedLSTM, head: LinearHead) -> None:
+    def __init__(self, encoder: StackedLSTM, head: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head

@@ -399,7 +399,7 @@ def render_html(folder: RunFolder) -> str:
          "round's proxy windows inside the down bytes."),
         ("F1 against bytes", f1_bytes_figure(folder),
          "Final weighted F1 of every algorithm and profile against the bytes its whole run sent (log scale): "
-         "filled dot = the converged probe, hollow dot = the deployed model (the package's head); reference rows "
+         "filled dot = the converged probe, hollow dot = the deployed model (what the package ships); reference rows "
          "send nothing and are dotted lines at their probe."),
         ("Per-client participation", participation_figure(folder),
          "Dark cell: the client's upload was absorbed in that round (with several runs: in that share of them); "

@@ -239,8 +239,10 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         "**paper** (spec §9, one run of the authors). ",
         "**probe** = the one probe of every row: per test modality, a fresh linear head trained to convergence on "
         "that modality's frozen per-step features of the labelled set, scored over the whole test set. "
-        "**deployed** = the model a gateway's package runs (the encoder and the head trained with it), scored like "
-        "the probe; rows with no head show –. "
+        "**deployed** = the model a gateway's package runs, scored like the probe: for a federation, its encoders "
+        "and head fine-tuned on the labelled set by the deploy recipe chosen on validation (`fedmekt/learn/deploy.py`; "
+        "federation pretrains, labels fine-tune); for a supervised reference row, its own encoder and head; rows "
+        "with no head show –. "
         "**floor** = the labelled set's majority class predicted everywhere. "
         "Reference rows on the same splits (`fedmekt.experiment.reference_rows`): **raw-features** = the probe on the "
         "unencoded per-step features; **labelled-only** = the encoder and head trained supervised on the server's "
