@@ -44,6 +44,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aggregator.checkpoint import CheckpointWriter, load_checkpoint
+from aggregator.fleet import class_refused, package_publisher
 from aggregator.sync import SyncLimiter
 from fedmekt.experiment.accounting import message_bytes
 from fedmekt.concurrency import TORCH_RNG_LOCK
@@ -121,6 +122,7 @@ class Aggregator:
         self._live: dict[str, float] = {}  # monotonic time a client last proved it is alive (not a retained status)
         self.discarded: list[str] = []  # one line per discarded upload (also logged)
         self._unknown: set[str] = set()  # status ids outside known_clients, warned about once
+        self._refused_classes: set[str] = set()  # clients of a device class not accepted, warned about once
         self._round: _Round | None = None
         self._absorbed: set[str] = set()
         self.server: ServerEngine | None = None
@@ -216,11 +218,8 @@ class Aggregator:
     def _package_publisher(self):
         if self.opts.signing_key is None or not self.opts.packages:
             return None
-        from export.publisher import PackagePublisher
-
-        return PackagePublisher(self.link, self.cfg.federation, self.opts.signing_key,
-                                out_root=self.opts.out / "packages", every=self.opts.package_every, int8=False,
-                                run=self.run_id)
+        return package_publisher(self.cfg, self.server, self.link, self.opts.signing_key, self.opts.out / "packages",
+                                 self.opts.package_every, self.run_id)
 
     def _publish_control(self, topic: str, payload: bytes, expiry: int | None = None) -> None:
         """A retained control message, signed when a signing key is configured."""
@@ -411,6 +410,9 @@ class Aggregator:
             status = fedwire.Status.from_bytes(payload)
         except WireError as exc:
             log.warning("ignoring status of %s: %s", client_id, exc.reason)
+            return
+        if class_refused(self.cfg, client_id, status, self._refused_classes):
+            self.online.pop(client_id, None)
             return
         mods = tuple(m for m in self.cfg.pair if m in status.modalities)
         if status.state == "online" and mods and set(status.modalities) <= set(self.cfg.pair):

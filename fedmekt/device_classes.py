@@ -69,3 +69,13 @@ def assign(fleet: str, client_ids: Sequence[str]) -> dict[str, str]:
     (``mixed`` = a third each). Deterministic, so ``reproduce`` and ``simulate`` build the same fleet."""
     accepted = parse_fleet(fleet)
     return {cid: accepted[i % len(accepted)] for i, cid in enumerate(sorted(client_ids))}
+
+
+def manifest_refusal(config: dict, declared: str | None) -> str | None:
+    """:func:`refusal` for a gateway declaring ``declared`` (or nothing) against a federation config as it travels
+    in the manifest (a dict from the network: a fleet this version cannot read is a refusal too)."""
+    fleet = config.get("fleet", DEFAULT)
+    try:
+        return refusal(fleet, str(config.get("federation", "?")), resolve(fleet, declared))
+    except ValueError as exc:
+        return f"this gateway cannot read the federation's fleet: {exc}"

@@ -267,15 +267,20 @@ class Status:
 
     state: str  # "online" | "offline"
     modalities: tuple[str, ...] = ()
+    device_class: str | None = None  # the class the gateway declares (fedmekt/device_classes.py); None: none declared
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"state": self.state, "modalities": list(self.modalities)}).encode()
+        d = {"state": self.state, "modalities": list(self.modalities)}
+        if self.device_class is not None:
+            d["device_class"] = self.device_class
+        return json.dumps(d).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Status":
         d = _json(raw, "status")
-        state, mods = d.get("state"), d.get("modalities", [])
+        state, mods, device_class = d.get("state"), d.get("modalities", []), d.get("device_class")
         if state not in ("online", "offline") or not isinstance(mods, list) \
-                or not all(isinstance(m, str) and _ID.match(m) for m in mods) or len(mods) > 16:
+                or not all(isinstance(m, str) and _ID.match(m) for m in mods) or len(mods) > 16 \
+                or not (device_class is None or isinstance(device_class, str) and _ID.match(device_class)):
             raise WireError("bad status message")
-        return cls(state, tuple(mods))
+        return cls(state, tuple(mods), device_class)

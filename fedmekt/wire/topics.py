@@ -6,6 +6,7 @@
 | ``global/<round>/<chunk>`` | aggregator | no | downstream global knowledge for that round, chunked |
 | ``proxy/manifest`` and ``proxy/<chunk>`` | aggregator | yes | the versioned, hashed proxy set (sent once) |
 | ``models/manifest`` and ``models/<version>/<chunk>`` | aggregator | yes | signed ONNX model packages |
+| ``models/<class>/manifest`` and ``models/<class>/<version>/<chunk>`` | aggregator | yes | a mixed fleet's package of each device class |
 | ``metrics`` | aggregator | no | per-round metrics (JSON) |
 | ``aggregator/session`` | aggregator | yes | random token of the running aggregator session (detects a second one) |
 | ``clients/<id>/status`` | client (and its Last Will) | yes | presence: online with modalities / offline |
@@ -73,6 +74,10 @@ class Topics:
 
     def model_chunk(self, version: int, chunk: int) -> str:
         return f"{self.prefix}/models/{version}/{chunk}"
+
+    def models_of(self, device_class: str = "") -> str:
+        """Where the packages of ``device_class`` are published (a mixed fleet's; "" = the federation's one)."""
+        return f"{self.prefix}/models" + (f"/{device_class}" if device_class else "")
 
     @property
     def models_all(self) -> str:
