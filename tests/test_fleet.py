@@ -2,12 +2,14 @@
 FedMEKT federation; the server distils each narrower class's encoder from its global model.
 
 Core: the config refuses what cannot mix; classes keep r, so uploads keep their shape. Through a real
-mosquitto: a mixed fleet's simulation equals the in-process run bit for bit; the aggregator ignores a gateway
-of a class it does not accept (one line), and a gateway told so by the manifest exits with that line.
+mosquitto: a mixed fleet's simulation, and its separate aggregator and client processes, equal the in-process
+run; each class's gateways install that class's signed package; the aggregator ignores a gateway of a class it
+does not accept (one line), and a gateway told so by the manifest exits with that line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -17,14 +19,19 @@ import pytest
 import torch
 
 from core_support import tiny_config, tiny_split
+from export.install import ModelStore
+from export.package import generate_keypair, load_public_key
 from fedmekt import device_classes
+from fedmekt.config import load_config
 from fedmekt.errors import UserError
 from fedmekt.experiment.in_process import run_inprocess
-from fedmekt.learn.engine import ClientEngine, ServerEngine
+from fedmekt.learn.engine import ClientEngine, ServerEngine, build_model
 from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.topics import Topics
 from fedmekt_cli.simulation import run_simulation
+from sensors.datasets import load_dataset
+from sensors.splits import make_split
 
 TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late"}
 
@@ -85,7 +92,6 @@ def test_each_narrower_class_gets_an_encoder_of_its_width_distilled_from_the_glo
     x = torch.from_numpy(split.proxy.modalities["a"][:64][None])
     with torch.no_grad():
         target = server.model.encode(x, "a")[0]
-        from fedmekt.learn.engine import build_model
         fresh = build_model(cfg, split.channels, "small").encode(x, "a")[0]
         distilled = models["small"].model.encode(x, "a")[0]
     assert torch.mean((distilled - target) ** 2) < torch.mean((fresh - target) ** 2)
@@ -148,3 +154,34 @@ def test_gateway_of_a_refused_class_exits_with_one_line(mosquitto, tmp_path):
     assert proc.returncode != 0
     assert ("gw01: 'large' is a device class it does not accept for federation t (it accepts: small, standard; "
             "choose one with --device-class)") in proc.stderr.splitlines()[-1]
+
+
+# ---- separate processes ---------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.broker
+def test_mixed_fleet_of_processes_equals_inprocess_and_each_class_installs_its_package(federation, tmp_path):
+    """``fedmekt aggregator`` and one ``fedmekt client --device-class …`` process per client (dealt as reproduce
+    deals them): the same final figures as the in-process run, and each gateway installs its class's package."""
+    fed = federation(rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0, federation="fleet")
+    with fed.config.open("a") as fh:
+        fh.write('fleet = "mixed"\n[hyper]\nclass_distil_steps = 4\n')
+    generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+    classes = device_classes.assign("mixed", fed.client_ids)
+    assert sorted(classes.values()) == ["large", "small", "standard"]
+    for cid in fed.client_ids:
+        fed.start_client(cid, True, "--device-class", classes[cid], "--public-key", str(tmp_path / "agg.pub"))
+    fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"))
+    assert fed.wait_exit("aggregator", 300) == 0, fed.log("aggregator")[-3000:]
+    for cid in fed.client_ids:
+        assert fed.wait_exit(cid, 60) == 0, fed.log(cid)[-3000:]
+        installed = ModelStore(fed.store(cid).parent / "models", load_public_key(tmp_path / "agg.pub")).current()
+        assert installed is not None and installed.package.manifest.device_class == classes[cid], fed.log(cid)[-2000:]
+        assert "refused model package" not in fed.log(cid)
+
+    cfg = load_config(fed.config)
+    split = make_split(load_dataset(cfg.dataset), cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
+    ref = run_inprocess(cfg, split, progress=False).final
+    final = json.loads((fed.out / "final.jsonl").read_text().splitlines()[-1])
+    keys = [k for k in ref if k.startswith(("probe_f1", "deployed_f1", "class_"))]
+    assert any(k.startswith("class_small_") for k in keys)
+    assert {k: final[k] for k in keys} == {k: ref[k] for k in keys}
