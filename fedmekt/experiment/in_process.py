@@ -76,7 +76,8 @@ def final_record(cfg: FederationConfig, base: dict, proxy_delivery: str, proxy_b
     return {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
             "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
             "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
-            "partition": cfg.partition, "fleet": cfg.fleet, "proxy_delivery": proxy_delivery, "bytes_proxy_once": proxy_bytes,
+            "partition": cfg.partition, "fleet": cfg.fleet, "proxy_delivery": proxy_delivery,
+            "bytes_proxy_once": proxy_bytes,
             **evaluation, "wall_s": round(wall_s, 2)}
 
 

@@ -6,7 +6,7 @@
 | ``global/<round>/<chunk>`` | aggregator | no | downstream global knowledge for that round, chunked |
 | ``proxy/manifest`` and ``proxy/<chunk>`` | aggregator | yes | the versioned, hashed proxy set (sent once) |
 | ``models/manifest`` and ``models/<version>/<chunk>`` | aggregator | yes | signed ONNX model packages |
-| ``models/<class>/manifest`` and ``models/<class>/<version>/<chunk>`` | aggregator | yes | a mixed fleet's package of each device class |
+| ``models/<class>/manifest``, ``models/<class>/<version>/<chunk>`` | aggregator | yes | a mixed fleet's per-class packages |
 | ``metrics`` | aggregator | no | per-round metrics (JSON) |
 | ``aggregator/session`` | aggregator | yes | random token of the running aggregator session (detects a second one) |
 | ``clients/<id>/status`` | client (and its Last Will) | yes | presence: online with modalities / offline |
