@@ -218,11 +218,6 @@ class ModelService:
     def subscription(self) -> str:
         return self.receiver.subscription
 
-    @property
-    def last_error(self) -> str | None:
-        """Why the latest refused package was refused (None when the latest was installed)."""
-        return next((r.last_error for r in self.receivers if r.last_error), None)
-
     def handle(self, topic: str, payload: bytes) -> None:
         for receiver in self.receivers:
             receiver.handle(topic, payload)
