@@ -1,6 +1,7 @@
 """Mixed fleet against its baselines, paired by seed, from three ``fedmekt reproduce`` run folders.
 
-    .venv/bin/python scripts/fleet_compare.py runs/fleet-standard runs/fleet-mixed runs/fleet-small
+    .venv/bin/python scripts/fleet_compare.py runs/fleet-standard runs/fleet-mixed runs/fleet-small \
+        [--mixed-classes redistilled.jsonl]
 
 The folders: FedMEKT-C with every client at the standard class (``--fleet standard``), FedMEKT-C with a mixed
 fleet (``--fleet mixed``), and baseline (a), mmFedAvg with every client at the smallest class
@@ -55,8 +56,14 @@ def main() -> int:
     ap.add_argument("standard", type=Path)
     ap.add_argument("mixed", type=Path)
     ap.add_argument("smallest", type=Path, help="baseline (a): mmFedAvg, every client at the smallest class")
+    ap.add_argument("--mixed-classes", type=Path, default=None,
+                    help="per-class figures to use instead of the mixed folder's (scripts/fleet_redistil.py output)")
     args = ap.parse_args()
     std, mixed, base = finals(args.standard), finals(args.mixed), finals(args.smallest)
+    if args.mixed_classes is not None:
+        for line in args.mixed_classes.read_text().splitlines():
+            rec = json.loads(line)
+            mixed[rec["seed"]] = {**mixed[rec["seed"]], **rec}
     pair = next(iter(mixed.values()))["pair"].split("-")
     print(f"seeds: standard {sorted(std)}, mixed {sorted(mixed)}, (a) {sorted(base)}\n")
     for m in pair:

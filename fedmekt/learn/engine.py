@@ -303,11 +303,18 @@ class ServerEngine:
         out = {**probe, **deployed_scores(self.model, self.head, self.test, self.cfg, len(self.label_names),
                                           self.device)}
         if len(self.cfg.device_classes) > 1:
-            for name, cm in self.class_models().items():
-                scores = deployed_scores(cm.model, cm.head, self.test, self.cfg, len(self.label_names), self.device)
-                out.update({f"class_{name}_{k}": v for k, v in scores.items()})
-                out[f"class_{name}_hidden"] = cm.model.hidden
-                out[f"class_{name}_encoder_params"] = cm.encoder_params
+            out.update(self.class_scores())
+        return out
+
+    def class_scores(self) -> dict:
+        """Each device class's deployed model scored on the test set (``class_<c>_deployed_…``), its width and
+        encoder parameter count."""
+        out: dict = {}
+        for name, cm in self.class_models().items():
+            scores = deployed_scores(cm.model, cm.head, self.test, self.cfg, len(self.label_names), self.device)
+            out.update({f"class_{name}_{k}": v for k, v in scores.items()})
+            out[f"class_{name}_hidden"] = cm.model.hidden
+            out[f"class_{name}_encoder_params"] = cm.encoder_params
         return out
 
     def class_models(self) -> dict[str, ClassModel]:
