@@ -5,7 +5,8 @@
 The per-class students depend only on the run's final global model, its split (rebuilt from the seed) and
 the seeded draws, so this prints, per run of the folder, exactly what ``fedmekt reproduce`` would have
 recorded (``class_<c>_deployed_…`` in final.jsonl) with ``hyper.class_distil_steps`` set to the given
-budget: one JSON line per run, for scripts/fleet_compare.py (``--mixed-final``).
+budget, and each student's z error against the global encoder on the labelled inputs: one JSON line per run,
+for scripts/fleet_compare.py (``--mixed-classes``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,27 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def z_errors(server, cfg) -> dict[str, float]:
+    """``z_mse_<c>_<m>``: each narrower class's mean squared z error against the global encoder on the labelled
+    set's inputs (what its distillation minimises, on data the server holds; no labels, no test data), and
+    ``z_var_<m>``, the global z's variance there (the scale of that error)."""
+    import torch
+
+    from fedmekt.learn.evaluation import chunk_bounds, encode_rows
+
+    lab = server.labelled
+    bounds = chunk_bounds(lab.segments, cfg.eval_chunk)
+    out = {}
+    for m in cfg.pair:
+        teacher = encode_rows(server.model, lab.modalities[m], m, bounds, server.device)
+        out[f"z_var_{m}"] = float(teacher.var())
+        for name, cm in server.class_models().items():
+            if cm.model is not server.model:
+                student = encode_rows(cm.model, lab.modalities[m], m, bounds, server.device)
+                out[f"z_mse_{name}_{m}"] = float(torch.mean((student - teacher) ** 2))
+    return out
 
 
 def main() -> int:
@@ -42,8 +64,8 @@ def main() -> int:
         server.model.load_state_dict(saved.autoencoder.state_dict())
         server.head.load_state_dict(saved.head.state_dict())
         server.rounds_completed = saved.info.rounds_completed
-        print(json.dumps({"seed": cfg.seed, "class_distil_steps": args.class_distil_steps, **server.class_scores()}),
-              flush=True)
+        print(json.dumps({"seed": cfg.seed, "class_distil_steps": args.class_distil_steps, **server.class_scores(),
+                          **z_errors(server, cfg)}), flush=True)
     return 0
 
 
