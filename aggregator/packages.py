@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from aggregator.fleet import package_publisher
 from fedmekt.concurrency import TORCH_RNG_LOCK
 
 log = logging.getLogger("aggregator")
@@ -20,13 +21,11 @@ class Packages:
         self._publisher = None  # export.publisher.PackagePublisher when a signing key is given
         self.built = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
 
-    def start(self, link, run_id: str) -> None:
+    def start(self, link, run_id: str, cfg, server) -> None:
         if self.signing_key is None or not self.enabled:
             return
-        from export.publisher import PackagePublisher
-
-        self._publisher = PackagePublisher(link, self.federation, self.signing_key, out_root=self.out / "packages",
-                                           every=self.every, int8=False, run=run_id)
+        self._publisher = package_publisher(cfg, server, link, self.signing_key, self.out / "packages", self.every,
+                                            run_id)
 
     def publish(self, server, final: bool) -> None:
         """Publish the global model as a signed package when due. A failed export never stops the rounds, but a

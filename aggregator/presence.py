@@ -18,6 +18,7 @@ import logging
 import secrets
 import time
 
+from aggregator.fleet import ClassGate
 from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import WireError
 
@@ -28,8 +29,9 @@ class Presence:
     """The online clients (id -> the pair's modalities they hold) and when each last proved it is alive."""
 
     def __init__(self, federation: str, pair: tuple[str, ...], known_clients: frozenset[str] | None,
-                 liveness: float):
+                 liveness: float, class_gate: ClassGate | None = None):
         self.federation, self.pair, self.known_clients, self.liveness = federation, pair, known_clients, liveness
+        self.class_gate = class_gate  # device classes the federation accepts (aggregator/fleet.py)
         self.online: dict[str, tuple[str, ...]] = {}
         self._live: dict[str, tuple[float, str]] = {}  # client -> (monotonic time of its last proof, nonce echoed)
         self._nonces: tuple[str, ...] = ()  # the liveness challenges honoured: the current one first
@@ -63,6 +65,9 @@ class Presence:
             status = fedwire.Status.from_bytes(payload)
         except WireError as exc:
             log.warning("ignoring status of %s: %s", client_id, exc.reason)
+            return
+        if self.class_gate is not None and self.class_gate.refused(client_id, status):
+            self.online.pop(client_id, None)
             return
         mods = tuple(m for m in self.pair if m in status.modalities)
         if status.state == "online" and mods and set(status.modalities) <= set(self.pair):

@@ -52,6 +52,7 @@ from tqdm import tqdm
 from aggregator.backoff import Backoff
 from aggregator.checkpoint import CheckpointWriter, load_checkpoint
 from aggregator.control import ControlPlane
+from aggregator.fleet import ClassGate
 from aggregator.open_round import OpenRound
 from aggregator.packages import Packages
 from aggregator.presence import Presence
@@ -111,7 +112,8 @@ class Aggregator:
         self.topics = Topics(cfg.federation)
         self.link_options = link_options or LinkOptions(client_id=f"{cfg.federation}-aggregator")
         self.rate_hz = split.manifest.get("rate_hz", 0.0) if rate_hz is None else rate_hz  # for run.json
-        self.presence = Presence(cfg.federation, cfg.pair, options.known_clients, options.liveness)
+        self.presence = Presence(cfg.federation, cfg.pair, options.known_clients, options.liveness,
+                                 ClassGate(cfg))
         self.uploads = UploadDesk(cfg.federation, options.limits)
         self.control = ControlPlane(options.signing_key, self.topics.rounds)
         self.packages = Packages(cfg.federation, options.signing_key, options.packages, options.package_every,
@@ -156,7 +158,7 @@ class Aggregator:
                      ", ".join(map(str, link.addresses)), name, self.run_id)
             self._publish_federation()
             self._new_challenge(keep_previous=False)  # nothing sent before this process started proves liveness
-            self.packages.start(link, self.run_id)
+            self.packages.start(link, self.run_id, cfg, server)
             self.wait_for_clients(opts.wait_clients or cfg.per_round, opts.wait_timeout)
             bar = tqdm(range(server.rounds_completed, cfg.rounds), desc=name, disable=not opts.progress,
                        unit="round", leave=False)

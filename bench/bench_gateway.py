@@ -1,6 +1,6 @@
 """Pi-class gateway envelope: ``fedmekt client`` pinned to one core on the bundled demo data.
 
-    .venv/bin/python bench/bench_gateway.py [--rounds 5] [--idle-seconds 20] [--core 0]
+    .venv/bin/python bench/bench_gateway.py [--rounds 5] [--idle-seconds 20] [--core 0] [--device-class small]
 
 Starts a mosquitto on a free port, an aggregator (``fedmekt aggregator``, pinned to another core
 when there is one) of a demo federation that selects the one gateway every round, and the gateway
@@ -11,7 +11,8 @@ so it includes the server update), and CPU while idle after the run (it waits fo
 exactly as between rounds: MQTT loop and heartbeat). The run is signed; its final package then
 serves a receive-only gateway (``fedmekt client --infer-only``, in a process where torch cannot be
 imported, on the same core) classifying ``replay:demo`` in real time: its peak RSS and CPU.
-Prints each figure beside its goal.
+Prints each figure beside its goal. ``--device-class`` runs a federation of that one class (its encoder
+width, fedmekt/device_classes.py) and both gateways declare it: run it once per class to compare them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from export.package import generate_keypair  # noqa: E402
+from fedmekt.device_classes import CLASSES, DEFAULT, hidden_for  # noqa: E402
 from fedmekt.transport.broker import start_mosquitto  # noqa: E402
 from fedmekt.transport.mqtt import LinkOptions, MqttLink  # noqa: E402
 from fedmekt.wire.topics import Topics  # noqa: E402
@@ -87,6 +89,8 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--core", type=int, default=0, help="the gateway's core (default 0)")
     ap.add_argument("--infer-seconds", type=float, default=15.0, help="real-time inference measured (default 15)")
+    ap.add_argument("--device-class", choices=CLASSES, default=DEFAULT,
+                    help=f"the gateways' device class, and the federation's only one (default {DEFAULT})")
     args = ap.parse_args()
     fedmekt = str(Path(sys.executable).parent / "fedmekt")
     other = 1 if (os.cpu_count() or 1) > 1 and args.core != 1 else None
@@ -94,7 +98,7 @@ def main() -> int:
     config = tmp / "federation.toml"
     # the demo federation's split (9 clients) with one of them online and selected every round
     config.write_text(f'federation = "{FED}"\ndataset = "demo"\nclients = [3, 3, 3]\nper_round = 1\n'
-                      f"rounds = {args.rounds}\n")
+                      f'rounds = {args.rounds}\nfleet = "{args.device_class}"\n')
     broker = start_mosquitto(workdir=tmp / "mosquitto")
     key, pub = tmp / "agg.key", tmp / "agg.pub"
     generate_keypair(key, pub)
@@ -109,7 +113,7 @@ def main() -> int:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = subprocess.Popen(pinned(args.core, [fedmekt, "client", "--broker", broker.url, "--client-id", "c008",
                                                      "--federation", FED, "--source", f"split:{config}",
-                                                     "--public-key", str(pub),
+                                                     "--public-key", str(pub), "--device-class", args.device_class,
                                                      "--store", str(tmp / "c008" / "store.sqlite")]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         procs += [agg, client]
@@ -153,7 +157,8 @@ def main() -> int:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     pin = f"taskset -c {args.core}" if shutil.which("taskset") else "not pinned (no taskset)"
-    print(f"\nfedmekt client on the demo split, {pin}, {args.rounds} rounds of FedMEKT-C (machine: "
+    print(f"\nfedmekt client --device-class {args.device_class} (hidden {hidden_for(32, args.device_class)}) on the "
+          f"demo split, {pin}, {args.rounds} rounds of FedMEKT-C (machine: "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
     print(f"{'figure':<34}{'measured':>12}{'goal':>12}")
     print(f"{'peak RSS while training (MiB)':<34}{sampler.peak:>12.0f}{f'<= {GOAL_RSS_MIB:.0f}':>12}")
@@ -171,7 +176,8 @@ def infer_only(args, url: str, pub: Path, tmp: Path, monitor: MqttLink, procs: l
     """Peak RSS, CPU % and predictions per second of a receive-only gateway serving the run's package."""
     topic = Topics(FED).inference("gw-infer")
     monitor.subscribe(topic)
-    gw = subprocess.Popen(pinned(args.core, [sys.executable, "-c", NO_TORCH, "client", "--infer-only", "--broker", url,
+    gw = subprocess.Popen(pinned(args.core, [sys.executable, "-c", NO_TORCH, "client", "--infer-only",
+                                             "--device-class", args.device_class, "--broker", url,
                                              "--client-id", "gw-infer", "--federation", FED, "--public-key", str(pub),
                                              "--source", "replay:demo", "--speed", "1",
                                              "--store", str(tmp / "gw-infer" / "store.sqlite")]),

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from edge_client.sync import RETRY, SyncClient, model_held
 from edge_client.trust import RunTrust
+from fedmekt import device_classes
 from fedmekt.errors import UserError
 from fedmekt.transport.mqtt import LinkOptions, Message, MqttLink, Presence
 from fedmekt.wire import manifest as fedwire
@@ -74,6 +75,8 @@ class AgentOptions:
     public_key: object | None = None  # Ed25519PublicKey: act only on control messages the aggregator signed
     heartbeat: float = 20.0  # seconds between live "online" statuses echoing the liveness challenge
     min_epoch: int = 0  # runs of an older epoch are refused (provisioned; edge_client/trust.py raises it as runs come)
+    device_class: str | None = None  # the encoder width this device affords (fedmekt/device_classes.py); None: the
+                                     # federation's only class, or the standard one in a mixed fleet
 
 
 class EdgeAgent:
@@ -113,6 +116,7 @@ class EdgeAgent:
         self.sync = SyncClient(self.topics, options.client_id, self._sync_request, self._lacking, self._unserved)
         self.rounds_trained = 0
         self.done = threading.Event()
+        self.refused: str | None = None  # why the federation cannot take this device (its class): run() raises it
         self.link: MqttLink | None = None
         self.connected_once = False
         self._bundle: tuple[str, object] | None = None  # (proxy sha256, proxy partition) provisioned on the device
@@ -124,8 +128,9 @@ class EdgeAgent:
         if not self.modalities:
             raise UserError(f"{self.opts.client_id}: the local store is empty; read a source first")
         cid = self.opts.client_id
-        presence = Presence(self.topics.status(cid), fedwire.Status("online", self.modalities).to_bytes(),
-                            fedwire.Status("offline", self.modalities).to_bytes())
+        dc = self.opts.device_class
+        presence = Presence(self.topics.status(cid), fedwire.Status("online", self.modalities, device_class=dc).to_bytes(),
+                            fedwire.Status("offline", self.modalities, device_class=dc).to_bytes())
         subs = [self.topics.proxy_all, self.topics.rounds, self.topics.global_all, self.topics.liveness,
                 self.sync.subscription]
         if self.opts.models is not None:
@@ -144,6 +149,8 @@ class EdgeAgent:
                 self._maybe_train()
                 self._maybe_heartbeat(presence.topic)
         self.link = None
+        if self.refused is not None:
+            raise UserError(self.refused)
         return self.rounds_trained
 
     def _lacking(self) -> bool:
@@ -217,6 +224,11 @@ class EdgeAgent:
         if self.manifest is not None and run_order(manifest.run) < run_order(self.manifest.run):
             raise WireError(f"manifest of run {manifest.run} is older than the run {self.manifest.run} served")
         self.trust.check(manifest.run)
+        refused = device_classes.manifest_refusal(manifest.config, self.opts.device_class)
+        if refused is not None:  # a setting of this device no run of this federation will take: stop, say why
+            self.refused = f"{self.opts.client_id}: {refused}"
+            self.done.set()
+            return
         if self.opts.public_key is not None:  # signed: the floor may rise (persisted before anything acts on it)
             self.trust.follow(manifest.run)
         if self.opts.models is not None:
@@ -256,7 +268,8 @@ class EdgeAgent:
         if not held:
             raise WireError(f"this device holds {self.modalities}, the federation needs {cfg.pair}")
         self.trainer = LocalTrainer(cfg, self.opts.client_id, held, m.channels, proxy, self.store,
-                                    self.opts.state_dir, m.normalizer if self.opts.normalise else None, run=m.run)
+                                    self.opts.state_dir, m.normalizer if self.opts.normalise else None, run=m.run,
+                                    device_class=device_classes.resolve(cfg.fleet, self.opts.device_class))
 
     def _on_announcement(self, payload: bytes, msg: Message, asked: bool = False) -> None:
         """``asked``: a request to re-send (the aggregator lacks our upload for this announcement: lost in a
@@ -330,7 +343,8 @@ class EdgeAgent:
         when a new challenge came. None before the first challenge: a status without proof proves nothing."""
         now = time.monotonic()
         if self._challenge and now >= self._next_heartbeat and self.link is not None and self.link.connected:
-            self.link.publish(topic, fedwire.Status("online", self.modalities, proof=self._challenge).to_bytes())
+            self.link.publish(topic, fedwire.Status("online", self.modalities, proof=self._challenge,
+                                                   device_class=self.opts.device_class).to_bytes())
             self._next_heartbeat = now + self.opts.heartbeat
 
     # -- inference ----------------------------------------------------------------------------

@@ -162,14 +162,20 @@ class ModelService:
     """
 
     def __init__(self, store_dir: Path, public_key: Ed25519PublicKey, federation: str, modality: str | None = None,
-                 *, stride: int | None = None, threads: int = 1, accept_hand_exported: bool = False) -> None:
+                 *, stride: int | None = None, threads: int = 1, accept_hand_exported: bool = False,
+                 device_class: str | None = None) -> None:
+        """``device_class``: the gateway's declared class: it installs only packages of that class (or naming
+        none), from ``models/`` and from a mixed fleet's ``models/<class>/``."""
         from export.install import ModelStore
         from export.push import PackageReceiver
 
         self.modality, self.stride, self.threads = modality, stride, threads
         self.store = ModelStore(store_dir, public_key)
-        self.receiver = PackageReceiver(self.store, federation, on_installed=lambda m: self._swap(m.package),
-                                        accept_hand_exported=accept_hand_exported)
+        self.receivers = [PackageReceiver(self.store, federation, on_installed=lambda m: self._swap(m.package),
+                                          accept_hand_exported=accept_hand_exported, device_class=device_class,
+                                          namespace=namespace)
+                          for namespace in ("",) + ((device_class,) if device_class else ())]
+        self.receiver = self.receivers[0]
         self._lock = threading.Lock()
         self.recognizer: StreamingRecognizer | None = None
         current = self._verified_current()
@@ -205,11 +211,13 @@ class ModelService:
         return self.receiver.subscription
 
     def handle(self, topic: str, payload: bytes) -> None:
-        self.receiver.handle(topic, payload)
+        for receiver in self.receivers:
+            receiver.handle(topic, payload)
 
     def trust_run(self, run: str) -> None:
         """The run of the verified federation manifest: only its packages are installed from now on."""
-        self.receiver.trust_run(run)
+        for receiver in self.receivers:
+            receiver.trust_run(run)
 
     def _swap(self, package: VerifiedPackage) -> None:
         recognizer = StreamingRecognizer(package, self.modality, stride=self.stride, threads=self.threads)

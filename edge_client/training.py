@@ -16,6 +16,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from fedmekt.artifacts import atomic_write_bytes, tensor_bytes
+from fedmekt import device_classes
 from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
 from fedmekt.learn.engine import ClientEngine, RoundPlan, client_view
@@ -39,12 +40,13 @@ class LocalTrainer:
 
     def __init__(self, cfg: FederationConfig, client_id: str, modalities: tuple[str, ...], channels: dict[str, int],
                  proxy: Partition | None, store: SampleStore, state_dir: Path, normalizer: Normalizer | None = None,
-                 run: str = ""):
+                 run: str = "", device_class: str | None = None):
         self.cfg, self.client_id, self.store, self.normalizer = cfg, client_id, store, normalizer
         self.modalities = tuple(m for m in cfg.pair if m in modalities)
-        self._engine_args = (cfg, client_id, self.modalities, channels, proxy)
+        self._engine_args = (cfg, client_id, self.modalities, channels, proxy, device_class)
         with TORCH_RNG_LOCK:
             self.engine = ClientEngine(*self._engine_args)
+        self.device_class = self.engine.device_class
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)  # model state is derived from the private samples
@@ -64,7 +66,8 @@ class LocalTrainer:
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
         if meta.get("config") != self._config_key or meta.get("client") != self.client_id \
-                or meta.get("run", "") != self.run:
+                or meta.get("run", "") != self.run \
+                or meta.get("device_class", device_classes.DEFAULT) != self.device_class:  # another width
             log.info("%s: saved state belongs to another federation run; starting afresh", self.client_id)
             return
         self.engine.load_state_dict(load_file(str(path)))
@@ -91,7 +94,7 @@ class LocalTrainer:
         if not self._unsaved:
             return
         meta = {"config": self._config_key, "client": self.client_id, "run": self.run,
-                "last_round": str(self.last_round)}
+                "device_class": self.device_class, "last_round": str(self.last_round)}
         atomic_write_bytes(self.state_dir / STATE, tensor_bytes(self.engine.state_dict(), meta))
         atomic_write_bytes(self.state_dir / LAST_UPLOAD, tensor_bytes(self._upload, meta))
         self._unsaved = False

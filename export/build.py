@@ -39,12 +39,13 @@ def parity_inputs(channels: int, seed: int = 0) -> np.ndarray:
 
 def build_package(run: RunModel, out_dir: Path, key: Ed25519PrivateKey, *, int8: bool = False,
                   stride: int | None = None, round_: int | None = None, progress: bool = False,
-                  run_id: str = "") -> BuiltPackage:
+                  run_id: str = "", device_class: str = "") -> BuiltPackage:
     """Export every modality's encoder + head, check them, optionally quantize, sign; write into ``out_dir``.
 
     Each fp32 file must pass onnx.checker and the parity check (:mod:`export.verify`)
     before it is packaged. ``out_dir`` must be empty or absent; it is filled through a
-    temporary sibling directory so a failed build leaves nothing half-written.
+    temporary sibling directory so a failed build leaves nothing half-written. ``device_class`` (signed, in
+    the manifest's ``extra``) names the gateways that may install it ("" = any).
     """
     info = run.info
     out_dir = Path(out_dir)
@@ -76,7 +77,8 @@ def build_package(run: RunModel, out_dir: Path, key: Ed25519PrivateKey, *, int8:
             algorithm=info.algorithm, dataset=info.dataset, label_names=tuple(info.label_names),
             window=int(info.window), stride=stride, rate_hz=float(info.rate_hz),
             rep_size=int(info.rep_size), precision="int8" if int8 else "fp32", models=tuple(entries),
-            extra={"exporter": "torch.onnx TorchScript (dynamo=False)", "opset": OPSET}, run=run_id,
+            extra={"exporter": "torch.onnx TorchScript (dynamo=False)", "opset": OPSET,
+                   **({"device_class": device_class} if device_class else {})}, run=run_id,
         )
         sign_package(tmp, manifest, key)
         if out_dir.exists():

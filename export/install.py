@@ -62,10 +62,14 @@ def freshness(manifest: Manifest) -> tuple[int, int]:
     return run_order(manifest.run), manifest.round
 
 
-def refuse_unfit(manifest: Manifest, federation: str | None, run: str | None) -> None:
-    """PackageError unless the package is of ``federation`` and ``run`` (each checked when not None)."""
+def refuse_unfit(manifest: Manifest, federation: str | None, run: str | None, device_class: str | None = None) -> None:
+    """PackageError unless the package is of ``federation``, ``run`` and ``device_class`` (each checked when not
+    None; a package naming no class fits every class)."""
     if federation is not None and manifest.federation != federation:
         raise PackageError(f"package of federation {manifest.federation!r}; this gateway serves {federation!r}")
+    if device_class is not None and manifest.device_class and manifest.device_class != device_class:
+        raise PackageError(f"package for device class {manifest.device_class!r}; this gateway is "
+                           f"{device_class!r} (--device-class)")
     if run is not None and manifest.run != run:
         raise PackageError(f"package of run {manifest.run or '(none)'}; the signed federation manifest names "
                            f"run {run or '(none)'}")
@@ -94,18 +98,19 @@ class ModelStore:
         return InstalledModel(path, verify_package(path, self.public_key))
 
     def install(self, source: Path | Mapping[str, bytes], on_step: Callable[[str], None] | None = None, *,
-                federation: str | None = None, run: str | None = None) -> InstalledModel:
+                federation: str | None = None, run: str | None = None,
+                device_class: str | None = None) -> InstalledModel:
         """Verify ``source`` (a package directory or {file name: bytes}) and put it in service atomically.
 
         Raises PackageError before touching anything if the package is refused: when it is
-        not of ``federation`` or not of ``run`` (each checked when given), or older than the
+        not of ``federation``, ``run`` or ``device_class`` (each checked when given), or older than the
         one in service for the same federation (replay of an old signed package, or of an
         older run's). ``on_step`` is called after each durable step (progress hooks; the
         kill tests stop the process there).
         """
         step = on_step or (lambda _name: None)
         package = verify_package(source, self.public_key)
-        refuse_unfit(package.manifest, federation, run)
+        refuse_unfit(package.manifest, federation, run, device_class)
         self._refuse_stale(package)
         name = f"r{package.manifest.round:06d}-{hashlib.sha256(package.files[MANIFEST]).hexdigest()[:12]}"
         final = self.root / VERSIONS / name

@@ -84,6 +84,12 @@ class Manifest:
     def modalities(self) -> tuple[str, ...]:
         return tuple(m.modality for m in self.models)
 
+    @property
+    def device_class(self) -> str:
+        """The device class whose gateways run this package (signed, in ``extra``; "" = any: hand-exported or
+        made before classes)."""
+        return self.extra.get("device_class", "")
+
     def model(self, modality: str) -> ModelFile:
         for m in self.models:
             if m.modality == modality:
@@ -128,6 +134,8 @@ class Manifest:
             problems.append("label_names must be non-empty strings")
         if len(self.run) > 64:
             problems.append("run id longer than 64 characters")
+        if not isinstance(self.device_class, str) or len(self.device_class) > 64:
+            problems.append("device_class must be a short string")
         if self.precision not in ("fp32", "int8"):
             problems.append(f"unknown precision {self.precision!r}")
         if not self.models or len({m.modality for m in self.models}) != len(self.models) \

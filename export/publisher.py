@@ -32,6 +32,8 @@ class PackagePublisher:
     every: int = 10
     int8: bool = False
     run: str = ""
+    device_class: str = ""   # signed into each package: the class whose gateways install it ("" = any)
+    namespace: str = ""      # a mixed fleet's class: published under models/<class>/ ("" = models/)
     previous: Announcement | None = None
     _last_dir: Path | None = None
 
@@ -47,8 +49,10 @@ class PackagePublisher:
     def publish(self, run: RunModel, round_: int) -> BuiltPackage:
         out = Path(self.out_root) / f"r{round_:06d}"
         shutil.rmtree(out, ignore_errors=True)  # a rebuilt round (e.g. after a resume) replaces the old files
-        built = build_package(run, out, self.key, int8=self.int8, round_=round_, run_id=self.run)
-        self.previous = publish_package(self.link, self.federation, built.path, previous=self.previous)
+        built = build_package(run, out, self.key, int8=self.int8, round_=round_, run_id=self.run,
+                              device_class=self.device_class)
+        self.previous = publish_package(self.link, self.federation, built.path, previous=self.previous,
+                                        device_class=self.namespace)
         if self._last_dir is not None and self._last_dir != out:
             shutil.rmtree(self._last_dir, ignore_errors=True)
         self._last_dir = out

@@ -29,6 +29,7 @@ import safetensors.numpy
 
 from export.install import InstalledModel, ModelStore
 from export.package import PackageError, VerifiedPackage, verify_package
+from fedmekt.device_classes import CLASSES
 from fedmekt.wire.runs import run_order
 from fedmekt.wire.topics import Topics
 
@@ -78,32 +79,37 @@ def unbundle(data: bytes) -> dict[str, bytes]:
         raise PackageError(f"corrupt package bundle: {exc}") from None
 
 
-def package_messages(federation: str, package: VerifiedPackage) -> tuple[Announcement, list[tuple[str, bytes]]]:
-    """The retained messages that publish ``package``: chunks first, the announcement last."""
-    topics = Topics(federation)
+def package_messages(federation: str, package: VerifiedPackage,
+                     device_class: str = "") -> tuple[Announcement, list[tuple[str, bytes]]]:
+    """The retained messages that publish ``package`` (under ``models/<device_class>/`` when one is given):
+    chunks first, the announcement last."""
+    base = Topics(federation).models_of(device_class)
     blob = bundle(package.files)
     version = package.manifest.round
     chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
     ann = Announcement(version, len(chunks), len(blob), hashlib.sha256(blob).hexdigest())
-    messages = [(topics.model_chunk(version, i), c) for i, c in enumerate(chunks)]
-    return ann, messages + [(topics.models_manifest, ann.to_bytes())]
+    messages = [(f"{base}/{version}/{i}", c) for i, c in enumerate(chunks)]
+    return ann, messages + [(f"{base}/manifest", ann.to_bytes())]
 
 
-def clear_messages(federation: str, old: Announcement) -> list[tuple[str, bytes]]:
+def clear_messages(federation: str, old: Announcement, device_class: str = "") -> list[tuple[str, bytes]]:
     """Empty retained payloads that delete a superseded version's chunks from the broker."""
-    return [(Topics(federation).model_chunk(old.version, i), b"") for i in range(old.chunks)]
+    base = Topics(federation).models_of(device_class)
+    return [(f"{base}/{old.version}/{i}", b"") for i in range(old.chunks)]
 
 
-def publish_package(link, federation: str, package_dir: Path, previous: Announcement | None = None) -> Announcement:
+def publish_package(link, federation: str, package_dir: Path, previous: Announcement | None = None,
+                    device_class: str = "") -> Announcement:
     """Publish a built package through a connected :class:`fedmekt.transport.mqtt.MqttLink` (QoS 1, retained).
 
-    Waits for every PUBACK; then clears ``previous``'s chunks if it was another version.
+    Waits for every PUBACK; then clears ``previous``'s chunks if it was another version. ``device_class``: a
+    mixed fleet's package of that class, under ``models/<class>/``.
     Returns the announcement to pass as ``previous`` next time.
     """
-    ann, messages = package_messages(federation, verify_package(Path(package_dir), None))
+    ann, messages = package_messages(federation, verify_package(Path(package_dir), None), device_class)
     link.publish_all(messages, retain=True)
     if previous is not None and previous.version != ann.version:
-        link.publish_all(clear_messages(federation, previous), retain=True)
+        link.publish_all(clear_messages(federation, previous, device_class), retain=True)
     log.info("published model package version %d (%d bytes, %d chunks)", ann.version, ann.bytes, ann.chunks)
     return ann
 
@@ -117,9 +123,13 @@ class PackageReceiver:
     """
 
     def __init__(self, store: ModelStore, federation: str,
-                 on_installed: Callable[[InstalledModel], None] | None = None, accept_hand_exported: bool = False) -> None:
+                 on_installed: Callable[[InstalledModel], None] | None = None, accept_hand_exported: bool = False,
+                 device_class: str | None = None, namespace: str = "") -> None:
+        """``device_class``: the gateway's class (a package of another is refused); ``namespace``: read the
+        packages under ``models/<namespace>/`` (a mixed fleet's of that class) instead of ``models/``."""
         self.store = store
         self.federation = federation
+        self.device_class, self.namespace = device_class, namespace
         self.accept_hand_exported = accept_hand_exported  # install packages bound to no run (``fedmekt export``)
         self.topics = Topics(federation)
         self.trusted_run: str | None = None  # the run of the signed federation manifest (None: none seen yet)
@@ -135,10 +145,12 @@ class PackageReceiver:
         return self.topics.models_all
 
     def handle(self, topic: str, payload: bytes) -> InstalledModel | None:
-        prefix = f"{self.topics.prefix}/models/"
+        prefix = self.topics.models_of(self.namespace) + "/"
         if not topic.startswith(prefix) or not payload:
             return None  # not ours, or a cleared retained message
         rest = topic[len(prefix):]
+        if not self.namespace and rest.split("/", 1)[0] in CLASSES:
+            return None  # a mixed fleet's package of a device class: its own receiver reads it
         try:
             if rest == "manifest":
                 self._announced = Announcement.from_bytes(payload)
@@ -213,7 +225,7 @@ class PackageReceiver:
             self._held = files  # a run whose manifest has not reached us yet (retained messages come in any order)
             log.info("model package of run %s waits for that run's signed federation manifest", run)
             return None
-        installed = self.store.install(files, federation=self.federation, run=trusted)
+        installed = self.store.install(files, federation=self.federation, run=trusted, device_class=self.device_class)
         self.last_error = None
         if self.on_installed is not None:
             self.on_installed(installed)

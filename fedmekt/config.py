@@ -20,6 +20,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fedmekt import device_classes
 from fedmekt.errors import UserError
 from sensors.datasets import did_you_mean
 
@@ -85,6 +86,10 @@ class Hyper:
                                      # frozen encoders (mlp + 50: docs/fedmekt-c-selection.md, issue 19 §3)
     lr_deploy: float = 0.006         # Adam learning rate of that fine-tuning
     deploy_tune_encoder: bool = True  # False: the fine-tuning trains the head alone on the frozen encoders
+    class_distil_steps: int = 480    # mixed fleet: sub-window steps distilling each narrower class's encoder
+                                     # from the global one on the server's inputs (fedmekt/learn/class_models.py;
+                                     # at 96, seed 0's UR Fall acce student was 0.35 MSE from
+                                     # the teacher's z of variance 0.53; docs/results.md)
 
 
 def default_batch(dataset: str) -> tuple[int, int]:
@@ -131,6 +136,9 @@ class FederationConfig:
     robust_aggregation: str = "clip"  # server: "none" (plain mean), "clip" (uploads pulled to within 3x the round's
                                       # median distance from the coordinate-wise median, then the mean) or "trimmed"
                                       # (coordinate-wise trimmed mean, "clip" when too few to trim); fedmekt/learn/robust.py
+    fleet: str = "standard"           # device classes the federation accepts (fedmekt/device_classes.py): one class,
+                                      # "mixed" (small, standard, large) or a comma list; the global model is the
+                                      # widest; in-process runs deal the sorted clients round-robin over them
     hyper: Hyper = field(default_factory=Hyper)
 
     def __post_init__(self) -> None:
@@ -189,6 +197,7 @@ class FederationConfig:
              and 0.0 <= self.embedding_noise < float("inf"),
              f"embedding_noise must be a finite number >= 0, got {self.embedding_noise!r}"),
         ]
+        checks += self._fleet_checks()
         h = self.hyper
         checks += [(budget == 0 or budget >= epochs >= 1,
                     f"hyper.{name}_step_budget must be 0 (unbounded) or at least {epochs_name} ({epochs}), got {budget}")
@@ -199,6 +208,29 @@ class FederationConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+    def _fleet_checks(self) -> list[tuple[bool, str]]:
+        """A mixed fleet needs embeddings of one shape: FedMEKT, exchanging the representation only."""
+        try:
+            classes = device_classes.parse_fleet(self.fleet)
+        except ValueError as exc:
+            return [(False, str(exc))]
+        mixed = len(classes) > 1
+        return [
+            (not mixed or self.is_embedding,
+             f"{self.algorithm} averages parameters, which needs one shape: a fleet of {self.fleet!r} cannot run "
+             f"it (baseline (a): fleet = 'small', every client at the smallest class)"),
+            (not mixed or self.layers == "rep",
+             f"a fleet of {self.fleet!r} exchanges the representation only (layers = 'rep'): the hidden layer's "
+             f"width differs between device classes"),
+            (self.hyper.class_distil_steps >= 1, f"hyper.class_distil_steps must be >= 1, got "
+                                                 f"{self.hyper.class_distil_steps}"),
+        ]
+
+    @property
+    def device_classes(self) -> tuple[str, ...]:
+        """The device classes this federation accepts, narrow to wide."""
+        return device_classes.parse_fleet(self.fleet)
 
     @property
     def is_embedding(self) -> bool:

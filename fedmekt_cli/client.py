@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_client.sources import __doc__ as SOURCES_DOC
+from fedmekt.device_classes import CLASSES
 from fedmekt_cli.broker_args import add_broker_args, check_broker, link_options, min_epoch
 from fedmekt_cli.config_file import add_config_arg, apply_config, require
 
@@ -70,6 +71,10 @@ def register(subparsers) -> None:
     p.add_argument("--min-epoch", type=int, default=None,
                    help="refuse federation runs older than this epoch (default: the provisioned one in --credentials, "
                         "else none); the newest epoch followed is kept beside the store either way")
+    p.add_argument("--device-class", choices=CLASSES, default=None,
+                   help="the encoder this device affords: small (Pi Zero 2 W class), standard, large (Pi 5 class); "
+                        "the federation must accept it; only packages of this class are installed (default: the "
+                        "federation's only class, standard in a mixed fleet; docs/raspberry-pi.md)")
     p.add_argument("--accept-hand-exported", action="store_true",
                    help="with --public-key: also install packages exported by hand (fedmekt export: bound to no run, "
                         "so nothing proves they are not older than what the federation publishes)")
@@ -203,11 +208,12 @@ def _prepare(args, store, store_path: Path, public_key, background: list[threadi
         from edge_client.inference import ModelService
 
         models = ModelService(store_path.parent / "models", public_key, args.federation,
-                              sorted(store.channels)[0], accept_hand_exported=args.accept_hand_exported)
+                              sorted(store.channels)[0], accept_hand_exported=args.accept_hand_exported,
+                              device_class=args.device_class)
     agent = EdgeAgent(args.broker, AgentOptions(
         client_id=args.client_id, federation=args.federation, store=store, state_dir=store_path.parent,
         bundle=args.bundle, link=link, normalise=not normalised, exit_when_done=args.exit_when_done, models=models,
-        public_key=public_key, min_epoch=floor))
+        public_key=public_key, min_epoch=floor, device_class=args.device_class))
     if args.infer:
         sink.agent = agent
     return agent

@@ -31,7 +31,7 @@ def run_infer_only(args) -> int:
     opened = open_source(args.source, args.client_id, modalities, args.data_dir, args.speed)
     state_dir = args.store.parent if args.store is not None else Path(f"fedmekt-{args.client_id}")
     models = ModelService(state_dir / "models", key, args.federation, next(iter(modalities), None),
-                          accept_hand_exported=args.accept_hand_exported)
+                          accept_hand_exported=args.accept_hand_exported, device_class=args.device_class)
     link = link_options(args, args.client_id, username=args.client_id,
                         session_topic=Topics(args.federation).session(args.client_id),
                         takeover="alert")  # a stolen login must not switch the gateway off

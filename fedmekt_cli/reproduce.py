@@ -76,6 +76,9 @@ def add_embedding_options(p) -> None:
                    help="most local training steps a client takes per round (default 32; 0 = walk the whole partition)")
     p.add_argument("--server-walk-step-budget", type=int, default=None, metavar="N",
                    help="most steps of the FedMEKT server's proxy walk per round (default 32; 0 = unbounded)")
+    p.add_argument("--fleet", default=None, metavar="CLASSES",
+                   help="device classes of the clients: one of small, standard (default), large; 'mixed' = a third "
+                        "each (sorted clients dealt round-robin, FedMEKT only); or a comma list")
 
 
 def apply_embedding_options(args, base: dict) -> None:
@@ -86,6 +89,8 @@ def apply_embedding_options(args, base: dict) -> None:
         base["server_proxy_walk"] = args.server_proxy_walk
     if args.proxy_delivery is not None:
         base["proxy_delivery"] = args.proxy_delivery
+    if args.fleet is not None:
+        base["fleet"] = args.fleet
     hyper = {k: v for k, v in (("kd", args.kd), ("local_step_budget", args.local_step_budget),
                                 ("server_walk_step_budget", args.server_walk_step_budget)) if v is not None}
     if hyper:

@@ -119,6 +119,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from aggregator.service import Aggregator, AggregatorOptions
+    from fedmekt import device_classes
     from edge_client.agent import AgentOptions, EdgeAgent
     from fedmekt.transport.broker import embedded_broker
 
@@ -141,6 +142,7 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
                                     round_timeout=round_timeout, quorum=quorum, progress=progress,
                                     signing_key=key, packages=False, name=name)
         aggregator = Aggregator(cfg, split, url, options, rate_hz=rate_hz)
+        classes = device_classes.assign(cfg.fleet, [c.client_id for c in split.clients])  # as reproduce deals them
 
         def client_main(c: ClientPartition, delay_until: threading.Event | None) -> None:
             try:
@@ -151,7 +153,8 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
                         if stop.is_set():
                             return
                 agent = EdgeAgent(url, AgentOptions(c.client_id, cfg.federation, store, workdir / c.client_id,
-                                                    public_key=key.public_key()))
+                                                    public_key=key.public_key(),
+                                                    device_class=classes[c.client_id]))
                 agent.run(stop)
                 store.close()
             except Exception as exc:  # reported after the run

@@ -154,13 +154,17 @@ def built_package(dataset: str, data_dir: Path, tmp_path_factory, *, int8: bool 
     return _RUNS[name]
 
 
-def bound_copy(src: Path, dst: Path, key, run: str, round_: int, federation: str = "test-hapt") -> Path:
-    """A copy of package ``src`` re-signed for (federation, run, round), as the aggregator binds what it publishes."""
+def bound_copy(src: Path, dst: Path, key, run: str, round_: int, federation: str = "test-hapt",
+               device_class: str = "") -> Path:
+    """A copy of package ``src`` re-signed for (federation, run, round) and, when given, a device class, as the
+    aggregator binds what it publishes."""
     import shutil
 
     from export.package import MANIFEST, Manifest, sign_package
 
     pkg = Path(shutil.copytree(src, dst))
     manifest = Manifest.from_bytes((pkg / MANIFEST).read_bytes())
-    sign_package(pkg, Manifest(**{**manifest.__dict__, "round": round_, "run": run, "federation": federation}), key)
+    extra = {**manifest.extra, **({"device_class": device_class} if device_class else {})}
+    sign_package(pkg, Manifest(**{**manifest.__dict__, "round": round_, "run": run, "federation": federation,
+                                  "extra": extra}), key)
     return pkg

@@ -197,3 +197,51 @@ def test_follower_trusts_only_signed_manifests_of_newer_runs(mosquitto, data_dir
         thread.join(10)
         agg.close()
     assert not thread.is_alive()
+
+
+def test_a_gateway_installs_the_package_of_its_device_class_only(data_dir, tmp_path, tmp_path_factory):
+    """A mixed fleet publishes one signed package per class under ``models/<class>/``; a homogeneous fleet's
+    package sits on ``models/``. ``--device-class small`` installs the small one and refuses a package of another
+    class (here the root one, signed for 'large') with one line, over the shipped TLS broker."""
+    private, public = signing_keys(tmp_path_factory)
+    key = load_private_key(private)
+    run_id = new_run_id(1)
+    src = built_package("hapt", data_dir, tmp_path_factory)
+    small = bound_copy(src, tmp_path / "small", key, run_id, 3, device_class="small")
+    large = bound_copy(src, tmp_path / "large", key, run_id, 3, device_class="large")
+    root = bound_copy(src, tmp_path / "root", key, run_id, 4, device_class="large")
+    rec = trained_run("hapt", data_dir, tmp_path_factory).test[2]
+    x, t = rec.modalities["acce"][:100], rec.timestamps[:100]
+    csv = tmp_path / "samples.csv"
+    csv.write_text("".join(f"{float(ti)!r}," + ",".join(repr(float(v)) for v in xi) + "\n" for ti, xi in zip(t, x)))
+
+    secure = start_secure_broker(tmp_path, users=("gw01",), federation=FED)
+    topics = Topics(FED)
+    aggregator = None
+    try:
+        aggregator = MqttLink(f"mqtts://localhost:{secure.port}", LinkOptions(
+            client_id="aggregator", username="aggregator", password=secure.passwords["aggregator"],
+            ca_file=str(secure.ca))).connect()
+        manifest, _ = fedwire.build(tiny_config(federation=FED, fleet="mixed"), tiny_split(), run=run_id)
+        aggregator.publish_all([(topics.proxy_manifest, sign(key, topics.proxy_manifest, manifest.to_bytes()))],
+                               retain=True)
+        publish_package(aggregator, FED, root)
+        publish_package(aggregator, FED, large, device_class="large")
+        publish_package(aggregator, FED, small, device_class="small")
+
+        state = tmp_path / "gw"
+        proc = subprocess.run(fedmekt_without_torch(
+            "client", "--infer-only", "--device-class", "small", "--broker", f"mqtts://localhost:{secure.port}",
+            "--credentials", str(secure.folder / "logins" / "gw01" / "credentials.json"), "--client-id", "gw01",
+            "--federation", FED, "--public-key", str(public), "--source", f"csv:{csv}", "--modalities", "acce:3",
+            "--store", str(state / "store.sqlite")), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        installed = ModelStore(state / "models", load_public_key(public)).current()
+        assert installed.package.manifest.device_class == "small"
+        assert (installed.package.manifest.run, installed.package.manifest.round) == (run_id, 3)
+        assert ("refused model package: package for device class 'large'; this gateway is 'small' "
+                "(--device-class); the current model stays in service") in proc.stderr
+    finally:
+        if aggregator is not None:
+            aggregator.close()
+        secure.broker.stop()

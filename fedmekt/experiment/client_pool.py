@@ -15,6 +15,7 @@ import multiprocessing as mp
 import traceback
 from multiprocessing.connection import Connection
 
+from fedmekt import device_classes
 from fedmekt.learn.algorithms.base import Tensors
 from fedmekt.config import FederationConfig
 from fedmekt.learn.engine import ClientEngine, RoundPlan
@@ -25,8 +26,11 @@ class LocalClients:
     """Every client in this process (``workers = 1``)."""
 
     def __init__(self, cfg: FederationConfig, clients: list[ClientPartition], channels: dict[str, int],
-                 proxy: Partition | None) -> None:
-        self.engines = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, channels, proxy) for c in clients}
+                 proxy: Partition | None, classes: dict[str, str] | None = None) -> None:
+        """``classes``: each client's device class (default: the fleet dealt over ``clients``)."""
+        classes = classes or device_classes.assign(cfg.fleet, [c.client_id for c in clients])
+        self.engines = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, channels, proxy, classes[c.client_id])
+                        for c in clients}
         self.private = {c.client_id: c.data for c in clients}
 
     def train(self, plan: RoundPlan, views: dict[str, Tensors]) -> dict[str, Tensors]:
@@ -43,6 +47,7 @@ class WorkerClients:
     def __init__(self, cfg: FederationConfig, clients: list[ClientPartition], channels: dict[str, int],
                  proxy: Partition | None, workers: int) -> None:
         ids = sorted(c.client_id for c in clients)
+        classes = device_classes.assign(cfg.fleet, ids)  # dealt over every client, whichever worker trains it
         self.owner = {cid: i % workers for i, cid in enumerate(ids)}
         ctx = mp.get_context("spawn")
         self.conns: list[Connection] = []
@@ -50,7 +55,7 @@ class WorkerClients:
         for w in range(workers):
             mine = [c for c in clients if self.owner[c.client_id] == w]
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, cfg, mine, channels, proxy), daemon=True,
+            proc = ctx.Process(target=_serve, args=(child, cfg, mine, channels, proxy, classes), daemon=True,
                                name=f"fedmekt-clients-{w}")
             proc.start()
             child.close()
@@ -90,9 +95,9 @@ class WorkerClients:
 
 
 def _serve(conn: Connection, cfg: FederationConfig, clients: list[ClientPartition], channels: dict[str, int],
-           proxy: Partition | None) -> None:
+           proxy: Partition | None, classes: dict[str, str]) -> None:
     """A worker's loop: (plan, {client: view}) in, ("ok", {client: upload}) or ("error", traceback) out."""
-    local = LocalClients(cfg, clients, channels, proxy)
+    local = LocalClients(cfg, clients, channels, proxy, classes)
     while (job := conn.recv()) is not None:
         try:
             conn.send(("ok", local.train(*job)))

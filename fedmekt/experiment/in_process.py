@@ -54,6 +54,8 @@ def variant_label(cfg: FederationConfig) -> str:
         tags.append(f"noise{cfg.embedding_noise:g}")
     if cfg.wire_dtype != "float32":
         tags.append(cfg.wire_dtype)
+    if cfg.fleet != FederationConfig.fleet:
+        tags.append(f"fleet-{cfg.fleet.replace(',', '+')}")
     return cfg.algorithm + (f"[{','.join(tags)}]" if tags else "")
 
 
@@ -74,7 +76,8 @@ def final_record(cfg: FederationConfig, base: dict, proxy_delivery: str, proxy_b
     return {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
             "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
             "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
-            "partition": cfg.partition, "proxy_delivery": proxy_delivery, "bytes_proxy_once": proxy_bytes,
+            "partition": cfg.partition, "fleet": cfg.fleet, "proxy_delivery": proxy_delivery,
+            "bytes_proxy_once": proxy_bytes,
             **evaluation, "wall_s": round(wall_s, 2)}
 
 

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedmekt import device_classes
 from fedmekt.learn import robust
+from fedmekt.learn.class_models import ClassModel, distil_class_model
 from fedmekt.learn.algorithms import get_algorithm
 from fedmekt.learn.algorithms.base import (
     ModuleOptimizers, Party, Projections, ProxyWindows, Tensors, check_tensors, load_optimizer_arrays,
@@ -44,7 +46,7 @@ from sensors.windowing import window_starts
 
 # purposes of the seeded generators (first words of every SeedSequence after the seed)
 _MODEL, _HEAD, _PROJ, _PROBE, _DEPLOY = 11, 12, 13, 14, 15
-_SELECT, _PROXY, _SERVER, _CLASSIFIER, _CLIENT, _NOISE = 21, 22, 23, 24, 25, 26
+_SELECT, _PROXY, _SERVER, _CLASSIFIER, _CLIENT, _NOISE, _CLASS = 21, 22, 23, 24, 25, 26, 27
 
 
 def rng_for(*words: int) -> np.random.Generator:
@@ -66,11 +68,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(cfg: FederationConfig, channels: dict[str, int]) -> SplitAutoencoder:
-    """The one initial model every party starts from, rebuilt from ``cfg.seed`` (global RNG untouched)."""
+def build_model(cfg: FederationConfig, channels: dict[str, int], device_class: str = device_classes.DEFAULT
+                ) -> SplitAutoencoder:
+    """The one initial model every party of ``device_class`` starts from, rebuilt from ``cfg.seed`` (global RNG
+    untouched); the standard class is ``cfg.hidden`` wide."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, _MODEL]).generate_state(1)[0]))
-        return SplitAutoencoder({m: channels[m] for m in cfg.pair}, cfg.resolved_rep_size(), cfg.hidden)
+        return SplitAutoencoder({m: channels[m] for m in cfg.pair}, cfg.resolved_rep_size(),
+                                device_classes.hidden_for(cfg.hidden, device_class))
 
 
 def _seed(cfg: FederationConfig, purpose: int) -> int:
@@ -158,13 +163,13 @@ class ServerEngine:
         self.normalizer, self.rate_hz = normalizer, rate_hz
         self.device = resolve_device(cfg.device)
         self.algorithm = get_algorithm(cfg.algorithm)
-        self.model = build_model(cfg, self.channels).to(self.device)
+        self.model = build_model(cfg, self.channels, device_classes.global_class(cfg.fleet)).to(self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(cfg, _HEAD))
             self.head = LinearHead(self.model.rep_size, len(self.label_names)).to(self.device)
         self.head_optim = torch.optim.Adam(self.head.parameters(), lr=cfg.hyper.lr_classifier)
         self.party = Party(cfg, self.model, ModuleOptimizers(self.model, cfg.hyper.lr_global),
-                           Projections(self.model.rep_size, cfg.hidden, _seed(cfg, _PROJ)).to(self.device),
+                           Projections(self.model.rep_size, self.model.hidden, _seed(cfg, _PROJ)).to(self.device),
                            self.device, tuple(cfg.pair), unlabelled=labelled)
         self.proxy_delivery = cfg.proxy_delivery_for(len(proxy))
         self._starts = window_starts(proxy, cfg.window, 1) if cfg.is_embedding else np.zeros(0, np.int64)
@@ -177,6 +182,7 @@ class ServerEngine:
         self._reference: tuple[int, dict[str, float]] | None = None  # (round, per-key upload scale)
         self._proxy_cache: tuple[int, ProxyWindows] | None = None
         self._deployed: tuple[int, DeployedModel] | None = None
+        self._class_models: tuple[int, dict[str, ClassModel]] | None = None  # (rounds completed, per class)
 
     # ---- planning -----------------------------------------------------------------------------------
     def plan_round(self, round_: int, online: Sequence[str]) -> RoundPlan:
@@ -302,15 +308,48 @@ class ServerEngine:
         return self._deployed[1]
 
     def final_evaluation(self) -> dict:
-        """The probe, and the deployed model's figures (what the packages ship), with its fine-tuning steps."""
+        """The probe, and the deployed model's figures (what the packages ship), with its fine-tuning steps; in a
+        fleet of several device classes also each class's deployed figures (``class_<c>_deployed_…``)."""
         probe, dep = self.probe(), self.deployed()
-        return {**probe, **deployed_scores(dep.model, dep.head, self.test, self.cfg, len(self.label_names),
-                                           self.device), "deploy_steps": dep.steps}
+        out = {**probe, **deployed_scores(dep.model, dep.head, self.test, self.cfg, len(self.label_names),
+                                          self.device), "deploy_steps": dep.steps}
+        if len(self.cfg.device_classes) > 1:
+            out.update(self.class_scores())
+        return out
 
     def final_state(self) -> dict[str, np.ndarray]:
         """What a run folder keeps: the global model, the federation's head and the deployed model."""
         state = {k: v for k, v in self.state_dict().items() if k.startswith(("autoencoder.", "head."))}
         return {**state, **self.deployed().state()}
+    def class_scores(self) -> dict:
+        """Each device class's deployed model scored on the test set (``class_<c>_deployed_…``), its width and
+        encoder parameter count."""
+        out: dict = {}
+        for name, cm in self.class_models().items():
+            scores = deployed_scores(cm.model, cm.head, self.test, self.cfg, len(self.label_names), self.device)
+            out.update({f"class_{name}_{k}": v for k, v in scores.items()})
+            out[f"class_{name}_hidden"] = cm.model.hidden
+            out[f"class_{name}_encoder_params"] = cm.encoder_params
+        return out
+
+    def class_models(self) -> dict[str, ClassModel]:
+        """Each accepted device class's deployable encoders + head: the deployed model (:meth:`deployed`) for the
+        global model's own (widest) class, for each narrower class one distilled from the global encoders and
+        head (fedmekt/learn/class_models.py). Seeded by (seed, class): the
+        same in every process; computed once per completed round."""
+        if self._class_models is None or self._class_models[0] != self.rounds_completed:
+            top = device_classes.global_class(self.cfg.fleet)
+            made = {}
+            for i, name in enumerate(self.cfg.device_classes):
+                if name == top:
+                    dep = self.deployed()
+                    made[name] = ClassModel(name, dep.model, dep.head)
+                    continue
+                student = build_model(self.cfg, self.channels, name).to(self.device)
+                made[name] = distil_class_model(name, self.model, self.head, student, self.proxy, self.labelled,
+                                                self.cfg, rng_for(self.cfg.seed, _CLASS, i), self.device)
+            self._class_models = (self.rounds_completed, made)
+        return self._class_models[1]
 
     # ---- checkpoint ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -352,19 +391,23 @@ class ClientEngine:
     """Client side: a persistent local model (never overwritten in FedMEKT) and its optimizers."""
 
     def __init__(self, cfg: FederationConfig, client_id: str, modalities: tuple[str, ...], channels: dict[str, int],
-                 proxy: Partition | None) -> None:
+                 proxy: Partition | None, device_class: str | None = None) -> None:
         torch.set_num_threads(cfg.threads)
         if not modalities or any(m not in cfg.pair for m in modalities):
             raise ValueError(f"client {client_id}: modalities {modalities} not in {cfg.pair}")
+        self.device_class = device_classes.resolve(cfg.fleet, device_class)
+        refused = device_classes.refusal(cfg.fleet, cfg.federation, self.device_class)
+        if refused:
+            raise ValueError(f"client {client_id}: {refused}")
         self.cfg, self.client_id = cfg, client_id
         self.modalities = tuple(m for m in cfg.pair if m in modalities)
         self.channels = {m: int(channels[m]) for m in cfg.pair}
         self.proxy = proxy
         self.device = resolve_device(cfg.client_device)
         self.algorithm = get_algorithm(cfg.algorithm)
-        self.model = build_model(cfg, {m: int(channels[m]) for m in cfg.pair}).to(self.device)
+        self.model = build_model(cfg, {m: int(channels[m]) for m in cfg.pair}, self.device_class).to(self.device)
         self.party = Party(cfg, self.model, ModuleOptimizers(self.model, cfg.hyper.lr_local),
-                           Projections(self.model.rep_size, cfg.hidden, _seed(cfg, _PROJ)).to(self.device),
+                           Projections(self.model.rep_size, self.model.hidden, _seed(cfg, _PROJ)).to(self.device),
                            self.device, self.modalities)
 
     def train_round(self, plan: RoundPlan, downstream: Tensors, private: Partition) -> Tensors:

@@ -271,20 +271,27 @@ class Status:
     state: str  # "online" | "offline"
     modalities: tuple[str, ...] = ()
     proof: str = ""  # the liveness challenge's nonce it echoes ("" = none: the retained birth and Will)
+    device_class: str | None = None  # the class the gateway declares (fedmekt/device_classes.py); None: none declared
 
     def to_bytes(self) -> bytes:
         d = {"state": self.state, "modalities": list(self.modalities)}
-        return json.dumps({**d, "proof": self.proof} if self.proof else d).encode()
+        if self.proof:
+            d["proof"] = self.proof
+        if self.device_class is not None:
+            d["device_class"] = self.device_class
+        return json.dumps(d).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Status":
         d = _json(raw, "status")
         state, mods, proof = d.get("state"), d.get("modalities", []), d.get("proof", "")
+        device_class = d.get("device_class")
         if state not in ("online", "offline") or not isinstance(mods, list) \
                 or not all(isinstance(m, str) and _ID.match(m) for m in mods) or len(mods) > 16 \
-                or not isinstance(proof, str) or not _HEX.match(proof) or len(proof) > NONCE_MAX:
+                or not isinstance(proof, str) or not _HEX.match(proof) or len(proof) > NONCE_MAX \
+                or not (device_class is None or isinstance(device_class, str) and _ID.match(device_class)):
             raise WireError("bad status message")
-        return cls(state, tuple(mods), proof)
+        return cls(state, tuple(mods), proof, device_class)
 
 
 @dataclass(frozen=True)

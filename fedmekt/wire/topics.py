@@ -6,6 +6,7 @@
 | ``global/<round>/<chunk>`` | aggregator | no | downstream global knowledge for that round, chunked |
 | ``proxy/manifest`` and ``proxy/<chunk>`` | aggregator | yes | the versioned, hashed proxy set (sent once) |
 | ``models/manifest`` and ``models/<version>/<chunk>`` | aggregator | yes | signed ONNX model packages |
+| ``models/<class>/manifest``, ``models/<class>/<version>/<chunk>`` | aggregator | yes | a mixed fleet's per-class packages |
 | ``metrics`` | aggregator | no | per-round metrics (JSON) |
 | ``liveness`` | aggregator | yes | the nonce a live status must echo (new per aggregator start, round and reconnect) |
 | ``aggregator/session`` | aggregator | yes | random token of the running aggregator session (detects a second one) |
@@ -74,6 +75,10 @@ class Topics:
 
     def model_chunk(self, version: int, chunk: int) -> str:
         return f"{self.prefix}/models/{version}/{chunk}"
+
+    def models_of(self, device_class: str = "") -> str:
+        """Where the packages of ``device_class`` are published (a mixed fleet's; "" = the federation's one)."""
+        return f"{self.prefix}/models" + (f"/{device_class}" if device_class else "")
 
     @property
     def models_all(self) -> str:

@@ -1,0 +1,79 @@
+"""The aggregator's side of device classes (fedmekt/device_classes.py): who may join, and per-class packages.
+
+A training gateway declares its class in its status; one the federation does not accept is never selected
+(warned about once, in one line), and every accepted class's uploads are folded alike: they share the shape
+[W, T, r] whatever the class's width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from fedmekt import device_classes
+from fedmekt.config import FederationConfig
+from fedmekt.wire.manifest import Status
+
+log = logging.getLogger("aggregator")
+
+
+class ClassGate:
+    """Refuses a status that declares a class the federation does not accept (one warning line per client)."""
+
+    def __init__(self, cfg: FederationConfig) -> None:
+        self.cfg = cfg
+        self._warned: set[str] = set()
+
+    def refused(self, client_id: str, status: Status) -> bool:
+        if status.state != "online" or not status.modalities:
+            return False  # offline, or an inference-only gateway: it trains nothing
+        fleet = self.cfg.fleet
+        why = device_classes.refusal(fleet, self.cfg.federation, device_classes.resolve(fleet, status.device_class))
+        if why is not None and client_id not in self._warned:
+            self._warned.add(client_id)
+            log.warning("ignoring %s: %s", client_id, why)
+        return why is not None
+
+
+class ClassPackages:
+    """A mixed fleet's packages: one signed package per accepted device class, each under ``models/<class>/``.
+
+    The widest class ships the global model; each narrower one the encoder distilled for it
+    (``ServerEngine.class_models``). Same interface as :class:`export.publisher.PackagePublisher`: the
+    aggregator calls :meth:`maybe_publish` after every round. Returns None, so the aggregator's sync answers
+    and reconnects re-send no package of a mixed fleet: its gateways get them from the retained messages.
+    """
+
+    def __init__(self, server, link, federation: str, key, out_root, every: int, run: str) -> None:
+        from export.publisher import PackagePublisher
+
+        self.server = server
+        self.publishers = {c: PackagePublisher(link, federation, key, out_root=out_root / c, every=every, int8=False,
+                                               run=run, device_class=c, namespace=c)
+                           for c in server.cfg.device_classes}
+
+    def due(self, round_: int, final: bool) -> bool:
+        return any(p.due(round_, final) for p in self.publishers.values())
+
+    def maybe_publish(self, run, round_: int, final: bool = False) -> None:
+        """``run`` (the global model) is what the widest class ships; every class is published when due."""
+        from export.run_model import RunModel
+
+        if not any(p.due(round_, final) and (p.previous is None or p.previous.version != round_)
+                   for p in self.publishers.values()):
+            return None
+        info = run.info
+        for name, cm in self.server.class_models().items():
+            class_info = dataclasses.replace(info, hidden=cm.model.hidden)
+            self.publishers[name].maybe_publish(RunModel(class_info, cm.model, cm.head), round_, final=final)
+        return None
+
+
+def package_publisher(cfg: FederationConfig, server, link, key, out_root, every: int, run: str):
+    """The aggregator's publisher: one package of the fleet's class, or a mixed fleet's one per class."""
+    if len(cfg.device_classes) > 1:
+        return ClassPackages(server, link, cfg.federation, key, out_root, every, run)
+    from export.publisher import PackagePublisher
+
+    return PackagePublisher(link, cfg.federation, key, out_root=out_root, every=every, int8=False, run=run,
+                            device_class=cfg.device_classes[0])

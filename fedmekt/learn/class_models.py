@@ -1,0 +1,70 @@
+"""A narrower device class's deployable model, distilled on the server from the global one (issue 22).
+
+The server trains one global model, of the widest class the federation accepts. A narrower class's gateways
+can neither run it nor receive its parameters averaged with theirs, so the server builds that class an encoder
+of its own width: the student's representation z is fitted (MSE) to the global encoder's z on random crops of
+the inputs the server holds (the proxy set and the labelled set's inputs, labels unread), then a copy of the
+global head is tuned on the student's frozen z of the labelled set (the classifier's own walk). Matching z
+rather than logits keeps the student in the global latent space the head already reads, so the head starts
+right and only needs the student's residual error corrected. No bytes are sent and no client data is read.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmekt.config import FederationConfig
+from fedmekt.learn.algorithms.base import inputs_only, private_epoch
+from fedmekt.learn.evaluation import train_classifier_round
+from fedmekt.learn.model import LinearHead, SplitAutoencoder
+from sensors.partition import Partition
+
+
+@dataclass
+class ClassModel:
+    """What one device class deploys: the encoders (inside a split autoencoder) and the head."""
+
+    device_class: str
+    model: SplitAutoencoder
+    head: nn.Module  # the deployed head: linear or MLP (fedmekt/learn/deploy.py)
+
+    @property
+    def encoder_params(self) -> int:
+        """Parameters of the encoders the class's package ships (decoders stay on the server)."""
+        return sum(p.numel() for p in self.model.encoders.parameters())
+
+
+def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: LinearHead, student: SplitAutoencoder,
+                       proxy: Partition, labelled: Partition, cfg: FederationConfig, rng: np.random.Generator,
+                       device: torch.device) -> ClassModel:
+    """Fit ``student``'s encoders to ``teacher``'s z, then tune a copy of ``head`` on them (see the module doc).
+
+    ``hyper.class_distil_steps`` sub-window steps (epochs of fresh crops until spent), every modality of the pair
+    per step; the teacher is read only.
+    """
+    h = cfg.hyper
+    modalities = tuple(cfg.pair)
+    source = inputs_only([proxy, labelled], modalities)
+    params = [p for m in modalities for p in student.encoders[m].parameters()]
+    opt = torch.optim.Adam(params, lr=h.lr_global)
+    steps = 0
+    while steps < h.class_distil_steps:  # epochs of random crops until the budget is spent
+        for xs, _labels in private_epoch(source, modalities, cfg, rng, device, h.class_distil_steps - steps):
+            loss = torch.zeros((), device=device)
+            for m in modalities:
+                with torch.no_grad():
+                    target = teacher.encode(xs[m], m)[0]
+                loss = loss + torch.nn.functional.mse_loss(student.encode(xs[m], m)[0], target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+    student_head = copy.deepcopy(head)
+    head_opt = torch.optim.Adam(student_head.parameters(), lr=h.lr_classifier)
+    train_classifier_round(student, student_head, head_opt, labelled, cfg, rng, device)
+    return ClassModel(device_class, student.eval(), student_head.eval())
