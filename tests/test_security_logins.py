@@ -151,12 +151,21 @@ def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_p
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         watch = login(secure, "monitor")
-        session = Topics("takeover").aggregator_session
-        watch.subscribe(session)
-        assert watch.wait_for(session, timeout=90), "the aggregator never connected"
+        topics = Topics("takeover")
+        session = topics.aggregator_session
+        watch.subscribe(topics.liveness)
+        # its first liveness challenge follows its connect and manifest: by then its link has seen its own session
+        # token come back, so the intruder is the newer session (an intruder racing that token would be the older)
+        assert watch.wait_for(topics.liveness, timeout=90), "the aggregator never published its liveness challenge"
         intruder = MqttLink(f"mqtts://localhost:{secure.port}",
                             link_options(secure, "agg-takeover", session_topic=session)).connect(10)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail("awaited the running aggregator's takeover error for 60 s after the second session connected; "
+                        f"its log:\n{err[-4000:]}")
         assert proc.returncode == 2, err
         last = err.strip().splitlines()[-1]
         assert last.startswith("fedmekt aggregator: error: ") and "took over this session" in last, err
