@@ -21,19 +21,12 @@ from fedmekt_cli.simulation import run_simulation, write_outputs
 from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import encode
 from fedmekt.wire.topics import Topics
+from learning_rows import learning
 
 pytestmark = pytest.mark.broker
-# keys that legitimately differ between the two transports (timing, header bytes, transport counters)
-TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late",
-                  "missed", "benched", "backoff",   # backoff: the deployment's selection record
-                  "federation_run"}   # the deployment's run id on the wire: an in-process run has none
 
 
 FRAMING_PER_UPLOAD = 100  # bytes: topic, frame header and MQTT fixed header of one upload message
-
-
-def _learning(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in TRANSPORT_KEYS}
 
 
 def _simulate(cfg, split, url, tmp_path, **kw):
@@ -51,8 +44,8 @@ def test_federation_through_mosquitto_equals_inprocess(algorithm, mosquitto, tmp
     assert len(sim.result.rows) == cfg.rounds
     for row in sim.result.rows:
         assert row["absorbed"] == row["selected"] == cfg.per_round and row["rejected"] == 0
-    assert [_learning(r) for r in sim.result.rows] == [_learning(r) for r in ref.rows]
-    assert _learning(sim.result.final) == _learning(ref.final)
+    assert [learning(r) for r in sim.result.rows] == [learning(r) for r in ref.rows]
+    assert learning(sim.result.final) == learning(ref.final)
     for k, v in ref.model_state.items():
         np.testing.assert_array_equal(sim.result.model_state[k], v)
     assert sim.result.final["proxy_delivery"] == ref.final["proxy_delivery"]
@@ -75,7 +68,7 @@ def test_federation_through_amqtt_speaks_mqtt311(tmp_path):
     finally:
         broker.stop()
     ref = run_inprocess(cfg, split, progress=False)
-    assert [_learning(r) for r in sim.result.rows] == [_learning(r) for r in ref.rows]
+    assert [learning(r) for r in sim.result.rows] == [learning(r) for r in ref.rows]
 
 
 def test_client_joining_late_is_selected_in_later_rounds(mosquitto, tmp_path):
@@ -127,7 +120,7 @@ def test_invalid_upload_is_discarded_and_the_round_completes(mosquitto, tmp_path
     row = sim.result.rows[1]
     assert row["rejected"] >= 1 and row["absorbed"] == row["selected"]
     ref = run_inprocess(cfg, split, progress=False)
-    assert _learning(sim.result.final) == _learning(ref.final)  # nothing of the rogue reached the model
+    assert learning(sim.result.final) == learning(ref.final)  # nothing of the rogue reached the model
 
 
 def test_restart_resumes_from_checkpoint_with_the_same_result(mosquitto, tmp_path):
@@ -138,8 +131,8 @@ def test_restart_resumes_from_checkpoint_with_the_same_result(mosquitto, tmp_pat
     resumed = _simulate(cfg, split, mosquitto.url, tmp_path)
     ref = run_inprocess(cfg, split, progress=False)
     assert [r["round"] for r in resumed.result.rows] == [0, 1, 2]
-    assert [_learning(r) for r in resumed.result.rows] == [_learning(r) for r in ref.rows]
-    assert _learning(resumed.result.final) == _learning(ref.final)
+    assert [learning(r) for r in resumed.result.rows] == [learning(r) for r in ref.rows]
+    assert learning(resumed.result.final) == learning(ref.final)
     metrics = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [0, 1, 2]
 

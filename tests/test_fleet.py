@@ -32,12 +32,8 @@ from fedmekt.wire.topics import Topics
 from fedmekt_cli.simulation import run_simulation
 from sensors.datasets import load_dataset
 from sensors.splits import make_split
+from learning_rows import learning
 
-TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late"}
-
-
-def _learning(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in TRANSPORT_KEYS}
 
 
 # ---- core -----------------------------------------------------------------------------------------------
@@ -86,7 +82,7 @@ def test_each_narrower_class_gets_an_encoder_of_its_width_distilled_from_the_glo
     before = {k: v.clone() for k, v in server.model.state_dict().items()}
     models = server.class_models()
     assert {c: m.model.hidden for c, m in models.items()} == {"small": 4, "standard": 8, "large": 16}
-    assert models["large"].model is server.model  # the global model is the widest class's
+    assert models["large"].model is server.deployed().model  # the widest class ships the deployed model
     assert all(torch.equal(v, server.model.state_dict()[k]) for k, v in before.items())  # the teacher is read only
     # the student moved towards the teacher's z: closer than where it started
     x = torch.from_numpy(split.proxy.modalities["a"][:64][None])
@@ -108,8 +104,8 @@ def test_mixed_fleet_through_mosquitto_equals_inprocess(mosquitto, tmp_path):
     ref = run_inprocess(cfg, split, progress=False)
     for row in sim.result.rows:
         assert row["absorbed"] == row["selected"] == cfg.per_round
-    assert [_learning(r) for r in sim.result.rows] == [_learning(r) for r in ref.rows]
-    assert _learning(sim.result.final) == _learning(ref.final)
+    assert [learning(r) for r in sim.result.rows] == [learning(r) for r in ref.rows]
+    assert learning(sim.result.final) == learning(ref.final)
     for k, v in ref.model_state.items():
         np.testing.assert_array_equal(sim.result.model_state[k], v)
     for c in device_classes.CLASSES:
@@ -123,7 +119,7 @@ def test_aggregator_ignores_a_gateway_of_a_class_it_does_not_accept(mosquitto, t
     topics = Topics(cfg.federation)
     # retained before the aggregator subscribes: the first status it reads
     with MqttLink(mosquitto.url, LinkOptions(client_id="intruder")).connect() as link:
-        link.publish_all([(topics.status("intruder"), fedwire.Status("online", ("a",), "large").to_bytes())],
+        link.publish_all([(topics.status("intruder"), fedwire.Status("online", ("a",), device_class="large").to_bytes())],
                          retain=True)
     with caplog.at_level(logging.WARNING, logger="aggregator"):
         sim = run_simulation(cfg, split, url=mosquitto.url, out=tmp_path / "out", progress=False, rate_hz=20.0,

@@ -48,7 +48,8 @@ def reproduced(wristband, tiny, tmp_path_factory) -> Path:
 
 
 def _run(out: Path) -> Path:
-    (run,) = (out / "runs").glob("fedmekt-c*")
+    """The one run's model folder: reproduce names it by variant and seed, a deployment by the run's folder."""
+    (run,) = (out / "runs").iterdir()
     return run
 
 

@@ -31,14 +31,7 @@ from fedmekt.wire.runs import new_run_id, run_order
 from fedmekt.wire.signing import MAGIC, SIGNATURE_BYTES, open_signed, sign
 from fedmekt.wire.topics import Topics
 from wait_support import wait_for
-
-TRANSPORT_KEYS = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late",
-                  "missed", "benched", "backoff",   # backoff: the deployment's selection record
-                  "federation_run"}   # the deployment's run id on the wire: an in-process run has none
-
-
-def _learning(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in TRANSPORT_KEYS}
+from learning_rows import learning
 
 
 def _simulate(cfg, split, url, tmp_path, before_round=None, round_timeout: float = 15.0):
@@ -228,7 +221,7 @@ def test_nonce_replayed_upload_reframed_for_a_later_round_is_refused(mosquitto, 
     row = sim.result.rows[2]
     assert row["rejected"] >= 1 and row["absorbed"] == row["selected"] == 6
     ref = run_inprocess(cfg, split, progress=False)
-    assert _learning(sim.result.final) == _learning(ref.final)
+    assert learning(sim.result.final) == learning(ref.final)
     record("attack", "old upload re-framed for a later round (nonce)")
 
 
@@ -280,7 +273,7 @@ def test_forged_control_global_knowledge_is_not_trained_on(mosquitto, tmp_path, 
     assert forged_rounds == [1]
     _every_round_complete(sim)
     ref = run_inprocess(cfg, split, progress=False)
-    assert [_learning(r) for r in sim.result.rows] == [_learning(r) for r in ref.rows]
+    assert [learning(r) for r in sim.result.rows] == [learning(r) for r in ref.rows]
     record("attack", "forged global knowledge of a round")
 
 
