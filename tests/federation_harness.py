@@ -73,7 +73,8 @@ class ProcessFederation:
         self.config = tmp / "federation.toml"
         self.config.write_text(
             f'federation = "{federation}"\ndataset = "demo"\nclients = {list(clients)}\nper_round = {per_round}\n'
-            f'rounds = {rounds}\nproxy_windows = {proxy_windows}\nseed = {seed}\ndevice = "cpu"\n')
+            f'rounds = {rounds}\nproxy_windows = {proxy_windows}\nseed = {seed}\ndevice = "cpu"\n'
+            '[hyper]\ndeploy_rounds = 2\n')  # the deployed model's fine-tuning kept short, as core_support's
         (tmp / "logs").mkdir(exist_ok=True)
         self.secure: SecureBroker | None = (start_secure_broker(tmp, tuple(self.client_ids), federation)
                                             if secure else None)

@@ -19,6 +19,7 @@ proxy_windows = 6
 classifier_epochs = 1
 local_epochs = 1
 probe_max_iter = 20
+deploy_rounds = 2
 """
 
 

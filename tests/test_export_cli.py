@@ -51,7 +51,7 @@ def test_not_a_run_folder(tmp_path, capsys):
 def test_reproduced_run_exports_and_infers(tmp_path, capsys):
     """The core engine's run folder (fedmekt reproduce) → fedmekt export → fedmekt infer, end to end."""
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text("hidden = 8\nproxy_windows = 6\n[hyper]\nclassifier_epochs = 1\nlocal_epochs = 1\nprobe_max_iter = 20\n")
+    cfg.write_text("hidden = 8\nproxy_windows = 6\n[hyper]\nclassifier_epochs = 1\nlocal_epochs = 1\nprobe_max_iter = 20\ndeploy_rounds = 2\n")
     assert main(["reproduce", "--dataset", "demo", "--seeds", "1", "--rounds", "1", "--algorithms", "fedmekt-c",
                  "--config", str(cfg), "--out", str(tmp_path / "repro"), "--no-progress"]) == 0
     (run,) = (tmp_path / "repro" / "runs").iterdir()

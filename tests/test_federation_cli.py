@@ -30,6 +30,7 @@ device = "cpu"
 [hyper]
 classifier_epochs = 1
 probe_max_iter = 20
+deploy_rounds = 2
 """
 
 

@@ -21,7 +21,7 @@ from test_bad_input_cli import assert_one_clear_error, fedmekt
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 100.0
-SMALL = "hidden = 8\n[hyper]\nclassifier_epochs = 1\nlocal_epochs = 1\nprobe_max_iter = 20\n"
+SMALL = "hidden = 8\n[hyper]\nclassifier_epochs = 1\nlocal_epochs = 1\nprobe_max_iter = 20\ndeploy_rounds = 2\n"
 SHORT = ["--seeds", "1", "--rounds", "1", "--algorithms", "fedmekt-c", "--clients", "1,1,1", "--per-round", "3",
          "--no-progress"]
 

@@ -19,7 +19,7 @@ from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.wire.sync import SyncRequest
 from fedmekt.wire.topics import Topics
 from fedmekt_cli.simulation import run_simulation
-from test_federation_mqtt import _learning
+from learning_rows import learning
 from wait_support import wait_for
 
 pytestmark = pytest.mark.broker
@@ -77,7 +77,7 @@ def test_retention_off_federation_equals_inprocess(no_retain, tmp_path):
     sim = _simulate(cfg, split, no_retain.url, tmp_path)
     ref = run_inprocess(cfg, split, progress=False)
     assert [r["absorbed"] for r in sim.result.rows] == [3, 3]
-    assert [_learning(r) for r in sim.result.rows] == [_learning(r) for r in ref.rows]
+    assert [learning(r) for r in sim.result.rows] == [learning(r) for r in ref.rows]
     assert "retain" not in no_retain.log.lower()  # no connection dropped for a retained publication
 
 
