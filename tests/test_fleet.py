@@ -159,8 +159,8 @@ def test_mixed_fleet_of_processes_equals_inprocess_and_each_class_installs_its_p
     """``fedmekt aggregator`` and one ``fedmekt client --device-class …`` process per client (dealt as reproduce
     deals them): the same final figures as the in-process run, and each gateway installs its class's package."""
     fed = federation(rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0, federation="fleet")
-    with fed.config.open("a") as fh:
-        fh.write('fleet = "mixed"\n[hyper]\nclass_distil_steps = 4\ndeploy_rounds = 2\n')
+    fed.config.write_text(fed.config.read_text().replace(
+        "[hyper]\n", 'fleet = "mixed"\n[hyper]\nclass_distil_steps = 4\n'))  # top-level keys before the table
     generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
     classes = device_classes.assign("mixed", fed.client_ids)
     assert sorted(classes.values()) == ["large", "small", "standard"]
