@@ -92,9 +92,11 @@ def test_takeover_second_aggregator_session_ends_the_first_with_a_clear_error(se
     with pytest.raises(UserError, match="own login"):
         first.publish(T.rounds, b"late")
     assert second.wait_connected(5)  # kicked once by the first's reconnect, back after its backoff
-    connects = second.connects
-    time.sleep(2.5)  # longer than the reconnect backoff: the first does not come back to kick it again
-    assert second.connected and second.connects == connects <= 2
+    wait_for(lambda: not first.connected, 5, "the first link down for good after its takeover error")
+    # a PUBACK on the second's session now: the kick of the first's last reconnect is behind it, and the first,
+    # which disconnected on purpose (no reconnect loop), cannot kick it again
+    second.publish_all([(T.metrics, b"")], timeout=30)
+    assert second.connected and second.connects <= 2
     assert second.get(timeout=0.1) is None  # and the second keeps working
     first.close()
     second.close()
