@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedmekt.errors import UserError
@@ -201,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if getattr(args, "broker", None):
             check_broker(args.broker)
+        # tqdm makes its write lock on the first log line, importing multiprocessing; a SIGTERM arriving there was
+        # swallowed (tqdm's cleanup raised AttributeError over it and logging ate that): make the lock now
+        tqdm.get_lock()
         with logging_redirect_tqdm([logging.getLogger()]):   # a log line clears the progress bar, then redraws it
             return int(args.func(args) or 0)
     except UserError as exc:
