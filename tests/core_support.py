@@ -41,3 +41,19 @@ def tiny_config(algorithm: str = "fedmekt-c", **kw) -> FederationConfig:
                 proxy_delivery="once")  # the proxy-set path; test_core_proxy_delivery covers "round"
     base.update(kw)
     return FederationConfig(**base)
+
+
+def assert_deployed_figures_score_the_shipped_model(server, final: dict) -> None:
+    """final_evaluation's deployed figures are the deployed head on each modality's encoder, on the probe's test
+    rows (the model the packages ship, scored as the probe is)."""
+    import torch
+
+    from fedmekt.learn.evaluation import chunk_bounds, encode_rows, f1_scores
+
+    dep, cfg, test = server.deployed(), server.cfg, server.test
+    bounds = chunk_bounds(test.segments, cfg.eval_chunk)
+    y = test.labels[np.concatenate([np.arange(a, b) for a, b in bounds])]
+    for m in cfg.pair:
+        with torch.no_grad():
+            pred = dep.head(encode_rows(dep.model, test.modalities[m], m, bounds, server.device)).argmax(1)
+        assert final[f"deployed_f1_weighted_{m}"] == f1_scores(y, pred.numpy(), len(server.label_names))["f1_weighted"]

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from fedmekt.learn.engine import ServerEngine
-from fedmekt.learn.evaluation import chunk_bounds, encode_rows, f1_scores
 from fedmekt.learn.model import LinearHead, MLPHead
-from tests.core_support import tiny_config, tiny_split
+from tests.core_support import assert_deployed_figures_score_the_shipped_model, tiny_config, tiny_split
 
 
 def _server(split, **hyper):
@@ -73,13 +72,7 @@ def test_final_evaluation_scores_the_deployed_model_and_the_run_state_keeps_it(s
     final = server.final_evaluation()
     dep = server.deployed()
     assert final["deploy_steps"] == dep.steps > 0
-    cfg = server.cfg
-    bounds = chunk_bounds(split.test.segments, cfg.eval_chunk)
-    y = split.test.labels[np.concatenate([np.arange(a, b) for a, b in bounds])]
-    for m in cfg.pair:
-        with torch.no_grad():
-            pred = dep.head(encode_rows(dep.model, split.test.modalities[m], m, bounds, server.device)).argmax(1)
-        assert final[f"deployed_f1_weighted_{m}"] == f1_scores(y, pred.numpy(), len(split.label_names))["f1_weighted"]
+    assert_deployed_figures_score_the_shipped_model(server, final)
     state = server.final_state()
     assert {k for k in state if k.startswith("deployed.head.")} == {f"deployed.head.{k}" for k in
                                                                     ("hidden.weight", "hidden.bias", "out.weight",

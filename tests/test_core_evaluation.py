@@ -9,7 +9,7 @@ import torch
 from fedmekt.learn.engine import ServerEngine
 from fedmekt.learn.evaluation import chunk_bounds, encode_rows
 from fedmekt.learn.model import SplitAutoencoder
-from tests.core_support import tiny_config, tiny_split
+from tests.core_support import assert_deployed_figures_score_the_shipped_model, tiny_config, tiny_split
 
 
 def test_chunk_bounds_cover_every_row_once_within_segments():
@@ -56,19 +56,9 @@ def test_final_evaluation_reports_probe_metrics_and_majority_floor():
 def test_deployed_figures_are_the_shipped_head_on_each_encoder():
     """final_evaluation scores the model the packages ship (encoders and head), per modality, on the same test rows
     as the probe."""
-    import torch
-
-    from fedmekt.learn.evaluation import chunk_bounds, encode_rows, f1_scores
-
     split = tiny_split()
-    cfg = tiny_config("mmfedavg")
-    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    server = ServerEngine(tiny_config("mmfedavg"), split.channels, split.label_names, split.proxy, split.labelled,
+                          split.test)
     final = server.final_evaluation()
-    dep = server.deployed()
-    bounds = chunk_bounds(split.test.segments, cfg.eval_chunk)
-    y = split.test.labels[np.concatenate([np.arange(a, b) for a, b in bounds])]
-    for m in cfg.pair:
-        with torch.no_grad():
-            pred = dep.head(encode_rows(dep.model, split.test.modalities[m], m, bounds, server.device)).argmax(1)
-        assert final[f"deployed_f1_weighted_{m}"] == f1_scores(y, pred.numpy(), len(split.label_names))["f1_weighted"]
+    assert_deployed_figures_score_the_shipped_model(server, final)
     assert not any(k.startswith("deployed_") for k in server.probe())

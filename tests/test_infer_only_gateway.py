@@ -41,16 +41,23 @@ def fedmekt_without_torch(*args: str) -> list[str]:
     return [sys.executable, "-c", NO_TORCH, *args]
 
 
+def write_samples_csv(data_dir, tmp_path_factory, path: Path, n: int):
+    """Writes the first ``n`` acce samples of a HAPT test recording as the gateway's CSV source reads them, and
+    returns them as (timestamps, samples)."""
+    rec = trained_run("hapt", data_dir, tmp_path_factory).test[2]
+    x, t = rec.modalities["acce"][:n], rec.timestamps[:n]
+    path.write_text("".join(f"{float(ti)!r}," + ",".join(repr(float(v)) for v in xi) + "\n" for ti, xi in zip(t, x)))
+    return t, x
+
+
 def test_infer_only_gateway_installs_a_pushed_package_over_tls_and_publishes_predictions(
         data_dir, tmp_path, tmp_path_factory):
     private, public = signing_keys(tmp_path_factory)
     key = load_private_key(private)
     run_id = new_run_id(1)
     package = bound_copy(built_package("hapt", data_dir, tmp_path_factory), tmp_path / "pkg", key, run_id, 3)
-    rec = trained_run("hapt", data_dir, tmp_path_factory).test[2]
-    x, t = rec.modalities["acce"][:400], rec.timestamps[:400]
     csv = tmp_path / "samples.csv"
-    csv.write_text("".join(f"{float(ti)!r}," + ",".join(repr(float(v)) for v in xi) + "\n" for ti, xi in zip(t, x)))
+    t, x = write_samples_csv(data_dir, tmp_path_factory, csv, 400)
 
     secure = start_secure_broker(tmp_path, users=("gw01",), federation=FED)
     topics = Topics(FED)
@@ -210,10 +217,8 @@ def test_a_gateway_installs_the_package_of_its_device_class_only(data_dir, tmp_p
     small = bound_copy(src, tmp_path / "small", key, run_id, 3, device_class="small")
     large = bound_copy(src, tmp_path / "large", key, run_id, 3, device_class="large")
     root = bound_copy(src, tmp_path / "root", key, run_id, 4, device_class="large")
-    rec = trained_run("hapt", data_dir, tmp_path_factory).test[2]
-    x, t = rec.modalities["acce"][:100], rec.timestamps[:100]
     csv = tmp_path / "samples.csv"
-    csv.write_text("".join(f"{float(ti)!r}," + ",".join(repr(float(v)) for v in xi) + "\n" for ti, xi in zip(t, x)))
+    write_samples_csv(data_dir, tmp_path_factory, csv, 100)
 
     secure = start_secure_broker(tmp_path, users=("gw01",), federation=FED)
     topics = Topics(FED)

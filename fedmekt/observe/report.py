@@ -341,6 +341,20 @@ def _csv(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:
     return buf.getvalue()
 
 
+def _curves(series: dict, setup: str, value) -> list[tuple[str, list[int], list[list[float]]]]:
+    """(algorithm, rounds, values per round) for each of ``setup``'s series, over the rows ``value`` scores
+    (rows it maps to None are left out, and so are series with none left)."""
+    out = []
+    for (s, algo), by_round in sorted(series.items()):
+        if s != setup:
+            continue
+        per_round = {t: [v for v in map(value, by_round[t]) if v is not None] for t in sorted(by_round)}
+        rounds = [t for t, vs in per_round.items() if vs]
+        if rounds:
+            out.append((algo, rounds, [per_round[t] for t in rounds]))
+    return out
+
+
 def _plots(out_dir: Path, rows: list[dict]) -> None:
     import matplotlib
 
@@ -357,13 +371,9 @@ def _plots(out_dir: Path, rows: list[dict]) -> None:
     for i, setup in enumerate(setups):
         for j, m in enumerate(mods):
             ax = axes[i][j]
-            for (s, algo), by_round in sorted(series.items()):
-                if s != setup or not any(f"f1_paper_{m}" in r for rs in by_round.values() for r in rs):
-                    continue
-                rounds = sorted(by_round)
-                vals = np.array([[r[f"f1_paper_{m}"] for r in by_round[t]] for t in rounds], dtype=object)
-                mean = np.array([np.mean(v) for v in vals])
-                std = np.array([np.std(v) for v in vals])
+            key = f"f1_paper_{m}"
+            for algo, rounds, values in _curves(series, setup, lambda r: r.get(key)):
+                mean, std = np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
                 ax.plot(rounds, mean, label=algo)
                 ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
             ax.set_title(f"{setup} — test {m}")
@@ -377,12 +387,8 @@ def _plots(out_dir: Path, rows: list[dict]) -> None:
     fig, axes = plt.subplots(len(setups), 1, figsize=(7, 3.5 * len(setups)), squeeze=False)
     for i, setup in enumerate(setups):
         ax = axes[i][0]
-        for (s, algo), by_round in sorted(series.items()):
-            if s != setup:
-                continue
-            rounds = sorted(by_round)
-            ax.plot(rounds, [np.mean([r["bytes_up"] + r["bytes_down"] for r in by_round[t]]) / 1024 for t in rounds],
-                    label=algo)
+        for algo, rounds, values in _curves(series, setup, lambda r: r["bytes_up"] + r["bytes_down"]):
+            ax.plot(rounds, [np.mean(v) / 1024 for v in values], label=algo)
         ax.set_yscale("log")
         ax.set_title(f"{setup} — bytes per round (up + down, all parties)")
         ax.set_xlabel("round")
