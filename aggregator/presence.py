@@ -10,6 +10,14 @@ session while this aggregator was down, or a replayed one proves nothing; and a 
 rounds and ``liveness`` seconds. Statuses of clients outside the federation's provisioned list are ignored
 (warned once each). A status without proof comes from a gateway of an older release: it is never selected
 (said once per client); compatibility would reopen the hole.
+
+Each challenge also says over how many seconds gateways should spread their answers (``answer_spread``): a
+new nonce would otherwise make the whole fleet answer at once, a burst per round (10,000 gateways, 10,000
+statuses within milliseconds). The window is the fleet at ``answer_rate`` answers per second, but never so
+long that the answers come too late to count: at most a quarter of ``liveness`` and the last round's duration
+(an answer to the nonce drawn as a round opens is needed by the selection two rounds on), and a gateway never
+waits longer than its own heartbeat. The waits for proof (before round 0, for ``--min-clients``) go on as
+soon as enough answers are in, so a wider window costs them only the time until those arrive.
 """
 
 from __future__ import annotations
@@ -23,6 +31,15 @@ from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.codec import WireError
 
 log = logging.getLogger("aggregator")
+
+
+def answer_spread(fleet: int, answer_rate: float, liveness: float, round_s: float | None) -> float:
+    """Seconds over which ``fleet`` gateways spread their answers to a new challenge (see the module's docstring);
+    ``answer_rate`` 0: at once. ``round_s``: the last round's duration (None before the first)."""
+    if answer_rate <= 0 or fleet <= 0:
+        return 0.0
+    caps = [liveness / 4] + ([round_s] if round_s is not None else [])
+    return round(min(fleet / answer_rate, *caps), 3)
 
 
 class Presence:

@@ -55,7 +55,7 @@ from aggregator.control import ControlPlane
 from aggregator.fleet import ClassGate
 from aggregator.open_round import OpenRound
 from aggregator.packages import Packages
-from aggregator.presence import Presence
+from aggregator.presence import Presence, answer_spread
 from aggregator.sync_answers import SyncAnswers
 from aggregator.uploads import UploadDesk
 from fedmekt.experiment.accounting import message_bytes
@@ -96,6 +96,7 @@ class AggregatorOptions:
     package_every: int = 10  # rounds between packages (0 = only at the end); the end always publishes
     known_clients: frozenset[str] | None = None  # the federation's provisioned client ids (None = any id)
     liveness: float = 120.0  # seconds a proof of life lasts at most (aggregator/presence.py)
+    answer_rate: float = 500.0  # answers/s to a new liveness challenge the fleet spreads itself to (0 = at once)
     sync_interval: float = 3.0  # a client's sync requests are answered at most this often
     sync_bulk_interval: float = 30.0  # the proxy set or a package goes to one client at most this often
     resend_after: float = 10.0  # s without an upload frame before owed clients are asked again (doubling; 0 = never)
@@ -128,6 +129,7 @@ class Aggregator:
         self.sync = SyncAnswers(self)
         self._births = 0  # the link's connects already handled (a reconnect mid-round asks for lost uploads)
         self._foreign_seen: set[str] = set()  # other federations whose messages reached us (warned once each)
+        self._last_round_s: float | None = None  # the last round's duration: caps the liveness answers' spread
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -228,7 +230,10 @@ class Aggregator:
 
     def _new_challenge(self, keep_previous: bool) -> None:
         """Issue the next liveness challenge (aggregator/presence.py), retained, signed and guarded."""
-        challenge = fedwire.LivenessChallenge(self.cfg.federation, self.presence.new_challenge(keep_previous))
+        known = self.opts.known_clients
+        fleet = len(known) if known else len(self.presence.online)
+        spread = answer_spread(fleet, self.opts.answer_rate, self.opts.liveness, self._last_round_s)
+        challenge = fedwire.LivenessChallenge(self.cfg.federation, self.presence.new_challenge(keep_previous), spread)
         self.control.publish(self.topics.liveness, challenge.to_bytes())
 
     def wait_for_clients(self, want: int, timeout: float) -> None:
@@ -307,6 +312,7 @@ class Aggregator:
             global_sha256=parse_frame(frames[0], self.opts.limits)[0].sha256).to_bytes(),
             expiry=int(self.opts.round_timeout) + 1)
         self._new_challenge(keep_previous=True)  # proofs last at most two rounds
+        opened = time.monotonic()
         while not self._round_complete() and time.monotonic() < deadline:
             self._pump(min(time.monotonic() + 0.5, deadline))
             self._ask_if_quiet()
@@ -324,6 +330,7 @@ class Aggregator:
         bytes_down = sum(message_bytes(client_view(down, self.online.get(c, ())), cfg.wire_dtype, kind="global")
                          for c in plan.selected)
         self._round = None
+        self._last_round_s = time.monotonic() - opened  # at most the time from this round's opening to the next's
         f1 = " ".join(f"f1 {m} {row[f'f1_paper_{m}']:.3f}" for m in cfg.pair if f"f1_paper_{m}" in row)
         log.info("round %d of %d closed: %d of %d uploads, %.2f s%s", rnd + 1, cfg.rounds, len(self._absorbed),
                  len(plan.selected),

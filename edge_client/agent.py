@@ -4,8 +4,10 @@ Protocol seen from a client (topics under ``fedmekt/<federation>/``):
 
 1. connect with a retained Last Will ``offline`` on ``clients/<id>/status``; the birth message
    ``online`` + modalities is re-published on every reconnect;
-2. echo the aggregator's newest liveness challenge (retained on ``liveness``) in a live "online" status at
-   once and every ``heartbeat`` s: the aggregator's proof that this client is alive now;
+2. echo the aggregator's newest liveness challenge (retained on ``liveness``) in a live "online" status
+   after a random delay within the challenge's ``spread`` (so a fleet does not answer a new nonce all at
+   once; never longer than ``heartbeat``) and then every ``heartbeat`` s: the aggregator's proof that this
+   client is alive now;
 3. read the retained ``proxy/manifest`` (config, channels, proxy hash) and ``proxy/<chunk>`` (the
    proxy set, once) — or use a provisioned bundle;
 4. keep the latest global knowledge (``global/<round>/<chunk>``) and, when the retained ``rounds``
@@ -37,6 +39,7 @@ peaks at 380-430 MiB RSS, of which 225 MiB is importing torch.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -107,6 +110,7 @@ class EdgeAgent:
         self._served: set[str] = set()  # runs this process saw rounds of: only their "done" ends --exit-when-done
         self._next_heartbeat = 0.0
         self._challenge = ""  # the aggregator's newest liveness challenge (its nonce): what our heartbeats echo
+        self._jitter = random.Random()  # our own generator (seeded from the OS): answer delays apart from any seed
         self._seen_round = -1  # latest round announced in the run followed
         self._nonces: deque[str] = deque(maxlen=16)  # of the run's recent announcements (a restart brings new ones)
         self._uploaded = -1  # latest round uploaded for in the run followed
@@ -328,19 +332,21 @@ class EdgeAgent:
                 self._globals.pop(old, None)  # bounded: a forged copy cannot crowd out memory
 
     def _on_challenge(self, payload: bytes) -> None:
-        """A new liveness challenge: echo it at once (the aggregator draws one as each round opens, and counts
-        only statuses that echo one of its last two)."""
+        """A new liveness challenge: echo it after a random delay within its ``spread`` (the aggregator draws one
+        as each round opens and counts only statuses that echo one of its last two; the whole fleet answering
+        at once would be a burst per round), at most ``heartbeat`` s, when the next heartbeat would go anyway."""
         if not payload:
             return
         challenge = fedwire.LivenessChallenge.from_bytes(payload)
         if challenge.federation != self.opts.federation:
             raise WireError(f"liveness challenge of federation {challenge.federation!r}")
         if challenge.nonce != self._challenge:
-            self._challenge, self._next_heartbeat = challenge.nonce, 0.0
+            delay = self._jitter.uniform(0.0, min(challenge.spread, self.opts.heartbeat))
+            self._challenge, self._next_heartbeat = challenge.nonce, time.monotonic() + delay
 
     def _maybe_heartbeat(self, topic: str) -> None:
-        """Publish "online" live (not retained), echoing the liveness challenge, every ``heartbeat`` s and at once
-        when a new challenge came. None before the first challenge: a status without proof proves nothing."""
+        """Publish "online" live (not retained), echoing the liveness challenge, every ``heartbeat`` s and when a
+        new challenge's delay is up. None before the first challenge: a status without proof proves nothing."""
         now = time.monotonic()
         if self._challenge and now >= self._next_heartbeat and self.link is not None and self.link.connected:
             self.link.publish(topic, fedwire.Status("online", self.modalities, proof=self._challenge,

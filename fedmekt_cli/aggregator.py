@@ -58,6 +58,10 @@ def register(subparsers) -> None:
     p.add_argument("--client-ids", default=None,
                    help="the federation's provisioned client ids, comma-separated: any other id's status is ignored "
                         "(default: any id)")
+    p.add_argument("--answer-rate", type=float, default=500.0,
+                   help="answers per second a new liveness challenge may draw: gateways spread their answers at "
+                        "random over fleet/rate s, at most a quarter of the proof's 120 s, the last round's "
+                        "duration and their heartbeat (0 = all at once; default 500)")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="where the federation's run counter lives, across runs (default: the folder holding --out)")
     p.add_argument("--min-epoch", type=int, default=1,
@@ -108,6 +112,8 @@ def run(args) -> int:
         raise UserError(f"--min-epoch must be 1..{MAX_EPOCH}")
     if not 0 <= args.resend_after < float("inf"):
         raise UserError("--resend-after must be a number of seconds >= 0")
+    if not 0 <= args.answer_rate < float("inf"):
+        raise UserError("--answer-rate must be a number of answers per second >= 0")
     from fedmekt.wire.codec import WireLimits
 
     try:
@@ -140,6 +146,7 @@ def run(args) -> int:
                                 round_timeout=args.round_timeout, quorum=args.quorum, limits=limits,
                                 progress=not args.no_progress, signing_key=signing_key,
                                 package_every=args.package_every, state_dir=args.state_dir, min_epoch=args.min_epoch,
+                                answer_rate=args.answer_rate,
                                 known_clients=frozenset(filter(None, args.client_ids.split(",")))
                                 if args.client_ids else None)
     agg = Aggregator(cfg, split, args.broker, options, link, rate_hz=rate)

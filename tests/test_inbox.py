@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from fedmekt.transport.inbox import Inbox
+from sensors.inbox import Inbox
 from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from wait_support import wait_for
 

@@ -238,6 +238,47 @@ def test_mqtt_source_wildcard_topics_and_broker_restart(mosquitto):
         src.close()
 
 
+@pytest.mark.broker
+def test_mqtt_source_flood_with_a_slow_consumer_keeps_the_link_up(mosquitto, caplog):
+    """Nobody reads (``block`` buffer of 40 samples) while 400 messages arrive: paho's network thread never waits,
+    so the inbox refuses what does not fit (counted and logged) and keepalive goes on: pings (every 2 s) are
+    answered after the inbox filled and the connection is never lost. The samples kept come out in order."""
+    count, room, inbox = 400, 40, 20
+    fmt = StreamFormat({"acce": 3, "gyro": 2})
+    src = MqttSource(fmt, "sensors/flood", port=mosquitto.port, keepalive=2, inbox=inbox, buffer_size=room,
+                     policy="block", batch_size=1000, retry_s=0.1)
+    pongs: list[float] = []
+    src.client.on_log = lambda c, u, level, buf: buf.startswith("Received PINGRESP") and pongs.append(time.monotonic())
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    src.start()
+    try:
+        assert src.subscribed.wait(30), "the source's subscription was not acknowledged"
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        infos = [pub.publish("sensors/flood", f"{i / 100:.2f},1,2,3,4,5", qos=1) for i in range(count)]
+        for info in infos:
+            info.wait_for_publish(30)
+        held = wait_for(lambda: src.stats.accepted + len(src.inbox) + src.dropped_messages == count and
+                        len(src.inbox) == inbox and time.monotonic(), 30, "every message parsed, queued or dropped",
+                        detail=lambda: f"{src.stats.accepted} parsed, {len(src.inbox)} queued, "
+                                       f"{src.dropped_messages} dropped")
+        assert src.dropped_messages == count - room - 1 - inbox  # the reader holds one batch, waiting for room
+        wait_for(lambda: sum(p > held for p in pongs) >= 2, 30, "two keepalive pings answered after the inbox filled")
+        assert src.connected and src.stats.rejected["disconnected"] == 0
+        assert any("mqtt:sensors/flood inbox full" in r.getMessage() and "dropped" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
+        kept = _collect(src, room + 1 + inbox, timeout=30)
+        assert len(kept) == room + 1 + inbox
+        times = np.round(kept.timestamps * 100).astype(int).tolist()
+        assert times[:room + 1] == list(range(room + 1)) and times == sorted(set(times)), times
+        pub.publish("sensors/flood", f"{count / 100:.2f},1,2,3,4,5", qos=1).wait_for_publish(30)
+        late = _collect(src, 1, timeout=30)  # still subscribed on the same connection
+        assert late.timestamps.tolist() == [count / 100] and src.stats.rejected["disconnected"] == 0
+    finally:
+        pub.loop_stop()
+        src.close()
+
+
 def test_stdin_source_reads_a_pipe_until_eof():
     r, w = os.pipe()
 

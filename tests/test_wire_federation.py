@@ -95,3 +95,12 @@ def test_announcements_and_status_validate():
                 fedwire.LivenessChallenge("t", nonce).to_bytes().replace(b'"v":1', b'"v":2'), b"[]"):
         with pytest.raises(WireError):
             fedwire.LivenessChallenge.from_bytes(bad)
+    assert fedwire.LivenessChallenge.from_bytes(fedwire.LivenessChallenge("t", nonce, 2.5).to_bytes()).spread == 2.5
+    for spread in (-1, "2", True, None, 601, 10**400):  # negative, not a number, beyond SPREAD_MAX_S
+        with pytest.raises(WireError):
+            fedwire.LivenessChallenge.from_bytes(json.dumps({"v": 1, "federation": "t", "nonce": nonce,
+                                                              "spread": spread}).encode())
+    for spread in (b"NaN", b"Infinity"):
+        with pytest.raises(WireError):
+            fedwire.LivenessChallenge.from_bytes(b'{"v":1,"federation":"t","nonce":"%s","spread":%s}'
+                                                 % (nonce.encode(), spread))

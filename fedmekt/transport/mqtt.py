@@ -62,7 +62,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fedmekt.errors import UserError
-from fedmekt.transport.inbox import Inbox
+from sensors.inbox import Inbox
 
 log = logging.getLogger(__name__)
 V5_PROBE_S = 3.0
@@ -80,7 +80,6 @@ SUBSCRIBE_RETRY_MAX_S = 4.0
 LARGEST_MESSAGE = 260 * 1024
 RECEIVE_MAXIMUM_CAP = 65535  # the protocol's limit
 REFUSED_FOR_S = 1.0  # every broker refusing TCP this long ends connect(): nothing listens, retrying is pointless
-DROP_LOG_EVERY_S = 10.0  # an inbox overflowing for a while logs one line per this many seconds
 _V311_ONLY: set[tuple[str, int]] = set()  # brokers that failed the v5 probe in this process: skip it next time
 
 
@@ -270,12 +269,10 @@ class MqttLink:
         self.presence = presence
         self._subs: list[str] = list(dict.fromkeys([*subscriptions, *live]))
         self._live = frozenset(live)
-        self._inbox: Inbox[_Received] = Inbox(options.inbox, options.inbox_bytes)
+        self._inbox: Inbox[_Received] = Inbox(options.inbox, options.inbox_bytes, log)  # drops: counted, logged
         self._acks = _Acks()
         self._generation = 0  # counts connections: an ack goes only over the connection its message came on
-        self.dropped = 0  # messages that found the inbox full (counted, logged, acknowledged, lost)
         self.retained_refused = 0  # retained copies that arrived on a live subscription anyway (a 3.1.1 broker)
-        self._drop_logged_at = -DROP_LOG_EVERY_S
         self._connect_props: Properties | None = None
         self._clean_start: bool | int = False
         self._connected = threading.Event()
@@ -606,18 +603,9 @@ class MqttLink:
             return
         expiry = getattr(msg.properties, "MessageExpiryInterval", None) if msg.properties is not None else None
         item = Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic(), expiry)
-        if not self._inbox.offer(_Received(item, client, self._generation, msg.mid, msg.qos), len(item.payload)):
-            client.ack(msg.mid, msg.qos)
-            self._dropped(item)
-
-    def _dropped(self, item: Message) -> None:
-        self.dropped += 1
-        now = time.monotonic()
-        if now - self._drop_logged_at >= DROP_LOG_EVERY_S:
-            log.warning("inbox full (%d messages, %d bytes): dropped %d message(s) so far, the latest on %s; "
-                        "the application is not keeping up", len(self._inbox), self._inbox.bytes,
-                        self.dropped, item.topic)
-            self._drop_logged_at = now
+        if not self._inbox.offer(_Received(item, client, self._generation, msg.mid, msg.qos), len(item.payload),
+                                 msg.topic):
+            client.ack(msg.mid, msg.qos)  # dropped (counted and logged by the inbox)
 
     def _kicked_repeatedly(self) -> bool:
         """A broker that restarts drops us once; a second session of our login that publishes no token
@@ -737,6 +725,11 @@ class MqttLink:
             if time.monotonic() > deadline or self._closing.is_set():
                 raise TimeoutError("MQTT publish not acknowledged in time")
         pending.popleft()
+
+    @property
+    def dropped(self) -> int:
+        """Messages that found the inbox full (counted, logged, acknowledged, lost)."""
+        return self._inbox.dropped
 
     @property
     def pending(self) -> int:

@@ -185,6 +185,7 @@ def load_bundle(path: Path) -> tuple[FederationManifest, Partition | None]:
 MAX_CONTROL = 256 * 1024
 NONCE_MAX = 32  # hex digits of a liveness nonce
 LIVENESS_VERSION = 1
+SPREAD_MAX_S = 600.0  # the longest a challenge may ask gateways to spread their answers over
 _HEX = re.compile(r"^[0-9a-f]{0,64}$")
 
 
@@ -301,20 +302,28 @@ class LivenessChallenge:
     The aggregator draws a new one when it starts, as each round opens and after a reconnect, so a status is
     proof only of the time since the nonce it echoes was issued: one queued in the aggregator's saved session
     while it was down, or replayed, echoes a nonce this aggregator never issued (aggregator/presence.py).
+    ``spread``: the seconds over which gateways answer it, each after a random delay, so that a new nonce does
+    not make the whole fleet answer at once (aggregator/presence.py sizes it; absent, as from an older
+    aggregator: at once).
     """
 
     federation: str
     nonce: str
+    spread: float = 0.0
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"v": LIVENESS_VERSION, "federation": self.federation, "nonce": self.nonce},
-                          separators=(",", ":")).encode()
+        d: dict = {"v": LIVENESS_VERSION, "federation": self.federation, "nonce": self.nonce}
+        if self.spread:
+            d["spread"] = self.spread
+        return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "LivenessChallenge":
         d = _json(raw, "liveness challenge")
-        fed, nonce = d.get("federation"), d.get("nonce")
+        fed, nonce, spread = d.get("federation"), d.get("nonce"), d.get("spread", 0.0)
         if d.get("v") != LIVENESS_VERSION or not isinstance(fed, str) or not _ID.match(fed) \
-                or not isinstance(nonce, str) or not _HEX.match(nonce) or not 16 <= len(nonce) <= NONCE_MAX:
+                or not isinstance(nonce, str) or not _HEX.match(nonce) or not 16 <= len(nonce) <= NONCE_MAX \
+                or isinstance(spread, bool) or not isinstance(spread, (int, float)) \
+                or not 0 <= spread <= SPREAD_MAX_S:  # NaN and infinities fail the comparison too
             raise WireError("bad liveness challenge")
-        return cls(fed, nonce)
+        return cls(fed, nonce, float(spread))
