@@ -190,9 +190,7 @@ class EdgeAgent:
     def _dispatch(self, msg: Message) -> None:
         t = self.topics
         try:
-            if msg.topic == t.proxy_manifest:
-                if not msg.retain:  # an aggregator (re)started just now: tell it at once that we are alive
-                    self._next_heartbeat = 0.0
+            if msg.topic == t.proxy_manifest:  # a restarted aggregator's fresh challenge, not this, asks for proof
                 self._on_manifest(open_signed(self.opts.public_key, msg.topic, msg.payload))
             elif msg.topic.startswith(t.prefix + "/proxy/"):
                 self._on_proxy_frame(msg.payload)
