@@ -4,8 +4,8 @@
 
 Prints the run (its name, the folder ``fedmekt runs`` lists on the aggregator's machine, and its
 federation run id, as the signed manifest names them), the current round (numbered from 1, as the
-progress bars count), the uploads of that round seen while watching, the last round's metrics (retained by the aggregator) and every client's
-presence, from the retained topics. Exit status 0 while a round is in progress, 1 when nothing runs
+progress bars count), the uploads of that round seen while watching, the last round's metrics
+(retained by the aggregator) and every client's presence, from the retained topics. Exit status 0 while a round is in progress, 1 when nothing runs
 for that federation (never started, or finished) — so scripts can wait on it.
 """
 
