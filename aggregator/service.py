@@ -124,6 +124,7 @@ class Aggregator:
         self._absorbed: set[str] = set()
         self.server: ServerEngine | None = None
         self.run_id = ""  # set by run(): new for a fresh start, kept from the checkpoint on resume
+        self.name = ""  # set by run(): the run's name, which the manifest carries beside run_id
         self.published = threading.Event()  # set once the manifest and proxy set are on the broker
         self.before_round = None  # optional callable(round, aggregator) run before planning each round (tests)
         self.sync = SyncAnswers(self)
@@ -149,7 +150,7 @@ class Aggregator:
             log.info("resuming from checkpoint: %d of %d rounds done", server.rounds_completed, cfg.rounds)
         if not self.run_id:  # a fresh run (or a checkpoint from before run ids): the next epoch
             self.run_id = new_run_id(next_epoch(self.state_dir, cfg.federation, opts.min_epoch))
-        name = opts.name or run_name(cfg)
+        self.name = name = opts.name or run_name(cfg)
         base = {**run_record(cfg, name), "federation_run": self.run_id}   # the run as the folder and the wire name it
         with MqttLink(self.url, self.link_options, subscriptions=[
                 self.topics.status_all, self.topics.proxy_all, self.topics.rounds, self.topics.liveness],
@@ -216,7 +217,7 @@ class Aggregator:
 
     def _publish_federation(self) -> None:
         """Retained manifest and (once) the proxy set: a client arriving at any time finds them."""
-        manifest, frames = fedwire.build(self.cfg, self.split, self.opts.limits, run=self.run_id)
+        manifest, frames = fedwire.build(self.cfg, self.split, self.opts.limits, run=self.run_id, name=self.name)
         items = [(self.topics.proxy_chunk(i), f) for i, f in enumerate(frames)] if self.opts.publish_proxy else []
         self._proxy_bytes = sum(len(f) for f in frames) if self.opts.publish_proxy else 0
         # clear a stale announcement (e.g. "done" of the run being extended) before the new manifest

@@ -54,7 +54,7 @@ from fedmekt.transport.mqtt import LinkOptions, Message, MqttLink, Presence
 from fedmekt.wire import manifest as fedwire
 from fedmekt.wire.chunks import Complete, Reassembler
 from fedmekt.wire.codec import WireError, WireLimits, decode_body, encode, parse_frame
-from fedmekt.wire.runs import run_order
+from fedmekt.wire.runs import run_label, run_order
 from fedmekt.wire.signing import open_signed
 from fedmekt.wire.sync import SyncRequest
 from fedmekt.wire.topics import Topics
@@ -234,7 +234,7 @@ class EdgeAgent:
         if self.opts.public_key is not None:  # signed: the floor may rise (persisted before anything acts on it)
             self.trust.follow(manifest.run)
         if self.opts.models is not None:
-            self.opts.models.trust_run(manifest.run)
+            self.opts.models.trust_run(manifest.run, manifest.name)
         if self.manifest is not None and manifest.to_bytes() == self.manifest.to_bytes():
             self._early.clear()  # chunks re-published with the run we serve (an aggregator resume)
             return
@@ -301,7 +301,8 @@ class EdgeAgent:
             if self.opts.exit_when_done and m.run in self._served:
                 self.done.set()
             else:
-                log.info("%s: federation run %s finished; waiting for the next run", self.opts.client_id, m.run)
+                log.info("%s: run %s finished; waiting for the next run", self.opts.client_id,
+                         run_label(m.run, m.name))
             return
         plan = ann.round_plan()
         if ann.nonce and ann.nonce in self._nonces and plan.round < self._seen_round:

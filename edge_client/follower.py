@@ -133,7 +133,7 @@ class InferenceGateway:
         self.trust.check(manifest.run)
         self.trust.follow(manifest.run)  # verified (the public key is mandatory here)
         self.run_followed = manifest.run
-        self.opts.models.trust_run(manifest.run)
+        self.opts.models.trust_run(manifest.run, manifest.name)
 
     def recognise(self, batch) -> int:
         """Classify a raw batch and publish its predictions (dropped while disconnected)."""

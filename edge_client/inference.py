@@ -22,10 +22,11 @@ import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from export.install import CURRENT, VERSIONS
+from export.install import CURRENT, VERSIONS, InstalledModel
 from export.package import MANIFEST, PackageError, VerifiedPackage, verify_package
 from export.runtime import session_options
 from fedmekt.errors import UserError
+from fedmekt.wire.runs import run_label
 
 log = logging.getLogger(__name__)
 
@@ -171,16 +172,17 @@ class ModelService:
 
         self.modality, self.stride, self.threads = modality, stride, threads
         self.store = ModelStore(store_dir, public_key)
-        self.receivers = [PackageReceiver(self.store, federation, on_installed=lambda m: self._swap(m.package),
+        self.receivers = [PackageReceiver(self.store, federation, on_installed=lambda m: self._swap(m, installed=True),
                                           accept_hand_exported=accept_hand_exported, device_class=device_class,
                                           namespace=namespace)
                           for namespace in ("",) + ((device_class,) if device_class else ())]
         self.receiver = self.receivers[0]
         self._lock = threading.Lock()
         self.recognizer: StreamingRecognizer | None = None
+        self._run_name = ("", "")  # (run, name) of the trusted run's manifest: the name its log line gives
         current = self._verified_current()
         if current is not None:
-            self._swap(current.package)
+            self._swap(current)
 
     def _verified_current(self):
         """The installed model, or when it fails verification (altered on disk) the newest earlier version that
@@ -214,16 +216,23 @@ class ModelService:
         for receiver in self.receivers:
             receiver.handle(topic, payload)
 
-    def trust_run(self, run: str) -> None:
-        """The run of the verified federation manifest: only its packages are installed from now on."""
+    def trust_run(self, run: str, name: str = "") -> None:
+        """The run (and its name) of the verified federation manifest: only its packages are installed from now on."""
+        self._run_name = (run, name)
         for receiver in self.receivers:
             receiver.trust_run(run)
 
-    def _swap(self, package: VerifiedPackage) -> None:
-        recognizer = StreamingRecognizer(package, self.modality, stride=self.stride, threads=self.threads)
+    def _swap(self, model: InstalledModel, installed: bool = False) -> None:
+        """Put ``model`` in service; one line says which package it is, of which run, round and class."""
+        m = model.package.manifest
+        recognizer = StreamingRecognizer(model.package, self.modality, stride=self.stride, threads=self.threads)
         with self._lock:
             self.recognizer = recognizer
-        log.info("model round %d in service (%s encoder)", package.manifest.round, recognizer.modality)
+        run, name = self._run_name
+        log.info("model package %s %s: run %s, round %d%s, %s encoder", model.path.name,
+                 "installed and in service" if installed else "in service",
+                 run_label(m.run, name if m.run == run else ""), m.round,
+                 f", class {m.device_class}" if m.device_class else "", recognizer.modality)
 
     def feed(self, batch: BatchLike) -> list[Prediction]:
         """Predictions for a sensor batch; none until a model is installed."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import logging
 import os
 import shutil
 import tempfile
@@ -35,8 +34,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from export.package import MANIFEST, Manifest, PackageError, VerifiedPackage, verify_package
 from fedmekt.artifacts import atomic_write_bytes
 from fedmekt.wire.runs import run_order
-
-log = logging.getLogger(__name__)
 
 CURRENT = "current"
 VERSIONS = "versions"
@@ -136,7 +133,6 @@ class ModelStore:
             step("switched")
             self._prune(keep_name=name)
             step("cleaned")
-        log.info("model package round %d installed as %s", package.manifest.round, name)
         return InstalledModel(final, package)
 
     def _refuse_stale(self, package: VerifiedPackage) -> None:

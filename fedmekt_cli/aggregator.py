@@ -86,11 +86,12 @@ def run(args) -> int:
     from fedmekt.errors import UserError
     from fedmekt.wire.manifest import MAX_ROUND_TIMEOUT
     from fedmekt.wire.runs import MAX_EPOCH
-    from fedmekt_cli.run_record import RunState, refuse_used_folder
+    from fedmekt_cli.run_record import RunState, checked_run_id, refuse_used_folder
 
     cfg = load_config(args.config)   # bad input is refused before torch loads (seconds)
     out = args.out or Path("runs") / f"aggregator-{cfg.federation}"
     refuse_used_folder(out, resumes=True)
+    name = checked_run_id(out)
     done = RunState.read(out)
     if done is not None and done.state == "finished" and int(done.info.get("rounds", 0)) >= cfg.rounds:
         raise UserError(f"{out} holds a finished run of {done.info['rounds']} rounds, nothing to resume: pass a new "
@@ -133,15 +134,15 @@ def run(args) -> int:
     from fedmekt.experiment.reference_rows import raw_features_final
     from fedmekt.observe.report import write_report
     from fedmekt.wire import manifest as fedwire
-    from fedmekt_cli.run_record import RunRecord, masked_url, run_id
+    from fedmekt_cli.run_record import RunRecord, masked_url
     from fedmekt_cli.summary import f1_figures, f1_table
 
     split, rate = load_server_split(cfg, args.data_dir)
     if args.bundle:
-        manifest, frames = fedwire.build(cfg, split, limits)
+        manifest, frames = fedwire.build(cfg, split, limits, name=name)
         fedwire.save_bundle(args.bundle, manifest, frames)
         print(f"provisioning bundle written to {args.bundle}")
-    options = AggregatorOptions(out=out, name=run_id(out), wait_clients=args.wait_clients, wait_timeout=args.wait_timeout,
+    options = AggregatorOptions(out=out, name=name, wait_clients=args.wait_clients, wait_timeout=args.wait_timeout,
                                 min_clients=args.min_clients, resend_after=args.resend_after,
                                 round_timeout=args.round_timeout, quorum=args.quorum, limits=limits,
                                 progress=not args.no_progress, signing_key=signing_key,

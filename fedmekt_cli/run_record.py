@@ -68,6 +68,19 @@ def run_id(folder: Path) -> str:
     return Path(folder).resolve().name
 
 
+def checked_run_id(folder: Path) -> str:
+    """The id of a run about to start in ``folder`` (:func:`run_id`), which the signed federation manifest carries
+    to the gateways: UserError, before anything loads, for a name the manifest cannot carry."""
+    from fedmekt.errors import UserError
+    from fedmekt.wire.runs import check_run_name
+
+    try:
+        return check_run_name(run_id(folder))
+    except ValueError as exc:
+        raise UserError(f"--out {folder}: the folder's name is the run's id, which the gateways are sent; "
+                        f"{exc}") from None
+
+
 def federation_run(folder: Path) -> str | None:
     """The federation run id (``e<epoch>-<hex>``) of an aggregator's or simulate's run folder, None for others:
     from its state once the run ended, from its round rows while it runs."""

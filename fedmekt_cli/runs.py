@@ -1,12 +1,12 @@
 """``fedmekt runs [DIR]``: the run folders under DIR (default ``runs/``), newest first.
 
-    fedmekt runs                 # RUN, STATUS, ROUNDS, ALGORITHM, DATASET, FINAL F1, LAST ROUND F1
+    fedmekt runs                 # RUN, FEDERATION RUN, STATUS, ROUNDS, ALGORITHM, DATASET, FINAL F1, LAST ROUND F1
     fedmekt runs --json          # the same as a JSON list, for scripts
 
 A run's id is its folder name: ``fedmekt log ID``, ``fedmekt stop ID``, ``fedmekt export --run ID``,
-``fedmekt report runs/ID``, and the run the dashboard and ``status`` name. An aggregator's run also has the
-federation run id its gateways log (``e<epoch>-<hex>``, ``federation_run`` in the JSON): those commands take it
-too. STATUS is
+``fedmekt report runs/ID``, and the run the dashboard, ``status`` and the gateways' logs name. An aggregator's
+(or simulate's) run also has a federation run id (``e<epoch>-<hex>``; FEDERATION RUN, ``federation_run`` in the
+JSON), which the gateways log beside the name: those commands take it too. STATUS is
 ``running`` while its process lives, ``finished`` once the final probe is written, and ``interrupted``
 or ``failed`` (with the rounds it completed, and for a failed run the reason, on the line below)
 otherwise. FINAL F1 is the final probe's weighted F1 per test modality (– until the run finishes),
@@ -113,6 +113,7 @@ def find_runs(root: Path) -> list[Path]:
 
 def run(args) -> int:
     from fedmekt.errors import UserError
+    from fedmekt.printable import printable
 
     if args.dir is not None and args.dir_flag is not None and args.dir != args.dir_flag:
         raise UserError(f"two folders given: {args.dir} and --dir {args.dir_flag}")
@@ -126,15 +127,16 @@ def run(args) -> int:
     if not runs:
         print(f"no run folders in {root}")
         return 0
-    lines = [("RUN", "STATUS", "ROUNDS", "ALGORITHM", "DATASET", "FINAL F1 (probe)", "LAST ROUND F1 (paper metric)")]
+    lines = [("RUN", "FEDERATION RUN", "STATUS", "ROUNDS", "ALGORITHM", "DATASET", "FINAL F1 (probe)",
+              "LAST ROUND F1 (paper metric)")]
     for r in runs:
-        lines.append((r.id, r.status, f"{r.rounds_done}/{r.rounds if r.rounds else '?'}",
+        lines.append((r.id, r.federation_run or "–", r.status, f"{r.rounds_done}/{r.rounds if r.rounds else '?'}",
                       ",".join(r.algorithms) or "?", r.dataset, _f1(r.f1), _f1(r.f1_last_round)))
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]) - 1)]
     for row, summary in zip(lines, [None, *runs]):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        print(printable("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1]))
         if summary is not None and summary.error:
-            print(f"  └ failed: {summary.error}")
+            print(printable(f"  └ failed: {summary.error}"))
     return 0
 
 

@@ -87,10 +87,11 @@ def build_config(args):
 
 def run(args) -> int:
     cfg = build_config(args)  # every typo refused before torch is imported (seconds)
-    from fedmekt_cli.run_record import refuse_used_folder
+    from fedmekt_cli.run_record import checked_run_id, refuse_used_folder
 
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-simulate-{cfg.dataset}"
     refuse_used_folder(out)
+    name = checked_run_id(out)
     if args.broker is not None:
         from fedmekt.transport.mqtt import check_reachable
 
@@ -99,7 +100,7 @@ def run(args) -> int:
     import torch
 
     from fedmekt.transport.broker import embedded_broker
-    from fedmekt_cli.run_record import RunRecord, run_id
+    from fedmekt_cli.run_record import RunRecord
     from fedmekt.observe.html_report import write_html_report
     from fedmekt.experiment.reference_rows import raw_features_final
     from fedmekt_cli.simulation import run_simulation, write_outputs
@@ -110,7 +111,6 @@ def run(args) -> int:
     devices = logging.getLogger("edge_client")
     if devices.getEffectiveLevel() == logging.INFO:   # every gateway of the federation logs in this one terminal:
         devices.setLevel(logging.WARNING)             # their per-round lines are -v's; the aggregator's one stays
-    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-simulate-{cfg.dataset}"
     recordings = load_dataset(cfg.dataset, args.data_dir)
     with RunRecord(out, "simulate", algorithm=cfg.algorithm, dataset=cfg.dataset, rounds=cfg.rounds,
                    federation=cfg.federation) as record:
@@ -127,7 +127,7 @@ def run(args) -> int:
                 + f"; watch it with: fedmekt status --broker {url} --federation {cfg.federation}", echo=not args.json)
             sim = run_simulation(cfg, split, url=url, out=out, progress=not args.no_progress,
                                  rate_hz=split.manifest["rate_hz"], round_timeout=args.round_timeout,
-                                 workdir=out / "devices", name=run_id(out))
+                                 workdir=out / "devices", name=name)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what the finished rounds show
             if (out / "metrics.jsonl").is_file():
                 record.note(f"stopped; partial report of the finished rounds: {write_html_report(out)}",

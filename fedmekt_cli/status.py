@@ -2,9 +2,10 @@
 
     fedmekt status --broker mqtt://lab:1883 [--federation demo] [--json]
 
-Prints the current round (numbered from 1, as the progress bars count), the uploads of that round
-seen while watching, the last round's metrics (retained by the aggregator) and every client's
-presence, from the retained topics. Exit status 0 while a round is in progress, 1 when nothing runs
+Prints the run (its name, the folder ``fedmekt runs`` lists on the aggregator's machine, and its
+federation run id, as the signed manifest names them), the current round (numbered from 1, as the
+progress bars count), the uploads of that round seen while watching, the last round's metrics
+(retained by the aggregator) and every client's presence, from the retained topics. Exit status 0 while a round is in progress, 1 when nothing runs
 for that federation (never started, or finished) — so scripts can wait on it.
 """
 
@@ -15,6 +16,7 @@ import json
 import time
 
 from fedmekt.printable import printable
+from fedmekt.wire.runs import run_label
 from fedmekt_cli.broker_args import add_broker_args
 from fedmekt_cli.output_format import add_format_args
 
@@ -49,6 +51,8 @@ def collect(args) -> dict:
 
 def render(s: dict) -> str:
     fed = s["federation"]
+    if s["run"] or s["federation_run"]:
+        fed += f", run {run_label(s['federation_run'] or '', s['run'] or '')}"
     if s["finished"]:
         lines = [f"federation {fed}: finished after {s['rounds_completed']} rounds (nothing running)"]
     elif s["running"]:
@@ -61,7 +65,7 @@ def render(s: dict) -> str:
     m = s["last_metrics"]   # RoundRow.view(): numbered from 1
     if m:
         f1 = ", ".join(f"{k} {v:.3f}" for k, v in m["f1"].items())
-        run = (m["run"] or "?") + (f" (federation run {m['federation_run']})" if m["federation_run"] else "")
+        run = run_label(m["federation_run"] or "", m["run"] or "?")
         lines.append(f"  last round done: {m['round']} of run {run}: {_or_q(m['absorbed'])} of "
                      f"{_or_q(m['selected'])} uploads, paper F1 {f1 or '–'}")
     online = sum(1 for c in s["clients"].values() if c["state"] == "online")

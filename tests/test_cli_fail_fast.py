@@ -71,6 +71,19 @@ def test_export_refuses_a_public_key_and_a_used_out_folder_before_torch_loads(tm
     assert (tmp_path / "pkg" / "acce.onnx").read_bytes() == b"an earlier package"
 
 
+@pytest.mark.parametrize("command", ["simulate", "aggregator"])
+def test_a_run_folder_name_the_manifest_cannot_carry_is_refused_before_torch_loads(command, tmp_path):
+    """The folder's name is the run's id, which the signed manifest carries to the gateways: a name no gateway would
+    accept (space, control character) is said at once, not as a federation nobody joins."""
+    (tmp_path / "federation.toml").write_text("")
+    extra = ["--broker", "mqtt://127.0.0.1:9", "--config", "federation.toml"] if command == "aggregator" else []
+    out = audited([command, *extra, "--out", "runs/lab 3"], tmp_path)
+    lines = out["stderr"].strip().splitlines()
+    assert out["rc"] == 2 and len(lines) == 1, out
+    assert "--out runs/lab 3: the folder's name is the run's id" in lines[0] and "letters, digits" in lines[0], out
+    assert not out["torch"] and not (tmp_path / "runs").exists(), out
+
+
 def test_inference_only_help_marks_the_commands_needing_torch(tmp_path):
     out = audited(["--help"], tmp_path, NO_TORCH)
     text = " ".join(out["stdout"].split())  # help wraps its lines

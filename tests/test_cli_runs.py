@@ -58,9 +58,9 @@ def test_runs_lists_status_rounds_algorithm_and_f1(runs_dir: Path):
     assert done.returncode == 0, done.stderr
     lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert set(lines) == {"finished", "partial"}
-    assert re.search(r"finished\s+finished\s+2/2\s+fedmekt-c\[W8\]\s+demo acce-gyro\s+acce 0\.\d{3}, gyro "
+    assert re.search(r"finished\s+–\s+finished\s+2/2\s+fedmekt-c\[W8\]\s+demo acce-gyro\s+acce 0\.\d{3}, gyro "
                      r"0\.\d{3}\s+acce 0\.\d{3}, gyro 0\.\d{3}$", lines["finished"])   # final probe, then last round
-    assert re.search(r"partial\s+interrupted\s+2/\?.*\s–\s+acce 0\.\d{3}", lines["partial"])   # no final probe yet
+    assert re.search(r"partial\s+–\s+interrupted\s+2/\?.*\s–\s+acce 0\.\d{3}", lines["partial"])   # no final probe yet
     listed = json.loads(fedmekt("runs", str(runs_dir), "--json").stdout)
     final = [json.loads(x) for x in (runs_dir / "finished" / "final.jsonl").read_text().splitlines()][0]
     by_id = {r["id"]: r for r in listed}
@@ -81,6 +81,24 @@ def test_runs_says_why_a_run_failed(tmp_path: Path):
     assert done.stdout.splitlines()[-1] == "  └ failed: no client came online within 300 s"
     (listed,) = json.loads(fedmekt("runs", str(tmp_path), "--json").stdout)
     assert (listed["status"], listed["error"]) == ("failed", "no client came online within 300 s")
+
+
+def test_runs_table_shows_the_federation_run_the_gateways_log(runs_dir: Path, tmp_path: Path):
+    """A gateway's log names the federation run id (``e<epoch>-<hex>``) beside the run's name: the table shows it
+    too (it was in ``--format json`` only), so a gateway's line leads to its run folder (issue 23 #11)."""
+    from fedmekt_cli.run_record import RunRecord
+
+    with RunRecord(tmp_path / "lab", "aggregator", rounds=2) as record:
+        row = {"run": "lab", "federation_run": "e3-0a1b2c3d", "round": 0, "f1_paper_acce": 0.5}
+        (tmp_path / "lab" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+        record.update(federation_run="e3-0a1b2c3d")
+    shutil.copytree(runs_dir / "partial", tmp_path / "partial")   # an in-process run: no federation run
+    done = fedmekt("runs", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    header, *lines = done.stdout.splitlines()
+    assert re.match(r"RUN\s+FEDERATION RUN\s+STATUS\s+ROUNDS\s", header), done.stdout
+    rows = {line.split()[0]: line.split()[1] for line in lines}
+    assert rows == {"lab": "e3-0a1b2c3d", "partial": "–"}, done.stdout
 
 
 def test_runs_of_a_missing_folder_is_one_line_error(tmp_path: Path):

@@ -27,6 +27,7 @@ from fedmekt.observe.dashboard.live import LiveView
 from fedmekt.observe.dashboard.server import DashboardServer
 from fedmekt.transport.mqtt import LinkOptions
 from fedmekt.wire import manifest as fedwire
+from core_support import tiny_config, tiny_split
 from federation_harness import _cmd
 
 pytestmark = pytest.mark.broker
@@ -93,6 +94,8 @@ def test_api_state_shows_validated_broker_messages(mosquitto):
         pub.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
 
     send(f"{base}/clients/c000/status", fedwire.Status("online", ("acce",)).to_bytes(), retain=True)
+    manifest = fedwire.build(tiny_config(federation=FED), tiny_split(), run="e4-0a1b2c3d", name="lab")[0]
+    send(f"{base}/proxy/manifest", manifest.to_bytes(), retain=True)   # the run, named as `fedmekt runs` names it
     live = LiveView(mosquitto.url, LinkOptions(client_id="dash-view"), FED).start()
     server = DashboardServer("127.0.0.1", 0, live.state).serve_in_thread()
     try:
@@ -107,13 +110,15 @@ def test_api_state_shows_validated_broker_messages(mosquitto):
                                 b'"f1_paper_gyro": NaN, "absorbed": "all"}', retain=True)
         send(f"{base}/metrics", b'["not", "a", "row"]')
         url = server.url + "api/state"
-        state = _poll(lambda: json.loads(_get(url)[1]), lambda s: len(s["unreadable"]) >= 3 and s["history"],
-                      30, "dashboard saw every message")
+        state = _poll(lambda: json.loads(_get(url)[1]),
+                      lambda s: len(s["unreadable"]) >= 3 and s["history"] and s["run"], 30,
+                      "dashboard saw every message")
     finally:
         server.close()
         live.close()
         pub.loop_stop()
     assert state["federation"] == FED and state["connected"] is True
+    assert (state["run"], state["federation_run"]) == ("lab", "e4-0a1b2c3d")
     assert set(state["clients"]) == {"c000", "c001"}          # the hostile id and the bad status are refused
     assert state["clients"]["c001"]["modalities"] == ["acce", "gyro"]
     assert state["clients"]["c000"]["last_seen"] is None      # only its retained status: not seen live
@@ -218,6 +223,7 @@ def test_dashboard_in_chromium_shows_the_running_federation(mosquitto, tmp_path:
     shown = re.search(r'id="round">(\d+)<', dom)
     assert shown and int(shown.group(1)) >= 1, dom[-3000:]
     assert f'id="federation">{FED}<' in dom and "<polyline" in dom   # the F1 curve is drawn
+    assert re.search(r'id="run">run sim \(federation run e\d+-[0-9a-f]{8}\)<', dom), dom[-3000:]
 
 
 def test_half_open_requests_are_cut_and_bounded(mosquitto):

@@ -75,6 +75,8 @@ def test_aggregator_and_clients_as_processes_equal_inprocess(mosquitto, tmp_path
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {(r["run"], r["federation_run"]) for r in rows} == {("agg", fed_run)}
     assert f"of run agg (federation run {fed_run})" in status.stdout, status.stdout
+    # the signed manifest names the run as the folder does: status says which run finished, metrics aside
+    assert status.stdout.startswith(f"federation clitest, run agg (federation run {fed_run}): finished after 2 rounds")
     log = subprocess.run(_fedmekt("log", fed_run, "-n", "0"), capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert log.returncode == 0 and "round 2 of 2 closed" in log.stdout, log.stderr
     subprocess.run(_fedmekt("export", "keygen", "--out", "agg"), check=True, capture_output=True, cwd=tmp_path)

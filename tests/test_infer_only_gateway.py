@@ -8,6 +8,7 @@ Also: a command that needs torch, run without it, says so in one line.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_infer_only_gateway_installs_a_pushed_package_over_tls_and_publishes_pre
         aggregator = MqttLink(f"mqtts://localhost:{secure.port}", LinkOptions(
             client_id="aggregator", username="aggregator", password=secure.passwords["aggregator"],
             ca_file=str(secure.ca))).connect()
-        manifest, _ = fedwire.build(tiny_config(federation=FED), tiny_split(), run=run_id)
+        manifest, _ = fedwire.build(tiny_config(federation=FED), tiny_split(), run=run_id, name="lab")
         aggregator.publish_all([(topics.proxy_manifest, sign(key, topics.proxy_manifest, manifest.to_bytes()))],
                                retain=True)
         publish_package(aggregator, FED, package)
@@ -83,6 +84,11 @@ def test_infer_only_gateway_installs_a_pushed_package_over_tls_and_publishes_pre
             "--federation", FED, "--public-key", str(public), "--source", f"csv:{csv}", "--modalities", "acce:3",
             "--store", str(state / "store.sqlite")), capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        # one line per package installed, naming the run as `fedmekt runs` does (the signed manifest's name)
+        said = [line for line in proc.stderr.splitlines() if "installed" in line or "in service" in line]
+        assert len(said) == 1 and re.search(rf"model package r000003-[0-9a-f]{{12}} installed and in service: "
+                                            rf"run lab \(federation run {run_id}\), round 3, acce encoder$",
+                                            said[0]), proc.stderr[-3000:]
         want = StreamingRecognizer.open(package, None, "acce").push(t, x)
         assert f"published {len(want)} prediction(s)" in proc.stdout
 
@@ -246,6 +252,8 @@ def test_a_gateway_installs_the_package_of_its_device_class_only(data_dir, tmp_p
         assert (installed.package.manifest.run, installed.package.manifest.round) == (run_id, 3)
         assert ("refused model package: package for device class 'large'; this gateway is 'small' "
                 "(--device-class); the current model stays in service") in proc.stderr
+        assert re.search(rf"installed and in service: run {run_id}, round 3, class small, acce encoder$",
+                         proc.stderr, re.M), proc.stderr[-3000:]   # a manifest without a name: the id alone
     finally:
         if aggregator is not None:
             aggregator.close()

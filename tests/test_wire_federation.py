@@ -63,6 +63,24 @@ def test_bad_manifests_are_rejected(mutate):
         fedwire.FederationManifest.from_bytes(json.dumps(d).encode())
 
 
+def test_manifest_carries_the_run_name_the_operator_sees_and_reads_one_without_it():
+    """The run's folder name (``fedmekt runs``' id) travels in the signed manifest beside the wire run id (issue 23:
+    one id everywhere); a manifest of an earlier release, without it, still reads; a hostile name is refused."""
+    cfg, split = tiny_config(), tiny_split()
+    manifest = fedwire.build(cfg, split, run="e3-0a1b2c3d", name="lab-3")[0]
+    got = fedwire.FederationManifest.from_bytes(manifest.to_bytes())
+    assert (got.name, got.run) == ("lab-3", "e3-0a1b2c3d")
+    older = json.loads(manifest.to_bytes())
+    del older["name"]
+    assert fedwire.FederationManifest.from_bytes(json.dumps(older).encode()).name == ""
+    for hostile in ("lab\x1b]0;owned\x07", "c000: online\nlab", "../../etc", "a b", "x" * 129, 7, ["lab"]):
+        d = {**older, "name": hostile}
+        with pytest.raises(WireError, match="wrong types"):
+            fedwire.FederationManifest.from_bytes(json.dumps(d).encode())
+    with pytest.raises(ValueError, match="letters, digits"):   # an aggregator never publishes what nobody reads
+        fedwire.build(cfg, split, run="e3-0a1b2c3d", name="my lab")
+
+
 def test_manifest_with_an_unrunnable_config_is_rejected():
     _, _, manifest, _ = _built()
     d = json.loads(manifest.to_bytes())

@@ -44,6 +44,7 @@ class FederationView:
     uploads: dict[int, dict[str, int]] = field(default_factory=dict)  # round -> client -> payload bytes
     announcement: fedwire.Announcement | None = None
     deadline: float | None = None  # the announced round's deadline on our clock (``now`` of its arrival + timeout)
+    manifest: fedwire.FederationManifest | None = None  # the current run's: its name and federation run id
     metrics: RoundRow | None = None  # the last round done
     history: dict[int, RoundRow] = field(default_factory=dict)  # round -> rounds of the run of ``metrics``
     unreadable: deque = field(default_factory=lambda: deque(maxlen=MAX_UNREADABLE))
@@ -55,7 +56,7 @@ class FederationView:
     @property
     def subscriptions(self) -> list[str]:
         t = self.topics
-        return [t.status_all, t.rounds, t.metrics, t.uploads_all]
+        return [t.status_all, t.rounds, t.metrics, t.uploads_all, t.proxy_manifest]
 
     def absorb(self, msg: Message, now: float | None = None) -> None:
         """Take one message into account; unreadable ones are noted, never raised."""
@@ -67,6 +68,8 @@ class FederationView:
             if msg.topic == self.topics.rounds:
                 self.announcement = fedwire.Announcement.from_bytes(unwrap(msg.payload))
                 self.deadline = self.announcement.deadline_from(now, msg.expiry)
+            elif msg.topic == self.topics.proxy_manifest:
+                self.manifest = fedwire.FederationManifest.from_bytes(msg.payload)
             elif msg.topic == self.topics.metrics:
                 self._take_metrics(msg.payload)
             elif len(parts) == 5 and parts[0] == "clients" and parts[2] == "upload":
@@ -118,11 +121,14 @@ class FederationView:
             self.history[row.round] = row
 
     def summary(self, now: float | None = None) -> dict:
-        """What is running, as a plain JSON-ready dict: ``round_index`` (the round in progress) counted from 0 as
+        """What is running, as a plain JSON-ready dict: ``run`` and ``federation_run`` (the current run's name and
+        id, from its manifest; None before one is seen), ``round_index`` (the round in progress) counted from 0 as
         on the wire, ``last_metrics`` (the last round done, :meth:`RoundRow.view`) numbered from 1."""
         now = time.time() if now is None else now
-        a = self.announcement
-        out = {"federation": self.federation, "running": bool(a and not a.done), "finished": bool(a and a.done),
+        a, m = self.announcement, self.manifest
+        out = {"federation": self.federation, "run": (m.name or None) if m else None,
+               "federation_run": (m.run or None) if m else None,
+               "running": bool(a and not a.done), "finished": bool(a and a.done),
                "rounds_completed": None, "round_index": None, "selected": [], "deadline_s": None,
                "uploads_seen": [], "last_metrics": self.metrics.view() if self.metrics else None,
                "clients": {cid: {"state": c.state, "modalities": c.modalities, "last_seen": c.last_seen}

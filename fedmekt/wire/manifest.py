@@ -10,6 +10,10 @@ travels per round. Under ``proxy_delivery`` "round" no proxy set is published (e
 the raw windows of Π_t travel inside each round's global knowledge instead. A client may instead be provisioned with the same two payloads
 (``save_bundle`` / ``load_bundle``) and never download them.
 
+The manifest names its run twice: ``run``, the id that orders runs (``e<epoch>-<hex>``, fedmekt/wire/runs.py),
+and ``name``, the run's folder name the operator sees in ``fedmekt runs`` (optional within version 1: a
+manifest of an earlier release has none).
+
 With a signing key the manifest and the announcements travel signed (:mod:`fedmekt.wire.signing`);
 the parsers here read either form (observers such as ``fedmekt status``), and a client with the
 public key verifies the envelope before it parses anything.
@@ -26,6 +30,7 @@ import numpy as np
 
 from fedmekt.wire.codec import _ID, WireError, WireLimits, decode_body, encode, parse_frame
 from fedmekt.wire.chunks import Reassembler
+from fedmekt.wire.runs import RUN_NAME, check_run_name
 from fedmekt.wire.signing import unwrap
 from sensors.partition import FederatedSplit, Normalizer, Partition
 
@@ -52,11 +57,13 @@ class FederationManifest:
     norm_mean: dict[str, list[float]]
     norm_std: dict[str, list[float]]
     run: str = ""  # id of this federation run (kept across aggregator restarts, new for a fresh start)
+    name: str = ""  # the run's name: its folder's ("" when the aggregator gave none, or an earlier release's)
 
     def to_bytes(self) -> bytes:
-        d = {"v": MANIFEST_VERSION, "run": self.run, "config": self.config, "channels": self.channels,
-             "label_names": list(self.label_names), "segments": self.segments, "proxy_rows": self.proxy_rows,
-             "proxy_sha256": self.proxy_sha256, "norm_mean": self.norm_mean, "norm_std": self.norm_std}
+        d = {"v": MANIFEST_VERSION, "run": self.run, "name": self.name, "config": self.config,
+             "channels": self.channels, "label_names": list(self.label_names), "segments": self.segments,
+             "proxy_rows": self.proxy_rows, "proxy_sha256": self.proxy_sha256, "norm_mean": self.norm_mean,
+             "norm_std": self.norm_std}
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
@@ -74,7 +81,8 @@ class FederationManifest:
         try:
             m = cls(config=d["config"], channels=d["channels"], label_names=tuple(d["label_names"]),
                     segments=d["segments"], proxy_rows=d["proxy_rows"], proxy_sha256=d["proxy_sha256"],
-                    norm_mean=d["norm_mean"], norm_std=d["norm_std"], run=d["run"])
+                    norm_mean=d["norm_mean"], norm_std=d["norm_std"], run=d["run"],
+                    name=d.get("name", ""))  # optional: an earlier release's manifest has no name
         except (KeyError, TypeError):
             raise WireError("manifest lacks fields") from None
         ok = (isinstance(m.config, dict)
@@ -84,7 +92,8 @@ class FederationManifest:
               and isinstance(m.segments, list)
               and all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s)
                       and 0 <= s[0] < s[1] <= m.proxy_rows for s in m.segments)
-              and isinstance(m.proxy_sha256, str) and isinstance(m.run, str) and len(m.run) <= 64)
+              and isinstance(m.proxy_sha256, str) and isinstance(m.run, str) and len(m.run) <= 64
+              and isinstance(m.name, str) and (m.name == "" or RUN_NAME.match(m.name) is not None))
         if not ok:
             raise WireError("manifest fields have wrong types or ranges")
         return m
@@ -107,9 +116,12 @@ class FederationManifest:
 
 
 def build(cfg, split: FederatedSplit, limits: WireLimits = WireLimits(),
-          run: str = "") -> tuple[FederationManifest, list[bytes]]:
+          run: str = "", name: str = "") -> tuple[FederationManifest, list[bytes]]:
     """Manifest and proxy frames for ``split`` (none for the parameter-exchange baselines, nor when Π_t travels
-    with each round's knowledge: ``proxy_delivery`` "round")."""
+    with each round's knowledge: ``proxy_delivery`` "round"). ``name``: the run's name (ValueError for one no
+    receiver would accept: a federation nobody joins)."""
+    if name:
+        check_run_name(name)
     frames: list[bytes] = []
     if cfg.proxy_delivery_for(len(split.proxy)) == "once":
         frames = encode({m: split.proxy.modalities[m] for m in cfg.pair}, "float32", federation=cfg.federation,
@@ -119,7 +131,7 @@ def build(cfg, split: FederatedSplit, limits: WireLimits = WireLimits(),
     manifest = FederationManifest(
         config=cfg.to_dict(), channels=dict(split.channels), label_names=tuple(split.label_names),
         segments=[[int(a), int(b)] for a, b in split.proxy.segments], proxy_rows=len(split.proxy),
-        proxy_sha256=sha, run=run,
+        proxy_sha256=sha, run=run, name=name,
         norm_mean={m: [float(v) for v in norm.mean[m]] for m in cfg.pair} if norm else {},
         norm_std={m: [float(v) for v in norm.std[m]] for m in cfg.pair} if norm else {})
     return manifest, frames
