@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from fedmekt.config import FederationConfig, Hyper
@@ -9,6 +11,18 @@ from sensors.recording import Recording
 from sensors.splits import make_split
 
 LABELS = ("rest", "walk", "fall")
+
+
+# the deployed model's fine-tuning kept short in test configs (the default recipe's 50 rounds cost ~22 s per
+# package on the demo data, minutes on a loaded machine); tiny_config's hyper does the same
+QUICK_DEPLOY_TOML = "[hyper]\ndeploy_rounds = 2\n"
+
+
+def quick_deploy_config(folder: Path) -> Path:
+    """A TOML base config that only shortens the deployed model's fine-tuning (for ``simulate --config``)."""
+    path = folder / "quick-deploy.toml"
+    path.write_text(QUICK_DEPLOY_TOML)
+    return path
 
 
 def synthetic_recordings(n_subjects: int = 8, rows: int = 240, seed: int = 0) -> list[Recording]:

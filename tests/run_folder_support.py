@@ -15,7 +15,7 @@ def make_run_folder(out: Path, seeds: tuple[int, ...] = (0, 1), rounds: int = 3)
     results = []
     for seed in seeds:
         cfg = FederationConfig(dataset="demo", clients=(1, 1, 1), per_round=2, rounds=rounds, seed=seed,
-                               proxy_windows=8, device="cpu", hyper={"classifier_epochs": 1, "probe_max_iter": 20})
+                               proxy_windows=8, device="cpu", hyper={"classifier_epochs": 1, "probe_max_iter": 20, "deploy_rounds": 2})
         split = make_split(load_dataset("demo"), cfg.pair, seed=seed, clients=cfg.clients)
         results.append(run_inprocess(cfg, split, progress=False))
     write_report(out, results)

@@ -21,7 +21,8 @@ def demo_split():
 @pytest.mark.parametrize("algorithm", ["fedmekt-c", "mmfedavg"])
 def test_worker_processes_give_bit_identical_rounds(demo_split, algorithm):
     cfg = FederationConfig(algorithm=algorithm, dataset="demo", clients=(1, 1, 2), per_round=3, rounds=2,
-                           proxy_windows=8, device="cpu", hyper=Hyper(classifier_epochs=1, probe_max_iter=20))
+                           proxy_windows=8, device="cpu",
+                           hyper=Hyper(classifier_epochs=1, probe_max_iter=20, deploy_rounds=2))
     here = run_inprocess(cfg, demo_split, progress=False)
     spread = run_inprocess(cfg, demo_split, progress=False, client_workers=2)
     for a, b in zip(here.rows, spread.rows, strict=True):
