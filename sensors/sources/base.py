@@ -100,6 +100,18 @@ class Source:
         """Sleep unless asked to stop; True if a stop was requested."""
         return self._stop.wait(seconds)
 
+    def _put(self, batch: SampleBatch | None) -> None:
+        """Hand ``batch`` to the buffer from the reader thread. Under "block" this waits for room until the source
+        is closed (so the transport, not a silent drop, takes the back-pressure); "drop_oldest" never waits."""
+        if batch is None:
+            return
+        step = self.buffer.capacity if self.buffer.policy == "block" else len(batch)  # a piece that can fit
+        for start in range(0, len(batch), max(1, step)):
+            piece = batch.slice(start, start + step)
+            while not self.buffer.put(piece, timeout=0.5):
+                if self._stop.is_set():
+                    return
+
 
 class LineSource(Source):
     """A source whose transport delivers text lines in the ``StreamFormat`` (serial, UDP, MQTT, stdin)."""
@@ -110,9 +122,7 @@ class LineSource(Source):
         self.parser = LineParser(fmt, unit, self.stats, where=f"{self.name}:{unit}")
 
     def _feed_lines(self, lines) -> None:
-        batch = self.parser.feed_many(lines)
-        if batch is not None:
-            self.buffer.put(batch, timeout=1.0)
+        self._put(self.parser.feed_many(lines))
 
     def _disconnected(self, detail: str) -> None:
         self.stats.rejected["disconnected"] += 1

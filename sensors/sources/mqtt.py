@@ -81,9 +81,7 @@ class MqttSource(LineSource):
         parser = self._parsers.get(unit)
         if parser is None:
             parser = self._parsers[unit] = LineParser(self.fmt, unit, self.stats, where=f"mqtt:{unit}")
-        batch = parser.feed_many(payload.split(b"\n") if payload.strip() else [payload])
-        while batch is not None and not self.buffer.put(batch, timeout=0.5) and not self._stop.is_set():
-            pass
+        self._put(parser.feed_many(payload.split(b"\n") if payload.strip() else [payload]))
 
     def _run(self) -> None:
         try:
