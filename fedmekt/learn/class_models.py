@@ -7,6 +7,9 @@ the inputs the server holds (the proxy set and the labelled set's inputs, labels
 global head is tuned on the student's frozen z of the labelled set (the classifier's own walk). Matching z
 rather than logits keeps the student in the global latent space the head already reads, so the head starts
 right and only needs the student's residual error corrected. No bytes are sent and no client data is read.
+
+A run folder keeps each narrower class's model under ``class.<class>.`` (:meth:`ClassModel.state`), so
+``fedmekt export --device-class`` builds that class's package from a finished run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 
 from fedmekt.config import FederationConfig
 from fedmekt.learn.algorithms.base import inputs_only, private_epoch
+from fedmekt.learn.deploy import DeployedModel
 from fedmekt.learn.evaluation import train_classifier_round
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
 from sensors.partition import Partition
@@ -37,6 +41,15 @@ class ClassModel:
     def encoder_params(self) -> int:
         """Parameters of the encoders the class's package ships (decoders stay on the server)."""
         return sum(p.numel() for p in self.model.encoders.parameters())
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Its encoders and head as a run folder keeps them (``class.<class>.encoders.*``, ``….head.*``)."""
+        return DeployedModel(self.model, self.head, 0).state(class_prefix(self.device_class))
+
+
+def class_prefix(device_class: str) -> str:
+    """Where a run's model state keeps a narrower class's deployable model (``fedmekt/learn/deploy.py`` keys)."""
+    return f"class.{device_class}."
 
 
 def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: LinearHead, student: SplitAutoencoder,

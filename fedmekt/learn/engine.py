@@ -318,9 +318,16 @@ class ServerEngine:
         return out
 
     def final_state(self) -> dict[str, np.ndarray]:
-        """What a run folder keeps: the global model, the federation's head and the deployed model."""
+        """What a run folder keeps: the global model, the federation's head and the deployed model; in a fleet of
+        several device classes also each narrower class's model (``class.<c>.*``: ``fedmekt export --device-class``)."""
         state = {k: v for k, v in self.state_dict().items() if k.startswith(("autoencoder.", "head."))}
-        return {**state, **self.deployed().state()}
+        state.update(self.deployed().state())
+        if len(self.cfg.device_classes) > 1:
+            top = device_classes.global_class(self.cfg.fleet)   # ships the deployed model
+            for cm in (cm for name, cm in self.class_models().items() if name != top):
+                state.update(cm.state())
+        return state
+
     def class_scores(self) -> dict:
         """Each device class's deployed model scored on the test set (``class_<c>_deployed_…``), its width and
         encoder parameter count."""
