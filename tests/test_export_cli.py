@@ -75,10 +75,11 @@ def test_mixed_fleet_run_exports_the_package_of_each_device_class(tmp_path, caps
     """A mixed fleet's run folder keeps every class's model: ``--device-class`` exports that class's, signed for
     its gateways, each as wide as its class; a class the run has no model for is one line naming those it has."""
     cfg = tmp_path / "mixed.toml"
-    cfg.write_text('hidden = 8\nproxy_windows = 6\nfleet = "mixed"\n[hyper]\nclassifier_epochs = 1\nlocal_epochs = 1\n'
-                   'probe_max_iter = 20\ndeploy_rounds = 2\nclass_distil_steps = 4\n')
+    cfg.write_text("hidden = 8\nproxy_windows = 6\n[hyper]\nclassifier_epochs = 1\nlocal_epochs = 1\n"
+                   "probe_max_iter = 20\ndeploy_rounds = 2\nclass_distil_steps = 4\n")
     assert main(["reproduce", "--dataset", "demo", "--seeds", "1", "--rounds", "1", "--algorithms", "fedmekt-c",
-                 "--config", str(cfg), "--out", str(tmp_path / "repro"), "--no-progress"]) == 0
+                 "--fleet", "mixed", "--no-reference-rows", "--config", str(cfg), "--out", str(tmp_path / "repro"),
+                 "--no-progress"]) == 0
     assert main(["export", "keygen", "--out", str(tmp_path / "agg")]) == 0
     sizes = {}
     for device_class in ("small", "standard", "large"):
