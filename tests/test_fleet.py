@@ -93,6 +93,30 @@ def test_each_narrower_class_gets_an_encoder_of_its_width_distilled_from_the_glo
     assert torch.mean((distilled - target) ** 2) < torch.mean((fresh - target) ** 2)
 
 
+def test_a_package_before_the_last_round_warm_starts_each_class_and_the_last_round_distils_afresh():
+    """A package due before the last round starts each narrower student from the class's previous package
+    (``class_distil_warm_steps`` 0: the very same encoders); after the last round every student is distilled
+    afresh, so the final models do not depend on how many packages went out before."""
+    cfg = tiny_config(fleet="mixed", rounds=3, hyper=dict(class_distil_steps=8, class_distil_warm_steps=0))
+    split = tiny_split()
+    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+
+    def advance() -> dict:
+        plan = server.plan_round(server.rounds_completed, [c.client_id for c in split.clients])
+        server.begin_round(plan)
+        server.update_without_uploads(plan)   # the server's own steps move the global encoders
+        server.finish_round(plan)
+        return {k: v.clone() for k, v in server.class_models()["small"].model.encoders.state_dict().items()}
+
+    first, second, last = advance(), advance(), advance()
+    assert all(torch.equal(first[k], second[k]) for k in first)   # warm, no steps: the previous package's encoders
+    fresh = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    fresh.load_state_dict(server.state_dict())   # the same global model, no package history
+    alone = fresh.class_models()["small"].model.encoders.state_dict()
+    assert all(torch.equal(last[k], alone[k]) for k in last)
+    assert not all(torch.equal(last[k], second[k]) for k in last)
+
+
 # ---- through mosquitto ----------------------------------------------------------------------------------
 @pytest.mark.broker
 def test_mixed_fleet_through_mosquitto_equals_inprocess(mosquitto, tmp_path):

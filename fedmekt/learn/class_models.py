@@ -54,11 +54,12 @@ def class_prefix(device_class: str) -> str:
 
 def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: LinearHead, student: SplitAutoencoder,
                        proxy: Partition, labelled: Partition, cfg: FederationConfig, rng: np.random.Generator,
-                       device: torch.device) -> ClassModel:
+                       device: torch.device, budget: int) -> ClassModel:
     """Fit ``student``'s encoders to ``teacher``'s z, then tune a copy of ``head`` on them (see the module doc).
 
-    ``hyper.class_distil_steps`` sub-window steps (epochs of fresh crops until spent), every modality of the pair
-    per step; the teacher is read only.
+    ``budget`` sub-window steps (epochs of fresh crops until spent; ``hyper.class_distil_steps`` from a fresh
+    student, ``class_distil_warm_steps`` from the class's previous one), every modality of the pair per step; the
+    teacher is read only.
     """
     h = cfg.hyper
     modalities = tuple(cfg.pair)
@@ -66,8 +67,8 @@ def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: Linea
     params = [p for m in modalities for p in student.encoders[m].parameters()]
     opt = torch.optim.Adam(params, lr=h.lr_global)
     steps = 0
-    while steps < h.class_distil_steps:  # epochs of random crops until the budget is spent
-        for xs, _labels in private_epoch(source, modalities, cfg, rng, device, h.class_distil_steps - steps):
+    while steps < budget:  # epochs of random crops until the budget is spent
+        for xs, _labels in private_epoch(source, modalities, cfg, rng, device, budget - steps):
             loss = torch.zeros((), device=device)
             for m in modalities:
                 with torch.no_grad():
