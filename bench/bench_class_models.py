@@ -3,8 +3,9 @@
 A ``fleet = "mixed"`` FedMEKT-C server on the bundled demo data (the default config otherwise) runs ``--rounds``
 rounds that absorb no uploads (the server's own steps and classifier round: the global model moves as in a run)
 and, as ``fedmekt aggregator --package-every 1`` does, builds every class's model after each round. Printed per
-round: the seconds of the deployed model (what the widest class ships, fine-tuned every package) and the
-seconds of the narrower classes' distillation (``ServerEngine.class_models``), and whether that round's students
+round: the wall and CPU seconds (one torch thread: CPU seconds are the work, whatever the machine's load) of
+the deployed model (what the widest class ships, fine-tuned every package) and of the narrower classes'
+distillation (``ServerEngine.class_models``), and whether that round's students
 were warm-started from the previous package (``hyper.class_distil_warm_steps``) or distilled afresh
 (``hyper.class_distil_steps``: the first package and the last round's). ``--warm-steps`` overrides the warm
 budget; ``--warm-steps`` equal to the default ``class_distil_steps`` is the cost of distilling at full budget
@@ -52,13 +53,14 @@ def main() -> int:
         server.update_without_uploads(plan)
         server.finish_round(plan)
         warm = 0 < rnd and server.rounds_completed < cfg.rounds   # a package before this one, not the last
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         server.deployed()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         server.class_models()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         print(json.dumps({"package_after_round": server.rounds_completed, "deployed_s": round(t1 - t0, 2),
-                          "class_distil_s": round(t2 - t1, 2), "students": "warm" if warm else "fresh",
+                          "deployed_cpu_s": round(c1 - c0, 2), "class_distil_s": round(t2 - t1, 2),
+                          "class_distil_cpu_s": round(c2 - c1, 2), "students": "warm" if warm else "fresh",
                           "load_average": os.getloadavg()[0]}), flush=True)
     return 0
 
