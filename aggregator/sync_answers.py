@@ -2,8 +2,8 @@
 
 A client's sync request (``clients/<id>/sync``, sent on every (re)connect) is answered on its ``reply/``
 topics with what it lacks — the manifest, the proxy set, the open round's announcement (and global knowledge
-when it owes an upload), the newest package (a mixed fleet's: of the device class the request names) — rate-limited per client (aggregator/sync.py), so a broker
-without retained messages loses nothing.
+when it owes an upload), the newest package (a mixed fleet's: of the device class the request names) —
+rate-limited per client (aggregator/sync.py), so a broker without retained messages loses nothing.
 """
 
 from __future__ import annotations

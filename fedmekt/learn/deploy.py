@@ -29,7 +29,7 @@ from fedmekt.learn.evaluation import train_classifier_round
 from fedmekt.learn.model import HEADS, LinearHead, SplitAutoencoder, build_head
 from sensors.partition import Partition
 
-DEPLOYED = "deployed."   # prefix of the deployed model's keys in a run's model state (``<prefix>encoders.*``, ``head.*``)
+DEPLOYED = "deployed."   # the deployed model's keys in a run's model state: ``deployed.encoders.*``, ``….head.*``
 
 
 @dataclass
