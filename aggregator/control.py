@@ -63,7 +63,7 @@ class ControlPlane:
 
     def reassert(self, round_open: bool, extra: list[tuple[str, bytes]]) -> None:
         """Publish again, retained, every control message and proxy chunk we hold, and ``extra`` (the newest
-        package's messages)."""
+        package's messages: a mixed fleet's, of every class)."""
         now, lasting, expiring = time.monotonic(), [], []
         for topic, (payload, expires) in self._control.items():
             if topic == self.rounds_topic and not round_open and expires is not None:

@@ -40,8 +40,8 @@ class ClassPackages:
 
     The widest class ships the global model; each narrower one the encoder distilled for it
     (``ServerEngine.class_models``). Same interface as :class:`export.publisher.PackagePublisher`: the
-    aggregator calls :meth:`maybe_publish` after every round. Returns None, so the aggregator's sync answers
-    and reconnects re-send no package of a mixed fleet: its gateways get them from the retained messages.
+    aggregator calls :meth:`maybe_publish` after every round and re-sends :meth:`newest` (a sync answer: the
+    asking gateway's class's package; a reconnect: every class's).
     """
 
     def __init__(self, server, link, federation: str, key, out_root, every: int, run: str) -> None:
@@ -67,6 +67,10 @@ class ClassPackages:
             class_info = dataclasses.replace(info, hidden=cm.model.hidden)
             self.publishers[name].maybe_publish(RunModel(class_info, cm.model, cm.head), round_, final=final)
         return None
+
+    def newest(self) -> dict[str, object]:
+        """Each class's newest package (export.build.BuiltPackage), by class: the namespace it went out under."""
+        return {c: p.built for c, p in self.publishers.items() if p.built is not None}
 
 
 def package_publisher(cfg: FederationConfig, server, link, key, out_root, every: int, run: str):

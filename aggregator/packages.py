@@ -1,5 +1,6 @@
 """Signed model packages of the run (export/publisher.py): published every ``package_every`` rounds and at the
-end, bound to this run; the newest is kept so sync answers and a reconnect can send it again."""
+end, bound to this run; the newest (a mixed fleet's: of each device class) is kept so sync answers and a
+reconnect can send it again."""
 
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ class Packages:
     def __init__(self, federation: str, signing_key, enabled: bool, every: int, out: Path):
         self.federation, self.signing_key, self.enabled, self.every, self.out = \
             federation, signing_key, enabled, every, out
-        self._publisher = None  # export.publisher.PackagePublisher when a signing key is given
-        self.built = None  # export.build.BuiltPackage: the newest package published (sync answers resend it)
+        self._publisher = None  # PackagePublisher or aggregator.fleet.ClassPackages when a signing key is given
 
     def start(self, link, run_id: str, cfg, server) -> None:
         if self.signing_key is None or not self.enabled:
@@ -38,9 +38,8 @@ class Packages:
             with TORCH_RNG_LOCK:
                 if not self._publisher.due(server.rounds_completed, final):
                     return   # the deployed model is fine-tuned only for a package that goes out
-                built = self._publisher.maybe_publish(RunModel.of(server.run_info(), server.deployed()),
-                                                      server.rounds_completed, final=final)
-            self.built = built or self.built
+                self._publisher.maybe_publish(RunModel.of(server.run_info(), server.deployed()),
+                                              server.rounds_completed, final=final)
         except Exception as exc:  # noqa: BLE001 - the federation goes on; clients keep the model in service
             log.error("model package after round %d not published: %s", server.rounds_completed, exc)
             if final:
@@ -49,11 +48,15 @@ class Packages:
                 raise UserError(f"the run's final model package was not published: {exc} (the checkpoint in "
                                 f"{self.out} holds the model: `fedmekt export` builds it by hand)") from None
 
-    def messages(self) -> list[tuple[str, bytes]]:
-        """The newest package's retained messages (empty when none was published)."""
-        if self.built is None:
-            return []
+    def newest(self) -> dict:
+        """The newest package published (export.build.BuiltPackage) by namespace: "" for a fleet of one class (it
+        goes out under ``models/``), each class for a mixed fleet (``models/<class>/``); empty before the first."""
+        return {} if self._publisher is None else self._publisher.newest()
+
+    def messages(self, namespace: str | None = None) -> list[tuple[str, bytes]]:
+        """The retained messages of the newest package under ``namespace`` (None: of every namespace)."""
         from export.package import verify_package
         from export.push import package_messages
 
-        return package_messages(self.federation, verify_package(self.built.path, None))[1]
+        return [m for ns, built in self.newest().items() if namespace is None or ns == namespace
+                for m in package_messages(self.federation, verify_package(built.path, None), ns)[1]]

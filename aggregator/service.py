@@ -18,10 +18,10 @@ announcement (with the round's nonce and the hash of its global knowledge) and "
 whose header does not echo the round's nonce is discarded. It watches its retained manifest,
 proxy chunks and announcement and puts its own back when another publisher replaces them (clients refuse the
 forgery, but one that starts later would find nothing else), and after every reconnect it publishes all of
-them and its newest package again (what was put there while it was away arrives flagged retained, like its
-own). No wall clock is read: a fresh run's id carries the next epoch of the run counter in the state folder
-(fedmekt/run_counter.py), the announcement carries the round's timeout as a duration, and the round closes
-on this process's monotonic clock.
+them and its newest package (a mixed fleet's: of each class) again (what was put there while it was away
+arrives flagged retained, like its own). No wall clock is read: a fresh run's id carries the next epoch of
+the run counter in the state folder (fedmekt/run_counter.py), the announcement carries the round's timeout
+as a duration, and the round closes on this process's monotonic clock.
 Retained messages are an optimisation: a client's sync request (``clients/<id>/sync``, sent on
 every (re)connect) is answered on its ``reply/`` topics with what it lacks — the manifest, the proxy
 set, the open round's announcement (and global knowledge when it owes an upload), the newest

@@ -2,8 +2,8 @@
 
 A client's sync request (``clients/<id>/sync``, sent on every (re)connect) is answered on its ``reply/``
 topics with what it lacks — the manifest, the proxy set, the open round's announcement (and global knowledge
-when it owes an upload), the newest package — rate-limited per client (aggregator/sync.py), so a broker
-without retained messages loses nothing.
+when it owes an upload), the newest package (a mixed fleet's: of the device class the request names) —
+rate-limited per client (aggregator/sync.py), so a broker without retained messages loses nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from aggregator.sync import SyncLimiter
+from fedmekt import device_classes
 from fedmekt.run_counter import epoch_file
 from fedmekt.wire.codec import WireError
 from fedmekt.wire.runs import run_order
@@ -33,6 +34,7 @@ class SyncAnswers:
         self.limiter = SyncLimiter(host.opts.sync_interval, host.opts.sync_bulk_interval)  # also counts requests
         self._bad_sync: set[str] = set()  # clients whose malformed sync request was logged (once each)
         self._newer_runs: set[str] = set()  # newer runs clients named in sync requests (logged once each)
+        self._bad_class: set[str] = set()  # clients that named a device class we do not accept (logged once each)
 
     def on_sync(self, client_id: str, payload: bytes) -> None:
         known = self.host.opts.known_clients
@@ -96,8 +98,22 @@ class SyncAnswers:
                     out.append((t.rounds, control.payload(t.rounds)))
                 if owed:
                     out += [(t.global_chunk(rnd, i), f) for i, f in enumerate(r.global_frames)]
-        built = host.packages.built
-        if req.model is not None and built is not None and req.model != (built.manifest.run, built.manifest.round) \
-                and self.limiter.bulk(client_id, f"model-{built.manifest.round}", now):
-            out += host.packages.messages()
+        namespace = self.package_namespace(client_id, req) if req.model is not None else None
+        built = host.packages.newest().get(namespace) if namespace is not None else None
+        if built is not None and req.model != (built.manifest.run, built.manifest.round) \
+                and self.limiter.bulk(client_id, f"model-{namespace}-{built.manifest.round}", now):
+            out += host.packages.messages(namespace)
         return out
+
+    def package_namespace(self, client_id: str, req: SyncRequest) -> str | None:
+        """Where the package ``client_id`` installs goes out: ``models/`` ("") in a fleet of one class, its class's
+        ``models/<class>/`` in a mixed fleet; None for a class the federation does not accept (said once)."""
+        cfg = self.host.cfg
+        if req.device_class:
+            why = device_classes.refusal(cfg.fleet, cfg.federation, req.device_class)
+            if why is not None:
+                if client_id not in self._bad_class and len(self._bad_class) < 4096:
+                    self._bad_class.add(client_id)
+                    log.warning("no model package for %s: %s", client_id, why)
+                return None
+        return req.device_class if len(cfg.device_classes) > 1 else ""

@@ -46,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_client.sync import RETRY, SyncClient, model_held
+from edge_client.sync import RETRY, SyncClient, model_class, model_held
 from edge_client.trust import RunTrust
 from fedmekt import device_classes
 from fedmekt.errors import UserError
@@ -184,7 +184,8 @@ class EdgeAgent:
         elif self._bundle is not None:
             proxy = self._bundle[0]
         return SyncRequest(run=m.run if m else "", proxy=proxy, round=self._seen_round, uploaded=self._uploaded,
-                           model=model_held(self.opts.models), liveness=self._challenge)
+                           model=model_held(self.opts.models), liveness=self._challenge,
+                           device_class=model_class(self.opts.models))
 
     # -- messages -----------------------------------------------------------------------------
     def _dispatch(self, msg: Message) -> None:

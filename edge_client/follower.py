@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_client.inference import ModelService
-from edge_client.sync import SyncClient, model_held
+from edge_client.sync import SyncClient, model_class, model_held
 from edge_client.trust import RunTrust
 from fedmekt.errors import UserError
 from fedmekt.transport.mqtt import LinkOptions, Message, MqttLink, Presence
@@ -68,7 +68,8 @@ class InferenceGateway:
         self.link: MqttLink | None = None
         self.model_ready = threading.Event()  # a model is in service: the source may be read
         self.sync = SyncClient(self.topics, options.client_id, lambda: SyncRequest(
-            run=self.run_followed or "", proxy=None, model=model_held(self.opts.models)),
+            run=self.run_followed or "", proxy=None, model=model_held(self.opts.models),
+            device_class=model_class(self.opts.models)),
             unserved=lambda: self.run_followed is None)
 
     def run(self, source, stop: threading.Event | None = None) -> int:

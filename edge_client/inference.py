@@ -171,6 +171,7 @@ class ModelService:
         from export.push import PackageReceiver
 
         self.modality, self.stride, self.threads = modality, stride, threads
+        self.device_class = device_class or ""  # named in its sync requests: the answer carries that class's package
         self.store = ModelStore(store_dir, public_key)
         self.receivers = [PackageReceiver(self.store, federation, on_installed=lambda m: self._swap(m, installed=True),
                                           accept_hand_exported=accept_hand_exported, device_class=device_class,

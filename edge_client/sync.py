@@ -42,6 +42,11 @@ def model_held(models) -> tuple[str, int] | None:
     return (recognizer.package.manifest.run, recognizer.package.manifest.round)
 
 
+def model_class(models) -> str:
+    """The device class whose packages an edge_client.inference.ModelService installs ("" = none declared)."""
+    return "" if models is None else models.device_class
+
+
 class SyncClient:
     """Call :meth:`step` from the client's loop and pass every message through :meth:`unwrap`."""
 

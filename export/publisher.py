@@ -35,6 +35,7 @@ class PackagePublisher:
     device_class: str = ""   # signed into each package: the class whose gateways install it ("" = any)
     namespace: str = ""      # a mixed fleet's class: published under models/<class>/ ("" = models/)
     previous: Announcement | None = None
+    built: BuiltPackage | None = None  # the newest package published (the aggregator's sync answers resend it)
     _last_dir: Path | None = None
 
     def due(self, round_: int, final: bool = False) -> bool:
@@ -53,7 +54,12 @@ class PackagePublisher:
                               device_class=self.device_class)
         self.previous = publish_package(self.link, self.federation, built.path, previous=self.previous,
                                         device_class=self.namespace)
+        self.built = built
         if self._last_dir is not None and self._last_dir != out:
             shutil.rmtree(self._last_dir, ignore_errors=True)
         self._last_dir = out
         return built
+
+    def newest(self) -> dict[str, BuiltPackage]:
+        """The newest package published, by the namespace it went out under (empty before the first)."""
+        return {} if self.built is None else {self.namespace: self.built}

@@ -2,13 +2,16 @@
 
 Keys are ``autoencoder.<state-dict key>`` and ``head.<state-dict key>`` (the federation's model, fedmekt/artifacts.py)
 and ``deployed.encoders.*`` / ``deployed.head.*`` (the deployed model, fedmekt/learn/deploy.py): a package ships
-the deployed model when the folder holds one, else (a folder written before issue 19 §3) the federation's.
+the deployed model when the folder holds one, else (a folder written before issue 19 §3) the federation's. A mixed
+fleet's folder also keeps each narrower device class's model (``class.<class>.*``, fedmekt/learn/class_models.py);
+the widest class ships the deployed one.
 Loading goes through safetensors only: no pickle on files that may come from elsewhere.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,10 +21,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from fedmekt import device_classes
 from fedmekt.artifacts import FINAL_MODEL, RUN_INFO, RunInfo, atomic_write_bytes, read_run_info, write_run_info
 from fedmekt.errors import UserError
+from fedmekt.learn.class_models import class_prefix
 from fedmekt.learn.deploy import DeployedModel, load_deployed
 from fedmekt.learn.model import EncoderClassifier, LinearHead, SplitAutoencoder
+from sensors.datasets import did_you_mean
 
 
 @dataclass
@@ -76,9 +82,10 @@ def resolve_run_dir(path: Path) -> Path:
     return path
 
 
-def load_run_model(run_dir: Path) -> RunModel:
+def load_run_model(run_dir: Path, device_class: str | None = None) -> RunModel:
     """Rebuild the split autoencoder and head of a run (or of the one run in a run folder, ``resolve_run_dir``);
-    one-line UserError if it is not one."""
+    with ``device_class``, the model that class's gateways deploy (:func:`run_classes`). One-line UserError if it
+    is not one."""
     run_dir = resolve_run_dir(run_dir)
     for name in (RUN_INFO, FINAL_MODEL):
         if not (run_dir / name).is_file():
@@ -99,6 +106,8 @@ def load_run_model(run_dir: Path) -> RunModel:
             raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json ({prefix[:-1]}): {first}") from exc
     autoencoder.eval()
     head.eval()
+    if device_class is not None and device_class != _global_class(run_dir, info, tensors, device_class):
+        return _class_model(run_dir, info, tensors, device_class)
     try:
         deployed = load_deployed(tensors, autoencoder, len(info.label_names))
     except ValueError as exc:
@@ -106,6 +115,39 @@ def load_run_model(run_dir: Path) -> RunModel:
     if deployed is not None:
         return RunModel.of(info, deployed)
     return RunModel(info, autoencoder, head)
+
+
+def run_classes(info: RunInfo, tensors: dict) -> tuple[str, ...]:
+    """The device classes a run produced a model for, narrow to wide: the global model's (the widest its fleet
+    accepts: run.json's config) and each narrower one its model state keeps (``class.<class>.*``)."""
+    fleet = info.extra.get("config", {}).get("fleet", device_classes.DEFAULT)
+    try:
+        accepted = device_classes.parse_fleet(fleet)
+    except ValueError as exc:
+        raise UserError(f"run.json's fleet cannot be read: {exc}") from None
+    kept = {c for c in accepted if any(k.startswith(class_prefix(c)) for k in tensors)}
+    return tuple(c for c in accepted if c == accepted[-1] or c in kept)
+
+
+def _global_class(run_dir: Path, info: RunInfo, tensors: dict, wanted: str) -> str:
+    """The class of the run's global model; UserError when ``wanted`` is a class the run has no model for."""
+    have = run_classes(info, tensors)
+    if wanted not in have:
+        raise UserError(f"{run_dir} has no model of device class {wanted!r}{did_you_mean(wanted, have)}; "
+                        f"it has: {', '.join(have)}")
+    return have[-1]
+
+
+def _class_model(run_dir: Path, info: RunInfo, tensors: dict, device_class: str) -> RunModel:
+    """A narrower class's model: encoders of its width (run.json's standard ``hidden`` scaled) and its head."""
+    hidden = device_classes.hidden_for(int(info.extra["config"]["hidden"]), device_class)
+    student = SplitAutoencoder(dict(info.channels), info.rep_size, hidden)
+    try:
+        model = load_deployed(tensors, student, len(info.label_names), prefix=class_prefix(device_class))
+    except ValueError as exc:
+        raise UserError(f"{run_dir / FINAL_MODEL} does not match run.json (device class {device_class}): "
+                        f"{exc}") from None
+    return RunModel.of(dataclasses.replace(info, hidden=hidden), model)
 
 
 @contextmanager

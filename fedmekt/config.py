@@ -90,6 +90,10 @@ class Hyper:
                                      # from the global one on the server's inputs (fedmekt/learn/class_models.py;
                                      # at 96, seed 0's UR Fall acce student was 0.35 MSE from
                                      # the teacher's z of variance 0.53; docs/results.md)
+    class_distil_warm_steps: int = 96  # the same for a package before the last round: the student starts from the
+                                       # class's previous package and takes this many steps (the last round's,
+                                       # final figures and package, is always distilled afresh: every process
+                                       # agrees with the in-process run whatever the package cadence)
 
 
 def default_batch(dataset: str) -> tuple[int, int]:
@@ -225,6 +229,8 @@ class FederationConfig:
              f"width differs between device classes"),
             (self.hyper.class_distil_steps >= 1, f"hyper.class_distil_steps must be >= 1, got "
                                                  f"{self.hyper.class_distil_steps}"),
+            (self.hyper.class_distil_warm_steps >= 0, f"hyper.class_distil_warm_steps must be >= 0, got "
+                                                      f"{self.hyper.class_distil_warm_steps}"),
         ]
 
     @property

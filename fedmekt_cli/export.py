@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key", "--signing-key", dest="key", type=Path, default=os.environ.get(KEY_ENV),
                    help=f"Ed25519 private key (PEM) of the aggregator [env {KEY_ENV}]")
     p.add_argument("--stride", type=int, help="sliding-window stride recorded for gateways (default: window/2)")
+    p.add_argument("--device-class", metavar="CLASS",
+                   help="a mixed fleet's run: export the model of this device class (small, standard, large), "
+                        "signed for that class's gateways only (default: the global model, for any gateway)")
     p.set_defaults(func=run)
     sub = p.add_subparsers(dest="export_command", metavar="keygen")
     k = sub.add_parser("keygen", help="create an Ed25519 signing key pair",
@@ -68,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
         from export.run_model import load_run_model
     except ModuleNotFoundError as exc:
         raise UserError(f"export needs the training extras ({exc.name} missing): pip install 'fedmekt-edge[train]'") from None
-    built = build_package(load_run_model(run_dir), args.out, key, int8=args.int8, stride=args.stride, progress=True)
+    model = load_run_model(run_dir, args.device_class)
+    built = build_package(model, args.out, key, int8=args.int8, stride=args.stride, progress=True,
+                          device_class=args.device_class or "")
     m = built.manifest
-    print(f"{built.path}: round {m.round}, {m.precision}, modalities {', '.join(m.modalities)}, "
+    of_class = f"device class {m.device_class}, " if m.device_class else ""
+    print(f"{built.path}: round {m.round}, {of_class}{m.precision}, modalities {', '.join(m.modalities)}, "
           f"window {m.window}, stride {m.stride}, {built.size_bytes} bytes, signed")
     return 0

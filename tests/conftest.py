@@ -44,6 +44,14 @@ def mosquitto(tmp_path: Path) -> MosquittoProcess:
 
 
 @pytest.fixture
+def no_retain(tmp_path: Path) -> MosquittoProcess:
+    """A mosquitto with retained messages off: the protocol's state reaches a late client only by sync answers."""
+    broker = start_mosquitto(extra_config="retain_available false", workdir=tmp_path / "mosquitto")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
 def federation(tmp_path: Path):
     """Factory of :class:`ProcessFederation` (aggregator and clients as processes); all closed at teardown."""
     feds: list[ProcessFederation] = []

@@ -62,7 +62,38 @@ def test_reproduced_run_exports_and_infers(tmp_path, capsys):
                  "--key", str(tmp_path / "agg.key")]) == 0
     assert (tmp_path / "pkg2" / "manifest.json").read_bytes() == (tmp_path / "pkg" / "manifest.json").read_bytes()
     capsys.readouterr()
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "pkg3"), "--key", str(tmp_path / "agg.key"),
+                 "--device-class", "large"]) == 2   # a fleet of one class: only its model
+    assert "no model of device class 'large'; it has: standard" in capsys.readouterr().err
     assert main(["infer", "--model", str(tmp_path / "pkg"), "--source", "replay:demo", "--modality", "gyro",
                  "--public-key", str(tmp_path / "agg.pub"), "--max-windows", "4"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 4 and all(d["label"] in LABELS and 0 < d["confidence"] <= 1 for d in lines)
+
+
+def test_mixed_fleet_run_exports_the_package_of_each_device_class(tmp_path, capsys):
+    """A mixed fleet's run folder keeps every class's model: ``--device-class`` exports that class's, signed for
+    its gateways, each as wide as its class; a class the run has no model for is one line naming those it has."""
+    cfg = tmp_path / "mixed.toml"
+    cfg.write_text("hidden = 8\nproxy_windows = 6\n[hyper]\nclassifier_epochs = 1\nlocal_epochs = 1\n"
+                   "probe_max_iter = 20\ndeploy_rounds = 2\nclass_distil_steps = 4\n")
+    assert main(["reproduce", "--dataset", "demo", "--seeds", "1", "--rounds", "1", "--algorithms", "fedmekt-c",
+                 "--fleet", "mixed", "--no-reference-rows", "--config", str(cfg), "--out", str(tmp_path / "repro"),
+                 "--no-progress"]) == 0
+    assert main(["export", "keygen", "--out", str(tmp_path / "agg")]) == 0
+    sizes = {}
+    for device_class in ("small", "standard", "large"):
+        out = tmp_path / device_class
+        assert main(["export", "--run", str(tmp_path / "repro"), "--out", str(out), "--key", str(tmp_path / "agg.key"),
+                     "--device-class", device_class]) == 0
+        package = verify_package(out, load_public_key(tmp_path / "agg.pub"))
+        assert package.manifest.device_class == device_class
+        sizes[device_class] = len(package.files["gyro.onnx"])
+    assert sizes["small"] < sizes["standard"] < sizes["large"], sizes
+    assert "device class large" in capsys.readouterr().out
+    assert main(["export", "--run", str(tmp_path / "repro"), "--out", str(tmp_path / "typo"),
+                 "--key", str(tmp_path / "agg.key"), "--device-class", "smal"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no model of device class 'smal' (did you mean 'small'?); it has: small, standard, large" \
+        in err[0], err
+    assert not (tmp_path / "typo").exists()

@@ -93,6 +93,30 @@ def test_each_narrower_class_gets_an_encoder_of_its_width_distilled_from_the_glo
     assert torch.mean((distilled - target) ** 2) < torch.mean((fresh - target) ** 2)
 
 
+def test_a_package_before_the_last_round_warm_starts_each_class_and_the_last_round_distils_afresh():
+    """A package due before the last round starts each narrower student from the class's previous package
+    (``class_distil_warm_steps`` 0: the very same encoders); after the last round every student is distilled
+    afresh, so the final models do not depend on how many packages went out before."""
+    cfg = tiny_config(fleet="mixed", rounds=3, hyper=dict(class_distil_steps=8, class_distil_warm_steps=0))
+    split = tiny_split()
+    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+
+    def advance() -> dict:
+        plan = server.plan_round(server.rounds_completed, [c.client_id for c in split.clients])
+        server.begin_round(plan)
+        server.update_without_uploads(plan)   # the server's own steps move the global encoders
+        server.finish_round(plan)
+        return {k: v.clone() for k, v in server.class_models()["small"].model.encoders.state_dict().items()}
+
+    first, second, last = advance(), advance(), advance()
+    assert all(torch.equal(first[k], second[k]) for k in first)   # warm, no steps: the previous package's encoders
+    fresh = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    fresh.load_state_dict(server.state_dict())   # the same global model, no package history
+    alone = fresh.class_models()["small"].model.encoders.state_dict()
+    assert all(torch.equal(last[k], alone[k]) for k in last)
+    assert not all(torch.equal(last[k], second[k]) for k in last)
+
+
 # ---- through mosquitto ----------------------------------------------------------------------------------
 @pytest.mark.broker
 def test_mixed_fleet_through_mosquitto_equals_inprocess(mosquitto, tmp_path):
@@ -153,19 +177,26 @@ def test_gateway_of_a_refused_class_exits_with_one_line(mosquitto, tmp_path):
 
 
 # ---- separate processes ---------------------------------------------------------------------------------
+def _mixed_processes(fed, tmp_path):
+    """``fed`` made a mixed fleet, a signing key pair in ``tmp_path``, and one ``fedmekt client --device-class …``
+    process per client, dealt as reproduce deals them (the aggregator is the caller's to start)."""
+    fed.config.write_text(fed.config.read_text().replace(
+        "[hyper]\n", 'fleet = "mixed"\n[hyper]\nclass_distil_steps = 4\n'))  # top-level keys before the table
+    generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+    for cid, device_class in device_classes.assign("mixed", fed.client_ids).items():
+        fed.start_client(cid, True, "--device-class", device_class, "--public-key", str(tmp_path / "agg.pub"))
+    return fed
+
+
 @pytest.mark.slow
 @pytest.mark.broker
 def test_mixed_fleet_of_processes_equals_inprocess_and_each_class_installs_its_package(federation, tmp_path):
     """``fedmekt aggregator`` and one ``fedmekt client --device-class …`` process per client (dealt as reproduce
     deals them): the same final figures as the in-process run, and each gateway installs its class's package."""
-    fed = federation(rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0, federation="fleet")
-    fed.config.write_text(fed.config.read_text().replace(
-        "[hyper]\n", 'fleet = "mixed"\n[hyper]\nclass_distil_steps = 4\n'))  # top-level keys before the table
-    generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+    fed = _mixed_processes(federation(rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
+                                      federation="fleet"), tmp_path)
     classes = device_classes.assign("mixed", fed.client_ids)
     assert sorted(classes.values()) == ["large", "small", "standard"]
-    for cid in fed.client_ids:
-        fed.start_client(cid, True, "--device-class", classes[cid], "--public-key", str(tmp_path / "agg.pub"))
     fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"))
     assert fed.wait_exit("aggregator", 300) == 0, fed.log("aggregator")[-3000:]
     for cid in fed.client_ids:
@@ -181,3 +212,33 @@ def test_mixed_fleet_of_processes_equals_inprocess_and_each_class_installs_its_p
     keys = [k for k in ref if k.startswith(("probe_f1", "deployed_f1", "class_"))]
     assert any(k.startswith("class_small_") for k in keys)
     assert {k: final[k] for k in keys} == {k: ref[k] for k in keys}
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_sync_answer_carries_the_package_of_the_asking_gateways_class(federation, no_retain, tmp_path):
+    """On a broker that keeps nothing, an inference-only small-class gateway that joins after a package went out
+    gets that class's package (models/small/) in the answer to its sync request, and no other class's. Four
+    rounds: the aggregator is still running rounds (and answering) when the gateway asks."""
+    fed = _mixed_processes(federation(rounds=4, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
+                                      federation="fleetsync", broker=no_retain), tmp_path)
+    fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
+    topics = Topics("fleetsync")
+    small = topics.models_of("small") + "/manifest"
+    fed.wait_until(lambda: any(t == small for _, t, _p in fed.recorder.snapshot()), 180,
+                   "the small class's first package to go out (live only: nothing is retained)")
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "samples.csv"
+    csv.write_text("".join(f"{i / 50:.3f}," + ",".join(f"{v:.4f}" for v in rng.normal(size=3)) + "\n"
+                           for i in range(300)))
+    broker, env = fed._broker_args("gw01")
+    fed._spawn("gw01", ["client", "--infer-only", *broker, "--client-id", "gw01", "--federation", "fleetsync",
+                        "--device-class", "small", "--public-key", str(tmp_path / "agg.pub"), "--source", f"csv:{csv}",
+                        "--modalities", "acce:3", "--store", str(tmp_path / "gw01" / "store.sqlite")], env)
+    assert fed.wait_exit("gw01", 150) == 0, fed.log("gw01")[-3000:]
+    installed = ModelStore(tmp_path / "gw01" / "models", load_public_key(tmp_path / "agg.pub")).current()
+    assert installed is not None and installed.package.manifest.device_class == "small", fed.log("gw01")[-2000:]
+    answered = {topics.replied("gw01", t) for _, t, p in fed.recorder.snapshot() if p}
+    assert small in answered, sorted(a for a in answered if a)
+    assert not {topics.models_of(c) + "/manifest" for c in ("standard", "large")} & answered
+    assert fed.wait_exit("aggregator", 300) == 0, fed.log("aggregator")[-3000:]

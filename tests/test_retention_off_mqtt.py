@@ -12,7 +12,6 @@ import time
 import pytest
 
 from core_support import tiny_config, tiny_split
-from fedmekt.transport.broker import start_mosquitto
 from fedmekt.errors import UserError
 from fedmekt.experiment.in_process import run_inprocess
 from fedmekt.transport.mqtt import LinkOptions, MqttLink
@@ -23,13 +22,6 @@ from learning_rows import learning
 from wait_support import wait_for
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def no_retain(tmp_path):
-    broker = start_mosquitto(extra_config="retain_available false", workdir=tmp_path / "mosquitto")
-    yield broker
-    broker.stop()
 
 
 def test_retention_off_link_publishes_without_the_retain_flag(no_retain):
@@ -163,13 +155,16 @@ def test_retention_off_sync_flood_gets_the_proxy_set_once(no_retain, tmp_path):
                                  b'{"v":1,"run":"","proxy":"","round":true,"uploaded":-1,"model":null}',
                                  b'{"v":1,"run":"","proxy":null,"round":-1,"uploaded":-1,"model":["", -2]}',
                                  b'{"v":1,"run":"a/b","proxy":"","round":-1,"uploaded":-1,"model":null}',
+                                 b'{"v":1,"run":"","proxy":null,"round":-1,"uploaded":-1,"model":null,"class":"Big"}',
+                                 b'{"v":1,"run":"","proxy":null,"round":-1,"uploaded":-1,"model":null,"class":5}',
                                  b"{" + b" " * 2000 + b"}"])
 def test_retention_off_malformed_sync_request_is_refused(raw):
     from fedmekt.wire.codec import WireError
 
     with pytest.raises(WireError):
         SyncRequest.from_bytes(raw)
-    held = SyncRequest(run="1764660000000-0a1b2c3d", proxy="ab" * 32, round=3, uploaded=2, model=("", -1))
+    held = SyncRequest(run="1764660000000-0a1b2c3d", proxy="ab" * 32, round=3, uploaded=2, model=("", -1),
+                       device_class="small")
     assert SyncRequest.from_bytes(held.to_bytes()) == held
 
 

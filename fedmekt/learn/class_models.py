@@ -7,6 +7,9 @@ the inputs the server holds (the proxy set and the labelled set's inputs, labels
 global head is tuned on the student's frozen z of the labelled set (the classifier's own walk). Matching z
 rather than logits keeps the student in the global latent space the head already reads, so the head starts
 right and only needs the student's residual error corrected. No bytes are sent and no client data is read.
+
+A run folder keeps each narrower class's model under ``class.<class>.`` (:meth:`ClassModel.state`), so
+``fedmekt export --device-class`` builds that class's package from a finished run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 
 from fedmekt.config import FederationConfig
 from fedmekt.learn.algorithms.base import inputs_only, private_epoch
+from fedmekt.learn.deploy import DeployedModel
 from fedmekt.learn.evaluation import train_classifier_round
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
 from sensors.partition import Partition
@@ -38,14 +42,24 @@ class ClassModel:
         """Parameters of the encoders the class's package ships (decoders stay on the server)."""
         return sum(p.numel() for p in self.model.encoders.parameters())
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Its encoders and head as a run folder keeps them (``class.<class>.encoders.*``, ``….head.*``)."""
+        return DeployedModel(self.model, self.head, 0).state(class_prefix(self.device_class))
+
+
+def class_prefix(device_class: str) -> str:
+    """Where a run's model state keeps a narrower class's deployable model (``fedmekt/learn/deploy.py`` keys)."""
+    return f"class.{device_class}."
+
 
 def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: LinearHead, student: SplitAutoencoder,
                        proxy: Partition, labelled: Partition, cfg: FederationConfig, rng: np.random.Generator,
-                       device: torch.device) -> ClassModel:
+                       device: torch.device, budget: int) -> ClassModel:
     """Fit ``student``'s encoders to ``teacher``'s z, then tune a copy of ``head`` on them (see the module doc).
 
-    ``hyper.class_distil_steps`` sub-window steps (epochs of fresh crops until spent), every modality of the pair
-    per step; the teacher is read only.
+    ``budget`` sub-window steps (epochs of fresh crops until spent; ``hyper.class_distil_steps`` from a fresh
+    student, ``class_distil_warm_steps`` from the class's previous one), every modality of the pair per step; the
+    teacher is read only.
     """
     h = cfg.hyper
     modalities = tuple(cfg.pair)
@@ -53,8 +67,8 @@ def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: Linea
     params = [p for m in modalities for p in student.encoders[m].parameters()]
     opt = torch.optim.Adam(params, lr=h.lr_global)
     steps = 0
-    while steps < h.class_distil_steps:  # epochs of random crops until the budget is spent
-        for xs, _labels in private_epoch(source, modalities, cfg, rng, device, h.class_distil_steps - steps):
+    while steps < budget:  # epochs of random crops until the budget is spent
+        for xs, _labels in private_epoch(source, modalities, cfg, rng, device, budget - steps):
             loss = torch.zeros((), device=device)
             for m in modalities:
                 with torch.no_grad():

@@ -29,7 +29,7 @@ from fedmekt.learn.evaluation import train_classifier_round
 from fedmekt.learn.model import HEADS, LinearHead, SplitAutoencoder, build_head
 from sensors.partition import Partition
 
-ENCODERS, HEAD = "deployed.encoders.", "deployed.head."   # keys of the deployed model in a run's model state
+DEPLOYED = "deployed."   # the deployed model's keys in a run's model state: ``deployed.encoders.*``, ``….head.*``
 
 
 @dataclass
@@ -40,10 +40,10 @@ class DeployedModel:
     head: nn.Module
     steps: int   # fine-tuning optimizer steps (0: the federation's head on its frozen encoders)
 
-    def state(self) -> dict[str, np.ndarray]:
-        """``deployed.encoders.<m>.*`` and ``deployed.head.*`` float32 arrays (what a run folder keeps)."""
-        out = {f"{ENCODERS}{k}": v.detach().cpu().numpy() for k, v in self.model.encoders.state_dict().items()}
-        out.update({f"{HEAD}{k}": v.detach().cpu().numpy() for k, v in self.head.state_dict().items()})
+    def state(self, prefix: str = DEPLOYED) -> dict[str, np.ndarray]:
+        """``<prefix>encoders.<m>.*`` and ``<prefix>head.*`` float32 arrays (what a run folder keeps)."""
+        out = {f"{prefix}encoders.{k}": v.detach().cpu().numpy() for k, v in self.model.encoders.state_dict().items()}
+        out.update({f"{prefix}head.{k}": v.detach().cpu().numpy() for k, v in self.head.state_dict().items()})
         return out
 
 
@@ -71,14 +71,16 @@ def deploy(model: SplitAutoencoder, head: LinearHead, labelled: Partition, cfg: 
     return DeployedModel(model.eval(), head.eval(), int(torch.as_tensor(state.get("step", 0)).item()))
 
 
-def load_deployed(state: dict, model: SplitAutoencoder, n_classes: int) -> DeployedModel | None:
-    """The deployed model kept in a run's model ``state`` (``DeployedModel.state``) on a copy of ``model``, its
-    head's kind read from its parameter names; None when the state has none (written before issue 19 §3).
-    ValueError when the state is not one (unknown head, wrong shapes)."""
-    enc = {k[len(ENCODERS):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(ENCODERS)}
+def load_deployed(state: dict, model: SplitAutoencoder, n_classes: int,
+                  prefix: str = DEPLOYED) -> DeployedModel | None:
+    """The deployed model kept under ``prefix`` in a run's model ``state`` (``DeployedModel.state``) on a copy of
+    ``model``, its head's kind read from its parameter names; None when the state has none (written before issue
+    19 §3). ValueError when the state is not one (unknown head, wrong shapes)."""
+    encoders, head_prefix = f"{prefix}encoders.", f"{prefix}head."
+    enc = {k[len(encoders):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(encoders)}
     if not enc:
         return None
-    head_state = {k[len(HEAD):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(HEAD)}
+    head_state = {k[len(head_prefix):]: torch.as_tensor(v) for k, v in state.items() if k.startswith(head_prefix)}
     kinds = [k for k, cls in HEADS.items() if set(cls(1, 1).state_dict()) == set(head_state)]
     if not kinds:
         raise ValueError(f"the deployed head's parameters {sorted(head_state)} are no known head ({', '.join(HEADS)})")

@@ -20,6 +20,7 @@ Determinism (bit for bit on CPU with the same thread count, in one process or ma
 
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -318,9 +319,16 @@ class ServerEngine:
         return out
 
     def final_state(self) -> dict[str, np.ndarray]:
-        """What a run folder keeps: the global model, the federation's head and the deployed model."""
+        """What a run folder keeps: the global model, the federation's head and the deployed model; in a fleet of
+        several device classes also each narrower class's model (``class.<c>.*``: ``fedmekt export --device-class``)."""
         state = {k: v for k, v in self.state_dict().items() if k.startswith(("autoencoder.", "head."))}
-        return {**state, **self.deployed().state()}
+        state.update(self.deployed().state())
+        if len(self.cfg.device_classes) > 1:
+            top = device_classes.global_class(self.cfg.fleet)   # ships the deployed model
+            for cm in (cm for name, cm in self.class_models().items() if name != top):
+                state.update(cm.state())
+        return state
+
     def class_scores(self) -> dict:
         """Each device class's deployed model scored on the test set (``class_<c>_deployed_…``), its width and
         encoder parameter count."""
@@ -335,19 +343,33 @@ class ServerEngine:
     def class_models(self) -> dict[str, ClassModel]:
         """Each accepted device class's deployable encoders + head: the deployed model (:meth:`deployed`) for the
         global model's own (widest) class, for each narrower class one distilled from the global encoders and
-        head (fedmekt/learn/class_models.py). Seeded by (seed, class): the
-        same in every process; computed once per completed round."""
+        head (fedmekt/learn/class_models.py); computed once per completed round.
+
+        After the last round (the final figures and package) every student is distilled afresh, seeded by (seed,
+        class): the same in every process, however many packages went out before. A package before that (the
+        aggregator's ``--package-every``) warm-starts each student from the class's previous package and takes
+        ``hyper.class_distil_warm_steps``, seeded by (seed, class, round): a package costs a fraction of a fresh
+        distillation, and the same cadence gives the same packages."""
         if self._class_models is None or self._class_models[0] != self.rounds_completed:
-            top = device_classes.global_class(self.cfg.fleet)
+            h, top = self.cfg.hyper, device_classes.global_class(self.cfg.fleet)
+            last = self.rounds_completed >= self.cfg.rounds
+            previous = {} if last or self._class_models is None else self._class_models[1]
             made = {}
             for i, name in enumerate(self.cfg.device_classes):
                 if name == top:
                     dep = self.deployed()
                     made[name] = ClassModel(name, dep.model, dep.head)
                     continue
-                student = build_model(self.cfg, self.channels, name).to(self.device)
+                if name in previous:   # warm: from the class's previous package
+                    student, rng = copy.deepcopy(previous[name].model).train(), \
+                        rng_for(self.cfg.seed, _CLASS, i, self.rounds_completed)
+                    budget = h.class_distil_warm_steps
+                else:
+                    student, rng = build_model(self.cfg, self.channels, name).to(self.device), \
+                        rng_for(self.cfg.seed, _CLASS, i)
+                    budget = h.class_distil_steps
                 made[name] = distil_class_model(name, self.model, self.head, student, self.proxy, self.labelled,
-                                                self.cfg, rng_for(self.cfg.seed, _CLASS, i), self.device)
+                                                self.cfg, rng, self.device, budget)
             self._class_models = (self.rounds_completed, made)
         return self._class_models[1]
 
@@ -365,7 +387,7 @@ class ServerEngine:
         def sub(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
 
-        self._deployed = None   # derived from the model: recomputed on demand
+        self._deployed = self._class_models = None   # derived from the model: recomputed on demand
         self.model.load_state_dict(sub("autoencoder."))
         self.head.load_state_dict(sub("head."))
         self.party.optim.load_state_arrays(state, "optim/")

@@ -26,6 +26,7 @@ SYNC_VERSION = 1
 MAX_SYNC = 1024
 _RUN = re.compile(r"^[0-9a-zA-Z\-]{0,64}$")
 _HEX = re.compile(r"^[0-9a-f]{0,64}$")
+_CLASS = re.compile(r"^[a-z]{0,16}$")  # a device class's name; which ones a federation accepts, its aggregator says
 
 
 def _round(x: object) -> bool:
@@ -42,6 +43,7 @@ class SyncRequest:
     uploaded: int = -1  # latest round it uploaded for
     model: tuple[str, int] | None = None  # (run, round) of the installed package; None = it takes no packages
     liveness: str = ""  # the liveness challenge's nonce it holds ("" = none: the answer carries the current one)
+    device_class: str = ""  # the class whose packages it installs (a mixed fleet's models/<class>/; "" = models/)
 
     @property
     def trains(self) -> bool:
@@ -50,7 +52,7 @@ class SyncRequest:
     def to_bytes(self) -> bytes:
         return json.dumps({"v": SYNC_VERSION, "run": self.run, "proxy": self.proxy, "round": self.round,
                            "uploaded": self.uploaded, "model": list(self.model) if self.model else None,
-                          "liveness": self.liveness},
+                          "liveness": self.liveness, "class": self.device_class},
                           separators=(",", ":")).encode()
 
     @classmethod
@@ -65,12 +67,15 @@ class SyncRequest:
         if not isinstance(d, dict) or d.get("v") != SYNC_VERSION:
             raise WireError("sync request has an unknown version")
         run, proxy, model, liveness = d.get("run"), d.get("proxy"), d.get("model"), d.get("liveness", "")
+        device_class = d.get("class", "")
         ok = (isinstance(run, str) and _RUN.match(run)
               and (proxy is None or isinstance(proxy, str) and _HEX.match(proxy))
               and _round(d.get("round")) and _round(d.get("uploaded"))
               and (model is None or isinstance(model, list) and len(model) == 2 and isinstance(model[0], str)
                    and _RUN.match(model[0]) and _round(model[1]))
-              and isinstance(liveness, str) and _HEX.match(liveness) and len(liveness) <= 32)
+              and isinstance(liveness, str) and _HEX.match(liveness) and len(liveness) <= 32
+              and isinstance(device_class, str) and _CLASS.fullmatch(device_class) is not None)
         if not ok:
             raise WireError("sync request fields have wrong types or ranges")
-        return cls(run, proxy, d["round"], d["uploaded"], (model[0], model[1]) if model else None, liveness)
+        return cls(run, proxy, d["round"], d["uploaded"], (model[0], model[1]) if model else None, liveness,
+                   device_class)
