@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from core_support import QUICK_DEPLOY_TOML
@@ -143,6 +144,17 @@ class ProcessFederation:
         if fill_store:
             args += ["--source", f"split:{self.config}"]
         return self._spawn(cid, args + list(extra), env, clock)
+
+    def start_infer_only(self, cid: str, public_key: Path, *extra: str) -> subprocess.Popen:
+        """An inference-only gateway (``client --infer-only``) on 300 random acce samples of its own CSV."""
+        rng = np.random.default_rng(0)
+        csv = self.tmp / f"{cid}-samples.csv"
+        csv.write_text("".join(f"{i / 50:.3f}," + ",".join(f"{v:.4f}" for v in rng.normal(size=3)) + "\n"
+                               for i in range(300)))
+        broker, env = self._broker_args(cid)
+        return self._spawn(cid, ["client", "--infer-only", *broker, "--client-id", cid, "--federation", self.federation,
+                                 "--public-key", str(public_key), "--source", f"csv:{csv}", "--modalities", "acce:3",
+                                 "--store", str(self.tmp / cid / "store.sqlite"), *extra], env)
 
     def start_all(self, *aggregator_args: str) -> None:
         """Every client (its store filled from the split), then the aggregator with ``aggregator_args``."""

@@ -227,14 +227,7 @@ def test_a_sync_answer_carries_the_package_of_the_asking_gateways_class(federati
     small = topics.models_of("small") + "/manifest"
     fed.wait_until(lambda: any(t == small for _, t, _p in fed.recorder.snapshot()), 180,
                    "the small class's first package to go out (live only: nothing is retained)")
-    rng = np.random.default_rng(0)
-    csv = tmp_path / "samples.csv"
-    csv.write_text("".join(f"{i / 50:.3f}," + ",".join(f"{v:.4f}" for v in rng.normal(size=3)) + "\n"
-                           for i in range(300)))
-    broker, env = fed._broker_args("gw01")
-    fed._spawn("gw01", ["client", "--infer-only", *broker, "--client-id", "gw01", "--federation", "fleetsync",
-                        "--device-class", "small", "--public-key", str(tmp_path / "agg.pub"), "--source", f"csv:{csv}",
-                        "--modalities", "acce:3", "--store", str(tmp_path / "gw01" / "store.sqlite")], env)
+    fed.start_infer_only("gw01", tmp_path / "agg.pub", "--device-class", "small")
     assert fed.wait_exit("gw01", 150) == 0, fed.log("gw01")[-3000:]
     installed = ModelStore(tmp_path / "gw01" / "models", load_public_key(tmp_path / "agg.pub")).current()
     assert installed is not None and installed.package.manifest.device_class == "small", fed.log("gw01")[-2000:]
