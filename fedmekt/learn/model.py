@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 HIDDEN = 32
+VAR_EPS = 1e-6   # PooledMLPHead: keeps the std's gradient finite at a sequence's first step (variance 0)
 
 
 class StackedLSTM(nn.Module):
@@ -87,7 +88,29 @@ class MLPHead(nn.Module):
         return self.out(torch.relu(self.hidden(z)))
 
 
-HEADS = {"linear": LinearHead, "mlp": MLPHead}
+class PooledMLPHead(nn.Module):
+    """``MLPHead`` on [z_t, mean of z over steps 1..t, std of z over steps 1..t] (3r → ``width`` → K).
+
+    On r = 2–4 numbers per step one step says little; an activity shows in how z moves over the window. The
+    summary is causal (step t never sees a later step) and restarts with every sequence the head is given, so
+    the package's last step of a window sees the whole window, and training crops and evaluation chunks are
+    pooled the same way. Exported as CumSum/Sqrt/MatMul ops; the step count is a CumSum of ones, so the time
+    axis stays dynamic.
+    """
+
+    def __init__(self, rep_size: int, n_classes: int, width: int = HIDDEN) -> None:
+        super().__init__()
+        self.mlp = MLPHead(3 * rep_size, n_classes, width)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        steps = torch.cumsum(torch.ones_like(z[..., :1]), dim=-2)
+        mean = torch.cumsum(z, dim=-2) / steps
+        var = torch.cumsum(z * z, dim=-2) / steps - mean * mean
+        std = torch.sqrt(torch.clamp(var, min=0.0) + VAR_EPS)
+        return self.mlp(torch.cat([z, mean, std], dim=-1))
+
+
+HEADS = {"linear": LinearHead, "mlp": MLPHead, "mlp-pool": PooledMLPHead}
 
 
 def build_head(kind: str, rep_size: int, n_classes: int) -> nn.Module:
