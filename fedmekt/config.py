@@ -81,7 +81,7 @@ class Hyper:
                                        # classifier epochs, per label modality); 320 leaves UR Fall, HAPT
                                        # and the demo unchanged, caps large labelled sets
     deploy_head: str = "mlp"         # the deployed model's head (fedmekt/learn/deploy.py): "linear", "mlp"
-                                     # or "mlp-pool" (z pooled causally over the window)
+                                     # or "mlp-pool" (z with its mean and std over the last 24 steps)
     deploy_rounds: int = 50          # rounds of the classifier's schedule that fine-tune a copy of the federation's
                                      # encoders and the head on the labelled set; 0 = the federation's head on its
                                      # frozen encoders (mlp + 50: docs/fedmekt-c-selection.md, issue 19 §3)

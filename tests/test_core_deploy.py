@@ -11,7 +11,7 @@ import torch
 
 from fedmekt.learn.engine import ServerEngine
 from fedmekt.learn.deploy import load_deployed
-from fedmekt.learn.model import HEADS, LinearHead, PooledMLPHead, build_head
+from fedmekt.learn.model import HEADS, POOL_STEPS, LinearHead, PooledMLPHead, build_head
 from tests.core_support import assert_deployed_figures_score_the_shipped_model, tiny_config, tiny_split
 
 
@@ -85,20 +85,22 @@ def test_final_evaluation_scores_the_deployed_model_and_the_run_state_keeps_it(s
     assert type(loaded.head) is type(dep.head) and _states_equal(loaded.state(), dep.state())
 
 
-def test_pooled_head_is_causal_and_restarts_with_every_sequence():
-    """At step t the pooled head sees steps 1..t of its sequence: changing later steps changes nothing before
-    them, changing an earlier step changes every later output (it pools, unlike the per-step MLP)."""
+def test_pooled_head_is_causal_bounded_and_restarts_with_every_sequence():
+    """At step t the pooled head sees steps t - POOL_STEPS + 1..t of its sequence: changing later steps changes
+    nothing before them; changing a step changes the outputs of the POOL_STEPS steps from it on (it pools,
+    unlike the per-step MLP) and none after."""
     torch.manual_seed(0)
     head = build_head("mlp-pool", 3, 5).eval()
-    z = torch.randn(4, 40, 3)
+    z = torch.randn(4, 2 * POOL_STEPS + 10, 3)
     later, earlier = z.clone(), z.clone()
-    later[:, 25:] += torch.randn(4, 15, 3)
+    later[:, 25:] += torch.randn(4, z.shape[1] - 25, 3)
     earlier[:, 3] += 1.0
     with torch.no_grad():
         out, out_later, out_earlier = head(z), head(later), head(earlier)
     assert torch.equal(out[:, :25], out_later[:, :25]) and not torch.allclose(out[:, 25:], out_later[:, 25:])
     assert torch.equal(out[:, :3], out_earlier[:, :3])
-    assert (out[:, 4:] - out_earlier[:, 4:]).abs().amax(dim=-1).min() > 0
+    assert (out[:, 3:3 + POOL_STEPS] - out_earlier[:, 3:3 + POOL_STEPS]).abs().amax(dim=-1).min() > 0
+    torch.testing.assert_close(out[:, 3 + POOL_STEPS:], out_earlier[:, 3 + POOL_STEPS:])
     # a suffix fed as its own sequence is pooled from its own start, as the package pools each window
     assert not torch.allclose(head(z[:, 20:]), out[:, 20:])
     # the summary's gradient is finite at a sequence's first step (variance 0 there)

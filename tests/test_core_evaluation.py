@@ -45,7 +45,7 @@ def test_evaluation_logits_are_the_package_run_on_each_range_as_one_window(head)
                            for a, b in bounds])
     assert batched.shape == (30, 4)
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
-    across = clf(encode_rows(model, x, "a", bounds, torch.device("cpu")))   # one sequence of all the rows
+    across = clf(encode_rows(model, x, "a", bounds, torch.device("cpu"))[None])[0]   # all rows as one sequence
     assert torch.allclose(across[12:], alone[12:]) == (head != "mlp-pool")
 
 
