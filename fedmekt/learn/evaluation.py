@@ -9,7 +9,7 @@ Two probes of the global encoder:
 * the deployed model (``deployed_scores``): what ships in the package (``fedmekt.learn.deploy``: the encoders
   and head fine-tuned on the labelled set), scored like the probe — what a user's gateway predicts, beside the
   research metric; the head runs on each chunk as one sequence (``classify_rows``), as the package runs on a
-  window, so a head pooling z over time pools exactly as it does on a gateway;
+  window, so a head pooling z over time pools as it does on a gateway's window;
 * the final linear probe (``modality_probes``, the one probe of every table row): per test modality, a fresh
   linear head trained to convergence (full-batch L-BFGS) on that modality's frozen per-step features of the
   labelled partition; weighted F1, macro F1 and accuracy over the whole test set (every segment encoded from
