@@ -36,7 +36,7 @@ FEDERATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ROBUST_AGGREGATIONS = ("none", "clip", "trimmed")
 PROXY_DELIVERIES = ("auto", "once", "round")
 UPLOAD_WEIGHTS = ("uniform", "rounds")
-DEPLOY_HEADS = ("linear", "mlp")   # fedmekt.learn.model.HEADS
+DEPLOY_HEADS = ("linear", "mlp", "mlp-pool")   # fedmekt.learn.model.HEADS
 
 
 @dataclass
@@ -80,7 +80,8 @@ class Hyper:
     classifier_step_budget: int = 320  # the same for the classifier's walk of the labelled set (all
                                        # classifier epochs, per label modality); 320 leaves UR Fall, HAPT
                                        # and the demo unchanged, caps large labelled sets
-    deploy_head: str = "mlp"         # the deployed model's head (fedmekt/learn/deploy.py): "linear" or "mlp"
+    deploy_head: str = "mlp"         # the deployed model's head (fedmekt/learn/deploy.py): "linear", "mlp"
+                                     # or "mlp-pool" (z with its mean and std over the last 24 steps)
     deploy_rounds: int = 50          # rounds of the classifier's schedule that fine-tune a copy of the federation's
                                      # encoders and the head on the labelled set; 0 = the federation's head on its
                                      # frozen encoders (mlp + 50: docs/fedmekt-c-selection.md, issue 19 §3)
@@ -193,7 +194,8 @@ class FederationConfig:
             (self.hyper.deploy_head in DEPLOY_HEADS,
              f"hyper.deploy_head must be one of {DEPLOY_HEADS}, got {self.hyper.deploy_head!r}"),
             (self.hyper.deploy_rounds >= 1 or self.hyper.deploy_head == "linear",
-             "hyper.deploy_head 'mlp' needs hyper.deploy_rounds >= 1 (a fresh head must be trained)"),
+             f"hyper.deploy_head {self.hyper.deploy_head!r} needs hyper.deploy_rounds >= 1 "
+             "(a fresh head must be trained)"),
             (self.hyper.deploy_rounds >= 0 and self.hyper.lr_deploy > 0,
              f"hyper.deploy_rounds must be >= 0 and hyper.lr_deploy > 0, got {self.hyper.deploy_rounds}, "
              f"{self.hyper.lr_deploy}"),

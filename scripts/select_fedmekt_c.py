@@ -87,6 +87,7 @@ DEPLOY_RECIPES = {   # every recipe names its head and rounds, so a changed defa
     "ft-linear-100-lr2e-3": {"deploy_head": "linear", "deploy_rounds": 100, "lr_deploy": 0.002},
     "ft-mlp-50": {"deploy_head": "mlp", "deploy_rounds": 50},   # the default since issue 19 §3
     "ft-mlp-100": {"deploy_head": "mlp", "deploy_rounds": 100},
+    "ft-mlp-pool-50": {"deploy_head": "mlp-pool", "deploy_rounds": 50},   # z pooled over its last 24 steps
 }
 LABELLED_ONLY = "labelled-only"   # the reference every recipe must beat: no federation, the same labels
 

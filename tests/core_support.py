@@ -58,16 +58,20 @@ def tiny_config(algorithm: str = "fedmekt-c", **kw) -> FederationConfig:
 
 
 def assert_deployed_figures_score_the_shipped_model(server, final: dict) -> None:
-    """final_evaluation's deployed figures are the deployed head on each modality's encoder, on the probe's test
-    rows (the model the packages ship, scored as the probe is)."""
+    """final_evaluation's deployed figures are what the package computes: the deployed encoder + head
+    (``EncoderClassifier``, the exported module) run on each ``eval_chunk`` chunk of the probe's test rows as one
+    window from a zero state, every step's prediction kept (so each chunk's last step is the recognizer's label)."""
     import torch
 
-    from fedmekt.learn.evaluation import chunk_bounds, encode_rows, f1_scores
+    from fedmekt.learn.evaluation import chunk_bounds, f1_scores
+    from fedmekt.learn.model import EncoderClassifier
 
     dep, cfg, test = server.deployed(), server.cfg, server.test
     bounds = chunk_bounds(test.segments, cfg.eval_chunk)
     y = test.labels[np.concatenate([np.arange(a, b) for a, b in bounds])]
     for m in cfg.pair:
+        package = EncoderClassifier(dep.model.encoders[m], dep.head)
         with torch.no_grad():
-            pred = dep.head(encode_rows(dep.model, test.modalities[m], m, bounds, server.device)).argmax(1)
+            pred = torch.cat([package(torch.from_numpy(test.modalities[m][a:b][None]).float())[1][0]
+                              for a, b in bounds]).argmax(1)
         assert final[f"deployed_f1_weighted_{m}"] == f1_scores(y, pred.numpy(), len(server.label_names))["f1_weighted"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fedmekt.learn.engine import ServerEngine
-from fedmekt.learn.evaluation import chunk_bounds, encode_rows
-from fedmekt.learn.model import SplitAutoencoder
+from fedmekt.learn.evaluation import chunk_bounds, classify_rows, encode_rows
+from fedmekt.learn.model import EncoderClassifier, SplitAutoencoder, build_head
 from tests.core_support import assert_deployed_figures_score_the_shipped_model, tiny_config, tiny_split
 
 
@@ -27,6 +27,26 @@ def test_padded_batch_encoding_equals_encoding_each_range_alone():
     alone = torch.cat([model.encode(torch.from_numpy(x[a:b])[None], "a")[0][0] for a, b in bounds])
     assert batched.shape == (30, 2)
     torch.testing.assert_close(batched, alone.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp", "mlp-pool"])
+def test_evaluation_logits_are_the_package_run_on_each_range_as_one_window(head):
+    """classify_rows (the deployed figures' predictions) gives, at every step of a range, the logits of the
+    exported module run on that range alone from a zero state: at a range's last step the streaming recognizer's
+    label. A head pooling z over its sequence pools each range from its own start, never across ranges."""
+    torch.manual_seed(0)
+    model = SplitAutoencoder({"a": 3}, 2, hidden=8)
+    clf = build_head(head, 2, 4)
+    x = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    bounds = [(0, 12), (12, 15), (15, 30)]
+    batched = classify_rows(model, clf, x, "a", bounds, torch.device("cpu"))
+    with torch.no_grad():
+        alone = torch.cat([EncoderClassifier(model.encoders["a"], clf)(torch.from_numpy(x[a:b])[None])[1][0]
+                           for a, b in bounds])
+    assert batched.shape == (30, 4)
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+    across = clf(encode_rows(model, x, "a", bounds, torch.device("cpu"))[None])[0]   # all rows as one sequence
+    assert torch.allclose(across[12:], alone[12:]) == (head != "mlp-pool")
 
 
 def test_final_evaluation_reports_probe_metrics_and_majority_floor():

@@ -103,15 +103,17 @@ def test_parity_detects_a_perturbed_model(data_dir, tmp_path, tmp_path_factory):
         check_parity(run.model.classifier("acce"), path, real_inputs(run, "acce"), lengths=(128,))
 
 
-def test_a_run_folder_ships_its_deployed_model_with_parity(data_dir, tmp_path, tmp_path_factory):
-    """A run folder holding a deployed model (fine-tuned encoders, an MLP head) packages THAT model, not the
-    federation's: the package's ONNX files reproduce the deployed model (parity checked by build_package) and
-    differ from the federation's encoder + head."""
+@pytest.mark.parametrize("head", ["mlp", "mlp-pool"])
+def test_a_run_folder_ships_its_deployed_model_with_parity(head, data_dir, tmp_path, tmp_path_factory):
+    """A run folder holding a deployed model (fine-tuned encoders, an MLP head, per step or over z pooled along
+    the window) packages THAT model, not the federation's: the package's ONNX files reproduce the deployed model
+    (parity checked by build_package, here again at a window and at 2000 steps) and differ from the federation's
+    encoder + head."""
     from export.build import build_package
     from export.package import generate_keypair, load_private_key
     from export.run_model import load_run_model, save_run_model
     from fedmekt.learn.deploy import DeployedModel
-    from fedmekt.learn.model import MLPHead
+    from fedmekt.learn.model import HEADS, build_head
 
     run = trained_run("ur_fall", data_dir, tmp_path_factory)
     info, federation = run.model.info, run.model
@@ -120,18 +122,19 @@ def test_a_run_folder_ships_its_deployed_model_with_parity(data_dir, tmp_path, t
         for m in info.channels:
             tuned.encoders[m].first.weight_ih_l0.mul_(1.1)   # stands for fine-tuning: the encoders moved
     torch.manual_seed(1)
-    deployed = DeployedModel(tuned, MLPHead(info.rep_size, len(info.label_names)).eval(), 7)
+    deployed = DeployedModel(tuned, build_head(head, info.rep_size, len(info.label_names)).eval(), 7)
     save_run_model(tmp_path / "run", info, federation.autoencoder, federation.head, deployed)
     shipped = load_run_model(tmp_path / "run")
-    assert isinstance(shipped.head, MLPHead)
+    assert type(shipped.head) is HEADS[head]
     generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
     built = build_package(shipped, tmp_path / "pkg", load_private_key(tmp_path / "k.key"))
     for m, channels in info.channels.items():
-        x = real_inputs(run, m)[:, :128]
-        z, logits = session(built.path / f"{m}.onnx").run(None, {"x": x})
-        z_dep, logits_dep = (t.detach().numpy() for t in EncoderClassifier(tuned.encoders[m], deployed.head)(
-            torch.from_numpy(x)))
-        np.testing.assert_allclose(z, z_dep, atol=TOLERANCE)
-        np.testing.assert_allclose(logits, logits_dep, atol=1e-3)
+        for length in (128, 2000):
+            x = real_inputs(run, m)[:, :length]
+            z, logits = session(built.path / f"{m}.onnx").run(None, {"x": x})
+            z_dep, logits_dep = (t.detach().numpy() for t in EncoderClassifier(tuned.encoders[m], deployed.head)(
+                torch.from_numpy(x)))
+            np.testing.assert_allclose(z, z_dep, atol=tolerance(length))
+            np.testing.assert_allclose(logits, logits_dep, atol=1e-3)
         z_fed, _ = federation.classifier(m)(torch.from_numpy(x))
         assert np.abs(z - z_fed.detach().numpy()).max() > 100 * TOLERANCE   # not the federation's encoder

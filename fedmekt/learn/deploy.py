@@ -3,7 +3,8 @@
 Federation pretrains, labels fine-tune. The probe (``fedmekt.learn.evaluation.modality_probes``) asks how
 good the federation's frozen representation is; a user deploying a model asks what the best classifier is
 that the server can build from it and its labelled set. So the deployed model is a COPY of the federation's
-encoders with a head (``hyper.deploy_head``: the federation's own linear head, or a fresh small MLP), trained
+encoders with a head (``hyper.deploy_head``: the federation's own linear head, or a fresh small MLP on each
+step's z or, ``"mlp-pool"``, on z with its mean and std over the last ``POOL_STEPS`` steps), trained
 end to end on the server's labelled set for ``hyper.deploy_rounds`` rounds of the classifier's schedule (each
 ``classifier_epochs`` walks per label modality, bounded by ``classifier_step_budget``: the cost is bounded
 and known) at ``hyper.lr_deploy``; ``deploy_tune_encoder`` False trains the head alone. ``deploy_rounds`` = 0

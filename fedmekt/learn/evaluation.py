@@ -8,7 +8,8 @@ Two probes of the global encoder:
   (``f1_paper``); the table value is the median of the last 10 rounds;
 * the deployed model (``deployed_scores``): what ships in the package (``fedmekt.learn.deploy``: the encoders
   and head fine-tuned on the labelled set), scored like the probe — what a user's gateway predicts, beside the
-  research metric;
+  research metric; the head runs on each chunk as one sequence (``classify_rows``), as the package runs on a
+  window, so a head pooling z over time pools as it does on a gateway's window;
 * the final linear probe (``modality_probes``, the one probe of every table row): per test modality, a fresh
   linear head trained to convergence (full-batch L-BFGS) on that modality's frozen per-step features of the
   labelled partition; weighted F1, macro F1 and accuracy over the whole test set (every segment encoded from
@@ -68,13 +69,36 @@ def encode_rows(model: SplitAutoencoder, x: np.ndarray, modality: str, bounds: l
 
     Ranges are right-padded to the longest: an LSTM's output at step t never depends on later steps.
     """
+    with torch.no_grad():
+        z, _ = model.encode(_padded(x, bounds, device), modality)
+    return _rows(z, bounds)
+
+
+def classify_rows(model: SplitAutoencoder, head: torch.nn.Module, x: np.ndarray, modality: str,
+                  bounds: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """Logits [rows, K] of ``head`` over each range's z sequence (``encode_rows``' batching).
+
+    The head sees a range as one sequence, as it does a training crop and the package a window: a head that
+    pools z causally (``PooledMLPHead``) restarts with every range and, like the LSTM, never sees a later step,
+    so the padding changes nothing.
+    """
+    with torch.no_grad():
+        z, _ = model.encode(_padded(x, bounds, device), modality)
+        return _rows(head(z), bounds)
+
+
+def _padded(x: np.ndarray, bounds: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """The ranges of ``x`` as one batch [len(bounds), longest, C], right-padded with zeros."""
     longest = max(b - a for a, b in bounds)
     batch = np.zeros((len(bounds), longest, x.shape[1]), dtype=np.float32)
     for i, (a, b) in enumerate(bounds):
         batch[i, : b - a] = x[a:b]
-    with torch.no_grad():
-        z, _ = model.encode(torch.from_numpy(batch).to(device), modality)
-    return torch.cat([z[i, : b - a] for i, (a, b) in enumerate(bounds)])
+    return torch.from_numpy(batch).to(device)
+
+
+def _rows(seq: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:
+    """The unpadded steps of a padded batch [len(bounds), longest, D], concatenated [rows, D]."""
+    return torch.cat([seq[i, : b - a] for i, (a, b) in enumerate(bounds)])
 
 
 def train_classifier_round(model: SplitAutoencoder, head: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -143,8 +167,7 @@ def deployed_scores(model: SplitAutoencoder, head: torch.nn.Module, test: Partit
     y = test.labels[np.concatenate([np.arange(a, b) for a, b in bounds])]
     out: dict[str, float] = {}
     for m in cfg.pair:
-        with torch.no_grad():
-            pred = to_numpy(head(encode_rows(model, test.modalities[m], m, bounds, device))).argmax(1)
+        pred = to_numpy(classify_rows(model, head, test.modalities[m], m, bounds, device)).argmax(1)
         out.update({f"deployed_{k}_{m}": v for k, v in f1_scores(y, pred, n_classes).items()})
     return out
 

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 HIDDEN = 32
+VAR_EPS = 1e-6   # PooledMLPHead: keeps the std's gradient finite at a sequence's first step (variance 0)
+POOL_STEPS = 24  # PooledMLPHead's lookback: the default window a package classifies (FederationConfig.window)
 
 
 class StackedLSTM(nn.Module):
@@ -87,7 +89,34 @@ class MLPHead(nn.Module):
         return self.out(torch.relu(self.hidden(z)))
 
 
-HEADS = {"linear": LinearHead, "mlp": MLPHead}
+class PooledMLPHead(nn.Module):
+    """``MLPHead`` on [z_t, mean of z over the last ``POOL_STEPS`` steps, their std] (3r → ``width`` → K).
+
+    On r = 2–4 numbers per step one step says little; an activity shows in how z moves. The summary is causal
+    (step t never sees a later step), restarts with every sequence the head is given (zero padding before it,
+    not counted), and looks back a bounded stretch, so the package's last step of a window, a training crop and
+    a long evaluation chunk all pool alike (a summary over a whole 2000-step chunk would mix activities).
+    Exported as Conv/Sqrt/MatMul ops, the time axis dynamic.
+    """
+
+    def __init__(self, rep_size: int, n_classes: int, width: int = HIDDEN) -> None:
+        super().__init__()
+        self.mlp = MLPHead(3 * rep_size, n_classes, width)
+        # a depthwise causal sum over POOL_STEPS steps of [1, z, z²]; not a parameter, so not in the state
+        self.register_buffer("window", torch.ones(2 * rep_size + 1, 1, POOL_STEPS), persistent=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([torch.ones_like(z[..., :1]), z, z * z], dim=-1).transpose(1, 2)
+        sums = nn.functional.conv1d(x, self.window, padding=POOL_STEPS - 1, groups=x.shape[1])
+        sums = sums[..., : 1 - POOL_STEPS].transpose(1, 2)   # output t sums inputs t - POOL_STEPS + 1..t
+        r = z.shape[-1]
+        mean = sums[..., 1:r + 1] / sums[..., :1]
+        var = sums[..., r + 1:] / sums[..., :1] - mean * mean
+        std = torch.sqrt(torch.clamp(var, min=0.0) + VAR_EPS)
+        return self.mlp(torch.cat([z, mean, std], dim=-1))
+
+
+HEADS = {"linear": LinearHead, "mlp": MLPHead, "mlp-pool": PooledMLPHead}
 
 
 def build_head(kind: str, rep_size: int, n_classes: int) -> nn.Module:
