@@ -6,6 +6,7 @@ The run folder comes from a real (tiny) in-process federation on the bundled dem
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import subprocess
@@ -49,7 +50,20 @@ def test_report_html_embeds_every_plot_and_the_results_table(run_folder: Path):
     assert "<table>" in page and "fedmekt-c[W8]" in page and "majority floor" in page
     assert "3 of 3 rounds" in page                                 # the overview counts rounds as the progress bar
     assert "deployed model weighted F1 acce" in page and "<th>deployed F1</th>" in page
+    assert "star at the last round is the deployed model" in page and "whole test set" in page
     assert page.count("<th>") <= 12 and "_mean" not in page    # readable headings, not the CSV's columns
+
+
+def test_f1_plot_marks_the_deployed_model_beside_the_per_round_curve(run_folder: Path):
+    """The F1 panel carries the deployed model's figure (a star; the caption names its metric): the picture changes
+    when the run's finals lose it."""
+    from fedmekt.observe.html_report import f1_figure, load_run_folder
+
+    folder = load_run_folder(run_folder)
+    assert any(k.startswith("deployed_f1_weighted_") for f in folder.finals for k in f)
+    without = dataclasses.replace(folder, finals=[{k: v for k, v in f.items() if not k.startswith("deployed_")}
+                                                  for f in folder.finals])
+    assert f1_figure(folder) != f1_figure(without)
 
 
 def test_final_probe_confusion_matrix_is_in_final_jsonl(run_folder: Path):

@@ -110,7 +110,8 @@ def _by_round(rows: list[dict], key) -> dict[int, list[float]]:
 
 
 def f1_figure(folder: RunFolder) -> bytes:
-    """Paper-metric F1 per round: mean over seeds, min–max band, the majority floor as a dashed line."""
+    """Paper-metric F1 per round: mean over seeds, min–max band, the majority floor on the same metric as a dashed
+    line, and the deployed model's figure (the package's model on the whole test set) as a star at the last round."""
     plt = _pyplot()
     mods = sorted({m for r in parse_rows(folder.rows) for m in r.f1_paper})
     setups = folder.setups
@@ -135,6 +136,11 @@ def f1_figure(folder: RunFolder) -> bytes:
                         ms=3, label=variant + (f" (mean of {seeds} seeds; band: min–max)" if seeds > 1 else ""))
                 if seeds > 1:
                     ax.fill_between(x, [min(v) for v in vals], [max(v) for v in vals], color=color, alpha=0.18, lw=0)
+                deployed = [f[f"deployed_f1_weighted_{m}"] for f in folder.finals
+                            if _setup(f) == setup and _variant(f) == variant and f"deployed_f1_weighted_{m}" in f]
+                if deployed:   # another metric (the whole test set), so a marker beside the curve, not on it
+                    ax.plot([x[-1]], [np.mean(deployed)], "*", color=color, ms=12, mec="black", mew=0.6,
+                            label=f"{variant}: deployed model {np.mean(deployed):.2f} (weighted F1, whole test set)")
             if floor is not None:
                 ax.axhline(floor, color="0.35", ls="--", lw=1.5, label=f"majority-class floor {floor:.2f}")
             _integer_rounds(ax, last)
@@ -392,7 +398,9 @@ def render_html(folder: RunFolder) -> str:
         ("F1 per round", f1_figure(folder),
          "The paper's per-round probe (weighted F1 per 2000-step test chunk, averaged) for each test modality; "
          "the dashed line is the score, on that same metric, of always predicting the labelled set's majority "
-         "class (chunk averages score a constant predictor higher than the whole test set does)."),
+         "class (chunk averages score a constant predictor higher than the whole test set does). The star at "
+         "the last round is the deployed model (what the package ships), scored on another metric: weighted F1 "
+         "over the whole test set, as in the table."),
         ("Bytes per round", bytes_figure(folder),
          "Encoded wire messages (frame headers + tensors) summed over a round's selected clients; "
          "FedMEKT also sends the proxy set once before the first round, or (proxy_delivery \"round\") each "
