@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from fedmekt.learn.algorithms.base import Algorithm
 from fedmekt.learn.algorithms.fedmekt import FedMEKT
+from fedmekt.learn.algorithms.heterofl import HeteroFL
 from fedmekt.learn.algorithms.mmfl import MultimodalFedAvg
 
 _FACTORIES = {
@@ -35,6 +36,7 @@ _FACTORIES = {
     "mmfedavg": lambda: MultimodalFedAvg(""),
     "mmfedprox": lambda: MultimodalFedAvg("prox"),
     "mmmoon": lambda: MultimodalFedAvg("moon"),
+    "heterofl": HeteroFL,
 }
 
 
