@@ -2,8 +2,8 @@
 FedMEKT federation; the server distils each narrower class's encoder from its global model.
 
 Core: the config refuses what cannot mix; classes keep r, so uploads keep their shape. Through a real
-mosquitto: a mixed fleet's simulation, and its separate aggregator and client processes, equal the in-process
-run; each class's gateways install that class's signed package; the aggregator ignores a gateway of a class it
+mosquitto: a mixed fleet's simulation (FedMEKT-C, and HeteroFL's width slices: baseline (b)), and its separate
+aggregator and client processes, equal the in-process run; each class's gateways install that class's signed package; the aggregator ignores a gateway of a class it
 does not accept (one line), and a gateway told so by the manifest exits with that line.
 """
 
@@ -119,8 +119,9 @@ def test_a_package_before_the_last_round_warm_starts_each_class_and_the_last_rou
 
 # ---- through mosquitto ----------------------------------------------------------------------------------
 @pytest.mark.broker
-def test_mixed_fleet_through_mosquitto_equals_inprocess(mosquitto, tmp_path):
-    cfg, split = tiny_config("fedmekt-c", fleet="mixed", hyper=dict(
+@pytest.mark.parametrize("algorithm", ["fedmekt-c", "heterofl"])   # heterofl: baseline (b), parameters by width
+def test_mixed_fleet_through_mosquitto_equals_inprocess(mosquitto, tmp_path, algorithm):
+    cfg, split = tiny_config(algorithm, fleet="mixed", hyper=dict(
         batch=[4, 6], sub_window=[4, 8], classifier_epochs=1, local_epochs=1, global_epochs=1, probe_max_iter=20,
         class_distil_steps=8)), tiny_split()
     sim = run_simulation(cfg, split, url=mosquitto.url, out=tmp_path / "out", progress=False, rate_hz=20.0,
