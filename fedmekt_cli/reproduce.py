@@ -81,7 +81,7 @@ def add_embedding_options(p) -> None:
                    help="most steps of the FedMEKT server's proxy walk per round (default 32; 0 = unbounded)")
     p.add_argument("--fleet", default=None, metavar="CLASSES",
                    help="device classes of the clients: one of small, standard (default), large; 'mixed' = a third "
-                        "each (sorted clients dealt round-robin, FedMEKT only); or a comma list")
+                        "each (sorted clients dealt round-robin; FedMEKT or heterofl); or a comma list")
 
 
 def apply_embedding_options(args, base: dict) -> None:

@@ -1,4 +1,5 @@
-"""The five algorithms (``get_algorithm(name)``) and how this implementation treats the spec's §10 list.
+"""The paper's five algorithms and HeteroFL, issue 22's baseline (b) (``get_algorithm(name)``), and how this
+implementation treats the spec's §10 list.
 
 Fixed (always):
 
