@@ -8,8 +8,9 @@ every gate; ``first.weight_hh`` also keeps its first h columns (its input is its
 ``second.weight_ih`` its first h columns (its input is the first LSTM's output). Every other dimension (input
 channels, the representation size r, the second LSTM's own width) is the same in every class and never sliced.
 
-A slice runs exactly as the wide model with the other units' rows zeroed: a unit whose weights and biases are
-zero has c = 0.5 c' + 0.5 tanh(0) = 0 from c₀ = 0, so its output is 0 and the kept units see no difference.
+A slice computes what the wide model computes (to float rounding) with the other units' rows zeroed: a unit
+whose weights and biases are zero has c = 0.5 c' + 0.5 tanh(0) = 0 from c₀ = 0, so its output is 0 and the kept
+units see no difference.
 """
 
 from __future__ import annotations
