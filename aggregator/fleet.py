@@ -1,8 +1,9 @@
 """The aggregator's side of device classes (fedmekt/device_classes.py): who may join, and per-class packages.
 
 A training gateway declares its class in its status; one the federation does not accept is never selected
-(warned about once, in one line), and every accepted class's uploads are folded alike: they share the shape
-[W, T, r] whatever the class's width.
+(warned about once, in one line), and every accepted class's uploads are folded alike: FedMEKT's share the shape
+[W, T, r] whatever the class's width; HeteroFL's are checked against the declared class's slice
+(``Presence.classes``, ``ServerEngine.expected_upload``).
 """
 
 from __future__ import annotations

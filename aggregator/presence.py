@@ -50,6 +50,7 @@ class Presence:
         self.federation, self.pair, self.known_clients, self.liveness = federation, pair, known_clients, liveness
         self.class_gate = class_gate  # device classes the federation accepts (aggregator/fleet.py)
         self.online: dict[str, tuple[str, ...]] = {}
+        self.classes: dict[str, str | None] = {}  # client -> the device class its last online status declared
         self._live: dict[str, tuple[float, str]] = {}  # client -> (monotonic time of its last proof, nonce echoed)
         self._nonces: tuple[str, ...] = ()  # the liveness challenges honoured: the current one first
         self._unknown: set[str] = set()  # status ids outside known_clients, warned about once
@@ -91,6 +92,7 @@ class Presence:
             if client_id not in self.online:
                 log.debug("%s online with %s", client_id, mods)
             self.online[client_id] = mods
+            self.classes[client_id] = status.device_class
             if not retained:
                 self._proof(client_id, status.proof)
         else:

@@ -424,6 +424,6 @@ class Aggregator:
 
     def _on_upload(self, client_id: str, topic_round: str, payload: bytes) -> None:
         if self.uploads.take(client_id, topic_round, payload, self._round, self._absorbed, self.server,
-                             self.online.get(client_id, ())):
+                             self.online.get(client_id, ()), self.presence.classes.get(client_id)):
             self._absorbed.add(client_id)
             self.presence.mark_live(client_id)

@@ -29,9 +29,9 @@ class UploadDesk:
         self.discarded.append(why)
 
     def take(self, client_id: str, topic_round: str, payload: bytes, r: OpenRound | None, absorbed: set[str],
-             server, mods: tuple[str, ...]) -> bool:
-        """Check one frame of ``client_id``'s upload (``mods``: what it announced); True once its whole upload
-        was absorbed by ``server`` (the caller records it)."""
+             server, mods: tuple[str, ...], device_class: str | None = None) -> bool:
+        """Check one frame of ``client_id``'s upload (``mods``, ``device_class``: what it announced; the class sets
+        the shapes under HeteroFL); True once its whole upload was absorbed by ``server`` (the caller records it)."""
         try:
             header, body = parse_frame(payload, self.limits)
         except WireError as exc:
@@ -59,8 +59,8 @@ class UploadDesk:
             if header.index == 0:
                 self.discard(f"{client_id}: duplicate upload for round {header.round + 1}")
             return False
-        expected = server.expected_upload(mods, r.plan)
         try:
+            expected = server.expected_upload(mods, r.plan, device_class)
             if header.index == 0:
                 if tuple(sorted(header.modalities)) != tuple(sorted(mods)):
                     raise WireError(f"modalities {header.modalities} differ from announced {mods}")
@@ -75,7 +75,7 @@ class UploadDesk:
             if done is None:
                 return False
             tensors = decode_body(done.header, done.body, expected)
-            server.absorb(client_id, mods, tensors)
+            server.absorb(client_id, mods, tensors, device_class)
         except (WireError, ValueError) as exc:
             r.rejected += 1
             self.discard(f"{client_id} round {header.round + 1}: {getattr(exc, 'reason', exc)}")

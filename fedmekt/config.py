@@ -24,7 +24,8 @@ from fedmekt import device_classes
 from fedmekt.errors import UserError
 from sensors.datasets import did_you_mean
 
-ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
+ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon", "heterofl")
+WIDTH_SLICED = ("heterofl",)   # parameter averaging over width slices: runs a mixed fleet (issue 22 baseline (b))
 WIRE_DTYPES = ("float32", "float16")
 WIRE_ITEMSIZE = {"float32": 4, "float16": 2}
 LAYERS = ("rep", "rep+hidden")
@@ -216,16 +217,17 @@ class FederationConfig:
                 raise UserError(message)
 
     def _fleet_checks(self) -> list[tuple[bool, str]]:
-        """A mixed fleet needs embeddings of one shape: FedMEKT, exchanging the representation only."""
+        """A mixed fleet needs embeddings of one shape (FedMEKT, exchanging the representation only) or parameters
+        averaged over width slices (HeteroFL)."""
         try:
             classes = device_classes.parse_fleet(self.fleet)
         except ValueError as exc:
             return [(False, str(exc))]
         mixed = len(classes) > 1
         return [
-            (not mixed or self.is_embedding,
+            (not mixed or self.is_embedding or self.algorithm in WIDTH_SLICED,
              f"{self.algorithm} averages parameters, which needs one shape: a fleet of {self.fleet!r} cannot run "
-             f"it (baseline (a): fleet = 'small', every client at the smallest class)"),
+             f"it (baseline (a): fleet = 'small', every client at the smallest class; baseline (b): heterofl)"),
             (not mixed or self.layers == "rep",
              f"a fleet of {self.fleet!r} exchanges the representation only (layers = 'rep'): the hidden layer's "
              f"width differs between device classes"),

@@ -13,7 +13,9 @@ import argparse
 import time
 from pathlib import Path
 
-ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
+from fedmekt.config import ALGORITHMS
+
+PAPER_ALGORITHMS = ALGORITHMS[:5]   # the default: the paper's five (heterofl is issue 22's baseline (b))
 NEEDS_TRAIN = True  # torch: an inference-only install marks and refuses it (fedmekt_cli.main)
 
 
@@ -27,8 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--pair", default=None, help="two modalities A-B (default: the dataset's pair, e.g. acce-depth)")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5: seeds 0..4)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds run are first..first+N-1 (default 0)")
-    p.add_argument("--algorithms", "--algorithm", dest="algorithms", default=",".join(ALGORITHMS),
-                   help="comma-separated (default all five)")
+    p.add_argument("--algorithms", "--algorithm", dest="algorithms", default=",".join(PAPER_ALGORITHMS),
+                   help=f"comma-separated, of {', '.join(ALGORITHMS)} (default the paper's five; heterofl runs a "
+                        f"mixed --fleet by width slices)")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--reference-rows", action=argparse.BooleanOptionalAction, default=True,
                    help="also compute the reference rows per seed: raw-features, labelled-only, proxy-only, "
@@ -78,7 +81,7 @@ def add_embedding_options(p) -> None:
                    help="most steps of the FedMEKT server's proxy walk per round (default 32; 0 = unbounded)")
     p.add_argument("--fleet", default=None, metavar="CLASSES",
                    help="device classes of the clients: one of small, standard (default), large; 'mixed' = a third "
-                        "each (sorted clients dealt round-robin, FedMEKT only); or a comma list")
+                        "each (sorted clients dealt round-robin; FedMEKT or heterofl); or a comma list")
 
 
 def apply_embedding_options(args, base: dict) -> None:

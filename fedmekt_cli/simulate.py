@@ -18,11 +18,11 @@ import logging
 import time
 from pathlib import Path
 
+from fedmekt.config import ALGORITHMS
 from fedmekt_cli.broker_args import add_broker_args
 from fedmekt_cli.output_format import add_format_args
 from fedmekt_cli.reproduce import add_embedding_options
 
-ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
 NEEDS_TRAIN = True  # torch: an inference-only install marks and refuses it (fedmekt_cli.main)
 DEMO = dict(dataset="demo", clients=(3, 3, 3), per_round=6, rounds=20, proxy_windows=32)
 

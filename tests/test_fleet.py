@@ -2,8 +2,8 @@
 FedMEKT federation; the server distils each narrower class's encoder from its global model.
 
 Core: the config refuses what cannot mix; classes keep r, so uploads keep their shape. Through a real
-mosquitto: a mixed fleet's simulation, and its separate aggregator and client processes, equal the in-process
-run; each class's gateways install that class's signed package; the aggregator ignores a gateway of a class it
+mosquitto: a mixed fleet's simulation (FedMEKT-C, and HeteroFL's width slices: baseline (b)), and its separate
+aggregator and client processes, equal the in-process run; each class's gateways install that class's signed package; the aggregator ignores a gateway of a class it
 does not accept (one line), and a gateway told so by the manifest exits with that line.
 """
 
@@ -119,8 +119,9 @@ def test_a_package_before_the_last_round_warm_starts_each_class_and_the_last_rou
 
 # ---- through mosquitto ----------------------------------------------------------------------------------
 @pytest.mark.broker
-def test_mixed_fleet_through_mosquitto_equals_inprocess(mosquitto, tmp_path):
-    cfg, split = tiny_config("fedmekt-c", fleet="mixed", hyper=dict(
+@pytest.mark.parametrize("algorithm", ["fedmekt-c", "heterofl"])   # heterofl: baseline (b), parameters by width
+def test_mixed_fleet_through_mosquitto_equals_inprocess(mosquitto, tmp_path, algorithm):
+    cfg, split = tiny_config(algorithm, fleet="mixed", hyper=dict(
         batch=[4, 6], sub_window=[4, 8], classifier_epochs=1, local_epochs=1, global_epochs=1, probe_max_iter=20,
         class_distil_steps=8)), tiny_split()
     sim = run_simulation(cfg, split, url=mosquitto.url, out=tmp_path / "out", progress=False, rate_hz=20.0,
@@ -177,11 +178,11 @@ def test_gateway_of_a_refused_class_exits_with_one_line(mosquitto, tmp_path):
 
 
 # ---- separate processes ---------------------------------------------------------------------------------
-def _mixed_processes(fed, tmp_path):
-    """``fed`` made a mixed fleet, a signing key pair in ``tmp_path``, and one ``fedmekt client --device-class …``
-    process per client, dealt as reproduce deals them (the aggregator is the caller's to start)."""
-    fed.config.write_text(fed.config.read_text().replace(
-        "[hyper]\n", 'fleet = "mixed"\n[hyper]\nclass_distil_steps = 4\n'))  # top-level keys before the table
+def _mixed_processes(fed, tmp_path, algorithm: str = "fedmekt-c"):
+    """``fed`` made a mixed fleet of ``algorithm``, a signing key pair in ``tmp_path``, and one ``fedmekt client
+    --device-class …`` process per client, dealt as reproduce deals them (the aggregator is the caller's to start)."""
+    fed.config.write_text(fed.config.read_text().replace(  # top-level keys before the table
+        "[hyper]\n", f'fleet = "mixed"\nalgorithm = "{algorithm}"\n[hyper]\nclass_distil_steps = 4\n'))
     generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
     for cid, device_class in device_classes.assign("mixed", fed.client_ids).items():
         fed.start_client(cid, True, "--device-class", device_class, "--public-key", str(tmp_path / "agg.pub"))
@@ -190,11 +191,14 @@ def _mixed_processes(fed, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.broker
-def test_mixed_fleet_of_processes_equals_inprocess_and_each_class_installs_its_package(federation, tmp_path):
+@pytest.mark.parametrize("algorithm", ["fedmekt-c", "heterofl"])
+def test_mixed_fleet_of_processes_equals_inprocess_and_each_class_installs_its_package(federation, tmp_path,
+                                                                                        algorithm):
     """``fedmekt aggregator`` and one ``fedmekt client --device-class …`` process per client (dealt as reproduce
-    deals them): the same final figures as the in-process run, and each gateway installs its class's package."""
+    deals them): the same final figures as the in-process run, and each gateway installs its class's package
+    (under heterofl its slice of the global model)."""
     fed = _mixed_processes(federation(rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
-                                      federation="fleet"), tmp_path)
+                                      federation="fleet"), tmp_path, algorithm)
     classes = device_classes.assign("mixed", fed.client_ids)
     assert sorted(classes.values()) == ["large", "small", "standard"]
     fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"))
@@ -209,6 +213,7 @@ def test_mixed_fleet_of_processes_equals_inprocess_and_each_class_installs_its_p
     split = make_split(load_dataset(cfg.dataset), cfg.pair, scheme=cfg.partition, seed=cfg.seed, clients=cfg.clients)
     ref = run_inprocess(cfg, split, progress=False).final
     final = json.loads((fed.out / "final.jsonl").read_text().splitlines()[-1])
+    assert final["algorithm"] == algorithm
     keys = [k for k in ref if k.startswith(("probe_f1", "deployed_f1", "class_"))]
     assert any(k.startswith("class_small_") for k in keys)
     assert {k: final[k] for k in keys} == {k: ref[k] for k in keys}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from fedmekt import device_classes
 from fedmekt.experiment.accounting import message_bytes, proxy_once_bytes
 from fedmekt.run_info import RunInfo
 from fedmekt.config import FederationConfig
@@ -112,6 +113,7 @@ def _rounds(cfg: FederationConfig, server: ServerEngine, pool: LocalClients | Wo
             name: str, tamper: Tamper | None = None) -> list[dict]:
     """The rounds, in the order the MQTT deployment makes the same engine calls."""
     rows = []
+    classes = device_classes.assign(cfg.fleet, list(private))   # as client_pool deals them
     bar = tqdm(range(cfg.rounds), desc=name, disable=not progress, leave=False, unit="round")
     for rnd in bar:
         t0 = time.perf_counter()
@@ -126,7 +128,7 @@ def _rounds(cfg: FederationConfig, server: ServerEngine, pool: LocalClients | Wo
             if tamper is not None:
                 upload = tamper(cid, views[cid], upload)
             bytes_up += message_bytes(upload, cfg.wire_dtype)
-            server.absorb(cid, private[cid].modalities, wire_cast(upload, cfg.wire_dtype))
+            server.absorb(cid, private[cid].modalities, wire_cast(upload, cfg.wire_dtype), classes[cid])
         row = {**base, **server.finish_round(plan), "bytes_down": bytes_down, "bytes_up": bytes_up,
                "bytes_global": message_bytes(down, cfg.wire_dtype, kind="global"),
                "proxy_windows": len(plan.proxy_windows), "wall_s": round(time.perf_counter() - t0, 4)}

@@ -41,6 +41,7 @@ from fedmekt.config import FederationConfig
 from fedmekt.learn.deploy import DeployedModel, deploy
 from fedmekt.learn.evaluation import deployed_scores, linear_probe, paper_probe, train_classifier_round
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
+from fedmekt.learn.slicing import sliced_state
 from fedmekt.learn.streaming import StreamingMean
 from sensors.partition import Normalizer, Partition
 from sensors.windowing import window_starts
@@ -222,8 +223,17 @@ class ServerEngine:
             down.update({window_key(m): to_numpy(proxy.x[m]) for m in self.cfg.pair})
         return down
 
-    def expected_upload(self, modalities: tuple[str, ...], plan: RoundPlan) -> dict[str, tuple[tuple[int, ...], str]]:
-        spec = self.algorithm.upload_spec(self.party, tuple(modalities), len(plan.proxy_windows))
+    def expected_upload(self, modalities: tuple[str, ...], plan: RoundPlan, device_class: str | None = None
+                        ) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Names and shapes of a valid upload from a client holding ``modalities`` that declared ``device_class``
+        (None: none declared; ValueError for a class the federation does not accept)."""
+        resolved = device_classes.resolve(self.cfg.fleet, device_class)
+        refused = device_classes.refusal(self.cfg.fleet, self.cfg.federation, resolved)
+        if refused:
+            raise ValueError(refused)
+        spec = self.algorithm.class_spec(
+            self.algorithm.upload_spec(self.party, tuple(modalities), len(plan.proxy_windows)),
+            device_classes.hidden_for(self.cfg.hidden, resolved))
         return {k: (shape, "float32") for k, shape in spec.items()}
 
     # ---- aggregation --------------------------------------------------------------------------------
@@ -233,8 +243,10 @@ class ServerEngine:
             self.downstream(plan)  # the upload scale of this round comes from the server's own knowledge
         self._mean, self._absorbed, self._plan = robust.make_mean(self.cfg.robust_aggregation), set(), plan
 
-    def absorb(self, client_id: str, modalities: tuple[str, ...], upload: Tensors) -> None:
-        """Validate one client's upload (shapes, magnitudes) and fold it into the round's mean.
+    def absorb(self, client_id: str, modalities: tuple[str, ...], upload: Tensors, device_class: str | None = None
+               ) -> None:
+        """Validate one client's upload (shapes for its declared ``device_class``, magnitudes) and fold it into the
+        round's mean.
 
         The streaming mean (``robust_aggregation = "none"``) is O(1) in #clients; "clip" and "trimmed" hold
         every upload of the round (fedmekt/learn/robust.py).
@@ -247,7 +259,7 @@ class ServerEngine:
             raise ValueError(f"{client_id} already uploaded in round {self._plan.round}")
         if not modalities or any(m not in self.cfg.pair for m in modalities):
             raise ValueError(f"{client_id}: modalities {modalities} not in {self.cfg.pair}")
-        spec = {k: s for k, (s, _) in self.expected_upload(tuple(modalities), self._plan).items()}
+        spec = {k: s for k, (s, _) in self.expected_upload(tuple(modalities), self._plan, device_class).items()}
         check_tensors(upload, spec, f"upload from {client_id}")
         reference = self._reference[1]
         robust.check_magnitude(upload, reference, f"upload from {client_id}")
@@ -265,7 +277,7 @@ class ServerEngine:
             raise RuntimeError("finish_round() before begin_round()")
         row: dict = {"round": plan.round, "selected": len(plan.selected), "absorbed": len(self._absorbed),
                      "participants": sorted(self._absorbed)}  # per-client participation in the report
-        means = self._mean.mean()
+        means = self.algorithm.aggregate(self.party, self._mean)
         for client_id in self._absorbed:
             self._absorbed_rounds[client_id] = self._absorbed_rounds.get(client_id, 0) + 1
         if self._absorbed:
@@ -343,7 +355,8 @@ class ServerEngine:
     def class_models(self) -> dict[str, ClassModel]:
         """Each accepted device class's deployable encoders + head: the deployed model (:meth:`deployed`) for the
         global model's own (widest) class, for each narrower class one distilled from the global encoders and
-        head (fedmekt/learn/class_models.py); computed once per completed round.
+        head (fedmekt/learn/class_models.py), or under HeteroFL its slice of the global model fine-tuned like the
+        deployed one (:meth:`_sliced_class_model`); computed once per completed round.
 
         After the last round (the final figures and package) every student is distilled afresh, seeded by (seed,
         class): the same in every process, however many packages went out before. A package before that (the
@@ -360,6 +373,9 @@ class ServerEngine:
                     dep = self.deployed()
                     made[name] = ClassModel(name, dep.model, dep.head)
                     continue
+                if self.algorithm.width_sliced:
+                    made[name] = self._sliced_class_model(name)
+                    continue
                 if name in previous:   # warm: from the class's previous package
                     student, rng = copy.deepcopy(previous[name].model).train(), \
                         rng_for(self.cfg.seed, _CLASS, i, self.rounds_completed)
@@ -372,6 +388,15 @@ class ServerEngine:
                                                 self.cfg, rng, self.device, budget)
             self._class_models = (self.rounds_completed, made)
         return self._class_models[1]
+
+    def _sliced_class_model(self, device_class: str) -> ClassModel:
+        """HeteroFL: the class's slice of the global model, fine-tuned with the global head by the deploy recipe."""
+        student = build_model(self.cfg, self.channels, device_class).to(self.device)
+        wide = {k: to_numpy(v) for k, v in self.model.state_dict().items()}
+        student.load_state_dict({k: torch.from_numpy(v) for k, v in sliced_state(wide, student.hidden).items()})
+        dep = deploy(student, self.head, self.labelled, self.cfg, len(self.label_names), self.device,
+                     _seed(self.cfg, _DEPLOY))
+        return ClassModel(device_class, dep.model, dep.head)
 
     # ---- checkpoint ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""The five algorithms (``get_algorithm(name)``) and how this implementation treats the spec's §10 list.
+"""The paper's five algorithms and HeteroFL, issue 22's baseline (b) (``get_algorithm(name)``), and how this
+implementation treats the spec's §10 list.
 
 Fixed (always):
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from fedmekt.learn.algorithms.base import Algorithm
 from fedmekt.learn.algorithms.fedmekt import FedMEKT
+from fedmekt.learn.algorithms.heterofl import HeteroFL
 from fedmekt.learn.algorithms.mmfl import MultimodalFedAvg
 
 _FACTORIES = {
@@ -35,6 +37,7 @@ _FACTORIES = {
     "mmfedavg": lambda: MultimodalFedAvg(""),
     "mmfedprox": lambda: MultimodalFedAvg("prox"),
     "mmmoon": lambda: MultimodalFedAvg("moon"),
+    "heterofl": HeteroFL,
 }
 
 

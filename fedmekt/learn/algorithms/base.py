@@ -23,6 +23,8 @@ from torch import nn
 
 from fedmekt.config import FederationConfig
 from fedmekt.learn.model import SplitAutoencoder
+from fedmekt.learn.robust import RoundUploads
+from fedmekt.learn.streaming import StreamingMean
 from sensors.partition import Partition
 from sensors.windowing import gather_windows, paper_crop_length, random_crops
 
@@ -245,6 +247,7 @@ class Algorithm:
     """Client-side and server-side steps of one algorithm; no I/O, no state of its own."""
 
     name = ""
+    width_sliced = False   # HeteroFL: each narrower device class trains and deploys a slice of the global model
 
     def downstream(self, server: Party, proxy: ProxyWindows | None) -> Tensors:
         """Knowledge the server sends this round (every key; ``engine.client_view`` filters per client)."""
@@ -254,9 +257,18 @@ class Algorithm:
         """Names and shapes of a valid upload from a client holding ``modalities``."""
         raise NotImplementedError
 
+    def class_spec(self, spec: dict[str, tuple[int, ...]], hidden: int) -> dict[str, tuple[int, ...]]:
+        """``spec`` (:meth:`upload_spec` of the server) for a client of hidden width ``hidden``: the same for every
+        algorithm but HeteroFL, since embeddings have one shape whatever the width."""
+        return spec
+
     def teacher_view(self, server: Party, upload: Tensors) -> Tensors:
         """What of a validated upload the server averages (default: the upload itself)."""
         return upload
+
+    def aggregate(self, server: Party, acc: StreamingMean | RoundUploads) -> Tensors:
+        """The per-key client means the server update reads, from the round's accumulator."""
+        return acc.mean()
 
     def client_weight(self, cfg: FederationConfig, modalities: tuple[str, ...]) -> float:
         """Weight of a client's upload in the server's streaming mean."""
