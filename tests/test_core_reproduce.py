@@ -88,6 +88,23 @@ def test_report_rerenders_from_jsonl(reproduced, capsys):
     assert "paper metric" in capsys.readouterr().out
 
 
+def test_every_record_names_its_numeric_environment_and_the_table_says_when_they_differ(reproduced, tmp_path,
+                                                                                       capsys):
+    """Trained rows differ by float rounding across kernel paths and thread counts (fedmekt/learn/numerics.py):
+    every final record names its environment, and a folder mixing two says so above its tables."""
+    finals = [json.loads(line) for line in (reproduced / "final.jsonl").read_text().splitlines()]
+    environments = {f["numerics"] for f in finals}
+    assert len(environments) == 1 and next(iter(environments)).startswith("torch ")
+    assert f"Numeric environment: {next(iter(environments))}." in (reproduced / "results.md").read_text()
+    finals[0]["numerics"] = "torch 0.0, cpu AVX2, 4 threads"
+    (tmp_path / "final.jsonl").write_text("".join(json.dumps(f) + "\n" for f in finals))
+    (tmp_path / "metrics.jsonl").write_bytes((reproduced / "metrics.jsonl").read_bytes())
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "results.md").read_text()
+    assert "**Runs of 2 numeric environments:** torch 0.0, cpu AVX2, 4 threads (1 run)" in md
+    assert f"{next(iter(environments))} ({len(finals) - 1} runs)" in md
+
+
 @pytest.mark.parametrize("argv", [
     ["reproduce", "--algorithms", "fedsgd", "--rounds", "1"],
     ["reproduce", "--clients", "10,10", "--rounds", "1"],

@@ -20,7 +20,8 @@ from fedmekt.experiment.accounting import message_bytes, proxy_once_bytes
 from fedmekt.run_info import RunInfo
 from fedmekt.config import FederationConfig
 from fedmekt.experiment.client_pool import LocalClients, WorkerClients, client_pool
-from fedmekt.learn.engine import ServerEngine, client_view, wire_cast
+from fedmekt.learn.engine import ServerEngine, client_view, resolve_device, wire_cast
+from fedmekt.learn.numerics import numeric_environment
 from sensors.partition import ClientPartition, FederatedSplit
 
 Tamper = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -73,12 +74,13 @@ def run_record(cfg: FederationConfig, name: str) -> dict:
 
 def final_record(cfg: FederationConfig, base: dict, proxy_delivery: str, proxy_bytes: int, evaluation: dict,
                  wall_s: float) -> dict:
-    """The run's last record (final.jsonl): its setup, the one-off proxy bytes and the final evaluation."""
+    """The run's last record (final.jsonl): its setup, the one-off proxy bytes, the final evaluation and the
+    numeric environment it was computed in (``fedmekt.learn.numerics``)."""
     return {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
             "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
             "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
             "partition": cfg.partition, "fleet": cfg.fleet, "proxy_delivery": proxy_delivery,
-            "bytes_proxy_once": proxy_bytes,
+            "bytes_proxy_once": proxy_bytes, "numerics": numeric_environment(resolve_device(cfg.device)),
             **evaluation, "wall_s": round(wall_s, 2)}
 
 

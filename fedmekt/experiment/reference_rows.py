@@ -43,6 +43,7 @@ from fedmekt.learn.engine import (
 from fedmekt.learn.evaluation import deployed_scores, linear_probe, raw_probe, train_classifier_round
 from fedmekt.learn.losses import classifier_loss
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
+from fedmekt.learn.numerics import numeric_environment
 from sensors.partition import FederatedSplit
 
 REFERENCES = ("raw-features", "labelled-only", "proxy-only", "local-only", "pooled", "supervised-ceiling")
@@ -55,7 +56,7 @@ def _record(cfg: FederationConfig, name: str, start: float, metrics: dict, steps
             "per_round": cfg.per_round, "rounds": cfg.rounds, "partition": cfg.partition, "reference": True,
             "local_trainer": LOCAL_TRAINER, "run": f"{name}-seed{cfg.seed}", "algorithm": name, "variant": name,
             "rep_size": cfg.resolved_rep_size(), "local_steps": steps, "server_steps": server_steps, **metrics,
-            "wall_s": round(time.perf_counter() - start, 2)}
+            "numerics": numeric_environment(resolve_device(cfg.device)), "wall_s": round(time.perf_counter() - start, 2)}
 
 
 def raw_features_final(cfg: FederationConfig, split: FederatedSplit) -> dict:

@@ -229,7 +229,25 @@ def paper_metric_label(spans) -> str:
     return "paper metric (last round)" if n == [1] else f"paper metric (median of last {span} rounds)"
 
 
-def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:
+def numeric_environments(finals: list[dict]) -> dict[str, int]:
+    """Runs per numeric environment (``fedmekt.learn.numerics``; "not recorded" for records written before it)."""
+    count: dict[str, int] = defaultdict(int)
+    for f in finals:
+        count[f.get("numerics") or "not recorded"] += 1
+    return dict(sorted(count.items()))
+
+
+def _environment_line(environments: dict[str, int]) -> str:
+    if len(environments) <= 1:
+        return f"Numeric environment: {next(iter(environments), 'none')}."
+    runs = "; ".join(f"{env} ({n} run{'s' if n != 1 else ''})" for env, n in environments.items())
+    return (f"**Runs of {len(environments)} numeric environments:** {runs}. Trained rows of different environments "
+            "differ by float rounding alone (`fedmekt/learn/numerics.py`), so a difference across them mixes that "
+            "noise in.")
+
+
+def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = (),
+                    environments: dict[str, int] | None = None) -> str:
     lines = [
         "# Results",
         "",
@@ -253,6 +271,7 @@ def render_markdown(acc: list[dict], comm: list[dict], paired: Sequence[dict] = 
         "averaged); **supervised-ceiling** = the encoder and head trained with every client's labels (labels never "
         "leave a device in a deployment: the upper reference).",
         "",
+        *([_environment_line(environments), ""] if environments else []),
         "| dataset | pair | clients A/B/AB | algorithm | test | seeds | rounds | "
         f"{paper_metric_label(r['paper_metric_rounds'] for r in acc)}, ours | paper | "
         "probe weighted F1 | probe macro F1 | probe accuracy | deployed weighted F1 | floor weighted F1 | "
@@ -405,7 +424,8 @@ def render_report(out_dir: Path) -> Path:
     rows, finals = read_jsonl(out_dir / METRICS), read_jsonl(out_dir / FINAL)
     acc, comm = summarize(rows, finals)
     paired = paired_differences(rows, finals)
-    atomic_write_bytes(out_dir / "results.md", render_markdown(acc, comm, paired).encode())
+    atomic_write_bytes(out_dir / "results.md",
+                       render_markdown(acc, comm, paired, numeric_environments(finals)).encode())
     atomic_write_bytes(out_dir / "results.csv", _csv(acc, comm, paired).encode())
     if rows:
         _plots(out_dir, rows)
