@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmekt.concurrency import seeded_torch
 from fedmekt.config import FederationConfig
 from fedmekt.learn.evaluation import train_classifier_round
 from fedmekt.learn.model import HEADS, LinearHead, SplitAutoencoder, build_head
@@ -56,8 +57,7 @@ def deploy(model: SplitAutoencoder, head: LinearHead, labelled: Partition, cfg: 
     if h.deploy_head == "linear":
         head = copy.deepcopy(head)   # warm start: the federation's head, already fitted to these encoders
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_torch(seed):
             head = build_head(h.deploy_head, model.rep_size, n_classes).to(device)
     if h.deploy_rounds == 0:
         return DeployedModel(model.eval(), head.eval(), 0)
