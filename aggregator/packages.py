@@ -7,7 +7,8 @@ the demo data, minutes on HAPT), so a package due before the last round does not
 rounds the round thread only snapshots the global model (fedmekt/learn/deployables.py ``GlobalState``) and queues
 it; one worker thread derives and publishes the queued packages in round order, none skipped (a mixed fleet's
 students warm-start from the previous package's: the same cadence gives the same packages however long each
-took). The final package waits (bounded) for the queue, then is derived and published on the round thread.
+took); each queued package holds one copy of the global model until it is out. The final package waits (bounded)
+for the queue, then is derived and published on the round thread.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ class Packages:
                 if left <= 0:
                     with self._lock:
                         self._closed = True
-                    log.warning("gave up after %.0f s waiting for the model packages after rounds %s: the final package "
-                                "goes out without them", DRAIN_S, ", ".join(map(str, self._pending)))
+                    log.warning("gave up after %.0f s waiting for the model packages after rounds %s: the final "
+                                "package goes out without them", DRAIN_S, ", ".join(map(str, self._pending)))
                     return
                 log.info("waiting for the model package%s after round%s %s before the final one",
                          *("s", "s") if len(self._pending) > 1 else ("", ""), ", ".join(map(str, self._pending)))

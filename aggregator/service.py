@@ -12,8 +12,9 @@ the deadline, finish it (server update, classifier, evaluation), append the metr
 row, checkpoint, publish the row on ``metrics``. Late, duplicate, unselected or
 invalid uploads are discarded with one log line each, and so is an upload still missing
 chunks when its round closes; nothing undecoded reaches the engine. With a signing key it
-also publishes a signed model package every ``package_every`` rounds (built on a worker thread from a snapshot
-while the next rounds run: aggregator/packages.py) and at the end (export/publisher.py), bound to this run, and signs the control plane: the manifest, every
+also publishes a signed model package every ``package_every`` rounds (built on a worker thread from a
+snapshot while the next rounds run: aggregator/packages.py) and at the end (export/publisher.py), bound to
+this run, and signs the control plane: the manifest, every
 announcement (with the round's nonce and the hash of its global knowledge) and "done"; an upload
 whose header does not echo the round's nonce is discarded. It watches its retained manifest,
 proxy chunks and announcement and puts its own back when another publisher replaces them (clients refuse the
