@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aggregator.fleet import ClassPackages, class_runs, package_publisher
+from fedmekt.learn.deploy import Stopped
 from fedmekt.learn.deployables import Deployables, GlobalState
 from fedmekt.run_info import RunInfo
 
 log = logging.getLogger("aggregator")
 DRAIN_S = 3600.0   # the final package waits at most this long for the packages queued before it
 DRAIN_LOG_S = 30.0  # while waiting, say so at most this often
+CLOSE_S = 30.0      # close() waits at most this long for the worker to leave the package it derives
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Packages:
         self._deployables: Deployables | None = None
         self._lock = threading.RLock()  # held while a package goes out and while the newest is read: all or nothing
         self._closed = False            # set under _lock: no package before the final one goes out any more
+        self._stopping = threading.Event()  # close(): the package being derived ends at its next step
         self._queue: queue.SimpleQueue[_Due | None] = queue.SimpleQueue()
         self._pending: list[int] = []   # rounds whose package is queued or being derived (under _idle)
         self._idle = threading.Condition()
@@ -84,10 +87,16 @@ class Packages:
                             f"{self.out} holds the model: `fedmekt export` builds it by hand)") from None
 
     def close(self) -> None:
-        """No package before the final one goes out after this (the link is about to close); the worker ends."""
+        """No package before the final one goes out after this (the link is about to close); the worker ends, within
+        one fine-tuning step: a thread still in torch code when the interpreter exits aborts the process."""
+        self._stopping.set()
         with self._lock:
             self._closed = True
         self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(CLOSE_S)
+            if self._worker.is_alive():
+                log.warning("the model package worker did not end within %.0f s", CLOSE_S)
 
     def newest(self) -> dict:
         """The newest package published (export.build.BuiltPackage) by namespace: "" for a fleet of one class (it
@@ -111,6 +120,8 @@ class Packages:
             try:
                 if not self._closed:
                     self._derive_and_publish(due, final=False)
+            except Stopped:
+                pass   # close(): nothing more goes out
             except Exception as exc:  # noqa: BLE001 - the federation goes on; clients keep the model in service
                 log.error("model package after round %d not published: %s", due.state.rounds_completed, exc)
             finally:
@@ -123,8 +134,9 @@ class Packages:
         from export.run_model import RunModel
 
         d, rnd = self._deployables, due.state.rounds_completed
-        runs = (class_runs(due.info, d.class_models(due.state)) if isinstance(self._publisher, ClassPackages)
-                else RunModel.of(due.info, d.deployed(due.state)))
+        stop = None if final else self._stopping.is_set
+        runs = (class_runs(due.info, d.class_models(due.state, stop)) if isinstance(self._publisher, ClassPackages)
+                else RunModel.of(due.info, d.deployed(due.state, stop)))
         with self._lock:
             if self._closed and not final:
                 return

@@ -11,6 +11,7 @@ round closes is dropped and reported.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -159,5 +160,27 @@ def test_rounds_go_on_while_a_package_is_built_and_packages_go_out_in_round_orde
         final = json.loads((fed.out / "final.jsonl").read_text().splitlines()[-1])
         keys = [k for k in ref if k.startswith(("probe_f1", "deployed_"))]
         assert {k: final[k] for k in keys} == {k: ref[k] for k in keys}
+    finally:
+        fed.close()
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_an_interrupted_aggregator_exits_at_once_and_publishes_no_package_still_being_built(tmp_path):
+    """Ctrl-C while the worker fine-tunes a package (``deploy_rounds`` 400: minutes): the aggregator ends at once
+    (the worker keeps no process alive) and that package never goes out (none after the link closed)."""
+    fed = ProcessFederation(tmp_path, rounds=3, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
+                            federation="pkgint")
+    try:
+        fed.config.write_text(fed.config.read_text().replace("deploy_rounds = 2\n", "deploy_rounds = 400\n"))
+        generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+        for cid in fed.client_ids:
+            fed.start_client(cid, True, "--public-key", str(tmp_path / "agg.pub"))
+        agg = fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
+        fed.wait_announced(1)   # the package after round 1 was queued before round 2 opened
+        agg.send_signal(signal.SIGINT)
+        assert fed.wait_exit("aggregator", 60) == 130, fed.log("aggregator")[-3000:]
+        assert "interrupted" in fed.log("aggregator")
+        assert not [t for _, t, p in fed.recorder.snapshot() if t == "fedmekt/pkgint/models/manifest" and p]
     finally:
         fed.close()

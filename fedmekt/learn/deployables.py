@@ -21,7 +21,7 @@ from fedmekt import device_classes
 from fedmekt.learn.algorithms.base import to_numpy
 from fedmekt.config import FederationConfig
 from fedmekt.learn.class_models import ClassModel, distil_class_model
-from fedmekt.learn.deploy import DeployedModel, deploy
+from fedmekt.learn.deploy import DeployedModel, Stop, deploy
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
 from fedmekt.learn.slicing import sliced_state
 from sensors.partition import Partition
@@ -67,16 +67,16 @@ class Deployables:
         self._deployed: tuple[int, DeployedModel] | None = None
         self._class_models: tuple[int, dict[str, ClassModel]] | None = None
 
-    def deployed(self, state: GlobalState) -> DeployedModel:
+    def deployed(self, state: GlobalState, stop: Stop = None) -> DeployedModel:
         """The federation's encoders and head fine-tuned on the labelled set by ``hyper``'s deploy recipe
-        (fedmekt/learn/deploy.py)."""
+        (fedmekt/learn/deploy.py); ``stop`` may end it early (fedmekt.learn.deploy.Stopped, nothing kept)."""
         if self._deployed is None or self._deployed[0] != state.rounds_completed:
             s = self.source
             self._deployed = (state.rounds_completed, deploy(state.model, state.head, s.labelled, s.cfg, s.n_classes,
-                                                             s.device, s.deploy_seed))
+                                                             s.device, s.deploy_seed, stop))
         return self._deployed[1]
 
-    def class_models(self, state: GlobalState) -> dict[str, ClassModel]:
+    def class_models(self, state: GlobalState, stop: Stop = None) -> dict[str, ClassModel]:
         """Each accepted device class's deployable encoders + head: the deployed model for the global model's own
         (widest) class, for each narrower class one distilled from the global encoders and head
         (fedmekt/learn/class_models.py), or under HeteroFL its slice of the global model fine-tuned like the
@@ -86,7 +86,7 @@ class Deployables:
         class): the same in every process, however many packages went out before. A package before that (the
         aggregator's ``--package-every``) warm-starts each student from the class's previous package and takes
         ``hyper.class_distil_warm_steps``, seeded by (seed, class, round): a package costs a fraction of a fresh
-        distillation, and the same cadence gives the same packages."""
+        distillation, and the same cadence gives the same packages. ``stop`` as for :meth:`deployed`."""
         if self._class_models is None or self._class_models[0] != state.rounds_completed:
             s = self.source
             h, top = s.cfg.hyper, device_classes.global_class(s.cfg.fleet)
@@ -95,11 +95,11 @@ class Deployables:
             made = {}
             for i, name in enumerate(s.cfg.device_classes):
                 if name == top:
-                    dep = self.deployed(state)
+                    dep = self.deployed(state, stop)
                     made[name] = ClassModel(name, dep.model, dep.head)
                     continue
                 if s.width_sliced:
-                    made[name] = self._sliced_class_model(state, name)
+                    made[name] = self._sliced_class_model(state, name, stop)
                     continue
                 if name in previous:   # warm: from the class's previous package
                     student, rng = copy.deepcopy(previous[name].model).train(), s.class_rng(i, state.rounds_completed)
@@ -108,15 +108,15 @@ class Deployables:
                     student, rng = s.build_model(name), s.class_rng(i)
                     budget = h.class_distil_steps
                 made[name] = distil_class_model(name, state.model, state.head, student, s.proxy, s.labelled, s.cfg,
-                                                rng, s.device, budget)
+                                                rng, s.device, budget, stop)
             self._class_models = (state.rounds_completed, made)
         return self._class_models[1]
 
-    def _sliced_class_model(self, state: GlobalState, device_class: str) -> ClassModel:
+    def _sliced_class_model(self, state: GlobalState, device_class: str, stop: Stop) -> ClassModel:
         """HeteroFL: the class's slice of the global model, fine-tuned with the global head by the deploy recipe."""
         s = self.source
         student = s.build_model(device_class)
         wide = {k: to_numpy(v) for k, v in state.model.state_dict().items()}
         student.load_state_dict({k: torch.from_numpy(v) for k, v in sliced_state(wide, student.hidden).items()})
-        dep = deploy(student, state.head, s.labelled, s.cfg, s.n_classes, s.device, s.deploy_seed)
+        dep = deploy(student, state.head, s.labelled, s.cfg, s.n_classes, s.device, s.deploy_seed, stop)
         return ClassModel(device_class, dep.model, dep.head)
