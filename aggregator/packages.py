@@ -8,7 +8,8 @@ rounds the round thread only snapshots the global model (fedmekt/learn/deployabl
 it; one worker thread derives and publishes the queued packages in round order, none skipped (a mixed fleet's
 students warm-start from the previous package's: the same cadence gives the same packages however long each
 took); each queued package holds one copy of the global model until it is out. The final package waits (bounded)
-for the queue, then is derived and published on the round thread.
+for the queue, then is derived and published on the round thread. When the link closes (the run's end, an error,
+Ctrl-C) nothing queued goes out any more and the package being derived stops at its next step.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Packages:
         self._publisher = None  # PackagePublisher or aggregator.fleet.ClassPackages when a signing key is given
         self._deployables: Deployables | None = None
         self._lock = threading.RLock()  # held while a package goes out and while the newest is read: all or nothing
-        self._closed = False            # set under _lock: no package before the final one goes out any more
+        self._closed = False            # no package before the final one goes out any more (read under _lock)
         self._stopping = threading.Event()  # close(): the package being derived ends at its next step
         self._queue: queue.SimpleQueue[_Due | None] = queue.SimpleQueue()
         self._pending: list[int] = []   # rounds whose package is queued or being derived (under _idle)
@@ -90,10 +91,9 @@ class Packages:
         """No package before the final one goes out after this (the link is about to close); the worker ends, within
         one fine-tuning step: a thread still in torch code when the interpreter exits aborts the process."""
         self._stopping.set()
-        with self._lock:
-            self._closed = True
+        self._closed = True
         self._queue.put(None)
-        if self._worker is not None:
+        if self._worker is not None:   # it may be publishing a package: that one goes out whole
             self._worker.join(CLOSE_S)
             if self._worker.is_alive():
                 log.warning("the model package worker did not end within %.0f s", CLOSE_S)
@@ -150,8 +150,7 @@ class Packages:
             while self._pending:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    with self._lock:
-                        self._closed = True
+                    self._closed = True
                     log.warning("gave up after %.0f s waiting for the model packages after rounds %s: the final "
                                 "package goes out without them", DRAIN_S, ", ".join(map(str, self._pending)))
                     return

@@ -5,7 +5,8 @@
 messages and installs only packages that verify against its key and refuses the rest, keeping no
 (or its old) model; with ``--infer`` it classifies its live samples
 with the installed model and publishes the predictions. An upload still missing chunks when its
-round closes is dropped and reported.
+round closes is dropped and reported. A package before the last round is built on a worker thread: the rounds
+go on meanwhile, and Ctrl-C ends the aggregator at once without it.
 """
 
 from __future__ import annotations
