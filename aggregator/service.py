@@ -12,8 +12,9 @@ the deadline, finish it (server update, classifier, evaluation), append the metr
 row, checkpoint, publish the row on ``metrics``. Late, duplicate, unselected or
 invalid uploads are discarded with one log line each, and so is an upload still missing
 chunks when its round closes; nothing undecoded reaches the engine. With a signing key it
-also publishes a signed model package every ``package_every`` rounds and at the end
-(export/publisher.py), bound to this run, and signs the control plane: the manifest, every
+also publishes a signed model package every ``package_every`` rounds (built on a worker thread from a
+snapshot while the next rounds run: aggregator/packages.py) and at the end (export/publisher.py), bound to
+this run, and signs the control plane: the manifest, every
 announcement (with the round's nonce and the hash of its global knowledge) and "done"; an upload
 whose header does not echo the round's nonce is discarded. It watches its retained manifest,
 proxy chunks and announcement and puts its own back when another publisher replaces them (clients refuse the
@@ -44,6 +45,7 @@ import math
 import threading
 import secrets
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +61,6 @@ from aggregator.presence import Presence, answer_spread
 from aggregator.sync_answers import SyncAnswers
 from aggregator.uploads import UploadDesk
 from fedmekt.experiment.accounting import message_bytes
-from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
 from fedmekt.learn.engine import ServerEngine, client_view
 from fedmekt.experiment.in_process import RunResult, final_record, run_name, run_record
@@ -137,10 +138,9 @@ class Aggregator:
         cfg, opts = self.cfg, self.opts
         opts.out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        with TORCH_RNG_LOCK:
-            self.server = server = ServerEngine(cfg, self.split.channels, self.split.label_names, self.split.proxy,
-                                                self.split.labelled, self.split.test,
-                                                normalizer=self.split.normalizer, rate_hz=self.rate_hz)
+        self.server = server = ServerEngine(cfg, self.split.channels, self.split.label_names, self.split.proxy,
+                                            self.split.labelled, self.split.test,
+                                            normalizer=self.split.normalizer, rate_hz=self.rate_hz)
         rows: list[dict] = []
         resumed = load_checkpoint(opts.out, cfg.to_dict())
         if resumed is not None:
@@ -154,8 +154,9 @@ class Aggregator:
         base = {**run_record(cfg, name), "federation_run": self.run_id}   # the run as the folder and the wire name it
         with MqttLink(self.url, self.link_options, subscriptions=[
                 self.topics.status_all, self.topics.proxy_all, self.topics.rounds, self.topics.liveness],
-                live=[self.topics.uploads_all, self.topics.sync_all]).connect() as link:  # a device's retained
-            # messages there never reach us (a login parking many of them flooded the inbox)
+                live=[self.topics.uploads_all, self.topics.sync_all]).connect() as link, \
+                closing(self.packages):  # no package goes out once the link closes; a device's retained
+            # messages on the live topics never reach us (a login parking many of them flooded the inbox)
             self.link = self.control.link = link
             log.info("federation %s on broker %s (run %s, federation run %s)", cfg.federation,
                      ", ".join(map(str, link.addresses)), name, self.run_id)
@@ -184,8 +185,7 @@ class Aggregator:
                 cfg.federation, None, 0.0, done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
         final = final_record(cfg, base, server.proxy_delivery, self._proxy_bytes * len(self.online),
                              self._final_evaluation(), time.perf_counter() - start)
-        with TORCH_RNG_LOCK:
-            state = server.final_state()   # the deployed model is the final evaluation's (computed once)
+        state = server.final_state()   # the deployed model is the final evaluation's (computed once)
         return RunResult(name, cfg, rows, final, state, server.run_info())
 
     @property
@@ -212,8 +212,7 @@ class Aggregator:
         return self.opts.state_dir if self.opts.state_dir is not None else self.opts.out.resolve().parent
 
     def _final_evaluation(self) -> dict:
-        with TORCH_RNG_LOCK:
-            return self.server.final_evaluation()
+        return self.server.final_evaluation()
 
     def _publish_federation(self) -> None:
         """Retained manifest and (once) the proxy set: a client arriving at any time finds them."""

@@ -17,7 +17,6 @@ from safetensors.numpy import load_file
 
 from fedmekt.artifacts import atomic_write_bytes, tensor_bytes
 from fedmekt import device_classes
-from fedmekt.concurrency import TORCH_RNG_LOCK
 from fedmekt.config import FederationConfig
 from fedmekt.learn.engine import ClientEngine, RoundPlan, client_view
 from fedmekt.wire.manifest import config_key
@@ -44,8 +43,7 @@ class LocalTrainer:
         self.cfg, self.client_id, self.store, self.normalizer = cfg, client_id, store, normalizer
         self.modalities = tuple(m for m in cfg.pair if m in modalities)
         self._engine_args = (cfg, client_id, self.modalities, channels, proxy, device_class)
-        with TORCH_RNG_LOCK:
-            self.engine = ClientEngine(*self._engine_args)
+        self.engine = ClientEngine(*self._engine_args)
         self.device_class = self.engine.device_class
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -76,8 +74,7 @@ class LocalTrainer:
 
     def restart(self) -> None:
         """A fresh local model: the aggregator began the federation again from an earlier round."""
-        with TORCH_RNG_LOCK:
-            self.engine = ClientEngine(*self._engine_args)
+        self.engine = ClientEngine(*self._engine_args)
         self.last_round, self._upload, self._unsaved = -1, None, False
 
     def train(self, plan: RoundPlan, downstream: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,8 +10,8 @@ gets the next epoch of the run counter kept in --state-dir (default: the folder 
 orders runs for the gateways whatever the server's clock says: keep that folder like the signing key.
 With --signing-key it signs the manifest and every announcement, and also publishes the global
 model as a signed ONNX package (retained, ``models/``, bound to this run) every --package-every
-rounds and after the last one; gateways started with the matching --public-key verify the control
-messages and install the packages.
+rounds and after the last one (one before the last round is built on a worker thread while the rounds go
+on); gateways started with the matching --public-key verify the control messages and install the packages.
 """
 
 from __future__ import annotations

@@ -5,12 +5,14 @@
 messages and installs only packages that verify against its key and refuses the rest, keeping no
 (or its old) model; with ``--infer`` it classifies its live samples
 with the installed model and publishes the predictions. An upload still missing chunks when its
-round closes is dropped and reported.
+round closes is dropped and reported. A package before the last round is built on a worker thread: the rounds
+go on meanwhile, and Ctrl-C ends the aggregator at once without it.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -20,13 +22,17 @@ import pytest
 
 from export.install import ModelStore
 from export.package import MANIFEST, Manifest, generate_keypair, load_public_key
-from export.push import publish_package
+from export.push import Announcement, publish_package
 from export_support import built_package, signing_keys
 from federation_harness import ProcessFederation
+from fedmekt.config import load_config
+from fedmekt.experiment.in_process import run_inprocess
 from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from fedmekt.wire.topics import Topics
 from fedmekt.wire.chunks import Reassembler
 from fedmekt.wire.codec import MAX_HEADER, WireLimits, encode
+from sensors.datasets import load_dataset
+from sensors.splits import make_split
 
 
 @pytest.fixture
@@ -115,3 +121,67 @@ def test_client_with_infer_publishes_predictions_of_the_installed_package(mosqui
     assert all(p["label"] in labels and 0.0 <= p["confidence"] <= 1.0 for p in got)
     assert [p["t"] for p in got] == sorted(p["t"] for p in got)  # one stream, in order
     assert ModelStore(tmp_path / "gw" / "models", load_public_key(public)).current() is not None
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_rounds_go_on_while_a_package_is_built_and_packages_go_out_in_round_order(tmp_path):
+    """A package before the last round is built on the aggregator's worker thread from a snapshot: with a deployed
+    model's fine-tuning many times longer than a round (``deploy_rounds`` 20 against 2), the second round's metrics
+    row goes out before the first round's package, which a round thread that built it would have published first;
+    the packages still go out in round order, and the run ends once the last is out."""
+    fed = ProcessFederation(tmp_path, rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
+                            federation="pkgbg")
+    try:
+        fed.config.write_text(fed.config.read_text().replace("deploy_rounds = 2\n", "deploy_rounds = 20\n"))
+        generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+        for cid in fed.client_ids:
+            fed.start_client(cid, True, "--public-key", str(tmp_path / "agg.pub"))
+        fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
+        assert fed.wait_exit("aggregator", 400) == 0, fed.log("aggregator")[-3000:]
+        for cid in fed.client_ids:
+            assert fed.wait_exit(cid, 60) == 0, fed.log(cid)[-3000:]
+        events = []   # ("row", round index) / ("package", version), in the order the broker delivered them
+        for _, topic, payload in fed.recorder.snapshot():
+            if topic == "fedmekt/pkgbg/metrics" and payload and "round" in json.loads(payload):
+                events.append(("row", json.loads(payload)["round"]))
+            elif topic == "fedmekt/pkgbg/models/manifest" and payload:
+                events.append(("package", Announcement.from_bytes(payload).version))
+        assert [e for e in events if e[0] == "package"] == [("package", 1), ("package", 2)], events
+        assert events.index(("row", 1)) < events.index(("package", 1)), events
+        for cid in fed.client_ids:
+            installed = ModelStore(fed.store(cid).parent / "models", load_public_key(tmp_path / "agg.pub")).current()
+            assert installed is not None and installed.package.manifest.round == 2, fed.log(cid)[-2000:]
+        # the last package was derived on the worker from a snapshot, and the final figures score that very model:
+        # the same as the in-process run's
+        cfg = load_config(fed.config)
+        split = make_split(load_dataset(cfg.dataset), cfg.pair, scheme=cfg.partition, seed=cfg.seed,
+                           clients=cfg.clients)
+        ref = run_inprocess(cfg, split, progress=False).final
+        final = json.loads((fed.out / "final.jsonl").read_text().splitlines()[-1])
+        keys = [k for k in ref if k.startswith(("probe_f1", "deployed_"))]
+        assert {k: final[k] for k in keys} == {k: ref[k] for k in keys}
+    finally:
+        fed.close()
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_an_interrupted_aggregator_exits_at_once_and_publishes_no_package_still_being_built(tmp_path):
+    """Ctrl-C while the worker fine-tunes a package (``deploy_rounds`` 400: minutes): the aggregator ends at once
+    (the worker keeps no process alive) and that package never goes out (none after the link closed)."""
+    fed = ProcessFederation(tmp_path, rounds=3, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
+                            federation="pkgint")
+    try:
+        fed.config.write_text(fed.config.read_text().replace("deploy_rounds = 2\n", "deploy_rounds = 400\n"))
+        generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+        for cid in fed.client_ids:
+            fed.start_client(cid, True, "--public-key", str(tmp_path / "agg.pub"))
+        agg = fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
+        fed.wait_announced(1)   # the package after round 1 was queued before round 2 opened
+        agg.send_signal(signal.SIGINT)
+        assert fed.wait_exit("aggregator", 60) == 130, fed.log("aggregator")[-3000:]
+        assert "interrupted" in fed.log("aggregator")
+        assert not [t for _, t, p in fed.recorder.snapshot() if t == "fedmekt/pkgint/models/manifest" and p]
+    finally:
+        fed.close()

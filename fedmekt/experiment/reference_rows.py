@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fedmekt.learn.algorithms.base import ModuleOptimizers, Party, dec, enc, epoch_steps, private_epoch
+from fedmekt.concurrency import seeded_torch
 from fedmekt.config import FederationConfig
 from fedmekt.learn.engine import (
     _CLASSIFIER, _CLIENT, _HEAD, _PROBE, ClientEngine, RoundPlan, ServerEngine, _seed, build_model, client_key,
@@ -175,8 +176,7 @@ class _Supervised:
         self.cfg, self.split = cfg, split
         self.device = resolve_device(cfg.device)
         self.model = build_model(cfg, split.channels).to(self.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(cfg, _HEAD))   # the federation's head initialisation
+        with seeded_torch(_seed(cfg, _HEAD)):   # the federation's head initialisation
             self.head = LinearHead(self.model.rep_size, len(split.label_names)).to(self.device)
         params = [p for m in cfg.pair for p in self.model.encoders[m].parameters()] + list(self.head.parameters())
         self.optim = torch.optim.Adam(params, lr=cfg.hyper.lr_classifier)

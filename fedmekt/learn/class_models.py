@@ -23,7 +23,7 @@ from torch import nn
 
 from fedmekt.config import FederationConfig
 from fedmekt.learn.algorithms.base import inputs_only, private_epoch
-from fedmekt.learn.deploy import DeployedModel
+from fedmekt.learn.deploy import DeployedModel, Stop, check_stop
 from fedmekt.learn.evaluation import train_classifier_round
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
 from sensors.partition import Partition
@@ -54,12 +54,12 @@ def class_prefix(device_class: str) -> str:
 
 def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: LinearHead, student: SplitAutoencoder,
                        proxy: Partition, labelled: Partition, cfg: FederationConfig, rng: np.random.Generator,
-                       device: torch.device, budget: int) -> ClassModel:
+                       device: torch.device, budget: int, stop: Stop = None) -> ClassModel:
     """Fit ``student``'s encoders to ``teacher``'s z, then tune a copy of ``head`` on them (see the module doc).
 
     ``budget`` sub-window steps (epochs of fresh crops until spent; ``hyper.class_distil_steps`` from a fresh
     student, ``class_distil_warm_steps`` from the class's previous one), every modality of the pair per step; the
-    teacher is read only.
+    teacher is read only; ``stop`` is asked before each step (fedmekt.learn.deploy.Stopped).
     """
     h = cfg.hyper
     modalities = tuple(cfg.pair)
@@ -69,6 +69,7 @@ def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: Linea
     steps = 0
     while steps < budget:  # epochs of random crops until the budget is spent
         for xs, _labels in private_epoch(source, modalities, cfg, rng, device, budget - steps):
+            check_stop(stop)
             loss = torch.zeros((), device=device)
             for m in modalities:
                 with torch.no_grad():

@@ -19,18 +19,30 @@ the same deployed model in ``reproduce``, ``simulate`` and the MQTT deployment.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedmekt.concurrency import seeded_torch
 from fedmekt.config import FederationConfig
 from fedmekt.learn.evaluation import train_classifier_round
 from fedmekt.learn.model import HEADS, LinearHead, SplitAutoencoder, build_head
 from sensors.partition import Partition
 
 DEPLOYED = "deployed."   # the deployed model's keys in a run's model state: ``deployed.encoders.*``, ``….head.*``
+Stop = Callable[[], bool] | None   # asked between two rounds (or steps) of a long derivation: True ends it
+
+
+class Stopped(Exception):
+    """A derivation ended early because its ``stop`` said so (the aggregator is closing): nothing was made."""
+
+
+def check_stop(stop: Stop) -> None:
+    if stop is not None and stop():
+        raise Stopped("stopped")
 
 
 @dataclass
@@ -49,15 +61,15 @@ class DeployedModel:
 
 
 def deploy(model: SplitAutoencoder, head: LinearHead, labelled: Partition, cfg: FederationConfig, n_classes: int,
-           device: torch.device, seed: int) -> DeployedModel:
-    """The deployed model of the federation's ``model`` and ``head`` by ``cfg.hyper``'s recipe (module doc)."""
+           device: torch.device, seed: int, stop: Stop = None) -> DeployedModel:
+    """The deployed model of the federation's ``model`` and ``head`` by ``cfg.hyper``'s recipe (module doc);
+    ``stop`` is asked before each fine-tuning round (:class:`Stopped`)."""
     h = cfg.hyper
     model = copy.deepcopy(model)
     if h.deploy_head == "linear":
         head = copy.deepcopy(head)   # warm start: the federation's head, already fitted to these encoders
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_torch(seed):
             head = build_head(h.deploy_head, model.rep_size, n_classes).to(device)
     if h.deploy_rounds == 0:
         return DeployedModel(model.eval(), head.eval(), 0)
@@ -66,6 +78,7 @@ def deploy(model: SplitAutoencoder, head: LinearHead, labelled: Partition, cfg: 
         params += [p for m in cfg.label_modalities for p in model.encoders[m].parameters()]
     opt = torch.optim.Adam(params, lr=h.lr_deploy)
     for k in range(h.deploy_rounds):
+        check_stop(stop)
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, k])))
         train_classifier_round(model, head, opt, labelled, cfg, rng, device, tune_encoder=h.deploy_tune_encoder)
     state = opt.state.get(params[0], {})

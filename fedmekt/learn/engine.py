@@ -20,7 +20,6 @@ Determinism (bit for bit on CPU with the same thread count, in one process or ma
 
 from __future__ import annotations
 
-import copy
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,18 +29,19 @@ import torch
 
 from fedmekt import device_classes
 from fedmekt.learn import robust
-from fedmekt.learn.class_models import ClassModel, distil_class_model
+from fedmekt.learn.class_models import ClassModel
 from fedmekt.learn.algorithms import get_algorithm
 from fedmekt.learn.algorithms.base import (
     ModuleOptimizers, Party, Projections, ProxyWindows, Tensors, check_tensors, load_optimizer_arrays,
     optimizer_arrays, to_numpy,
 )
-from fedmekt.run_info import RunInfo
+from fedmekt.concurrency import seeded_torch
 from fedmekt.config import FederationConfig
-from fedmekt.learn.deploy import DeployedModel, deploy
+from fedmekt.run_info import RunInfo
+from fedmekt.learn.deploy import DeployedModel
+from fedmekt.learn.deployables import Deployables, DeploySource, GlobalState
 from fedmekt.learn.evaluation import deployed_scores, linear_probe, paper_probe, train_classifier_round
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
-from fedmekt.learn.slicing import sliced_state
 from fedmekt.learn.streaming import StreamingMean
 from sensors.partition import Normalizer, Partition
 from sensors.windowing import window_starts
@@ -74,8 +74,7 @@ def build_model(cfg: FederationConfig, channels: dict[str, int], device_class: s
                 ) -> SplitAutoencoder:
     """The one initial model every party of ``device_class`` starts from, rebuilt from ``cfg.seed`` (global RNG
     untouched); the standard class is ``cfg.hidden`` wide."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, _MODEL]).generate_state(1)[0]))
+    with seeded_torch(_seed(cfg, _MODEL)):
         return SplitAutoencoder({m: channels[m] for m in cfg.pair}, cfg.resolved_rep_size(),
                                 device_classes.hidden_for(cfg.hidden, device_class))
 
@@ -166,8 +165,7 @@ class ServerEngine:
         self.device = resolve_device(cfg.device)
         self.algorithm = get_algorithm(cfg.algorithm)
         self.model = build_model(cfg, self.channels, device_classes.global_class(cfg.fleet)).to(self.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(cfg, _HEAD))
+        with seeded_torch(_seed(cfg, _HEAD)):
             self.head = LinearHead(self.model.rep_size, len(self.label_names)).to(self.device)
         self.head_optim = torch.optim.Adam(self.head.parameters(), lr=cfg.hyper.lr_classifier)
         self.party = Party(cfg, self.model, ModuleOptimizers(self.model, cfg.hyper.lr_global),
@@ -183,8 +181,10 @@ class ServerEngine:
         self._absorbed_rounds: dict[str, int] = {}  # client -> rounds absorbed so far (hyper.upload_weight)
         self._reference: tuple[int, dict[str, float]] | None = None  # (round, per-key upload scale)
         self._proxy_cache: tuple[int, ProxyWindows] | None = None
-        self._deployed: tuple[int, DeployedModel] | None = None
-        self._class_models: tuple[int, dict[str, ClassModel]] | None = None  # (rounds completed, per class)
+        self.deployables = Deployables(DeploySource(
+            cfg, len(self.label_names), proxy, labelled, self.device, self.algorithm.width_sliced,
+            lambda device_class: build_model(cfg, self.channels, device_class).to(self.device),
+            lambda *words: rng_for(cfg.seed, _CLASS, *words), _seed(cfg, _DEPLOY)))
 
     # ---- planning -----------------------------------------------------------------------------------
     def plan_round(self, round_: int, online: Sequence[str]) -> RoundPlan:
@@ -311,14 +311,14 @@ class ServerEngine:
         return linear_probe(self.model, self.labelled, self.test, self.cfg, len(self.label_names), self.device,
                             _seed(self.cfg, _PROBE))
 
+    def global_state(self) -> GlobalState:
+        """The global model and head as they stand (live: ``.copy()`` for a snapshot another thread may read)."""
+        return GlobalState(self.model, self.head, self.rounds_completed)
+
     def deployed(self) -> DeployedModel:
         """What the packages ship after the rounds completed so far: the federation's encoders and head fine-tuned
-        on the labelled set by ``hyper``'s deploy recipe (fedmekt/learn/deploy.py); computed once per round."""
-        if self._deployed is None or self._deployed[0] != self.rounds_completed:
-            self._deployed = (self.rounds_completed, deploy(self.model, self.head, self.labelled, self.cfg,
-                                                            len(self.label_names), self.device,
-                                                            _seed(self.cfg, _DEPLOY)))
-        return self._deployed[1]
+        on the labelled set by ``hyper``'s deploy recipe (fedmekt/learn/deployables.py); computed once per round."""
+        return self.deployables.deployed(self.global_state())
 
     def final_evaluation(self) -> dict:
         """The probe, and the deployed model's figures (what the packages ship), with its fine-tuning steps; in a
@@ -353,50 +353,10 @@ class ServerEngine:
         return out
 
     def class_models(self) -> dict[str, ClassModel]:
-        """Each accepted device class's deployable encoders + head: the deployed model (:meth:`deployed`) for the
-        global model's own (widest) class, for each narrower class one distilled from the global encoders and
-        head (fedmekt/learn/class_models.py), or under HeteroFL its slice of the global model fine-tuned like the
-        deployed one (:meth:`_sliced_class_model`); computed once per completed round.
-
-        After the last round (the final figures and package) every student is distilled afresh, seeded by (seed,
-        class): the same in every process, however many packages went out before. A package before that (the
-        aggregator's ``--package-every``) warm-starts each student from the class's previous package and takes
-        ``hyper.class_distil_warm_steps``, seeded by (seed, class, round): a package costs a fraction of a fresh
-        distillation, and the same cadence gives the same packages."""
-        if self._class_models is None or self._class_models[0] != self.rounds_completed:
-            h, top = self.cfg.hyper, device_classes.global_class(self.cfg.fleet)
-            last = self.rounds_completed >= self.cfg.rounds
-            previous = {} if last or self._class_models is None else self._class_models[1]
-            made = {}
-            for i, name in enumerate(self.cfg.device_classes):
-                if name == top:
-                    dep = self.deployed()
-                    made[name] = ClassModel(name, dep.model, dep.head)
-                    continue
-                if self.algorithm.width_sliced:
-                    made[name] = self._sliced_class_model(name)
-                    continue
-                if name in previous:   # warm: from the class's previous package
-                    student, rng = copy.deepcopy(previous[name].model).train(), \
-                        rng_for(self.cfg.seed, _CLASS, i, self.rounds_completed)
-                    budget = h.class_distil_warm_steps
-                else:
-                    student, rng = build_model(self.cfg, self.channels, name).to(self.device), \
-                        rng_for(self.cfg.seed, _CLASS, i)
-                    budget = h.class_distil_steps
-                made[name] = distil_class_model(name, self.model, self.head, student, self.proxy, self.labelled,
-                                                self.cfg, rng, self.device, budget)
-            self._class_models = (self.rounds_completed, made)
-        return self._class_models[1]
-
-    def _sliced_class_model(self, device_class: str) -> ClassModel:
-        """HeteroFL: the class's slice of the global model, fine-tuned with the global head by the deploy recipe."""
-        student = build_model(self.cfg, self.channels, device_class).to(self.device)
-        wide = {k: to_numpy(v) for k, v in self.model.state_dict().items()}
-        student.load_state_dict({k: torch.from_numpy(v) for k, v in sliced_state(wide, student.hidden).items()})
-        dep = deploy(student, self.head, self.labelled, self.cfg, len(self.label_names), self.device,
-                     _seed(self.cfg, _DEPLOY))
-        return ClassModel(device_class, dep.model, dep.head)
+        """Each accepted device class's deployable encoders + head after the rounds completed so far
+        (:meth:`fedmekt.learn.deployables.Deployables.class_models`: fresh after the last round, warm-started from
+        the previous package before it); computed once per completed round."""
+        return self.deployables.class_models(self.global_state())
 
     # ---- checkpoint ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -412,7 +372,7 @@ class ServerEngine:
         def sub(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
 
-        self._deployed = self._class_models = None   # derived from the model: recomputed on demand
+        self.deployables.reset()   # derived from the model: recomputed on demand
         self.model.load_state_dict(sub("autoencoder."))
         self.head.load_state_dict(sub("head."))
         self.party.optim.load_state_arrays(state, "optim/")

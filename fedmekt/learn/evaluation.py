@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fedmekt.learn.algorithms.base import epoch_steps, private_epoch, to_numpy
+from fedmekt.concurrency import seeded_torch
 from fedmekt.config import FederationConfig
 from fedmekt.learn.losses import classifier_loss
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
@@ -218,8 +219,7 @@ def fit_probe(features, dim: int, labelled: Partition, test: Partition, train_mo
     x, y = torch.cat(feats), torch.cat(labels)
     keep = y >= 0
     x, y = x[keep], y[keep]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_torch(seed):
         head = LinearHead(dim, n_classes).to(device)
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=cfg.hyper.probe_max_iter,
                             tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmekt.concurrency import seeded_torch
 from fedmekt.config import FederationConfig
 from fedmekt.learn.model import SplitAutoencoder
 from fedmekt.learn.robust import RoundUploads
@@ -108,8 +109,7 @@ class Projections(nn.Module):
 
     def __init__(self, rep_size: int, hidden: int, seed: int) -> None:
         super().__init__()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_torch(seed):
             self.rep = nn.Linear(rep_size, rep_size)
             self.hidden = nn.Linear(hidden, hidden)
         self.requires_grad_(False)
