@@ -74,6 +74,7 @@ def reference_finals(cfg: FederationConfig, split: FederatedSplit, names: tuple[
     unknown = sorted(set(names) - set(REFERENCES))
     if unknown:
         raise ValueError(f"unknown reference rows {unknown}; choose from {', '.join(REFERENCES)}")
+    torch.set_num_threads(cfg.threads)   # every row in the run's arithmetic (fedmekt/learn/numerics.py), as an engine
     out = [raw_features_final(cfg, split)] if "raw-features" in names else []
     cfg = replace(cfg, algorithm=LOCAL_TRAINER)
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
