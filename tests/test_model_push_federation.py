@@ -127,13 +127,13 @@ def test_client_with_infer_publishes_predictions_of_the_installed_package(mosqui
 @pytest.mark.broker
 def test_rounds_go_on_while_a_package_is_built_and_packages_go_out_in_round_order(tmp_path):
     """A package before the last round is built on the aggregator's worker thread from a snapshot: with a deployed
-    model's fine-tuning many times longer than a round (``deploy_rounds`` 20 against 2), the second round's metrics
+    model's fine-tuning many times longer than a round (``deploy_rounds`` 10 against 2), the second round's metrics
     row goes out before the first round's package, which a round thread that built it would have published first;
     the packages still go out in round order, and the run ends once the last is out."""
     fed = ProcessFederation(tmp_path, rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
                             federation="pkgbg")
     try:
-        fed.config.write_text(fed.config.read_text().replace("deploy_rounds = 2\n", "deploy_rounds = 20\n"))
+        fed.config.write_text(fed.config.read_text().replace("deploy_rounds = 2\n", "deploy_rounds = 10\n"))
         generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
         for cid in fed.client_ids:
             fed.start_client(cid, True, "--public-key", str(tmp_path / "agg.pub"))
