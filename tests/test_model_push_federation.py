@@ -123,6 +123,23 @@ def test_client_with_infer_publishes_predictions_of_the_installed_package(mosqui
     assert ModelStore(tmp_path / "gw" / "models", load_public_key(public)).current() is not None
 
 
+def _packaging_every_round(tmp_path, rounds: int, federation: str, deploy_rounds: int):
+    """Three gateways and an aggregator signing a package after every round, whose deployed model fine-tunes
+    ``deploy_rounds`` rounds (the tiny config's 2 take well under a round): the federation and the aggregator."""
+    fed = ProcessFederation(tmp_path, rounds=rounds, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
+                            federation=federation)
+    try:
+        fed.config.write_text(fed.config.read_text().replace("deploy_rounds = 2\n",
+                                                             f"deploy_rounds = {deploy_rounds}\n"))
+        generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
+        for cid in fed.client_ids:
+            fed.start_client(cid, True, "--public-key", str(tmp_path / "agg.pub"))
+        return fed, fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
+    except BaseException:
+        fed.close()
+        raise
+
+
 @pytest.mark.slow
 @pytest.mark.broker
 def test_rounds_go_on_while_a_package_is_built_and_packages_go_out_in_round_order(tmp_path):
@@ -130,14 +147,8 @@ def test_rounds_go_on_while_a_package_is_built_and_packages_go_out_in_round_orde
     model's fine-tuning many times longer than a round (``deploy_rounds`` 10 against 2), the second round's metrics
     row goes out before the first round's package, which a round thread that built it would have published first;
     the packages still go out in round order, and the run ends once the last is out."""
-    fed = ProcessFederation(tmp_path, rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
-                            federation="pkgbg")
+    fed, _ = _packaging_every_round(tmp_path, rounds=2, federation="pkgbg", deploy_rounds=10)
     try:
-        fed.config.write_text(fed.config.read_text().replace("deploy_rounds = 2\n", "deploy_rounds = 10\n"))
-        generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
-        for cid in fed.client_ids:
-            fed.start_client(cid, True, "--public-key", str(tmp_path / "agg.pub"))
-        fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
         assert fed.wait_exit("aggregator", 400) == 0, fed.log("aggregator")[-3000:]
         for cid in fed.client_ids:
             assert fed.wait_exit(cid, 60) == 0, fed.log(cid)[-3000:]
@@ -170,14 +181,8 @@ def test_rounds_go_on_while_a_package_is_built_and_packages_go_out_in_round_orde
 def test_an_interrupted_aggregator_exits_at_once_and_publishes_no_package_still_being_built(tmp_path):
     """Ctrl-C while the worker fine-tunes a package (``deploy_rounds`` 400: minutes): the aggregator ends at once
     (the worker keeps no process alive) and that package never goes out (none after the link closed)."""
-    fed = ProcessFederation(tmp_path, rounds=3, clients=(1, 1, 1), per_round=3, round_timeout=60.0,
-                            federation="pkgint")
+    fed, agg = _packaging_every_round(tmp_path, rounds=3, federation="pkgint", deploy_rounds=400)
     try:
-        fed.config.write_text(fed.config.read_text().replace("deploy_rounds = 2\n", "deploy_rounds = 400\n"))
-        generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
-        for cid in fed.client_ids:
-            fed.start_client(cid, True, "--public-key", str(tmp_path / "agg.pub"))
-        agg = fed.start_aggregator("--signing-key", str(tmp_path / "agg.key"), "--package-every", "1")
         fed.wait_announced(1)   # the package after round 1 was queued before round 2 opened
         agg.send_signal(signal.SIGINT)
         assert fed.wait_exit("aggregator", 60) == 130, fed.log("aggregator")[-3000:]
