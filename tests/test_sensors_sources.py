@@ -116,9 +116,10 @@ def test_buffer_get_stops_at_unit_boundary_and_block_policy_waits():
     buf = SampleBuffer(capacity=8, policy="block")
     buf.put(_batch(0, 3, "a"))
     buf.put(_batch(3, 3, "b"))
-    assert not buf.put(_batch(6, 3, "b"), timeout=0.05)  # full: the producer waits, nothing dropped
+    assert buf.put(_batch(6, 3, "b"), timeout=0.05) == 2  # fills to the sample; the producer holds the rest
+    assert buf.put(_batch(8, 1, "b"), timeout=0.05) == 0  # full: the producer waits, nothing dropped
     assert buf.get(100, timeout=0).unit == "a"
-    assert buf.put(_batch(6, 3, "b"), timeout=0.05)
+    assert buf.put(_batch(8, 1, "b"), timeout=0.05) == 1
     b = buf.get(100, timeout=0)
     assert b.unit == "b" and b.timestamps.tolist() == [3, 4, 5, 6, 7, 8] and buf.dropped == 0
 

@@ -100,17 +100,18 @@ class Source:
         """Sleep unless asked to stop; True if a stop was requested."""
         return self._stop.wait(seconds)
 
-    def _put(self, batch: SampleBatch | None) -> None:
-        """Hand ``batch`` to the buffer from the reader thread. Under "block" this waits for room until the source
-        is closed (so the transport, not a silent drop, takes the back-pressure); "drop_oldest" never waits."""
+    def _put(self, batch: SampleBatch | None) -> bool:
+        """Hand ``batch`` to the buffer from the reader thread; False if the source closed first. Under "block"
+        this waits for room until the source is closed (so the transport, not a silent drop, takes the
+        back-pressure); "drop_oldest" never waits."""
         if batch is None:
-            return
-        step = self.buffer.capacity if self.buffer.policy == "block" else len(batch)  # a piece that can fit
-        for start in range(0, len(batch), max(1, step)):
-            piece = batch.slice(start, start + step)
-            while not self.buffer.put(piece, timeout=0.5):
-                if self._stop.is_set():
-                    return
+            return True
+        done = 0
+        while done < len(batch):
+            done += self.buffer.put(batch.slice(done), timeout=0.5)
+            if done < len(batch) and (self._stop.is_set() or self.buffer.closed):
+                return False
+        return True
 
 
 class LineSource(Source):

@@ -34,27 +34,36 @@ class SampleBuffer:
     def __len__(self) -> int:
         return self._size
 
-    def put(self, batch: SampleBatch, timeout: float | None = None) -> bool:
-        """Add a batch; returns False if ``block`` timed out or the buffer is closed (batch not added)."""
-        if len(batch) == 0:
-            return True
-        if len(batch) > self.capacity:  # keep the newest part of an oversized batch
-            self.dropped += len(batch) - self.capacity
-            batch = batch.slice(len(batch) - self.capacity)
-        with self._cond:
-            def room() -> bool:
-                return self._closed or self._size + len(batch) <= self.capacity
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-            if self.policy == "block" and not self._cond.wait_for(room, timeout):
-                return False
-            if self._closed:
-                return False
+    def put(self, batch: SampleBatch, timeout: float | None = None) -> int:
+        """Add a batch; returns how many of its samples were taken (from its start).
+
+        ``drop_oldest`` takes them all (an oversized batch keeps its newest part). ``block`` waits up to
+        ``timeout`` for room and takes what fits, so a full buffer is full to the sample while the producer
+        holds the rest; 0 if no room came in time or the buffer is closed."""
+        if len(batch) == 0:
+            return 0
+        with self._cond:
+            if self.policy == "block":
+                if not self._cond.wait_for(lambda: self._closed or self._size < self.capacity, timeout) \
+                        or self._closed:
+                    return 0
+                batch = batch.slice(0, self.capacity - self._size)
+            elif self._closed:
+                return 0
+            taken = len(batch)
+            if len(batch) > self.capacity:  # keep the newest part of an oversized batch
+                self.dropped += len(batch) - self.capacity
+                batch = batch.slice(len(batch) - self.capacity)
             while self._size + len(batch) > self.capacity:
                 self._drop_oldest(self._size + len(batch) - self.capacity)
             self._chunks.append(batch)
             self._size += len(batch)
             self._cond.notify_all()
-        return True
+        return taken
 
     def _drop_oldest(self, n: int) -> None:
         head = self._chunks[0]

@@ -46,7 +46,6 @@ class ReplaySource(Source):
                 b = min(a + step, len(rec))
                 batch = SampleBatch(t[a:b], {m: rec.modalities[m][a:b] for m in self.modalities},
                                     np.asarray(rec.labels[a:b], dtype=np.int64), rec.unit)
-                while not self.buffer.put(batch, timeout=0.2):
-                    if self._stop.is_set():
-                        return
+                if not self._put(batch):
+                    return
                 self.stats.accepted += b - a
