@@ -184,7 +184,7 @@ class Aggregator:
             self.control.publish(self.topics.rounds, fedwire.Announcement(
                 cfg.federation, None, 0.0, done=True, rounds=cfg.rounds, run=self.run_id).to_bytes())
         final = final_record(cfg, base, server.proxy_delivery, self._proxy_bytes * len(self.online),
-                             self._final_evaluation(), time.perf_counter() - start)
+                             server.final_evaluation(), time.perf_counter() - start)
         state = server.final_state()   # the deployed model is the final evaluation's (computed once)
         return RunResult(name, cfg, rows, final, state, server.run_info())
 
@@ -210,9 +210,6 @@ class Aggregator:
     def state_dir(self) -> Path:
         """Where the run counter lives: it must outlive run folders (a fresh run often gets a fresh --out)."""
         return self.opts.state_dir if self.opts.state_dir is not None else self.opts.out.resolve().parent
-
-    def _final_evaluation(self) -> dict:
-        return self.server.final_evaluation()
 
     def _publish_federation(self) -> None:
         """Retained manifest and (once) the proxy set: a client arriving at any time finds them."""

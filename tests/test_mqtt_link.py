@@ -34,23 +34,23 @@ def _link(url, cid, presence=None, subs=()):
     return MqttLink(url, LinkOptions(client_id=cid, reconnect_min=1, reconnect_max=2), presence, subs).connect()
 
 
-def _collect(link, n, timeout=10.0):
+def _collect_while(link, more, timeout=10.0):
+    """Messages for as long as ``more(messages so far)`` holds (what came, once ``timeout`` passed)."""
     out, deadline = [], time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
+    while more(out) and time.monotonic() < deadline:
         m = link.get(timeout=0.1)
         if m is not None:
             out.append(m)
     return out
+
+
+def _collect(link, n, timeout=10.0):
+    return _collect_while(link, lambda out: len(out) < n, timeout)
 
 
 def _collect_until(link, marker: bytes, timeout=10.0):
-    """Messages up to the first whose payload holds ``marker`` (all of them, without it, once ``timeout`` passed)."""
-    out, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline and not (out and marker in out[-1].payload):
-        m = link.get(timeout=0.1)
-        if m is not None:
-            out.append(m)
-    return out
+    """Messages up to the first whose payload holds ``marker``."""
+    return _collect_while(link, lambda out: not (out and marker in out[-1].payload), timeout)
 
 
 def _presence(cid):
