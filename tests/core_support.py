@@ -13,15 +13,17 @@ from sensors.splits import make_split
 LABELS = ("rest", "walk", "fall")
 
 
-# the deployed model's fine-tuning kept short in test configs (the default recipe's 50 rounds cost ~22 s per
-# package on the demo data, minutes on a loaded machine); tiny_config's hyper does the same
-QUICK_DEPLOY_TOML = "[hyper]\ndeploy_rounds = 2\n"
+# the server's final steps kept short in test configs, as tiny_config's hyper does: the deployed model's
+# fine-tuning (the default recipe's 50 rounds cost ~22 s per package on the demo data, minutes on a loaded
+# machine), the classifier's epochs and the final probe's L-BFGS iterations (500 took ~5 s of a 5-round demo
+# federation's 15 CPU-s, paid again by every in-process reference run)
+QUICK_HYPER_TOML = "[hyper]\ndeploy_rounds = 2\nclassifier_epochs = 1\nprobe_max_iter = 20\n"
 
 
-def quick_deploy_config(folder: Path) -> Path:
-    """A TOML base config that only shortens the deployed model's fine-tuning (for ``simulate --config``)."""
-    path = folder / "quick-deploy.toml"
-    path.write_text(QUICK_DEPLOY_TOML)
+def quick_hyper_config(folder: Path) -> Path:
+    """A TOML base config that only shortens the server's final steps (for ``simulate --config``)."""
+    path = folder / "quick-hyper.toml"
+    path.write_text(QUICK_HYPER_TOML)
     return path
 
 

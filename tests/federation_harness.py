@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from core_support import QUICK_DEPLOY_TOML
+from core_support import QUICK_HYPER_TOML
 from fedmekt.transport.broker import MosquittoProcess, start_mosquitto
 from fedmekt.wire.signing import unwrap
 from security_support import SecureBroker, start_secure_broker
@@ -76,7 +76,7 @@ class ProcessFederation:
         self.config.write_text(
             f'federation = "{federation}"\ndataset = "demo"\nclients = {list(clients)}\nper_round = {per_round}\n'
             f'rounds = {rounds}\nproxy_windows = {proxy_windows}\nseed = {seed}\ndevice = "cpu"\n'
-            + QUICK_DEPLOY_TOML)
+            + QUICK_HYPER_TOML)
         (tmp / "logs").mkdir(exist_ok=True)
         self.secure: SecureBroker | None = (start_secure_broker(tmp, tuple(self.client_ids), federation)
                                             if secure else None)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core_support import quick_deploy_config
+from core_support import quick_hyper_config
 from fedmekt.observe.report import paper_metric_label
 
 pytestmark = pytest.mark.broker
@@ -29,7 +29,7 @@ def test_short_simulation_summary_sets_the_result_beside_raw_features_and_floor(
     out = tmp_path / "sim"
     cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "fedmekt_cli"]
     done = subprocess.run(cmd + ["simulate", "--rounds", "3", "--clients", "1,1,1", "--per-round", "3",
-                                 "--proxy-windows", "8", "--config", str(quick_deploy_config(tmp_path)),
+                                 "--proxy-windows", "8", "--config", str(quick_hyper_config(tmp_path)),
                                  "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core_support import quick_deploy_config
+from core_support import quick_hyper_config
 from fedmekt.config import load_config
 from fedmekt.experiment.in_process import run_inprocess
 from sensors.datasets import load_dataset
@@ -110,7 +110,7 @@ def test_simulate_command_runs_the_demo_path_and_writes_the_report(tmp_path: Pat
     model's fine-tuning too)."""
     out = tmp_path / "demo"
     res = subprocess.run(_fedmekt("simulate", "--rounds", "2", "--clients", "1,1,1", "--per-round", "3",
-                                  "--proxy-windows", "8", "--config", str(quick_deploy_config(tmp_path)),
+                                  "--proxy-windows", "8", "--config", str(quick_hyper_config(tmp_path)),
                                   "--out", str(out), "--no-progress"),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -126,7 +126,7 @@ def test_simulate_command_runs_the_demo_path_and_writes_the_report(tmp_path: Pat
 def test_simulate_json_summary(tmp_path: Path):
     out = tmp_path / "sim"
     res = subprocess.run(_fedmekt("simulate", "--rounds", "1", "--clients", "1,1,1", "--per-round", "3",
-                                  "--proxy-windows", "8", "--config", str(quick_deploy_config(tmp_path)),
+                                  "--proxy-windows", "8", "--config", str(quick_hyper_config(tmp_path)),
                                   "--out", str(out), "--no-progress", "--json"),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

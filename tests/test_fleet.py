@@ -182,7 +182,8 @@ def _mixed_processes(fed, tmp_path, algorithm: str = "fedmekt-c"):
     """``fed`` made a mixed fleet of ``algorithm``, a signing key pair in ``tmp_path``, and one ``fedmekt client
     --device-class …`` process per client, dealt as reproduce deals them (the aggregator is the caller's to start)."""
     fed.config.write_text(fed.config.read_text().replace(  # top-level keys before the table
-        "[hyper]\n", f'fleet = "mixed"\nalgorithm = "{algorithm}"\n[hyper]\nclass_distil_steps = 4\n'))
+        "[hyper]\n", f'fleet = "mixed"\nalgorithm = "{algorithm}"\n[hyper]\n'
+                      'class_distil_steps = 4\nclass_distil_warm_steps = 4\n'))
     generate_keypair(tmp_path / "agg.key", tmp_path / "agg.pub")
     for cid, device_class in device_classes.assign("mixed", fed.client_ids).items():
         fed.start_client(cid, True, "--device-class", device_class, "--public-key", str(tmp_path / "agg.pub"))
