@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from fedmekt.transport.broker import MosquittoProcess, start_mosquitto
+from fedmekt_cli.main import OUR_LOGGERS
 from federation_harness import ProcessFederation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +24,18 @@ def _data_dir() -> Path | None:
         return Path(env)
     default = REPO.parent / "shared" / "data"
     return default if default.exists() else None
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """An in-process ``fedmekt`` command points the root logger at its test's captured stderr (setup_logging):
+    put the handlers and levels back, or a later test's log line goes to a closed file ("Logging error")."""
+    loggers = [logging.getLogger(), *map(logging.getLogger, OUR_LOGGERS)]
+    saved = [(lg, lg.handlers[:], lg.level) for lg in loggers]
+    yield
+    for lg, handlers, level in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
 
 
 @pytest.fixture(scope="session")

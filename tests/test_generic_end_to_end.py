@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from core_support import QUICK_HYPER_TOML
 from export.package import load_public_key, verify_package
 from federation_harness import ProcessFederation
 from fedmekt_cli.main import main
@@ -127,7 +128,7 @@ def test_aggregator_and_split_clients_as_processes(wristband, tmp_path):
     fed = ProcessFederation(tmp_path, rounds=1, clients=(1, 1, 1), per_round=3, round_timeout=120, proxy_windows=6)
     try:
         fed.config.write_text(fed.config.read_text().replace('dataset = "demo"', f'dataset = "{NAME}"')
-                              .replace("[hyper]\ndeploy_rounds = 2\n", "") + SMALL)  # SMALL has its own [hyper]
+                              .replace(QUICK_HYPER_TOML, "") + SMALL)  # SMALL has its own [hyper]
         fed.start_aggregator("--data-dir", str(wristband))
         for cid in fed.client_ids:
             fed.start_client(cid, True, "--data-dir", str(wristband))
