@@ -49,7 +49,7 @@ def assert_every_round_once(fed: ProcessFederation) -> list[dict]:
 def test_killed_clients_round_closes_at_deadline_then_they_rejoin(federation):
     from sensors.store import SampleStore
 
-    fed = federation(rounds=12, round_timeout=20.0)
+    fed = federation(rounds=12, clients=(1, 1, 1), per_round=3, round_timeout=20.0)
     fed.start_all()
     fed.wait_round_done(0)
     assert next(r for r in fed.metrics() if r["round"] == 0)["absorbed"] == len(fed.client_ids)
@@ -104,7 +104,7 @@ def test_killed_clients_round_closes_at_deadline_then_they_rejoin(federation):
 
 
 def test_broker_killed_and_restarted_mid_run(federation):
-    fed = federation(rounds=6, round_timeout=30.0)
+    fed = federation(rounds=6, clients=(1, 1, 1), per_round=3, round_timeout=30.0)
     fed.start_all()
     fed.wait_round_done(1)
     fed.wait_announced(2)
@@ -167,7 +167,7 @@ def test_client_that_never_hears_the_live_rounds_still_trains_every_round(federa
     """One client never gets an announcement or global knowledge as published: each round the aggregator,
     hearing no upload for a while, asks it on ``reply/resend`` (the signed announcement), its sync request
     brings the knowledge, and every round ends with every upload, bit for bit as the undisturbed run."""
-    fed = federation(rounds=2, round_timeout=60.0, secure=True)
+    fed = federation(rounds=2, clients=(1, 1, 1), per_round=3, round_timeout=60.0, secure=True)
     deaf = fed.client_ids[1]
     _deafen(fed, deaf)
     fed.start_all("--resend-after", "3")
@@ -188,7 +188,7 @@ def test_aggregator_sigkilled_resumes_from_last_checkpoint(federation):
     from aggregator.checkpoint import CHECKPOINT
     from safetensors.numpy import load_file
 
-    fed = federation(rounds=6, round_timeout=30.0)
+    fed = federation(rounds=6, clients=(1, 1, 1), per_round=3, round_timeout=30.0)
     fed.start_all()
     fed.wait_round_done(2)
     fed.wait_announced(3)
