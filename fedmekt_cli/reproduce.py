@@ -2,9 +2,10 @@
 
 Every seed draws its own split (test/proxy/labelled/client units) and runs every algorithm on it; results
 go to ``--out`` in the layout of ``fedmekt.observe.report`` (tables and plots are refreshed after every run, so an
-interrupted reproduction keeps what it finished). Each seed also gets the reference rows (``fedmekt.experiment.reference_rows``:
-raw features, labelled-only, proxy-only, local-only, pooled, supervised-ceiling) on its split, and the tables
-carry every row's paired per-seed difference against mmFedAvg, proxy-only and labelled-only.
+interrupted reproduction keeps what it finished; ``--jobs N`` runs N at once: ``fedmekt.experiment.run_pool``).
+Each seed also gets the reference rows (``fedmekt.experiment.reference_rows``: raw features, labelled-only,
+proxy-only, local-only, pooled, supervised-ceiling) on its split, and the tables carry every row's paired
+per-seed difference against mmFedAvg, proxy-only and labelled-only.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--client-workers", type=int, default=1, metavar="N",
                    help="train the clients in N processes (one per free core; same results, default 1)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs (and each seed's reference rows) at once, each in its own process (one per free "
+                        "core; same results, default 1)")
     p.add_argument("--config", type=Path, default=None, help="TOML base config (flags override it)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default FEDMEKT_DATA_DIR or ../shared/data)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<timestamp>-<dataset>)")
@@ -114,8 +118,8 @@ def build_configs(args) -> list:
     algorithms = parse_choices(args.algorithms, ALGORITHMS, "--algorithms")
     if args.seeds < 1:
         raise UserError("--seeds must be >= 1")
-    if args.client_workers < 1:
-        raise UserError("--client-workers must be >= 1")
+    if args.client_workers < 1 or args.jobs < 1:
+        raise UserError("--client-workers and --jobs must be >= 1")
     base.update(dataset=dataset, federation=f"reproduce-{dataset}", pair=list(pair),
                 clients=list(parse_ints(args.clients, 3, "--clients")), per_round=args.per_round,
                 rounds=args.rounds, partition=args.partition, wire_dtype=args.wire_dtype, layers=args.layers,
@@ -149,9 +153,8 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from fedmekt_cli.run_record import RunRecord
-    from fedmekt.experiment.in_process import run_inprocess
+    from fedmekt.experiment.run_pool import Job, run_jobs
     from fedmekt.observe.html_report import write_html_report
-    from fedmekt.experiment.reference_rows import reference_finals
     from fedmekt.observe.report import write_report
     from sensors.datasets import load_dataset
     from sensors.splits import make_split, write_manifest
@@ -159,20 +162,28 @@ def run(args) -> int:
     dataset = configs[0].dataset
     torch.set_num_threads(args.threads)
     recordings = load_dataset(dataset, args.data_dir)
-    results, splits, references = [], {}, []
+    splits, jobs, done = {}, [], {}
     with RunRecord(out, "reproduce", algorithm=",".join(sorted({c.algorithm for c in configs})), dataset=dataset,
                    rounds=configs[0].rounds) as record:
-        for cfg in tqdm(configs, desc="runs", disable=args.no_progress, unit="run"):
+        for cfg in configs:
             if cfg.seed not in splits:
                 splits[cfg.seed] = make_split(recordings, cfg.pair, scheme=cfg.partition, seed=cfg.seed,
                                               clients=cfg.clients, normalize=args.normalize)
                 write_manifest(splits[cfg.seed], out / f"split-seed{cfg.seed}.json")
                 if args.reference_rows:
-                    references += reference_finals(cfg, splits[cfg.seed], names)
-            results.append(run_inprocess(cfg, splits[cfg.seed], progress=not args.no_progress,
-                                         client_workers=args.client_workers))
-            report = write_report(out, results, references)
-            record.note(f"{results[-1].name}: done ({len(results)} of {len(configs)} runs)", echo=False)
+                    jobs.append(Job(cfg, names))
+            jobs.append(Job(cfg))
+        bar = tqdm(total=len(jobs), desc="runs", disable=args.no_progress, unit="run")
+        for i, result in run_jobs(jobs, splits, args.jobs, progress=not args.no_progress,
+                                  client_workers=args.client_workers):
+            done[i] = result
+            order = sorted(done)   # the tables list runs in the order a single job would have run them
+            results = [done[k] for k in order if not jobs[k].references]
+            report = write_report(out, results, [rec for k in order if jobs[k].references for rec in done[k]])
+            if not jobs[i].references:
+                record.note(f"{result.name}: done ({len(results)} of {len(configs)} runs)", echo=False)
+            bar.update()
+        bar.close()
         print(report.read_text())
         record.note(f"results in {out}\nreport: {write_html_report(out)}")
     return 0

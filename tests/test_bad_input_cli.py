@@ -79,6 +79,8 @@ CASES = [
      ["reproduce", "--dataset", "hapt", "--data-dir", "{hapt}", "--no-progress"], "cannot be read"),
     ("reproduce: modality the dataset lacks", "reproduce",
      ["reproduce", "--dataset", "demo", "--pair", "acce-nosuch", "--no-progress"], "nosuch"),
+    ("reproduce: no worker processes", "reproduce", ["reproduce", "--dataset", "demo", "--jobs", "0", "--no-progress"],
+     "--jobs"),
     ("malformed config file (TOML syntax)", "reproduce",
      ["reproduce", "--config", "{tmp}/bad.toml", "--no-progress"], "toml"),
     ("config file with unknown keys / wrong types", "reproduce",

@@ -78,6 +78,23 @@ def test_paired_differences_against_each_baseline_in_table_and_csv(reproduced, a
     assert f"## Paired differences against {against}" in md and "(n=1, no interval)" in md
 
 
+def test_runs_in_worker_processes_give_the_same_records(reproduced, tmp_path):
+    """``--jobs 2``: a run and a seed's reference rows in two spawned processes end with the records the
+    one-process reproduction wrote for them (each run is seeded from its config alone)."""
+    out = tmp_path / "jobs"
+    assert main(["reproduce", "--dataset", "demo", "--seeds", "1", "--rounds", "2", "--algorithms", "mmfedavg",
+                 "--references", "raw-features,labelled-only", "--config", str(reproduced.parent / "tiny.toml"),
+                 "--wire-dtype", "float16", "--out", str(out), "--no-progress", "--jobs", "2"]) == 0
+
+    def finals(folder):
+        return {f["variant"]: {k: v for k, v in f.items() if k != "wall_s"}
+                for f in map(json.loads, (folder / "final.jsonl").read_text().splitlines())}
+
+    ours, theirs = finals(out), finals(reproduced)
+    assert sorted(ours) == ["labelled-only", "mmfedavg[float16]", "raw-features"]
+    assert ours == {variant: theirs[variant] for variant in ours}
+
+
 def test_report_rerenders_from_jsonl(reproduced, capsys):
     before = (reproduced / "results.md").read_text()
     (reproduced / "results.md").unlink()
