@@ -15,11 +15,11 @@
    proxy-only, local-only, pooled, supervised-ceiling), which ``fedmekt reproduce`` adds once per seed, and
    the client and server steps each takes.
 5. Wall time of the whole UR Fall reproduction as a user runs it: ``fedmekt reproduce --dataset ur_fall --pair
-   acce-depth --seeds 5`` (all five algorithms and every reference row, defaults; goal < 30 min on 2 cores),
-   in a child process so its threads and memory are its own.
+   acce-depth --seeds 5 --jobs <cores>`` (all five algorithms and every reference row, defaults; goal < 30 min
+   on 2 cores), in a child process so its threads and memory are its own.
 
 Run: ``.venv/bin/python bench/bench_reproduce.py [--rounds 100] [--steps 200] [--skip-run]
-[--skip-references] [--reproduce-seeds 5]`` (``--reproduce-seeds 0`` skips 5). The machine is shared:
+[--skip-references] [--reproduce-seeds 5] [--reproduce-jobs N]`` (``--reproduce-seeds 0`` skips 5). The machine is shared:
 the load average is printed beside the figures.
 """
 
@@ -86,13 +86,13 @@ def reference_run(rounds: int) -> tuple[float, list[dict]]:
     return time.perf_counter() - t0, finals
 
 
-def whole_reproduction(seeds: int) -> float:
-    """Seconds of ``fedmekt reproduce`` on UR Fall acce-depth with ``seeds`` seeds and every default."""
+def whole_reproduction(seeds: int, jobs: int) -> float:
+    """Seconds of ``fedmekt reproduce`` on UR Fall acce-depth with ``seeds`` seeds, ``--jobs``, every default."""
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "fedmekt_cli", "reproduce", "--dataset", "ur_fall", "--pair",
-                        "acce-depth", "--seeds", str(seeds), "--no-progress", "--out", out], check=True,
-                       stdout=subprocess.DEVNULL)
+                        "acce-depth", "--seeds", str(seeds), "--jobs", str(jobs), "--no-progress", "--out", out],
+                       check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - t0
 
 
@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--skip-run", action="store_true", help="no full FedMEKT-C run")
     ap.add_argument("--skip-references", action="store_true", help="no reference rows")
     ap.add_argument("--reproduce-seeds", type=int, default=5, help="seeds of the whole reproduction (0: skip it)")
+    ap.add_argument("--reproduce-jobs", type=int, default=os.cpu_count(),
+                    help="its --jobs (default: one per core, as a user with this machine runs it)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, load average {os.getloadavg()}")
     t = step_timings(args.steps)
@@ -194,9 +196,10 @@ def main() -> None:
               + "; ".join(f"{f['variant']} {f['wall_s']:.1f} s, {f['local_steps']} client + {f['server_steps']} "
                           f"server steps, probe weighted F1 acce {f['probe_f1_weighted_acce']:.4f}" for f in finals))
     if args.reproduce_seeds:
-        wall = whole_reproduction(args.reproduce_seeds)
-        print(f"fedmekt reproduce --dataset ur_fall --pair acce-depth --seeds {args.reproduce_seeds} (all algorithms "
-              f"and reference rows): wall {wall / 60:.1f} min (goal < 30 min on 2 cores)")
+        wall = whole_reproduction(args.reproduce_seeds, args.reproduce_jobs)
+        print(f"fedmekt reproduce --dataset ur_fall --pair acce-depth --seeds {args.reproduce_seeds} --jobs "
+              f"{args.reproduce_jobs} (all algorithms and reference rows): wall {wall / 60:.1f} min (goal < 30 min "
+              f"on 2 cores)")
     print(f"load average after: {os.getloadavg()}")
 
 
