@@ -17,6 +17,7 @@ from pathlib import Path
 from fedmekt.config import ALGORITHMS
 
 PAPER_ALGORITHMS = ALGORITHMS[:5]   # the default: the paper's five (heterofl is issue 22's baseline (b))
+NONE = "none"   # --algorithms none: only the reference rows, e.g. to add rows to a reproduction already run
 NEEDS_TRAIN = True  # torch: an inference-only install marks and refuses it (fedmekt_cli.main)
 
 
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--first-seed", type=int, default=0, help="seeds run are first..first+N-1 (default 0)")
     p.add_argument("--algorithms", "--algorithm", dest="algorithms", default=",".join(PAPER_ALGORITHMS),
                    help=f"comma-separated, of {', '.join(ALGORITHMS)} (default the paper's five; heterofl runs a "
-                        f"mixed --fleet by width slices)")
+                        f"mixed --fleet by width slices); {NONE!r}: the reference rows alone")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--reference-rows", action=argparse.BooleanOptionalAction, default=True,
                    help="also compute the reference rows per seed: raw-features, labelled-only, proxy-only, "
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--client-workers", type=int, default=1, metavar="N",
                    help="train the clients in N processes (one per free core; same results, default 1)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="runs (and each seed's reference rows) at once, each in its own process (one per free "
+                   help="runs (and each reference row of a seed) at once, each in its own process (one per free "
                         "core; same results, default 1)")
     p.add_argument("--config", type=Path, default=None, help="TOML base config (flags override it)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default FEDMEKT_DATA_DIR or ../shared/data)")
@@ -115,7 +116,11 @@ def build_configs(args) -> list:
     dataset = resolve_name(args.dataset, args.data_dir, "ur_fall")
     info = dataset_info(dataset, args.data_dir)
     pair = parse_pair(args.pair, info.default_pair, info.modalities)
-    algorithms = parse_choices(args.algorithms, ALGORITHMS, "--algorithms")
+    references_only = args.algorithms.strip() == NONE
+    if references_only and not args.reference_rows:
+        raise UserError("--algorithms none with --no-reference-rows leaves nothing to run")
+    # with none, one config per seed carries the split and the reference rows (which set their own algorithm)
+    algorithms = [ALGORITHMS[0]] if references_only else parse_choices(args.algorithms, ALGORITHMS, "--algorithms")
     if args.seeds < 1:
         raise UserError("--seeds must be >= 1")
     if args.client_workers < 1 or args.jobs < 1:
@@ -163,16 +168,18 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     recordings = load_dataset(dataset, args.data_dir)
     splits, jobs, done = {}, [], {}
-    with RunRecord(out, "reproduce", algorithm=",".join(sorted({c.algorithm for c in configs})), dataset=dataset,
-                   rounds=configs[0].rounds) as record:
+    references_only = args.algorithms.strip() == NONE
+    algorithm = NONE if references_only else ",".join(sorted({c.algorithm for c in configs}))
+    with RunRecord(out, "reproduce", algorithm=algorithm, dataset=dataset, rounds=configs[0].rounds) as record:
         for cfg in configs:
             if cfg.seed not in splits:
                 splits[cfg.seed] = make_split(recordings, cfg.pair, scheme=cfg.partition, seed=cfg.seed,
                                               clients=cfg.clients, normalize=args.normalize)
                 write_manifest(splits[cfg.seed], out / f"split-seed{cfg.seed}.json")
-                if args.reference_rows:
-                    jobs.append(Job(cfg, names))
-            jobs.append(Job(cfg))
+                if args.reference_rows:   # one job per row: --jobs spreads a seed's rows over the workers
+                    jobs += [Job(cfg, (name,)) for name in names]
+            if not references_only:
+                jobs.append(Job(cfg))
         bar = tqdm(total=len(jobs), desc="runs", disable=args.no_progress, unit="run")
         for i, result in run_jobs(jobs, splits, args.jobs, progress=not args.no_progress,
                                   client_workers=args.client_workers):
@@ -185,5 +192,6 @@ def run(args) -> int:
             bar.update()
         bar.close()
         print(report.read_text())
-        record.note(f"results in {out}\nreport: {write_html_report(out)}")
+        html = "none (reference rows have no rounds to plot)" if references_only else write_html_report(out)
+        record.note(f"results in {out}\nreport: {html}")
     return 0

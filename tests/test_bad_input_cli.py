@@ -81,6 +81,8 @@ CASES = [
      ["reproduce", "--dataset", "demo", "--pair", "acce-nosuch", "--no-progress"], "nosuch"),
     ("reproduce: no worker processes", "reproduce", ["reproduce", "--dataset", "demo", "--jobs", "0", "--no-progress"],
      "--jobs"),
+    ("reproduce: nothing to run", "reproduce",
+     ["reproduce", "--dataset", "demo", "--algorithms", "none", "--no-reference-rows", "--no-progress"], "nothing to run"),
     ("malformed config file (TOML syntax)", "reproduce",
      ["reproduce", "--config", "{tmp}/bad.toml", "--no-progress"], "toml"),
     ("config file with unknown keys / wrong types", "reproduce",

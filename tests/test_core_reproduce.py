@@ -95,6 +95,24 @@ def test_runs_in_worker_processes_give_the_same_records(reproduced, tmp_path):
     assert ours == {variant: theirs[variant] for variant in ours}
 
 
+def test_reference_rows_alone_each_in_its_own_worker_give_the_same_records(reproduced, tmp_path):
+    """``--algorithms none``: only the reference rows, one job per row (so ``--jobs`` spreads a seed's rows over
+    the workers), each row's record the one a full reproduction wrote for it."""
+    out = tmp_path / "rows"
+    assert main(["reproduce", "--dataset", "demo", "--seeds", "1", "--rounds", "2", "--algorithms", "none",
+                 "--references", "proxy-only,pooled", "--config", str(reproduced.parent / "tiny.toml"),
+                 "--wire-dtype", "float16", "--out", str(out), "--no-progress", "--jobs", "2"]) == 0
+
+    def finals(folder):
+        return {f["variant"]: {k: v for k, v in f.items() if k != "wall_s"}
+                for f in map(json.loads, (folder / "final.jsonl").read_text().splitlines())}
+
+    ours, theirs = finals(out), finals(reproduced)
+    assert sorted(ours) == ["pooled", "proxy-only"]
+    assert ours == {variant: theirs[variant] for variant in ours}
+    assert "pooled" in (out / "results.md").read_text() and not (out / "metrics.jsonl").read_text()
+
+
 def test_report_rerenders_from_jsonl(reproduced, capsys):
     before = (reproduced / "results.md").read_text()
     (reproduced / "results.md").unlink()
