@@ -82,6 +82,23 @@ def test_scan_by_address_and_close_during_a_long_scan():
     assert not src._thread.is_alive() and src.stats.accepted == 0
 
 
+def test_a_full_block_buffer_counts_what_the_wearable_sent_beyond_it_as_dropped(monkeypatch):
+    """A peripheral cannot be paused: under "block" with no consumer, the buffer keeps the first samples and
+    every sample that found no room is counted in ``dropped``, none lost uncounted."""
+    monkeypatch.setattr("sensors.sources.ble.PUT_WAIT_S", 0.05)
+    wearable = ScriptedWearable(sessions=[h10_frames(10)], interval=0.01)
+    src = BleSource(wearable.name, H10, buffer_size=35, policy="block", backends=scripted_backends(wearable)).start()
+    try:
+        assert wearable.done.wait(30), f"the scripted wearable never finished: {wearable}, {src.stats}"
+        wait_for(lambda: len(src.buffer) + src.buffer.dropped == 100, 20,
+                 "all 100 samples buffered or counted dropped", every=0.01)
+        assert src.stats.accepted == 100 and len(src.buffer) == 35 and src.buffer.dropped == 65
+        batch = drain(src, 35)
+    finally:
+        src.close()
+    assert np.rint(batch.modalities["acce"][:, 0] * 1000).astype(int).tolist() == list(range(35))
+
+
 def test_ble_source_spec(tmp_path):
     by_address = open_source("ble:A0:9E:1A:0A:1B:2C", "gw01", {}, None)
     assert by_address.live and not by_address.normalised

@@ -28,11 +28,13 @@ from functools import partial
 from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakError
 
+from sensors.recording import SampleBatch
 from sensors.sources.base import Source
 from sensors.sources.ble_format import NotificationFormat
 from sensors.sources.ble_stream import BleCounters, NotificationStream
 
 log = logging.getLogger("sensors.sources")
+PUT_WAIT_S = 1.0   # longest a notification waits for buffer room under "block" before it counts as dropped
 ADDRESS = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{8}-([0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
 
 
@@ -164,9 +166,18 @@ class BleSource(Source):
     def _on_notify(self, stream: NotificationStream, _characteristic, data: bytearray) -> None:
         self._put(stream.feed(bytes(data), self.now()))
 
-    def _put(self, batch) -> None:
-        if batch is not None:
-            self.buffer.put(batch, timeout=1.0)
+    def _put(self, batch: SampleBatch | None) -> bool:
+        """Hand ``batch`` to the buffer from the event loop. A peripheral cannot be paused and a blocked loop
+        misses its notifications, so under "block" this waits at most ``PUT_WAIT_S`` for room; what still does
+        not fit is counted in the buffer's ``dropped``."""
+        if batch is None:
+            return True
+        done, deadline = 0, time.monotonic() + PUT_WAIT_S
+        while done < len(batch) and not self.buffer.closed and (left := deadline - time.monotonic()) > 0:
+            done += self.buffer.put(batch.slice(done), timeout=left)
+        if done < len(batch) and not self.buffer.closed:   # closing the source drops nothing it could keep
+            self.buffer.count_lost(len(batch) - done)
+        return done == len(batch)
 
     def _flush(self) -> None:
         for stream in self.streams.values():

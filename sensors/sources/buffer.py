@@ -65,6 +65,12 @@ class SampleBuffer:
             self._cond.notify_all()
         return taken
 
+    def count_lost(self, n: int) -> None:
+        """Count ``n`` samples a producer gave up on for lack of room (a sensor that cannot be paused) in
+        ``dropped``, so that no sample goes missing uncounted."""
+        with self._cond:
+            self.dropped += n
+
     def _drop_oldest(self, n: int) -> None:
         head = self._chunks[0]
         if len(head) <= n:
