@@ -1,14 +1,17 @@
 """Mixed fleet against its baselines, paired by seed, from three ``fedmekt reproduce`` run folders.
 
     .venv/bin/python scripts/fleet_compare.py runs/fleet-standard runs/fleet-mixed runs/fleet-small \
-        [--mixed-classes redistilled.jsonl]
+        [--heterofl runs/fleet-heterofl] [--mixed-classes redistilled.jsonl]
 
 The folders: FedMEKT-C with every client at the standard class (``--fleet standard``), FedMEKT-C with a mixed
 fleet (``--fleet mixed``), and baseline (a), mmFedAvg with every client at the smallest class
-(``--algorithms mmfedavg --fleet small``); the same seeds in each (one split per seed, shared). Prints, per
-test modality, the deployed model's weighted F1 of each class (mean ± std over seeds) and the paired
-differences (95 % t-interval, ``fedmekt.experiment.statistics``) of each mixed-fleet class against (a) and
-against the homogeneous standard fleet, the global model's converged probe, and the bytes of each run.
+(``--algorithms mmfedavg --fleet small``); the same seeds in each (one split per seed, shared). Optionally
+baseline (b), HeteroFL on the mixed fleet (``--algorithms heterofl --fleet mixed``). Prints, per test modality,
+the deployed model's weighted F1 of each class (mean ± std over seeds) and the paired differences (95 %
+t-interval, ``fedmekt.experiment.statistics``) of each mixed-fleet class against (a), (b) and the homogeneous
+standard fleet, the global model's converged probe, and the bytes of each run. Where (a)'s folder holds the
+``local-only`` reference row (``--references local-only``: every client alone at the small class), the small
+class is also paired with it (its probe: local-only ships no head).
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from fedmekt.device_classes import CLASSES  # noqa: E402
 from fedmekt.experiment.statistics import paired_difference  # noqa: E402
 
 
-def finals(folder: Path) -> dict[int, dict]:
-    """Seed -> final record (the last one per seed)."""
+def finals(folder: Path, variant: str | None = None) -> dict[int, dict]:
+    """Seed -> final record of the folder's run (or of its reference row ``variant``)."""
     out = {}
     for line in (folder / "final.jsonl").read_text().splitlines():
         if line.strip():
             rec = json.loads(line)
-            out[rec["seed"]] = rec
+            if (rec.get("variant") == variant) if variant else not rec.get("reference"):
+                out[rec["seed"]] = rec
     return out
 
 
@@ -56,10 +60,13 @@ def main() -> int:
     ap.add_argument("standard", type=Path)
     ap.add_argument("mixed", type=Path)
     ap.add_argument("smallest", type=Path, help="baseline (a): mmFedAvg, every client at the smallest class")
+    ap.add_argument("--heterofl", type=Path, default=None, help="baseline (b): HeteroFL on the mixed fleet")
     ap.add_argument("--mixed-classes", type=Path, default=None,
                     help="per-class figures to use instead of the mixed folder's (scripts/fleet_redistil.py output)")
     args = ap.parse_args()
     std, mixed, base = finals(args.standard), finals(args.mixed), finals(args.smallest)
+    hetero = finals(args.heterofl) if args.heterofl else {}
+    alone = finals(args.smallest, "local-only")
     if args.mixed_classes is not None:
         for line in args.mixed_classes.read_text().splitlines():
             rec = json.loads(line)
@@ -71,23 +78,34 @@ def main() -> int:
         print(f"## test {m}: deployed model, weighted F1 (mean ± std over seeds)")
         print(f"(a) mmFedAvg, all small              {stat({s: r[deployed] for s, r in base.items()})}")
         print(f"FedMEKT-C, all standard              {stat({s: r[deployed] for s, r in std.items()})}")
-        for c in CLASSES:
-            label = f"FedMEKT-C mixed, {c} class"
-            print(f"{label:<37}{stat({s: r[f'class_{c}_{deployed}'] for s, r in mixed.items()})}")
+        for name, runs in (("FedMEKT-C mixed", mixed), ("(b) HeteroFL mixed", hetero)):
+            for c in CLASSES if runs else ():
+                print(f"{f'{name}, {c} class':<37}{stat({s: r[f'class_{c}_{deployed}'] for s, r in runs.items()})}")
+        if alone:
+            print(f"local-only, small (probe)            {stat({s: r[f'probe_f1_weighted_{m}'] for s, r in alone.items()})}")
         print(f"\npaired differences (95 % t-interval)")
         of_a, of_std = ({s: r[deployed] for s, r in runs.items()} for runs in (base, std))
         for c in CLASSES:
             mine = {s: r[f"class_{c}_{deployed}"] for s, r in mixed.items()}
             print(f"{f'mixed {c} − (a)':<37}{paired_difference(mine, of_a).text()}")
             print(f"{f'mixed {c} − all standard':<37}{paired_difference(mine, of_std).text()}")
+            if hetero:
+                theirs = {s: r[f"class_{c}_{deployed}"] for s, r in hetero.items()}
+                print(f"{f'mixed {c} − (b) {c}':<37}{paired_difference(mine, theirs).text()}")
+                print(f"{f'(b) {c} − (a)':<37}{paired_difference(theirs, of_a).text()}")
+        if alone:
+            mine = {s: r[f"class_small_{deployed}"] for s, r in mixed.items()}
+            by_itself = {s: r[f"probe_f1_weighted_{m}"] for s, r in alone.items()}
+            print(f"{'mixed small − local-only small':<37}{paired_difference(mine, by_itself).text()}")
         probe = {name: {s: r[f"probe_f1_weighted_{m}"] for s, r in runs.items()}
                  for name, runs in (("mixed", mixed), ("std", std), ("a", base))}
         print(f"global model's probe: mixed (large) {stat(probe['mixed'])}, all standard {stat(probe['std'])}, "
               f"(a) {stat(probe['a'])}; mixed − (a) {paired_difference(probe['mixed'], probe['a']).text()}\n")
     print("## bytes over the run (MiB, mean ± std over seeds)")
     for name, folder in (("(a) mmFedAvg, all small", args.smallest), ("FedMEKT-C, all standard", args.standard),
-                         ("FedMEKT-C mixed", args.mixed)):
-        print(f"{name:<37}{stat(run_bytes(folder))}")
+                         ("FedMEKT-C mixed", args.mixed), ("(b) HeteroFL mixed", args.heterofl)):
+        if folder is not None:
+            print(f"{name:<37}{stat(run_bytes(folder))}")
     return 0
 
 
