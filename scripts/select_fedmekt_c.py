@@ -64,6 +64,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # with eta = gamma = 0 the server's update is its proxy reconstruction alone, whatever the clients send)
     **{f"r{r}": {"rep_size": r} for r in (8, 16, 32)},
     **{f"mmfedavg-r{r}": {"algorithm": "mmfedavg", "rep_size": r} for r in (8, 16, 32)},
+    **{f"no-kd-server-r{r}": {"rep_size": r, "hyper": {"eta": 0.0, "gamma": 0.0}} for r in (8, 16, 32)},
     "relational": {"hyper": {"kd": "relational"}},       # §2b: the server averages each client's structure
     **{f"relational-r{r}": {"rep_size": r, "hyper": {"kd": "relational"}} for r in (8, 16)},
     "rep-fp16": {"layers": "rep", "wire_dtype": "float16"},   # §3: communication profiles
