@@ -44,8 +44,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the process federation the tests start (federation_harness)
+from fedmekt import device_classes  # noqa: E402
 from fedmekt.transport.broker import start_mosquitto  # noqa: E402
-from fedmekt.config import FederationConfig  # noqa: E402
+from fedmekt.config import WIDTH_SLICED, FederationConfig  # noqa: E402
 from fedmekt.experiment.in_process import run_inprocess  # noqa: E402
 from fedmekt.transport.mqtt import LinkOptions, MqttLink  # noqa: E402
 from fedmekt.wire.topics import Topics  # noqa: E402
@@ -54,7 +55,7 @@ from transport_many import cpu_seconds  # noqa: E402
 from sensors.datasets import dataset_info, load_dataset  # noqa: E402
 from sensors.splits import make_split  # noqa: E402
 
-ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon")
+ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon", "heterofl")
 OVERHEAD_GOAL, ROUND_MS_GOAL, FRAMING_GOAL, FLAT_GOAL = 1.05, 30.0, 0.02, 1.10
 LATER = 2  # rounds before this one include start-up (proxy set, first training) and are not compared
 LEARNING_SKIP = {"wall_s", "bytes_up", "bytes_down", "bytes_global", "bytes_proxy_once", "rejected", "late"}
@@ -285,9 +286,9 @@ def bench_bytes(url: str, rounds: int, algorithms: tuple[str, ...] = ALGORITHMS)
     print(f"(b) bytes per round (mean over {rounds} rounds), demo (2,2,2) clients, 6/round, float32")
     print(f"    {'algorithm':<10} {'raw tensors':>12} {'accounted':>12} {'on the wire':>12} {'wire/acc':>9} "
           f"{'wire/raw':>9}   direction")
-    for algo in algorithms:
+    for algo in algorithms:   # heterofl runs its mixed fleet (each class uploads its own slice)
         cfg = FederationConfig(dataset="demo", clients=(2, 2, 2), per_round=6, rounds=rounds, algorithm=algo,
-                               device="cpu")
+                               device="cpu", fleet="mixed" if algo in WIDTH_SLICED else "standard")
         split = demo_split(cfg)
         ref = run_inprocess(cfg, split, progress=False)
         sim = simulate(cfg, split, url)
@@ -309,11 +310,13 @@ def _raw_upload_bytes(cfg, split) -> float:
 
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled)
     mods = {c.client_id: c.modalities for c in split.clients}
+    classes = device_classes.assign(cfg.fleet, sorted(mods))
     total = 0
     for rnd in range(cfg.rounds):
         plan = server.plan_round(rnd, sorted(mods))
         for cid in plan.selected:
-            total += sum(int(np.prod(s)) * 4 for s, _ in server.expected_upload(mods[cid], plan).values())
+            spec = server.expected_upload(mods[cid], plan, classes[cid])
+            total += sum(int(np.prod(s)) * 4 for s, _ in spec.values())
     return total / cfg.rounds
 
 
