@@ -64,6 +64,9 @@ class Hyper:
                                       # (server: proxy; A+B clients: private): "none", "mse", "cosine", "infonce"
     align_weight: float = 1.0         # weight of the alignment term
     align_tau: float = 0.1            # InfoNCE temperature
+    mask_ratio: float = 0.0           # clients' masked reconstruction (issue 19 §2d): each private step zeroes this
+                                      # fraction of its input time steps and reconstructs the whole window; every
+                                      # algorithm, so the comparison stays fair; 0 = the reference's plain AE
     batch: tuple[int, int] = (0, 0)  # client/classifier crops per batch, U[lo, hi); (0, 0) = dataset default
     sub_window: tuple[int, int] = (16, 32)  # sub-window length U[lo, hi) walked along each crop
     mm_weight: float = 100.0         # weight of A+B clients in mm-FedAvg aggregation (ALPHA)
@@ -189,6 +192,7 @@ class FederationConfig:
             (self.hyper.align in ALIGNMENTS, f"hyper.align must be one of {ALIGNMENTS}, got {self.hyper.align!r}"),
             (self.hyper.align_weight >= 0 and self.hyper.align_tau > 0,
              "hyper.align_weight must be >= 0 and hyper.align_tau > 0"),
+            (0.0 <= self.hyper.mask_ratio < 1.0, f"hyper.mask_ratio must be in [0, 1), got {self.hyper.mask_ratio}"),
             (self.server_proxy_walk or not self.server_walk_labelled,
              "server_walk_labelled needs server_proxy_walk (it extends the server's walk)"),
             (self.hyper.temperature > 0, f"hyper.temperature must be > 0, got {self.hyper.temperature}"),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmekt.learn.algorithms.base import inputs_only
+from fedmekt.learn.algorithms.base import inputs_only, masked
 from fedmekt.config import FederationConfig
 from fedmekt.errors import UserError
 from fedmekt.experiment.in_process import run_inprocess
@@ -66,17 +66,29 @@ def test_inputs_only_stacks_rows_offsets_segments_and_drops_labels(split):
     assert both.units == split.proxy.units + split.labelled.units
 
 
-def _run(split, **kw):
+def test_masking_zeroes_the_same_steps_of_every_modality_and_draws_nothing_when_off():
+    xs = {"a": _t(64, 30, 3, seed=6), "b": _t(64, 30, 2, seed=7)}
+    rng = np.random.default_rng(0)
+    assert masked(xs, 0.0, rng) is xs and rng.bit_generator.state == np.random.default_rng(0).bit_generator.state
+    seen = masked(xs, 0.5, rng)
+    hidden = seen["a"].eq(0).all(-1)
+    assert torch.equal(hidden, seen["b"].eq(0).all(-1)) and 0.4 < hidden.float().mean() < 0.6
+    assert torch.equal(seen["a"][~hidden], xs["a"][~hidden]) and not xs["a"].eq(0).all(-1).any()
+
+
+def _run(split, algorithm="fedmekt-c", **kw):
     hyper = kw.pop("hyper", {})
-    cfg = tiny_config("fedmekt-c", **{"rounds": 1, **kw})
+    cfg = tiny_config(algorithm, **{"rounds": 1, **kw})
     cfg = dataclasses.replace(cfg, hyper=dataclasses.replace(cfg.hyper, **hyper))
     return run_inprocess(cfg, split, progress=False)
 
 
-@pytest.mark.parametrize("option", [{"server_walk_labelled": True}, {"hyper": {"align": "mse"}},
-                                    {"hyper": {"align": "infonce"}}, {"hyper": {"kd": "kl-time"}}])
-def test_an_option_changes_the_learnt_model_and_not_the_bytes(split, option):
-    base, other = _run(split), _run(split, **option)
+@pytest.mark.parametrize("algorithm, option", [
+    ("fedmekt-c", {"server_walk_labelled": True}), ("fedmekt-c", {"hyper": {"align": "mse"}}),
+    ("fedmekt-c", {"hyper": {"align": "infonce"}}), ("fedmekt-c", {"hyper": {"kd": "kl-time"}}),
+    ("fedmekt-c", {"hyper": {"mask_ratio": 0.5}}), ("mmfedavg", {"hyper": {"mask_ratio": 0.5}})])
+def test_an_option_changes_the_learnt_model_and_not_the_bytes(split, algorithm, option):
+    base, other = _run(split, algorithm), _run(split, algorithm, **option)
     assert any(not np.array_equal(base.model_state[k], other.model_state[k]) for k in base.model_state)
     for a, b in zip(base.rows, other.rows):
         assert (a["bytes_up"], a["bytes_down"]) == (b["bytes_up"], b["bytes_down"])
@@ -91,7 +103,8 @@ def test_options_at_their_defaults_are_bit_identical(split):
 
 @pytest.mark.parametrize("bad", [{"hyper": {"align": "l1"}}, {"hyper": {"align_tau": 0.0}},
                                  {"hyper": {"kd": "kl-feature"}}, {"hyper": {"upload_weight": "steps"}},
-                                 {"server_walk_labelled": True, "server_proxy_walk": False}])
+                                 {"server_walk_labelled": True, "server_proxy_walk": False},
+                                 {"hyper": {"mask_ratio": 1.0}}, {"hyper": {"mask_ratio": -0.1}}])
 def test_bad_learner_options_are_one_line_errors(bad):
     data = tiny_config().to_dict()
     data.update({k: ({**data["hyper"], **v} if k == "hyper" else v) for k, v in bad.items()})

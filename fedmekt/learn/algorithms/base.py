@@ -216,6 +216,18 @@ def private_epoch(part: Partition, modalities, cfg: FederationConfig, rng: np.ra
         s, steps = e, steps + 1
 
 
+def masked(xs: dict[str, torch.Tensor], ratio: float, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """A client's private inputs with ``ratio`` of each window's time steps zeroed (every modality of a step
+    alike; inputs are z-scored, so 0 is the mean): the encoder must infer what it cannot see, which the
+    reconstruction of the unmasked window then scores. ``ratio`` 0 returns ``xs`` and draws nothing, so the
+    default schedule's random streams are untouched."""
+    if not ratio:
+        return xs
+    first = next(iter(xs.values()))
+    keep = torch.from_numpy(rng.random(first.shape[:2]) >= ratio).to(first.device, first.dtype).unsqueeze(-1)
+    return {m: x * keep for m, x in xs.items()}
+
+
 def reconstruct(model: SplitAutoencoder, x: torch.Tensor, modality: str, outputs) -> dict[str, torch.Tensor]:
     """``model(x, modality)`` restricted to the decoders in ``outputs`` (a unimodal client needs one)."""
     z, _ = model.encode(x, modality)

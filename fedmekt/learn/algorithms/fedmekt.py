@@ -26,7 +26,7 @@ import torch
 
 from fedmekt.learn.algorithms.base import (
     Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, epoch_steps, exchanged_layers,
-    inputs_only, private_epoch, reconstruct, to_numpy,
+    inputs_only, masked, private_epoch, reconstruct, to_numpy,
 )
 from fedmekt.learn.losses import alignment_loss, distillation_loss, reconstruction_loss, relation, reversed_mse
 from sensors.partition import Partition
@@ -162,19 +162,20 @@ class FedMEKT(Algorithm):
                 idx = next(batches)
                 p = {m: proxy.x[m][idx] for m in mods}
                 tgt = {m: tuple(t[idx] for t in teacher[m]) for m in mods}
+                seen = masked(xs, h.mask_ratio, rng)   # the encoders' input; the reconstruction targets stay xs
                 if len(mods) == 1:
                     m = mods[0]
-                    loss = reversed_mse(reconstruct(client.model, xs[m], m, (m,))[m], xs[m])
+                    loss = reversed_mse(reconstruct(client.model, seen[m], m, (m,))[m], xs[m])
                     loss = loss + self._kd(client, {m: client.model.encode(p[m], m)}, tgt, (h.alpha, h.beta))
                     client.optim.step(loss, [enc(m), dec(m)])
                 elif self.joint:
-                    rec = sum(reconstruction_loss(client.model(xs[m], m), xs) for m in mods)
+                    rec = sum(reconstruction_loss(client.model(seen[m], m), xs) for m in mods)
                     emb = {m: client.model.encode(p[m], m) for m in mods}
                     loss = rec + self._kd(client, emb, tgt, (h.alpha, h.beta)) + self._align(client, xs)
                     client.optim.step(loss, [enc(m) for m in mods] + [dec(m) for m in mods])
                 else:
                     for m in mods:
-                        loss = reconstruction_loss(client.model(xs[m], m), xs)
+                        loss = reconstruction_loss(client.model(seen[m], m), xs)
                         loss = loss + self._kd(client, {m: client.model.encode(p[m], m)}, {m: tgt[m]},
                                                (h.alpha, h.beta))
                         client.optim.step(loss, [enc(m)] + [dec(k) for k in mods])

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from fedmekt.learn.algorithms.base import (
-    Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, enc, epoch_steps, param_key, private_epoch,
-    reconstruct, to_numpy,
+    Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, enc, epoch_steps, masked, param_key,
+    private_epoch, reconstruct, to_numpy,
 )
 from fedmekt.learn.losses import moon_loss, prox_term, reconstruction_loss
 from sensors.partition import Partition
@@ -70,8 +70,9 @@ class MultimodalFedAvg(Algorithm):
         for _ in range(h.local_epochs):
             for xs, _labels in private_epoch(private, mods, cfg, rng, client.device,
                                              epoch_steps(h.local_step_budget, h.local_epochs)):
+                seen = masked(xs, h.mask_ratio, rng)   # the encoders' input; the reconstruction targets stay xs
                 for m in mods:
-                    loss = reconstruction_loss(reconstruct(client.model, xs[m], m, mods), xs)
+                    loss = reconstruction_loss(reconstruct(client.model, seen[m], m, mods), xs)
                     if self.variant == "prox":
                         loss = loss + h.prox_mu * prox_term(list(client.model.encoders[m].parameters()),
                                                             list(glob.encoders[m].parameters()))
