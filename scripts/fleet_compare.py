@@ -82,7 +82,8 @@ def main() -> int:
             for c in CLASSES if runs else ():
                 print(f"{f'{name}, {c} class':<37}{stat({s: r[f'class_{c}_{deployed}'] for s, r in runs.items()})}")
         if alone:
-            print(f"local-only, small (probe)            {stat({s: r[f'probe_f1_weighted_{m}'] for s, r in alone.items()})}")
+            alone_probe = {s: r[f"probe_f1_weighted_{m}"] for s, r in alone.items()}
+            print(f"local-only, small (probe)            {stat(alone_probe)}")
         print(f"\npaired differences (95 % t-interval)")
         of_a, of_std = ({s: r[deployed] for s, r in runs.items()} for runs in (base, std))
         for c in CLASSES:

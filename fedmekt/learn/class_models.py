@@ -3,10 +3,11 @@
 The server trains one global model, of the widest class the federation accepts. A narrower class's gateways
 can neither run it nor receive its parameters averaged with theirs, so the server builds that class an encoder
 of its own width: the student's representation z is fitted (MSE) to the global encoder's z on random crops of
-the inputs the server holds (the proxy set and the labelled set's inputs, labels unread), then a copy of the
-global head is tuned on the student's frozen z of the labelled set (the classifier's own walk). Matching z
-rather than logits keeps the student in the global latent space the head already reads, so the head starts
-right and only needs the student's residual error corrected. No bytes are sent and no client data is read.
+the inputs the server holds (the proxy set and the labelled set's inputs, labels unread). The student is then
+deployed as the global model is (fedmekt/learn/deploy.py: the deploy recipe chosen on validation, fine-tuning
+it and a head on the labelled set), so every class ships a model built the same way, as HeteroFL's slices are.
+Matching z rather than logits keeps the student in the global latent space the federation's head reads, so a
+linear recipe's warm-started head starts right. No bytes are sent and no client data is read.
 
 A run folder keeps each narrower class's model under ``class.<class>.`` (:meth:`ClassModel.state`), so
 ``fedmekt export --device-class`` builds that class's package from a finished run.
@@ -14,7 +15,6 @@ A run folder keeps each narrower class's model under ``class.<class>.`` (:meth:`
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +23,7 @@ from torch import nn
 
 from fedmekt.config import FederationConfig
 from fedmekt.learn.algorithms.base import inputs_only, private_epoch
-from fedmekt.learn.deploy import DeployedModel, Stop, check_stop
-from fedmekt.learn.evaluation import train_classifier_round
+from fedmekt.learn.deploy import DeployedModel, Stop, check_stop, deploy
 from fedmekt.learn.model import LinearHead, SplitAutoencoder
 from sensors.partition import Partition
 
@@ -36,6 +35,8 @@ class ClassModel:
     device_class: str
     model: SplitAutoencoder
     head: nn.Module  # the deployed head: linear or MLP (fedmekt/learn/deploy.py)
+    distilled: SplitAutoencoder | None = None   # the student before deployment: the class's next package warm-starts
+                                                # from it, so label fine-tuning never compounds across packages
 
     @property
     def encoder_params(self) -> int:
@@ -54,8 +55,9 @@ def class_prefix(device_class: str) -> str:
 
 def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: LinearHead, student: SplitAutoencoder,
                        proxy: Partition, labelled: Partition, cfg: FederationConfig, rng: np.random.Generator,
-                       device: torch.device, budget: int, stop: Stop = None) -> ClassModel:
-    """Fit ``student``'s encoders to ``teacher``'s z, then tune a copy of ``head`` on them (see the module doc).
+                       device: torch.device, budget: int, n_classes: int, deploy_seed: int,
+                       stop: Stop = None) -> ClassModel:
+    """Fit ``student``'s encoders to ``teacher``'s z, then deploy it with ``head`` (see the module doc).
 
     ``budget`` sub-window steps (epochs of fresh crops until spent; ``hyper.class_distil_steps`` from a fresh
     student, ``class_distil_warm_steps`` from the class's previous one), every modality of the pair per step; the
@@ -79,7 +81,5 @@ def distil_class_model(device_class: str, teacher: SplitAutoencoder, head: Linea
             loss.backward()
             opt.step()
             steps += 1
-    student_head = copy.deepcopy(head)
-    head_opt = torch.optim.Adam(student_head.parameters(), lr=h.lr_classifier)
-    train_classifier_round(student, student_head, head_opt, labelled, cfg, rng, device)
-    return ClassModel(device_class, student.eval(), student_head.eval())
+    dep = deploy(student, head, labelled, cfg, n_classes, device, deploy_seed, stop)
+    return ClassModel(device_class, dep.model, dep.head, student.eval())

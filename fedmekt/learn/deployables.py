@@ -78,15 +78,14 @@ class Deployables:
 
     def class_models(self, state: GlobalState, stop: Stop = None) -> dict[str, ClassModel]:
         """Each accepted device class's deployable encoders + head: the deployed model for the global model's own
-        (widest) class, for each narrower class one distilled from the global encoders and head
-        (fedmekt/learn/class_models.py), or under HeteroFL its slice of the global model fine-tuned like the
-        deployed one.
+        (widest) class, for each narrower class one distilled from the global encoders and deployed by the same
+        recipe (fedmekt/learn/class_models.py), or under HeteroFL its slice of the global model deployed so.
 
         After the last round (the final figures and package) every student is distilled afresh, seeded by (seed,
         class): the same in every process, however many packages went out before. A package before that (the
         aggregator's ``--package-every``) warm-starts each student from the class's previous package and takes
-        ``hyper.class_distil_warm_steps``, seeded by (seed, class, round): a package costs a fraction of a fresh
-        distillation, and the same cadence gives the same packages. ``stop`` as for :meth:`deployed`."""
+        ``hyper.class_distil_warm_steps``, seeded by (seed, class, round): its distillation costs a fraction of a
+        fresh one, and the same cadence gives the same packages. ``stop`` as for :meth:`deployed`."""
         if self._class_models is None or self._class_models[0] != state.rounds_completed:
             s = self.source
             h, top = s.cfg.hyper, device_classes.global_class(s.cfg.fleet)
@@ -102,13 +101,14 @@ class Deployables:
                     made[name] = self._sliced_class_model(state, name, stop)
                     continue
                 if name in previous:   # warm: from the class's previous package
-                    student, rng = copy.deepcopy(previous[name].model).train(), s.class_rng(i, state.rounds_completed)
+                    student = copy.deepcopy(previous[name].distilled).train()
+                    rng = s.class_rng(i, state.rounds_completed)
                     budget = h.class_distil_warm_steps
                 else:
                     student, rng = s.build_model(name), s.class_rng(i)
                     budget = h.class_distil_steps
                 made[name] = distil_class_model(name, state.model, state.head, student, s.proxy, s.labelled, s.cfg,
-                                                rng, s.device, budget, stop)
+                                                rng, s.device, budget, s.n_classes, s.deploy_seed, stop)
             self._class_models = (state.rounds_completed, made)
         return self._class_models[1]
 
