@@ -116,7 +116,7 @@ def build_configs(args) -> list:
     dataset = resolve_name(args.dataset, args.data_dir, "ur_fall")
     info = dataset_info(dataset, args.data_dir)
     pair = parse_pair(args.pair, info.default_pair, info.modalities)
-    references_only = args.algorithms.strip() == NONE
+    references_only = only_references(args)
     if references_only and not args.reference_rows:
         raise UserError("--algorithms none with --no-reference-rows leaves nothing to run")
     # with none, one config per seed carries the split and the reference rows (which set their own algorithm)
@@ -136,6 +136,11 @@ def build_configs(args) -> list:
     apply_embedding_options(args, base)
     return [FederationConfig.from_dict({**base, "seed": seed, "algorithm": a})
             for seed in range(args.first_seed, args.first_seed + args.seeds) for a in algorithms]
+
+
+def only_references(args) -> bool:
+    """``--algorithms none``: the reference rows alone, no federated run."""
+    return args.algorithms.strip() == NONE
 
 
 def reference_names(text: str) -> tuple[str, ...]:
@@ -168,7 +173,7 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     recordings = load_dataset(dataset, args.data_dir)
     splits, jobs, done = {}, [], {}
-    references_only = args.algorithms.strip() == NONE
+    references_only = only_references(args)
     algorithm = NONE if references_only else ",".join(sorted({c.algorithm for c in configs}))
     with RunRecord(out, "reproduce", algorithm=algorithm, dataset=dataset, rounds=configs[0].rounds) as record:
         for cfg in configs:

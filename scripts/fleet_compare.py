@@ -96,8 +96,7 @@ def main() -> int:
                 print(f"{f'(b) {c} − (a)':<37}{paired_difference(theirs, of_a).text()}")
         if alone:
             mine = {s: r[f"class_small_{deployed}"] for s, r in mixed.items()}
-            by_itself = {s: r[f"probe_f1_weighted_{m}"] for s, r in alone.items()}
-            print(f"{'mixed small − local-only small':<37}{paired_difference(mine, by_itself).text()}")
+            print(f"{'mixed small − local-only small':<37}{paired_difference(mine, alone_probe).text()}")
         probe = {name: {s: r[f"probe_f1_weighted_{m}"] for s, r in runs.items()}
                  for name, runs in (("mixed", mixed), ("std", std), ("a", base))}
         print(f"global model's probe: mixed (large) {stat(probe['mixed'])}, all standard {stat(probe['std'])}, "
