@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fedmekt.errors import UserError
 from fedmekt.transport.broker import free_port, wait_for_port
 from fedmekt.transport.mqtt import LinkOptions, MqttLink
 from federation_harness import ProcessFederation
@@ -69,24 +70,41 @@ class NatsCluster:
 
     def __init__(self, workdir: Path, size: int = 3, cluster: str = "fedmekt"):
         self.binary = nats_server()
-        self.workdir = workdir
+        self.workdir, self.size, self.cluster = workdir, size, cluster
         workdir.mkdir(parents=True, exist_ok=True)
-        ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
-        template = TEMPLATE.read_text()
         self.nodes: list[NatsNode] = []
+
+    def _render(self) -> None:
+        """Each node's config on freshly picked ports."""
+        ports = [(free_port(), free_port(), free_port()) for _ in range(self.size)]
+        template = TEMPLATE.read_text()
+        self.nodes = []
         for i, (mqtt, client, route) in enumerate(ports):
             name = f"n{i + 1}"
             routes = "\n".join(f"    nats-route://127.0.0.1:{p[2]}" for j, p in enumerate(ports) if j != i)
-            config = workdir / f"{name}.conf"
+            config = self.workdir / f"{name}.conf"
+            shutil.rmtree(self.workdir / f"{name}-js", ignore_errors=True)  # no JetStream state from a failed try
             config.write_text(render(template, name=name, client_port=client, cluster_port=route, mqtt_port=mqtt,
-                                     cluster=cluster, routes=routes, store_dir=workdir / f"{name}-js"))
+                                     cluster=self.cluster, routes=routes, store_dir=self.workdir / f"{name}-js"))
             self.nodes.append(NatsNode(name, mqtt, client, route, config))
 
-    def start(self, timeout: float = 30.0) -> "NatsCluster":
-        for node in self.nodes:
-            self._spawn(node)
-        for node in self.nodes:
-            wait_for_port("127.0.0.1", node.mqtt_port, timeout)
+    def start(self, timeout: float = 60.0, tries: int = 3) -> "NatsCluster":
+        """Every node up and accepting MQTT. The nine ports are picked from the ephemeral range, so one may be
+        taken by another process before its node binds it; that node exits, and the cluster starts again on
+        fresh ports (a fresh-clone CI run lost one this way)."""
+        for attempt in range(1, tries + 1):
+            self._render()
+            for node in self.nodes:
+                self._spawn(node)
+            try:
+                for node in self.nodes:
+                    wait_for_port("127.0.0.1", node.mqtt_port, timeout, process=node.process)
+                break
+            except UserError as exc:
+                logs = "\n".join(f"{n.name}: {self.log(n)[-600:]}" for n in self.nodes)
+                self.stop()
+                if attempt == tries:
+                    raise AssertionError(f"NATS cluster did not start in {tries} tries: {exc}\n{logs}") from None
         self.wait_ready(timeout)
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import numpy as np
@@ -143,6 +144,24 @@ def test_bad_urls_and_unreachable_brokers_are_user_errors():
     assert BrokerAddress.parse("mqtts://u:p%40ss@h").password == "p@ss"
     with pytest.raises(UserError, match="cannot reach"):
         MqttLink(f"mqtt://127.0.0.1:{free_port()}", LinkOptions(client_id="x")).connect(timeout=1.5)
+
+
+def test_mosquitto_moves_to_a_fresh_port_when_its_pick_is_taken_before_it_binds(monkeypatch):
+    """free_port picks from the ephemeral range, so an outgoing connection may bind the port first (a CI run
+    lost a broker that way): mosquitto exits on the clash and starts again on a fresh port."""
+    from fedmekt.transport import broker as broker_module
+
+    with socket.socket() as taken:  # bound, not listening: connecting to it is refused, binding it fails
+        taken.bind(("127.0.0.1", 0))
+        picks = iter([taken.getsockname()[1]])
+        pick_free = broker_module.free_port
+        monkeypatch.setattr(broker_module, "free_port", lambda: next(picks, None) or pick_free())
+        broker = start_mosquitto()
+        try:
+            assert broker.port != taken.getsockname()[1]
+            _link(broker.url, "after-clash").close()
+        finally:
+            broker.stop()
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

@@ -27,9 +27,13 @@ def free_port(avoid: int | None = None) -> int:
             return port
 
 
-def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+def wait_for_port(host: str, port: int, timeout: float = 10.0, process: subprocess.Popen | None = None) -> None:
+    """Until something accepts on host:port; fails at once when ``process`` (the one meant to listen) has exited,
+    e.g. because another process took its port between ``free_port`` and its bind."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise UserError(f"broker for {host}:{port} exited (code {process.returncode}) before it listened")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -82,7 +86,7 @@ class MosquittoProcess:
     def restart(self) -> None:
         self._terminate()
         self.process = _spawn(self.workdir)
-        wait_for_port(self.host, self.port)
+        wait_for_port(self.host, self.port, process=self.process)
 
 
 def mosquitto_available() -> bool:
@@ -107,32 +111,36 @@ def start_mosquitto(port: int | None = None, extra_config: str = "", workdir: Pa
     """Start mosquitto on 127.0.0.1:port (a free one by default).
 
     ``listener`` replaces the default anonymous listener block (e.g. a TLS listener
-    with a password file); ``extra_config`` is appended verbatim.
+    with a password file); ``extra_config`` is appended verbatim. A port picked here that another
+    process takes before mosquitto binds it (it is in the ephemeral range) is replaced by a fresh one.
     """
     if not mosquitto_available():
         raise UserError("mosquitto is not installed (Debian: apt-get install -y mosquitto)")
-    port = port or free_port()
+    tries = 3 if port is None and listener is None else 1
     temporary = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="fedmekt-mosquitto-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    block = listener or f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-    (workdir / "mosquitto.conf").write_text(  # a listener block's own limits come later and win
-        f"max_queued_messages 100000\n"
-        f"{block}"
-        f"persistence false\n"
-        f"log_dest file {workdir / 'mosquitto.log'}\n"
-        f"log_type error\nlog_type warning\nlog_type notice\n"
-        f"{extra_config}\n"
-    )
-    proc = MosquittoProcess(port=port, workdir=workdir, process=_spawn(workdir), extra_config=extra_config,
-                            temporary=temporary)
-    try:
-        wait_for_port(proc.host, port)
-    except UserError:
-        why = proc.log.strip()[-300:]
-        proc.stop()
-        raise UserError(f"mosquitto failed to start on port {port}: {why}") from None
-    return proc
+    for _ in range(tries):
+        chosen = port or free_port()
+        block = listener or f"listener {chosen} 127.0.0.1\nallow_anonymous true\n"
+        (workdir / "mosquitto.conf").write_text(  # a listener block's own limits come later and win
+            f"max_queued_messages 100000\n"
+            f"{block}"
+            f"persistence false\n"
+            f"log_dest file {workdir / 'mosquitto.log'}\n"
+            f"log_type error\nlog_type warning\nlog_type notice\n"
+            f"{extra_config}\n"
+        )
+        proc = MosquittoProcess(port=chosen, workdir=workdir, process=_spawn(workdir), extra_config=extra_config,
+                                temporary=temporary)
+        try:
+            wait_for_port(proc.host, chosen, process=proc.process)
+            return proc
+        except UserError as exc:
+            failure = UserError(f"mosquitto failed to start on port {chosen}: {proc.log.strip()[-300:] or exc}")
+            proc._terminate()
+    proc.stop()
+    raise failure
 
 
 class AmqttBroker:
