@@ -189,7 +189,8 @@ def run_simulation(cfg, split: FederatedSplit, *, url: str | None = None, out: P
 
 
 def write_outputs(out: Path, sim: Simulation) -> Path:
-    """The reproduce report (tables, plots, JSONL) plus ``wire.json`` with the bytes counted on the wire."""
+    """The reproduce report (tables, JSONL; the plots come with report.html) plus ``wire.json`` with the bytes
+    counted on the wire."""
     from fedmekt.artifacts import atomic_write_bytes
     from fedmekt.observe.report import write_report
 

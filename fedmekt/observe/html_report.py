@@ -393,8 +393,12 @@ th { background: #f3f3f3; } td { text-align: right; } p.note { color: #555; font
 """
 
 
-def render_html(folder: RunFolder) -> str:
-    sections = [
+PLOT_FILES = {"F1 per round": "f1_per_round.png", "Bytes per round": "bytes_per_round.png"}  # also beside the page
+
+
+def sections(folder: RunFolder) -> list[tuple[str, bytes | None, str]]:
+    """The page's figures, each drawn once: (title, PNG or None when the folder lacks its data, note)."""
+    return [
         ("F1 per round", f1_figure(folder),
          "The paper's per-round probe (weighted F1 per 2000-step test chunk, averaged) for each test modality; "
          "the dashed line is the score, on that same metric, of always predicting the labelled set's majority "
@@ -415,8 +419,12 @@ def render_html(folder: RunFolder) -> str:
         ("Final probe: confusion matrix", confusion_figure(folder),
          "A fresh linear head on the frozen final encoder, over the whole test set."),
     ]
+
+
+def render_html(folder: RunFolder, figures: list[tuple[str, bytes | None, str]]) -> str:
+    """The page around ``figures`` (:func:`sections`)."""
     parts = [f"<h1>fedmekt run {html.escape(folder.path.resolve().name)}</h1>", overview(folder)]
-    for title, png, note in sections:
+    for title, png, note in figures:
         parts.append(f"<h2>{title}</h2>")
         parts.append(f'<p class="note">{note}</p>{_img(png, title)}' if png else
                      "<p>Not in this run folder.</p>")
@@ -426,8 +434,13 @@ def render_html(folder: RunFolder) -> str:
 
 
 def write_html_report(run_dir: Path) -> Path:
-    """Write ``run_dir/report.html`` and return its path (ValueError when the folder has no rounds)."""
+    """Write ``run_dir/report.html``, and its per-round figures beside it as PNG files (``PLOT_FILES``), and return
+    the page's path (ValueError when the folder has no rounds)."""
     folder = load_run_folder(run_dir)
+    figures = sections(folder)
+    for title, png, _ in figures:
+        if png and title in PLOT_FILES:
+            atomic_write_bytes(Path(run_dir) / PLOT_FILES[title], png)
     path = Path(run_dir) / REPORT
-    atomic_write_bytes(path, render_html(folder).encode())
+    atomic_write_bytes(path, render_html(folder, figures).encode())
     return path

@@ -7,11 +7,13 @@ Folder layout (written by ``fedmekt reproduce``; ``fedmekt simulate`` reuses it)
     OUT/results.md|csv       mean ± std over seeds per algorithm and test modality (+ the paper's value), the
                              reference rows (``fedmekt.experiment.reference_rows``) and the paired per-seed differences
                              against mmFedAvg, proxy-only and labelled-only with 95 % t-intervals
-    OUT/f1_per_round.png     paper metric per round, mean over seeds, one panel per test modality
-    OUT/bytes_per_round.png  bytes sent + received per round (all parties), per algorithm
+    OUT/report.html          every plot (``fedmekt.observe.html_report``, which also writes the per-round ones as
+    OUT/f1_per_round.png     the paper metric per round, one panel per test modality, and
+    OUT/bytes_per_round.png  bytes up and down per round and cumulative, per algorithm)
     OUT/runs/<run>/          run.json, final_model.safetensors ("autoencoder.*", "head.*"), metrics.jsonl
 
-``render_report(OUT)`` needs only the two JSONL files, so ``fedmekt report OUT`` re-renders everything.
+``render_report(OUT)`` needs only the two JSONL files (and ``write_html_report`` only those and the tables), so
+``fedmekt report OUT`` re-renders everything.
 """
 
 from __future__ import annotations
@@ -360,66 +362,8 @@ def _csv(acc: list[dict], comm: list[dict], paired: Sequence[dict] = ()) -> str:
     return buf.getvalue()
 
 
-def _curves(series: dict, setup: str, value) -> list[tuple[str, list[int], list[list[float]]]]:
-    """(algorithm, rounds, values per round) for each of ``setup``'s series, over the rows ``value`` scores
-    (rows it maps to None are left out, and so are series with none left)."""
-    out = []
-    for (s, algo), by_round in sorted(series.items()):
-        if s != setup:
-            continue
-        per_round = {t: [v for v in map(value, by_round[t]) if v is not None] for t in sorted(by_round)}
-        rounds = [t for t, vs in per_round.items() if vs]
-        if rounds:
-            out.append((algo, rounds, [per_round[t] for t in rounds]))
-    return out
-
-
-def _plots(out_dir: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series: dict[tuple[str, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        series[(row["dataset"] + " " + row["pair"], row.get("variant", row["algorithm"]))][row["round"]].append(row)
-    setups = sorted({s for s, _ in series})
-    mods = sorted({k[len("f1_paper_"):] for row in rows for k in row if k.startswith("f1_paper_")})
-    fig, axes = plt.subplots(len(setups), max(1, len(mods)), figsize=(5 * max(1, len(mods)), 3.5 * len(setups)),
-                             squeeze=False)
-    for i, setup in enumerate(setups):
-        for j, m in enumerate(mods):
-            ax = axes[i][j]
-            key = f"f1_paper_{m}"
-            for algo, rounds, values in _curves(series, setup, lambda r: r.get(key)):
-                mean, std = np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
-                ax.plot(rounds, mean, label=algo)
-                ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
-            ax.set_title(f"{setup} — test {m}")
-            ax.set_xlabel("round")
-            ax.set_ylabel("weighted F1 (paper metric)")
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "f1_per_round.png", dpi=100)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(len(setups), 1, figsize=(7, 3.5 * len(setups)), squeeze=False)
-    for i, setup in enumerate(setups):
-        ax = axes[i][0]
-        for algo, rounds, values in _curves(series, setup, lambda r: r["bytes_up"] + r["bytes_down"]):
-            ax.plot(rounds, [np.mean(v) / 1024 for v in values], label=algo)
-        ax.set_yscale("log")
-        ax.set_title(f"{setup} — bytes per round (up + down, all parties)")
-        ax.set_xlabel("round")
-        ax.set_ylabel("KiB")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "bytes_per_round.png", dpi=100)
-    plt.close(fig)
-
-
 def render_report(out_dir: Path) -> Path:
-    """(Re-)render results.md, results.csv and the PNG plots from OUT/metrics.jsonl and OUT/final.jsonl."""
+    """(Re-)render results.md and results.csv from OUT/metrics.jsonl and OUT/final.jsonl."""
     out_dir = Path(out_dir)
     rows, finals = read_jsonl(out_dir / METRICS), read_jsonl(out_dir / FINAL)
     acc, comm = summarize(rows, finals)
@@ -427,6 +371,4 @@ def render_report(out_dir: Path) -> Path:
     atomic_write_bytes(out_dir / "results.md",
                        render_markdown(acc, comm, paired, numeric_environments(finals)).encode())
     atomic_write_bytes(out_dir / "results.csv", _csv(acc, comm, paired).encode())
-    if rows:
-        _plots(out_dir, rows)
     return out_dir / "results.md"
