@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,12 @@ def tiny_split(seed: int = 0, clients=(2, 2, 2)):
     return make_split(synthetic_recordings(), ("a", "b"), seed=seed, clients=clients, n_div=5)
 
 
-def tiny_config(algorithm: str = "fedmekt-c", **kw) -> FederationConfig:
-    hyper = Hyper(batch=(4, 6), sub_window=(4, 8), classifier_epochs=1, local_epochs=1, global_epochs=1,
-                  probe_max_iter=20, deploy_rounds=2)   # the deployed model's fine-tuning, kept short
+def tiny_config(algorithm: str = "fedmekt-c", hyper: Hyper | dict | None = None, **kw) -> FederationConfig:
+    """A config small enough for a test; ``hyper`` a :class:`Hyper` replaces the tiny one, a dict overrides some of
+    its fields (the rest stay tiny: a dict used to replace it, silently bringing back every default)."""
+    tiny = Hyper(batch=(4, 6), sub_window=(4, 8), classifier_epochs=1, local_epochs=1, global_epochs=1,
+                 probe_max_iter=20, deploy_rounds=2)   # the deployed model's fine-tuning, kept short
+    hyper = replace(tiny, **hyper) if isinstance(hyper, dict) else hyper or tiny
     base = dict(federation="t", dataset="synthetic", pair=("a", "b"), algorithm=algorithm, clients=(2, 2, 2),
                 per_round=4, rounds=2, rep_size=2, hidden=8, window=8, proxy_windows=6, proxy_batch=3,
                 eval_chunk=100, device="cpu", hyper=hyper,

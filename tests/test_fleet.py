@@ -121,9 +121,7 @@ def test_a_package_before_the_last_round_warm_starts_each_class_and_the_last_rou
 @pytest.mark.broker
 @pytest.mark.parametrize("algorithm", ["fedmekt-c", "heterofl"])   # heterofl: baseline (b), parameters by width
 def test_mixed_fleet_through_mosquitto_equals_inprocess(mosquitto, tmp_path, algorithm):
-    cfg, split = tiny_config(algorithm, fleet="mixed", hyper=dict(
-        batch=[4, 6], sub_window=[4, 8], classifier_epochs=1, local_epochs=1, global_epochs=1, probe_max_iter=20,
-        class_distil_steps=8)), tiny_split()
+    cfg, split = tiny_config(algorithm, fleet="mixed", hyper=dict(class_distil_steps=8)), tiny_split()
     sim = run_simulation(cfg, split, url=mosquitto.url, out=tmp_path / "out", progress=False, rate_hz=20.0,
                          workdir=tmp_path / "devices", round_timeout=60)
     ref = run_inprocess(cfg, split, progress=False)
