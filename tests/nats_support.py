@@ -91,7 +91,8 @@ class NatsCluster:
     def start(self, timeout: float = 60.0, tries: int = 3) -> "NatsCluster":
         """Every node up and accepting MQTT. The nine ports are picked from the ephemeral range, so one may be
         taken by another process before its node binds it; that node exits, and the cluster starts again on
-        fresh ports (a fresh-clone CI run lost one this way)."""
+        fresh ports. (A fresh-clone CI run once saw a node's MQTT port stay closed for 30 s; its log was not kept,
+        and this clash is the likely cause: the error now carries every node's log.)"""
         for attempt in range(1, tries + 1):
             self._render()
             for node in self.nodes:
