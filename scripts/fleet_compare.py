@@ -1,12 +1,13 @@
 """Mixed fleet against its baselines, paired by seed, from three ``fedmekt reproduce`` run folders.
 
     .venv/bin/python scripts/fleet_compare.py runs/fleet-standard runs/fleet-mixed runs/fleet-small \
-        [--heterofl runs/fleet-heterofl] [--mixed-classes redistilled.jsonl]
+        [--heterofl runs/fleet-heterofl] [--versus runs/other-mixed] [--mixed-classes redistilled.jsonl]
 
 The folders: FedMEKT-C with every client at the standard class (``--fleet standard``), FedMEKT-C with a mixed
 fleet (``--fleet mixed``), and baseline (a), mmFedAvg with every client at the smallest class
 (``--algorithms mmfedavg --fleet small``); the same seeds in each (one split per seed, shared). Optionally
-baseline (b), HeteroFL on the mixed fleet (``--algorithms heterofl --fleet mixed``). Prints, per test modality,
+baseline (b), HeteroFL on the mixed fleet (``--algorithms heterofl --fleet mixed``), and ``--versus`` another
+mixed fleet of FedMEKT-C (another KD, say), each class paired with its own. Prints, per test modality,
 the deployed model's weighted F1 of each class (mean ± std over seeds) and the paired differences (95 %
 t-interval, ``fedmekt.experiment.statistics``) of each mixed-fleet class against (a), (b) and the homogeneous
 standard fleet, the global model's converged probe, and the bytes of each run. Where (a)'s folder holds the
@@ -61,11 +62,14 @@ def main() -> int:
     ap.add_argument("mixed", type=Path)
     ap.add_argument("smallest", type=Path, help="baseline (a): mmFedAvg, every client at the smallest class")
     ap.add_argument("--heterofl", type=Path, default=None, help="baseline (b): HeteroFL on the mixed fleet")
+    ap.add_argument("--versus", type=Path, default=None,
+                    help="another mixed fleet (e.g. the default KD beside --kd relational): each class paired with its")
     ap.add_argument("--mixed-classes", type=Path, default=None,
                     help="per-class figures to use instead of the mixed folder's (scripts/fleet_redistil.py output)")
     args = ap.parse_args()
     std, mixed, base = finals(args.standard), finals(args.mixed), finals(args.smallest)
     hetero = finals(args.heterofl) if args.heterofl else {}
+    versus = finals(args.versus) if args.versus else {}
     alone = finals(args.smallest, "local-only")
     if args.mixed_classes is not None:
         for line in args.mixed_classes.read_text().splitlines():
@@ -90,6 +94,9 @@ def main() -> int:
             mine = {s: r[f"class_{c}_{deployed}"] for s, r in mixed.items()}
             print(f"{f'mixed {c} − (a)':<37}{paired_difference(mine, of_a).text()}")
             print(f"{f'mixed {c} − all standard':<37}{paired_difference(mine, of_std).text()}")
+            if versus:
+                theirs = {s: r[f"class_{c}_{deployed}"] for s, r in versus.items()}
+                print(f"{f'mixed {c} − versus {c}':<37}{paired_difference(mine, theirs).text()}")
             if hetero:
                 theirs = {s: r[f"class_{c}_{deployed}"] for s, r in hetero.items()}
                 print(f"{f'mixed {c} − (b) {c}':<37}{paired_difference(mine, theirs).text()}")
