@@ -51,6 +51,11 @@ def run_bytes(folder: Path) -> dict[int, float]:
     return {s: (b + finals(folder)[s]["bytes_proxy_once"]) / 2**20 for s, b in per_seed.items()}
 
 
+def of_class(runs: dict[int, dict], device_class: str, figure: str) -> dict[int, float]:
+    """Seed -> ``figure`` of ``device_class``'s package (``class_<c>_<figure>``) in a mixed fleet's records."""
+    return {s: r[f"class_{device_class}_{figure}"] for s, r in runs.items()}
+
+
 def stat(values: dict[int, float]) -> str:
     v = np.array(list(values.values()), dtype=np.float64)
     return f"{v.mean():.3f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.3f}"
@@ -63,7 +68,7 @@ def main() -> int:
     ap.add_argument("smallest", type=Path, help="baseline (a): mmFedAvg, every client at the smallest class")
     ap.add_argument("--heterofl", type=Path, default=None, help="baseline (b): HeteroFL on the mixed fleet")
     ap.add_argument("--versus", type=Path, default=None,
-                    help="another mixed fleet (e.g. the default KD beside --kd relational): each class paired with its")
+                    help="another mixed fleet (e.g. the default KD beside --kd relational): each class paired with its own")
     ap.add_argument("--mixed-classes", type=Path, default=None,
                     help="per-class figures to use instead of the mixed folder's (scripts/fleet_redistil.py output)")
     args = ap.parse_args()
@@ -84,25 +89,25 @@ def main() -> int:
         print(f"FedMEKT-C, all standard              {stat({s: r[deployed] for s, r in std.items()})}")
         for name, runs in (("FedMEKT-C mixed", mixed), ("(b) HeteroFL mixed", hetero)):
             for c in CLASSES if runs else ():
-                print(f"{f'{name}, {c} class':<37}{stat({s: r[f'class_{c}_{deployed}'] for s, r in runs.items()})}")
+                print(f"{f'{name}, {c} class':<37}{stat(of_class(runs, c, deployed))}")
         if alone:
             alone_probe = {s: r[f"probe_f1_weighted_{m}"] for s, r in alone.items()}
             print(f"local-only, small (probe)            {stat(alone_probe)}")
         print(f"\npaired differences (95 % t-interval)")
         of_a, of_std = ({s: r[deployed] for s, r in runs.items()} for runs in (base, std))
         for c in CLASSES:
-            mine = {s: r[f"class_{c}_{deployed}"] for s, r in mixed.items()}
+            mine = of_class(mixed, c, deployed)
             print(f"{f'mixed {c} − (a)':<37}{paired_difference(mine, of_a).text()}")
             print(f"{f'mixed {c} − all standard':<37}{paired_difference(mine, of_std).text()}")
             if versus:
-                theirs = {s: r[f"class_{c}_{deployed}"] for s, r in versus.items()}
+                theirs = of_class(versus, c, deployed)
                 print(f"{f'mixed {c} − versus {c}':<37}{paired_difference(mine, theirs).text()}")
             if hetero:
-                theirs = {s: r[f"class_{c}_{deployed}"] for s, r in hetero.items()}
+                theirs = of_class(hetero, c, deployed)
                 print(f"{f'mixed {c} − (b) {c}':<37}{paired_difference(mine, theirs).text()}")
                 print(f"{f'(b) {c} − (a)':<37}{paired_difference(theirs, of_a).text()}")
         if alone:
-            mine = {s: r[f"class_small_{deployed}"] for s, r in mixed.items()}
+            mine = of_class(mixed, "small", deployed)
             print(f"{'mixed small − local-only small':<37}{paired_difference(mine, alone_probe).text()}")
         probe = {name: {s: r[f"probe_f1_weighted_{m}"] for s, r in runs.items()}
                  for name, runs in (("mixed", mixed), ("std", std), ("a", base))}
