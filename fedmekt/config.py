@@ -37,6 +37,7 @@ FEDERATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ROBUST_AGGREGATIONS = ("none", "clip", "trimmed")
 PROXY_DELIVERIES = ("auto", "once", "round")
 UPLOAD_WEIGHTS = ("uniform", "rounds")
+SERVER_TEACHERS = ("mean", "heads", "heads-trust")   # fedmekt/learn/teacher_heads.py
 DEPLOY_HEADS = ("linear", "mlp", "mlp-pool")   # fedmekt.learn.model.HEADS
 
 
@@ -60,6 +61,10 @@ class Hyper:
                                       # "relational" (the windows' similarity structure: the server averages
                                       # each client's, so clients' latent spaces need not be aligned)
     relation_tau: float = 0.1         # temperature of the relational KD's row softmax over cosine similarities
+    server_teacher: str = "mean"      # what the FedMEKT server distils from: "mean" (the clients' mean embedding,
+                                      # through hyper.kd: the paper), "heads" (a linear head per client predicts
+                                      # its embedding from the global one; fedmekt/learn/teacher_heads.py) or
+                                      # "heads-trust" (the same, each client weighted by how well its head fits)
     align: str = "none"               # FedMEKT-C cross-modal alignment of z_A(t), z_B(t) on aligned windows
                                       # (server: proxy; A+B clients: private): "none", "mse", "cosine", "infonce"
     align_weight: float = 1.0         # weight of the alignment term
@@ -189,6 +194,11 @@ class FederationConfig:
             (self.hyper.kd in KD_LOSSES, f"hyper.kd must be one of {KD_LOSSES}, got {self.hyper.kd!r}"),
             (self.hyper.upload_weight in UPLOAD_WEIGHTS,
              f"hyper.upload_weight must be one of {UPLOAD_WEIGHTS}, got {self.hyper.upload_weight!r}"),
+            (self.hyper.server_teacher in SERVER_TEACHERS,
+             f"hyper.server_teacher must be one of {SERVER_TEACHERS}, got {self.hyper.server_teacher!r}"),
+            (self.hyper.server_teacher == "mean" or not (self.faithful or self.hyper.kd == "relational"),
+             f"hyper.server_teacher {self.hyper.server_teacher!r} replaces the server's KD term: it cannot run "
+             "with faithful = true or hyper.kd = 'relational'"),
             (self.hyper.align in ALIGNMENTS, f"hyper.align must be one of {ALIGNMENTS}, got {self.hyper.align!r}"),
             (self.hyper.align_weight >= 0 and self.hyper.align_tau > 0,
              "hyper.align_weight must be >= 0 and hyper.align_tau > 0"),

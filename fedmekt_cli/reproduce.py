@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fedmekt.config import ALGORITHMS
+from fedmekt.config import ALGORITHMS, SERVER_TEACHERS
 
 PAPER_ALGORITHMS = ALGORITHMS[:5]   # the default: the paper's five (heterofl is issue 22's baseline (b))
 NONE = "none"   # --algorithms none: only the reference rows, e.g. to add rows to a reproduction already run
@@ -73,6 +73,10 @@ def add_embedding_options(p) -> None:
     p.add_argument("--kd", choices=("mse", "kl", "relational"), default=None,
                    help="FedMEKT distillation term: the paper's softmax KL (default), embedding MSE, or the "
                         "windows' similarity structure (relational: the server averages each client's)")
+    p.add_argument("--server-teacher", choices=SERVER_TEACHERS, default=None,
+                   help="what the FedMEKT server distils from: the clients' mean embedding (default), or a linear "
+                        "head per client that predicts its embedding from the global one (heads; heads-trust "
+                        "weights each client by how well its head fits)")
     p.add_argument("--embedding-noise", type=float, default=None, metavar="SIGMA",
                    help="std of Gaussian noise clients add to uploaded FedMEKT embeddings (default 0 = off)")
     p.add_argument("--proxy-delivery", choices=("auto", "once", "round"), default=None,
@@ -99,7 +103,8 @@ def apply_embedding_options(args, base: dict) -> None:
         base["proxy_delivery"] = args.proxy_delivery
     if args.fleet is not None:
         base["fleet"] = args.fleet
-    hyper = {k: v for k, v in (("kd", args.kd), ("local_step_budget", args.local_step_budget),
+    hyper = {k: v for k, v in (("kd", args.kd), ("server_teacher", args.server_teacher),
+                               ("local_step_budget", args.local_step_budget),
                                 ("server_walk_step_budget", args.server_walk_step_budget)) if v is not None}
     if hyper:
         base["hyper"] = {**base.get("hyper", {}), **hyper}

@@ -66,6 +66,8 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     **{f"mmfedavg-r{r}": {"algorithm": "mmfedavg", "rep_size": r} for r in (8, 16, 32)},
     **{f"no-kd-server-r{r}": {"rep_size": r, "hyper": {"eta": 0.0, "gamma": 0.0}} for r in (8, 16, 32)},
     "relational": {"hyper": {"kd": "relational"}},       # §2b: the server averages each client's structure
+    "heads": {"hyper": {"server_teacher": "heads"}},     # §2c: a linear head per client on the server
+    "heads-trust": {"hyper": {"server_teacher": "heads-trust"}},   # §2c: ... each client weighted by its fit
     "mask50": {"hyper": {"mask_ratio": 0.5}},            # §2d: clients' masked reconstruction, both algorithms
     "mmfedavg-mask50": {"algorithm": "mmfedavg", "hyper": {"mask_ratio": 0.5}},
     **{f"relational-r{r}": {"rep_size": r, "hyper": {"kd": "relational"}} for r in (8, 16)},

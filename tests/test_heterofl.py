@@ -65,7 +65,7 @@ def test_each_element_is_the_weighted_mean_of_the_uploads_covering_it_and_the_re
     for mods, device_class, value, weight in ((("a", "b"), "small", 1.0, w), (("a",), "standard", 2.0, 1.0)):
         spec = server.expected_upload(mods, plan, device_class)
         upload = {k: np.full(shape, value, np.float32) for k, (shape, _) in spec.items()}
-        for k, v in algo.teacher_view(server.party, upload).items():
+        for k, v in algo.teacher_view(server.party, upload, {}).items():
             acc.add(k, v, weight)
     old = _wide_state(server.model)
     out = algo.aggregate(server.party, acc)

@@ -180,6 +180,7 @@ class ServerEngine:
         self._absorbed: set[str] = set()
         self._absorbed_rounds: dict[str, int] = {}  # client -> rounds absorbed so far (hyper.upload_weight)
         self._reference: tuple[int, dict[str, float]] | None = None  # (round, per-key upload scale)
+        self._knowledge: Tensors = {}  # the server's downstream of the round in ``_reference``
         self._proxy_cache: tuple[int, ProxyWindows] | None = None
         self.deployables = Deployables(DeploySource(
             cfg, len(self.label_names), proxy, labelled, self.device, self.algorithm.width_sliced,
@@ -219,6 +220,7 @@ class ServerEngine:
         proxy = self._proxy(plan)
         down = self.algorithm.downstream(self.party, proxy)
         self._reference = (plan.round, robust.reference(down))
+        self._knowledge = dict(down)   # the round's global embeddings: a teacher view may fit to them
         if self.proxy_delivery == "round":
             down.update({window_key(m): to_numpy(proxy.x[m]) for m in self.cfg.pair})
         return down
@@ -263,7 +265,7 @@ class ServerEngine:
         check_tensors(upload, spec, f"upload from {client_id}")
         reference = self._reference[1]
         robust.check_magnitude(upload, reference, f"upload from {client_id}")
-        upload = self.algorithm.teacher_view(self.party, upload)   # after the magnitude check, before the mean
+        upload = self.algorithm.teacher_view(self.party, upload, self._knowledge)  # after the magnitude check
         weight = self.algorithm.client_weight(self.cfg, tuple(modalities))
         if self.cfg.hyper.upload_weight == "rounds":
             weight *= self._absorbed_rounds.get(client_id, 0) + 1

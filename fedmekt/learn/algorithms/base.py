@@ -274,8 +274,9 @@ class Algorithm:
         algorithm but HeteroFL, since embeddings have one shape whatever the width."""
         return spec
 
-    def teacher_view(self, server: Party, upload: Tensors) -> Tensors:
-        """What of a validated upload the server averages (default: the upload itself)."""
+    def teacher_view(self, server: Party, upload: Tensors, knowledge: Tensors) -> Tensors:
+        """What of a validated upload the server averages (default: the upload itself); ``knowledge`` is the
+        server's own downstream of the round."""
         return upload
 
     def aggregate(self, server: Party, acc: StreamingMean | RoundUploads) -> Tensors:

@@ -28,7 +28,9 @@ from fedmekt.learn.algorithms.base import (
     Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, epoch_steps, exchanged_layers,
     inputs_only, masked, private_epoch, reconstruct, to_numpy,
 )
+from fedmekt.learn import teacher_heads
 from fedmekt.learn.losses import alignment_loss, distillation_loss, reconstruction_loss, relation, reversed_mse
+from fedmekt.learn.teacher_heads import HeadTargets
 from sensors.partition import Partition
 
 
@@ -101,9 +103,14 @@ class FedMEKT(Algorithm):
     def downstream(self, server: Party, proxy: ProxyWindows | None) -> Tensors:
         return self._embed(server, proxy, server.modalities)
 
-    def teacher_view(self, server: Party, upload: Tensors) -> Tensors:
+    def teacher_view(self, server: Party, upload: Tensors, knowledge: Tensors) -> Tensors:
         """Relational KD averages each client's similarity structure [W, W], not its embeddings: a mean of
-        embeddings from latent spaces that drifted apart is no one's structure."""
+        embeddings from latent spaces that drifted apart is no one's structure. Per-client heads
+        (``hyper.server_teacher``) average the sums of each client's head fitted to the server's ``knowledge``."""
+        teacher = server.cfg.hyper.server_teacher
+        if teacher != "mean":
+            return {name: v for k in sorted(upload)
+                    for name, v in teacher_heads.teacher_view(k, knowledge[k], upload[k], teacher == "heads-trust").items()}
         if not self._relational(server.cfg):
             return upload
         with torch.no_grad():
@@ -113,10 +120,14 @@ class FedMEKT(Algorithm):
                       rng: np.random.Generator) -> dict[str, float]:
         cfg, h = server.cfg, server.cfg.hyper
         layers = exchanged_layers(cfg)
-        # modality -> (z̄, h̄) tensors for modalities some client reported this round
-        targets = {m: tuple(torch.from_numpy(means[emb_key(m, ly)]).to(server.device) for ly in layers)
-                   for m in server.modalities if emb_key(m, "z") in means}
-        take = _relation_rows if self._relational(cfg) else (lambda t, idx: t[idx])
+        if h.server_teacher != "mean":   # modality -> (head targets of z, of h) for modalities some client reported
+            targets = {m: tuple(HeadTargets.from_means(means, emb_key(m, ly), server.device) for ly in layers)
+                       for m in server.modalities if HeadTargets.present(means, emb_key(m, "z"))}
+            take = HeadTargets.rows
+        else:            # modality -> (z̄, h̄) tensors for modalities some client reported this round
+            targets = {m: tuple(torch.from_numpy(means[emb_key(m, ly)]).to(server.device) for ly in layers)
+                       for m in server.modalities if emb_key(m, "z") in means}
+            take = _relation_rows if self._relational(cfg) else (lambda t, idx: t[idx])
         losses = []
         walk = epoch_steps(h.server_walk_step_budget, h.global_epochs)
         source = (inputs_only([proxy.source, server.unlabelled], server.modalities)
@@ -132,20 +143,29 @@ class FedMEKT(Algorithm):
 
     def _server_step(self, server: Party, x: dict[str, torch.Tensor], tgt: dict[str, tuple]) -> list[float]:
         """Reconstruction of every modality from each one, plus KD towards ``tgt`` (none on a walk step)."""
-        h, mods = server.cfg.hyper, server.modalities
+        mods = server.modalities
         if self.joint:
             rec = sum(reconstruction_loss(server.model(x[m], m), x) for m in mods)
             emb = {m: server.model.encode(x[m], m) for m in tgt}
-            kd = self._kd(server, emb, tgt, (h.eta, h.gamma), reverse=server.cfg.faithful)
+            kd = self._server_kd(server, emb, tgt)
             align = self._align(server, x, {m: e[0] for m, e in emb.items()})
             return [server.optim.step(rec + kd + align, [enc(m) for m in mods] + [dec(m) for m in mods])]
         losses = []
         for m in mods:
             loss = reconstruction_loss(server.model(x[m], m), x)
             if m in tgt:
-                loss = loss + self._kd(server, {m: server.model.encode(x[m], m)}, {m: tgt[m]}, (h.eta, h.gamma))
+                loss = loss + self._server_kd(server, {m: server.model.encode(x[m], m)}, {m: tgt[m]})
             losses.append(server.optim.step(loss, [enc(m)] + [dec(k) for k in mods]))
         return losses
+
+    def _server_kd(self, server: Party, emb: dict[str, tuple], tgt: dict[str, tuple]) -> torch.Tensor:
+        """The server's KD term at weights (η, γ): towards the clients' mean, or through their heads."""
+        h = server.cfg.hyper
+        weights = (h.eta, h.gamma)
+        if h.server_teacher == "mean":
+            return self._kd(server, emb, tgt, weights, reverse=server.cfg.faithful)
+        return sum((weights[i] * t.loss(emb[m][i]) for m in tgt for i, t in enumerate(tgt[m])),
+                   torch.zeros((), device=server.device))
 
     # ---- client -------------------------------------------------------------------------------------
     def client_train(self, client: Party, down: Tensors, private: Partition, proxy: ProxyWindows | None,

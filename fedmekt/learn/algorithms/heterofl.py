@@ -46,7 +46,7 @@ class HeteroFL(MultimodalFedAvg):
         view = {k: slicing.sliced(k[len(_PARAM):], v, client.model.hidden) for k, v in down.items()}
         return super().client_train(client, view, private, proxy, rng)
 
-    def teacher_view(self, server: Party, upload: Tensors) -> Tensors:
+    def teacher_view(self, server: Party, upload: Tensors, knowledge: Tensors) -> Tensors:
         """Each key tagged with the upload's width: the server's mean is per width (a validated upload)."""
         hidden = slicing.width_of(upload)
         return {f"{k}@{hidden}": v for k, v in upload.items()}
