@@ -34,11 +34,16 @@ def _simulate(cfg, split, url, tmp_path, **kw):
                           workdir=tmp_path / "devices", round_timeout=60, **kw)
 
 
-@pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-c/round", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon"])
+@pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-c/round", "fedmekt-c/heads-trust", "fedmekt-s",
+                                       "mmfedavg", "mmfedprox", "mmmoon"])
 def test_federation_through_mosquitto_equals_inprocess(algorithm, mosquitto, tmp_path):
-    """``fedmekt-c/round``: no proxy set is published; each round's windows travel with its knowledge."""
-    algorithm, _, delivery = algorithm.partition("/")
-    cfg, split = tiny_config(algorithm, proxy_delivery=delivery or "once"), tiny_split()
+    """``fedmekt-c/round``: no proxy set is published; each round's windows travel with its knowledge.
+    ``fedmekt-c/heads-trust``: the server distils through per-client heads (uploads arrive in any order)."""
+    algorithm, _, variant = algorithm.partition("/")
+    delivery = "round" if variant == "round" else ""
+    teacher = variant if variant.startswith("heads") else "mean"
+    cfg = tiny_config(algorithm, proxy_delivery=delivery or "once", hyper=dict(server_teacher=teacher))
+    split = tiny_split()
     sim = _simulate(cfg, split, mosquitto.url, tmp_path)
     ref = run_inprocess(cfg, split, progress=False)
     assert len(sim.result.rows) == cfg.rounds
