@@ -68,6 +68,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "relational": {"hyper": {"kd": "relational"}},       # §2b: the server averages each client's structure
     "heads": {"hyper": {"server_teacher": "heads"}},     # §2c: a linear head per client on the server
     "heads-trust": {"hyper": {"server_teacher": "heads-trust"}},   # §2c: ... each client weighted by its fit
+    **{f"heads-trust-eta{w:g}": {"hyper": {"server_teacher": "heads-trust", "eta": w}} for w in (1.0, 10.0)},
     "mask50": {"hyper": {"mask_ratio": 0.5}},            # §2d: clients' masked reconstruction, both algorithms
     "mmfedavg-mask50": {"algorithm": "mmfedavg", "hyper": {"mask_ratio": 0.5}},
     **{f"relational-r{r}": {"rep_size": r, "hyper": {"kd": "relational"}} for r in (8, 16)},

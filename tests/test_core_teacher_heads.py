@@ -129,3 +129,11 @@ def test_reproduce_and_simulate_take_the_server_teacher_flag():
     (cfg,) = build_configs(args)
     assert cfg.hyper.server_teacher == "heads-trust"
     assert build_parser().parse_args(["simulate", "--server-teacher", "heads"]).server_teacher == "heads"
+
+
+def test_a_heads_run_is_labelled_as_its_variant_in_the_tables():
+    from fedmekt.experiment.in_process import variant_label
+
+    heads = tiny_config("fedmekt-c", hyper=dict(server_teacher="heads-trust", eta=1.0))
+    assert variant_label(heads).endswith(",heads-trust,eta1]")   # after the tiny config's own tags (r, W)
+    assert "eta" not in variant_label(tiny_config("mmfedavg", hyper=dict(eta=1.0)))   # no server KD to weigh

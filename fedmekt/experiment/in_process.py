@@ -18,7 +18,7 @@ from tqdm import tqdm
 from fedmekt import device_classes
 from fedmekt.experiment.accounting import message_bytes, proxy_once_bytes
 from fedmekt.run_info import RunInfo
-from fedmekt.config import FederationConfig
+from fedmekt.config import FederationConfig, Hyper
 from fedmekt.experiment.client_pool import LocalClients, WorkerClients, client_pool
 from fedmekt.learn.engine import ServerEngine, client_view, resolve_device, wire_cast
 from fedmekt.learn.numerics import numeric_environment
@@ -52,6 +52,10 @@ def variant_label(cfg: FederationConfig) -> str:
         tags.append(f"W{cfg.proxy_windows}")
     if cfg.is_embedding and not cfg.faithful and cfg.hyper.kd != "kl":
         tags.append(f"kd-{cfg.hyper.kd}")
+    if cfg.is_embedding and cfg.hyper.server_teacher != "mean":
+        tags.append(cfg.hyper.server_teacher)
+    if cfg.is_embedding and cfg.hyper.eta != Hyper.eta:
+        tags.append(f"eta{cfg.hyper.eta:g}")
     if cfg.is_embedding and cfg.embedding_noise > 0:
         tags.append(f"noise{cfg.embedding_noise:g}")
     if cfg.wire_dtype != "float32":
