@@ -82,14 +82,13 @@ def test_trust_weighting_lets_a_client_unrelated_to_the_global_model_count_for_a
     assert float(trusted.loss(at_g)) < 0.05 < 0.4 < float(uniform.loss(at_g))   # the unrelated client's ~1 weighs ~0
 
 
-def test_heads_cannot_be_combined_with_the_relational_kd_or_the_faithful_server():
-    for override in ({"kd": "relational"},):
-        with pytest.raises(UserError, match="server_teacher"):
-            tiny_config("fedmekt-c", hyper=dict(server_teacher="heads", **override))
-    with pytest.raises(UserError, match="server_teacher"):
-        replace(tiny_config("fedmekt-c", hyper=dict(server_teacher="heads")), faithful=True).validate()
+def test_the_faithful_server_keeps_the_papers_mean_and_an_unknown_teacher_is_refused():
+    assert tiny_config("fedmekt-c").server_teacher == "heads-trust"   # the default
+    assert replace(tiny_config("fedmekt-c"), faithful=True).server_teacher == "mean"
     with pytest.raises(UserError, match="server_teacher must be one of"):
         tiny_config("fedmekt-c", hyper=dict(server_teacher="median"))
+    with pytest.raises(UserError, match="heads_weight must be >= 0"):
+        tiny_config("fedmekt-c", hyper=dict(heads_weight=-1.0))
 
 
 @pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-s"])
@@ -131,9 +130,13 @@ def test_reproduce_and_simulate_take_the_server_teacher_flag():
     assert build_parser().parse_args(["simulate", "--server-teacher", "heads"]).server_teacher == "heads"
 
 
-def test_a_heads_run_is_labelled_as_its_variant_in_the_tables():
+def test_a_run_off_the_default_teacher_is_labelled_as_its_variant_in_the_tables():
     from fedmekt.experiment.in_process import variant_label
 
-    heads = tiny_config("fedmekt-c", hyper=dict(server_teacher="heads-trust", eta=1.0))
-    assert variant_label(heads).endswith(",heads-trust,eta1]")   # after the tiny config's own tags (r, W)
-    assert "eta" not in variant_label(tiny_config("mmfedavg", hyper=dict(eta=1.0)))   # no server KD to weigh
+    def tags(**hyper):
+        return variant_label(tiny_config("fedmekt-c", hyper=hyper))
+
+    assert "teacher" not in tags() and "heads-w" not in tags()
+    assert tags(server_teacher="mean").endswith(",teacher-mean]")      # after the tiny config's own tags (r, W)
+    assert tags(server_teacher="heads", heads_weight=0.1).endswith(",teacher-heads,heads-w0.1]")
+    assert "teacher" not in variant_label(tiny_config("mmfedavg", hyper=dict(server_teacher="mean")))

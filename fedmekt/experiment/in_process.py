@@ -52,10 +52,10 @@ def variant_label(cfg: FederationConfig) -> str:
         tags.append(f"W{cfg.proxy_windows}")
     if cfg.is_embedding and not cfg.faithful and cfg.hyper.kd != "kl":
         tags.append(f"kd-{cfg.hyper.kd}")
-    if cfg.is_embedding and cfg.hyper.server_teacher != "mean":
-        tags.append(cfg.hyper.server_teacher)
-    if cfg.is_embedding and cfg.hyper.eta != Hyper.eta:
-        tags.append(f"eta{cfg.hyper.eta:g}")
+    if cfg.is_embedding and not cfg.faithful and cfg.server_teacher != Hyper.server_teacher:
+        tags.append(f"teacher-{cfg.server_teacher}")
+    if cfg.is_embedding and cfg.server_teacher != "mean" and cfg.hyper.heads_weight != Hyper.heads_weight:
+        tags.append(f"heads-w{cfg.hyper.heads_weight:g}")
     if cfg.is_embedding and cfg.embedding_noise > 0:
         tags.append(f"noise{cfg.embedding_noise:g}")
     if cfg.wire_dtype != "float32":

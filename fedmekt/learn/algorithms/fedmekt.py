@@ -107,7 +107,7 @@ class FedMEKT(Algorithm):
         """Relational KD averages each client's similarity structure [W, W], not its embeddings: a mean of
         embeddings from latent spaces that drifted apart is no one's structure. Per-client heads
         (``hyper.server_teacher``) average the sums of each client's head fitted to the server's ``knowledge``."""
-        teacher = server.cfg.hyper.server_teacher
+        teacher = server.cfg.server_teacher
         if teacher != "mean":
             return {name: v for k in sorted(upload)
                     for name, v in teacher_heads.teacher_view(k, knowledge[k], upload[k], teacher == "heads-trust").items()}
@@ -120,7 +120,7 @@ class FedMEKT(Algorithm):
                       rng: np.random.Generator) -> dict[str, float]:
         cfg, h = server.cfg, server.cfg.hyper
         layers = exchanged_layers(cfg)
-        if h.server_teacher != "mean":   # modality -> (head targets of z, of h) for modalities some client reported
+        if cfg.server_teacher != "mean":   # modality -> (head targets of z, of h) for modalities some client reported
             targets = {m: tuple(HeadTargets.from_means(means, emb_key(m, ly), server.device) for ly in layers)
                        for m in server.modalities if HeadTargets.present(means, emb_key(m, "z"))}
             take = HeadTargets.rows
@@ -159,13 +159,12 @@ class FedMEKT(Algorithm):
         return losses
 
     def _server_kd(self, server: Party, emb: dict[str, tuple], tgt: dict[str, tuple]) -> torch.Tensor:
-        """The server's KD term at weights (η, γ): towards the clients' mean, or through their heads."""
+        """The server's KD term: towards the clients' mean at weights (η, γ), or through their heads."""
         h = server.cfg.hyper
-        weights = (h.eta, h.gamma)
-        if h.server_teacher == "mean":
-            return self._kd(server, emb, tgt, weights, reverse=server.cfg.faithful)
-        return sum((weights[i] * t.loss(emb[m][i]) for m in tgt for i, t in enumerate(tgt[m])),
-                   torch.zeros((), device=server.device))
+        if server.cfg.server_teacher == "mean":
+            return self._kd(server, emb, tgt, (h.eta, h.gamma), reverse=server.cfg.faithful)
+        return h.heads_weight * sum((t.loss(emb[m][i]) for m in tgt for i, t in enumerate(tgt[m])),
+                                    torch.zeros((), device=server.device))
 
     # ---- client -------------------------------------------------------------------------------------
     def client_train(self, client: Party, down: Tensors, private: Partition, proxy: ProxyWindows | None,
