@@ -1,21 +1,25 @@
 """FedMEKT-C and FedMEKT-S: embedding knowledge transfer on the round's proxy windows (spec §4.4–4.8).
 
 Downstream knowledge = the global model's embeddings (z, and h with ``layers="rep+hidden"``) of every
-modality on Π_t; upstream = the client's embeddings of Π_t for each modality it holds. The server averages
-them per modality (streaming mean) and distils on the SAME windows Π_t (fixes B1–B3).
+modality on Π_t; upstream = the client's embeddings of Π_t for each modality it holds. The server distils on
+the SAME windows Π_t (fixes B1–B3), by default through a linear head per client that predicts the client's
+embedding from the global one, each client weighted by its head's fit (``hyper.server_teacher`` "heads-trust",
+fedmekt/learn/teacher_heads.py); "mean" is the paper's: the per-modality mean of the uploads, matched by KD.
 
-* C (joint): an A+B client / the server compares the modalities' embeddings stacked and passed through the
-  fixed seeded projections (O4); one step on everything.
+* C (joint): an A+B client / the server (mean teacher) compares the modalities' embeddings stacked and passed
+  through the fixed seeded projections (O4); one step on everything.
 * S (separate): per modality, one step on that encoder and all decoders.
-* The distillation term is ``hyper.kd``: "kl" (default) is the paper's softmax KD at temperature T over the
-  feature axis; "mse" matches the embeddings themselves (``embedding_mse``). On held-out labelled units (never
-  test data) the two are within seed noise, "kl" ahead by about 0.01 (docs/fedmekt-c-selection.md).
+* The clients' distillation term (and the server's under the mean teacher) is ``hyper.kd``: "kl" (default) is
+  the paper's softmax KD at temperature T over the feature axis; "mse" matches the embeddings themselves
+  (``embedding_mse``). On held-out labelled units (never test data) the two are within seed noise, "kl" ahead
+  by about 0.01 (docs/fedmekt-c-selection.md).
 * ``cfg.server_proxy_walk``: each server epoch also walks the whole proxy set in random crops (reconstruction
   only, no KD, nothing sent), restoring the reference server's training volume (it distils on all of the
   proxy set because it exchanges all of it), at most ``hyper.server_walk_step_budget`` steps per round.
 * A client walks at most ``hyper.local_step_budget`` private sub-windows per round (``base.private_epoch``).
-* ``cfg.faithful`` keeps O1 (time-axis softmax KL, inside ``kd_loss``, whatever ``hyper.kd`` says), O2 (C
-  server: the trainable global embedding in the teacher slot) and O3 (C: KD terms counted twice).
+* ``cfg.faithful`` keeps the paper's mean teacher, O1 (time-axis softmax KL, inside ``kd_loss``, whatever
+  ``hyper.kd`` says), O2 (C server: the trainable global embedding in the teacher slot) and O3 (C: KD terms
+  counted twice).
   Default: standard direction, once.
 """
 
