@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import save as st_save
 
 from fault_ledger import record
-from fedmekt.config import FederationConfig
+from fedmekt.config import FederationConfig, Hyper
 from fedmekt.transport.mqtt import Message
 from fedmekt.wire.codec import PREFIX, WireError, WireLimits, encode, frame_body, parse_frame
 
@@ -44,9 +44,10 @@ def _split_and_cfg():
     from sensors.splits import make_split
 
     split = make_split(load_dataset("demo"), ("acce", "gyro"), clients=(2, 2, 2), seed=0)
-    # rep+hidden: uploads of several 16 KiB frames (a rep-only one fits one), room for missing / duplicate chunks
+    # rep+hidden: uploads of several 16 KiB frames (a rep-only one fits one), room for missing / duplicate chunks;
+    # the mean teacher: the round's accumulator holds the uploads themselves, so the exact mean can be checked
     cfg = FederationConfig(federation=FED, clients=(2, 2, 2), per_round=5, rounds=3, proxy_windows=8, device="cpu",
-                           layers="rep+hidden")
+                           layers="rep+hidden", hyper=Hyper(server_teacher="mean"))
     return split, cfg
 
 

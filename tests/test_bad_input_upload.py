@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fault_ledger import record
-from fedmekt.config import FederationConfig
+from fedmekt.config import FederationConfig, Hyper
 from fedmekt.learn.engine import RoundPlan, ServerEngine
 
 MODS = [("acce",), ("gyro",), ("acce", "gyro")]
@@ -30,7 +30,8 @@ def _setup() -> tuple[ServerEngine, RoundPlan, dict]:
     from sensors.splits import make_split
 
     split = make_split(load_dataset("demo"), ("acce", "gyro"), clients=(2, 2, 2), seed=0)
-    cfg = FederationConfig(clients=(2, 2, 2), per_round=4, rounds=2, proxy_windows=8, device="cpu")
+    cfg = FederationConfig(clients=(2, 2, 2), per_round=4, rounds=2, proxy_windows=8, device="cpu",
+                           hyper=Hyper(server_teacher="mean"))   # the round's mean is of the uploads themselves
     engine = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
     plan = engine.plan_round(0, [c.client_id for c in split.clients])
     holds = {c.client_id: tuple(c.modalities) for c in split.clients}
