@@ -29,8 +29,6 @@ from fedmekt.run_info import RunInfo
 log = logging.getLogger("aggregator")
 DRAIN_S = 3600.0   # the final package waits at most this long for the packages queued before it
 DRAIN_LOG_S = 30.0  # while waiting, say so at most this often
-SIGNAL_S = 1.0      # the round thread waits in slices this long: a Ctrl-C that the OS delivered to another thread
-                    # is only raised in the main thread when its wait returns
 CLOSE_S = 30.0      # close() waits at most this long for the worker to leave the package it derives
 
 
@@ -148,17 +146,14 @@ class Packages:
         """Wait for the packages queued before the final one (at most ``DRAIN_S``, saying what it waits for); past
         that, they never go out (the final package would be followed by an older one)."""
         deadline = time.monotonic() + DRAIN_S
-        said: tuple[list[int], float] | None = None   # what was last logged, and when
         with self._idle:
             while self._pending:
-                now = time.monotonic()
-                if now >= deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     self._closed = True
                     log.warning("gave up after %.0f s waiting for the model packages after rounds %s: the final "
                                 "package goes out without them", DRAIN_S, ", ".join(map(str, self._pending)))
                     return
-                if said is None or said[0] != self._pending or now - said[1] >= DRAIN_LOG_S:
-                    log.info("waiting for the model package%s after round%s %s before the final one",
-                             *("s", "s") if len(self._pending) > 1 else ("", ""), ", ".join(map(str, self._pending)))
-                    said = (list(self._pending), now)
-                self._idle.wait(min(deadline - now, SIGNAL_S))
+                log.info("waiting for the model package%s after round%s %s before the final one",
+                         *("s", "s") if len(self._pending) > 1 else ("", ""), ", ".join(map(str, self._pending)))
+                self._idle.wait(min(left, DRAIN_LOG_S))
