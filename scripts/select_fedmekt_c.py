@@ -39,7 +39,8 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
     # heads-trust-w1 is today's default, "mean" the paper's teacher (the default before)
     **{f"heads-w{w:g}": {"hyper": {"server_teacher": "heads", "heads_weight": w}} for w in (0.1, 1.0)},
-    **{f"heads-trust-w{w:g}": {"hyper": {"server_teacher": "heads-trust", "heads_weight": w}} for w in (0.1, 1.0, 10.0)},
+    **{f"heads-trust-w{w:g}": {"hyper": {"server_teacher": "heads-trust", "heads_weight": w}}
+       for w in (0.1, 1.0, 10.0)},
     "mean": {"hyper": {"server_teacher": "mean"}},
     # measured before issue 19 §2c, with the paper's mean teacher (the default then): pinned to it
     **{name: _before_heads(overrides) for name, overrides in {

@@ -110,11 +110,12 @@ class FedMEKT(Algorithm):
     def teacher_view(self, server: Party, upload: Tensors, knowledge: Tensors) -> Tensors:
         """Relational KD averages each client's similarity structure [W, W], not its embeddings: a mean of
         embeddings from latent spaces that drifted apart is no one's structure. Per-client heads
-        (``hyper.server_teacher``) average the sums of each client's head fitted to the server's ``knowledge``."""
+        (``hyper.server_teacher``) average the terms of each client's head fitted to the server's ``knowledge``."""
         teacher = server.cfg.server_teacher
         if teacher != "mean":
+            trust = teacher == "heads-trust"
             return {name: v for k in sorted(upload)
-                    for name, v in teacher_heads.teacher_view(k, knowledge[k], upload[k], teacher == "heads-trust").items()}
+                    for name, v in teacher_heads.teacher_view(k, knowledge[k], upload[k], trust).items()}
         if not self._relational(server.cfg):
             return upload
         with torch.no_grad():
