@@ -69,6 +69,9 @@ class Hyper:
                                          # heads replace the server's KD term only (hyper.kd stays the clients'),
                                          # and faithful = true keeps the paper's mean
     heads_weight: float = 1.0         # weight of the heads' term (a fraction of variance) per exchanged layer
+    server_rec_rounds: int = 0        # FedMEKT server: from this round on its steps drop the proxy reconstruction
+                                      # and the proxy walk stops, so the global encoder learns from the clients'
+                                      # knowledge alone (issue 19 §2d: a warm-up); 0 = reconstruct in every round
     align: str = "none"               # FedMEKT-C cross-modal alignment of z_A(t), z_B(t) on aligned windows
                                       # (server: proxy; A+B clients: private): "none", "mse", "cosine", "infonce"
     align_weight: float = 1.0         # weight of the alignment term
@@ -201,6 +204,8 @@ class FederationConfig:
             (self.hyper.server_teacher in SERVER_TEACHERS,
              f"hyper.server_teacher must be one of {SERVER_TEACHERS}, got {self.hyper.server_teacher!r}"),
             (self.hyper.heads_weight >= 0, f"hyper.heads_weight must be >= 0, got {self.hyper.heads_weight}"),
+            (self.hyper.server_rec_rounds >= 0,
+             f"hyper.server_rec_rounds must be >= 0 (0 = always), got {self.hyper.server_rec_rounds}"),
             (self.hyper.align in ALIGNMENTS, f"hyper.align must be one of {ALIGNMENTS}, got {self.hyper.align!r}"),
             (self.hyper.align_weight >= 0 and self.hyper.align_tau > 0,
              "hyper.align_weight must be >= 0 and hyper.align_tau > 0"),

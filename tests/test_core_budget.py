@@ -128,7 +128,7 @@ def test_the_server_walk_takes_at_most_its_budget(split):
         plan = server.plan_round(0, [c.client_id for c in split.clients])
         means = server.downstream(plan)   # the global's own embeddings stand in for the clients' mean
         calls = _counting(server.party.optim)
-        server.algorithm.server_update(server.party, means, server._proxy(plan), np.random.default_rng(0))
+        server.algorithm.server_update(server.party, means, server._proxy(plan), np.random.default_rng(0), plan.round)
         return len(calls)
 
     distil = server_steps(replace(base, server_proxy_walk=False))

@@ -139,4 +139,33 @@ def test_a_run_off_the_default_teacher_is_labelled_as_its_variant_in_the_tables(
     assert "teacher" not in tags() and "heads-w" not in tags()
     assert tags(server_teacher="mean").endswith(",teacher-mean]")      # after the tiny config's own tags (r, W)
     assert tags(server_teacher="heads", heads_weight=0.1).endswith(",teacher-heads,heads-w0.1]")
+    assert tags(server_rec_rounds=50).endswith(",rec-warmup50]")
     assert "teacher" not in variant_label(tiny_config("mmfedavg", hyper=dict(server_teacher="mean")))
+
+
+@pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-s"])
+def test_after_the_reconstruction_warm_up_the_server_learns_from_the_clients_knowledge_alone(algorithm):
+    """hyper.server_rec_rounds (issue 19 §2d): from that round on the decoders stay as they are and the encoders
+    move only with the clients' knowledge; with no upload the server's update changes nothing."""
+    split = tiny_split()
+    cfg = tiny_config(algorithm, hyper=dict(server_rec_rounds=1))
+    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    data = {c.client_id: c for c in split.clients}
+    for rnd in (0, 1):
+        before = {k: v.clone() for k, v in server.model.state_dict().items()}
+        plan = server.plan_round(rnd, sorted(data))
+        down = server.downstream(plan)
+        server.begin_round(plan)
+        for cid in plan.selected:
+            c = data[cid]
+            upload = ClientEngine(cfg, cid, c.modalities, split.channels, split.proxy).train_round(
+                plan, client_view(down, c.modalities), c.data)
+            server.absorb(cid, c.modalities, upload)
+        server.finish_round(plan)
+        after = server.model.state_dict()
+        moved = {k for k in before if not torch.equal(before[k], after[k])}
+        assert any(k.startswith("enc") for k in moved), moved
+        assert any(k.startswith("dec") for k in moved) == (rnd == 0), moved   # round 0: the warm-up
+    still = {k: v.clone() for k, v in server.model.state_dict().items()}
+    server.update_without_uploads(server.plan_round(2, sorted(data)))
+    assert all(torch.equal(still[k], v) for k, v in server.model.state_dict().items())

@@ -298,7 +298,7 @@ class ServerEngine:
 
     def _server_update(self, plan: RoundPlan, means: Tensors) -> dict[str, float]:
         return self.algorithm.server_update(self.party, means, self._proxy(plan),
-                                            rng_for(self.cfg.seed, _SERVER, plan.round))
+                                            rng_for(self.cfg.seed, _SERVER, plan.round), plan.round)
 
     def update_without_uploads(self, plan: RoundPlan) -> dict[str, float]:
         """The round's server steps with no knowledge from clients (FedMEKT: reconstruction of the proxy set

@@ -293,6 +293,6 @@ class Algorithm:
         raise NotImplementedError
 
     def server_update(self, server: Party, means: Tensors, proxy: ProxyWindows | None,
-                      rng: np.random.Generator) -> dict[str, float]:
-        """Update the global autoencoder from the per-key client means; returns loss metrics."""
+                      rng: np.random.Generator, round_: int) -> dict[str, float]:
+        """Update the global autoencoder from the per-key client means in round ``round_``; returns loss metrics."""
         raise NotImplementedError

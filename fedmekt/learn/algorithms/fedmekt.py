@@ -122,8 +122,9 @@ class FedMEKT(Algorithm):
             return {k: to_numpy(relation(torch.from_numpy(v))) for k, v in upload.items()}
 
     def server_update(self, server: Party, means: Tensors, proxy: ProxyWindows | None,
-                      rng: np.random.Generator) -> dict[str, float]:
+                      rng: np.random.Generator, round_: int) -> dict[str, float]:
         cfg, h = server.cfg, server.cfg.hyper
+        rec = not (h.server_rec_rounds and round_ >= h.server_rec_rounds)   # after the warm-up: knowledge alone
         layers = exchanged_layers(cfg)
         if cfg.server_teacher != "mean":   # modality -> (head targets of z, of h) for modalities some client reported
             targets = {m: tuple(HeadTargets.from_means(means, emb_key(m, ly), server.device) for ly in layers)
@@ -140,24 +141,29 @@ class FedMEKT(Algorithm):
         for _ in range(h.global_epochs):
             for idx in proxy.epoch(rng, cfg.proxy_batch):
                 x = {m: proxy.x[m][idx] for m in server.modalities}
-                losses += self._server_step(server, x, {m: tuple(take(t, idx) for t in v) for m, v in targets.items()})
-            if cfg.server_proxy_walk:
+                tgt = {m: tuple(take(t, idx) for t in v) for m, v in targets.items()}
+                if rec or tgt:
+                    losses += self._server_step(server, x, tgt, rec)
+            if cfg.server_proxy_walk and rec:
                 for x, _labels in private_epoch(source, server.modalities, cfg, rng, server.device, walk):
                     self._server_step(server, x, {})
         return {"loss_server": float(np.mean(losses)) if losses else float("nan")}
 
-    def _server_step(self, server: Party, x: dict[str, torch.Tensor], tgt: dict[str, tuple]) -> list[float]:
-        """Reconstruction of every modality from each one, plus KD towards ``tgt`` (none on a walk step)."""
+    def _server_step(self, server: Party, x: dict[str, torch.Tensor], tgt: dict[str, tuple],
+                     rec: bool = True) -> list[float]:
+        """Reconstruction of every modality from each one (unless ``rec`` is False), plus KD towards ``tgt`` (none
+        on a walk step)."""
         mods = server.modalities
+        zero = torch.zeros((), device=server.device)
         if self.joint:
-            rec = sum(reconstruction_loss(server.model(x[m], m), x) for m in mods)
+            recon = sum(reconstruction_loss(server.model(x[m], m), x) for m in mods) if rec else zero
             emb = {m: server.model.encode(x[m], m) for m in tgt}
             kd = self._server_kd(server, emb, tgt)
             align = self._align(server, x, {m: e[0] for m, e in emb.items()})
-            return [server.optim.step(rec + kd + align, [enc(m) for m in mods] + [dec(m) for m in mods])]
+            return [server.optim.step(recon + kd + align, [enc(m) for m in mods] + [dec(m) for m in mods])]
         losses = []
-        for m in mods:
-            loss = reconstruction_loss(server.model(x[m], m), x)
+        for m in (m for m in mods if rec or m in tgt):
+            loss = reconstruction_loss(server.model(x[m], m), x) if rec else zero
             if m in tgt:
                 loss = loss + self._server_kd(server, {m: server.model.encode(x[m], m)}, {m: tgt[m]})
             losses.append(server.optim.step(loss, [enc(m)] + [dec(k) for k in mods]))

@@ -52,7 +52,7 @@ class MultimodalFedAvg(Algorithm):
         return {param_key(k): to_numpy(v) for k, v in server.model.state_dict().items()}
 
     def server_update(self, server: Party, means: Tensors, proxy: ProxyWindows | None,
-                      rng: np.random.Generator) -> dict[str, float]:
+                      rng: np.random.Generator, round_: int) -> dict[str, float]:
         state = {k[len("param/"):]: torch.from_numpy(v) for k, v in means.items()}
         server.model.load_state_dict(state, strict=False)
         return {}
