@@ -1,5 +1,6 @@
-"""Per-client teacher heads (hyper.server_teacher, issue 19 §2c): the fit, the loss carried through the round's
-mean, the invariance to a client's latent space, trust weighting, and a round of the engine in both upload orders."""
+"""The FedMEKT server's teacher. Per-client heads (hyper.server_teacher, issue 19 §2c): the fit, the loss carried
+through the round's mean, the invariance to a client's latent space, trust weighting, a round of the engine in both
+upload orders. The reconstruction cut after a warm-up (hyper.server_rec_rounds, §2d)."""
 
 from __future__ import annotations
 
