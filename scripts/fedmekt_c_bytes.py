@@ -25,6 +25,7 @@ PROFILES = {  # name -> config overrides
     "fedmekt-c rep float32, proxy set once": {"layers": "rep", "wire_dtype": "float32", "proxy_delivery": "once"},
     "fedmekt-c rep float32, Π_t per round": {"layers": "rep", "wire_dtype": "float32", "proxy_delivery": "round"},
     "fedmekt-c rep float16": {"layers": "rep", "wire_dtype": "float16"},
+    "fedmekt-c rep float32 W12": {"layers": "rep", "wire_dtype": "float32", "proxy_windows": 12},
 }
 
 

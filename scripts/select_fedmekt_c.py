@@ -44,6 +44,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "mean": {"hyper": {"server_teacher": "mean"}},
     # §2d, second half: the server's proxy reconstruction (and walk) cut after a warm-up of N rounds
     **{f"rec-warmup{n}": {"hyper": {"server_rec_rounds": n}} for n in (20, 50)},
+    "W12": {"proxy_windows": 12},   # issue 19 bytes: a quarter of the proxy windows per round (HAPT's "round" delivery)
     # measured before issue 19 §2c, with the paper's mean teacher (the default then): pinned to it
     **{name: _before_heads(overrides) for name, overrides in {
         "kl-T3": {"hyper": {"kd": "kl", "temperature": 3.0}, **_NO_WALK},
