@@ -154,16 +154,15 @@ class FedMEKT(Algorithm):
         """Reconstruction of every modality from each one (unless ``rec`` is False), plus KD towards ``tgt`` (none
         on a walk step)."""
         mods = server.modalities
-        zero = torch.zeros((), device=server.device)
         if self.joint:
-            recon = sum(reconstruction_loss(server.model(x[m], m), x) for m in mods) if rec else zero
+            recon = sum(reconstruction_loss(server.model(x[m], m), x) for m in mods) if rec else 0.0
             emb = {m: server.model.encode(x[m], m) for m in tgt}
             kd = self._server_kd(server, emb, tgt)
             align = self._align(server, x, {m: e[0] for m, e in emb.items()})
             return [server.optim.step(recon + kd + align, [enc(m) for m in mods] + [dec(m) for m in mods])]
         losses = []
         for m in (m for m in mods if rec or m in tgt):
-            loss = reconstruction_loss(server.model(x[m], m), x) if rec else zero
+            loss = reconstruction_loss(server.model(x[m], m), x) if rec else 0.0
             if m in tgt:
                 loss = loss + self._server_kd(server, {m: server.model.encode(x[m], m)}, {m: tgt[m]})
             losses.append(server.optim.step(loss, [enc(m)] + [dec(k) for k in mods]))
