@@ -22,12 +22,12 @@ from typing import Any
 
 from fedmekt import device_classes
 from fedmekt.errors import UserError
+from fedmekt.wire.dtypes import ITEMSIZE as WIRE_ITEMSIZE
+from fedmekt.wire.dtypes import WIRE_DTYPES
 from sensors.datasets import did_you_mean
 
 ALGORITHMS = ("fedmekt-c", "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon", "heterofl")
 WIDTH_SLICED = ("heterofl",)   # parameter averaging over width slices: runs a mixed fleet (issue 22 baseline (b))
-WIRE_DTYPES = ("float32", "float16")
-WIRE_ITEMSIZE = {"float32": 4, "float16": 2}
 LAYERS = ("rep", "rep+hidden")
 KD_LOSSES = ("mse", "kl", "kl-time", "kl-std", "mse-std", "relational")
 ALIGNMENTS = ("none", "mse", "cosine", "infonce")
@@ -177,6 +177,8 @@ class FederationConfig:
              f"got {self.federation!r}"),
             (self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}"),
             (self.wire_dtype in WIRE_DTYPES, f"wire_dtype must be one of {WIRE_DTYPES}, got {self.wire_dtype!r}"),
+            (self.wire_dtype != "int8" or self.is_embedding,
+             f"wire_dtype int8 quantises embeddings; {self.algorithm} averages parameters: use float32 or float16"),
             (self.layers in LAYERS, f"layers must be one of {LAYERS}, got {self.layers!r}"),
             (self.partition in PARTITIONS, f"partition must be one of {PARTITIONS}, got {self.partition!r}"),
             (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),

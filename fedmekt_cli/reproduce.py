@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fedmekt.config import ALGORITHMS, SERVER_TEACHERS
+from fedmekt.config import ALGORITHMS, SERVER_TEACHERS, WIRE_DTYPES
 
 PAPER_ALGORITHMS = ALGORITHMS[:5]   # the default: the paper's five (heterofl is issue 22's baseline (b))
 NONE = "none"   # --algorithms none: only the reference rows, e.g. to add rows to a reproduction already run
@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--partition", choices=("paper", "subject"), default="paper")
     p.add_argument("--normalize", choices=("train", "unit", "none"), default="train",
                    help="z-score with client-pool statistics (default) or per run/subject as the paper")
-    p.add_argument("--wire-dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32",
+                   help="int8 (FedMEKT only): codes with a float32 scale per channel, a quarter of the bytes")
     p.add_argument("--layers", choices=("rep", "rep+hidden"), default=FederationConfig.layers,
                    help=f"FedMEKT embedding layers exchanged (default {FederationConfig.layers})")
     p.add_argument("--proxy-windows", type=int, default=None, help="FedMEKT proxy windows per round (default 48)")

@@ -26,6 +26,7 @@ PROFILES = {  # name -> config overrides
     "fedmekt-c rep float32, Π_t per round": {"layers": "rep", "wire_dtype": "float32", "proxy_delivery": "round"},
     "fedmekt-c rep float16": {"layers": "rep", "wire_dtype": "float16"},
     "fedmekt-c rep float32 W12": {"layers": "rep", "wire_dtype": "float32", "proxy_windows": 12},
+    "fedmekt-c rep int8": {"layers": "rep", "wire_dtype": "int8"},
 }
 
 

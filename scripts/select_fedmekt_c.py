@@ -45,6 +45,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # §2d, second half: the server's proxy reconstruction (and walk) cut after a warm-up of N rounds
     **{f"rec-warmup{n}": {"hyper": {"server_rec_rounds": n}} for n in (20, 50)},
     "W12": {"proxy_windows": 12},   # issue 19 bytes: a quarter of the proxy windows per round (HAPT's "round" delivery)
+    "int8": {"wire_dtype": "int8"},   # issue 19 bytes: embeddings and Π_t's windows as int8 codes + per-channel scales
     # measured before issue 19 §2c, with the paper's mean teacher (the default then): pinned to it
     **{name: _before_heads(overrides) for name, overrides in {
         "kl-T3": {"hyper": {"kd": "kl", "temperature": 3.0}, **_NO_WALK},

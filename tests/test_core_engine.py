@@ -11,7 +11,8 @@ import torch
 from safetensors.numpy import load, save
 
 from fedmekt.config import ALGORITHMS, FederationConfig, load_config
-from fedmekt.learn.engine import ClientEngine, RoundPlan, ServerEngine, client_view, wire_cast
+from fedmekt.learn.engine import ClientEngine, RoundPlan, ServerEngine, client_view
+from fedmekt.wire.dtypes import wire_cast
 from fedmekt.errors import UserError
 from fedmekt.experiment.in_process import run_inprocess
 from tests.core_support import tiny_config, tiny_split
@@ -171,6 +172,12 @@ def test_wire_cast_float16_rounds_like_the_wire():
     assert wire_cast(x, "float32")["k"] is not None and np.array_equal(wire_cast(x, "float32")["k"], x["k"])
 
 
+def test_int8_is_refused_for_parameter_averaging_with_one_line():
+    assert tiny_config("fedmekt-s", wire_dtype="int8").wire_dtype == "int8"
+    with pytest.raises(UserError, match="int8 quantises embeddings; mmfedavg averages parameters"):
+        tiny_config("mmfedavg", wire_dtype="int8")
+
+
 def test_no_leakage_between_splits(split):
     """Test, proxy, labelled and client data come from disjoint units; no test row appears anywhere else."""
     units = {name: set(getattr(split, name).units) for name in ("test", "proxy", "labelled")}
@@ -192,7 +199,8 @@ def test_config_round_trips_and_rejects_bad_values(tmp_path):
     path.write_text('algorithm = "fedmekt-s"\nrounds = 7\npair = ["acce", "gyro"]\n[hyper]\nalpha = 0.2\n')
     loaded = load_config(path)
     assert (loaded.algorithm, loaded.rounds, loaded.hyper.alpha, loaded.hyper.beta) == ("fedmekt-s", 7, 0.2, 0.04)
-    for bad in ({"algorithm": "fedsgd"}, {"wire_dtype": "int8"}, {"pair": ["a", "a"]}, {"bogus": 1},
+    for bad in ({"algorithm": "fedsgd"}, {"wire_dtype": "int4"}, {"wire_dtype": "int8"}, {"pair": ["a", "a"]},
+                {"bogus": 1},
                 {"hyper": {"nope": 1}}):
         with pytest.raises(UserError):
             FederationConfig.from_dict({**cfg.to_dict(), **bad})

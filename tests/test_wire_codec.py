@@ -21,6 +21,7 @@ from fedmekt.wire.codec import (
     encoded_size,
     parse_frame,
 )
+from fedmekt.wire.dtypes import dequantize, quantize, wire_cast
 
 META = dict(federation="fed1", round_=3, sender="c001", kind="upload", modalities=("acce",))
 
@@ -61,6 +62,52 @@ def test_float16_halves_payload_and_equals_cast_roundtrip():
     out = decode_body(done.header, done.body, _spec(t))
     for k in t:
         np.testing.assert_array_equal(out[k], t[k].astype(np.float16).astype(np.float32))
+
+
+def test_int8_quarters_payload_and_equals_the_in_process_cast():
+    t = _tensors(n=400)
+    f32, i8 = encoded_size(t, "float32", **META), encoded_size(t, "int8", **META)
+    assert 0.25 < i8 / f32 < 0.26   # codes at a quarter, plus one float32 scale per channel
+    done = _reassemble(encode(t, "int8", **META))
+    assert done.header.tensors == {k: v.shape for k, v in t.items()}   # the scales are not listed
+    out = decode_body(done.header, done.body, _spec(t))
+    cast = wire_cast(t, "int8")
+    for k in t:
+        np.testing.assert_array_equal(out[k], cast[k])
+        step = np.abs(t[k]).reshape(-1, t[k].shape[-1]).max(axis=0) / 127
+        assert (np.abs(out[k] - t[k]) <= step / 2 + 1e-7).all()   # within half a step of each channel
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-10**6, 10**6).map(lambda i: i / 100), min_size=1, max_size=24), st.integers(1, 4))
+def test_int8_quantisation_keeps_zeros_signs_and_each_channels_extreme(values, width):
+    x = np.resize(np.asarray(values, np.float32), (max(1, len(values) // width), width))
+    codes, scales = quantize(x)
+    back = dequantize(codes, scales)
+    assert codes.dtype == np.int8 and (np.abs(codes) <= 127).all() and scales.shape == (width,)
+    assert (back[x == 0] == 0).all() and (np.sign(back) * np.sign(x) >= 0).all()
+    np.testing.assert_allclose(np.abs(back).max(axis=0), np.abs(x).max(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scales, codes, match", [
+    (np.array([-1.0, 1.0], np.float32), None, "negative or non-finite scale"),
+    (np.array([np.nan, 1.0], np.float32), None, "negative or non-finite scale"),
+    (np.array([1.0, 1.0, 1.0], np.float32), None, "shape"),
+    (np.array([1.0, 1.0], np.float16), None, "is F16"),
+    (None, None, "differs from the header's tensor list"),
+    (np.array([1.0, 1.0], np.float32), np.ones((3, 2), np.float32), "is F32"),
+])
+def test_int8_bodies_with_bad_scales_or_codes_are_rejected(scales, codes, match):
+    from safetensors.numpy import save
+    from fedmekt.wire.codec import frame_body
+
+    body = {"x": np.ones((3, 2), np.int8) if codes is None else codes}
+    if scales is not None:
+        body["x:scale"] = scales
+    frames = frame_body(save(body), dtype="int8", federation="f", round_=0, sender="c0", kind="upload",
+                        modalities=(), tensors={"x": (3, 2)})
+    with pytest.raises(WireError, match=match):
+        decode_single(frames[0])
 
 
 def test_chunking_respects_chunk_size_and_reassembles_out_of_order():

@@ -20,8 +20,9 @@ from fedmekt.experiment.accounting import message_bytes, proxy_once_bytes
 from fedmekt.run_info import RunInfo
 from fedmekt.config import FederationConfig, Hyper
 from fedmekt.experiment.client_pool import LocalClients, WorkerClients, client_pool
-from fedmekt.learn.engine import ServerEngine, client_view, resolve_device, wire_cast
+from fedmekt.learn.engine import ServerEngine, client_view, resolve_device
 from fedmekt.learn.numerics import numeric_environment
+from fedmekt.wire.dtypes import wire_cast
 from sensors.partition import ClientPartition, FederatedSplit
 
 Tamper = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, np.ndarray]]

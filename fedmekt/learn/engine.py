@@ -3,7 +3,7 @@
 ``ServerEngine`` plans rounds, produces downstream knowledge, folds uploads into a streaming mean and runs
 the server-side update, the generalized classifier and the evaluation. ``ClientEngine`` turns
 (plan, downstream, private data) into an upload. Only named float32 numpy arrays (``Tensors``) cross
-between them; both sides pass them through ``wire_cast`` so fp16 on the wire is simulated exactly.
+between them; both sides pass them through ``fedmekt.wire.dtypes.wire_cast`` so fp16 or int8 on the wire is simulated exactly.
 
 Determinism (bit for bit on CPU with the same thread count, in one process or many):
 
@@ -81,13 +81,6 @@ def build_model(cfg: FederationConfig, channels: dict[str, int], device_class: s
 
 def _seed(cfg: FederationConfig, purpose: int) -> int:
     return int(np.random.SeedSequence([cfg.seed, purpose]).generate_state(1)[0])
-
-
-def wire_cast(tensors: Tensors, dtype: str) -> Tensors:
-    """Cast to the wire dtype and back to float32: what the receiver gets (identity for float32)."""
-    if dtype == "float32":
-        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    return {k: np.asarray(v, dtype=dtype).astype(np.float32) for k, v in tensors.items()}
 
 
 _ABSORBED = "meta/absorbed_rounds/"  # checkpoint keys: rounds absorbed per client (hyper.upload_weight)

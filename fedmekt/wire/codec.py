@@ -18,6 +18,9 @@ Decoding is strict: every field is type- and range-checked, the reassembled body
 must hash to ``sha256``, the safetensors header must agree with frame 0 and with
 the expected spec (``ServerEngine.expected_upload``), and every value must be
 finite. Anything else raises :class:`WireError` with a one-line reason.
+
+In ``int8`` (``fedmekt.wire.dtypes``) each tensor's codes travel with a float32 tensor of per-channel scales named
+``<name>:scale``; the frame header lists the logical tensors only, and decoding returns their float32 values.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from fedmekt.wire.dtypes import SCALE_SUFFIX, channels, dequantize, quantize
+
 MAGIC = b"FMK"
 VERSION = 1
 PREFIX = struct.Struct("<3sBI")  # magic, version, header length
 KINDS = ("upload", "global", "proxy", "model")
-WIRE_DTYPES = {"float32": ("F32", np.float32), "float16": ("F16", np.float16)}
+WIRE_DTYPES = {"float32": ("F32", np.float32), "float16": ("F16", np.float16), "int8": ("I8", np.int8)}
+_ITEMSIZE = {"F32": 4, "F16": 2, "I8": 1}   # safetensors dtypes a body may hold
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_HEADER = 4096  # a frame header (JSON) never exceeds this; frames reserve it
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-/]{1,128}$")
@@ -214,13 +220,16 @@ def _to_wire(tensors: Mapping[str, np.ndarray], dtype: str) -> Tensors:
     np_dtype = WIRE_DTYPES[dtype][1]
     out: Tensors = {}
     for name, arr in tensors.items():
-        if not _NAME.match(name):
+        if not _NAME.match(name) or (dtype == "int8" and not _NAME.match(name + SCALE_SUFFIX)):
             raise WireError(f"bad tensor name {name!r}")
         with np.errstate(over="ignore", invalid="ignore"):
-            a = np.ascontiguousarray(np.asarray(arr), dtype=np_dtype)
+            a = np.ascontiguousarray(np.asarray(arr), dtype=np.float32 if dtype == "int8" else np_dtype)
         if not np.isfinite(a).all():
             raise WireError(f"tensor {name} is not finite in {dtype}")
-        out[name] = a
+        if dtype == "int8":
+            out[name], out[name + SCALE_SUFFIX] = quantize(a)
+        else:
+            out[name] = a
     return out
 
 
@@ -231,8 +240,8 @@ def encode(tensors: Mapping[str, np.ndarray], dtype: str = "float32", *, federat
     wire = _to_wire(tensors, dtype)
     body = st_save(wire)
     return frame_body(body, dtype=dtype, federation=federation, round_=round_, sender=sender, kind=kind,
-                      modalities=modalities, tensors={k: tuple(v.shape) for k, v in wire.items()}, limits=limits,
-                      nonce=nonce)
+                      modalities=modalities, tensors={k: tuple(np.shape(tensors[k])) for k in tensors},
+                      limits=limits, nonce=nonce)
 
 
 def frame_body(body: bytes, *, dtype: str, federation: str, round_: int, sender: str, kind: str,
@@ -262,13 +271,16 @@ def decode_body(header: Header, body: bytes, expected: Spec | None = None) -> Te
         raise WireError("body does not match its sha256")
     st_dtype, np_dtype = WIRE_DTYPES[header.dtype]
     layout = _safetensors_layout(body)
-    if set(layout) != set(header.tensors):
+    want = {name: (st_dtype, shape) for name, shape in header.tensors.items()}
+    if header.dtype == "int8":
+        want.update({name + SCALE_SUFFIX: ("F32", (channels(shape),)) for name, shape in header.tensors.items()})
+    if set(layout) != set(want):
         raise WireError("safetensors content differs from the header's tensor list")
     for name, (dt, shape) in layout.items():
-        if dt != st_dtype:
+        if dt != want[name][0]:
             raise WireError(f"tensor {name} is {dt}, header says {header.dtype}")
-        if shape != header.tensors[name]:
-            raise WireError(f"tensor {name} shape {shape} differs from header {header.tensors[name]}")
+        if shape != want[name][1]:
+            raise WireError(f"tensor {name} shape {shape} differs from header {want[name][1]}")
     if expected is not None:
         check_spec(header.tensors, expected)
     try:
@@ -276,9 +288,15 @@ def decode_body(header: Header, body: bytes, expected: Spec | None = None) -> Te
     except Exception as exc:  # safetensors raises its own error types
         raise WireError(f"safetensors decode failed: {exc}") from None
     out: Tensors = {}
-    for name, arr in arrays.items():
+    for name in header.tensors:
+        arr = arrays[name]
         if arr.dtype != np_dtype:
             raise WireError(f"tensor {name} decoded as {arr.dtype}")
+        if header.dtype == "int8":
+            scales = arrays[name + SCALE_SUFFIX]
+            if not (np.isfinite(scales).all() and (scales >= 0).all()):
+                raise WireError(f"tensor {name} has a negative or non-finite scale")
+            arr = dequantize(arr, scales)
         if not np.isfinite(arr).all():
             raise WireError(f"tensor {name} contains NaN or Inf")
         out[name] = arr.astype(np.float32, copy=False)
@@ -320,7 +338,7 @@ def _safetensors_layout(body: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
     entries.sort()
     pos, data_len = 0, len(body) - 8 - n
     for start, stop, name, dt, shape in entries:
-        item = {"F32": 4, "F16": 2}.get(dt)
+        item = _ITEMSIZE.get(dt)
         if item is None:
             raise WireError(f"tensor {name} has dtype {dt}")
         if start != pos or stop - start != int(np.prod(shape, dtype=np.int64)) * item:
