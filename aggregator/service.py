@@ -294,7 +294,7 @@ class Aggregator:
         shown = ", ".join(plan.selected[:6]) + (", …" if len(plan.selected) > 6 else "")
         log.debug("round %d of %d opens: %d clients selected (%s)", rnd + 1, cfg.rounds, len(plan.selected), shown)
         down = server.downstream(plan)
-        frames = encode(down, cfg.wire_dtype, federation=cfg.federation, round_=rnd, sender=fedwire.AGGREGATOR_ID,
+        frames = encode(down, cfg.wire_format, federation=cfg.federation, round_=rnd, sender=fedwire.AGGREGATOR_ID,
                         kind="global", limits=self.opts.limits)
         self.link.publish_all((self.topics.global_chunk(rnd, i), f) for i, f in enumerate(frames))
         server.begin_round(plan)
@@ -324,7 +324,7 @@ class Aggregator:
         for c, why in missed.items():
             log.warning("round %d of %d: %s %s", rnd + 1, cfg.rounds, c, why)
         row = server.finish_round(plan)
-        bytes_down = sum(message_bytes(client_view(down, self.online.get(c, ())), cfg.wire_dtype, kind="global")
+        bytes_down = sum(message_bytes(client_view(down, self.online.get(c, ())), cfg.wire_format, kind="global")
                          for c in plan.selected)
         self._round = None
         self._last_round_s = time.monotonic() - opened  # at most the time from this round's opening to the next's

@@ -49,7 +49,7 @@ def main() -> None:
     manifest, _ = fedwire.build(cfg, split, run=new_run_id(1))
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
     plan = server.plan_round(0, [c.client_id for c in split.clients])
-    frames = encode(server.downstream(plan), cfg.wire_dtype, federation=cfg.federation, round_=0,
+    frames = encode(server.downstream(plan), cfg.wire_format, federation=cfg.federation, round_=0,
                     sender=fedwire.AGGREGATOR_ID, kind="global")
     ann = fedwire.Announcement(cfg.federation, plan.to_json(), 600.0, run=manifest.run,
                                nonce="0" * 16, global_sha256="0" * 64).to_bytes()

@@ -398,7 +398,7 @@ class EdgeAgent:
             log.info("%s: re-sending the upload of round %d", self.opts.client_id, plan.round + 1)
         self._plan = None
         cfg = trainer.cfg
-        frames = encode(upload, cfg.wire_dtype, federation=cfg.federation, round_=plan.round,
+        frames = encode(upload, cfg.wire_format, federation=cfg.federation, round_=plan.round,
                         sender=self.opts.client_id, kind="upload", modalities=trainer.modalities,
                         nonce=self._plan_ann.nonce,
                         limits=self.opts.limits)

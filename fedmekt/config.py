@@ -131,7 +131,8 @@ class FederationConfig:
     rounds: int = 100
     seed: int = 0
     partition: str = "paper"
-    wire_dtype: str = "float32"
+    wire_dtype: str = "auto"          # "float32" | "float16" | "int8" (FedMEKT only) | "auto" = int8 for FedMEKT
+                                      # (float32 when faithful), float32 for the parameter baselines (wire_format)
     device: str = "auto"              # server side; "auto" = cuda when present
     client_device: str = "cpu"        # tiny LSTMs train faster on CPU; keeps clients bit-reproducible
     threads: int = 1
@@ -176,7 +177,8 @@ class FederationConfig:
              f"federation must be a name of letters, digits, '.', '_' or '-' (it is an MQTT topic level), "
              f"got {self.federation!r}"),
             (self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}"),
-            (self.wire_dtype in WIRE_DTYPES, f"wire_dtype must be one of {WIRE_DTYPES}, got {self.wire_dtype!r}"),
+            (self.wire_dtype in ("auto", *WIRE_DTYPES),
+             f"wire_dtype must be one of {('auto', *WIRE_DTYPES)}, got {self.wire_dtype!r}"),
             (self.wire_dtype != "int8" or self.is_embedding,
              f"wire_dtype int8 quantises embeddings; {self.algorithm} averages parameters: use float32 or float16"),
             (self.layers in LAYERS, f"layers must be one of {LAYERS}, got {self.layers!r}"),
@@ -271,6 +273,17 @@ class FederationConfig:
         return self.algorithm.startswith("fedmekt")
 
     @property
+    def default_wire_format(self) -> str:
+        """What ``wire_dtype = "auto"`` sends: int8 embeddings (chosen by the rule of docs/fedmekt-c-selection.md,
+        a quarter of float32's bytes), the paper's float32 when faithful, float32 parameters for the baselines."""
+        return "int8" if self.is_embedding and not self.faithful else "float32"
+
+    @property
+    def wire_format(self) -> str:
+        """The dtype every upload and round's knowledge travels in (``fedmekt.wire.dtypes``)."""
+        return self.default_wire_format if self.wire_dtype == "auto" else self.wire_dtype
+
+    @property
     def server_teacher(self) -> str:
         """What the FedMEKT server distils from: ``hyper.server_teacher``, or the paper's "mean" when faithful."""
         return "mean" if self.faithful else self.hyper.server_teacher
@@ -303,7 +316,7 @@ class FederationConfig:
             return self.proxy_delivery
         n = sum(self.clients)
         selections = self.rounds * min(self.per_round, n)
-        per_round = selections * self.proxy_windows * self.window * WIRE_ITEMSIZE[self.wire_dtype]
+        per_round = selections * self.proxy_windows * self.window * WIRE_ITEMSIZE[self.wire_format]
         return "round" if per_round < n * proxy_rows * WIRE_ITEMSIZE["float32"] else "once"
 
     def resolved_batch(self) -> tuple[int, int]:

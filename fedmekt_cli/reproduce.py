@@ -45,8 +45,9 @@ def register(subparsers) -> None:
     p.add_argument("--partition", choices=("paper", "subject"), default="paper")
     p.add_argument("--normalize", choices=("train", "unit", "none"), default="train",
                    help="z-score with client-pool statistics (default) or per run/subject as the paper")
-    p.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32",
-                   help="int8 (FedMEKT only): codes with a float32 scale per channel, a quarter of the bytes")
+    p.add_argument("--wire-dtype", choices=("auto", *WIRE_DTYPES), default="auto",
+                   help="auto: int8 for FedMEKT (codes with a float32 scale per channel, a quarter of float32's "
+                        "bytes), float32 for the parameter baselines")
     p.add_argument("--layers", choices=("rep", "rep+hidden"), default=FederationConfig.layers,
                    help=f"FedMEKT embedding layers exchanged (default {FederationConfig.layers})")
     p.add_argument("--proxy-windows", type=int, default=None, help="FedMEKT proxy windows per round (default 48)")

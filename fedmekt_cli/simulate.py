@@ -43,8 +43,9 @@ def register(subparsers) -> None:
                    help="federation name (default demo: what `fedmekt status` and `fedmekt client` look at)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--partition", choices=("paper", "subject"), default="paper")
-    p.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float32",
-                   help="int8 (FedMEKT only): codes with a float32 scale per channel, a quarter of the bytes")
+    p.add_argument("--wire-dtype", choices=("auto", *WIRE_DTYPES), default="auto",
+                   help="auto: int8 for FedMEKT (codes with a float32 scale per channel, a quarter of float32's "
+                        "bytes), float32 for the parameter baselines")
     p.add_argument("--proxy-windows", type=int, default=None, help="FedMEKT proxy windows per round")
     add_embedding_options(p)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

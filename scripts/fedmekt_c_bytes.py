@@ -51,7 +51,7 @@ def run_bytes(cfg, split) -> int:
         if server.proxy_delivery == "round":
             view.update({window_key(x): np.zeros((cfg.proxy_windows, cfg.window, split.channels[x]), np.float32)
                          for x in m})
-        sizes[m] = message_bytes(view, cfg.wire_dtype, kind="global") + message_bytes(zeros, cfg.wire_dtype)
+        sizes[m] = message_bytes(view, cfg.wire_format, kind="global") + message_bytes(zeros, cfg.wire_format)
     total = sum(sizes[mods[c]] for r in range(cfg.rounds) for c in server.plan_round(r, sorted(mods)).selected)
     return total + proxy_once_bytes(cfg, split.proxy, len(split.clients))
 

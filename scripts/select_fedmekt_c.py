@@ -33,69 +33,79 @@ def _before_heads(overrides: dict) -> dict:
     return {**overrides, "hyper": {"server_teacher": "mean", **overrides.get("hyper", {})}}
 
 
+def _before_int8(overrides: dict) -> dict:
+    """A candidate measured before FedMEKT's wire dtype became int8 ("auto"), on the float32 wire of then."""
+    return {"wire_dtype": "float32", **overrides}
+
+
 CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything else at the defaults)
     "default": {},                          # the current defaults: what every candidate is compared with
     "mmfedavg": {"algorithm": "mmfedavg"},  # the baseline, under the same protocol
-    # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
-    # heads-trust-w1 is today's default, "mean" the paper's teacher (the default before)
-    **{f"heads-w{w:g}": {"hyper": {"server_teacher": "heads", "heads_weight": w}} for w in (0.1, 1.0)},
-    **{f"heads-trust-w{w:g}": {"hyper": {"server_teacher": "heads-trust", "heads_weight": w}}
-       for w in (0.1, 1.0, 10.0)},
-    "mean": {"hyper": {"server_teacher": "mean"}},
-    # §2d, second half: the server's proxy reconstruction (and walk) cut after a warm-up of N rounds
-    **{f"rec-warmup{n}": {"hyper": {"server_rec_rounds": n}} for n in (20, 50)},
-    "W12": {"proxy_windows": 12},   # issue 19 bytes: a quarter of the proxy windows per round (HAPT's "round" delivery)
-    "int8": {"wire_dtype": "int8"},   # issue 19 bytes: embeddings and Π_t's windows as int8 codes + per-channel scales
-    # measured before issue 19 §2c, with the paper's mean teacher (the default then): pinned to it
-    **{name: _before_heads(overrides) for name, overrides in {
-        "kl-T3": {"hyper": {"kd": "kl", "temperature": 3.0}, **_NO_WALK},
-        "kl-T0.5": {"hyper": {"kd": "kl", "temperature": 0.5}, **_NO_WALK},
-        "mse": {"hyper": {"kd": "mse"}, **_NO_WALK},
-        "mse-w0.1": {"hyper": {"kd": "mse", "alpha": 0.01, "beta": 0.004, "eta": 0.01, "gamma": 0.004}, **_NO_WALK},
-        "mse-rep-fp16": {"hyper": {"kd": "mse"}, "layers": "rep", "wire_dtype": "float16", **_NO_WALK},
-        "kl-T3-rep-fp16": {"hyper": {"kd": "kl", "temperature": 3.0}, "layers": "rep", "wire_dtype": "float16",
-                           **_NO_WALK},
-        "faithful": {"faithful": True, **_NO_WALK},
-        "kl-R4": {"hyper": {"global_epochs": 4}, **_NO_WALK},
-        "kl-pb8": {"proxy_batch": 8, **_NO_WALK},
-        "kl-w10": {"hyper": {"alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}, **_NO_WALK},
-        "mse-w10": {"hyper": {"kd": "mse", "alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}, **_NO_WALK},
-        "walk": {"server_proxy_walk": True, "layers": "rep+hidden"},   # the default of the second round
-        "walk-rep-fp16": {"server_proxy_walk": True, "layers": "rep", "wire_dtype": "float16"},
-        # issue 10 §2, measured under the protocol (seeds >= 100, paired); docs/fedmekt-c-selection.md
-        "no-kd-server": {"hyper": {"eta": 0.0, "gamma": 0.0}},                # η = γ = 0 (diagnosis)
-        "no-kd": {"hyper": {"alpha": 0.0, "beta": 0.0, "eta": 0.0, "gamma": 0.0}},   # no distillation at all
-        "walk-labelled": {"server_walk_labelled": True},     # 2.1: the walk also covers the labelled inputs
-        "align-mse": {"hyper": {"align": "mse"}},            # 2.2: cross-modal alignment of z_A(t), z_B(t)
-        "align-cos": {"hyper": {"align": "cosine"}},
-        "align-nce": {"hyper": {"align": "infonce"}},
-        "kd-time": {"hyper": {"kd": "kl-time"}},             # 2.3: KD targets with signal at r = 2
-        "kd-std": {"hyper": {"kd": "kl-std"}},
-        "kd-mse": {"hyper": {"kd": "mse"}},
-        "kd-mse-std": {"hyper": {"kd": "mse-std"}},
-        "R4": {"hyper": {"global_epochs": 4}},
-        "w-rounds": {"hyper": {"upload_weight": "rounds"}},   # 2.4: uploads weighted by the rounds a client trained
-        "le4": {"hyper": {"local_epochs": 4}},               # 2.4: more local training
-        "no-walk": {"server_proxy_walk": False},             # 2.5: the walk on this dataset
-        "mmfedavg-le4": {"algorithm": "mmfedavg", "hyper": {"local_epochs": 4}},   # mmFedAvg's own settings
-        "mmfedavg-w1": {"algorithm": "mmfedavg", "hyper": {"mm_weight": 1.0}},
-        # issue 19 §2a: representation size r for every algorithm ("no-kd-server" is proxy-only under the protocol:
-        # with eta = gamma = 0 the server's update is its proxy reconstruction alone, whatever the clients send)
-        **{f"r{r}": {"rep_size": r} for r in (8, 16, 32)},
-        **{f"mmfedavg-r{r}": {"algorithm": "mmfedavg", "rep_size": r} for r in (8, 16, 32)},
-        **{f"no-kd-server-r{r}": {"rep_size": r, "hyper": {"eta": 0.0, "gamma": 0.0}} for r in (8, 16, 32)},
-        "relational": {"hyper": {"kd": "relational"}},       # §2b: the server averages each client's structure
-        "mask50": {"hyper": {"mask_ratio": 0.5}},            # §2d: clients' masked reconstruction, both algorithms
-        "mmfedavg-mask50": {"algorithm": "mmfedavg", "hyper": {"mask_ratio": 0.5}},
-        **{f"relational-r{r}": {"rep_size": r, "hyper": {"kd": "relational"}} for r in (8, 16)},
-        "rep-fp16": {"layers": "rep", "wire_dtype": "float16"},   # §3: communication profiles
-        "rep-fp32": {"layers": "rep", "wire_dtype": "float32"},
-        "hidden-fp16-W12": {"layers": "rep+hidden", "wire_dtype": "float16", "proxy_windows": 12},
-        "hidden-fp32": {"layers": "rep+hidden", "wire_dtype": "float32"},   # the default before issue 10 §3
-        # measured on top of that previous default (rep+hidden), before the profile changed
-        "no-kd-server-hidden": {"layers": "rep+hidden", "hyper": {"eta": 0.0, "gamma": 0.0}},
-        "walk-labelled-hidden": {"layers": "rep+hidden", "server_walk_labelled": True},
-        "budget-off": {"hyper": {"local_step_budget": 0, "server_walk_step_budget": 0}},   # issue 11 §2: whole walks
+    "int8": {"wire_dtype": "int8"},   # issue 19 bytes: embeddings and Π_t's windows as int8 codes (the default since)
+    "float32": {"wire_dtype": "float32"},   # the wire of every candidate below (the default before int8)
+    # measured before int8 became the default: pinned to float32
+    **{name: _before_int8(overrides) for name, overrides in {
+        # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
+        # heads-trust-w1 is the default's teacher, "mean" the paper's (the default before)
+        **{f"heads-w{w:g}": {"hyper": {"server_teacher": "heads", "heads_weight": w}} for w in (0.1, 1.0)},
+        **{f"heads-trust-w{w:g}": {"hyper": {"server_teacher": "heads-trust", "heads_weight": w}}
+           for w in (0.1, 1.0, 10.0)},
+        "mean": {"hyper": {"server_teacher": "mean"}},
+        # §2d, second half: the server's proxy reconstruction (and walk) cut after a warm-up of N rounds
+        **{f"rec-warmup{n}": {"hyper": {"server_rec_rounds": n}} for n in (20, 50)},
+        "W12": {"proxy_windows": 12},   # issue 19 bytes: a quarter of Π_t's windows (HAPT's "round" delivery)
+        # measured before issue 19 §2c, with the paper's mean teacher (the default then): pinned to it
+        **{name: _before_heads(overrides) for name, overrides in {
+            "kl-T3": {"hyper": {"kd": "kl", "temperature": 3.0}, **_NO_WALK},
+            "kl-T0.5": {"hyper": {"kd": "kl", "temperature": 0.5}, **_NO_WALK},
+            "mse": {"hyper": {"kd": "mse"}, **_NO_WALK},
+            "mse-w0.1": {"hyper": {"kd": "mse", "alpha": 0.01, "beta": 0.004, "eta": 0.01, "gamma": 0.004}, **_NO_WALK},
+            "mse-rep-fp16": {"hyper": {"kd": "mse"}, "layers": "rep", "wire_dtype": "float16", **_NO_WALK},
+            "kl-T3-rep-fp16": {"hyper": {"kd": "kl", "temperature": 3.0}, "layers": "rep", "wire_dtype": "float16",
+                               **_NO_WALK},
+            "faithful": {"faithful": True, **_NO_WALK},
+            "kl-R4": {"hyper": {"global_epochs": 4}, **_NO_WALK},
+            "kl-pb8": {"proxy_batch": 8, **_NO_WALK},
+            "kl-w10": {"hyper": {"alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}, **_NO_WALK},
+            "mse-w10": {"hyper": {"kd": "mse", "alpha": 1.0, "beta": 0.4, "eta": 1.0, "gamma": 0.4}, **_NO_WALK},
+            "walk": {"server_proxy_walk": True, "layers": "rep+hidden"},   # the default of the second round
+            "walk-rep-fp16": {"server_proxy_walk": True, "layers": "rep", "wire_dtype": "float16"},
+            # issue 10 §2, measured under the protocol (seeds >= 100, paired); docs/fedmekt-c-selection.md
+            "no-kd-server": {"hyper": {"eta": 0.0, "gamma": 0.0}},                # η = γ = 0 (diagnosis)
+            "no-kd": {"hyper": {"alpha": 0.0, "beta": 0.0, "eta": 0.0, "gamma": 0.0}},   # no distillation at all
+            "walk-labelled": {"server_walk_labelled": True},     # 2.1: the walk also covers the labelled inputs
+            "align-mse": {"hyper": {"align": "mse"}},            # 2.2: cross-modal alignment of z_A(t), z_B(t)
+            "align-cos": {"hyper": {"align": "cosine"}},
+            "align-nce": {"hyper": {"align": "infonce"}},
+            "kd-time": {"hyper": {"kd": "kl-time"}},             # 2.3: KD targets with signal at r = 2
+            "kd-std": {"hyper": {"kd": "kl-std"}},
+            "kd-mse": {"hyper": {"kd": "mse"}},
+            "kd-mse-std": {"hyper": {"kd": "mse-std"}},
+            "R4": {"hyper": {"global_epochs": 4}},
+            "w-rounds": {"hyper": {"upload_weight": "rounds"}},   # 2.4: uploads weighted by the rounds a client trained
+            "le4": {"hyper": {"local_epochs": 4}},               # 2.4: more local training
+            "no-walk": {"server_proxy_walk": False},             # 2.5: the walk on this dataset
+            "mmfedavg-le4": {"algorithm": "mmfedavg", "hyper": {"local_epochs": 4}},   # mmFedAvg's own settings
+            "mmfedavg-w1": {"algorithm": "mmfedavg", "hyper": {"mm_weight": 1.0}},
+            # issue 19 §2a: representation size r for every algorithm ("no-kd-server" is proxy-only under the protocol:
+            # with eta = gamma = 0 the server's update is its proxy reconstruction alone, whatever the clients send)
+            **{f"r{r}": {"rep_size": r} for r in (8, 16, 32)},
+            **{f"mmfedavg-r{r}": {"algorithm": "mmfedavg", "rep_size": r} for r in (8, 16, 32)},
+            **{f"no-kd-server-r{r}": {"rep_size": r, "hyper": {"eta": 0.0, "gamma": 0.0}} for r in (8, 16, 32)},
+            "relational": {"hyper": {"kd": "relational"}},       # §2b: the server averages each client's structure
+            "mask50": {"hyper": {"mask_ratio": 0.5}},            # §2d: clients' masked reconstruction, both algorithms
+            "mmfedavg-mask50": {"algorithm": "mmfedavg", "hyper": {"mask_ratio": 0.5}},
+            **{f"relational-r{r}": {"rep_size": r, "hyper": {"kd": "relational"}} for r in (8, 16)},
+            "rep-fp16": {"layers": "rep", "wire_dtype": "float16"},   # §3: communication profiles
+            "rep-fp32": {"layers": "rep", "wire_dtype": "float32"},
+            "hidden-fp16-W12": {"layers": "rep+hidden", "wire_dtype": "float16", "proxy_windows": 12},
+            "hidden-fp32": {"layers": "rep+hidden", "wire_dtype": "float32"},   # the default before issue 10 §3
+            # measured on top of that previous default (rep+hidden), before the profile changed
+            "no-kd-server-hidden": {"layers": "rep+hidden", "hyper": {"eta": 0.0, "gamma": 0.0}},
+            "walk-labelled-hidden": {"layers": "rep+hidden", "server_walk_labelled": True},
+            # issue 11 §2: whole walks
+            "budget-off": {"hyper": {"local_step_budget": 0, "server_walk_step_budget": 0}},
+        }.items()},
     }.items()},
 }
 

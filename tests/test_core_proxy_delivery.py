@@ -1,6 +1,7 @@
 """Π_t delivery: the whole proxy set once, or only the round's raw windows with each round's knowledge.
 
-The two deliveries must train bit-identical models (float32 on the wire) while the bytes follow the rule
+The two deliveries must train bit-identical models with float32 on the wire (in int8 the round's windows are
+quantised, the proxy set sent once is not) while the bytes follow the rule
 ``FederationConfig.proxy_delivery_for`` states; a client that holds no proxy set refuses knowledge that
 lacks the round's windows or carries them in the wrong shape.
 """
@@ -23,7 +24,7 @@ def _run(delivery: str, **kw):
 
 
 def test_round_delivery_trains_the_same_model_as_the_proxy_set_once():
-    once, per_round = _run("once"), _run("round")
+    once, per_round = _run("once", wire_dtype="float32"), _run("round", wire_dtype="float32")
     assert once.final["proxy_delivery"] == "once" and per_round.final["proxy_delivery"] == "round"
     for k, v in once.model_state.items():
         np.testing.assert_array_equal(per_round.model_state[k], v)
@@ -31,7 +32,7 @@ def test_round_delivery_trains_the_same_model_as_the_proxy_set_once():
     assert [learning(r) for r in per_round.rows] == [learning(r) for r in once.rows]
     # bytes: nothing once, and every selected client's view grows by its modalities' windows
     assert once.final["bytes_proxy_once"] > 0 and per_round.final["bytes_proxy_once"] == 0
-    cfg, split = tiny_config("fedmekt-c", proxy_delivery="round"), tiny_split()
+    cfg, split = tiny_config("fedmekt-c", proxy_delivery="round", wire_dtype="float32"), tiny_split()
     window_rows = cfg.proxy_windows * cfg.window
     for a, b in zip(once.rows, per_round.rows):
         assert a["bytes_up"] == b["bytes_up"]
@@ -42,8 +43,10 @@ def test_round_delivery_trains_the_same_model_as_the_proxy_set_once():
 
 def test_auto_picks_the_delivery_that_sends_fewer_bytes():
     # 10 rounds x 4 of 6 clients selected x 6 windows x 8 rows = 1,920 window rows against 6 x the proxy rows
-    cfg = tiny_config("fedmekt-c", rounds=10, proxy_delivery="auto")
+    cfg = tiny_config("fedmekt-c", rounds=10, wire_dtype="float32", proxy_delivery="auto")
     assert cfg.proxy_delivery_for(319) == "once" and cfg.proxy_delivery_for(321) == "round"
+    quarter = tiny_config("fedmekt-c", rounds=10, proxy_delivery="auto")   # int8 by default: windows cost a quarter
+    assert quarter.proxy_delivery_for(81) == "round" and quarter.proxy_delivery_for(80) == "once"
     half = tiny_config("fedmekt-c", rounds=10, wire_dtype="float16", proxy_delivery="auto")  # windows cost half
     assert half.proxy_delivery_for(161) == "round" and half.proxy_delivery_for(159) == "once"
     assert tiny_config("mmfedavg").proxy_delivery_for(10**6) == "none"

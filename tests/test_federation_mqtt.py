@@ -34,15 +34,16 @@ def _simulate(cfg, split, url, tmp_path, **kw):
                           workdir=tmp_path / "devices", round_timeout=60, **kw)
 
 
-@pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-c/round", "fedmekt-c/mean", "fedmekt-c/int8",
+@pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-c/round", "fedmekt-c/mean", "fedmekt-c/float32",
                                        "fedmekt-s", "mmfedavg", "mmfedprox", "mmmoon"])
 def test_federation_through_mosquitto_equals_inprocess(algorithm, mosquitto, tmp_path):
     """``fedmekt-c/round``: no proxy set is published; each round's windows travel with its knowledge.
     ``fedmekt-c/mean``: the server distils from the clients' mean (the paper), not through per-client heads.
-    ``fedmekt-c/int8``: embeddings and each round's windows travel as int8 codes with per-channel scales."""
+    ``fedmekt-c`` sends int8 codes with per-channel scales (the default, ``wire_dtype`` "auto"), ``fedmekt-c/float32``
+    plain floats; under ``/round`` each round's windows travel in int8 too."""
     algorithm, _, variant = algorithm.partition("/")
-    cfg = tiny_config(algorithm, proxy_delivery="round" if variant in ("round", "int8") else "once",
-                      wire_dtype="int8" if variant == "int8" else "float32",
+    cfg = tiny_config(algorithm, proxy_delivery="round" if variant == "round" else "once",
+                      wire_dtype="float32" if variant == "float32" else "auto",
                       hyper=dict(server_teacher="mean") if variant == "mean" else None)
     split = tiny_split()
     sim = _simulate(cfg, split, mosquitto.url, tmp_path)
@@ -55,7 +56,7 @@ def test_federation_through_mosquitto_equals_inprocess(algorithm, mosquitto, tmp
     for k, v in ref.model_state.items():
         np.testing.assert_array_equal(sim.result.model_state[k], v)
     assert sim.result.final["proxy_delivery"] == ref.final["proxy_delivery"]
-    assert (sim.result.final["bytes_proxy_once"] == 0) == (variant in ("round", "int8") or not cfg.is_embedding)
+    assert (sim.result.final["bytes_proxy_once"] == 0) == (variant == "round" or not cfg.is_embedding)
     # the subscriber saw every upload; MQTT framing adds little to the accounted payload: under 2 % of it
     # plus a fixed topic-and-header cost per upload (which dominates the tiny rep-only uploads here)
     wire, accounted = sim.wire["packet_bytes"]["upload"], sum(r["bytes_up"] for r in sim.result.rows)

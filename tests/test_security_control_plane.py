@@ -254,7 +254,7 @@ def test_forged_control_global_knowledge_is_not_trained_on(mosquitto, tmp_path, 
                 genuine = Reassembler()
                 done = [c for c in (genuine.add(p) for _, p in items) if c is not None][0]
                 tensors = {k: -v - 1.0 for k, v in decode_body(done.header, done.body).items()}
-                frames = encode(tensors, cfg.wire_dtype, federation=cfg.federation, round_=1, sender="aggregator",
+                frames = encode(tensors, cfg.wire_format, federation=cfg.federation, round_=1, sender="aggregator",
                                 kind="global")
                 forger.publish_all([(topics.global_chunk(1, i), f) for i, f in enumerate(frames)])
                 forged_rounds.append(rnd)

@@ -42,4 +42,4 @@ def client_message_bytes(cfg, channels: dict[str, int], modalities: tuple[str, .
 
     party = Party(cfg, build_model(cfg, channels), None, None, torch.device("cpu"), tuple(modalities))
     spec = get_algorithm(cfg.algorithm).upload_spec(party, tuple(modalities), cfg.proxy_windows)
-    return message_bytes({k: np.zeros(shape, np.float32) for k, shape in spec.items()}, cfg.wire_dtype)
+    return message_bytes({k: np.zeros(shape, np.float32) for k, shape in spec.items()}, cfg.wire_format)

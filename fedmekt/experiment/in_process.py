@@ -61,8 +61,8 @@ def variant_label(cfg: FederationConfig) -> str:
         tags.append(f"rec-warmup{cfg.hyper.server_rec_rounds}")
     if cfg.is_embedding and cfg.embedding_noise > 0:
         tags.append(f"noise{cfg.embedding_noise:g}")
-    if cfg.wire_dtype != "float32":
-        tags.append(cfg.wire_dtype)
+    if cfg.wire_format != cfg.default_wire_format:
+        tags.append(cfg.wire_format)
     if cfg.fleet != FederationConfig.fleet:
         tags.append(f"fleet-{cfg.fleet.replace(',', '+')}")
     return cfg.algorithm + (f"[{','.join(tags)}]" if tags else "")
@@ -84,7 +84,7 @@ def final_record(cfg: FederationConfig, base: dict, proxy_delivery: str, proxy_b
     """The run's last record (final.jsonl): its setup, the one-off proxy bytes, the final evaluation and the
     numeric environment it was computed in (``fedmekt.learn.numerics``)."""
     return {**base, "clients": list(cfg.clients), "per_round": cfg.per_round, "rounds": cfg.rounds,
-            "wire_dtype": cfg.wire_dtype, "layers": cfg.layers, "window": cfg.window,
+            "wire_dtype": cfg.wire_format, "layers": cfg.layers, "window": cfg.window,
             "proxy_windows": cfg.proxy_windows if cfg.is_embedding else 0, "faithful": cfg.faithful,
             "partition": cfg.partition, "fleet": cfg.fleet, "proxy_delivery": proxy_delivery,
             "bytes_proxy_once": proxy_bytes, "numerics": numeric_environment(resolve_device(cfg.device)),
@@ -130,16 +130,16 @@ def _rounds(cfg: FederationConfig, server: ServerEngine, pool: LocalClients | Wo
         down = server.downstream(plan)
         server.begin_round(plan)
         views = {cid: client_view(down, private[cid].modalities) for cid in plan.selected}
-        bytes_down = sum(message_bytes(view, cfg.wire_dtype, kind="global") for view in views.values())
-        uploads = pool.train(plan, {cid: wire_cast(view, cfg.wire_dtype) for cid, view in views.items()})
+        bytes_down = sum(message_bytes(view, cfg.wire_format, kind="global") for view in views.values())
+        uploads = pool.train(plan, {cid: wire_cast(view, cfg.wire_format) for cid, view in views.items()})
         bytes_up = 0
         for cid, upload in uploads.items():
             if tamper is not None:
                 upload = tamper(cid, views[cid], upload)
-            bytes_up += message_bytes(upload, cfg.wire_dtype)
-            server.absorb(cid, private[cid].modalities, wire_cast(upload, cfg.wire_dtype), classes[cid])
+            bytes_up += message_bytes(upload, cfg.wire_format)
+            server.absorb(cid, private[cid].modalities, wire_cast(upload, cfg.wire_format), classes[cid])
         row = {**base, **server.finish_round(plan), "bytes_down": bytes_down, "bytes_up": bytes_up,
-               "bytes_global": message_bytes(down, cfg.wire_dtype, kind="global"),
+               "bytes_global": message_bytes(down, cfg.wire_format, kind="global"),
                "proxy_windows": len(plan.proxy_windows), "wall_s": round(time.perf_counter() - t0, 4)}
         rows.append(row)
         bar.set_postfix({f"f1_{m}": f"{row.get(f'f1_paper_{m}', float('nan')):.3f}" for m in cfg.pair})
