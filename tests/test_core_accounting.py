@@ -20,14 +20,17 @@ def test_message_bytes_is_the_encoded_frame_size():
 
 def test_options_shrink_fedmekt_messages():
     ch = {"a": 3, "b": 2}
-    full = client_message_bytes(tiny_config("fedmekt-c", layers="rep+hidden"), ch, ("a", "b"))
-    half = client_message_bytes(tiny_config("fedmekt-c", layers="rep+hidden", wire_dtype="float16"), ch, ("a", "b"))
-    rep = client_message_bytes(tiny_config("fedmekt-c"), ch, ("a", "b"))   # the default: the representation only
-    fewer = client_message_bytes(tiny_config("fedmekt-c", layers="rep+hidden", proxy_windows=3), ch, ("a", "b"))
+    f32 = dict(layers="rep+hidden", wire_dtype="float32")
+    full = client_message_bytes(tiny_config("fedmekt-c", **f32), ch, ("a", "b"))
+    half = client_message_bytes(tiny_config("fedmekt-c", **{**f32, "wire_dtype": "float16"}), ch, ("a", "b"))
+    quarter = client_message_bytes(tiny_config("fedmekt-c", layers="rep+hidden"), ch, ("a", "b"))   # int8, "auto"
+    rep = client_message_bytes(tiny_config("fedmekt-c", wire_dtype="float32"), ch, ("a", "b"))   # z only
+    fewer = client_message_bytes(tiny_config("fedmekt-c", **f32, proxy_windows=3), ch, ("a", "b"))
     body = 2 * 6 * 8 * (2 + 8) * 4                       # 2 modalities × W × window × (r + hidden) float32
     assert body < full < body + 2048
+    assert body / 4 < quarter < body / 4 + 2 * (2 + 8) * 4 + 2048   # codes, and a float32 scale per channel
     assert half < 0.6 * full and rep < 0.3 * full and fewer < 0.6 * full
-    assert client_message_bytes(tiny_config("fedmekt-c", layers="rep+hidden"), ch, ("a",)) < 0.6 * full
+    assert client_message_bytes(tiny_config("fedmekt-c", **f32), ch, ("a",)) < 0.6 * full
 
 
 def test_run_rows_count_bytes_of_every_selected_client():
