@@ -107,6 +107,16 @@ def test_rows_pair_with_proxy_only_too():
     assert against[("fedmekt-c", "proxy-only")]["probe_diff_low"] > 0
 
 
+def test_a_variant_pairs_with_its_algorithm_at_the_defaults():
+    finals = ([_final("mmfedavg", s, 0.6) for s in range(3)] + [_final("fedmekt-c", s, 0.7) for s in range(3)]
+              + [{**_final("fedmekt-c", s, 0.65 + s / 100), "variant": "fedmekt-c[float32]",
+                  "run": f"fedmekt-c_float32-seed{s}"} for s in range(3)])
+    against = {(d["algorithm"], d["against"]): d for d in _paired(finals) if d["test"] == "acce"}
+    assert set(against) == {("fedmekt-c", "mmfedavg"), ("fedmekt-c[float32]", "mmfedavg"),
+                            ("fedmekt-c[float32]", "fedmekt-c")}   # the defaults never pair back with a variant
+    assert against[("fedmekt-c[float32]", "fedmekt-c")]["probe_diff_mean"] == pytest.approx(-0.04)
+
+
 def test_headroom_pairs_the_ceiling_with_labelled_only():
     finals = ([_final("labelled-only", s, 0.6, reference=True) for s in range(3)]
               + [_final("supervised-ceiling", s, 0.8 + s / 100, reference=True) for s in range(3)])

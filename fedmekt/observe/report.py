@@ -182,9 +182,21 @@ def _baselines(members: list[tuple[str, list[dict]]]) -> list[tuple[str, list[di
     return out
 
 
+def _pairings(members: list[tuple[str, list[dict]]]) -> list[tuple[str, list[dict], str, list[dict]]]:
+    """(row, its runs, baseline, its runs): every row against each baseline of the folder, and a variant of an
+    algorithm (``fedmekt-c[float32]``) also against that algorithm at its defaults (``fedmekt-c``) when present:
+    what the option changes, paired on the same seeds."""
+    out = [(v, runs, b, base_runs) for b, base_runs in _baselines(members) for v, runs in members if v != b]
+    named = dict(members)
+    done = {(v, b) for v, _, b, _ in out}
+    out += [(v, runs, a, named[a]) for v, runs in members
+            if (a := runs[0]["algorithm"]) != v and a in named and (v, a) not in done]
+    return out
+
+
 def paired_differences(rows: list[dict], finals: list[dict]) -> list[dict]:
-    """Per variant, test modality and baseline (``BASELINES`` present in the folder): mean over seeds of
-    (variant − baseline) with a 95 % t-interval.
+    """Per variant, test modality and baseline (``BASELINES`` present in the folder, and a variant's own
+    algorithm at its defaults, ``_pairings``): mean over seeds of (variant − baseline) with a 95 % t-interval.
 
     Seeds pair the runs (each seed is one split shared by every algorithm of the folder); the converged probe's
     weighted F1 is the primary figure, the paper's metric stands beside it. Runs that cannot pair (a seed twice,
@@ -195,22 +207,19 @@ def paired_differences(rows: list[dict], finals: list[dict]) -> list[dict]:
     out = []
     for setup in sorted({key[:3] for key, _ in groups}):
         members = [(key[3], runs) for key, runs in groups if key[:3] == setup]
-        for base_name, base_runs in _baselines(members):
-            for variant, runs in members:
-                if variant == base_name:
-                    continue
-                _check_pairable(variant, runs, base_name, base_runs)
-                for m in setup[1].split("-"):
-                    mine, theirs = _per_seed(variant, runs, by_run, m), _per_seed(base_name, base_runs, by_run, m)
-                    dp, dq, dd = (paired_difference(a, b) for a, b in zip(mine, theirs))
-                    out.append({"dataset": setup[0], "pair": setup[1], "clients": "/".join(map(str, setup[2])),
-                                "algorithm": variant, "test": m, "against": base_name,
-                                "baseline": base_runs[0]["algorithm"], "pairs": dp.n,
+        for variant, runs, base_name, base_runs in _pairings(members):
+            _check_pairable(variant, runs, base_name, base_runs)
+            for m in setup[1].split("-"):
+                mine, theirs = _per_seed(variant, runs, by_run, m), _per_seed(base_name, base_runs, by_run, m)
+                dp, dq, dd = (paired_difference(a, b) for a, b in zip(mine, theirs))
+                out.append({"dataset": setup[0], "pair": setup[1], "clients": "/".join(map(str, setup[2])),
+                            "algorithm": variant, "test": m, "against": base_name,
+                            "baseline": base_runs[0]["algorithm"], "pairs": dp.n,
                             "probe_diff_mean": dp.mean, "probe_diff_low": dp.low, "probe_diff_high": dp.high,
-                                "probe_diff": dp.text(), "paper_diff_mean": dq.mean, "paper_diff_low": dq.low,
-                                "paper_diff_high": dq.high, "paper_diff": dq.text(), "deployed_diff_mean": dd.mean,
-                                "deployed_diff_low": dd.low, "deployed_diff_high": dd.high,
-                                "deployed_diff": dd.text()})
+                            "probe_diff": dp.text(), "paper_diff_mean": dq.mean, "paper_diff_low": dq.low,
+                            "paper_diff_high": dq.high, "paper_diff": dq.text(), "deployed_diff_mean": dd.mean,
+                            "deployed_diff_low": dd.low, "deployed_diff_high": dd.high,
+                            "deployed_diff": dd.text()})
     return out
 
 
