@@ -3,7 +3,8 @@
 ``ServerEngine`` plans rounds, produces downstream knowledge, folds uploads into a streaming mean and runs
 the server-side update, the generalized classifier and the evaluation. ``ClientEngine`` turns
 (plan, downstream, private data) into an upload. Only named float32 numpy arrays (``Tensors``) cross
-between them; both sides pass them through ``fedmekt.wire.dtypes.wire_cast`` so fp16 or int8 on the wire is simulated exactly.
+between them; the in-process runs pass them through ``fedmekt.wire.dtypes.wire_cast``, so fp16 or int8 on the wire
+is simulated exactly.
 
 Determinism (bit for bit on CPU with the same thread count, in one process or many):
 

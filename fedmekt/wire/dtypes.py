@@ -2,8 +2,9 @@
 
 ``float32`` and ``float16`` are plain casts. ``int8`` is symmetric linear quantisation with one float32 scale per
 channel (the last axis): the scales travel beside the codes (``SCALE_SUFFIX``), so a tensor costs a quarter of its
-float32 bytes plus 4 bytes per channel. It exists for embeddings, whose knowledge is a tiny fraction of their
-range; parameters keep a float dtype (``FederationConfig.validate``).
+float32 bytes plus 4 bytes per channel. It is for FedMEKT's embeddings and proxy windows, where validation showed
+no loss from the 254-step grid (docs/fedmekt-c-selection.md); parameter averaging keeps a float dtype
+(``FederationConfig.validate``).
 
 The codec and the in-process runs both go through :func:`quantize` / :func:`dequantize`, so an in-process run sees
 exactly the values the broker would have carried (``wire_cast``).
