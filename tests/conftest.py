@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,12 @@ from fedmekt_cli.main import OUR_LOGGERS
 from federation_harness import ProcessFederation
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A suite started in the background of a non-interactive shell (`make test &`, a CI runner's script) inherits SIGINT
+# ignored, and every process it spawns would too: the tests that Ctrl-C a command would wait on an exit that never
+# comes. With Python's handler here, spawned commands start with SIGINT at its default, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Prints the faults-injected / bad-inputs-rejected table at the end of the run.
 pytest_plugins = ["fault_ledger"]

@@ -21,8 +21,7 @@ def test_simulate_prints_one_line_per_round_and_a_quiet_ctrl_c(tmp_path):
     proc = subprocess.Popen(_cmd() + ["simulate", "--rounds", "4", "--clients", "1,1,1", "--per-round", "3",
                                       "--proxy-windows", "8", "--out", str(tmp_path / "sim")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a shell
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = []
     try:
         for line in proc.stdout:   # the progress bar included (it redraws with \r, no newline)

@@ -20,8 +20,7 @@ CONFIG = 'federation = "restart"\ndataset = "demo"\nclients = [1, 1, 1]\nper_rou
 def _start_and_interrupt(args: list[str], cwd: Path) -> str:
     """Run ``fedmekt client`` until it waits for the federation, then Ctrl-C it; its output."""
     proc = subprocess.Popen(_cmd() + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = []
     try:
         for line in proc.stdout:
