@@ -45,9 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--partition", choices=("paper", "subject"), default="paper")
     p.add_argument("--normalize", choices=("train", "unit", "none"), default="train",
                    help="z-score with client-pool statistics (default) or per run/subject as the paper")
-    p.add_argument("--wire-dtype", choices=("auto", *WIRE_DTYPES), default="auto",
-                   help="auto: int8 for FedMEKT (codes with a float32 scale per channel, a quarter of float32's "
-                        "bytes), float32 for the parameter baselines")
+    add_wire_option(p)
     p.add_argument("--layers", choices=("rep", "rep+hidden"), default=FederationConfig.layers,
                    help=f"FedMEKT embedding layers exchanged (default {FederationConfig.layers})")
     p.add_argument("--proxy-windows", type=int, default=None, help="FedMEKT proxy windows per round (default 48)")
@@ -70,15 +68,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def add_wire_option(p) -> None:
+    """``--wire-dtype``, shared by ``reproduce`` and ``simulate``."""
+    p.add_argument("--wire-dtype", choices=("auto", *WIRE_DTYPES), default="auto",
+                   help="auto: int8 for FedMEKT (codes with a float32 scale per channel, a quarter of float32's "
+                        "bytes), float32 for the parameter baselines")
+
+
 def add_embedding_options(p) -> None:
     """FedMEKT options shared by ``reproduce`` and ``simulate``."""
     p.add_argument("--kd", choices=("mse", "kl", "relational"), default=None,
                    help="FedMEKT distillation term: the paper's softmax KL (default), embedding MSE, or the "
                         "windows' similarity structure (relational: the server averages each client's)")
     p.add_argument("--server-teacher", choices=SERVER_TEACHERS, default=None,
-                   help="what the FedMEKT server distils from: the clients' mean embedding (default), or a linear "
-                        "head per client that predicts its embedding from the global one (heads; heads-trust "
-                        "weights each client by how well its head fits)")
+                   help="what the FedMEKT server distils from: a linear head per client that predicts its "
+                        "embedding from the global one (heads; heads-trust, the default, weights each client by how "
+                        "well its head fits), or the clients' mean embedding (mean: the paper's)")
     p.add_argument("--embedding-noise", type=float, default=None, metavar="SIGMA",
                    help="std of Gaussian noise clients add to uploaded FedMEKT embeddings (default 0 = off)")
     p.add_argument("--proxy-delivery", choices=("auto", "once", "round"), default=None,

@@ -18,10 +18,10 @@ import logging
 import time
 from pathlib import Path
 
-from fedmekt.config import ALGORITHMS, WIRE_DTYPES
+from fedmekt.config import ALGORITHMS
 from fedmekt_cli.broker_args import add_broker_args
 from fedmekt_cli.output_format import add_format_args
-from fedmekt_cli.reproduce import add_embedding_options
+from fedmekt_cli.reproduce import add_embedding_options, add_wire_option
 
 NEEDS_TRAIN = True  # torch: an inference-only install marks and refuses it (fedmekt_cli.main)
 DEMO = dict(dataset="demo", clients=(3, 3, 3), per_round=6, rounds=20, proxy_windows=32)
@@ -43,9 +43,7 @@ def register(subparsers) -> None:
                    help="federation name (default demo: what `fedmekt status` and `fedmekt client` look at)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--partition", choices=("paper", "subject"), default="paper")
-    p.add_argument("--wire-dtype", choices=("auto", *WIRE_DTYPES), default="auto",
-                   help="auto: int8 for FedMEKT (codes with a float32 scale per channel, a quarter of float32's "
-                        "bytes), float32 for the parameter baselines")
+    add_wire_option(p)
     p.add_argument("--proxy-windows", type=int, default=None, help="FedMEKT proxy windows per round")
     add_embedding_options(p)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 WIRE_DTYPES = ("float32", "float16", "int8")
-ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1}
+ITEMSIZE = {d: np.dtype(d).itemsize for d in WIRE_DTYPES}   # bytes per value on the wire (int8: scales aside)
 SCALE_SUFFIX = ":scale"   # body tensor holding the per-channel scales of an int8 tensor
 INT8_MAX = 127            # codes lie in [-127, 127]: zero is exact and the range is symmetric
 
