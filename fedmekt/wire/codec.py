@@ -36,14 +36,14 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from fedmekt.wire.dtypes import SCALE_SUFFIX, channels, dequantize, quantize
+from fedmekt.wire.dtypes import ITEMSIZE, SCALE_SUFFIX, WIRE_DTYPES, channels, dequantize, quantize
 
 MAGIC = b"FMK"
 VERSION = 1
 PREFIX = struct.Struct("<3sBI")  # magic, version, header length
 KINDS = ("upload", "global", "proxy", "model")
-WIRE_DTYPES = {"float32": ("F32", np.float32), "float16": ("F16", np.float16), "int8": ("I8", np.int8)}
-_ITEMSIZE = {st: np.dtype(t).itemsize for st, t in WIRE_DTYPES.values()}   # safetensors dtypes a body may hold
+_ST_DTYPE = {"float32": "F32", "float16": "F16", "int8": "I8"}   # safetensors' name of each wire dtype
+_ST_ITEMSIZE = {_ST_DTYPE[d]: ITEMSIZE[d] for d in WIRE_DTYPES}   # the safetensors dtypes a body may hold
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_HEADER = 4096  # a frame header (JSON) never exceeds this; frames reserve it
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-/]{1,128}$")
@@ -187,8 +187,7 @@ def _check_geometry(h: Header, limits: WireLimits, body_len: int) -> None:
     if body_len != expected:
         raise WireError(f"chunk {h.index} carries {body_len} B, header says {expected} B")
     if h.index == 0:
-        itemsize = np.dtype(WIRE_DTYPES[h.dtype][1]).itemsize
-        data = sum(int(np.prod(s, dtype=np.int64)) for s in h.tensors.values()) * itemsize
+        data = sum(int(np.prod(s, dtype=np.int64)) for s in h.tensors.values()) * ITEMSIZE[h.dtype]
         if data > h.size:
             raise WireError("tensor list larger than the message")
 
@@ -217,13 +216,12 @@ def _to_wire(tensors: Mapping[str, np.ndarray], dtype: str) -> Tensors:
         raise WireError(f"wire dtype {dtype!r} not in {sorted(WIRE_DTYPES)}")
     if not tensors:
         raise WireError("nothing to encode")
-    np_dtype = WIRE_DTYPES[dtype][1]
     out: Tensors = {}
     for name, arr in tensors.items():
         if not _NAME.match(name) or (dtype == "int8" and not _NAME.match(name + SCALE_SUFFIX)):
             raise WireError(f"bad tensor name {name!r}")
         with np.errstate(over="ignore", invalid="ignore"):
-            a = np.ascontiguousarray(np.asarray(arr), dtype=np.float32 if dtype == "int8" else np_dtype)
+            a = np.ascontiguousarray(np.asarray(arr), dtype=np.float32 if dtype == "int8" else dtype)
         if not np.isfinite(a).all():
             raise WireError(f"tensor {name} is not finite in {dtype}")
         if dtype == "int8":
@@ -269,7 +267,7 @@ def decode_body(header: Header, body: bytes, expected: Spec | None = None) -> Te
     """Validate a reassembled body against its frame-0 header and the expected spec; float32 tensors out."""
     if len(body) != header.size or hashlib.sha256(body).hexdigest() != header.sha256:
         raise WireError("body does not match its sha256")
-    st_dtype, np_dtype = WIRE_DTYPES[header.dtype]
+    st_dtype, np_dtype = _ST_DTYPE[header.dtype], np.dtype(header.dtype)
     layout = _safetensors_layout(body)
     want = {name: (st_dtype, shape) for name, shape in header.tensors.items()}
     if header.dtype == "int8":
@@ -338,7 +336,7 @@ def _safetensors_layout(body: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
     entries.sort()
     pos, data_len = 0, len(body) - 8 - n
     for start, stop, name, dt, shape in entries:
-        item = _ITEMSIZE.get(dt)
+        item = _ST_ITEMSIZE.get(dt)
         if item is None:
             raise WireError(f"tensor {name} has dtype {dt}")
         if start != pos or stop - start != int(np.prod(shape, dtype=np.int64)) * item:
