@@ -43,6 +43,10 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "mmfedavg": {"algorithm": "mmfedavg"},  # the baseline, under the same protocol
     "int8": {"wire_dtype": "int8"},   # issue 19 bytes: embeddings and Π_t's windows as int8 codes (the default since)
     "float32": {"wire_dtype": "float32"},   # the wire of every candidate below (the default before int8)
+    # issue 19 §2a again, on today's defaults (heads, int8). Below, "mmfedavg-r8" is mmFedAvg at r = 8 as today (its
+    # teacher and wire pins do not apply to it) and "no-kd-server-r8" proxy-only at r = 8 whatever the teacher and
+    # wire (with eta = gamma = 0 the server's update ignores the uploads)
+    "heads-r8": {"rep_size": 8},
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
