@@ -38,6 +38,7 @@ ROBUST_AGGREGATIONS = ("none", "clip", "trimmed")
 PROXY_DELIVERIES = ("auto", "once", "round")
 UPLOAD_WEIGHTS = ("uniform", "rounds")
 SERVER_TEACHERS = ("mean", "heads", "heads-trust")   # fedmekt/learn/teacher_heads.py
+HEADS_FROM = ("rep", "hidden")   # the server layer the teacher heads read (Hyper.heads_from)
 DEPLOY_HEADS = ("linear", "mlp", "mlp-pool")   # fedmekt.learn.model.HEADS
 
 
@@ -69,6 +70,10 @@ class Hyper:
                                          # heads replace the server's KD term only (hyper.kd stays the clients'),
                                          # and faithful = true keeps the paper's mean
     heads_weight: float = 1.0         # weight of the heads' term (a fraction of variance) per exchanged layer
+    heads_from: str = "rep"           # the server's layer the per-client heads predict the clients' embeddings from:
+                                      # "rep" (z itself) or "hidden" (h, the encoder's 32-wide first layer: the
+                                      # clients' knowledge then shapes the trunk through a projection of its own and
+                                      # leaves z to the reconstruction; issue 19 §2); server-side, nothing sent
     server_rec_rounds: int = 0        # FedMEKT server: from this round on its steps drop the proxy reconstruction
                                       # and the proxy walk stops, so the global encoder learns from the clients'
                                       # knowledge alone (issue 19 §2d: a warm-up); 0 = reconstruct in every round
@@ -208,6 +213,8 @@ class FederationConfig:
             (self.hyper.server_teacher in SERVER_TEACHERS,
              f"hyper.server_teacher must be one of {SERVER_TEACHERS}, got {self.hyper.server_teacher!r}"),
             (self.hyper.heads_weight >= 0, f"hyper.heads_weight must be >= 0, got {self.hyper.heads_weight}"),
+            (self.hyper.heads_from in HEADS_FROM,
+             f"hyper.heads_from must be one of {HEADS_FROM}, got {self.hyper.heads_from!r}"),
             (self.hyper.server_rec_rounds >= 0,
              f"hyper.server_rec_rounds must be >= 0 (0 = always), got {self.hyper.server_rec_rounds}"),
             (self.hyper.align in ALIGNMENTS, f"hyper.align must be one of {ALIGNMENTS}, got {self.hyper.align!r}"),

@@ -47,6 +47,10 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # teacher and wire pins do not apply to it) and "no-kd-server-r8" proxy-only at r = 8 whatever the teacher and
     # wire (with eta = gamma = 0 the server's update ignores the uploads)
     "heads-r8": {"rep_size": 8},
+    # issue 19 §2: the heads read the server's hidden layer h (a projection of their own) and leave z to the
+    # reconstruction; at r = 8 beside "heads-r8" and "no-kd-server-r8"
+    "heads-hidden": {"hyper": {"heads_from": "hidden"}},
+    "heads-hidden-r8": {"rep_size": 8, "hyper": {"heads_from": "hidden"}},
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;

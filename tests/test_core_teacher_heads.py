@@ -170,3 +170,41 @@ def test_after_the_reconstruction_warm_up_the_server_learns_from_the_clients_kno
     still = {k: v.clone() for k, v in server.model.state_dict().items()}
     server.update_without_uploads(server.plan_round(2, sorted(data)))
     assert all(torch.equal(still[k], v) for k, v in server.model.state_dict().items())
+
+
+@pytest.mark.parametrize("algorithm", ["fedmekt-c", "fedmekt-s"])
+@pytest.mark.parametrize("heads_from", ["rep", "hidden"])
+def test_heads_on_the_hidden_layer_train_the_trunk_and_leave_the_representation_layer(algorithm, heads_from):
+    """hyper.heads_from = "hidden": each client's head reads the server's hidden embedding (32 wide, never sent), so
+    with the reconstruction cut (round 1 here) the knowledge moves each encoder's first layer and not the layer
+    that gives z; reading "rep" moves both."""
+    split = tiny_split()
+    cfg = tiny_config(algorithm, hyper=dict(server_rec_rounds=1, heads_from=heads_from))
+    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    data = {c.client_id: c for c in split.clients}
+    for rnd in (0, 1):
+        before = {k: v.clone() for k, v in server.model.state_dict().items()}
+        plan = server.plan_round(rnd, sorted(data))
+        down = server.downstream(plan)
+        assert not any(k.endswith("/h") for k in down)   # the hidden embeddings stay on the server
+        server.begin_round(plan)
+        for cid in plan.selected:
+            c = data[cid]
+            upload = ClientEngine(cfg, cid, c.modalities, split.channels, split.proxy).train_round(
+                plan, client_view(down, c.modalities), c.data)
+            server.absorb(cid, c.modalities, upload)
+        width = {"rep": cfg.rep_size or server.model.rep_size, "hidden": server.model.hidden}[heads_from]
+        assert {v.shape for k, v in server._mean.mean().items() if k.endswith("/M")} == {(width, width)}
+        server.finish_round(plan)
+    moved = {k.split(".")[2] for k, v in server.model.state_dict().items()
+             if k.startswith("encoders") and not torch.equal(before[k], v)}
+    assert moved == ({"first"} if heads_from == "hidden" else {"first", "second"})
+
+
+def test_heads_from_is_checked_and_labelled():
+    from fedmekt.experiment.in_process import variant_label
+
+    with pytest.raises(UserError, match="heads_from must be one of"):
+        tiny_config("fedmekt-c", hyper=dict(heads_from="input"))
+    assert variant_label(tiny_config("fedmekt-c", hyper=dict(heads_from="hidden"))).endswith(",heads-from-hidden]")
+    assert "heads-from" not in variant_label(tiny_config("fedmekt-c"))

@@ -214,7 +214,7 @@ class ServerEngine:
         proxy = self._proxy(plan)
         down = self.algorithm.downstream(self.party, proxy)
         self._reference = (plan.round, robust.reference(down))
-        self._knowledge = dict(down)   # the round's global embeddings: a teacher view may fit to them
+        self._knowledge = self.algorithm.teacher_basis(self.party, proxy, down)   # a teacher view fits to them
         if self.proxy_delivery == "round":
             down.update({window_key(m): to_numpy(proxy.x[m]) for m in self.cfg.pair})
         return down

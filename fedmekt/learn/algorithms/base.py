@@ -274,6 +274,10 @@ class Algorithm:
         algorithm but HeteroFL, since embeddings have one shape whatever the width."""
         return spec
 
+    def teacher_basis(self, server: Party, proxy: ProxyWindows | None, down: Tensors) -> Tensors:
+        """The server's own embeddings a teacher view may fit to (``knowledge`` below); default: the downstream."""
+        return dict(down)
+
     def teacher_view(self, server: Party, upload: Tensors, knowledge: Tensors) -> Tensors:
         """What of a validated upload the server averages (default: the upload itself); ``knowledge`` is the
         server's own downstream of the round."""

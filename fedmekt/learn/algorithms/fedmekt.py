@@ -52,14 +52,14 @@ class FedMEKT(Algorithm):
                 for m in modalities for layer in exchanged_layers(party.cfg)}
 
     # ---- both sides ---------------------------------------------------------------------------------
-    def _embed(self, party: Party, proxy: ProxyWindows, modalities) -> Tensors:
+    def _embed(self, party: Party, proxy: ProxyWindows, modalities, layers: tuple[str, ...] | None = None) -> Tensors:
+        """Embeddings of Π_t for ``layers`` (default: the exchanged ones)."""
+        layers = layers or exchanged_layers(party.cfg)
         out = {}
         with torch.no_grad():
             for m in modalities:
-                z, h = party.model.encode(proxy.x[m], m)
-                out[emb_key(m, "z")] = to_numpy(z)
-                if "h" in exchanged_layers(party.cfg):
-                    out[emb_key(m, "h")] = to_numpy(h)
+                emb = dict(zip(("z", "h"), party.model.encode(proxy.x[m], m)))
+                out.update({emb_key(m, ly): to_numpy(emb[ly]) for ly in layers})
         return out
 
     def _kd(self, party: Party, student: dict[str, tuple], teacher: dict[str, tuple], weights: tuple[float, float],
@@ -107,15 +107,25 @@ class FedMEKT(Algorithm):
     def downstream(self, server: Party, proxy: ProxyWindows | None) -> Tensors:
         return self._embed(server, proxy, server.modalities)
 
+    def teacher_basis(self, server: Party, proxy: ProxyWindows | None, down: Tensors) -> Tensors:
+        """The downstream, plus the server's hidden embeddings of Π_t where the heads read them (never sent)."""
+        cfg = server.cfg
+        if cfg.server_teacher == "mean" or cfg.hyper.heads_from == "rep" or "h" in exchanged_layers(cfg):
+            return dict(down)
+        return {**down, **self._embed(server, proxy, server.modalities, ("h",))}
+
     def teacher_view(self, server: Party, upload: Tensors, knowledge: Tensors) -> Tensors:
         """Relational KD averages each client's similarity structure [W, W], not its embeddings: a mean of
         embeddings from latent spaces that drifted apart is no one's structure. Per-client heads
-        (``hyper.server_teacher``) average the terms of each client's head fitted to the server's ``knowledge``."""
+        (``hyper.server_teacher``) average the terms of each client's head fitted to the server's ``knowledge``
+        of the same layer, or of its hidden layer (``hyper.heads_from``)."""
         teacher = server.cfg.server_teacher
         if teacher != "mean":
             trust = teacher == "heads-trust"
+            hidden = server.cfg.hyper.heads_from == "hidden"
             return {name: v for k in sorted(upload)
-                    for name, v in teacher_heads.teacher_view(k, knowledge[k], upload[k], trust).items()}
+                    for name, v in teacher_heads.teacher_view(
+                        k, knowledge[_hidden_key(k) if hidden else k], upload[k], trust).items()}
         if not self._relational(server.cfg):
             return upload
         with torch.no_grad():
@@ -173,8 +183,9 @@ class FedMEKT(Algorithm):
         h = server.cfg.hyper
         if server.cfg.server_teacher == "mean":
             return self._kd(server, emb, tgt, (h.eta, h.gamma), reverse=server.cfg.faithful)
-        return h.heads_weight * sum((t.loss(emb[m][i]) for m in tgt for i, t in enumerate(tgt[m])),
-                                    torch.zeros((), device=server.device))
+        read = 1 if h.heads_from == "hidden" else None   # emb[m] = (z, h); by default each layer's head reads it
+        return h.heads_weight * sum((t.loss(emb[m][i if read is None else read]) for m in tgt
+                                     for i, t in enumerate(tgt[m])), torch.zeros((), device=server.device))
 
     # ---- client -------------------------------------------------------------------------------------
     def client_train(self, client: Party, down: Tensors, private: Partition, proxy: ProxyWindows | None,
@@ -209,6 +220,11 @@ class FedMEKT(Algorithm):
                                                (h.alpha, h.beta))
                         client.optim.step(loss, [enc(m)] + [dec(k) for k in mods])
         return self._embed(client, proxy, mods)
+
+
+def _hidden_key(key: str) -> str:
+    """``emb/<m>/z`` or ``emb/<m>/h`` -> ``emb/<m>/h``: the server's hidden embedding a head reads."""
+    return f"{key.rsplit('/', 1)[0]}/h"
 
 
 def _relation_rows(rel: torch.Tensor, idx) -> torch.Tensor:
