@@ -51,6 +51,11 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # reconstruction; at r = 8 beside "heads-r8" and "no-kd-server-r8"
     "heads-hidden": {"hyper": {"heads_from": "hidden"}},
     "heads-hidden-r8": {"rep_size": 8, "hyper": {"heads_from": "hidden"}},
+    # issue 19 §2d: clients that train as long as the server. A HAPT client takes about 20 private steps an epoch and
+    # is picked in 9 of 30 rounds, so it trains far less than the server it teaches; 8 local epochs (at most 160
+    # steps a round) for both algorithms
+    **{f"{prefix}client-steps-160": {**algo, "hyper": {"local_epochs": 8, "local_step_budget": 160}}
+       for prefix, algo in (("", {}), ("mmfedavg-", {"algorithm": "mmfedavg"}))},
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
