@@ -43,6 +43,22 @@ def _direct_loss(g_fit: np.ndarray, g: np.ndarray, uploads: list[np.ndarray], tr
     return float(np.mean(terms))
 
 
+def _federated_round(server: ServerEngine, cfg, split, rnd: int, order=sorted) -> tuple[dict, dict, dict]:
+    """One round of the selected clients of ``split`` through the engines, their uploads absorbed in ``order``;
+    returns (downstream, the round's means, the metrics row)."""
+    data = {c.client_id: c for c in split.clients}
+    plan = server.plan_round(rnd, sorted(data))
+    down = server.downstream(plan)
+    server.begin_round(plan)
+    for cid in order(plan.selected):
+        c = data[cid]
+        upload = ClientEngine(cfg, cid, c.modalities, split.channels, split.proxy).train_round(
+            plan, client_view(down, c.modalities), c.data)
+        server.absorb(cid, c.modalities, upload)
+    means = server._mean.mean()
+    return down, means, server.finish_round(plan)
+
+
 def test_a_head_recovers_a_rotated_scaled_shifted_client_space():
     g = _embeddings(0)
     q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
@@ -102,18 +118,8 @@ def test_a_heads_round_trains_the_server_the_same_whatever_order_uploads_arrive(
     for order in (sorted, lambda ids: sorted(ids, reverse=True)):
         server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
         before = {k: v.clone() for k, v in server.model.state_dict().items()}
-        plan = server.plan_round(0, sorted(c.client_id for c in split.clients))
-        down = server.downstream(plan)
-        server.begin_round(plan)
-        data = {c.client_id: c for c in split.clients}
-        for cid in order(plan.selected):
-            c = data[cid]
-            upload = ClientEngine(cfg, cid, c.modalities, split.channels, split.proxy).train_round(
-                plan, client_view(down, c.modalities), c.data)
-            server.absorb(cid, c.modalities, upload)
-        means = server._mean.mean()
+        _down, means, row = _federated_round(server, cfg, split, 0, order)
         assert {k.rsplit("/", 1)[-1] for k in means} == {"M", "v", "c"}
-        row = server.finish_round(plan)
         assert np.isfinite(row["loss_server"])
         states.append(server.model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
@@ -154,15 +160,7 @@ def test_after_the_reconstruction_warm_up_the_server_learns_from_the_clients_kno
     data = {c.client_id: c for c in split.clients}
     for rnd in (0, 1):
         before = {k: v.clone() for k, v in server.model.state_dict().items()}
-        plan = server.plan_round(rnd, sorted(data))
-        down = server.downstream(plan)
-        server.begin_round(plan)
-        for cid in plan.selected:
-            c = data[cid]
-            upload = ClientEngine(cfg, cid, c.modalities, split.channels, split.proxy).train_round(
-                plan, client_view(down, c.modalities), c.data)
-            server.absorb(cid, c.modalities, upload)
-        server.finish_round(plan)
+        _federated_round(server, cfg, split, rnd)
         after = server.model.state_dict()
         moved = {k for k in before if not torch.equal(before[k], after[k])}
         assert any(k.startswith("enc") for k in moved), moved
@@ -181,21 +179,12 @@ def test_heads_on_the_hidden_layer_train_the_trunk_and_leave_the_representation_
     split = tiny_split()
     cfg = tiny_config(algorithm, hyper=dict(server_rec_rounds=1, heads_from=heads_from))
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
-    data = {c.client_id: c for c in split.clients}
+    width = {"rep": server.model.rep_size, "hidden": server.model.hidden}[heads_from]
     for rnd in (0, 1):
         before = {k: v.clone() for k, v in server.model.state_dict().items()}
-        plan = server.plan_round(rnd, sorted(data))
-        down = server.downstream(plan)
+        down, means, _row = _federated_round(server, cfg, split, rnd)
         assert not any(k.endswith("/h") for k in down)   # the hidden embeddings stay on the server
-        server.begin_round(plan)
-        for cid in plan.selected:
-            c = data[cid]
-            upload = ClientEngine(cfg, cid, c.modalities, split.channels, split.proxy).train_round(
-                plan, client_view(down, c.modalities), c.data)
-            server.absorb(cid, c.modalities, upload)
-        width = {"rep": cfg.rep_size or server.model.rep_size, "hidden": server.model.hidden}[heads_from]
-        assert {v.shape for k, v in server._mean.mean().items() if k.endswith("/M")} == {(width, width)}
-        server.finish_round(plan)
+        assert {v.shape for k, v in means.items() if k.endswith("/M")} == {(width, width)}
     moved = {k.split(".")[2] for k, v in server.model.state_dict().items()
              if k.startswith("encoders") and not torch.equal(before[k], v)}
     assert moved == ({"first"} if heads_from == "hidden" else {"first", "second"})
