@@ -56,6 +56,11 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # steps a round) for both algorithms
     **{f"{prefix}client-steps-160": {**algo, "hyper": {"local_epochs": 8, "local_step_budget": 160}}
        for prefix, algo in (("", {}), ("mmfedavg-", {"algorithm": "mmfedavg"}))},
+    # §2d on today's defaults: cross-modal InfoNCE between z_A(t) and z_B(t) on the A+B clients' windows and the
+    # server's proxy windows (issue 10's "align-nce" was measured on UR Fall before the heads); the server aligns its
+    # own modalities too, so its proxy-only counterpart aligns as well
+    "align-nce-today": {"hyper": {"align": "infonce"}},
+    "no-kd-server-align-nce": {"hyper": {"server_teacher": "mean", "eta": 0.0, "gamma": 0.0, "align": "infonce"}},
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;

@@ -3,8 +3,8 @@
 Downstream knowledge = the global model's embeddings (z, and h with ``layers="rep+hidden"``) of every
 modality on Π_t; upstream = the client's embeddings of Π_t for each modality it holds. The server distils on
 the SAME windows Π_t (fixes B1–B3), by default through a linear head per client that predicts the client's
-embedding from the global one, each client weighted by its head's fit (``hyper.server_teacher`` "heads-trust",
-fedmekt/learn/teacher_heads.py); "mean" is the paper's: the per-modality mean of the uploads, matched by KD.
+embedding from the global one (or from its hidden layer: ``hyper.heads_from``), each client weighted by its head's
+fit (``hyper.server_teacher`` "heads-trust", fedmekt/learn/teacher_heads.py); "mean" is the paper's: the per-modality mean of the uploads, matched by KD.
 
 * C (joint): an A+B client / the server (mean teacher) compares the modalities' embeddings stacked and passed
   through the fixed seeded projections (O4); one step on everything.
@@ -183,9 +183,9 @@ class FedMEKT(Algorithm):
         h = server.cfg.hyper
         if server.cfg.server_teacher == "mean":
             return self._kd(server, emb, tgt, (h.eta, h.gamma), reverse=server.cfg.faithful)
-        read = 1 if h.heads_from == "hidden" else None   # emb[m] = (z, h); by default each layer's head reads it
-        return h.heads_weight * sum((t.loss(emb[m][i if read is None else read]) for m in tgt
-                                     for i, t in enumerate(tgt[m])), torch.zeros((), device=server.device))
+        hidden = h.heads_from == "hidden"   # emb[m] = (z, h): every head reads h, or each reads its own layer
+        return h.heads_weight * sum((t.loss(emb[m][1 if hidden else i]) for m in tgt for i, t in enumerate(tgt[m])),
+                                    torch.zeros((), device=server.device))
 
     # ---- client -------------------------------------------------------------------------------------
     def client_train(self, client: Party, down: Tensors, private: Partition, proxy: ProxyWindows | None,
