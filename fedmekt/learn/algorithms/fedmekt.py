@@ -4,7 +4,8 @@ Downstream knowledge = the global model's embeddings (z, and h with ``layers="re
 modality on Π_t; upstream = the client's embeddings of Π_t for each modality it holds. The server distils on
 the SAME windows Π_t (fixes B1–B3), by default through a linear head per client that predicts the client's
 embedding from the global one (or from its hidden layer: ``hyper.heads_from``), each client weighted by its head's
-fit (``hyper.server_teacher`` "heads-trust", fedmekt/learn/teacher_heads.py); "mean" is the paper's: the per-modality mean of the uploads, matched by KD.
+fit (``hyper.server_teacher`` "heads-trust", fedmekt/learn/teacher_heads.py); "mean" is the paper's: the
+per-modality mean of the uploads, matched by KD.
 
 * C (joint): an A+B client / the server (mean teacher) compares the modalities' embeddings stacked and passed
   through the fixed seeded projections (O4); one step on everything.
