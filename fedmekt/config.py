@@ -77,8 +77,9 @@ class Hyper:
     server_rec_rounds: int = 0        # FedMEKT server: from this round on its steps drop the proxy reconstruction
                                       # and the proxy walk stops, so the global encoder learns from the clients'
                                       # knowledge alone (issue 19 §2d: a warm-up); 0 = reconstruct in every round
-    align: str = "none"               # FedMEKT-C cross-modal alignment of z_A(t), z_B(t) on aligned windows
-                                      # (server: proxy; A+B clients: private): "none", "mse", "cosine", "infonce"
+    align: str = "none"               # cross-modal alignment of z_A(t), z_B(t) on aligned windows, FedMEKT-C and
+                                      # the mm-baselines (FedMEKT-C's server: proxy; A+B clients: private):
+                                      # "none", "mse", "cosine", "infonce"
     align_weight: float = 1.0         # weight of the alignment term
     align_tau: float = 0.1            # InfoNCE temperature
     mask_ratio: float = 0.0           # clients' masked reconstruction (issue 19 §2d): each private step zeroes this

@@ -61,6 +61,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # own modalities too, so its proxy-only counterpart aligns as well
     "align-nce-today": {"hyper": {"align": "infonce"}},
     "no-kd-server-align-nce": {"hyper": {"server_teacher": "mean", "eta": 0.0, "gamma": 0.0, "align": "infonce"}},
+    "mmfedavg-align-nce": {"algorithm": "mmfedavg", "hyper": {"align": "infonce"}},   # its A+B clients align
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;

@@ -23,6 +23,7 @@ from torch import nn
 
 from fedmekt.concurrency import seeded_torch
 from fedmekt.config import FederationConfig
+from fedmekt.learn.losses import alignment_loss
 from fedmekt.learn.model import SplitAutoencoder
 from fedmekt.learn.robust import RoundUploads
 from fedmekt.learn.streaming import StreamingMean
@@ -233,6 +234,21 @@ def reconstruct(model: SplitAutoencoder, x: torch.Tensor, modality: str, outputs
     z, _ = model.encode(x, modality)
     seed = z[:, -1:, :].expand(-1, z.shape[1], -1)
     return {m: model.decoders[m](seed)[0] for m in outputs}
+
+
+def cross_modal_alignment(party: Party, x: dict[str, torch.Tensor],
+                           z: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``hyper.align``'s term between the first two modalities' representations of the aligned windows ``x``.
+
+    ``z`` passes representations already computed on ``x``; zero when off or with one modality. Every algorithm
+    that trains A+B clients adds it the same way, so a comparison under it stays fair (issue 19 §2d).
+    """
+    h = party.cfg.hyper
+    if h.align == "none" or len(x) < 2:
+        return torch.zeros((), device=party.device)
+    z = z or {}
+    za, zb = (z[m] if m in z else party.model.encode(x[m], m)[0] for m in list(x)[:2])
+    return h.align_weight * alignment_loss(za, zb, h.align, h.align_tau)
 
 
 def check_tensors(got: Tensors, expected: dict[str, tuple[int, ...]], what: str) -> None:

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from fedmekt.learn.algorithms.base import (
-    Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, emb_key, enc, epoch_steps, exchanged_layers,
-    inputs_only, masked, private_epoch, reconstruct, to_numpy,
+    Algorithm, Party, ProxyWindows, Tensors, check_tensors, cross_modal_alignment, dec, emb_key, enc, epoch_steps,
+    exchanged_layers, inputs_only, masked, private_epoch, reconstruct, to_numpy,
 )
 from fedmekt.learn import teacher_heads
-from fedmekt.learn.losses import alignment_loss, distillation_loss, reconstruction_loss, relation, reversed_mse
+from fedmekt.learn.losses import distillation_loss, reconstruction_loss, relation, reversed_mse
 from fedmekt.learn.teacher_heads import HeadTargets
 from sensors.partition import Partition
 
@@ -88,16 +88,8 @@ class FedMEKT(Algorithm):
         return total * (2.0 if (cfg.faithful and self.joint and len(mods) > 1) else 1.0)
 
     def _align(self, party: Party, x: dict[str, torch.Tensor], z: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """``hyper.align`` term between the pair's representations of the aligned windows ``x`` (C only).
-
-        ``z`` passes representations already computed on ``x``; zero when off or with one modality.
-        """
-        h = party.cfg.hyper
-        if h.align == "none" or not self.joint or len(x) < 2:
-            return torch.zeros((), device=party.device)
-        z = z or {}
-        za, zb = (z[m] if m in z else party.model.encode(x[m], m)[0] for m in list(x)[:2])
-        return h.align_weight * alignment_loss(za, zb, h.align, h.align_tau)
+        """``hyper.align``'s term (C only: S trains each modality on its own)."""
+        return cross_modal_alignment(party, x, z) if self.joint else torch.zeros((), device=party.device)
 
     @staticmethod
     def _relational(cfg) -> bool:

@@ -10,7 +10,8 @@ A unimodal client reconstructs its own modality (its encoder and decoder train);
 steps per window, input A then input B, each reconstructing both modalities (encoder of the input modality
 and both decoders train). FedProx (un-squared L2 on the trained encoder) and MOON (cosine over time, no
 projection head) are "mm-variants as in the official code" (O7); gradients no longer accumulate between the
-two steps (O5).
+two steps (O5). ``hyper.align`` adds the cross-modal term on an A+B client's windows to both steps, as
+FedMEKT-C's clients do; each step trains only its input's encoder, so each side of it moves once per window.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 
 from fedmekt.learn.algorithms.base import (
-    Algorithm, Party, ProxyWindows, Tensors, check_tensors, dec, enc, epoch_steps, masked, param_key,
-    private_epoch, reconstruct, to_numpy,
+    Algorithm, Party, ProxyWindows, Tensors, check_tensors, cross_modal_alignment, dec, enc, epoch_steps, masked,
+    param_key, private_epoch, reconstruct, to_numpy,
 )
 from fedmekt.learn.losses import moon_loss, prox_term, reconstruction_loss
 from sensors.partition import Partition
@@ -73,6 +74,7 @@ class MultimodalFedAvg(Algorithm):
                 seen = masked(xs, h.mask_ratio, rng)   # the encoders' input; the reconstruction targets stay xs
                 for m in mods:
                     loss = reconstruction_loss(reconstruct(client.model, seen[m], m, mods), xs)
+                    loss = loss + cross_modal_alignment(client, xs)   # each step trains only enc(m)'s side of it
                     if self.variant == "prox":
                         loss = loss + h.prox_mu * prox_term(list(client.model.encoders[m].parameters()),
                                                             list(glob.encoders[m].parameters()))
