@@ -114,6 +114,13 @@ def test_mmfedavg_clients_alignment_aligns_the_global_encoders(split):
     assert misalignment("infonce") < misalignment("none") - 0.2
 
 
+def test_an_aligned_run_is_labelled_so():
+    from fedmekt.experiment.in_process import variant_label
+
+    assert variant_label(tiny_config("mmfedavg", hyper={"align": "infonce"})).endswith(",align-infonce]")
+    assert "align" not in variant_label(tiny_config())
+
+
 def test_options_at_their_defaults_are_bit_identical(split):
     base = _run(split)
     off = _run(split, hyper={"align": "none", "align_weight": 5.0})

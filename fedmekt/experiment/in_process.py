@@ -59,6 +59,8 @@ def variant_label(cfg: FederationConfig) -> str:
         tags.append(f"heads-w{cfg.hyper.heads_weight:g}")
     if cfg.is_embedding and cfg.server_teacher != "mean" and cfg.hyper.heads_from != Hyper.heads_from:
         tags.append(f"heads-from-{cfg.hyper.heads_from}")
+    if cfg.hyper.align != Hyper.align:
+        tags.append(f"align-{cfg.hyper.align}")
     if cfg.is_embedding and cfg.hyper.server_rec_rounds:
         tags.append(f"rec-warmup{cfg.hyper.server_rec_rounds}")
     if cfg.is_embedding and cfg.embedding_noise > 0:

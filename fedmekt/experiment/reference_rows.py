@@ -20,7 +20,9 @@ fresh linear head on that modality's features), so rows differ only in the featu
   labels (the clients' local steps of the run) and the labelled set (labelled-only's steps). In a deployment
   those labels never leave a device: the row is the upper reference, not something a federation can reach.
 
-Local reconstruction is mmFedAvg's client step (plain split-autoencoder reconstruction, ``ClientEngine``).
+Local reconstruction is mmFedAvg's client step (split-autoencoder reconstruction, plus ``hyper.align``'s
+cross-modal term on an A+B client when set, ``ClientEngine``); proxy-only's server steps then align Π_t's
+modalities as FedMEKT-C's server does.
 Each record's ``local_steps`` counts client-side optimizer steps, ``server_steps`` the server-side ones
 (proxy or labelled set). The two supervised rows train a head with their encoder, so they also carry the
 deployed model's figures (``deployed_*``), comparable with a federation's package. No I/O here.
