@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import ssl
 import statistics
 import tempfile
@@ -63,7 +62,7 @@ def main() -> None:
         broker = start_mosquitto(port=port, listener=(dep.broker_dir / "fedmekt.conf").read_text(),
                                  workdir=Path(tmp) / "mosquitto", extra_config=stay)
         try:
-            broker.process.send_signal(signal.SIGHUP)
+            broker.reload()
             time.sleep(0.5)
             times = {user: [] for user in passwords}
             for _ in range(args.connects):  # interleaved, so machine load hits both alike

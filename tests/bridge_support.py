@@ -9,7 +9,6 @@ the test can cut and restore while both brokers and every connection to them sta
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import threading
 from dataclasses import dataclass
@@ -112,7 +111,7 @@ class BridgedFederation(ProcessFederation):
             folder = provision_bridge(self.secure.folder, name, self.federation, devices,
                                       f"mqtts://localhost:{link.port}")
             provisioned.append((name, devices, link, folder))
-        self.secure.broker.process.send_signal(signal.SIGHUP)  # as the operator does after provisioning
+        self.secure.broker.reload()  # as the operator does after provisioning
         # run as root (CI), mosquitto would drop to the `mosquitto` user, which cannot read pytest's 0700 folders
         stay = "user root\n" if os.geteuid() == 0 else ""
         self.sites: dict[str, Site] = {}

@@ -119,7 +119,7 @@ class Probe:
 
         self.client.on_subscribe = on_subscribe
         self.client.subscribe(topic, qos=qos)
-        assert done.wait(5), f"no SUBACK for {topic}"
+        assert done.wait(5), f"no SUBACK for {topic} (connection: {self.connack})"
         return result
 
     def close(self) -> None:

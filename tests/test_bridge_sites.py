@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import time
@@ -121,7 +120,7 @@ def test_bridge_lab_acl_confines_a_tampered_site(tmp_path):
     site = None
     try:
         folder = provision_bridge(sb.folder, "site-a", "demo", ("c000", "c001"), f"mqtts://localhost:{sb.port}")
-        sb.broker.process.send_signal(signal.SIGHUP)
+        sb.broker.reload()
         extra = "topic fedmekt/demo/clients/c002/status out 1\ntopic fedmekt/demo/clients/+/upload/# in 1\n"
         stay = "user root\n" if os.geteuid() == 0 else ""
         site = start_mosquitto(workdir=tmp_path / "site", extra_config=stay + (folder / BRIDGE_CONF).read_text() + extra)
@@ -156,7 +155,7 @@ def test_bridge_from_a_secured_site_broker(tmp_path):
     site = None
     try:
         folder = provision_bridge(lab.folder, "site-a", "demo", ("c000",), f"mqtts://localhost:{lab.port}")
-        lab.broker.process.send_signal(signal.SIGHUP)
+        lab.broker.reload()
         site_op, port = tmp_path / "site-operator", free_port()
         dep = provision.init(site_op, ("localhost",), port=port, control_port=free_port(avoid=port))
         bundle = provision.add(site_op, "c000", "device", ("demo",))

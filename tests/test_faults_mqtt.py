@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
 import time
@@ -139,7 +138,7 @@ def _deafen(fed: ProcessFederation, client_id: str) -> None:
             continue
         lines.append(line)
     acl.write_text("\n".join(lines) + "\n")
-    fed.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads its ACL
+    fed.broker.reload()  # mosquitto re-reads its ACL
 
     def reloaded() -> bool:
         """A live plan, then a reply, from the aggregator's login to the deafened one's (neither runs yet): the

@@ -9,7 +9,6 @@ receiving side: a monitor (read-all) and the aggregator subscribe, and an allowe
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -175,7 +174,7 @@ def test_provision_cli_revokes_a_device(secure):
         done = subprocess.run(cmd + bad, capture_output=True, text=True)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.startswith("fedmekt provision: error: "), done.stderr
-    secure.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads password file and ACL
+    secure.broker.reload()  # mosquitto re-reads password file and ACL
     secure.passwords["c099"] = json.loads((secure.folder / "logins/c099/credentials.json").read_text())["password"]
     for _ in range(50):
         probe = connect(secure.port, "c099", secure.passwords["c099"], ca=secure.ca)
@@ -185,7 +184,7 @@ def test_provision_cli_revokes_a_device(secure):
     probe.close()
     removed = subprocess.run(cmd + ["remove", op, "c099"], capture_output=True, text=True)
     assert removed.returncode == 0, removed.stderr
-    secure.broker.process.send_signal(signal.SIGHUP)
+    secure.broker.reload()
     for _ in range(50):
         probe = connect(secure.port, "c099", secure.passwords["c099"], ca=secure.ca)
         if not probe.connected.is_set():

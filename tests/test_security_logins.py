@@ -43,7 +43,7 @@ def secure(tmp_path_factory) -> SecureBroker:
     sb = start_secure_broker(tmp_path_factory.mktemp("logins"))
     bundle = provision.add(sb.folder, "dashboard", "monitor")  # a second read-only tool with its own login
     sb.passwords["dashboard"] = json.loads((bundle / "credentials.json").read_text())["password"]
-    sb.broker.process.send_signal(signal.SIGHUP)  # mosquitto re-reads the password file and the ACL
+    sb.broker.reload()  # mosquitto re-reads the password file and the ACL
 
     def accepted() -> bool:
         probe = connect(sb.port, "dashboard", sb.passwords["dashboard"], ca=sb.ca, client_id="dashboard")
@@ -143,7 +143,7 @@ def test_takeover_of_a_running_aggregator_process_is_a_clear_error(secure, tmp_p
     # a federation of its own (no token retained yet), with its own aggregator login: one federation per login
     bundle = provision.add(secure.folder, "agg-takeover", "aggregator", ("takeover",))
     secure.passwords["agg-takeover"] = json.loads((bundle / "credentials.json").read_text())["password"]
-    secure.broker.process.send_signal(signal.SIGHUP)
+    secure.broker.reload()
     deadline = time.monotonic() + 30
     while not (probe := connect(secure.port, "agg-takeover", secure.passwords["agg-takeover"], ca=secure.ca,
                                 client_id="agg-takeover")).connected.is_set():

@@ -10,7 +10,6 @@ password + ACL mosquitto.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +83,7 @@ def test_revocation_and_clear_remove_what_the_device_left_on_the_broker(tmp_path
         op = str(sb.folder)
         removed = _provision("remove", op, "c000")
         assert removed.returncode == 0 and "provision clear" in removed.stdout, removed.stderr
-        sb.broker.process.send_signal(signal.SIGHUP)
+        sb.broker.reload()
         wait_for(lambda: _refused(sb, "c000"), 30, "mosquitto to refuse the revoked login after the reload",
                  every=0.2)
         # mosquitto 2.0.11 still serves them after the revocation (check_retain_source does not stop it)

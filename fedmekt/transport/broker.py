@@ -7,6 +7,7 @@ so tests exercise the same start-up path users get.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -86,7 +87,36 @@ class MosquittoProcess:
     def restart(self) -> None:
         self._terminate()
         self.process = _spawn(self.workdir)
-        wait_for_port(self.host, self.port, process=self.process)
+        self.wait_ready()
+
+    def reload(self) -> None:
+        """Re-read the password file and ACL (SIGHUP), as the operator does after ``provision add``/``remove``."""
+        self.process.send_signal(signal.SIGHUP)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until mosquitto accepts on its port and handles SIGHUP: it opens its listeners before it installs its
+        signal handlers, and a SIGHUP in between kills it (seen under load)."""
+        deadline = time.monotonic() + timeout
+        wait_for_port(self.host, self.port, timeout=timeout, process=self.process)
+        while True:
+            if self.process.poll() is not None:
+                raise UserError(f"mosquitto on port {self.port} exited (code {self.process.returncode}) while starting")
+            if _handles(self.process.pid, signal.SIGHUP):
+                return
+            if time.monotonic() > deadline:
+                raise UserError(f"mosquitto on port {self.port} did not install its signal handlers within "
+                                f"{timeout:.0f} s")
+            time.sleep(0.01)
+
+
+def _handles(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (Linux's /proc; elsewhere assumed, as it cannot be told)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
 
 
 def mosquitto_available() -> bool:
@@ -134,7 +164,7 @@ def start_mosquitto(port: int | None = None, extra_config: str = "", workdir: Pa
         proc = MosquittoProcess(port=chosen, workdir=workdir, process=_spawn(workdir), extra_config=extra_config,
                                 temporary=temporary)
         try:
-            wait_for_port(proc.host, chosen, process=proc.process)
+            proc.wait_ready()
             return proc
         except UserError as exc:
             failure = UserError(f"mosquitto failed to start on port {chosen}: {proc.log.strip()[-300:] or exc}")
