@@ -62,10 +62,11 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "align-nce-today": {"hyper": {"align": "infonce"}},
     "no-kd-server-align-nce": {"hyper": {"server_teacher": "mean", "eta": 0.0, "gamma": 0.0, "align": "infonce"}},
     "mmfedavg-align-nce": {"algorithm": "mmfedavg", "hyper": {"align": "infonce"}},   # its A+B clients align
-    # aligned, with a wider knowledge channel: r = 8 for FedMEKT-C and its aligned proxy-only twin
+    # aligned, with a wider knowledge channel: r = 8 for FedMEKT-C, its aligned proxy-only twin and mmFedAvg
     "align-nce-r8": {"rep_size": 8, "hyper": {"align": "infonce"}},
     "no-kd-server-align-nce-r8": {"rep_size": 8,
                                   "hyper": {"server_teacher": "mean", "eta": 0.0, "gamma": 0.0, "align": "infonce"}},
+    "mmfedavg-align-nce-r8": {"algorithm": "mmfedavg", "rep_size": 8, "hyper": {"align": "infonce"}},
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
