@@ -67,6 +67,11 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "no-kd-server-align-nce-r8": {"rep_size": 8,
                                   "hyper": {"server_teacher": "mean", "eta": 0.0, "gamma": 0.0, "align": "infonce"}},
     "mmfedavg-align-nce-r8": {"algorithm": "mmfedavg", "rep_size": 8, "hyper": {"align": "infonce"}},
+    # aligned, distilled over four times as many proxy windows a round (a diagnosis of the channel's volume: it costs
+    # four times the bytes), and its aligned proxy-only twin, which takes the same server steps on Π_t
+    "align-nce-W192": {"proxy_windows": 192, "hyper": {"align": "infonce"}},
+    "no-kd-server-align-nce-W192": {"proxy_windows": 192, "hyper": {"server_teacher": "mean", "eta": 0.0,
+                                                                    "gamma": 0.0, "align": "infonce"}},
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
