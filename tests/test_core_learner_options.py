@@ -114,11 +114,16 @@ def test_mmfedavg_clients_alignment_aligns_the_global_encoders(split):
     assert misalignment("infonce") < misalignment("none") - 0.2
 
 
-def test_an_aligned_run_is_labelled_so():
+def test_an_aligned_run_is_labelled_so_where_alignment_acts(split):
+    """FedMEKT-S trains each modality on its own: the option leaves its model as it was, and so its label."""
     from fedmekt.experiment.in_process import variant_label
 
     assert variant_label(tiny_config("mmfedavg", hyper={"align": "infonce"})).endswith(",align-infonce]")
     assert "align" not in variant_label(tiny_config())
+    assert variant_label(tiny_config("fedmekt-s", hyper={"align": "infonce"})) == variant_label(tiny_config("fedmekt-s"))
+    plain, aligned = _run(split, "fedmekt-s"), _run(split, "fedmekt-s", hyper={"align": "infonce"})
+    for k in plain.model_state:
+        np.testing.assert_array_equal(plain.model_state[k], aligned.model_state[k])
 
 
 def test_options_at_their_defaults_are_bit_identical(split):

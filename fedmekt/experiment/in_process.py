@@ -59,7 +59,7 @@ def variant_label(cfg: FederationConfig) -> str:
         tags.append(f"heads-w{cfg.hyper.heads_weight:g}")
     if cfg.is_embedding and cfg.server_teacher != "mean" and cfg.hyper.heads_from != Hyper.heads_from:
         tags.append(f"heads-from-{cfg.hyper.heads_from}")
-    if cfg.hyper.align != Hyper.align:
+    if cfg.hyper.align != Hyper.align and cfg.algorithm != "fedmekt-s":   # S trains each modality on its own
         tags.append(f"align-{cfg.hyper.align}")
     if cfg.is_embedding and cfg.hyper.server_rec_rounds:
         tags.append(f"rec-warmup{cfg.hyper.server_rec_rounds}")
