@@ -76,7 +76,8 @@ class Hyper:
                                       # leaves z to the reconstruction; issue 19 §2); server-side, nothing sent
     server_rec_rounds: int = 0        # FedMEKT server: from this round on its steps drop the proxy reconstruction
                                       # and the proxy walk stops, so the global encoder learns from the clients'
-                                      # knowledge alone (issue 19 §2d: a warm-up); 0 = reconstruct in every round
+                                      # knowledge (and hyper.align's term on Π_t, when set) alone (issue 19 §2d:
+                                      # a warm-up); 0 = reconstruct in every round
     align: str = "none"               # cross-modal alignment of z_A(t), z_B(t) on aligned windows, FedMEKT-C and
                                       # the mm-baselines (FedMEKT-C's server: proxy; A+B clients: private):
                                       # "none", "mse", "cosine", "infonce"
