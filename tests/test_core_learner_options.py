@@ -120,7 +120,8 @@ def test_an_aligned_run_is_labelled_so_where_alignment_acts(split):
 
     assert variant_label(tiny_config("mmfedavg", hyper={"align": "infonce"})).endswith(",align-infonce]")
     assert "align" not in variant_label(tiny_config())
-    assert variant_label(tiny_config("fedmekt-s", hyper={"align": "infonce"})) == variant_label(tiny_config("fedmekt-s"))
+    separate = tiny_config("fedmekt-s")
+    assert variant_label(tiny_config("fedmekt-s", hyper={"align": "infonce"})) == variant_label(separate)
     plain, aligned = _run(split, "fedmekt-s"), _run(split, "fedmekt-s", hyper={"align": "infonce"})
     for k in plain.model_state:
         np.testing.assert_array_equal(plain.model_state[k], aligned.model_state[k])
