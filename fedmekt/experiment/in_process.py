@@ -20,6 +20,7 @@ from fedmekt.experiment.accounting import message_bytes, proxy_once_bytes
 from fedmekt.run_info import RunInfo
 from fedmekt.config import FederationConfig, Hyper
 from fedmekt.experiment.client_pool import LocalClients, WorkerClients, client_pool
+from fedmekt.learn.algorithms import get_algorithm
 from fedmekt.learn.engine import ServerEngine, client_view, resolve_device
 from fedmekt.learn.numerics import numeric_environment
 from fedmekt.wire.dtypes import wire_cast
@@ -59,7 +60,7 @@ def variant_label(cfg: FederationConfig) -> str:
         tags.append(f"heads-w{cfg.hyper.heads_weight:g}")
     if cfg.is_embedding and cfg.server_teacher != "mean" and cfg.hyper.heads_from != Hyper.heads_from:
         tags.append(f"heads-from-{cfg.hyper.heads_from}")
-    if cfg.hyper.align != Hyper.align and cfg.algorithm != "fedmekt-s":   # S trains each modality on its own
+    if cfg.hyper.align != Hyper.align and get_algorithm(cfg.algorithm).aligns:
         tags.append(f"align-{cfg.hyper.align}")
     if cfg.is_embedding and cfg.hyper.server_rec_rounds:
         tags.append(f"rec-warmup{cfg.hyper.server_rec_rounds}")

@@ -276,6 +276,7 @@ class Algorithm:
 
     name = ""
     width_sliced = False   # HeteroFL: each narrower device class trains and deploys a slice of the global model
+    aligns = True          # hyper.align acts: its A+B parties train both encoders together (not FedMEKT-S)
 
     def downstream(self, server: Party, proxy: ProxyWindows | None) -> Tensors:
         """Knowledge the server sends this round (every key; ``engine.client_view`` filters per client)."""

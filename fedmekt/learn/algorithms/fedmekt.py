@@ -43,7 +43,7 @@ class FedMEKT(Algorithm):
     """Both variants; ``joint`` selects C (True) or S (False)."""
 
     def __init__(self, joint: bool) -> None:
-        self.joint = joint
+        self.joint = self.aligns = joint
         self.name = "fedmekt-c" if joint else "fedmekt-s"
 
     # ---- shapes and weights -------------------------------------------------------------------------
@@ -89,7 +89,7 @@ class FedMEKT(Algorithm):
 
     def _align(self, party: Party, x: dict[str, torch.Tensor], z: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``hyper.align``'s term (C only: S trains each modality on its own)."""
-        return cross_modal_alignment(party, x, z) if self.joint else torch.zeros((), device=party.device)
+        return cross_modal_alignment(party, x, z) if self.aligns else torch.zeros((), device=party.device)
 
     @staticmethod
     def _relational(cfg) -> bool:
