@@ -17,6 +17,7 @@ could confirm at the observed spread.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -72,6 +73,10 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     "align-nce-W192": {"proxy_windows": 192, "hyper": {"align": "infonce"}},
     "no-kd-server-align-nce-W192": {"proxy_windows": 192, "hyper": {"server_teacher": "mean", "eta": 0.0,
                                                                     "gamma": 0.0, "align": "infonce"}},
+    # a diagnosis of the headroom: the server keeps 2 of its proxy units (UR Fall: a fall and an ADL run of 7;
+    # HAPT: 2 recordings of 6), the clients unchanged; "no-kd-server-P2" is proxy-only on that smaller set
+    "P2": {"proxy_units": 2},
+    "no-kd-server-P2": {"proxy_units": 2, "hyper": {"server_teacher": "mean", "eta": 0.0, "gamma": 0.0}},
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
@@ -204,11 +209,31 @@ def validation_split(split, seed: int):
     return split
 
 
+SPLIT_RULES = ("proxy_units",)   # candidate keys that change the split, not the federation's config
+
+
+def split_rules(name: str) -> dict:
+    return {k: v for k, v in CANDIDATES[name].items() if k in SPLIT_RULES}
+
+
+def smaller_proxy(split, n: int, seed: int):
+    """The split with its proxy set cut to ``n`` seeded units (UR Fall: falls and ADLs in turn); clients unchanged."""
+    from fedmekt.experiment.validation import units_subset
+
+    units = split.proxy.units
+    order = [int(i) for i in np.random.default_rng([seed, 79]).permutation(len(units))]
+    if all(u.startswith(("fall", "adl")) for u in units):
+        kinds = [[i for i in order if units[i].startswith(kind)] for kind in ("fall", "adl")]
+        order = [i for pair in itertools.zip_longest(*kinds) for i in pair if i is not None]
+    split.proxy = units_subset(split.proxy, sorted(order[:n]))
+    return split
+
+
 def make_config(name: str, seed: int, rounds: int, dataset: str):
     from fedmekt.config import FederationConfig, Hyper
     from sensors.datasets import dataset_info
 
-    overrides = {"algorithm": "fedmekt-c", **CANDIDATES[name]}
+    overrides = {"algorithm": "fedmekt-c", **{k: v for k, v in CANDIDATES[name].items() if k not in SPLIT_RULES}}
     hyper = Hyper(**overrides.pop("hyper", {}))
     return FederationConfig(federation="select", dataset=dataset, pair=dataset_info(dataset).default_pair,
                             rounds=rounds, seed=seed, device="cpu", hyper=hyper, **overrides)
@@ -218,8 +243,8 @@ def job_key(job: tuple) -> str:
     """Cache key of a job: the resolved config (so a changed default is a new key), the folds and the split rule
     (runs scored on reported test units, before they were reserved, are not reused)."""
     name, seed, rounds, dataset, folds = job
-    return json.dumps([make_config(name, seed, rounds, dataset).to_dict(), folds, "reserved-test-units"],
-                      sort_keys=True)
+    return json.dumps([make_config(name, seed, rounds, dataset).to_dict(), folds, "reserved-test-units",
+                       *([split_rules(name)] if split_rules(name) else [])], sort_keys=True)
 
 
 def one(job: tuple) -> dict:
@@ -238,6 +263,8 @@ def one(job: tuple) -> dict:
     split = make_split(recordings, cfg.pair, seed=seed, reserved=reported_test_groups(recordings))
     all_labelled = split.labelled
     split = validation_split(split, seed)
+    if "proxy_units" in split_rules(name):
+        split = smaller_proxy(split, split_rules(name)["proxy_units"], seed)
     res = run_inprocess(cfg, split, progress=False)
     out = {"candidate": name, "seed": seed, "val_units": list(split.test.units), "modalities": list(cfg.pair)}
     for m in cfg.pair:
