@@ -233,7 +233,7 @@ def make_config(name: str, seed: int, rounds: int, dataset: str):
     from fedmekt.config import FederationConfig, Hyper
     from sensors.datasets import dataset_info
 
-    overrides = {"algorithm": "fedmekt-c", **{k: v for k, v in CANDIDATES[name].items() if k not in SPLIT_RULES}}
+    overrides = {"algorithm": "fedmekt-c", **{k: v for k, v in CANDIDATES[name].items() if k not in split_rules(name)}}
     hyper = Hyper(**overrides.pop("hyper", {}))
     return FederationConfig(federation="select", dataset=dataset, pair=dataset_info(dataset).default_pair,
                             rounds=rounds, seed=seed, device="cpu", hyper=hyper, **overrides)
@@ -263,8 +263,9 @@ def one(job: tuple) -> dict:
     split = make_split(recordings, cfg.pair, seed=seed, reserved=reported_test_groups(recordings))
     all_labelled = split.labelled
     split = validation_split(split, seed)
-    if "proxy_units" in split_rules(name):
-        split = smaller_proxy(split, split_rules(name)["proxy_units"], seed)
+    rules = split_rules(name)
+    if "proxy_units" in rules:
+        split = smaller_proxy(split, rules["proxy_units"], seed)
     res = run_inprocess(cfg, split, progress=False)
     out = {"candidate": name, "seed": seed, "val_units": list(split.test.units), "modalities": list(cfg.pair)}
     for m in cfg.pair:
