@@ -118,18 +118,11 @@ def reference_finals(cfg: FederationConfig, split: FederatedSplit, names: tuple[
 
     if "pooled" in names:
         start = time.perf_counter()
-        pooled = _proxy_server(cfg, split)
-        central = ClientEngine(cfg, "pooled", cfg.pair, split.channels, None)
-        central.model = pooled.model   # the same initialisation (build_model): one model, client and server optimizers
-        central.party = replace(central.party, model=pooled.model, optim=ModuleOptimizers(pooled.model, cfg.hyper.lr_local))
-        views = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, None) for c in split.clients}
-        for view in views.values():   # each client's draws and modalities, the one shared model and optimizers
-            view.model, view.party = central.model, replace(central.party, modalities=view.modalities)
+        pooled = Pooled(cfg, split)
         for plan, proxy_plan in zip(plans, proxy_plans):
-            _train_round(views, plan, split)
-            pooled.update_without_uploads(proxy_plan)
-        out.append(record("pooled", start, pooled.model, optimizer_steps(central.party),
-                          server_optimizer_steps(pooled.party)))
+            pooled.train_round(plan, proxy_plan)
+        out.append(record("pooled", start, pooled.model, optimizer_steps(pooled.client_party),
+                          server_optimizer_steps(pooled.server.party)))
 
     if "supervised-ceiling" in names:
         start = time.perf_counter()
@@ -150,6 +143,28 @@ def labelled_only(cfg: FederationConfig, split: FederatedSplit) -> _Supervised:
     for round_ in range(cfg.rounds):
         supervised.labelled_round(round_)
     return supervised
+
+
+class Pooled:
+    """The ``pooled`` row's one autoencoder, a round at a time: every local step of the round's selected clients
+    (their draws and modalities, one shared model and client optimizers), then proxy-only's server steps of the
+    round (the server's optimizers). ``cfg`` is the reference rows' (``LOCAL_TRAINER``'s client step)."""
+
+    def __init__(self, cfg: FederationConfig, split: FederatedSplit) -> None:
+        self.split = split
+        self.server = _proxy_server(cfg, split)
+        self.model = self.server.model   # the same initialisation (build_model) as every other row
+        central = ClientEngine(cfg, "pooled", cfg.pair, split.channels, None)
+        self.client_party = replace(central.party, model=self.model,
+                                    optim=ModuleOptimizers(self.model, cfg.hyper.lr_local))
+        self.views = {c.client_id: ClientEngine(cfg, c.client_id, c.modalities, split.channels, None)
+                      for c in split.clients}
+        for view in self.views.values():
+            view.model, view.party = self.model, replace(self.client_party, modalities=view.modalities)
+
+    def train_round(self, plan: RoundPlan, proxy_plan: RoundPlan) -> None:
+        _train_round(self.views, plan, self.split)
+        self.server.update_without_uploads(proxy_plan)
 
 
 def _proxy_server(cfg: FederationConfig, split: FederatedSplit) -> ServerEngine:
