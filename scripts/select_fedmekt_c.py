@@ -77,6 +77,10 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # HAPT: 2 recordings of 6), the clients unchanged; "no-kd-server-P2" is proxy-only on that smaller set
     "P2": {"proxy_units": 2},
     "no-kd-server-P2": {"proxy_units": 2, "hyper": {"server_teacher": "mean", "eta": 0.0, "gamma": 0.0}},
+    # a diagnosis of the channel (DIAGNOSES: encoders trained outside a federation, at the defaults): proxy-only and
+    # pooled as the reference rows train them, and a FedMEKT-C server taught by ONE ideal client, the pooled
+    # autoencoder itself, through the default channel (its embeddings of Π_t on the int8 wire, the server's heads)
+    **{name: {} for name in ("proxy-only", "pooled", "pooled-teacher")},
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
@@ -180,14 +184,54 @@ def load_model(res, labelled):
     return model
 
 
-def cv_score(res, labelled, label_names, folds: list[list[int]]) -> dict[str, float]:
-    """Cross-validated probe by unit over ALL labelled units (the given folds) on the run's frozen final encoder."""
+def cv_score(model, cfg, labelled, label_names, folds: list[list[int]]) -> dict[str, float]:
+    """Cross-validated probe by unit over ALL labelled units (the given folds) on a frozen final encoder."""
     import torch
 
     from fedmekt.experiment.validation import cv_probe
 
-    cv = cv_probe(load_model(res, labelled), labelled, res.config, len(label_names), folds, torch.device("cpu"))
+    cv = cv_probe(model, labelled, cfg, len(label_names), folds, torch.device("cpu"))
     return {f"cv_probe_{m}": v for m, v in cv.items()}
+
+
+def pooled_teacher(cfg, split):
+    """A FedMEKT-C server of ``cfg`` whose one client each round is the ``pooled`` autoencoder after that round:
+    its embeddings of Π_t arrive as an A+B client's upload would (the wire's dtype, the server's teacher). If even
+    this teacher, which holds every client's data, cannot lift the server above proxy-only, no FedMEKT client can
+    through this channel."""
+    from fedmekt.experiment.reference_rows import LOCAL_TRAINER, Pooled, round_plans
+    from fedmekt.learn.engine import ServerEngine
+    from fedmekt.wire.dtypes import wire_cast
+
+    ref_cfg = replace(cfg, algorithm=LOCAL_TRAINER)
+    pooled = Pooled(ref_cfg, split)
+    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    for plan, proxy_plan in zip(*round_plans(ref_cfg, split)):
+        pooled.train_round(plan, proxy_plan)
+        server.begin_round(proxy_plan)
+        teacher = {k: v for k, v in pooled.server.downstream(proxy_plan).items() if k.startswith("emb/")}
+        server.absorb(proxy_plan.selected[0], cfg.pair, wire_cast(teacher, cfg.wire_format))
+        server.finish_round(proxy_plan)
+    return server.model
+
+
+def diagnosis_model(name: str, cfg, split):
+    """The final autoencoder of a diagnosis (DIAGNOSES) on the validation split."""
+    from fedmekt.experiment.reference_rows import LOCAL_TRAINER, Pooled, round_plans
+
+    if name == "pooled-teacher":
+        return pooled_teacher(cfg, split)
+    ref_cfg = replace(cfg, algorithm=LOCAL_TRAINER)
+    pooled = Pooled(ref_cfg, split)
+    for plan, proxy_plan in zip(*round_plans(ref_cfg, split)):
+        if name == "pooled":
+            pooled.train_round(plan, proxy_plan)
+        else:   # proxy-only: the same server, its proxy steps alone
+            pooled.server.update_without_uploads(proxy_plan)
+    return pooled.model
+
+
+DIAGNOSES = ("proxy-only", "pooled", "pooled-teacher")
 
 
 def validation_split(split, seed: int):
@@ -244,7 +288,8 @@ def job_key(job: tuple) -> str:
     (runs scored on reported test units, before they were reserved, are not reused)."""
     name, seed, rounds, dataset, folds = job
     return json.dumps([make_config(name, seed, rounds, dataset).to_dict(), folds, "reserved-test-units",
-                       *([split_rules(name)] if split_rules(name) else [])], sort_keys=True)
+                       *([split_rules(name)] if split_rules(name) else []), *([name] if name in DIAGNOSES else [])],
+                      sort_keys=True)
 
 
 def one(job: tuple) -> dict:
@@ -253,6 +298,8 @@ def one(job: tuple) -> dict:
 
     from fedmekt.experiment.in_process import run_inprocess
     from fedmekt.experiment.validation import reported_test_groups, unit_folds
+    from fedmekt.learn.engine import _PROBE, _seed
+    from fedmekt.learn.evaluation import linear_probe
     from sensors.datasets import load_dataset
     from sensors.splits import make_split
 
@@ -266,15 +313,21 @@ def one(job: tuple) -> dict:
     rules = split_rules(name)
     if "proxy_units" in rules:
         split = smaller_proxy(split, rules["proxy_units"], seed)
-    res = run_inprocess(cfg, split, progress=False)
     out = {"candidate": name, "seed": seed, "val_units": list(split.test.units), "modalities": list(cfg.pair)}
-    for m in cfg.pair:
-        out[f"val_paper_{m}"] = float(np.median([r[f"f1_paper_{m}"] for r in res.rows[-10:]]))
-        out[f"val_probe_{m}"] = res.final[f"probe_f1_weighted_{m}"]
-    out["val_floor"] = res.final["majority_f1_weighted"]
-    out["bytes_total"] = (sum(r["bytes_up"] + r["bytes_down"] for r in res.rows)
-                          + int(res.final.get("bytes_proxy_once", 0)))
-    out.update(cv_score(res, all_labelled, split.label_names, unit_folds(len(all_labelled.units), folds, seed)))
+    if name in DIAGNOSES:   # no federation: no rounds' metrics, no bytes
+        model = diagnosis_model(name, cfg, split)
+        final = linear_probe(model, split.labelled, split.test, cfg, len(split.label_names), torch.device("cpu"),
+                             _seed(cfg, _PROBE))
+    else:
+        res = run_inprocess(cfg, split, progress=False)
+        model, final = load_model(res, split.labelled), res.final
+        out.update({f"val_paper_{m}": float(np.median([r[f"f1_paper_{m}"] for r in res.rows[-10:]])) for m in cfg.pair})
+        out["bytes_total"] = (sum(r["bytes_up"] + r["bytes_down"] for r in res.rows)
+                              + int(res.final.get("bytes_proxy_once", 0)))
+    out.update({f"val_probe_{m}": final[f"probe_f1_weighted_{m}"] for m in cfg.pair})
+    out["val_floor"] = final["majority_f1_weighted"]
+    out.update(cv_score(model, cfg, all_labelled, split.label_names,
+                        unit_folds(len(all_labelled.units), folds, seed)))
     out["score"] = float(np.mean([out[f"cv_probe_{m}"] for m in cfg.pair]))
     out["score_val"] = float(np.mean([out[f"val_probe_{m}"] for m in cfg.pair]))
     out["key"] = job_key(job)
@@ -381,15 +434,15 @@ def summary(results: list[dict], candidates: list[str], against: str) -> list[st
     def by_seed(c: str, key: str) -> dict[int, float]:
         return {r["seed"]: r[key] for r in results if r["candidate"] == c}
 
-    mib = {c: np.nanmean([r.get("bytes_total", np.nan) for r in results if r["candidate"] == c]) / 2**20
-           for c in candidates}
+    sent = {c: [r["bytes_total"] for r in results if r["candidate"] == c and "bytes_total" in r] for c in candidates}
+    mib = {c: f"{np.mean(b) / 2**20:.1f}" if b else "–" for c, b in sent.items()}   # a diagnosis sends nothing
     lines = ["candidate | MiB over the run | " + " | ".join(f"CV probe {m}" for m in mods)
              + f" | score − {against} [95 % CI] (mean of modalities) | " + " | ".join(f"{m} − {against}" for m in mods)
              + " | resolution | decision"]
     for c in candidates:
         val = sees_labelled_inputs(c) or sees_labelled_inputs(against)
         score, prefix = ("score_val", "val_probe_") if val else ("score", "cv_probe_")
-        cells = [f"{mib[c]:.1f}"] + [_mean_std(list(by_seed(c, prefix + m).values())) for m in mods]
+        cells = [mib[c]] + [_mean_std(list(by_seed(c, prefix + m).values())) for m in mods]
         if c == against:
             lines.append(f"{c} | " + " | ".join(cells) + " | (reference) |" + " |" * len(mods) + " | –")
             continue

@@ -80,10 +80,8 @@ def reference_finals(cfg: FederationConfig, split: FederatedSplit, names: tuple[
     out = [raw_features_final(cfg, split)] if "raw-features" in names else []
     cfg = replace(cfg, algorithm=LOCAL_TRAINER)
     server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
-    ids = sorted(c.client_id for c in split.clients)
-    plans = [server.plan_round(r, ids) for r in range(cfg.rounds)]
+    plans, proxy_plans = round_plans(cfg, split)
     proxy_server = _proxy_server(cfg, split)
-    proxy_plans = [proxy_server.plan_round(r, ids) for r in range(cfg.rounds)]   # FedMEKT-C's Π_t draws
     n_classes, seed = len(split.label_names), _seed(cfg, _PROBE)   # the federated runs' probe seed
 
     def record(name: str, start: float, model: SplitAutoencoder, steps: int, server_steps: int = 0) -> dict:
@@ -134,6 +132,16 @@ def reference_finals(cfg: FederationConfig, split: FederatedSplit, names: tuple[
         out.append(supervised_record("supervised-ceiling", start, ceiling, ceiling.client_steps,
                                      ceiling.steps - ceiling.client_steps))
     return out
+
+
+def round_plans(cfg: FederationConfig, split: FederatedSplit) -> tuple[list[RoundPlan], list[RoundPlan]]:
+    """Every round's plan of ``cfg`` (who trains: the same draw for every algorithm) and FedMEKT-C's plan of the
+    round (the same clients, and Π_t's draws)."""
+    ids = sorted(c.client_id for c in split.clients)
+    planners = (ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled),
+                _proxy_server(cfg, split))
+    plans, proxy_plans = ([p.plan_round(r, ids) for r in range(cfg.rounds)] for p in planners)
+    return plans, proxy_plans
 
 
 def labelled_only(cfg: FederationConfig, split: FederatedSplit) -> _Supervised:
