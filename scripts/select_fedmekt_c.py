@@ -81,6 +81,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # pooled as the reference rows train them, and a FedMEKT-C server taught by ONE ideal client, the pooled
     # autoencoder itself, through the default channel (its embeddings of Π_t on the int8 wire, the server's heads)
     **{name: {} for name in ("proxy-only", "pooled", "pooled-teacher")},
+    "pooled-teacher-w10": {"hyper": {"heads_weight": 10.0}},   # the same teacher, pulled ten times as hard
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
@@ -219,7 +220,7 @@ def diagnosis_model(name: str, cfg, split):
     """The final autoencoder of a diagnosis (DIAGNOSES) on the validation split."""
     from fedmekt.experiment.reference_rows import LOCAL_TRAINER, Pooled, round_plans
 
-    if name == "pooled-teacher":
+    if name.startswith("pooled-teacher"):
         return pooled_teacher(cfg, split)
     ref_cfg = replace(cfg, algorithm=LOCAL_TRAINER)
     pooled = Pooled(ref_cfg, split)
@@ -231,7 +232,7 @@ def diagnosis_model(name: str, cfg, split):
     return pooled.model
 
 
-DIAGNOSES = ("proxy-only", "pooled", "pooled-teacher")
+DIAGNOSES = ("proxy-only", "pooled", "pooled-teacher", "pooled-teacher-w10")
 
 
 def validation_split(split, seed: int):
