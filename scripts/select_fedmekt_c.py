@@ -453,7 +453,7 @@ def summary(results: list[dict], candidates: list[str], against: str) -> list[st
         per = [decide(by_seed(c, prefix + m), by_seed(against, prefix + m)).difference.text() for m in mods]
         lines.append(f"{c}{' (validation units)' if val else ''} | " + " | ".join(cells) + f" | {d.difference.text()} | "
                      + " | ".join(per) + f" | ±{smallest_detectable(diffs, len(diffs)):.3f} | "
-                     + ("ADOPT" if d.adopt else "keep"))
+                     + ("–" if c in DIAGNOSES else "ADOPT" if d.adopt else "keep"))   # a diagnosis is no option
     return lines
 
 
