@@ -39,6 +39,14 @@ def _before_int8(overrides: dict) -> dict:
     return {"wire_dtype": "float32", **overrides}
 
 
+# diagnoses of the channel: encoders trained outside a federation, at the defaults (``diagnosis_model``): proxy-only
+# and pooled as the reference rows train them, and a FedMEKT-C server taught by ONE ideal client, the pooled
+# autoencoder itself, through the default channel (its embeddings of Π_t on the int8 wire, the server's heads)
+DIAGNOSES = {
+    "proxy-only": {}, "pooled": {}, "pooled-teacher": {},
+    "pooled-teacher-w10": {"hyper": {"heads_weight": 10.0}},   # the same teacher, pulled ten times as hard
+}
+
 CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything else at the defaults)
     "default": {},                          # the current defaults: what every candidate is compared with
     "mmfedavg": {"algorithm": "mmfedavg"},  # the baseline, under the same protocol
@@ -77,11 +85,7 @@ CANDIDATES = {  # name -> config overrides ("hyper": Hyper fields; everything el
     # HAPT: 2 recordings of 6), the clients unchanged; "no-kd-server-P2" is proxy-only on that smaller set
     "P2": {"proxy_units": 2},
     "no-kd-server-P2": {"proxy_units": 2, "hyper": {"server_teacher": "mean", "eta": 0.0, "gamma": 0.0}},
-    # a diagnosis of the channel (DIAGNOSES: encoders trained outside a federation, at the defaults): proxy-only and
-    # pooled as the reference rows train them, and a FedMEKT-C server taught by ONE ideal client, the pooled
-    # autoencoder itself, through the default channel (its embeddings of Π_t on the int8 wire, the server's heads)
-    **{name: {} for name in ("proxy-only", "pooled", "pooled-teacher")},
-    "pooled-teacher-w10": {"hyper": {"heads_weight": 10.0}},   # the same teacher, pulled ten times as hard
+    **DIAGNOSES,
     # measured before int8 became the default: pinned to float32
     **{name: _before_int8(overrides) for name, overrides in {
         # §2c: a linear head per client on the server ("-trust": each client weighted by its head's fit), at weight w;
@@ -195,44 +199,32 @@ def cv_score(model, cfg, labelled, label_names, folds: list[list[int]]) -> dict[
     return {f"cv_probe_{m}": v for m, v in cv.items()}
 
 
-def pooled_teacher(cfg, split):
-    """A FedMEKT-C server of ``cfg`` whose one client each round is the ``pooled`` autoencoder after that round:
-    its embeddings of Π_t arrive as an A+B client's upload would (the wire's dtype, the server's teacher). If even
-    this teacher, which holds every client's data, cannot lift the server above proxy-only, no FedMEKT client can
-    through this channel."""
+def diagnosis_model(name: str, cfg, split):
+    """The final autoencoder of a diagnosis (DIAGNOSES) on the validation split.
+
+    ``pooled-teacher*``: a FedMEKT-C server of ``cfg`` whose one client each round is the ``pooled`` autoencoder
+    after that round; its embeddings of Π_t arrive as an A+B client's upload would (the wire's dtype, the server's
+    teacher). If even this teacher, which holds every client's data, cannot lift the server above proxy-only, no
+    FedMEKT client can through this channel."""
     from fedmekt.experiment.reference_rows import LOCAL_TRAINER, Pooled, round_plans
     from fedmekt.learn.engine import ServerEngine
     from fedmekt.wire.dtypes import wire_cast
 
     ref_cfg = replace(cfg, algorithm=LOCAL_TRAINER)
     pooled = Pooled(ref_cfg, split)
-    server = ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+    student = (ServerEngine(cfg, split.channels, split.label_names, split.proxy, split.labelled, split.test)
+               if name.startswith("pooled-teacher") else None)
     for plan, proxy_plan in zip(*round_plans(ref_cfg, split)):
-        pooled.train_round(plan, proxy_plan)
-        server.begin_round(proxy_plan)
-        teacher = {k: v for k, v in pooled.server.downstream(proxy_plan).items() if k.startswith("emb/")}
-        server.absorb(proxy_plan.selected[0], cfg.pair, wire_cast(teacher, cfg.wire_format))
-        server.finish_round(proxy_plan)
-    return server.model
-
-
-def diagnosis_model(name: str, cfg, split):
-    """The final autoencoder of a diagnosis (DIAGNOSES) on the validation split."""
-    from fedmekt.experiment.reference_rows import LOCAL_TRAINER, Pooled, round_plans
-
-    if name.startswith("pooled-teacher"):
-        return pooled_teacher(cfg, split)
-    ref_cfg = replace(cfg, algorithm=LOCAL_TRAINER)
-    pooled = Pooled(ref_cfg, split)
-    for plan, proxy_plan in zip(*round_plans(ref_cfg, split)):
-        if name == "pooled":
-            pooled.train_round(plan, proxy_plan)
-        else:   # proxy-only: the same server, its proxy steps alone
+        if name == "proxy-only":   # the pooled row's server, its proxy steps alone
             pooled.server.update_without_uploads(proxy_plan)
-    return pooled.model
-
-
-DIAGNOSES = ("proxy-only", "pooled", "pooled-teacher", "pooled-teacher-w10")
+            continue
+        pooled.train_round(plan, proxy_plan)
+        if student is not None:
+            student.begin_round(proxy_plan)
+            teacher = {k: v for k, v in pooled.server.downstream(proxy_plan).items() if k.startswith("emb/")}
+            student.absorb(proxy_plan.selected[0], cfg.pair, wire_cast(teacher, cfg.wire_format))
+            student.finish_round(proxy_plan)
+    return student.model if student is not None else pooled.model
 
 
 def validation_split(split, seed: int):
